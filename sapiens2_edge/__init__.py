@@ -1,0 +1,37 @@
+"""sapiens2-edge: edge inference for Meta's Sapiens2 human-centric vision transformers.
+
+The public face of the SDK::
+
+    import sapiens2_edge as s2e
+    model = s2e.load_model("sapiens2_0.4b_seg.safetensors")
+    pred = s2e.Predictor(model)
+    result = pred(image_rgb_uint8)
+
+Heavy modules (torch) are imported lazily, so ``import sapiens2_edge`` and the runtime path
+work with only numpy and OpenCV installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "sapiens2_edge.models.loading",
+    "Sapiens2Model": "sapiens2_edge.models.model",
+    "ArchSpec": "sapiens2_edge.models.arch",
+    "Predictor": "sapiens2_edge.runtime.predictor",
+    "errors": "sapiens2_edge.errors",
+    "tasks": "sapiens2_edge.tasks",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sapiens2_edge' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    return module if module.__name__.endswith(name) else getattr(module, name)

@@ -1,0 +1,233 @@
+"""The Sapiens2 backbone (spec section 1): RMSNorm, 2-D axial RoPE with the reference's bf16
+rounding, grouped-query attention, SwiGLU, LayerScale, prefix tokens and the 4K window tokenizer.
+
+Attribute names are the checkpoint's tensor names, so ``state_dict()`` is the official layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .arch import NUM_STORAGE_TOKENS, PATCH_SIZE, ROPE_BASE, WINDOW_SIZE, ArchSpec
+
+ROPE_MODES = ("bf16", "fp32")
+EPS = 1e-6
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float = 1e-4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class RopeEmbedding(nn.Module):
+    """2-D axial RoPE tables (spec 1.4). ``periods`` is a persistent bf16 buffer, as stored.
+
+    mode ``bf16`` rounds every step to bf16 exactly as the reference does; ``fp32`` computes the
+    tables in float32 from the same stored periods (for exporters and runtimes without bf16).
+    """
+
+    def __init__(self, head_dim: int, base: float = ROPE_BASE, mode: str = "bf16"):
+        super().__init__()
+        if mode not in ROPE_MODES:
+            raise ConfigError(f"unknown RoPE mode {mode!r}; expected one of {ROPE_MODES}")
+        self.mode = mode
+        quarter = head_dim // 4
+        exponent = 2 * torch.arange(quarter, dtype=torch.bfloat16) / (head_dim // 2)
+        self.register_buffer("periods", base**exponent, persistent=True)
+
+    def forward(self, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.bfloat16 if self.mode == "bf16" else torch.float32
+        periods = self.periods.to(dtype)
+        dd = {"dtype": dtype, "device": periods.device}
+        coords_h = torch.arange(0.5, hp, **dd) / hp
+        coords_w = torch.arange(0.5, wp, **dd) / wp
+        coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+        coords = 2.0 * coords - 1.0
+        angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]
+        angles = angles.flatten(1, 2).tile(2)  # [a_y, a_x, a_y, a_x]
+        return torch.sin(angles), torch.cos(angles)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, T, d) in the tables' dtype, leaving the leading prefix tokens unrotated.
+
+    As in the reference, the whole tensor (prefix included) is cast to the tables' dtype and back,
+    so with bf16 tables every element of q and k is rounded to bf16.
+    """
+    dtype = x.dtype
+    x = x.to(sin.dtype)
+    prefix = x.shape[-2] - sin.shape[-2]
+    body = x[..., prefix:, :]
+    body = body * cos + _rotate_half(body) * sin
+    return torch.cat([x[..., :prefix, :], body], dim=-2).to(dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention with optional QK-RMSNorm, RoPE and LayerScale."""
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, qk_norm: bool = True, layerscale: bool = True):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.wq = nn.Linear(dim, dim)
+        self.wk = nn.Linear(dim, kv_heads * self.head_dim)
+        self.wv = nn.Linear(dim, kv_heads * self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else None
+        self.gamma = LayerScale(dim) if layerscale else None
+        # Core ML cannot convert SDPA's enable_gqa flag; repeat_interleave works everywhere.
+        self.repeat_kv = True
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        b, t, c = x.shape
+        d = self.head_dim
+        q = self.wq(x).view(b, t, self.heads, d).transpose(1, 2)
+        k = self.wk(x).view(b, t, self.kv_heads, d).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.kv_heads, d).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        groups = self.heads // self.kv_heads
+        if groups > 1 and self.repeat_kv:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1 and not self.repeat_kv)
+        o = self.proj(o.transpose(1, 2).reshape(b, t, c))
+        return self.gamma(o) if self.gamma is not None else o
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; LayerScale sits inside attention only (the FFN has none)."""
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, hidden: int, main: bool = True):
+        super().__init__()
+        self.ln1 = RMSNorm(dim)
+        self.attn = Attention(dim, heads, kv_heads, qk_norm=main, layerscale=main)
+        self.ln2 = RMSNorm(dim)
+        self.ffn = SwiGLU(dim, hidden)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope)
+        return x + self.ffn(self.ln2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.projection = nn.Conv2d(3, dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(x)
+
+
+class WindowTokenizer(nn.Module):
+    """4K tokenizer (spec 1.9): each 4x4 patch window becomes [w_cls, 16 patches] + local position
+    embedding, runs through MHA blocks (no QK-norm, RoPE or LayerScale), and only its CLS is kept."""
+
+    def __init__(self, arch: ArchSpec, chunk_size: int = 1024):
+        super().__init__()
+        c, n = arch.embed_dim, WINDOW_SIZE * WINDOW_SIZE
+        self.chunk_size = chunk_size
+        self.local_pos_embed = nn.Parameter(torch.zeros(1, n + 1, c))
+        self.w_cls = nn.Parameter(torch.zeros(1, 1, c))
+        self.blocks = nn.ModuleList(
+            Block(c, arch.num_heads, arch.num_heads, arch.ffn_hidden, main=False) for _ in range(arch.tokenizer_depth))
+
+    def partition(self, tokens: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """(B, hp*wp, C) row-major patches -> (B*windows, 17, C) sequences, windows row-major."""
+        b, _, c = tokens.shape
+        ws = WINDOW_SIZE
+        x = tokens.reshape(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        return torch.cat([self.w_cls.expand(x.shape[0], -1, -1), x], dim=1) + self.local_pos_embed
+
+    def forward(self, tokens: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        b, _, c = tokens.shape
+        seqs = self.partition(tokens, hp, wp)
+        outs = []
+        for chunk in seqs.split(self.chunk_size):
+            for blk in self.blocks:
+                chunk = blk(chunk)
+            outs.append(chunk[:, 0])
+        return torch.cat(outs).reshape(b, -1, c)
+
+
+class Sapiens2Backbone(nn.Module):
+    """Backbone returning the final-normed token sequence (B, 9+N, C); see :meth:`featmap`."""
+
+    def __init__(self, arch: ArchSpec, rope_mode: str = "bf16"):
+        super().__init__()
+        self.arch = arch
+        c = arch.embed_dim
+        self.patch_embed = PatchEmbed(c)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.storage_tokens = nn.Parameter(torch.zeros(1, NUM_STORAGE_TOKENS, c))
+        self.rope_embed = RopeEmbedding(arch.head_dim, mode=rope_mode)
+        self.blocks = nn.ModuleList(Block(c, arch.num_heads, kv, arch.ffn_hidden) for kv in arch.kv_heads)
+        self.ln1 = RMSNorm(c)
+        if arch.is_4k:
+            self.tokenizer = WindowTokenizer(arch)
+
+    @property
+    def rope_mode(self) -> str:
+        return self.rope_embed.mode
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Image (B,3,H,W) -> (tokens (B, 9+N, C), Hp, Wp) after the final norm."""
+        t = self.patch_embed(x)
+        b, c, hp, wp = t.shape
+        t = t.flatten(2).transpose(1, 2)
+        if self.arch.is_4k:
+            t = self.tokenizer(t, hp, wp)
+            hp, wp = hp // WINDOW_SIZE, wp // WINDOW_SIZE
+        t = torch.cat([self.cls_token.expand(b, -1, -1), self.storage_tokens.expand(b, -1, -1), t], dim=1)
+        rope = self.rope_embed(hp, wp)
+        for blk in self.blocks:
+            t = blk(t, rope)
+        return self.ln1(t), hp, wp
+
+    def forward(self, x: torch.Tensor, output: str = "featmap") -> torch.Tensor:
+        """``output``: ``featmap`` (B,C,Hp,Wp), ``raw`` (B,9+N,C) or ``cls_token`` (B,C) (spec 1.2)."""
+        t, hp, wp = self.forward_tokens(x)
+        if output == "raw":
+            return t
+        if output == "cls_token":
+            return t[:, 0]
+        if output == "featmap":
+            prefix = 1 + NUM_STORAGE_TOKENS
+            return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], -1, hp, wp)
+        raise ConfigError(f"unknown backbone output {output!r}; expected 'featmap', 'raw' or 'cls_token'")

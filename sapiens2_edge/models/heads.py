@@ -1,0 +1,146 @@
+"""Task heads (spec section 2). Sequential indices count the parameter-free modules too, so
+weighted layers sit at 0, 3, 6, ... exactly as in the official checkpoints."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .arch import PATCH_SIZE, HeadSpec, scale_grid_for
+from .backbone import EPS
+
+
+class InstanceNorm(nn.Module):
+    """InstanceNorm2d without affine parameters or running statistics (eps 1e-5)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, eps=1e-5)
+
+
+class RMSNorm2d(nn.Module):
+    """Channel-wise RMSNorm applied at every pixel (albedo head); holds its weight in ``norm``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.Module()
+        self.norm.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.rms_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.norm.weight, EPS)
+        return y.permute(0, 3, 1, 2)
+
+
+def _norm(channels: int, rms: bool) -> nn.Module:
+    return RMSNorm2d(channels) if rms else InstanceNorm()
+
+
+def deconv_units(cin: int, outs: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for out in outs:
+        layers += [nn.ConvTranspose2d(cin, out, 4, stride=2, padding=1, bias=False), InstanceNorm(), nn.SiLU()]
+        cin = out
+    return nn.Sequential(*layers)
+
+
+def conv_units(cin: int, outs: tuple[int, ...], k: int, rms: bool = False, stride: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    pad = 0 if stride > 1 else (k - 1) // 2
+    for out in outs:
+        layers += [nn.Conv2d(cin, out, k, stride=stride, padding=pad), _norm(out, rms), nn.SiLU()]
+        cin = out
+    return nn.Sequential(*layers)
+
+
+class PoseHead(nn.Module):
+    """DeconvUnits, 1x1 ConvUnits, then ``conv_pose``: raw heatmaps at input/4."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        self.deconv_layers = deconv_units(spec.in_channels, spec.deconv)
+        self.conv_layers = conv_units(spec.deconv[-1], spec.conv, spec.conv_kernel)
+        self.conv_pose = nn.Conv2d(spec.conv[-1], spec.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_pose(self.conv_layers(self.deconv_layers(x)))
+
+
+class SegHead(nn.Module):
+    """DeconvUnits up to full resolution, 1x1 ConvUnits, then ``conv_seg``: class logits."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        self.deconv_layers = deconv_units(spec.in_channels, spec.deconv)
+        self.conv_layers = conv_units(spec.deconv[-1], spec.conv, spec.conv_kernel)
+        self.conv_seg = nn.Conv2d(spec.conv[-1], spec.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_seg(self.conv_layers(self.deconv_layers(x)))
+
+
+class UpsampleUnit(nn.Sequential):
+    """Conv3x3 -> PixelShuffle(2) -> norm -> SiLU."""
+
+    def __init__(self, cin: int, out: int, rms: bool):
+        super().__init__(nn.Conv2d(cin, 4 * out, 3, padding=1), nn.PixelShuffle(2), _norm(out, rms), nn.SiLU())
+
+
+class DenseHead(nn.Module):
+    """normal / albedo / pointmap dense branch: input conv, PixelShuffle upsampling, 3x3 ConvUnits,
+    and a final 1x1 conv named after the task (``conv_normal``, ``conv_albedo``, ``conv_pointmap``)."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        rms = spec.task == "albedo"
+        c = spec.in_channels
+        self.input_conv = conv_units(c, (c,), 3, rms)
+        self.upsample_blocks = nn.ModuleList()
+        for out in spec.upsample:
+            self.upsample_blocks.append(UpsampleUnit(c, out, rms))
+            c = out
+        self.conv_layers = conv_units(c, spec.conv, 3, rms)
+        self.final_name = f"conv_{spec.task}"
+        self.add_module(self.final_name, nn.Conv2d(spec.conv[-1], spec.out_channels, 1))
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_conv(x)
+        for blk in self.upsample_blocks:
+            x = blk(x)
+        return getattr(self, self.final_name)(self.conv_layers(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class PointmapHead(DenseHead):
+    """Dense branch plus the scale branch (stride-2 1x1 convs on the featmap, then an MLP)."""
+
+    def __init__(self, spec: HeadSpec, stride: int = PATCH_SIZE):
+        super().__init__(spec)
+        self.input_size = spec.input_size
+        self.scale_conv_layers = conv_units(spec.in_channels, spec.scale_conv, 1, stride=2)
+        gh, gw = scale_grid_for(spec.input_size, stride, len(spec.scale_conv))
+        layers: list[nn.Module] = [nn.Flatten()]
+        cin = spec.scale_conv[-1] * gh * gw
+        for i, out in enumerate(spec.scale_fc):
+            layers.append(nn.Linear(cin, out))
+            if i < len(spec.scale_fc) - 1:
+                layers.append(nn.SiLU())
+            cin = out
+        self.scale_final_layer = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dense(x), self.scale_final_layer(self.scale_conv_layers(x))
+
+
+def build_head(spec: HeadSpec, stride: int = PATCH_SIZE) -> nn.Module:
+    if spec.task == "pose":
+        return PoseHead(spec)
+    if spec.task == "seg":
+        return SegHead(spec)
+    if spec.task in ("normal", "albedo"):
+        return DenseHead(spec)
+    if spec.task == "pointmap":
+        return PointmapHead(spec, stride)
+    raise ConfigError(f"unknown task {spec.task!r}")

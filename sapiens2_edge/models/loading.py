@@ -1,0 +1,107 @@
+"""``load_model``: official checkpoint (file, directory or Hugging Face id) -> :class:`Sapiens2Model`.
+
+Strict by design: the header is checked against the shapes the inferred architecture expects
+before a single weight is read, and any missing, unexpected or mis-shaped tensor is an error
+naming it. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import StateDictMismatchError, TaskMismatchError, ConfigError
+from .arch import TASKS, HeadSpec, backbone_shapes, head_shapes, infer_arch, infer_head
+from .checkpoint import read_header, read_tensors, resolve_checkpoint, split_layout, strip_wrapper_prefixes
+from .model import Sapiens2Model
+
+FLOAT_DTYPES = {"F32", "BF16", "F16"}
+_MAX_LISTED = 8
+
+
+def _listing(names: Sequence[str]) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return ", ".join(repr(n) for n in names[:_MAX_LISTED]) + more
+
+
+def check_shapes(found: Mapping[str, tuple], expected: Mapping[str, tuple], where: str, prefix: str = "") -> None:
+    """Raise :class:`StateDictMismatchError` naming every missing, unexpected or mis-shaped tensor."""
+    missing = [prefix + k for k in expected if k not in found]
+    unexpected = [prefix + k for k in found if k not in expected]
+    wrong = [f"{prefix}{k}: file has {tuple(found[k])}, expected {tuple(v)}"
+             for k, v in expected.items() if k in found and tuple(found[k]) != tuple(v)]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_listing(unexpected)}")
+    if wrong:
+        problems.append("mis-shaped tensors: " + "; ".join(wrong[:_MAX_LISTED]))
+    if problems:
+        raise StateDictMismatchError(f"{where} does not match the inferred architecture: " + " | ".join(problems))
+
+
+def describe_checkpoint(path: str | os.PathLike, input_size: Sequence[int] | None = None):
+    """Header-only description: (header, layout, arch, head_spec, {local name: file key} per part).
+
+    Used by ``load_model`` and by the CLI's ``info`` (which reads no weights)."""
+    header = read_header(path)
+    stripped = strip_wrapper_prefixes(list(header.tensors))  # {stripped: original}
+    layout, bb_map, head_map = split_layout(list(stripped))
+    bb_shapes = {k: header.tensors[stripped[v]].shape for k, v in bb_map.items()}
+    arch = infer_arch(bb_shapes)
+    head = None
+    if head_map:
+        h_shapes = {k: header.tensors[stripped[v]].shape for k, v in head_map.items()}
+        head = infer_head(h_shapes, arch.embed_dim, arch.input_multiple)
+        if input_size is not None and head.input_size is not None:
+            head = HeadSpec.from_dict({**head.to_dict(), "input_size": tuple(input_size)})
+    bb_files = {k: stripped[v] for k, v in bb_map.items()}
+    head_files = {k: stripped[v] for k, v in head_map.items()}
+    return header, layout, arch, head, bb_files, head_files
+
+
+def load_model(source: str | os.PathLike, task: str | None = None, *, input_size: Sequence[int] | None = None,
+               rope_mode: str = "bf16", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Sapiens2Model:
+    """Load an official Sapiens2 checkpoint.
+
+    source: a ``.safetensors`` file, a directory holding one, or a Hugging Face id such as
+    ``facebook/sapiens2-seg-0.4b`` (resolved through ``$SAPIENS_CHECKPOINT_ROOT`` and the Hugging
+    Face cache). ``task``, when given, must match the checkpoint's head. ``input_size`` overrides the
+    input a pointmap head was built for (inferred as the largest 4:3 size its scale MLP fits).
+    """
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    path = resolve_checkpoint(source)
+    header, layout, arch, head, bb_files, head_files = describe_checkpoint(path, input_size)
+    found_task = head.task if head else None
+    if task is not None and task != found_task:
+        what = f"a {found_task} checkpoint" if found_task else "a pretrain (backbone-only) checkpoint"
+        raise TaskMismatchError(f"{path} is {what}, but task={task!r} was asked for")
+    where = f"checkpoint {path}"
+    check_shapes({k: header.tensors[v].shape for k, v in bb_files.items()}, backbone_shapes(arch), where,
+                 "" if layout == "pretrain" else "backbone.")
+    if head is not None:
+        check_shapes({k: header.tensors[v].shape for k, v in head_files.items()},
+                     head_shapes(head, arch.input_multiple), where, "decode_head.")
+    bad = [f"{v} ({header.tensors[v].dtype})" for v in (*bb_files.values(), *head_files.values())
+           if header.tensors[v].dtype not in FLOAT_DTYPES]
+    if bad:
+        raise StateDictMismatchError(f"{where}: expected F32, BF16 or F16 tensors, found {_listing(bad)}")
+
+    tensors = read_tensors(path)
+    model = Sapiens2Model(arch, head, rope_mode)
+    state = {f"backbone.{k}": tensors[v] for k, v in bb_files.items()}
+    state.update({f"decode_head.{k}": tensors[v] for k, v in head_files.items()})
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)  # copies cast into fp32 params / the bf16 periods buffer
+    model.source, model.pretrained = str(path), True
+    model = model.to(device)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+        model.backbone.rope_embed.periods.data = state["backbone.rope_embed.periods"].to(device, torch.bfloat16)
+    return model.eval()
+

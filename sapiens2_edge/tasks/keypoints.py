@@ -1,0 +1,196 @@
+"""The 308-keypoint set ("Sociopticon / Goliath 308", spec Appendix A) and COCO-17.
+
+Names are generated from the appendix's description; the flip table is the appendix's table
+verbatim (flip pairs do not always match by name, so never derive them from names).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_FINGERS = ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
+
+
+def _hand(side: str) -> list[str]:
+    names = []
+    for finger in _FINGERS:
+        names += [f"{side}_{finger}4", f"{side}_{finger}3", f"{side}_{finger}2", f"{side}_{finger}_third_joint"]
+    return names + [f"{side}_wrist"]
+
+
+def _eyebrow(s: str) -> list[str]:
+    parts = ("upper_startpoint", "lower_startpoint", "end", "upper_midpoint_1", "lower_midpoint_1",
+             "upper_midpoint_2", "upper_midpoint_3", "lower_midpoint_2", "lower_midpoint_3")
+    return [f"{p}_of_{s}_eyebrow" for p in parts]
+
+
+def _eye(s: str, lid: str, lash_mids: tuple, lid_order: tuple, crease: bool) -> list[str]:
+    """One eye, upper or lower: lash line (9), eyelid line (8), then crease line (7, upper only)."""
+    def line(order: tuple, kind: str) -> list[str]:
+        return [f"{s}_{'centerpoint' if m == 'c' else f'midpoint_{m}'}_of_{lid}_{kind}_line" for m in order]
+
+    names = [f"{s}_inner_end_of_{lid}_lash_line", f"{s}_outer_end_of_{lid}_lash_line",
+             f"{s}_centerpoint_of_{lid}_lash_line"]
+    names += [f"{s}_midpoint_{m}_of_{lid}_lash_line" for m in lash_mids]
+    names += [f"{s}_outer_end_of_{lid}_eyelid_line"] + line(lid_order, "eyelid")
+    if crease:
+        names += line(lid_order, "crease")
+    return names
+
+
+_L_LASH, _L_LID = (2, 1, 6, 5, 4, 3), (6, 2, 5, "c", 4, 1, 3)
+_R_LASH, _R_LID = (1, 2, 3, 4, 5, 6), (3, 1, 4, "c", 5, 2, 6)
+
+_NOSE = ["tip_of_nose", "bottom_center_of_nose", "r_outer_corner_of_nose", "l_outer_corner_of_nose",
+         "inner_corner_of_r_nostril", "outer_corner_of_r_nostril", "upper_corner_of_r_nostril",
+         "inner_corner_of_l_nostril", "outer_corner_of_l_nostril", "upper_corner_of_l_nostril"]
+
+
+def _lips(layer: str) -> list[str]:
+    return ([f"r_{layer}_corner_of_mouth", f"l_{layer}_corner_of_mouth"]
+            + (["center_of_cupid_bow", "center_of_lower_outer_lip"] if layer == "outer"
+               else ["center_of_upper_inner_lip", "center_of_lower_inner_lip"])
+            + [f"midpoint_{i}_of_{lip}_{layer}_lip" for i, lip in
+               ((1, "upper"), (2, "upper"), (1, "lower"), (2, "lower"))]
+            + [f"midpoint_{i}_of_upper_{layer}_lip" for i in (3, 4, 5, 6)]
+            + [f"midpoint_{i}_of_lower_{layer}_lip" for i in (3, 4, 5, 6)])
+
+
+def _ear(s: str, helix: tuple) -> list[str]:
+    """``helix``: the inner-helix point numbers at positions 8-14 and 25 of the ear list."""
+    p = [f"{s}_point_{i}_of_inner_helix" for i in helix]
+    return ([f"{s}_top_end_of_inferior_crus", f"{s}_top_end_of_superior_crus", f"{s}_start_of_antihelix",
+             f"{s}_end_of_antihelix", f"{s}_midpoint_1_of_antihelix", f"{s}_midpoint_1_of_inferior_crus",
+             f"{s}_midpoint_2_of_antihelix", f"{s}_midpoint_3_of_antihelix"]
+            + p[:7]
+            + [f"{s}_highest_point_of_antitragus", f"{s}_bottom_point_of_tragus",
+               f"{s}_protruding_point_of_tragus", f"{s}_top_point_of_tragus",
+               f"{s}_start_point_of_crus_of_helix", f"{s}_deepest_point_of_concha",
+               f"{s}_tip_of_ear_lobe", f"{s}_midpoint_between_22_15",
+               f"{s}_bottom_connecting_point_of_ear_lobe", f"{s}_top_connecting_point_of_helix"]
+            + p[7:])
+
+
+def _iris(s: str, part: str) -> list[str]:
+    return [f"{s}_center_of_{part}", f"{s}_border_of_{part}_3", f"{s}_border_of_{part}_midpoint_1",
+            f"{s}_border_of_{part}_12", f"{s}_border_of_{part}_midpoint_4", f"{s}_border_of_{part}_9",
+            f"{s}_border_of_{part}_midpoint_3", f"{s}_border_of_{part}_6", f"{s}_border_of_{part}_midpoint_2"]
+
+
+KEYPOINT_NAMES: tuple[str, ...] = tuple(
+    ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+     "left_elbow", "right_elbow", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+     "right_ankle"]
+    + ["left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel"]
+    + _hand("right") + _hand("left")
+    + ["left_olecranon", "right_olecranon", "left_cubital_fossa", "right_cubital_fossa",
+       "left_acromion", "right_acromion", "neck"]
+    + ["center_of_glabella", "center_of_nose_root", "tip_of_nose_bridge", "midpoint_1_of_nose_bridge",
+       "midpoint_2_of_nose_bridge", "midpoint_3_of_nose_bridge", "center_of_labiomental_groove",
+       "tip_of_chin"]
+    + _eyebrow("r") + _eyebrow("l")
+    + _eye("l", "upper", _L_LASH, _L_LID, True) + _eye("r", "upper", _R_LASH, _R_LID, True)
+    + _eye("l", "lower", _L_LASH, _L_LID, False) + _eye("r", "lower", _R_LASH, _R_LID, False)
+    + _NOSE + _lips("outer") + _lips("inner")
+    + _ear("l", (1, 2, 3, 4, 5, 6, 7, 8)) + _ear("r", (1, 8, 3, 4, 5, 6, 7, 2))
+    + _iris("l", "iris") + _iris("r", "iris") + _iris("l", "pupil") + _iris("r", "pupil")
+)
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+KEYPOINT_INDEX: dict[str, int] = {n: i for i, n in enumerate(KEYPOINT_NAMES)}
+
+KEYPOINT_GROUPS: dict[str, range] = {
+    "body": range(0, 15),
+    "feet": range(15, 21),
+    "right_hand": range(21, 42),
+    "left_hand": range(42, 63),
+    "extra": range(63, 70),
+    "face": range(70, 308),
+}
+"""Top-level groups (0-based, end-exclusive). The wrists belong to the hands."""
+
+FACE_REGIONS: dict[str, range] = {
+    "center": range(70, 78),
+    "right_eyebrow": range(78, 87),
+    "left_eyebrow": range(87, 96),
+    "left_eye_upper": range(96, 120),
+    "right_eye_upper": range(120, 144),
+    "left_eye_lower": range(144, 161),
+    "right_eye_lower": range(161, 178),
+    "nose": range(178, 188),
+    "mouth": range(188, 220),
+    "left_ear": range(220, 246),
+    "right_ear": range(246, 272),
+    "left_iris": range(272, 281),
+    "right_iris": range(281, 290),
+    "left_pupil": range(290, 299),
+    "right_pupil": range(299, 308),
+}
+
+# Appendix A, verbatim: position i holds the index whose heatmap takes its place after a flip.
+FLIP_INDICES: tuple[int, ...] = tuple(int(t) for t in """
+0 2 1 4 3 6 5 8 7 10 9 12 11 14 13 18 19 20 15 16 17 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60
+61 62 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 64 63 66 65 68 67 69 70 71 72 73 74 75 76
+77 87 88 89 90 91 93 92 95 94 78 79 80 81 82 84 83 86 85 120 121 122 123 124 125 126 127 128 129 130 131 132
+133 134 135 136 137 138 139 140 141 142 143 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112
+113 114 115 116 117 118 119 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 144 145 146
+147 148 149 150 151 152 153 154 155 156 157 158 159 160 178 179 181 180 185 186 187 182 183 184 189 188 190
+191 193 192 195 194 199 198 197 196 203 202 201 200 205 204 206 207 209 208 211 210 215 214 213 212 219 218
+217 216 246 247 248 249 250 251 252 253 254 255 256 257 258 259 260 261 262 263 264 265 266 267 268 269 270
+271 220 221 222 223 224 225 226 227 228 229 230 231 232 233 234 235 236 237 238 239 240 241 242 243 244 245
+281 286 285 284 283 282 289 288 287 272 277 276 275 274 273 280 279 278 299 304 303 302 301 300 307 306 305
+290 295 294 293 292 291 298 297 296
+""".split())
+
+
+def _hand_links(wrist: int, first: int) -> list[tuple[int, int]]:
+    links = []
+    for f in range(5):  # per finger: tip(4), 3, 2, third_joint -> chain from the wrist outwards
+        tip, d3, d2, joint = first + 4 * f, first + 4 * f + 1, first + 4 * f + 2, first + 4 * f + 3
+        links += [(wrist, joint), (joint, d2), (d2, d3), (d3, tip)]
+    return links
+
+
+SKELETON: tuple[tuple[int, int], ...] = tuple(
+    # head and torso
+    [(0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 9), (6, 10), (9, 10), (69, 5), (69, 6)]
+    # arms (elbow -> wrist, the wrists are 62 left / 41 right) and legs
+    + [(5, 7), (7, 62), (6, 8), (8, 41), (9, 11), (11, 13), (10, 12), (12, 14)]
+    # feet: ankle -> big toe, small toe, heel
+    + [(13, 15), (13, 16), (13, 17), (14, 18), (14, 19), (14, 20)]
+    + _hand_links(41, 21) + _hand_links(62, 42)
+    # face: nose bridge, nostrils, chin, eyebrows, eye outlines, lips (points whose order is
+    # unambiguous from their names only)
+    + [(70, 71), (71, 72), (72, 178), (178, 179), (179, 180), (179, 181), (191, 76), (76, 77)]
+    + [(78, 79), (78, 80), (79, 80), (87, 88), (87, 89), (88, 89)]
+    + [(96, 98), (98, 97), (144, 146), (146, 145), (120, 122), (122, 121), (161, 163), (163, 162)]
+    + [(188, 190), (190, 189), (189, 191), (191, 188), (204, 206), (206, 205), (205, 207), (207, 204)]
+)
+"""Links drawn between keypoints: our own design (the reference's 65-link skeleton is not in
+the spec). It is symmetric under :data:`FLIP_INDICES`."""
+
+COCO17_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)
+COCO17_FROM_308: tuple[int, ...] = tuple(KEYPOINT_INDEX[n] for n in COCO17_NAMES)
+"""Index into the 308 set for each COCO-17 keypoint (wrists: 62 left, 41 right)."""
+
+COCO17_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+
+
+def to_coco17(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Select the COCO-17 subset: (..., 308, 2), (..., 308) -> (..., 17, 2), (..., 17)."""
+    idx = np.asarray(COCO17_FROM_308)
+    return np.asarray(keypoints)[..., idx, :], np.asarray(scores)[..., idx]
+
+
+def keypoint_group(index: int) -> str:
+    """Name of the top-level group that keypoint ``index`` belongs to."""
+    for name, r in KEYPOINT_GROUPS.items():
+        if index in r:
+            return name
+    raise IndexError(f"keypoint index {index} is outside 0..{NUM_KEYPOINTS - 1}")

@@ -1,0 +1,94 @@
+"""Body-part segmentation (29 classes, spec 2.2): stretch resize in, logits -> labels out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import InvalidTensorError
+from .base import Pipeline
+from .image import load_image
+from .preprocess import normalize, stretch_resize
+from .results import SegResult
+
+SEG_CLASSES: tuple[str, ...] = (
+    "Background", "Apparel", "Eyeglass", "Face_Neck", "Hair", "Left_Foot", "Left_Hand",
+    "Left_Lower_Arm", "Left_Lower_Leg", "Left_Shoe", "Left_Sock", "Left_Upper_Arm",
+    "Left_Upper_Leg", "Lower_Clothing", "Right_Foot", "Right_Hand", "Right_Lower_Arm",
+    "Right_Lower_Leg", "Right_Shoe", "Right_Sock", "Right_Upper_Arm", "Right_Upper_Leg", "Torso",
+    "Upper_Clothing", "Lower_Lip", "Upper_Lip", "Lower_Teeth", "Upper_Teeth", "Tongue",
+)
+NUM_SEG_CLASSES = len(SEG_CLASSES)
+
+SEG_PALETTE = np.array(
+    [(50, 50, 50), (255, 218, 0), (14, 204, 182), (128, 200, 255), (255, 0, 109), (189, 0, 204),
+     (255, 0, 218), (0, 160, 204), (0, 255, 145), (204, 0, 131), (182, 0, 255), (255, 109, 0),
+     (0, 255, 255), (72, 0, 255), (204, 131, 0), (255, 0, 0), (72, 255, 0), (189, 204, 0),
+     (182, 255, 0), (102, 0, 204), (32, 72, 204), (0, 145, 255), (14, 204, 0), (0, 128, 72),
+     (235, 205, 119), (115, 227, 112), (157, 113, 143), (132, 93, 50), (82, 21, 114)],
+    dtype=np.uint8,
+)
+"""(29, 3) RGB colour per class, used for drawing."""
+
+SEG_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((5, 14), (6, 15), (7, 16), (8, 17), (9, 18), (10, 19), (11, 20), (12, 21))
+"""Left/right class pairs that trade places under a horizontal flip."""
+
+_CHANNEL_CHUNK = 4  # classes resized at a time: bounds memory at 4 x H0 x W0 floats
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (H, W) or (H, W, C) float array to ``size`` = (H, W).
+
+    OpenCV's INTER_LINEAR samples at ``(dst + 0.5) * in/out - 0.5`` with the edge clamp, the same
+    as torch's bilinear with align_corners=False and no antialias, up- and downscaling alike.
+    """
+    h, w = size
+    return cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (H, W) uint8 labels: bilinear resize to ``size``, then argmax.
+
+    Works a few classes at a time with a running maximum, so a large original image does not
+    need all C resized channels in memory at once. Ties go to the lower class index, as argmax.
+    """
+    c = logits.shape[0]
+    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    best = labels = None
+    for start in range(0, c, _CHANNEL_CHUNK):
+        part = resize_bilinear(np.ascontiguousarray(hwc[:, :, start:start + _CHANNEL_CHUNK]), size)
+        if part.ndim == 2:
+            part = part[:, :, None]
+        part_best = part.max(axis=2)
+        part_arg = part.argmax(axis=2).astype(np.uint8) + np.uint8(start)
+        if best is None:
+            best, labels = part_best, part_arg
+        else:
+            better = part_best > best
+            best = np.where(better, part_best, best)
+            labels = np.where(better, part_arg, labels)
+    return labels
+
+
+class SegPipeline(Pipeline):
+    """Stretch the image to the input size; resize logits to the original size and argmax."""
+
+    task = "seg"
+    output_names = ("logits",)
+
+    def preprocess(self, image: Any, boxes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+        self._no_boxes(boxes)
+        image = load_image(image)
+        batch = normalize(stretch_resize(image, self.input_size))[None]
+        return batch, {"task": self.task, "batch_size": 1, "image_size": image.shape[:2]}
+
+    def postprocess(self, outputs: Any, meta: dict[str, Any]) -> SegResult:
+        (logits,) = self._outputs(outputs, meta)
+        if logits.ndim != 4 or not 1 <= logits.shape[1] <= 256:
+            raise InvalidTensorError(
+                f"seg logits must have shape (1, classes, H, W) with at most 256 classes, got {logits.shape}"
+            )
+        names = SEG_CLASSES if logits.shape[1] == NUM_SEG_CLASSES else tuple(f"class_{i}" for i in range(logits.shape[1]))
+        return SegResult(labels=logits_to_labels(logits[0], meta["image_size"]), class_names=names)
