@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..errors import StateDictMismatchError, TaskMismatchError, ConfigError
+from ..errors import ConfigError, StateDictMismatchError, TaskMismatchError
 from .arch import TASKS, HeadSpec, backbone_shapes, head_shapes, infer_arch, infer_head
-from .checkpoint import read_header, read_tensors, resolve_checkpoint, split_layout, strip_wrapper_prefixes
+from .checkpoint import read_header, read_tensors, resolve_checkpoint, split_layout
 from .model import Sapiens2Model
 
 FLOAT_DTYPES = {"F32", "BF16", "F16"}
@@ -49,18 +49,15 @@ def describe_checkpoint(path: str | os.PathLike, input_size: Sequence[int] | Non
 
     Used by ``load_model`` and by the CLI's ``info`` (which reads no weights)."""
     header = read_header(path)
-    stripped = strip_wrapper_prefixes(list(header.tensors))  # {stripped: original}
-    layout, bb_map, head_map = split_layout(list(stripped))
-    bb_shapes = {k: header.tensors[stripped[v]].shape for k, v in bb_map.items()}
+    layout, bb_files, head_files = split_layout(list(header.tensors))  # local name -> file key
+    bb_shapes = {k: header.tensors[v].shape for k, v in bb_files.items()}
     arch = infer_arch(bb_shapes)
     head = None
-    if head_map:
-        h_shapes = {k: header.tensors[stripped[v]].shape for k, v in head_map.items()}
+    if head_files:
+        h_shapes = {k: header.tensors[v].shape for k, v in head_files.items()}
         head = infer_head(h_shapes, arch.embed_dim, arch.input_multiple)
         if input_size is not None and head.input_size is not None:
             head = HeadSpec.from_dict({**head.to_dict(), "input_size": tuple(input_size)})
-    bb_files = {k: stripped[v] for k, v in bb_map.items()}
-    head_files = {k: stripped[v] for k, v in head_map.items()}
     return header, layout, arch, head, bb_files, head_files
 
 
@@ -87,10 +84,10 @@ def load_model(source: str | os.PathLike, task: str | None = None, *, input_size
     if head is not None:
         check_shapes({k: header.tensors[v].shape for k, v in head_files.items()},
                      head_shapes(head, arch.input_multiple), where, "decode_head.")
-    bad = [f"{v} ({header.tensors[v].dtype})" for v in (*bb_files.values(), *head_files.values())
-           if header.tensors[v].dtype not in FLOAT_DTYPES]
+    bad = sorted(f"{v!r} ({header.tensors[v].dtype})" for v in (*bb_files.values(), *head_files.values())
+                 if header.tensors[v].dtype not in FLOAT_DTYPES)
     if bad:
-        raise StateDictMismatchError(f"{where}: expected F32, BF16 or F16 tensors, found {_listing(bad)}")
+        raise StateDictMismatchError(f"{where}: expected F32, BF16 or F16 tensors, found {', '.join(bad[:_MAX_LISTED])}")
 
     tensors = read_tensors(path)
     model = Sapiens2Model(arch, head, rope_mode)

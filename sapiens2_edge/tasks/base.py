@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ConfigError, InvalidBoxError, InvalidTensorError
 from .image import _is_pil_image
-from .preprocess import DEFAULT_INPUT_SIZE, MEAN, STD
+from .preprocess import DEFAULT_INPUT_SIZE, MEAN_RGB, STD_RGB
 
 Infer = Callable[[np.ndarray], Sequence[np.ndarray]]
 
@@ -66,8 +66,8 @@ class Pipeline:
         return {
             "task": self.task,
             "input_size": list(self.input_size),
-            "mean": [float(v) for v in MEAN],
-            "std": [float(v) for v in STD],
+            "mean": list(MEAN_RGB),
+            "std": list(STD_RGB),
             "channel_order": "RGB",
             "outputs": list(self.output_names),
             **{k: getattr(self, k) for k in self.options},

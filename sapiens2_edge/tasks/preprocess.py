@@ -14,10 +14,12 @@ import numpy as np
 
 from ..errors import InvalidImageError
 
-MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+MEAN_RGB = (123.675, 116.28, 103.53)
 """Per-channel mean in RGB order on the 0-255 scale."""
-STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+STD_RGB = (58.395, 57.12, 57.375)
 """Per-channel standard deviation in RGB order on the 0-255 scale (no /255 step)."""
+MEAN = np.array(MEAN_RGB, dtype=np.float32)
+STD = np.array(STD_RGB, dtype=np.float32)
 
 DEFAULT_INPUT_SIZE = (1024, 768)
 """Network input (H, W) of the released models."""
