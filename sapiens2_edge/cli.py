@@ -1,0 +1,238 @@
+"""``sapiens2-edge`` command line: info, predict, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConfigError, InvalidBoxError, Sapiens2EdgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Edge inference for Meta's Sapiens2 models: inspect checkpoints and run predictions.")
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SAMPLE_IMAGE = Path(__file__).parent / "assets" / "astronaut.jpg"
+
+
+def _fail(e: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {type(e).__name__}: {e}")
+    raise typer.Exit(code=2)
+
+
+def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-size must look like 1024x768 (H x W), got {text!r}") from None
+    return h, w
+
+
+# --- info -------------------------------------------------------------------------------------------
+@app.command()
+def info(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),
+         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """Describe a checkpoint from its safetensors header alone (no weights are read)."""
+    from .models.arch import backbone_shapes, count_params, head_shapes
+    from .models.checkpoint import header_summary, resolve_checkpoint
+    from .models.layout import describe_checkpoint
+
+    try:
+        path = resolve_checkpoint(checkpoint)
+        header, layout, arch, head, _, _ = describe_checkpoint(path)
+        summary = header_summary(header)
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    backbone_params = count_params(backbone_shapes(arch))
+    head_params = count_params(head_shapes(head, arch.input_multiple)) if head else 0
+    gqa = [i for i, kv in enumerate(arch.kv_heads) if kv < arch.num_heads]
+    data = {
+        "path": str(path), "layout": layout, "task": head.task if head else None, "arch": arch.name,
+        "embed_dim": arch.embed_dim, "depth": arch.depth, "heads": arch.num_heads, "head_dim": arch.head_dim,
+        "gqa_blocks": f"{gqa[0]}..{gqa[-1]} ({arch.kv_heads[gqa[0]]} kv heads)" if gqa else "none",
+        "tokenizer_4k": arch.tokenizer_depth, "ffn_hidden": arch.ffn_hidden,
+        "input_size": list(head.input_size) if head and head.input_size else None,
+        "parameters": summary["num_parameters"], "backbone_parameters": backbone_params,
+        "head_parameters": head_params, "tensors": summary["num_tensors"], "dtypes": summary["dtypes"],
+        "file_size": summary["file_size"],
+    }
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    table = Table(title=f"{path.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for k, v in data.items():
+        if k in ("parameters", "backbone_parameters", "head_parameters"):
+            v = f"{v:,} ({v / 1e6:.1f} M)"
+        elif k == "file_size":
+            v = f"{v / 2**20:.1f} MiB"
+        elif k == "dtypes":
+            v = ", ".join(f"{d}: {n}" for d, n in v.items())
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+# --- predict ----------------------------------------------------------------------------------------
+def _list_inputs(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+        return files
+    if not path.exists():
+        raise ConfigError(f"input {path} does not exist; expected an image file or a folder of images")
+    return [path]
+
+
+def _load_boxes(path: Optional[Path], names: list[str]) -> dict[str, object]:
+    """boxes.json: {"image.jpg": [[x1, y1, x2, y2], ...], ...}, or a plain list for a single image."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidBoxError(f"cannot read boxes file {path}: {e}") from None
+    if isinstance(data, list):
+        if len(names) != 1:
+            raise InvalidBoxError(f"{path} holds a plain list of boxes, but there are {len(names)} images; "
+                                  'use {"image name": [[x1, y1, x2, y2], ...]}')
+        return {names[0]: data}
+    if not isinstance(data, dict):
+        raise InvalidBoxError(f"{path} must hold a JSON object mapping image names to box lists")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InvalidBoxError(f"{path} has boxes for images that are not inputs: {unknown[:5]}")
+    return data
+
+
+def write_outputs(result, image, out_dir: Path, stem: str) -> list[Path]:
+    """Overlay PNG, raw arrays (.npy) and the JSON summary of one result."""
+    import cv2
+    import numpy as np
+
+    written = []
+    overlay = out_dir / f"{stem}.png"
+    cv2.imwrite(str(overlay), cv2.cvtColor(result.draw(image), cv2.COLOR_RGB2BGR))
+    written.append(overlay)
+    for key, arr in result.arrays().items():
+        p = out_dir / f"{stem}_{key}.npy"
+        np.save(p, arr)
+        written.append(p)
+    p = out_dir / f"{stem}.json"
+    p.write_text(result.to_json())
+    written.append(p)
+    return written
+
+
+def run_predictions(predictor, inputs: list[Path], out_dir: Path, boxes: dict, show_progress: bool = True) -> list:
+    from tqdm import tqdm
+
+    from .tasks import load_image, pose_demo_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, names = [], []
+    for path in tqdm(inputs, desc="predict", unit="img", disable=not (show_progress and sys.stderr.isatty())):
+        image = load_image(path)
+        result = predictor(image, boxes=boxes.get(path.name))
+        write_outputs(result, image, out_dir, path.stem)
+        results.append(result)
+        names.append(path.name)
+    if predictor.task == "pose":
+        (out_dir / "keypoints.json").write_text(json.dumps(pose_demo_json(results, names), indent=1))
+    return results
+
+
+@app.command()
+def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),
+            input: Path = typer.Option(..., "--input", "-i", help="an image or a folder of images"),
+            output: Path = typer.Option(..., "--output", "-o", help="folder for overlays and raw results"),
+            boxes: Optional[Path] = typer.Option(None, "--boxes", help="pose: JSON {image name: [[x1,y1,x2,y2], ...]}"),
+            device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+            input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
+            no_flip: bool = typer.Option(False, "--no-flip", help="pose: skip the flip test")) -> None:
+    """Run a task checkpoint on an image or a folder; write overlay PNGs, .npy arrays and JSON."""
+    from .runtime.predictor import Predictor
+
+    try:
+        inputs = _list_inputs(input)
+        box_map = _load_boxes(boxes, [p.name for p in inputs])
+        pred = Predictor(checkpoint, backend="torch", device=device, input_size=_parse_size(input_size),
+                         flip_test=not no_flip)
+        if box_map and pred.task != "pose":
+            raise InvalidBoxError(f"--boxes is only used by pose models; this is a {pred.task} model")
+        console.print(f"{pred.task} model, backend {pred.runner.describe()}")
+        start = time.perf_counter()
+        run_predictions(pred, inputs, output, box_map)
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    console.print(f"wrote results for {len(inputs)} image(s) to {output} in {time.perf_counter() - start:.1f} s")
+
+
+# --- demo (the README's main job) ---------------------------------------------------------------------
+@app.command()
+def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint; default: look for the official one"),
+         task: str = typer.Option("seg", help="pose, seg, normal, pointmap or albedo"),
+         size: str = typer.Option("0.4b", help="model size to look for / build: 0.4b, 0.8b, 1b, 5b"),
+         image: Optional[Path] = typer.Option(None, help="input image (default: the bundled sample photo)"),
+         output: Path = typer.Option(Path("sapiens2_demo"), help="output folder"),
+         device: str = typer.Option("auto", help="auto, cpu or cuda[:N]")) -> None:
+    """Run one task end to end on a sample image, offline.
+
+    Uses real weights when you have them (--checkpoint, $SAPIENS_CHECKPOINT_ROOT or the Hugging Face
+    cache); otherwise a randomly initialised model in the official layout, announced as such.
+    """
+    from .models.arch import TASKS
+    from .models.loading import load_model
+    from .models.model import build_model
+    from .runtime.predictor import Predictor, default_checkpoint
+
+    try:
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        t0 = time.perf_counter()
+        source = checkpoint or default_checkpoint(task, size)
+        if source is not None:
+            model = load_model(source, task=task)
+            console.print(f"[bold green]real weights[/]: {source}")
+        else:
+            console.print(f"[bold yellow]RANDOM WEIGHTS[/]: no {task} {size} checkpoint found on this machine "
+                          f"(looked for facebook/sapiens2-{task}-{size} under $SAPIENS_CHECKPOINT_ROOT and in the "
+                          "Hugging Face cache). Running a randomly initialised model in the official layout: "
+                          "shapes, speed and the pipeline are real, the predictions are noise.")
+            model = build_model(size, task)
+        console.print(f"model: {model.arch.name}, task {model.task}, "
+                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+                      f"built/loaded in {time.perf_counter() - t0:.1f} s")
+        pred = Predictor(model, backend="torch", device=device)
+        console.print(f"backend: {pred.runner.describe()} ({pred.backend_reason})")
+        inputs = [image or SAMPLE_IMAGE]
+        t1 = time.perf_counter()
+        results = run_predictions(pred, _list_inputs(inputs[0]), output, {})
+        elapsed = time.perf_counter() - t1
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    console.print(f"input: {inputs[0]} ({'bundled sample' if image is None else 'yours'})")
+    console.print(f"prediction: {elapsed:.2f} s at {pred.input_size[0]}x{pred.input_size[1]}")
+    console.print(f"summary: {results[0].to_json()[:300]}")
+    console.print(f"outputs in {output}/: " + ", ".join(sorted(p.name for p in output.iterdir())))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``Predictor``: image(s) in, typed task results out, through whichever backend runs the model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError, TaskMismatchError
+from ..tasks import get_pipeline
+from .base import BACKENDS
+
+log = logging.getLogger("sapiens2_edge")
+
+# Runtimes that execute exported artifacts; they arrive with the exporters.
+_ARTIFACT_BACKENDS = ("onnxruntime", "openvino", "coreml", "native")
+
+
+class Predictor:
+    """Run a Sapiens2 task model on images.
+
+    ``model``: a loaded :class:`~sapiens2_edge.models.model.Sapiens2Model`, or anything
+    :func:`sapiens2_edge.load_model` accepts (a ``.safetensors`` path, a directory, a Hugging Face
+    id). ``pred(image, boxes=None)`` takes an RGB uint8 array, a PIL image or a path and returns one
+    result; a list of images runs as one batch and returns a list. ``boxes`` (pose only) are person
+    boxes ``(n, 4)`` as ``x1, y1, x2, y2`` in image pixels; for a list, one entry per image.
+    """
+
+    def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
+                 input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None):
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if backend in _ARTIFACT_BACKENDS:
+            raise ConfigError(
+                f"backend {backend!r} runs exported artifacts, and this version has no exporter yet; "
+                "use backend='torch' (or 'auto') with a checkpoint")
+        from ..models.loading import load_model
+        from ..models.model import Sapiens2Model
+        from .torch_backend import TorchBackend
+
+        if not isinstance(model, Sapiens2Model):
+            if not isinstance(model, (str, os.PathLike)):
+                raise ConfigError(f"expected a Sapiens2Model, a checkpoint path or a Hugging Face id, got {type(model).__name__}")
+            model = load_model(model, task=task)
+        if model.task is None:
+            raise ConfigError("this is a pretrain (backbone-only) model: the Predictor needs a task checkpoint "
+                              "(pose, seg, normal, pointmap or albedo); call the model directly for features")
+        if task is not None and task != model.task:
+            raise TaskMismatchError(f"the model is a {model.task} model, but task={task!r} was asked for")
+        self.model = model
+        self.task: str = model.task
+        self.input_size = tuple(input_size) if input_size is not None else model.input_size
+        options = {"flip_test": flip_test} if self.task == "pose" else {}
+        self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
+        self.runner = TorchBackend(model, device=device, batch_size=batch_size)
+        self.backend = self.runner.name
+        self.backend_reason = ("asked for" if backend == "torch" else
+                               "auto: torch is the only backend that runs a checkpoint (exported artifacts add others)")
+        log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
+
+    def __repr__(self) -> str:
+        return f"Predictor(task={self.task!r}, backend={self.backend!r}, input_size={self.input_size})"
+
+    def __call__(self, images: Any, boxes: Any = None):
+        single = not isinstance(images, (list, tuple))
+        if single:
+            images, boxes = [images], [boxes]
+        # One backend call for the whole list (the backend splits it by its own batch_size).
+        results = self.pipeline(images, self.runner, boxes=boxes, batch_size=1 << 30)
+        return results[0] if single else results
+
+
+def default_checkpoint(task: str, size: str = "0.4b") -> Path | None:
+    """The official checkpoint for ``task``/``size`` if it is on this machine (a path under
+    ``$SAPIENS_CHECKPOINT_ROOT`` or in the Hugging Face cache), else None. Never downloads."""
+    from ..errors import CheckpointError
+    from ..models.checkpoint import resolve_checkpoint
+
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return resolve_checkpoint(f"facebook/sapiens2-{task}-{size}")
+    except CheckpointError:
+        return None
+    except FileNotFoundError:
+        return None
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
