@@ -187,7 +187,8 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
          size: str = typer.Option("0.4b", help="model size to look for / build: 0.4b, 0.8b, 1b, 5b"),
          image: Optional[Path] = typer.Option(None, help="input image (default: the bundled sample photo)"),
          output: Path = typer.Option(Path("sapiens2_demo"), help="output folder"),
-         device: str = typer.Option("auto", help="auto, cpu or cuda[:N]")) -> None:
+         device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+         input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's, 1024x768)")) -> None:
     """Run one task end to end on a sample image, offline.
 
     Uses real weights when you have them (--checkpoint, $SAPIENS_CHECKPOINT_ROOT or the Hugging Face
@@ -211,11 +212,11 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
                           f"(looked for facebook/sapiens2-{task}-{size} under $SAPIENS_CHECKPOINT_ROOT and in the "
                           "Hugging Face cache). Running a randomly initialised model in the official layout: "
                           "shapes, speed and the pipeline are real, the predictions are noise.")
-            model = build_model(size, task)
+            model = build_model(size, task, input_size=_parse_size(input_size) or (1024, 768))
         console.print(f"model: {model.arch.name}, task {model.task}, "
                       f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
                       f"built/loaded in {time.perf_counter() - t0:.1f} s")
-        pred = Predictor(model, backend="torch", device=device)
+        pred = Predictor(model, backend="torch", device=device, input_size=_parse_size(input_size))
         console.print(f"backend: {pred.runner.describe()} ({pred.backend_reason})")
         inputs = [image or SAMPLE_IMAGE]
         t1 = time.perf_counter()

@@ -15,7 +15,10 @@ from .results import AlbedoResult, NormalResult, PointmapResult
 
 NORMAL_EPS = 1e-8
 POINTMAP_BLUR_PASSES = 4
-POINTMAP_BLUR_KSIZE = 3  # OpenCV's default sigma for a 3x3 kernel is 0.8
+POINTMAP_BLUR_KSIZE = 3
+# Passed explicitly: with sigma=0 OpenCV uses a fixed [1/4, 1/2, 1/4] table for 3x3 kernels,
+# not the sigma-0.8 Gaussian the spec names (which its own formula would give).
+POINTMAP_BLUR_SIGMA = 0.8
 
 
 def normalize_normals(normal: np.ndarray, eps: float = NORMAL_EPS) -> np.ndarray:
@@ -83,7 +86,7 @@ class PointmapPipeline(_DensePipeline):
         h0, w0 = lb.original_size
         if h0 > region.shape[0] or w0 > region.shape[1]:
             for _ in range(POINTMAP_BLUR_PASSES):
-                region = cv2.GaussianBlur(region, (POINTMAP_BLUR_KSIZE, POINTMAP_BLUR_KSIZE), 0)
+                region = cv2.GaussianBlur(region, (POINTMAP_BLUR_KSIZE, POINTMAP_BLUR_KSIZE), POINTMAP_BLUR_SIGMA)
         if region.shape[:2] != (h0, w0):
             region = cv2.resize(region, (w0, h0), interpolation=cv2.INTER_LINEAR)
         s = float(scale.reshape(-1)[0])

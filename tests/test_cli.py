@@ -1,0 +1,133 @@
+"""The ``sapiens2-edge`` commands, run in-process through typer's runner and once as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sapiens2_edge.cli import app
+from tests.fixtures.tiny import save, tiny_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return {t: save(tiny_model(t), d / f"tiny_{t}.safetensors") for t in ("seg", "pose", "normal")}
+
+
+@pytest.fixture()
+def images(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.jpg", (120, 90, 3)), ("b.png", (64, 130, 3))):
+        cv2.imwrite(str(d / name), rng.integers(0, 256, shape, dtype=np.uint8))
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_info_table_and_json(ckpts):
+    res = runner.invoke(app, ["info", str(ckpts["seg"])])
+    assert res.exit_code == 0, res.output
+    for text in ("task", "seg", "8..9 (2 kv heads)", "322", "F32: 321, BF16: 1"):
+        assert text in res.output
+    res = runner.invoke(app, ["info", str(ckpts["pose"]), "--json"])
+    data = json.loads(res.output)
+    assert data["task"] == "pose" and data["depth"] == 18 and data["tensors"] == 322
+    assert data["parameters"] == sum(p.numel() for p in tiny_model("pose").official_state_dict().values())
+
+
+def test_info_reads_no_weights(ckpts, monkeypatch):
+    import sapiens2_edge.models.checkpoint as ck
+
+    monkeypatch.setattr(ck, "read_tensors", lambda *a, **k: pytest.fail("info read weights"))
+    assert runner.invoke(app, ["info", str(ckpts["normal"])]).exit_code == 0
+
+
+def test_info_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    res = runner.invoke(app, ["info", str(bad)])
+    assert res.exit_code == 2 and "CorruptCheckpointError" in res.output
+
+
+def test_predict_folder_seg(ckpts, images, tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["predict", str(ckpts["seg"]), "--input", str(images), "--output", str(out),
+                              "--input-size", "128x96"])
+    assert res.exit_code == 0, res.output
+    assert "2 image(s)" in res.output
+    for stem, shape in (("a", (120, 90)), ("b", (64, 130))):
+        assert np.load(out / f"{stem}_labels.npy").shape == shape
+        assert cv2.imread(str(out / f"{stem}.png")).shape[:2] == shape
+        assert json.loads((out / f"{stem}.json").read_text())
+
+
+def test_predict_pose_with_boxes(ckpts, images, tmp_path):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"a.jpg": [[5, 5, 60, 100], [20, 10, 80, 110]]}))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["predict", str(ckpts["pose"]), "-i", str(images), "-o", str(out),
+                              "--boxes", str(boxes), "--input-size", "128x96"])
+    assert res.exit_code == 0, res.output
+    demo = json.loads((out / "keypoints.json").read_text())
+    assert demo["num_keypoints"] == 308 and [f["image_name"] for f in demo["frames"]] == ["a.jpg", "b.png"]
+    a, b = demo["frames"]
+    assert [i["bbox"] for i in a["instances"]] == [[5, 5, 60, 100], [20, 10, 80, 110]]
+    assert b["instances"][0]["bbox"] == [0, 0, 129, 63]  # whole image when no box
+    assert len(a["instances"][0]["keypoints"]) == 308 and len(a["instances"][0]["keypoint_scores"]) == 308
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--input", "missing.jpg"], "does not exist"),
+    (["--input", "EMPTY"], "no images"),
+    (["--input", "IMAGES", "--boxes", "BOXES"], "only used by pose models"),
+    (["--input", "IMAGES", "--input-size", "big"], "must look like 1024x768"),
+])
+def test_predict_errors(ckpts, images, tmp_path, args, msg):
+    (tmp_path / "empty").mkdir()
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"a.jpg": [[0, 0, 10, 10]]}))
+    args = [{"EMPTY": str(tmp_path / "empty"), "IMAGES": str(images), "BOXES": str(boxes)}.get(a, a) for a in args]
+    res = runner.invoke(app, ["predict", str(ckpts["seg"]), "-o", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and msg in res.output, res.output
+
+
+def test_demo_uses_real_weights_from_checkpoint_root(tmp_path, monkeypatch):
+    root = tmp_path / "host"
+    save(tiny_model("seg"), root / "seg" / "sapiens2_0.4b_seg.safetensors")
+    monkeypatch.setenv("SAPIENS_CHECKPOINT_ROOT", str(root))
+    res = runner.invoke(app, ["demo", "--output", str(tmp_path / "d"), "--input-size", "128x96"])
+    assert res.exit_code == 0, res.output
+    assert "real weights" in res.output and "RANDOM" not in res.output
+    assert (tmp_path / "d" / "astronaut_labels.npy").exists()
+
+
+def test_demo_random_weights_announced(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAPIENS_CHECKPOINT_ROOT", str(tmp_path / "nothing"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    res = runner.invoke(app, ["demo", "--size", "0.1b", "--task", "pose", "--output", str(tmp_path / "d"),
+                              "--input-size", "128x96"])
+    assert res.exit_code == 0, res.output
+    assert "RANDOM WEIGHTS" in res.output and "sapiens2_0.1b" in res.output
+    assert json.loads((tmp_path / "d" / "keypoints.json").read_text())["num_keypoints"] == 308
+
+
+def test_demo_unknown_task(tmp_path):
+    res = runner.invoke(app, ["demo", "--task", "depth", "--output", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown task 'depth'" in res.output
+
+
+def test_console_script_runs(ckpts):
+    res = subprocess.run([sys.executable, "-m", "sapiens2_edge.cli", "info", str(ckpts["seg"]), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["task"] == "seg"
