@@ -42,6 +42,10 @@ class InvalidImageError(Sapiens2EdgeError, ValueError):
     """An input image has the wrong type, dtype, channel count or size, or holds NaN."""
 
 
+class ImageNotFoundError(InvalidImageError, FileNotFoundError):
+    """An image path that does not exist."""
+
+
 class InvalidBoxError(Sapiens2EdgeError, ValueError):
     """A person box is malformed, degenerate or outside the image."""
 

@@ -131,3 +131,35 @@ def test_console_script_runs(ckpts):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["task"] == "seg"
+
+
+def _sparse_official_file(path, arch_name: str, task: str, dtype: str = "BF16"):
+    """A full-size official-layout file whose data region is a sparse hole: only the header is real."""
+    import struct
+
+    from sapiens2_edge.models.arch import PRESETS, backbone_shapes, default_head_spec, head_shapes
+
+    arch = PRESETS[arch_name]
+    shapes = {f"backbone.{k}": v for k, v in backbone_shapes(arch).items()}
+    shapes.update({f"decode_head.{k}": v for k, v in head_shapes(default_head_spec(task, arch)).items()})
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return path
+
+
+def test_info_on_full_size_official_layout(tmp_path):
+    path = _sparse_official_file(tmp_path / "sapiens2_0.4b_seg.safetensors", "sapiens2_0.4b", "seg")
+    res = runner.invoke(app, ["info", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["arch"] == "sapiens2_0.4b" and data["task"] == "seg" and data["depth"] == 24
+    assert data["backbone_parameters"] == 395_450_384 and data["gqa_blocks"] == "8..15 (8 kv heads)"
+    assert data["tensors"] == 414 + 10 and data["dtypes"] == {"BF16": 424}

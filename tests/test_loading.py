@@ -6,8 +6,14 @@ import pytest
 import torch
 
 import sapiens2_edge as s2e
-from sapiens2_edge.errors import (ArchInferenceError, CheckpointError, ConfigError, CorruptCheckpointError,
-                                  StateDictMismatchError, TaskMismatchError)
+from sapiens2_edge.errors import (
+    ArchInferenceError,
+    CheckpointError,
+    ConfigError,
+    CorruptCheckpointError,
+    StateDictMismatchError,
+    TaskMismatchError,
+)
 from sapiens2_edge.models.checkpoint import read_tensors, write_tensors
 from tests.fixtures.tiny import INPUT, INPUT_4K, TINY, TINY_4K, TINY_MHA, input_size, save, tiny_model
 
@@ -15,7 +21,7 @@ from tests.fixtures.tiny import INPUT, INPUT_4K, TINY, TINY_4K, TINY_MHA, input_
 def _same_outputs(a, b, x, **tol):
     with torch.no_grad():
         oa, ob = a(x), b(x)
-    for u, v in zip(oa if isinstance(oa, tuple) else (oa,), ob if isinstance(ob, tuple) else (ob,)):
+    for u, v in zip(oa if isinstance(oa, tuple) else (oa,), ob if isinstance(ob, tuple) else (ob,), strict=True):
         torch.testing.assert_close(u, v, **tol)
 
 
@@ -170,3 +176,53 @@ def test_pointmap_input_size_override(tmp_path):
     with torch.no_grad():
         pm, scale = m(torch.randn(1, 3, 240, 192))
     assert pm.shape == (1, 3, 240, 192) and scale.shape == (1, 1)
+
+
+def test_half_precision_model_runs(tmp_path):
+    path = save(tiny_model("seg"), tmp_path / "m.safetensors", dtype=torch.bfloat16)
+    model = s2e.load_model(path, dtype=torch.bfloat16)
+    assert model.backbone.blocks[0].attn.wq.weight.dtype == torch.bfloat16
+    assert model.backbone.rope_embed.periods.dtype == torch.bfloat16
+    ref = s2e.load_model(path)
+    x = torch.randn(1, 3, *INPUT)
+    with torch.no_grad():
+        low, high = model(x).float(), ref(x)
+    assert ((low - high).norm() / high.norm()).item() < 0.05
+
+
+def test_header_matches_arch_description(tmp_path):
+    """Spec 8.1: the expected key -> shape map built from the arch equals the file's JSON header."""
+    from sapiens2_edge.models.arch import backbone_shapes, head_shapes
+    from sapiens2_edge.models.checkpoint import read_header
+
+    for task in (None, "pose", "pointmap"):
+        model = tiny_model(task)
+        header = read_header(save(model, tmp_path / f"{task}.safetensors"))
+        expected = backbone_shapes(TINY) if task is None else {
+            **{f"backbone.{k}": v for k, v in backbone_shapes(TINY).items()},
+            **{f"decode_head.{k}": v for k, v in head_shapes(model.head_spec).items()}}
+        assert {k: t.shape for k, t in header.tensors.items()} == expected
+
+
+def _real_checkpoints():
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("SAPIENS_CHECKPOINT_ROOT", "~/sapiens2_host")).expanduser()
+    return sorted(root.glob("*/sapiens2_*.safetensors")) if root.is_dir() else []
+
+
+@pytest.mark.skipif(not _real_checkpoints(), reason="no official Sapiens2 files under $SAPIENS_CHECKPOINT_ROOT")
+@pytest.mark.parametrize("path", _real_checkpoints() or [None])
+def test_real_headers_offline(path):
+    """Header-only check of real files when present: the inferred arch is a preset and every name
+    and shape matches it (reads a few KB, no weights)."""
+    from sapiens2_edge.models.arch import PRESETS, backbone_shapes, head_shapes
+    from sapiens2_edge.models.layout import check_shapes, describe_checkpoint
+
+    header, layout, arch, head, bb, hd = describe_checkpoint(path)
+    assert arch.name in PRESETS
+    check_shapes({k: header.tensors[v].shape for k, v in bb.items()}, backbone_shapes(arch), str(path))
+    if head is not None:
+        assert path.parent.name == head.task
+        check_shapes({k: header.tensors[v].shape for k, v in hd.items()}, head_shapes(head), str(path))

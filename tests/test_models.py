@@ -9,8 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from sapiens2_edge.errors import ConfigError, InputSizeError, InvalidTensorError
-from sapiens2_edge.models.arch import (PRESETS, TASKS, ArchSpec, backbone_shapes, count_params, default_head_spec,
-                                       get_preset, head_shapes, infer_arch, infer_head)
+from sapiens2_edge.models.arch import (
+    PRESETS,
+    TASKS,
+    ArchSpec,
+    backbone_shapes,
+    count_params,
+    default_head_spec,
+    get_preset,
+    head_shapes,
+    infer_arch,
+    infer_head,
+)
 from sapiens2_edge.models.backbone import Block, RopeEmbedding, apply_rope
 from sapiens2_edge.models.model import Sapiens2Model, build_model
 from tests.fixtures.tiny import HEADS, INPUT, INPUT_4K, TINY, TINY_4K, TINY_MHA, input_size, tiny_model
@@ -295,5 +305,5 @@ def test_backbone_matches_naive_reference(rope_mode):
 
 def test_random_init_is_deterministic():
     a, b = build_model(TINY, seed=5), build_model(TINY, seed=5)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)

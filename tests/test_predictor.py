@@ -38,7 +38,7 @@ def test_list_runs_as_batch_with_same_results():
     both = pred([IMAGE, other])
     assert calls == [2]  # one backend call for the whole list
     pred.runner = runner
-    for img, res in zip([IMAGE, other], both):
+    for img, res in zip([IMAGE, other], both, strict=True):
         np.testing.assert_allclose(res.normal, pred(img).normal, rtol=1e-3, atol=2e-4)
 
 
@@ -90,3 +90,12 @@ def test_errors():
 def test_auto_device_selection():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert s2e.Predictor(tiny_model("seg"), input_size=INPUT).runner.device.startswith(expected)
+
+
+def test_missing_image_is_a_file_not_found_error(tmp_path):
+    from sapiens2_edge.errors import ImageNotFoundError
+
+    pred = s2e.Predictor(tiny_model("seg"), input_size=INPUT)
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        pred(str(tmp_path / "nope.jpg"))
+    assert issubclass(ImageNotFoundError, InvalidImageError)

@@ -133,7 +133,7 @@ def test_skeleton_is_valid_and_mirror_symmetric():
 def test_coco17_mapping():
     assert COCO17_NAMES[9:11] == ("left_wrist", "right_wrist")
     assert list(COCO17_FROM_308) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 62, 41, 9, 10, 11, 12, 13, 14]
-    for name, i in zip(COCO17_NAMES, COCO17_FROM_308):
+    for name, i in zip(COCO17_NAMES, COCO17_FROM_308, strict=True):
         assert KEYPOINT_NAMES[i] == name
     kps = np.arange(2 * 308 * 2, dtype=np.float32).reshape(2, 308, 2)
     sc = np.arange(2 * 308, dtype=np.float32).reshape(2, 308)

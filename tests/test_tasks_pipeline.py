@@ -117,7 +117,7 @@ def test_batch_size_groups_images_without_changing_results(task):
     calls.clear()
     grouped = get_pipeline(task, (H, W))(imgs, infer, batch_size=2 * n_per_image)
     assert calls == [2 * n_per_image, 2 * n_per_image, n_per_image]
-    for a, b in zip(one, grouped):
+    for a, b in zip(one, grouped, strict=True):
         for name in a.arrays():
             np.testing.assert_array_equal(a.arrays()[name], b.arrays()[name])
 
@@ -202,3 +202,13 @@ def test_dense_draw_values():
     depth_vis = PointmapResult(pts, 1.0, 100.0).draw(np.zeros((2, 3, 3), np.uint8))
     assert (depth_vis[1, 1] == 0).all() and (depth_vis[1, 2] == 0).all()  # invalid depth is black
     assert depth_vis[0, 0].sum() > depth_vis[1, 0].sum()  # near is brighter than far (inferno)
+
+
+def test_tasks_import_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, sapiens2_edge.tasks; assert 'torch' not in sys.modules, 'tasks imported torch'"
+    from pathlib import Path
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -59,11 +59,11 @@ def reference_decode(hm, W, H):
         p *= m.max() / p.max()
         L = np.pad(np.log(np.clip(p, 0.001, 50)), 1, mode="edge")
         cy, cx = y + 1, x + 1
-        I = L[cy, cx]
+        c = L[cy, cx]
         gx, gy = (L[cy, cx + 1] - L[cy, cx - 1]) / 2, (L[cy + 1, cx] - L[cy - 1, cx]) / 2
-        dxx = L[cy, cx + 1] - 2 * I + L[cy, cx - 1]
-        dyy = L[cy + 1, cx] - 2 * I + L[cy - 1, cx]
-        dxy = (L[cy + 1, cx + 1] - L[cy, cx + 1] - L[cy + 1, cx] + 2 * I - L[cy, cx - 1] - L[cy - 1, cx]
+        dxx = L[cy, cx + 1] - 2 * c + L[cy, cx - 1]
+        dyy = L[cy + 1, cx] - 2 * c + L[cy - 1, cx]
+        dxy = (L[cy + 1, cx + 1] - L[cy, cx + 1] - L[cy + 1, cx] + 2 * c - L[cy, cx - 1] - L[cy - 1, cx]
                + L[cy - 1, cx - 1]) / 2
         step = np.linalg.solve(np.array([[dxx, dxy], [dxy, dyy]]) + EPS32 * np.eye(2), [gx, gy])
         kps[k] = (x - step[0], y - step[1])

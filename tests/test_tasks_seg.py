@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
-from sapiens2_edge.tasks import MEAN, STD, SEG_CLASSES, SegResult, get_pipeline
+from sapiens2_edge.tasks import MEAN, SEG_CLASSES, STD, SegResult, get_pipeline
 from sapiens2_edge.tasks.seg import logits_to_labels, resize_bilinear
 
 

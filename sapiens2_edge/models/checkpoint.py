@@ -654,7 +654,7 @@ def split_layout(
     backbone: dict[str, str] = {}
     head: dict[str, str] = {}
     unknown: list[str] = []
-    for local, orig in zip(stripped, original):
+    for local, orig in zip(stripped, original, strict=True):
         if local.startswith(_BACKBONE_PREFIX):
             sub = local[len(_BACKBONE_PREFIX):]
             if sub.split(".", 1)[0] in BACKBONE_ROOTS:

@@ -18,6 +18,7 @@ from .checkpoint import read_tensors, resolve_checkpoint
 from .layout import _MAX_LISTED, FLOAT_DTYPES, check_shapes, describe_checkpoint
 from .model import Sapiens2Model
 
+
 def load_model(source: str | os.PathLike, task: str | None = None, *, input_size: Sequence[int] | None = None,
                rope_mode: str = "bf16", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Sapiens2Model:
     """Load an official Sapiens2 checkpoint.

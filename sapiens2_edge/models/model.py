@@ -80,7 +80,7 @@ class Sapiens2Model(nn.Module):
     def forward(self, x: torch.Tensor):
         if not torch.compiler.is_exporting():
             self.check_input(x)
-        feat = self.backbone(x, "featmap")
+        feat = self.backbone(x.to(self.backbone.cls_token.dtype), "featmap")
         return feat if self.decode_head is None else self.decode_head(feat)
 
 

@@ -46,4 +46,4 @@ class TorchBackend:
         for chunk in x.split(step):
             out = self.model(chunk.to(self.torch_device))
             parts.append(tuple(o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))))
-        return tuple(np.concatenate(p) for p in zip(*parts))
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))

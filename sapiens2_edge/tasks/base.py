@@ -95,14 +95,14 @@ class Pipeline:
                 f"task '{self.task}' expects {self.num_outputs} raw output(s) {self.output_names}, got {got}"
             )
         out = []
-        for name, a in zip(self.output_names, outputs):
+        for name, a in zip(self.output_names, outputs, strict=True):
             a = np.asarray(a, dtype=np.float32)
             if a.ndim == 0 or a.shape[0] != meta["batch_size"]:
                 raise InvalidTensorError(
                     f"output '{name}' of task '{self.task}' has shape {a.shape}; expected a leading batch "
                     f"dimension of {meta['batch_size']} (the size of the preprocessed batch)"
                 )
-            if not np.isfinite(a).all():
+            if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):  # NaN propagates; no big temp
                 raise InvalidTensorError(
                     f"output '{name}' of task '{self.task}' contains NaN or inf; the model or backend "
                     "produced invalid values"
@@ -138,13 +138,13 @@ class Pipeline:
             sizes = [len(b) for b, _ in group]
             outs = _run_infer(infer, np.concatenate([b for b, _ in group]), batch_size)
             start = 0
-            for (_, meta), n in zip(group, sizes):
+            for (_, meta), n in zip(group, sizes, strict=True):
                 results.append(self.postprocess(None if outs is None else tuple(o[start:start + n] for o in outs), meta))
                 start += n
             group.clear()
 
         count = 0
-        for image, box in zip(images, boxes):
+        for image, box in zip(images, boxes, strict=True):
             batch, meta = self.preprocess(image, box)
             if group and (batch_size is None or count + len(batch) > batch_size):
                 flush()

@@ -69,7 +69,7 @@ def draw_pose(image: Any, result: "PoseResult", kpt_thr: float = 0.3, radius: in
     links = SKELETON if k == NUM_KEYPOINTS else COCO17_SKELETON if k == 17 else ()
     colors = [_color_of(i, k) for i in range(k)]
     limit = 4 * max(h, w)  # points far outside cannot be drawn meaningfully
-    for box, kps, scores in zip(result.boxes, result.keypoints, result.scores):
+    for box, kps, scores in zip(result.boxes, result.keypoints, result.scores, strict=True):
         if boxes:
             x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
             cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_COLOR, thickness, cv2.LINE_AA)

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import InvalidImageError
+from ..errors import ImageNotFoundError, InvalidImageError
 
 MAX_SIDE = 32768
 """Largest accepted image side in pixels."""
@@ -42,7 +42,7 @@ def _check_size(h: int, w: int, what: str) -> None:
 
 def _read_file(path: Path) -> np.ndarray:
     if not path.exists():
-        raise InvalidImageError(f"image file not found: '{path}'")
+        raise ImageNotFoundError(f"image file not found: '{path}'")
     if not path.is_file():
         raise InvalidImageError(f"image path is not a file: '{path}'")
     # np.fromfile + imdecode instead of cv2.imread: it works with non-ASCII paths everywhere.

@@ -97,12 +97,24 @@ def crop_person(image: np.ndarray, center: Sequence[float], size: Sequence[float
 
 # -- heatmaps ------------------------------------------------------------------------------------
 def flip_heatmaps(heatmaps: np.ndarray, flip_indices: Sequence[int] = FLIP_INDICES) -> np.ndarray:
-    """Undo a horizontal flip of the input on (B, K, h, w) heatmaps: mirror W and swap left/right."""
-    return heatmaps[:, np.asarray(flip_indices), :, ::-1]
+    """Undo a horizontal flip of the input on (B, K, h, w) heatmaps: mirror W and swap left/right.
+
+    Output channel k is input channel ``flip_indices[k]`` mirrored (no pixel shift).
+    """
+    src = np.ascontiguousarray(heatmaps, dtype=np.float32)
+    out = np.empty_like(src)
+    for b in range(src.shape[0]):
+        for k, f in enumerate(flip_indices):
+            cv2.flip(src[b, f], 1, dst=out[b, k])  # much faster than a reversed-stride numpy copy
+    return out
 
 
 def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray:
-    """One Newton step on the log of blurred heatmaps at integer peaks ``locs`` (k, 2)."""
+    """One Newton step on the log of blurred heatmaps at integer peaks ``locs`` (k, 2).
+
+    Only the 3 x 3 neighbourhood of each peak enters the step, so the clip and log are applied
+    there alone; clamping the neighbour indices to the map is the same as edge-padding by one.
+    """
     k, h, w = heatmaps.shape
     r = (kernel - 1) // 2
     padded = np.zeros((k, h + 2 * r, w + 2 * r), dtype=np.float32)
@@ -112,18 +124,20 @@ def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray
     blurred = cv2.GaussianBlur(padded.reshape(k * (h + 2 * r), w + 2 * r), (kernel, kernel), 0)
     blurred = blurred.reshape(k, h + 2 * r, w + 2 * r)[:, r:r + h, r:r + w]
     before = heatmaps.reshape(k, -1).max(axis=1)
-    after = blurred.reshape(k, -1).max(axis=1)
+    after = blurred.max(axis=(1, 2))
     usable = after != 0  # an all-non-positive blur cannot be rescaled; keep the integer peak
     ratio = np.where(usable, before / np.where(usable, after, 1), 1).astype(np.float32)
-    logs = np.log(np.clip(blurred * ratio[:, None, None], 0.001, 50.0))
-    lp = np.pad(logs, ((0, 0), (1, 1), (1, 1)), mode="edge")
 
-    ki = np.arange(k)
-    x = locs[:, 0].astype(np.int64) + 1
-    y = locs[:, 1].astype(np.int64) + 1
-    c = lp[ki, y, x]
-    xp, xm, yp, ym = lp[ki, y, x + 1], lp[ki, y, x - 1], lp[ki, y + 1, x], lp[ki, y - 1, x]
-    xpyp, xmym = lp[ki, y + 1, x + 1], lp[ki, y - 1, x - 1]
+    x = locs[:, 0].astype(np.int64)
+    y = locs[:, 1].astype(np.int64)
+    xs = np.clip(x[:, None] + np.arange(-1, 2), 0, w - 1)  # (k, 3): x-1, x, x+1
+    ys = np.clip(y[:, None] + np.arange(-1, 2), 0, h - 1)
+    patch = blurred[np.arange(k)[:, None, None], ys[:, :, None], xs[:, None, :]]  # (k, 3 rows, 3 cols)
+    lp = np.log(np.clip(patch * ratio[:, None, None], np.float32(0.001), np.float32(50.0)))
+
+    c = lp[:, 1, 1]
+    xp, xm, yp, ym = lp[:, 1, 2], lp[:, 1, 0], lp[:, 2, 1], lp[:, 0, 1]
+    xpyp, xmym = lp[:, 2, 2], lp[:, 0, 0]
     gx, gy = 0.5 * (xp - xm), 0.5 * (yp - ym)
     dxx, dyy = xp - 2 * c + xm, yp - 2 * c + ym
     dxy = 0.5 * (xpyp - xp - yp + c + c - xm - ym + xmym)
@@ -215,7 +229,7 @@ class PosePipeline(Pipeline):
         H, W = self.input_size
         centers, sizes = box_to_center_size(boxes, W / H, self.bbox_padding)
         batch = np.empty((len(boxes), 3, H, W), dtype=np.float32)
-        for i, (c, s) in enumerate(zip(centers, sizes)):
+        for i, (c, s) in enumerate(zip(centers, sizes, strict=True)):
             batch[i] = normalize(crop_person(image, c, s, self.input_size))
         if self.flip_test:
             batch = np.ascontiguousarray(np.concatenate([batch, batch[..., ::-1]]))
@@ -231,16 +245,19 @@ class PosePipeline(Pipeline):
             k = NUM_KEYPOINTS
             return PoseResult(np.zeros((0, 4), np.float32), np.zeros((0, k, 2), np.float32),
                               np.zeros((0, k), np.float32), tuple(meta["image_size"]))
-        (hm,) = self._outputs(outputs, meta)
-        if hm.ndim != 4 or hm.shape[2] < 2 or hm.shape[3] < 2:
-            raise InvalidTensorError(f"pose heatmaps must have shape (B, K, h, w) with h, w >= 2, got {hm.shape}")
+        (raw,) = self._outputs(outputs, meta)
+        if raw.ndim != 4 or raw.shape[2] < 2 or raw.shape[3] < 2:
+            raise InvalidTensorError(f"pose heatmaps must have shape (B, K, h, w) with h, w >= 2, got {raw.shape}")
+        hm = raw
         if meta["flip_test"]:
-            if hm.shape[1] != len(FLIP_INDICES):
+            if raw.shape[1] != len(FLIP_INDICES):
                 raise InvalidTensorError(
-                    f"flip test needs {len(FLIP_INDICES)} keypoint heatmaps (the flip table), got {hm.shape[1]}; "
+                    f"flip test needs {len(FLIP_INDICES)} keypoint heatmaps (the flip table), got {raw.shape[1]}; "
                     "use flip_test=False for other keypoint sets"
                 )
-            hm = (hm[:n] + flip_heatmaps(hm[n:])) * np.float32(0.5)
+            hm = flip_heatmaps(raw[n:])  # average with the unflipped pass: (a + b) / 2
+            hm += raw[:n]
+            hm *= np.float32(0.5)
         H, W = self.input_size
         keypoints = np.empty((n, hm.shape[1], 2), dtype=np.float32)
         scores = np.empty((n, hm.shape[1]), dtype=np.float32)
@@ -264,5 +281,5 @@ def pose_demo_json(results: Sequence[PoseResult], image_names: Sequence[str], kp
         "image_size": [int(v) for v in results[0].image_size] if results else None,
         "num_keypoints": results[0].num_keypoints if results else NUM_KEYPOINTS,
         "kpt_thr_used": float(kpt_thr),
-        "frames": [{"image_name": str(name), "instances": r.instances()} for r, name in zip(results, image_names)],
+        "frames": [{"image_name": str(name), "instances": r.instances()} for r, name in zip(results, image_names, strict=True)],
     }

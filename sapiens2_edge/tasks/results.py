@@ -83,7 +83,7 @@ class PoseResult(_Result):
                 "keypoints": [[float(x), float(y)] for x, y in kps],
                 "keypoint_scores": [float(s) for s in sc],
             }
-            for box, kps, sc in zip(self.boxes, self.keypoints, self.scores)
+            for box, kps, sc in zip(self.boxes, self.keypoints, self.scores, strict=True)
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class SegResult(_Result):
             "task": self.task,
             "image_size": [int(v) for v in self.image_size],
             "num_classes": len(self.class_names),
-            "class_pixel_counts": {n: int(c) for n, c in zip(self.class_names, counts) if c},
+            "class_pixel_counts": {n: int(c) for n, c in zip(self.class_names, counts, strict=False) if c},
             "foreground_fraction": float(counts[1:].sum() / total),
         }
 

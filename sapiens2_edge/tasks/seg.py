@@ -35,10 +35,6 @@ SEG_PALETTE = np.array(
 SEG_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((5, 14), (6, 15), (7, 16), (8, 17), (9, 18), (10, 19), (11, 20), (12, 21))
 """Left/right class pairs that trade places under a horizontal flip."""
 
-# Classes resized at a time: bounds memory at 4 x H0 x W0 floats, and 4 (and 1, for the
-# remainder of 29) channels take OpenCV's exact float32 path.
-_CHANNEL_CHUNK = 4
-
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an (H, W) or (H, W, C) float array to ``size`` = (H, W).
@@ -54,26 +50,21 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) logits -> (H, W) uint8 labels: bilinear resize to ``size``, then argmax.
 
-    Works a few classes at a time with a running maximum, so a large original image does not
-    need all C resized channels in memory at once. Ties go to the lower class index, as argmax.
+    One class plane at a time with a running maximum: a large original image costs two H x W
+    float planes instead of C, and single-channel resizes are OpenCV's fastest and exact float32
+    path. Ties go to the lower class, as argmax.
     """
     c = logits.shape[0]
-    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0))
-    best = labels = None
-    start = 0
-    while start < c:
-        n = min(_CHANNEL_CHUNK, c - start)
-        n = 1 if n == 2 else n
-        part = resize_bilinear(np.ascontiguousarray(hwc[:, :, start:start + n]), size).reshape(*size, n)
-        part_best = part.max(axis=2)
-        part_arg = part.argmax(axis=2).astype(np.uint8) + np.uint8(start)
-        if best is None:
-            best, labels = part_best, part_arg
-        else:
-            better = part_best > best
-            best = np.where(better, part_best, best)
-            labels = np.where(better, part_arg, labels)
-        start += n
+    if c > 256:
+        raise InvalidTensorError(f"at most 256 classes fit uint8 labels, got {c}")
+    best = np.full(size, -np.inf, dtype=np.float32)
+    labels = np.zeros(size, dtype=np.uint8)
+    better = np.empty(size, dtype=bool)
+    for k in range(c):
+        plane = resize_bilinear(np.ascontiguousarray(logits[k]), size)
+        np.greater(plane, best, out=better)
+        np.maximum(best, plane, out=best)
+        np.copyto(labels, np.uint8(k), where=better)
     return labels
 
 
