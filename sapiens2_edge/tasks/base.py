@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ def check_input_size(input_size: Any) -> tuple[int, int]:
     return int(h), int(w)
 
 
-class Pipeline:
+class Pipeline(ABC):
     """Pre- and post-processing of one task around a network that maps (B,3,H,W) -> raw outputs.
 
     ``preprocess(image, boxes)`` returns ``(batch, meta)``; ``postprocess(outputs, meta)`` turns
@@ -54,7 +55,7 @@ class Pipeline:
             setattr(self, name, type(default)(value))
         self._validate_options()
 
-    def _validate_options(self) -> None:
+    def _validate_options(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Subclasses check option values here."""
 
     def __repr__(self) -> str:
@@ -74,11 +75,13 @@ class Pipeline:
         }
 
     # -- the two halves ------------------------------------------------------------------------
+    @abstractmethod
     def preprocess(self, image: Any, boxes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-        raise NotImplementedError
+        """Image (and boxes) -> normalised (n,3,H,W) float32 batch and the meta postprocess needs."""
 
+    @abstractmethod
     def postprocess(self, outputs: Sequence[np.ndarray], meta: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """Raw network outputs for one preprocessed batch -> a typed result."""
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def _no_boxes(self, boxes: Any) -> None:

@@ -8,6 +8,7 @@ RGB uint8 visualisation with the image's shape).
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,21 +27,24 @@ def _stats(a: np.ndarray) -> dict[str, Any]:
     }
 
 
-class _Result:
+class _Result(ABC):
     task: str = ""
 
+    @abstractmethod
     def arrays(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The raw result arrays, keyed by the name they are saved under."""
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """A JSON-ready dict (pose: every keypoint; dense tasks: a compact summary)."""
 
     def to_json(self, **kwargs: Any) -> str:
         """JSON text of :meth:`to_dict` (keyword arguments go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), **kwargs)
 
+    @abstractmethod
     def draw(self, image: Any, **kwargs: Any) -> np.ndarray:
-        raise NotImplementedError
+        """An RGB uint8 visualisation with the image's shape."""
 
 
 @dataclass(eq=False)
