@@ -163,3 +163,18 @@ def test_info_on_full_size_official_layout(tmp_path):
     assert data["arch"] == "sapiens2_0.4b" and data["task"] == "seg" and data["depth"] == 24
     assert data["backbone_parameters"] == 395_450_384 and data["gqa_blocks"] == "8..15 (8 kv heads)"
     assert data["tensors"] == 414 + 10 and data["dtypes"] == {"BF16": 424}
+
+
+def test_hf_lookup_with_default_cache_settings(tmp_path, monkeypatch):
+    """No HF_* variables set: huggingface_hub's own defaults are read (a lazy submodule there)."""
+    from sapiens2_edge.errors import CheckpointNotFoundError
+    from sapiens2_edge.models.checkpoint import resolve_checkpoint
+    from sapiens2_edge.runtime.predictor import default_checkpoint
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SAPIENS_CHECKPOINT_ROOT", str(tmp_path))
+    with pytest.raises(CheckpointNotFoundError, match="facebook/sapiens2-seg-9b"):
+        resolve_checkpoint("facebook/sapiens2-seg-9b")
+    assert default_checkpoint("seg", "9b") is None

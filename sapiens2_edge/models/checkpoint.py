@@ -870,6 +870,7 @@ def _resolve_hf(repo_id: str) -> Path:
 
     try:
         import huggingface_hub as hub
+        import huggingface_hub.constants  # noqa: F401 - a lazy submodule in huggingface_hub >= 1.0
     except ImportError:
         tried.append(
             "Hugging Face cache: huggingface_hub is not installed (pip install huggingface_hub)"
