@@ -1,0 +1,107 @@
+"""Task-aware fidelity of a compressed model against its float reference.
+
+Everything compares raw head outputs for the same preprocessed batch (numpy, no torch), so the
+numbers mean the same for a torch, ONNX or native run. Per task:
+
+- seg: pixel agreement of the argmax labels and mIoU against the float labels;
+- pose: keypoint displacement in network-input pixels after UDP-DARK decoding (mean, p95, max),
+  over keypoints the float model is confident about (score >= ``kpt_thr``), and PCK at 1 and 2 px;
+- normal: mean / p95 angular error in degrees of the unit normals;
+- pointmap: relative L1 of the metric points (pointmap / scale) and relative error of the scale;
+- albedo: PSNR (peak 1) of the clamped albedo;
+plus, for every task, SQNR (dB), cosine similarity and relative L2 of the raw outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..tasks.pose import decode_heatmaps
+
+Outputs = Sequence[np.ndarray]
+
+
+def output_error(ref: Outputs, test: Outputs) -> dict[str, float]:
+    """SQNR (dB), cosine similarity and relative L2 over all raw outputs together."""
+    r = np.concatenate([np.asarray(a, np.float64).ravel() for a in ref])
+    t = np.concatenate([np.asarray(a, np.float64).ravel() for a in test])
+    noise = float(np.sum((r - t) ** 2))
+    signal = float(np.sum(r**2))
+    denom = float(np.linalg.norm(r) * np.linalg.norm(t))
+    return {
+        "sqnr_db": float("inf") if noise == 0 else 10.0 * np.log10(signal / noise),
+        "cosine": 1.0 if denom == 0 else float(np.dot(r, t) / denom),
+        "rel_l2": 0.0 if signal == 0 else float(np.sqrt(noise / signal)),
+    }
+
+
+def seg_fidelity(ref_logits: np.ndarray, test_logits: np.ndarray) -> dict[str, float]:
+    a, b = ref_logits.argmax(1), test_logits.argmax(1)
+    ious = []
+    for c in np.union1d(np.unique(a), np.unique(b)):
+        inter = np.sum((a == c) & (b == c))
+        union = np.sum((a == c) | (b == c))
+        ious.append(inter / union)
+    return {"seg_agreement": float(np.mean(a == b)), "seg_miou": float(np.mean(ious))}
+
+
+def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_size: Sequence[int],
+                  kpt_thr: float = 0.3) -> dict[str, float]:
+    """``input_size`` is the network input (H, W); displacements are in its pixels."""
+    h, w = input_size
+    dists, confident = [], []
+    for r, t in zip(ref_heatmaps, test_heatmaps, strict=True):
+        kr, sr = decode_heatmaps(r, (w, h))
+        kt, _ = decode_heatmaps(t, (w, h))
+        dists.append(np.linalg.norm(kr.astype(np.float64) - kt, axis=1))
+        confident.append(sr >= kpt_thr)
+    d, m = np.concatenate(dists), np.concatenate(confident)
+    if not m.any():  # e.g. a random-weight model: no confident keypoint, use them all
+        m = np.ones_like(m)
+    d = d[m]
+    return {"pose_mean_px": float(d.mean()), "pose_p95_px": float(np.percentile(d, 95)), "pose_max_px": float(d.max()),
+            "pose_pck_1px": float(np.mean(d <= 1.0)), "pose_pck_2px": float(np.mean(d <= 2.0)),
+            "pose_keypoints": int(m.sum())}
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-8)
+
+
+def normal_fidelity(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    cos = np.clip(np.sum(_unit(ref.astype(np.float64)) * _unit(test.astype(np.float64)), axis=1), -1.0, 1.0)
+    ang = np.degrees(np.arccos(cos))
+    return {"normal_mean_deg": float(ang.mean()), "normal_p95_deg": float(np.percentile(ang, 95))}
+
+
+def pointmap_fidelity(ref: Outputs, test: Outputs) -> dict[str, float]:
+    (pr, sr), (pt, st) = ref, test
+    sr, st = np.asarray(sr, np.float64).reshape(-1), np.asarray(st, np.float64).reshape(-1)
+    mr = pr / sr[:, None, None, None]
+    mt = pt / st[:, None, None, None]
+    return {"pointmap_rel_l1": float(np.abs(mr - mt).mean() / max(np.abs(mr).mean(), 1e-12)),
+            "scale_rel_err": float(np.mean(np.abs(st - sr) / np.maximum(np.abs(sr), 1e-12)))}
+
+
+def albedo_fidelity(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    mse = float(np.mean((np.clip(ref, 0, 1).astype(np.float64) - np.clip(test, 0, 1)) ** 2))
+    return {"albedo_psnr_db": float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)}
+
+
+def task_fidelity(task: str | None, ref: Outputs, test: Outputs, input_size: Sequence[int]) -> dict[str, float]:
+    """All metrics for ``task`` (None: a backbone featmap, raw-output metrics only)."""
+    ref, test = tuple(ref), tuple(test)
+    out = output_error(ref, test)
+    if task == "seg":
+        out.update(seg_fidelity(ref[0], test[0]))
+    elif task == "pose":
+        out.update(pose_fidelity(ref[0], test[0], input_size))
+    elif task == "normal":
+        out.update(normal_fidelity(ref[0], test[0]))
+    elif task == "pointmap":
+        out.update(pointmap_fidelity(ref, test))
+    elif task == "albedo":
+        out.update(albedo_fidelity(ref[0], test[0]))
+    return out
