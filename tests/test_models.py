@@ -211,9 +211,31 @@ def test_rope_tables_follow_the_spec_formula():
         torch.testing.assert_close(cos[token].double(), torch.cos(ang), rtol=0, atol=2e-6)
     rope.mode = "bf16"
     sin_b, _ = rope(hp, wp)
-    assert sin_b.dtype == torch.bfloat16
-    err = (sin_b.float() - sin).abs().max().item()
+    assert torch.equal(sin_b, sin_b.to(torch.bfloat16).float())  # bf16 values carried in fp32
+    err = (sin_b - sin).abs().max().item()
     assert 1e-3 < err < 0.03
+
+
+@pytest.mark.parametrize("grid", [(8, 6), (64, 48), (256, 192)])
+def test_bf16_rotation_is_bit_identical_to_native_bf16_arithmetic(grid):
+    """The exportable fp32-with-rounding path equals doing the rotation in torch bf16 ops."""
+    rope = RopeEmbedding(64)
+    sin, cos = rope(*grid)
+    q = torch.randn(1, 2, 9 + grid[0] * grid[1], 64) * 3
+    qb, sb, cb = q.to(torch.bfloat16), sin.to(torch.bfloat16), cos.to(torch.bfloat16)
+    x1, x2 = qb[..., 9:, :32], qb[..., 9:, 32:]
+    native = torch.cat([qb[..., :9, :], qb[..., 9:, :] * cb + torch.cat([-x2, x1], -1) * sb], -2).float()
+    assert torch.equal(apply_rope(q, sin, cos, round_bf16=True), native)
+
+
+def test_frozen_tables_are_used_only_for_their_grid():
+    rope = RopeEmbedding(16)
+    rope.freeze(4, 3)
+    assert rope(4, 3)[0] is rope.frozen_sin
+    torch.testing.assert_close(rope(4, 3)[0], rope.tables(4, 3)[0], rtol=0, atol=0)
+    assert rope(8, 6)[0].shape == (48, 16)
+    rope.mode = "fp32"  # a mode change invalidates the frozen tables
+    assert rope(4, 3)[0] is not rope.frozen_sin
 
 
 def test_rope_rotation_pairs():
@@ -222,7 +244,7 @@ def test_rope_rotation_pairs():
     v = torch.randn(1, 1, 9 + 2, d, dtype=torch.float64)
     ang = torch.rand(2, d // 2, dtype=torch.float64) * 6
     ang = torch.cat([ang, ang], dim=-1)
-    out = apply_rope(v, torch.sin(ang), torch.cos(ang))
+    out = apply_rope(v, torch.sin(ang), torch.cos(ang), round_bf16=False).double()
     u, w = v[..., 9:, : d // 2], v[..., 9:, d // 2:]
     a = ang[:, : d // 2]
     torch.testing.assert_close(out[..., 9:, : d // 2], u * torch.cos(a) - w * torch.sin(a))

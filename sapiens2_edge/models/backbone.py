@@ -41,8 +41,11 @@ class LayerScale(nn.Module):
 class RopeEmbedding(nn.Module):
     """2-D axial RoPE tables (spec 1.4). ``periods`` is a persistent bf16 buffer, as stored.
 
-    mode ``bf16`` rounds every step to bf16 exactly as the reference does; ``fp32`` computes the
-    tables in float32 from the same stored periods (for exporters and runtimes without bf16).
+    mode ``bf16`` reproduces the reference: the tables are computed in bf16 (rounded after every
+    step) and q/k are rotated with bf16 rounding; ``fp32`` computes everything in float32 from the
+    same stored periods. Tables come back as float32 either way (bf16 values are exact in fp32).
+    ``freeze(hp, wp)`` stores the tables of one grid as buffers, so an exported graph carries
+    them as constants instead of bf16 trigonometry that some runtimes lack.
     """
 
     def __init__(self, head_dim: int, base: float = ROPE_BASE, mode: str = "bf16"):
@@ -53,8 +56,13 @@ class RopeEmbedding(nn.Module):
         quarter = head_dim // 4
         exponent = 2 * torch.arange(quarter, dtype=torch.bfloat16) / (head_dim // 2)
         self.register_buffer("periods", base**exponent, persistent=True)
+        self.frozen: tuple[int, int, str] | None = None
 
-    def forward(self, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def round_bf16(self) -> bool:
+        return self.mode == "bf16"
+
+    def tables(self, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = torch.bfloat16 if self.mode == "bf16" else torch.float32
         periods = self.periods.to(dtype)
         dd = {"dtype": dtype, "device": periods.device}
@@ -64,7 +72,18 @@ class RopeEmbedding(nn.Module):
         coords = 2.0 * coords - 1.0
         angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]
         angles = angles.flatten(1, 2).tile(2)  # [a_y, a_x, a_y, a_x]
-        return torch.sin(angles), torch.cos(angles)
+        return torch.sin(angles).float(), torch.cos(angles).float()
+
+    def freeze(self, hp: int, wp: int) -> None:
+        sin, cos = self.tables(hp, wp)
+        self.register_buffer("frozen_sin", sin, persistent=False)
+        self.register_buffer("frozen_cos", cos, persistent=False)
+        self.frozen = (hp, wp, self.mode)
+
+    def forward(self, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frozen == (hp, wp, self.mode):
+            return self.frozen_sin, self.frozen_cos
+        return self.tables(hp, wp)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -72,17 +91,28 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, heads, T, d) in the tables' dtype, leaving the leading prefix tokens unrotated.
+def _round_bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(torch.float32)
 
-    As in the reference, the whole tensor (prefix included) is cast to the tables' dtype and back,
-    so with bf16 tables every element of q and k is rounded to bf16.
+
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16: bool = True) -> torch.Tensor:
+    """Rotate (B, heads, T, d), leaving the leading prefix tokens (T - len(sin)) unrotated.
+
+    With ``round_bf16`` it reproduces the reference, which casts the whole of q/k (prefix included)
+    to bf16 and rotates in bf16: here every step runs in float32 and is rounded to bf16, which is
+    bit-identical to torch's bf16 arithmetic (computed in float32, then rounded) and exports as
+    plain Cast nodes.
     """
     dtype = x.dtype
-    x = x.to(sin.dtype)
+    x = x.float()
+    if round_bf16:
+        x = _round_bf16(x)
     prefix = x.shape[-2] - sin.shape[-2]
     body = x[..., prefix:, :]
-    body = body * cos + _rotate_half(body) * sin
+    if round_bf16:
+        body = _round_bf16(_round_bf16(body * cos) + _round_bf16(_rotate_half(body) * sin))
+    else:
+        body = body * cos + _rotate_half(body) * sin
     return torch.cat([x[..., :prefix, :], body], dim=-2).to(dtype)
 
 
@@ -102,7 +132,7 @@ class Attention(nn.Module):
         # Core ML cannot convert SDPA's enable_gqa flag; repeat_interleave works everywhere.
         self.repeat_kv = True
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
         b, t, c = x.shape
         d = self.head_dim
         q = self.wq(x).view(b, t, self.heads, d).transpose(1, 2)
@@ -141,7 +171,7 @@ class Block(nn.Module):
         self.ln2 = RMSNorm(dim)
         self.ffn = SwiGLU(dim, hidden)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), rope)
         return x + self.ffn(self.ln2(x))
 
@@ -215,7 +245,7 @@ class Sapiens2Backbone(nn.Module):
             t = self.tokenizer(t, hp, wp)
             hp, wp = hp // WINDOW_SIZE, wp // WINDOW_SIZE
         t = torch.cat([self.cls_token.expand(b, -1, -1), self.storage_tokens.expand(b, -1, -1), t], dim=1)
-        rope = self.rope_embed(hp, wp)
+        rope = (*self.rope_embed(hp, wp), self.rope_embed.round_bf16)
         for blk in self.blocks:
             t = blk(t, rope)
         return self.ln1(t), hp, wp
