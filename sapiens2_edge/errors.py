@@ -66,3 +66,33 @@ class ConfigError(Sapiens2EdgeError, ValueError):
 
 class BackendUnavailableError(Sapiens2EdgeError, ImportError):
     """The requested runtime backend is not installed on this machine (message has the hint)."""
+
+
+# --- quantization --------------------------------------------------------------------------------
+class QuantizationError(Sapiens2EdgeError, ValueError):
+    """A quantization request that cannot be carried out (bad recipe, layer name, model state)."""
+
+
+class UnknownSchemeError(QuantizationError, ConfigError):
+    """A quantization scheme name that does not exist (message lists the schemes)."""
+
+
+class CalibrationError(QuantizationError):
+    """Calibration data that is missing, empty, or of the wrong type, shape or size."""
+
+
+class AlreadyQuantizedError(QuantizationError):
+    """A model that is already quantized was passed to ``quantize`` again."""
+
+
+# --- export and artifacts --------------------------------------------------------------------------
+class ExportError(Sapiens2EdgeError, RuntimeError):
+    """An export that failed, including a verification against the torch model that did not pass."""
+
+
+class ArtifactError(Sapiens2EdgeError, ValueError):
+    """An artifact directory that is incomplete, inconsistent or from a newer SDK."""
+
+
+class ChecksumError(ArtifactError):
+    """A file of an artifact whose sha256 does not match its manifest."""

@@ -7,57 +7,78 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, TaskMismatchError
+from ..errors import ConfigError, InputSizeError, TaskMismatchError
 from ..tasks import get_pipeline
 from .base import BACKENDS
 
 log = logging.getLogger("sapiens2_edge")
 
-# Runtimes that execute exported artifacts; they arrive with the exporters.
-_ARTIFACT_BACKENDS = ("onnxruntime", "openvino", "coreml", "native")
-
-
 class Predictor:
     """Run a Sapiens2 task model on images.
 
-    ``model``: a loaded :class:`~sapiens2_edge.models.model.Sapiens2Model`, or anything
-    :func:`sapiens2_edge.load_model` accepts (a ``.safetensors`` path, a directory, a Hugging Face
-    id). ``pred(image, boxes=None)`` takes an RGB uint8 array, a PIL image or a path and returns one
+    ``model``: an exported artifact directory (run by the best installed runtime), a loaded
+    :class:`~sapiens2_edge.models.model.Sapiens2Model`, or anything :func:`sapiens2_edge.load_model`
+    accepts (a ``.safetensors`` path, a directory, a Hugging Face id), run by torch.
+    ``pred(image, boxes=None)`` takes an RGB uint8 array, a PIL image or a path and returns one
     result; a list of images runs as one batch and returns a list. ``boxes`` (pose only) are person
     boxes ``(n, 4)`` as ``x1, y1, x2, y2`` in image pixels; for a list, one entry per image.
+    ``pred.backend`` and ``pred.backend_reason`` say what runs the model and why.
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
                  input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if backend in _ARTIFACT_BACKENDS:
-            raise ConfigError(
-                f"backend {backend!r} runs exported artifacts, and this version has no exporter yet; "
-                "use backend='torch' (or 'auto') with a checkpoint")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        from .artifact import is_artifact
+
+        if is_artifact(model):
+            self._open_artifact(model, backend, device, input_size, batch_size)
+        else:
+            self._open_checkpoint(model, backend, device, input_size, batch_size)
+        if self.task is None:
+            raise ConfigError("this is a pretrain (backbone-only) model: the Predictor needs a task checkpoint "
+                              "(pose, seg, normal, pointmap or albedo); call the model directly for features")
+        if task is not None and task != self.task:
+            raise TaskMismatchError(f"the model is a {self.task} model, but task={task!r} was asked for")
+        options = {"flip_test": flip_test} if self.task == "pose" else {}
+        self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
+        log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
+
+    def _open_artifact(self, root, backend, device, input_size, batch_size) -> None:
+        from .artifact import open_artifact
+
+        self.manifest, self.runner, self.backend_reason = open_artifact(root, backend, device, batch_size)
+        self.backend = self.runner.name
+        self.model = None
+        self.task = self.manifest.task
+        self.input_size = tuple(self.manifest.input_size)
+        if input_size is not None and tuple(input_size) != self.input_size:
+            raise InputSizeError(f"the artifact {root} was exported for {self.input_size[0]}x{self.input_size[1]} "
+                                 f"inputs, got input_size={tuple(input_size)}; re-export it for that size")
+        self.max_batch = self.manifest.max_batch
+
+    def _open_checkpoint(self, model, backend, device, input_size, batch_size) -> None:
+        if backend not in ("auto", "torch"):
+            raise ConfigError(f"backend {backend!r} runs exported artifacts; export the checkpoint first "
+                              "(s2e.export / sapiens2-edge export) or use backend='torch'")
         from ..models.loading import load_model
         from ..models.model import Sapiens2Model
         from .torch_backend import TorchBackend
 
         if not isinstance(model, Sapiens2Model):
             if not isinstance(model, (str, os.PathLike)):
-                raise ConfigError(f"expected a Sapiens2Model, a checkpoint path or a Hugging Face id, got {type(model).__name__}")
-            model = load_model(model, task=task)
-        if model.task is None:
-            raise ConfigError("this is a pretrain (backbone-only) model: the Predictor needs a task checkpoint "
-                              "(pose, seg, normal, pointmap or albedo); call the model directly for features")
-        if task is not None and task != model.task:
-            raise TaskMismatchError(f"the model is a {model.task} model, but task={task!r} was asked for")
-        self.model = model
-        self.task: str = model.task
+                raise ConfigError(f"expected an artifact directory, a Sapiens2Model, a checkpoint path or a "
+                                  f"Hugging Face id, got {type(model).__name__}")
+            model = load_model(model)
+        self.model, self.manifest = model, None
+        self.task = model.task
         self.input_size = tuple(input_size) if input_size is not None else model.input_size
-        options = {"flip_test": flip_test} if self.task == "pose" else {}
-        self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
         self.runner = TorchBackend(model, device=device, batch_size=batch_size)
         self.backend = self.runner.name
-        self.backend_reason = ("asked for" if backend == "torch" else
-                               "auto: torch is the only backend that runs a checkpoint (exported artifacts add others)")
-        log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
+        self.backend_reason = "asked for" if backend == "torch" else "auto: a checkpoint runs on torch"
+        self.max_batch = batch_size
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, backend={self.backend!r}, input_size={self.input_size})"
@@ -66,8 +87,8 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         if single:
             images, boxes = [images], [boxes]
-        # One backend call for the whole list (the backend splits it by its own batch_size).
-        results = self.pipeline(images, self.runner, boxes=boxes, batch_size=1 << 30)
+        # One backend call for the whole list, or chunks of the artifact's / the caller's batch limit.
+        results = self.pipeline(images, self.runner, boxes=boxes, batch_size=self.max_batch or 1 << 30)
         return results[0] if single else results
 
 

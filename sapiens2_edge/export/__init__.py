@@ -1,0 +1,110 @@
+"""``export(model, out_dir, format=...)``: one checkpoint in, an artifact directory per device out.
+
+Every export is verified against the torch model on fixed sample inputs before the artifact is
+put in place; the numbers go into the manifest, and a failed verification fails the export.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ExportError
+from .manifest import FORMATS, MANIFEST, Manifest, read_manifest, write_artifact
+
+# Relative L2 a verification may reach per precision before the export is refused.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+
+__all__ = ["export", "FORMATS", "MANIFEST", "Manifest", "read_manifest", "verification_inputs", "TOLERANCE"]
+
+
+def verification_inputs(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:
+    """Normalised sample inputs: a smooth image-like pattern plus noise, reproducible by seed."""
+    rng = np.random.default_rng(seed)
+    h, w = input_size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(6 * xx + c) + np.cos(4 * yy - c) for c in range(3)])
+    return (base[None] + 0.5 * rng.standard_normal((batch, 3, h, w))).astype(np.float32)
+
+
+def torch_outputs(model, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    import torch
+
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x))
+    return tuple(o.float().numpy() for o in (out if isinstance(out, tuple) else (out,)))
+
+
+def compare(ref: Sequence[np.ndarray], test: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, Any]:
+    per = {}
+    for name, r, t in zip(names, ref, test, strict=True):
+        r64, t64 = r.astype(np.float64), np.asarray(t, np.float64)
+        per[name] = {"rel_l2": float(np.linalg.norm(r64 - t64) / max(np.linalg.norm(r64), 1e-30)),
+                     "max_abs": float(np.abs(r64 - t64).max())}
+    return {"outputs": per, "rel_l2": max(v["rel_l2"] for v in per.values())}
+
+
+def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, precision: str = "fp32",
+           input_size: Sequence[int] | None = None, max_batch: int = 8, opset: int = 18, verify: bool = True,
+           tolerance: float | None = None, overwrite: bool = False) -> Path:
+    """Export ``model`` (a loaded model or anything ``load_model`` accepts) to ``out_dir``.
+
+    ``input_size`` (H, W) is fixed per artifact (default: the model's); the batch is dynamic up to
+    ``max_batch``. Returns the artifact directory.
+    """
+    from ..models.loading import load_model
+    from ..models.model import Sapiens2Model
+    from ..tasks import get_pipeline
+
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format != "onnx":
+        raise ConfigError(f"export format {format!r} is not available in this version; use 'onnx'")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
+    if not isinstance(model, Sapiens2Model):
+        model = load_model(model)
+    size = tuple(int(v) for v in (input_size or model.input_size))
+    model.check_input(_shape_probe(size))
+    from .onnx_export import export_onnx, output_names
+
+    names = output_names(model.task)
+    manifest = Manifest(
+        format=format, task=model.task, arch=model.arch.to_dict(),
+        head=model.head_spec.to_dict() if model.head_spec else None, input_size=list(size), max_batch=max_batch,
+        precision=precision, rope_mode=model.rope_mode,
+        preprocessing=get_pipeline(model.task, input_size=size).config() if model.task else {},
+        outputs=names, options={"opset": opset})
+    limit = TOLERANCE.get(precision, 1e-3) if tolerance is None else tolerance
+
+    def build(tmp: Path) -> dict[str, str]:
+        files = export_onnx(model, tmp, size, max_batch, opset, precision)
+        if verify:
+            x = verification_inputs(size, batch=min(2, max_batch))
+            from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            got = OnnxRuntimeBackend(tmp / files_role(files, "model"), providers=["CPUExecutionProvider"])(x)
+            result = compare(torch_outputs(model, x), got, names)
+            result.update({"reference": f"torch fp32 eager, RoPE {model.rope_mode}", "tolerance": limit,
+                           "inputs": f"verification_inputs({list(size)}, batch={len(x)}, seed=0)"})
+            manifest.fidelity = result
+            if result["rel_l2"] > limit:
+                raise ExportError(f"{format} {precision} export does not match torch: relative L2 "
+                                  f"{result['rel_l2']:.3g} > {limit:g} ({result['outputs']})")
+        return files
+
+    return write_artifact(out_dir, manifest, build, overwrite=overwrite)
+
+
+def files_role(files: dict[str, str], role: str) -> str:
+    return next(k for k, v in files.items() if v == role)
+
+
+def _shape_probe(size):
+    """A one-image zero input for the model's input-size checks (no forward pass)."""
+    import torch
+
+    return torch.zeros(1, 3, *size)

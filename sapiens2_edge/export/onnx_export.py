@@ -1,0 +1,83 @@
+"""ONNX export through ``torch.onnx.export(dynamo=True)`` (the legacy exporter cannot export RMSNorm).
+
+One fixed input size and a dynamic batch dimension. The RoPE tables of that grid are frozen into
+the graph as constants; the reference's bf16 rounding of q/k becomes Cast nodes. fp16 converts the
+fp32 graph with ONNX Runtime's float16 tool, keeping fp32 inputs/outputs and the bf16 casts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ConfigError, ExportError
+
+OPSETS = (18, 23)
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph
+
+
+@contextlib.contextmanager
+def frozen_rope(model, input_size) -> Iterator[None]:
+    """Freeze the RoPE tables of ``input_size``'s grid for the duration of an export."""
+    rope = model.backbone.rope_embed
+    rope.freeze(*model.arch.grid(input_size))
+    try:
+        yield
+    finally:
+        rope.frozen = None
+        for name in ("frozen_sin", "frozen_cos"):
+            rope._buffers.pop(name, None)
+
+
+def output_names(task: str | None) -> list[str]:
+    return {"pose": ["heatmaps"], "seg": ["logits"], "normal": ["normal"], "pointmap": ["pointmap", "scale"],
+            "albedo": ["albedo"], None: ["featmap"]}[task]
+
+
+def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
+                precision: str = "fp32") -> dict[str, str]:
+    """Write ``model.onnx`` (+ ``model.onnx.data`` past 2 GB) into ``out_dir``; returns {file: role}."""
+    import torch
+
+    if opset not in OPSETS:
+        raise ConfigError(f"unsupported opset {opset}; expected one of {OPSETS} (23 adds native RMSNormalization)")
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"ONNX precision {precision!r} is not supported here; expected 'fp32' or 'fp16'")
+    path = out_dir / MODEL_FILE
+    n_bytes = sum(p.numel() * 4 for p in model.parameters())
+    external = n_bytes > EXTERNAL_DATA_LIMIT
+    x = torch.zeros(min(2, max_batch), 3, *input_size)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with frozen_rope(model, input_size), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, opset_version=opset,
+                              input_names=["image"], output_names=output_names(model.task),
+                              dynamic_shapes=({0: batch},), external_data=external, verbose=False)
+        except Exception as e:  # noqa: BLE001 - surface any exporter failure as ours
+            raise ExportError(f"torch.onnx.export failed for {model.arch.name} {model.task}: {e}") from e
+    if precision == "fp16":
+        _convert_fp16(path, external)
+    files = {MODEL_FILE: "model"}
+    data = out_dir / f"{MODEL_FILE}.data"
+    if data.exists():
+        files[data.name] = "external_data"
+    return files
+
+
+def _convert_fp16(path: Path, external: bool) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    # Casts to bf16 emulate the reference RoPE rounding; keep them (and the I/O) in float32.
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Cast"])
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save(fp16, str(path), save_as_external_data=external, location=data.name if external else None)

@@ -1,0 +1,63 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, whichever are installed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+
+# Preference order when the caller does not choose.
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(
+            "the onnxruntime backend needs ONNX Runtime: pip install 'sapiens2-edge[onnx]' "
+            "(or onnxruntime-gpu for CUDA/TensorRT)") from None
+    return onnxruntime
+
+
+def session_options(threads: int | None = None):
+    ort = import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
+                 threads: int | None = None, max_batch: int | None = None):
+        ort = import_ort()
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or PROVIDER_ORDER) if p in available]
+        if not chosen:
+            raise BackendUnavailableError(f"none of the execution providers {list(providers or PROVIDER_ORDER)} "
+                                          f"is available; this onnxruntime offers {available}")
+        self.session = ort.InferenceSession(str(Path(model_path)), sess_options=session_options(threads),
+                                            providers=chosen)
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if self.providers[0] != "CPUExecutionProvider" else "cpu"
+        self.input_name = self.session.get_inputs()[0].name
+        self.max_batch = max_batch
+
+    def describe(self) -> str:
+        ort = import_ort()
+        return f"onnxruntime {ort.__version__} with {', '.join(self.providers)}"
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.max_batch or len(x)
+        parts = [self.session.run(None, {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
+        return tuple(np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
