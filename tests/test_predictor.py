@@ -78,7 +78,7 @@ def test_errors():
         s2e.Predictor(tiny_model("seg"), backend="onnxruntime")
     with pytest.raises(ConfigError, match="invalid device 'gpu0'"):
         s2e.Predictor(tiny_model("seg"), device="gpu0")
-    with pytest.raises(ConfigError, match="expected a Sapiens2Model, a checkpoint path"):
+    with pytest.raises(ConfigError, match="expected an artifact directory, a Sapiens2Model, a checkpoint path"):
         s2e.Predictor(42)
     pred = s2e.Predictor(tiny_model("seg"), input_size=INPUT)
     with pytest.raises(InvalidImageError, match="uint8"):

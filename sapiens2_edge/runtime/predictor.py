@@ -36,7 +36,7 @@ class Predictor:
         if is_artifact(model):
             self._open_artifact(model, backend, device, input_size, batch_size)
         else:
-            self._open_checkpoint(model, backend, device, input_size, batch_size)
+            self._open_checkpoint(model, backend, device, input_size, batch_size, task)
         if self.task is None:
             raise ConfigError("this is a pretrain (backbone-only) model: the Predictor needs a task checkpoint "
                               "(pose, seg, normal, pointmap or albedo); call the model directly for features")
@@ -59,7 +59,7 @@ class Predictor:
                                  f"inputs, got input_size={tuple(input_size)}; re-export it for that size")
         self.max_batch = self.manifest.max_batch
 
-    def _open_checkpoint(self, model, backend, device, input_size, batch_size) -> None:
+    def _open_checkpoint(self, model, backend, device, input_size, batch_size, task) -> None:
         if backend not in ("auto", "torch"):
             raise ConfigError(f"backend {backend!r} runs exported artifacts; export the checkpoint first "
                               "(s2e.export / sapiens2-edge export) or use backend='torch'")
@@ -71,7 +71,7 @@ class Predictor:
             if not isinstance(model, (str, os.PathLike)):
                 raise ConfigError(f"expected an artifact directory, a Sapiens2Model, a checkpoint path or a "
                                   f"Hugging Face id, got {type(model).__name__}")
-            model = load_model(model)
+            model = load_model(model, task=task)
         self.model, self.manifest = model, None
         self.task = model.task
         self.input_size = tuple(input_size) if input_size is not None else model.input_size
