@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InputSizeError
 
 # Preference order when the caller does not choose.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -57,7 +57,8 @@ class OnnxRuntimeBackend:
         return f"onnxruntime {ort.__version__} with {', '.join(self.providers)}"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.max_batch is not None and len(batch) > self.max_batch:
+            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
+                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self.max_batch or len(x)
-        parts = [self.session.run(None, {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
-        return tuple(np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
+        return tuple(self.session.run(None, {self.input_name: x}))
