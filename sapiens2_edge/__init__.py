@@ -23,9 +23,14 @@ _LAZY = {
     "Sapiens2Model": "sapiens2_edge.models.model",
     "ArchSpec": "sapiens2_edge.models.arch",
     "Predictor": "sapiens2_edge.runtime.predictor",
+    "quantize": "sapiens2_edge.quantize",
+    "export": "sapiens2_edge.export",
     "errors": "sapiens2_edge.errors",
     "tasks": "sapiens2_edge.tasks",
 }
+
+# Attributes that are modules; quantize and export are callable modules (see _callable.py).
+_MODULES = {"errors", "tasks", "quantize", "export"}
 
 __all__ = ["__version__", *_LAZY]
 
@@ -34,4 +39,4 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'sapiens2_edge' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    return module if module.__name__.endswith(name) else getattr(module, name)
+    return module if name in _MODULES else getattr(module, name)

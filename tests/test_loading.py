@@ -226,3 +226,16 @@ def test_real_headers_offline(path):
     if head is not None:
         assert path.parent.name == head.task
         check_shapes({k: header.tensors[v].shape for k, v in hd.items()}, head_shapes(head), str(path))
+
+
+@pytest.mark.parametrize("scheme", ["int8-weight", "fp8"])
+def test_load_model_reloads_quantized_checkpoints_bit_exactly(tmp_path, scheme):
+    from sapiens2_edge.quantize import QuantizedModel, save_quantized
+
+    qmodel, _ = s2e.quantize(tiny_model("seg"), scheme)
+    path = save_quantized(qmodel, tmp_path / "q.safetensors")
+    loaded = s2e.load_model(path, task="seg")
+    assert isinstance(loaded, QuantizedModel) and loaded.scheme == scheme
+    _same_outputs(qmodel, loaded, torch.randn(2, 3, *INPUT), rtol=0, atol=0)
+    with pytest.raises(TaskMismatchError, match="seg"):
+        s2e.load_model(path, task="pose")

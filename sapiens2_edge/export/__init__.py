@@ -61,15 +61,16 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    if format != "onnx":
-        raise ConfigError(f"export format {format!r} is not available in this version; use 'onnx'")
+    if format not in EXPORTERS:
+        raise ConfigError(f"export format {format!r} is not available in this version; "
+                          f"use one of {', '.join(EXPORTERS)}")
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
     if not isinstance(model, Sapiens2Model):
         model = load_model(model)
     size = tuple(int(v) for v in (input_size or model.input_size))
     model.check_input(_shape_probe(size))
-    from .onnx_export import export_onnx, output_names
+    from .onnx_export import output_names
 
     names = output_names(model.task)
     manifest = Manifest(
@@ -81,12 +82,10 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     limit = TOLERANCE.get(precision, 1e-3) if tolerance is None else tolerance
 
     def build(tmp: Path) -> dict[str, str]:
-        files = export_onnx(model, tmp, size, max_batch, opset, precision)
+        files = _exporter(format)(model, tmp, size, max_batch, opset, precision)
         if verify:
             x = verification_inputs(size, batch=min(2, max_batch))
-            from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-            got = OnnxRuntimeBackend(tmp / files_role(files, "model"), providers=["CPUExecutionProvider"])(x)
+            got = _verifier(format, tmp / files_role(files, "model"))(x)
             result = compare(torch_outputs(model, x), got, names)
             result.update({"reference": f"torch fp32 eager, RoPE {model.rope_mode}", "tolerance": limit,
                            "inputs": f"verification_inputs({list(size)}, batch={len(x)}, seed=0)"})
@@ -99,6 +98,30 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     return write_artifact(out_dir, manifest, build, overwrite=overwrite)
 
 
+EXPORTERS = ("onnx", "openvino")
+
+
+def _exporter(format: str):
+    if format == "onnx":
+        from .onnx_export import export_onnx
+
+        return export_onnx
+    from .openvino_export import export_openvino
+
+    return export_openvino
+
+
+def _verifier(format: str, model_file: Path):
+    """The runtime that checks a fresh export on this machine's CPU."""
+    if format == "onnx":
+        from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_file, providers=["CPUExecutionProvider"])
+    from ..runtime.openvino_backend import OpenVINOBackend
+
+    return OpenVINOBackend(model_file)
+
+
 def files_role(files: dict[str, str], role: str) -> str:
     return next(k for k, v in files.items() if v == role)
 
@@ -108,3 +131,8 @@ def _shape_probe(size):
     import torch
 
     return torch.zeros(1, 3, *size)
+
+
+from .._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, export)

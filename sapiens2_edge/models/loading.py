@@ -31,6 +31,10 @@ def load_model(source: str | os.PathLike, task: str | None = None, *, input_size
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     path = resolve_checkpoint(source)
+    from ..quantize.serialize import is_quantized_checkpoint, load_quantized
+
+    if is_quantized_checkpoint(path):  # int8 / fp8 tensors + scales + recipe: reload bit-exactly
+        return load_quantized(path, task, rope_mode=rope_mode, device=device, dtype=dtype)
     header, layout, arch, head, bb_files, head_files = describe_checkpoint(path, input_size)
     found_task = head.task if head else None
     if task is not None and task != found_task:

@@ -64,6 +64,11 @@ def open_artifact(root, backend: str = "auto", device: str = "auto", max_batch: 
 
         providers = ["CPUExecutionProvider"] if device == "cpu" else list(PROVIDER_ORDER)
         runner = OnnxRuntimeBackend(root / _model_file(manifest, root), providers=providers, max_batch=batch)
+    elif name == "openvino":
+        from .openvino_backend import OpenVINOBackend
+
+        runner = OpenVINOBackend(root / _model_file(manifest, root), device="CPU" if device in ("auto", "cpu")
+                                 else device.upper(), max_batch=batch)
     else:
         raise ConfigError(f"backend {name!r} for {manifest.format} artifacts is not available in this version")
     return manifest, runner, reason

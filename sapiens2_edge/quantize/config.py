@@ -1,0 +1,311 @@
+"""Quantization configuration objects (torchao style): what a scheme can vary, as frozen dataclasses.
+
+A :class:`QuantRecipe` is the whole request: the scheme name, the per-layer configuration every
+selected layer gets (:class:`LayerQuantConfig` = :class:`WeightQuantConfig` +
+:class:`ActivationQuantConfig`), SmoothQuant, which layers are left alone, and calibration
+settings. :func:`make_recipe` builds one from a scheme name and keyword options; the recipe is
+stored as JSON in every quantized checkpoint, so it must round-trip through ``to_dict`` /
+``from_dict``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping, Sequence
+
+from ..errors import ConfigError, UnknownSchemeError
+
+#: Scheme names (API, CLI, manifest).
+SCHEMES: tuple[str, ...] = ("fp16", "int8-weight", "int8", "fp8", "mixed")
+#: Per-layer schemes ``mixed`` accepts (``float`` keeps the layer as ``nn.Linear``).
+LAYER_SCHEMES: tuple[str, ...] = ("float", "fp16", "int8-weight", "int8", "fp8")
+
+WEIGHT_DTYPES = ("int8", "fp8", "fp16")
+ACT_DTYPES = ("int8", "fp8")
+GRANULARITIES = ("per_channel", "per_tensor")
+ACT_MODES = ("dynamic", "static")
+ESTIMATORS = ("minmax", "percentile", "mse")
+
+#: Default exclusions (glob patterns over module names). Only ``nn.Linear`` modules inside the
+#: backbone are ever quantized, so these are documentation as much as filters: the patch
+#: embedding conv and the whole head (pointmap scale branch included) stay float.
+DEFAULT_EXCLUDE: tuple[str, ...] = ("backbone.patch_embed.*", "decode_head.*")
+#: CLS + 8 storage tokens lead every main-block sequence and carry outlier activations.
+DEFAULT_PREFIX_TOKENS = 9
+#: The 4K tokenizer's window sequences start with one ``w_cls`` token.
+TOKENIZER_PREFIX_TOKENS = 1
+
+DEFAULT_CALIBRATION_SIZE = 32
+"""Default number of calibration images.
+
+32 images is what ViT post-training-quantization work settled on (PTQ4ViT, RepQ-ViT, and
+NoisyQuant all calibrate ImageNet ViTs on 32 images) and is enough here because every statistic
+we collect is a maximum or a high percentile over *tokens*: at 1024x768 one image holds 3072
+patch tokens, so 32 images give ~98k tokens per layer (~100M values at C=1024), and the 99.99th
+percentile still rests on ~10k values above it. SmoothQuant's per-channel maxima stabilise after
+a few images. More images cost a full forward pass each (seconds per image for 0.4B on CPU) and
+mostly add images of the same statistics; use more when the domain is varied (pass
+``calibration_size=``).
+"""
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; expected one of {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    """How a linear's weight is stored.
+
+    dtype: ``int8`` (symmetric, range [-127, 127]), ``fp8`` (E4M3, range [-448, 448]) or
+    ``fp16`` (a plain half cast, no scale). granularity: ``per_channel`` (one scale per output
+    row) or ``per_tensor`` (one scale for the weight); ignored for fp16.
+    """
+
+    dtype: str = "int8"
+    granularity: str = "per_channel"
+
+    def __post_init__(self) -> None:
+        _check_choice("weight dtype", self.dtype, WEIGHT_DTYPES)
+        _check_choice("weight_granularity", self.granularity, GRANULARITIES)
+
+
+@dataclass(frozen=True)
+class ActivationQuantConfig:
+    """How a linear's input is quantized at run time.
+
+    mode ``dynamic``: one scale per token (row), ``absmax / qmax``, computed on the fly.
+    mode ``static``: one calibrated per-tensor scale for the patch tokens; the first
+    ``prefix_tokens`` tokens of each sequence (CLS + storage, outliers) are left out of the
+    calibrated range and get their own dynamic per-token scale at run time.
+    estimator (static only): ``minmax``, ``percentile`` (of |x|, default 99.99) or ``mse``
+    (the clipping range minimising the expected quantization error over the histogram).
+    """
+
+    dtype: str = "int8"
+    mode: str = "dynamic"
+    estimator: str = "percentile"
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        _check_choice("activation dtype", self.dtype, ACT_DTYPES)
+        _check_choice("activation_mode", self.mode, ACT_MODES)
+        _check_choice("estimator", self.estimator, ESTIMATORS)
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ConfigError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
+
+
+@dataclass(frozen=True)
+class LayerQuantConfig:
+    """Everything one quantized linear needs: its scheme name, weight and activation configs
+    (``activation`` None = float activations, i.e. weight-only)."""
+
+    scheme: str
+    weight: WeightQuantConfig
+    activation: ActivationQuantConfig | None = None
+
+    def to_dict(self) -> dict:
+        return {"scheme": self.scheme, "weight": asdict(self.weight),
+                "activation": asdict(self.activation) if self.activation else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "LayerQuantConfig":
+        act = d.get("activation")
+        return cls(d["scheme"], WeightQuantConfig(**d["weight"]), ActivationQuantConfig(**act) if act else None)
+
+
+def layer_config(scheme: str, *, weight_granularity: str = "per_channel", activation_mode: str = "dynamic",
+                 estimator: str = "percentile", percentile: float = 99.99) -> LayerQuantConfig | None:
+    """The :class:`LayerQuantConfig` of a per-layer scheme (None for ``float``)."""
+    check_layer_scheme(scheme)
+    if scheme == "float":
+        return None
+    if scheme == "fp16":
+        return LayerQuantConfig("fp16", WeightQuantConfig("fp16"))
+    if scheme == "int8-weight":
+        return LayerQuantConfig(scheme, WeightQuantConfig("int8", weight_granularity))
+    dtype = "int8" if scheme == "int8" else "fp8"
+    return LayerQuantConfig(scheme, WeightQuantConfig(dtype, weight_granularity),
+                            ActivationQuantConfig(dtype, activation_mode, estimator, percentile))
+
+
+def check_scheme(scheme: Any) -> str:
+    if scheme not in SCHEMES:
+        raise UnknownSchemeError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    return scheme
+
+
+def check_layer_scheme(scheme: Any, where: str = "") -> str:
+    if scheme not in LAYER_SCHEMES:
+        raise UnknownSchemeError(
+            f"unknown per-layer scheme {scheme!r}{where}; expected one of {', '.join(LAYER_SCHEMES)}")
+    return scheme
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """A complete quantization request; stored as JSON in the quantized checkpoint.
+
+    scheme: one of :data:`SCHEMES`. default_scheme: the per-layer scheme of every selected
+    layer (the scheme itself except for ``mixed``, where it is the fallback of
+    ``layer_schemes``). layer_schemes (``mixed`` only): glob pattern or module name ->
+    per-layer scheme; an explicit entry overrides ``exclude``. smoothquant_alpha: migration
+    strength on RMSNorm->Linear pairs (None = off). exclude: glob patterns of module names left
+    float. quantize_tokenizer: quantize the 4K tokenizer's linears too. prefix_tokens: leading
+    tokens of main-block sequences kept out of static ranges and SmoothQuant statistics.
+    calibration_size / batch_size / input_size: calibration set size, forward batch size, and
+    network input (H, W) (None = the model's). report_samples: calibration inputs used for the
+    per-layer output SQNR.
+    """
+
+    scheme: str
+    default_scheme: str
+    weight_granularity: str = "per_channel"
+    activation_mode: str = "dynamic"
+    estimator: str = "percentile"
+    percentile: float = 99.99
+    smoothquant_alpha: float | None = None
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    layer_schemes: dict[str, str] = field(default_factory=dict)
+    quantize_tokenizer: bool = True
+    quantize_attention: bool = False
+    prefix_tokens: int = DEFAULT_PREFIX_TOKENS
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    batch_size: int = 4
+    input_size: tuple[int, int] | None = None
+    report_samples: int = 8
+
+    def __post_init__(self) -> None:
+        check_scheme(self.scheme)
+        check_layer_scheme(self.default_scheme, " (default_scheme)")
+        _check_choice("weight_granularity", self.weight_granularity, GRANULARITIES)
+        _check_choice("activation_mode", self.activation_mode, ACT_MODES)
+        _check_choice("estimator", self.estimator, ESTIMATORS)
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ConfigError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
+        a = self.smoothquant_alpha
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
+            raise ConfigError(f"smoothquant_alpha={a!r} must be a number in [0, 1] (0.5 is typical) or None to turn it off")
+        if self.layer_schemes and self.scheme != "mixed":
+            raise ConfigError(f"layer_schemes is only accepted with scheme='mixed', not {self.scheme!r}")
+        if self.scheme != "mixed" and self.default_scheme != self.scheme:
+            raise ConfigError(f"default_scheme is only accepted with scheme='mixed' (got {self.default_scheme!r} "
+                              f"for scheme {self.scheme!r})")
+        if not isinstance(self.layer_schemes, Mapping):
+            raise ConfigError(f"layer_schemes must map module names / glob patterns to schemes, got "
+                              f"{type(self.layer_schemes).__name__}")
+        for k, v in self.layer_schemes.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"layer_schemes keys must be module names or glob patterns, got {k!r}")
+            check_layer_scheme(v, f" for layer {k!r}")
+        if isinstance(self.exclude, str) or not all(isinstance(p, str) for p in self.exclude):
+            raise ConfigError(f"exclude must be a sequence of glob patterns, got {self.exclude!r}")
+        if self.quantize_attention:
+            raise ConfigError("quantize_attention=True (int8/fp8 attention matmuls) is not implemented yet; "
+                              "attention matmuls run in float (expected quantize_attention=False)")
+        for name in ("prefix_tokens", "calibration_size", "batch_size", "report_samples"):
+            v = getattr(self, name)
+            low = 0 if name in ("prefix_tokens", "report_samples") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
+        if self.input_size is not None:
+            try:
+                h, w = self.input_size
+                ok = all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (h, w))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"input_size must be (H, W) positive integers, e.g. (1024, 768); got {self.input_size!r}")
+
+    # -- per-layer ---------------------------------------------------------------------------------
+    def layer_config(self, scheme: str) -> LayerQuantConfig | None:
+        return layer_config(scheme, weight_granularity=self.weight_granularity, activation_mode=self.activation_mode,
+                            estimator=self.estimator, percentile=self.percentile)
+
+    def prefix_tokens_for(self, name: str) -> int:
+        """Leading tokens that are not patch tokens in the sequences layer ``name`` sees."""
+        return TOKENIZER_PREFIX_TOKENS if ".tokenizer." in f".{name}" else self.prefix_tokens
+
+    def select(self, candidates: Sequence[str]) -> dict[str, str]:
+        """Per-layer scheme of every candidate linear that gets quantized (``float`` ones left out)."""
+        from ..errors import QuantizationError
+
+        chosen: dict[str, str] = {}
+        for name in candidates:
+            if not self.quantize_tokenizer and name.startswith("backbone.tokenizer."):
+                continue
+            if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+                continue
+            chosen[name] = self.default_scheme
+        for pattern, scheme in self.layer_schemes.items():
+            hits = [n for n in candidates if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise QuantizationError(
+                    f"layer_schemes entry {pattern!r} matches no quantizable layer; expected a name or glob of a "
+                    f"backbone nn.Linear such as {', '.join(repr(c) for c in candidates[:3])}")
+            for n in hits:
+                chosen[n] = scheme
+        return {n: s for n, s in chosen.items() if s != "float"}
+
+    # -- serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        d["layer_schemes"] = dict(self.layer_schemes)
+        d["input_size"] = list(self.input_size) if self.input_size is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "QuantRecipe":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "exclude" in kw:
+            kw["exclude"] = tuple(kw["exclude"])
+        if kw.get("input_size") is not None:
+            kw["input_size"] = tuple(kw["input_size"])
+        return cls(**kw)
+
+
+_SCHEME_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fp16": {},
+    "int8-weight": {},
+    "int8": {"smoothquant_alpha": 0.5},
+    "fp8": {},
+    "mixed": {"smoothquant_alpha": 0.5},
+}
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(QuantRecipe) if f.name != "scheme")
+
+
+def make_recipe(scheme: "str | QuantRecipe", **options: Any) -> QuantRecipe:
+    """A :class:`QuantRecipe` from a scheme name (or a recipe to override) and keyword options.
+
+    Options are the recipe's fields (see :class:`QuantRecipe`). Scheme defaults: ``int8`` and
+    ``mixed`` turn SmoothQuant on with alpha 0.5; ``mixed`` uses ``default_scheme='int8'``.
+    """
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown quantize option(s) {unknown}; accepted options: {', '.join(OPTION_NAMES)}")
+    if "exclude" in options and options["exclude"] is not None and not isinstance(options["exclude"], str):
+        options["exclude"] = tuple(options["exclude"])
+    if options.get("input_size") is not None and not isinstance(options["input_size"], (str, bytes)):
+        try:
+            options["input_size"] = tuple(options["input_size"])
+        except TypeError:
+            pass
+    if options.get("layer_schemes") is None:
+        options.pop("layer_schemes", None)
+    if isinstance(scheme, QuantRecipe):
+        return replace(scheme, **options)
+    check_scheme(scheme)
+    base: dict[str, Any] = {"default_scheme": "int8" if scheme == "mixed" else scheme, **_SCHEME_DEFAULTS[scheme]}
+    base.update(options)
+    return QuantRecipe(scheme=scheme, **base)
+
+
+__all__ = [
+    "SCHEMES", "LAYER_SCHEMES", "DEFAULT_EXCLUDE", "DEFAULT_PREFIX_TOKENS", "DEFAULT_CALIBRATION_SIZE",
+    "WeightQuantConfig", "ActivationQuantConfig", "LayerQuantConfig", "QuantRecipe", "make_recipe",
+    "layer_config", "check_scheme",
+]

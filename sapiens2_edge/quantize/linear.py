@@ -1,0 +1,156 @@
+"""``QuantLinear``: the one module that replaces ``nn.Linear`` in a quantized model.
+
+It holds the stored weight (int8, float8_e4m3fn or float16), its float32 ``weight_scale``, an
+optional calibrated ``input_scale`` and the float32 ``bias`` as buffers, so ``state_dict()`` is
+the quantized checkpoint layout under the official tensor names. ``forward`` dispatches:
+
+=============== ==============================================================================
+int8-weight     ``w_int8.float() * scale`` per call (no fp32 copy of the model is kept), fp32 GEMM
+int8 (W8A8)     activations -> int8 per token (or static per tensor), int8 x int8 -> int32 with
+                ``torch._int_mm`` (M > 16, K and N multiples of 8) or its exact emulation, then
+                ``acc * (s_act * s_w) + bias`` in fp32
+fp8             activations -> E4M3 per token (or static); ``torch._scaled_mm`` on CUDA with
+                compute capability >= 8.9, otherwise exact emulation: the fp8 values dequantized
+                and multiplied in fp32
+fp16            CUDA: fp16 GEMM. CPU: the fp16 weight is cast to fp32 per call and the GEMM
+                runs in fp32 (CPU fp16 GEMMs are slow and not always available); the stored
+                weight is what changes the numbers
+=============== ==============================================================================
+
+A kernel registered in :mod:`.kernels` and selected with ``layer.kernel = name`` runs first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import numerics as nx
+from .config import LayerQuantConfig
+from .kernels import check_kernel, get_kernel
+
+_STORE_DTYPES = {"int8": torch.int8, "fp8": nx.FP8_DTYPE, "fp16": torch.float16}
+
+
+class QuantLinear(nn.Module):
+    """A quantized linear layer. Build with :meth:`from_float` or (for loading) the constructor."""
+
+    def __init__(self, in_features: int, out_features: int, config: LayerQuantConfig, bias: bool = True,
+                 prefix_tokens: int = 0, device: torch.device | str | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.config = config
+        self.prefix_tokens = prefix_tokens
+        self.kernel = "auto"
+        wd = config.weight.dtype
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=_STORE_DTYPES[wd], device=device))
+        if wd != "fp16":
+            n = out_features if config.weight.granularity == "per_channel" else 1
+            self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32, device=device))
+        else:
+            self.weight_scale = None
+        if config.activation is not None and config.activation.mode == "static":
+            self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, device=device))
+        else:
+            self.input_scale = None
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device))
+        else:
+            self.bias = None
+
+    @property
+    def scheme(self) -> str:
+        return self.config.scheme
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: LayerQuantConfig, prefix_tokens: int = 0,
+                   input_scale: torch.Tensor | None = None) -> "QuantLinear":
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, prefix_tokens, w.device)
+        q, scale = nx.quantize_weight(w, config.weight.dtype, config.weight.granularity)
+        layer.weight.copy_(q)
+        if scale is not None:
+            layer.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        if layer.input_scale is not None:
+            if input_scale is None:
+                from ..errors import CalibrationError
+
+                raise CalibrationError(f"static activations ({config.scheme}) need a calibrated input scale; none was given")
+            layer.input_scale.copy_(input_scale.reshape(1).float())
+        return layer
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight this layer computes with (for reports and tests)."""
+        return nx.dequantize_weight(self.weight, self.weight_scale)
+
+    def extra_repr(self) -> str:
+        act = self.config.activation
+        a = f"{act.dtype} {act.mode}" if act else "float"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
+                f"weight={self.config.weight.dtype} {self.config.weight.granularity}, activations={a}, "
+                f"kernel={self.kernel}")
+
+    def set_kernel(self, name: str) -> None:
+        self.kernel = check_kernel(name)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel not in ("auto", "reference"):
+            entry = get_kernel(self.kernel)
+            if entry is not None and x.device.type in entry.device_types and self.scheme in entry.schemes:
+                out = entry.fn(self, x)
+                if out is not NotImplemented:
+                    return out
+        fast = self.kernel != "reference"
+        wd = self.config.weight.dtype
+        if self.config.activation is None:
+            if wd == "fp16":
+                if x.is_cuda and fast:
+                    b = self.bias.half() if self.bias is not None else None
+                    return F.linear(x.half(), self.weight, b).to(x.dtype)
+                return F.linear(x.float(), self.weight.float(), self.bias).to(x.dtype)
+            return F.linear(x.float(), self.dequantized_weight(), self.bias).to(x.dtype)
+        return self._forward_w8a8(x, fast)
+
+    def _forward_w8a8(self, x: torch.Tensor, fast: bool) -> torch.Tensor:
+        act = self.config.activation
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k).float()
+        s_a = nx.activation_scales(x, act.dtype, self.input_scale, self.prefix_tokens)
+        q = nx.quantize_activation(x2, s_a, act.dtype)
+        s_w = self.weight_scale.reshape(1, -1)
+        y = None
+        if act.dtype == "int8":
+            acc = nx.int8_matmul(q, self.weight, allow_int_mm=fast)
+            y = acc.float() * (s_a * s_w)
+        else:
+            if fast and x.is_cuda:
+                y = _scaled_mm_fp8(q, self.weight, s_a, s_w)
+            if y is None:
+                y = (q.float() @ self.weight.float().t()) * (s_a * s_w)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def _scaled_mm_fp8(a: torch.Tensor, w: torch.Tensor, s_a: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor | None:
+    """fp8 GEMM with row-wise scales on GPUs that have it (sm_89+); None when unavailable."""
+    if not hasattr(torch, "_scaled_mm") or torch.cuda.get_device_capability(a.device) < (8, 9):
+        return None
+    m, k = a.shape
+    n = w.shape[0]
+    if k % 16 or n % 16:
+        return None
+    sw = s_w.reshape(1, n).expand(1, n).contiguous().float()
+    try:
+        out = torch._scaled_mm(a.contiguous(), w.t(), scale_a=s_a.reshape(m, 1).contiguous().float(), scale_b=sw,
+                               out_dtype=torch.bfloat16)
+    except (RuntimeError, TypeError):
+        return None
+    return out.float()
+
+
+__all__ = ["QuantLinear"]

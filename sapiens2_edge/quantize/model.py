@@ -1,0 +1,85 @@
+"""``QuantizedModel``: a :class:`Sapiens2Model` whose selected backbone linears are
+:class:`QuantLinear` modules, carrying the recipe that made it.
+
+Everything else (patch embedding, norms, RoPE, softmax/attention, residuals, LayerScale, the
+head) stays float. ``state_dict()`` / ``official_state_dict()`` hold the quantized tensors under
+the official names (``...wq.weight`` int8/fp8/fp16, ``...wq.weight_scale``, ``...input_scale``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..models.model import Sapiens2Model
+from .config import QuantRecipe
+from .kernels import check_kernel
+from .linear import QuantLinear
+
+
+class QuantizedModel(Sapiens2Model):
+    """Built by :func:`~sapiens2_edge.quantize.quantize` or :func:`~.serialize.load_quantized`."""
+
+    recipe: QuantRecipe
+    layer_schemes: dict[str, str]
+
+    @property
+    def scheme(self) -> str:
+        return self.recipe.scheme
+
+    def quantized_layers(self) -> dict[str, QuantLinear]:
+        return {n: m for n, m in self.named_modules() if isinstance(m, QuantLinear)}
+
+    def set_kernel(self, name: str) -> "QuantizedModel":
+        """Select the GEMM path of every quantized layer (see :mod:`.kernels`)."""
+        check_kernel(name)
+        for m in self.quantized_layers().values():
+            m.kernel = name
+        return self
+
+    def recipe_dict(self) -> dict:
+        """The recipe plus the per-layer scheme of every quantized layer (what the checkpoint stores)."""
+        return {**self.recipe.to_dict(), "layers": dict(self.layer_schemes)}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return isinstance(model, QuantizedModel) or any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def candidate_linears(model: nn.Module) -> list[str]:
+    """Module names of every plain ``nn.Linear`` in the backbone (the only layers ever quantized)."""
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and n.startswith("backbone.")]
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)
+
+
+def as_quantized(model: Sapiens2Model, recipe: QuantRecipe, layer_schemes: dict[str, str]) -> QuantizedModel:
+    """Re-class ``model`` (in place) as a :class:`QuantizedModel`."""
+    model.__class__ = QuantizedModel
+    model.recipe = recipe
+    model.layer_schemes = dict(layer_schemes)
+    return model
+
+
+def float_copy(model: Sapiens2Model) -> Sapiens2Model:
+    """A deep copy with float32 parameters (the RoPE periods buffer keeps its bf16)."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+    return m
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor in the state dict (what a checkpoint of it holds)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+__all__ = ["QuantizedModel", "is_quantized", "candidate_linears", "as_quantized", "state_bytes"]

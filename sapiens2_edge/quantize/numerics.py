@@ -1,0 +1,149 @@
+"""Quantization arithmetic: scales, rounding, the int8 GEMM and its exact emulation, SQNR.
+
+Conventions (used everywhere in the package and in the checkpoint format):
+
+* int8 is symmetric with range [-127, 127] (-128 is never produced), ``scale = absmax / 127``,
+  ``q = clamp(round(x / scale), -127, 127)`` with round-half-to-even, ``x ~= q * scale``.
+* fp8 is E4M3 (``torch.float8_e4m3fn``: max 448, subnormals down to 2**-9, no inf),
+  ``scale = absmax / 448``, ``q = cast(clamp(x / scale, -448, 448))`` (torch's cast rounds to
+  nearest even).
+* Scales are float32. An all-zero row gets the scale ``EPS_SCALE`` so nothing divides by zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+INT8_MAX = 127.0
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_DTYPE = torch.float8_e4m3fn
+EPS_SCALE = 1e-12
+
+
+def qmax_of(dtype: str) -> float:
+    return INT8_MAX if dtype == "int8" else FP8_MAX
+
+
+def _safe(scale: torch.Tensor) -> torch.Tensor:
+    return torch.where(scale > 0, scale, torch.full_like(scale, EPS_SCALE))
+
+
+# --- weights --------------------------------------------------------------------------------------
+def weight_scales(w: torch.Tensor, dtype: str, granularity: str = "per_channel") -> torch.Tensor:
+    """float32 scales of a (N, K) weight: shape (N,) per channel, (1,) per tensor."""
+    a = w.detach().float().abs()
+    amax = a.amax(dim=1) if granularity == "per_channel" else a.amax().reshape(1)
+    return _safe(amax / qmax_of(dtype)).float()
+
+
+def quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``clamp(round(x / scale), -127, 127)`` as int8; ``scale`` broadcasts against ``x``."""
+    return torch.clamp(torch.round(x.float() / scale), -INT8_MAX, INT8_MAX).to(torch.int8)
+
+
+def to_e4m3(x: torch.Tensor) -> torch.Tensor:
+    """Round float values to float8_e4m3fn, saturating at +-448 (never NaN for finite input)."""
+    return torch.clamp(x.float(), -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return to_e4m3(x.float() / scale)
+
+
+def quantize_weight(w: torch.Tensor, dtype: str, granularity: str = "per_channel") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, K) float weight -> (quantized weight, float32 scale or None for fp16)."""
+    if dtype == "fp16":
+        return w.detach().to(torch.float16), None
+    scale = weight_scales(w, dtype, granularity)
+    s = scale[:, None] if scale.numel() > 1 else scale
+    q = quantize_int8(w, s) if dtype == "int8" else quantize_fp8(w, s)
+    return q, scale
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """float32 (N, K) from a stored weight and its scale."""
+    if scale is None:
+        return q.float()
+    return q.float() * (scale[:, None] if scale.numel() > 1 else scale)
+
+
+# --- activations ----------------------------------------------------------------------------------
+def token_scales(x2: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Dynamic per-token scales: (M, K) -> (M, 1) float32 ``absmax(row) / qmax``."""
+    return _safe(x2.float().abs().amax(dim=1, keepdim=True) / qmax_of(dtype))
+
+
+def activation_scales(x: torch.Tensor, dtype: str, static_scale: torch.Tensor | None = None,
+                      prefix_tokens: int = 0) -> torch.Tensor:
+    """Per-row scales (M, 1) for ``x`` of shape (..., K) flattened to M rows.
+
+    Without ``static_scale`` every row gets its dynamic per-token scale. With it, every row gets
+    the static scale except the first ``prefix_tokens`` tokens of each sequence (x of shape
+    (B, T, K)), which keep their own dynamic scale because they were left out of the calibrated
+    range.
+    """
+    k = x.shape[-1]
+    if static_scale is None:
+        return token_scales(x.reshape(-1, k), dtype)
+    m = x.numel() // k
+    s = static_scale.float().reshape(1, 1).expand(m, 1).clone()
+    if x.ndim == 3 and prefix_tokens > 0 and m:
+        p = min(prefix_tokens, x.shape[1])
+        s.view(x.shape[0], x.shape[1], 1)[:, :p] = _safe(x[:, :p].float().abs().amax(dim=-1, keepdim=True) / qmax_of(dtype))
+    return s
+
+
+def quantize_activation(x2: torch.Tensor, scales: torch.Tensor, dtype: str) -> torch.Tensor:
+    return quantize_int8(x2, scales) if dtype == "int8" else quantize_fp8(x2, scales)
+
+
+# --- int8 GEMM ------------------------------------------------------------------------------------
+def int_mm_supported(m: int, k: int, n: int) -> bool:
+    """Shapes ``torch._int_mm`` takes on every device: more than 16 rows, K and N multiples of 8."""
+    return hasattr(torch, "_int_mm") and m > 16 and k % 8 == 0 and n % 8 == 0
+
+
+def int8_matmul_reference(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Exact ``a @ w.T`` for int8 a (M, K), w (N, K) -> int32 (M, N).
+
+    Accumulated in float64, which is exact: |products| <= 127**2 and the sum stays far below
+    2**53 for any K < 5e11.
+    """
+    return (a.to(torch.float64) @ w.to(torch.float64).t()).to(torch.int32)
+
+
+def int8_matmul(a: torch.Tensor, w: torch.Tensor, allow_int_mm: bool = True) -> torch.Tensor:
+    """int8 (M, K) x int8 (N, K) -> int32 (M, N): ``torch._int_mm`` when the shape allows it,
+    otherwise the exact emulation (same result bit for bit)."""
+    m, k = a.shape
+    n = w.shape[0]
+    if allow_int_mm and int_mm_supported(m, k, n):
+        try:
+            return torch._int_mm(a.contiguous(), w.t())
+        except RuntimeError:  # a backend without the kernel for this layout
+            pass
+    return int8_matmul_reference(a, w)
+
+
+# --- metrics --------------------------------------------------------------------------------------
+def sqnr_db(signal_energy: float, noise_energy: float) -> float:
+    """10 log10(signal / noise); inf when there is no noise."""
+    if noise_energy <= 0.0:
+        return math.inf
+    if signal_energy <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal_energy / noise_energy)
+
+
+def tensor_sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    ref, approx = ref.detach().double(), approx.detach().double()
+    return sqnr_db(float((ref * ref).sum()), float(((ref - approx) ** 2).sum()))
+
+
+__all__ = [
+    "INT8_MAX", "FP8_MAX", "FP8_DTYPE", "weight_scales", "quantize_int8", "to_e4m3", "quantize_fp8",
+    "quantize_weight", "dequantize_weight", "token_scales", "activation_scales", "quantize_activation",
+    "int_mm_supported", "int8_matmul", "int8_matmul_reference", "sqnr_db", "tensor_sqnr_db",
+]

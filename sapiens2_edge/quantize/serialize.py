@@ -1,0 +1,171 @@
+"""Quantized checkpoints: one safetensors file, official tensor names, recipe in the metadata.
+
+Layout (a task model; a backbone-only model uses the bare backbone names, as official
+pretrain checkpoints do):
+
+=========================================== ======= ==========================================
+``backbone.blocks.0.attn.wq.weight``        I8      int8 layers (``int8``, ``int8-weight``)
+                                            F8_E4M3 fp8 layers; F16 for fp16 layers
+``backbone.blocks.0.attn.wq.weight_scale``  F32     (N,) per channel or (1,) per tensor
+``backbone.blocks.0.attn.wq.input_scale``   F32     (1,), static activations only
+everything else                             as held by the model (F32; RoPE periods BF16)
+=========================================== ======= ==========================================
+
+``__metadata__`` holds ``sapiens2_edge.format`` (``quantized/1``), ``sapiens2_edge.recipe`` (the
+recipe JSON plus ``layers``: module name -> per-layer scheme), ``sapiens2_edge.arch`` and
+``sapiens2_edge.head`` (``ArchSpec.to_dict`` / ``HeadSpec.to_dict`` JSON, ``null`` for no head)
+and ``sapiens2_edge.version``. Loading rebuilds the module tree from the metadata, checks every
+name, shape and dtype, and loads the tensors as stored, so a save/load round trip is bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, CorruptCheckpointError, StateDictMismatchError, TaskMismatchError
+from ..models.arch import TASKS, ArchSpec, HeadSpec
+from ..models.checkpoint import (
+    SafetensorsHeader,
+    _torch_dtype,
+    read_header,
+    read_tensors,
+    resolve_checkpoint,
+    write_tensors,
+)
+from ..models.layout import check_shapes
+from ..models.model import Sapiens2Model
+from .config import QuantRecipe
+from .linear import QuantLinear
+from .model import QuantizedModel, as_quantized, set_module
+
+FORMAT = "quantized/1"
+KEY_FORMAT = "sapiens2_edge.format"
+KEY_RECIPE = "sapiens2_edge.recipe"
+KEY_ARCH = "sapiens2_edge.arch"
+KEY_HEAD = "sapiens2_edge.head"
+KEY_VERSION = "sapiens2_edge.version"
+_FLOAT_OK = {torch.float32, torch.float16, torch.bfloat16}
+
+
+def _file_names(model: Sapiens2Model) -> dict[str, str]:
+    """Module state-dict key -> name in the file (bare backbone names without a head)."""
+    keys = model.state_dict().keys()
+    if model.decode_head is None:
+        return {k: k[len("backbone."):] for k in keys}
+    return {k: k for k in keys}
+
+
+def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> Path:
+    """Write ``qmodel`` (from :func:`quantize` or :func:`load_quantized`) as one safetensors file."""
+    if not isinstance(qmodel, QuantizedModel):
+        raise CheckpointError(f"save_quantized expects a QuantizedModel (from quantize()), got {type(qmodel).__name__}; "
+                              "float models are saved with their own checkpoint writer")
+    from .. import __version__
+
+    names = _file_names(qmodel)
+    tensors = {names[k]: v for k, v in qmodel.state_dict().items()}
+    meta = {
+        KEY_FORMAT: FORMAT,
+        KEY_RECIPE: json.dumps(qmodel.recipe_dict(), sort_keys=True),
+        KEY_ARCH: json.dumps(qmodel.arch.to_dict(), sort_keys=True),
+        KEY_HEAD: json.dumps(qmodel.head_spec.to_dict() if qmodel.head_spec is not None else None, sort_keys=True),
+        KEY_VERSION: __version__,
+    }
+    return write_tensors(tensors, path, metadata=meta)
+
+
+def is_quantized_checkpoint(header: SafetensorsHeader | str | os.PathLike) -> bool:
+    """True when a safetensors header (or file) carries a quantization recipe."""
+    if not isinstance(header, SafetensorsHeader):
+        header = read_header(header)
+    return KEY_RECIPE in header.metadata
+
+
+def _json(header: SafetensorsHeader, key: str) -> Any:
+    raw = header.metadata.get(key)
+    if raw is None:
+        raise CorruptCheckpointError(f"quantized checkpoint {str(header.path)!r} lacks the metadata entry {key!r}; "
+                                     f"expected {KEY_RECIPE}, {KEY_ARCH} and {KEY_HEAD}")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CorruptCheckpointError(f"quantized checkpoint {str(header.path)!r}: metadata {key!r} is not valid JSON "
+                                     f"({e})") from None
+
+
+def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_mode: str = "bf16",
+                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> QuantizedModel:
+    """Load a checkpoint written by :func:`save_quantized` (strict names, shapes and dtypes).
+
+    ``task``, when given, must match. ``dtype`` applies to the float parameters only (norms,
+    patch embedding, head); quantized weights and their float32 scales stay as stored.
+    """
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    path = resolve_checkpoint(source)
+    header = read_header(path)
+    where = f"quantized checkpoint {str(path)!r}"
+    if not is_quantized_checkpoint(header):
+        raise CheckpointError(f"{str(path)!r} is not a quantized checkpoint (no {KEY_RECIPE!r} metadata); "
+                              "expected a file written by save_quantized - load float checkpoints with load_model")
+    fmt = header.metadata.get(KEY_FORMAT)
+    if fmt != FORMAT:
+        raise CheckpointError(f"{where} has format {fmt!r}; this version reads {FORMAT!r}")
+    try:
+        recipe_d = _json(header, KEY_RECIPE)
+        recipe = QuantRecipe.from_dict(recipe_d)
+        layers = dict(recipe_d["layers"])
+        arch = ArchSpec.from_dict(_json(header, KEY_ARCH))
+        head_d = _json(header, KEY_HEAD)
+        head = HeadSpec.from_dict(head_d) if head_d is not None else None
+    except CorruptCheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{where}: the recipe/arch/head metadata is malformed ({type(e).__name__}: {e})") from None
+    found_task = head.task if head is not None else None
+    if task is not None and task != found_task:
+        what = f"a {found_task} checkpoint" if found_task else "a pretrain (backbone-only) checkpoint"
+        raise TaskMismatchError(f"{path} is {what}, but task={task!r} was asked for")
+
+    model = Sapiens2Model(arch, head, rope_mode)
+    modules = dict(model.named_modules())
+    for name, scheme in layers.items():
+        lin = modules.get(name)
+        if type(lin) is not nn.Linear:
+            raise StateDictMismatchError(f"{where}: the recipe quantizes {name!r}, which is not a linear layer of this "
+                                         "architecture")
+        cfg = recipe.layer_config(scheme)
+        set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
+                                            recipe.prefix_tokens_for(name)))
+    expected = model.state_dict()
+    names = _file_names(model)
+    found = {k: header.tensors[k].shape for k in header.tensors}
+    check_shapes(found, {names[k]: tuple(v.shape) for k, v in expected.items()}, where)
+    bad = []
+    for k, v in expected.items():
+        got = _torch_dtype(header.tensors[names[k]].dtype)
+        ok = got == v.dtype or (v.dtype == torch.float32 and got in _FLOAT_OK and not k.endswith("_scale"))
+        if not ok:
+            bad.append(f"{names[k]!r} is {header.tensors[names[k]].dtype}, expected {v.dtype}")
+    if bad:
+        raise StateDictMismatchError(f"{where}: wrong tensor dtypes: " + "; ".join(bad[:8]))
+    tensors = read_tensors(path)
+    with torch.no_grad():
+        model.load_state_dict({k: tensors[names[k]] for k in expected}, strict=True)
+    model = as_quantized(model, recipe, layers)
+    model.source, model.pretrained = str(path), True
+    model = model.to(device)
+    if dtype != torch.float32:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.to(dtype)
+    return model.eval()
+
+
+__all__ = ["save_quantized", "load_quantized", "is_quantized_checkpoint", "FORMAT", "KEY_RECIPE", "KEY_ARCH", "KEY_HEAD"]

@@ -1,0 +1,48 @@
+"""OpenVINO backend: runs an OpenVINO IR (``openvino/model.xml``) or an ONNX file on the CPU (or any
+device OpenVINO offers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputSizeError
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailableError("the openvino backend needs OpenVINO: pip install 'sapiens2-edge[openvino]'") from None
+    return openvino
+
+
+class OpenVINOBackend:
+    name = "openvino"
+
+    def __init__(self, model_path: str | os.PathLike, device: str = "CPU", max_batch: int | None = None,
+                 threads: int | None = None, inference_precision: str = "f32"):
+        ov = import_openvino()
+        core = ov.Core()
+        # OpenVINO's CPU plugin silently runs in bf16 on CPUs that have it; an fp32 artifact must not.
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(str(Path(model_path)), device, config)
+        self.request = self.compiled.create_infer_request()
+        self.device = device.lower()
+        self.max_batch = max_batch
+        self.version = ov.__version__
+
+    def describe(self) -> str:
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        return f"openvino {self.version} on {self.device.upper()} ({precision})"
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.max_batch is not None and len(batch) > self.max_batch:
+            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
+                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
+        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return tuple(np.array(result[out]) for out in self.compiled.outputs)

@@ -1,0 +1,179 @@
+"""Quantization arithmetic against hand-computed values and independent references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sapiens2_edge.quantize import numerics as nx
+from sapiens2_edge.quantize.config import layer_config
+from sapiens2_edge.quantize.linear import QuantLinear
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: OpenMP threads only add contention on the shared 2-core CI machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- int8 weights ---------------------------------------------------------------------------------
+def test_int8_per_channel_weight_hand_computed():
+    w = torch.tensor([[127.0, -50.4, 12.6, 0.0],
+                      [2.54, -1.0, 0.3, 0.0]])
+    q, s = nx.quantize_weight(w, "int8", "per_channel")
+    assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (2,)
+    torch.testing.assert_close(s, torch.tensor([1.0, 0.02]))
+    assert q.tolist() == [[127, -50, 13, 0], [127, -50, 15, 0]]
+    torch.testing.assert_close(nx.dequantize_weight(q, s),
+                               torch.tensor([[127.0, -50.0, 13.0, 0.0], [2.54, -1.0, 0.3, 0.0]]))
+
+
+def test_int8_per_tensor_weight_and_zero_rows():
+    w = torch.tensor([[127.0, -50.4, 12.6, 0.0], [2.54, -1.0, 0.3, 0.0]])
+    q, s = nx.quantize_weight(w, "int8", "per_tensor")
+    assert s.tolist() == [1.0]
+    assert q.tolist() == [[127, -50, 13, 0], [3, -1, 0, 0]]
+    q, s = nx.quantize_weight(torch.zeros(2, 8), "int8")
+    assert (q == 0).all() and (s > 0).all()  # no division by zero
+
+
+def test_int8_rounds_half_to_even_and_never_produces_minus_128():
+    q = nx.quantize_int8(torch.tensor([0.5, 1.5, 2.5, -0.5, -200.0, 200.0]), torch.tensor(1.0))
+    assert q.tolist() == [0, 2, 2, 0, -127, 127]
+
+
+def test_per_token_activation_scales_hand_computed():
+    x = torch.tensor([[1.0, -4.0, 2.0], [0.5, 0.25, -0.125], [0.0, 0.0, 0.0]])
+    s = nx.token_scales(x, "int8")
+    assert s.shape == (3, 1)
+    torch.testing.assert_close(s[:2, 0], torch.tensor([4.0 / 127, 0.5 / 127]))
+    assert s[2, 0] > 0
+    assert nx.quantize_int8(x, s).tolist() == [[32, -127, 64], [127, 64, -32], [0, 0, 0]]
+    torch.testing.assert_close(nx.token_scales(x, "fp8")[:2, 0], torch.tensor([4.0 / 448, 0.5 / 448]))
+
+
+def test_static_scales_keep_prefix_tokens_dynamic():
+    x = torch.ones(2, 12, 4)
+    x[:, :9] *= 1000.0
+    s = nx.activation_scales(x, "int8", torch.tensor([0.5]), prefix_tokens=9).view(2, 12)
+    torch.testing.assert_close(s[:, :9], torch.full((2, 9), 1000.0 / 127))
+    torch.testing.assert_close(s[:, 9:], torch.full((2, 3), 0.5))
+
+
+# --- fp8 ------------------------------------------------------------------------------------------
+def _e4m3_values() -> list[float]:
+    """Every non-negative finite E4M3 (fn) value in code order (code parity = mantissa parity)."""
+    vals = [m * 2.0**-9 for m in range(8)]  # exponent field 0: zero and subnormals
+    for e in range(1, 16):
+        for m in range(8):
+            if e == 15 and m == 7:
+                continue  # NaN
+            vals.append((1 + m / 8) * 2.0 ** (e - 7))
+    return vals
+
+
+def _round_e4m3_reference(x: float) -> float:
+    vals = _e4m3_values()
+    a = min(abs(x), 448.0)
+    best = min(range(len(vals)), key=lambda i: (abs(vals[i] - a), i % 2))  # ties -> even code
+    return math.copysign(vals[best], x)
+
+
+def test_fp8_known_values():
+    x = torch.tensor([1000.0, 448.0, 464.0, 460.0, -500.0, 2.0**-9, 2.0**-10, 3 * 2.0**-10, 2.0**-6,
+                      1.0625, 1.1, 1.1875, 300.0, 0.0])
+    want = [448.0, 448.0, 448.0, 448.0, -448.0, 2.0**-9, 0.0, 2.0**-8, 2.0**-6,
+            1.0, 1.125, 1.25, 288.0, 0.0]
+    got = nx.to_e4m3(x)
+    assert got.dtype == torch.float8_e4m3fn
+    assert got.float().tolist() == want
+    assert not torch.isnan(got.float()).any()
+    assert max(_e4m3_values()) == 448.0 and len(_e4m3_values()) == 127
+
+
+def test_fp8_rounding_matches_independent_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.exp(torch.empty(3000).uniform_(-12, 7, generator=g)) * torch.sign(torch.randn(3000, generator=g))
+    got = nx.to_e4m3(x).float().tolist()
+    want = [_round_e4m3_reference(v) for v in x.tolist()]
+    assert got == want
+
+
+def test_fp8_weight_per_channel():
+    w = torch.tensor([[448.0, 1.0, -0.3], [0.896, 0.002, -0.5]])
+    q, s = nx.quantize_weight(w, "fp8")
+    torch.testing.assert_close(s, torch.tensor([1.0, 0.002]))
+    assert q.dtype == torch.float8_e4m3fn
+    assert q.float()[0].tolist() == [448.0, 1.0, -0.3125]
+    assert q.float()[1].tolist() == [448.0, 1.0, -256.0]
+
+
+# --- int8 GEMM ------------------------------------------------------------------------------------
+def test_int_mm_equals_exact_emulation():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (33, 64), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (40, 64), generator=g, dtype=torch.int8)
+    assert nx.int_mm_supported(33, 64, 40)
+    fast = torch._int_mm(a, w.t())
+    ref = nx.int8_matmul_reference(a, w)
+    assert fast.dtype == ref.dtype == torch.int32
+    assert torch.equal(fast, ref)
+    assert torch.equal(ref, (a.long() @ w.long().t()).int())  # int64 cross-check
+    assert not nx.int_mm_supported(16, 64, 40) and not nx.int_mm_supported(33, 60, 40)
+
+
+def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch):
+    calls = []
+    real = torch._int_mm
+
+    def counting(a, b):
+        calls.append(a.shape)
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", counting)
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 64, generator=g))
+    for mode in ("dynamic", "static"):
+        cfg = layer_config("int8", activation_mode=mode)
+        ql = QuantLinear.from_float(lin, cfg, prefix_tokens=9, input_scale=torch.tensor([0.02]))
+        x = torch.randn(2, 20, 64, generator=g)
+        calls.clear()
+        fast = ql(x)
+        assert calls, "torch._int_mm did not run"
+        ql.kernel = "reference"
+        calls.clear()
+        ref = ql(x)
+        assert not calls
+        assert torch.equal(fast, ref)
+        # small batches (M <= 16) take the emulation on the default path too
+        ql.kernel = "auto"
+        calls.clear()
+        ql(torch.randn(1, 5, 64, generator=g))
+        assert not calls
+
+
+def test_quantlinear_w8a8_matches_hand_written_fake_quant():
+    g = torch.Generator().manual_seed(2)
+    lin = torch.nn.Linear(32, 24)
+    x = torch.randn(3, 7, 32, generator=g)
+    ql = QuantLinear.from_float(lin, layer_config("int8"))
+    w = lin.weight.detach().double()
+    sw = w.abs().amax(1, keepdim=True) / 127
+    wq = torch.round(w / sw).clamp(-127, 127) * sw
+    xd = x.double()
+    sx = xd.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(xd / sx).clamp(-127, 127) * sx
+    ref = xq @ wq.t() + lin.bias.detach().double()
+    torch.testing.assert_close(ql(x).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sqnr():
+    assert nx.sqnr_db(100.0, 1.0) == pytest.approx(20.0)
+    assert nx.sqnr_db(1.0, 0.0) == math.inf
