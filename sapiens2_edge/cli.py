@@ -180,6 +180,82 @@ def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, direc
     console.print(f"wrote results for {len(inputs)} image(s) to {output} in {time.perf_counter() - start:.1f} s")
 
 
+# --- quantize ---------------------------------------------------------------------------------------
+def report_table(report) -> Table:
+    """The end-of-run table: sizes, whole-model and task fidelity, the weakest layers."""
+    table = Table(title=f"quantization: {report.scheme}", show_header=True)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("size", f"{report.size_before_bytes / 1e6:.2f} MB -> {report.size_after_bytes / 1e6:.2f} MB "
+                          f"({report.size_after_bytes / max(report.size_before_bytes, 1):.3f}x)")
+    if report.output_sqnr_db is not None:
+        table.add_row("output SQNR (calibration)", f"{report.output_sqnr_db:.1f} dB")
+    for k, v in report.fidelity.items():
+        if isinstance(v, float):
+            table.add_row(f"{k} (held-out)", f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3g}")
+        elif k in ("samples", "budget", "evaluated_on"):
+            table.add_row(k, str(v))
+    worst = sorted((lr for lr in report.layers if lr.output_sqnr_db is not None), key=lambda lr: lr.output_sqnr_db)
+    for lr in worst[:5]:
+        table.add_row(f"weak layer {lr.name}", f"{lr.scheme}, {lr.output_sqnr_db:.1f} dB")
+    for note in report.notes:
+        table.add_row("note", note)
+    return table
+
+
+def _split_images(calib: Path, holdout: Optional[Path], calib_size: int, eval_samples: int):
+    """Calibration images, held-out images and a word on where the held-out set came from."""
+    images = _list_inputs(calib)
+    if holdout is not None:
+        return images[:calib_size], _list_inputs(holdout)[:eval_samples], f"{holdout}"
+    rest = images[calib_size:calib_size + eval_samples]
+    if rest:
+        return images[:calib_size], rest, f"{len(rest)} images of {calib} not used for calibration"
+    return images[:calib_size], images[:eval_samples], "the calibration images (no held-out images were left)"
+
+
+@app.command(name="quantize")
+def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.safetensors, directory or HF id)"),
+                 scheme: str = typer.Option("int8", help="fp16, int8-weight, int8, fp8 or mixed"),
+                 calib: Path = typer.Option(..., "--calib", help="folder of calibration images of the task's domain"),
+                 output: Path = typer.Option(..., "--output", "-o", help="output .safetensors file or folder"),
+                 budget: Optional[str] = typer.Option(None, help="mixed: e.g. 'seg_agreement>=0.995' or 'size<=0.3'"),
+                 report: Optional[Path] = typer.Option(None, "--report", help="also write the report JSON here"),
+                 holdout: Optional[Path] = typer.Option(None, help="held-out images for the fidelity report"),
+                 calib_size: int = typer.Option(32, help="calibration images to use"),
+                 eval_samples: int = typer.Option(16, help="held-out images to evaluate"),
+                 activation_mode: str = typer.Option("dynamic", help="int8/fp8 activations: dynamic or static"),
+                 input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
+    """Quantize a checkpoint, report its task fidelity against the float model, save it."""
+    from .models.loading import load_model
+    from .quantize import quantize, save_quantized
+    from .quantize.evaluate import evaluate
+
+    try:
+        model = load_model(checkpoint)
+        size = _parse_size(input_size) or model.input_size
+        calib_images, eval_images, eval_source = _split_images(calib, holdout, calib_size, eval_samples)
+        options = {"input_size": tuple(size), "calibration_size": calib_size}
+        if scheme != "mixed" or budget is None:
+            options["activation_mode"] = activation_mode
+        if budget is not None:
+            options["budget"] = budget
+        console.print(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
+        qmodel, rep = quantize(model, scheme, calibration=calib_images, **options)
+        if not rep.fidelity:
+            rep.fidelity = evaluate(model, qmodel, eval_images, input_size=size, samples=eval_samples)
+        rep.fidelity["evaluated_on"] = eval_source
+        path = output if output.suffix == ".safetensors" else output / f"{Path(str(checkpoint)).stem}_{scheme}.safetensors"
+        save_quantized(qmodel, path, report=rep)
+        if report is not None:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(rep.to_json())
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    console.print(report_table(rep))
+    console.print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)" + (f" and {report}" if report else ""))
+
+
 # --- demo (the README's main job) ---------------------------------------------------------------------
 @app.command()
 def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint; default: look for the official one"),

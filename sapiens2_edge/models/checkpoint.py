@@ -568,10 +568,12 @@ def write_tensors(
         prepared[name] = t
 
     p.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name that save_file creates itself (so the file gets the usual permissions).
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         save_file(prepared, str(tmp), metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files 0600; give the usual permissions
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, p)

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import AlreadyQuantizedError, CalibrationError, QuantizationError
+from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, QuantizationError
 from ..models.model import Sapiens2Model
 from . import numerics as nx
 from .calibration import CalibrationSet, build_calibration_set, progress
@@ -58,7 +58,10 @@ def quantize(model: Sapiens2Model, scheme: "str | QuantRecipe" = "int8", calibra
     ``estimator``, ``percentile``, ``smoothquant_alpha``, ``exclude``, ``layer_schemes``,
     ``default_scheme``, ``quantize_tokenizer``, ``prefix_tokens``, ``calibration_size``,
     ``batch_size``, ``input_size``, ``report_samples``), plus ``progress`` (None = bar on a
-    terminal only) and ``kernel`` (the GEMM path, default ``auto``).
+    terminal only) and ``kernel`` (the GEMM path, default ``auto``). With ``scheme="mixed"``,
+    ``budget="seg_agreement>=0.995"`` (and/or ``size<=0.3``) runs the sensitivity search of
+    :mod:`.sensitivity` (``mixed_scheme``: the low-precision scheme, default ``int8``;
+    ``fallback``: where sensitive layers go, default ``float``).
 
     ``int8`` and ``mixed`` use SmoothQuant (alpha 0.5) when calibration data is given; without it
     they fall back to no smoothing and say so in ``report.notes`` (an explicit
@@ -72,6 +75,14 @@ def quantize(model: Sapiens2Model, scheme: "str | QuantRecipe" = "int8", calibra
     if not isinstance(model, Sapiens2Model):
         raise QuantizationError(f"quantize expects a Sapiens2Model (from load_model or build_model), got "
                                 f"{type(model).__name__}")
+    budget = options.pop("budget", None)
+    if budget is not None:
+        if scheme != "mixed":
+            raise ConfigError(f"budget= chooses per-layer schemes, so it needs scheme='mixed' (got {scheme!r})")
+        from .sensitivity import search_mixed
+
+        return search_mixed(model, calibration, budget, scheme=options.pop("mixed_scheme", "int8"),
+                            fallback=options.pop("fallback", "float"), **options)
     show = options.pop("progress", None)
     kernel = options.pop("kernel", "auto")
     explicit_alpha = options.get("smoothquant_alpha") is not None

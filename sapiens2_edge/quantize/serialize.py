@@ -49,6 +49,7 @@ KEY_FORMAT = "sapiens2_edge.format"
 KEY_RECIPE = "sapiens2_edge.recipe"
 KEY_ARCH = "sapiens2_edge.arch"
 KEY_HEAD = "sapiens2_edge.head"
+KEY_REPORT = "sapiens2_edge.report"
 KEY_VERSION = "sapiens2_edge.version"
 _FLOAT_OK = {torch.float32, torch.float16, torch.bfloat16}
 
@@ -61,8 +62,9 @@ def _file_names(model: Sapiens2Model) -> dict[str, str]:
     return {k: k for k in keys}
 
 
-def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> Path:
-    """Write ``qmodel`` (from :func:`quantize` or :func:`load_quantized`) as one safetensors file."""
+def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, report: Any = None) -> Path:
+    """Write ``qmodel`` (from :func:`quantize` or :func:`load_quantized`) as one safetensors file;
+    ``report`` (a :class:`QuantReport`) is stored beside the recipe as JSON (``sapiens2_edge.report``)."""
     if not isinstance(qmodel, QuantizedModel):
         raise CheckpointError(f"save_quantized expects a QuantizedModel (from quantize()), got {type(qmodel).__name__}; "
                               "float models are saved with their own checkpoint writer")
@@ -77,7 +79,15 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> Path:
         KEY_HEAD: json.dumps(qmodel.head_spec.to_dict() if qmodel.head_spec is not None else None, sort_keys=True),
         KEY_VERSION: __version__,
     }
+    if report is not None:
+        meta[KEY_REPORT] = report.to_json(indent=None)
     return write_tensors(tensors, path, metadata=meta)
+
+
+def read_report(path: str | os.PathLike) -> dict | None:
+    """The QuantReport stored in a quantized checkpoint, or None."""
+    raw = read_header(path).metadata.get(KEY_REPORT)
+    return None if raw is None else json.loads(raw)
 
 
 def is_quantized_checkpoint(header: SafetensorsHeader | str | os.PathLike) -> bool:
@@ -168,4 +178,5 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
     return model.eval()
 
 
-__all__ = ["save_quantized", "load_quantized", "is_quantized_checkpoint", "FORMAT", "KEY_RECIPE", "KEY_ARCH", "KEY_HEAD"]
+__all__ = ["save_quantized", "load_quantized", "is_quantized_checkpoint", "read_report", "FORMAT", "KEY_RECIPE",
+           "KEY_ARCH", "KEY_HEAD", "KEY_REPORT"]
