@@ -35,7 +35,7 @@ def test_manifest_and_verification(seg_artifact):
     m = read_manifest(root)
     assert (m.format, m.task, m.input_size, m.max_batch, m.precision) == ("onnx", "seg", [128, 96], 3, "fp32")
     assert m.preprocessing["mean"] == [123.675, 116.28, 103.53] and m.preprocessing["input_size"] == [128, 96]
-    assert set(m.files) == {"model.onnx"} and len(m.files["model.onnx"]["sha256"]) == 64
+    assert set(m.files) == {"model.onnx", "reference.npz"} and len(m.files["model.onnx"]["sha256"]) == 64
     assert m.fidelity["rel_l2"] <= 1e-4  # the fp32 target
     assert m.arch["depth"] == 18 and m.rope_mode == "bf16" and m.outputs == ["logits"]
 
@@ -113,3 +113,35 @@ def test_fp16_export(tmp_path):
     ref = s2e.Predictor(tiny_model("normal"), input_size=INPUT)(IMAGE)
     cos = np.sum(res.normal * ref.normal, -1) / np.linalg.norm(res.normal, axis=-1) / np.linalg.norm(ref.normal, axis=-1)
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))).mean() < 1.0
+
+
+def test_verify_detects_numeric_drift(seg_artifact):
+    from sapiens2_edge.export import verify_artifact
+
+    ok = verify_artifact(seg_artifact[1])
+    assert ok["passed"] and ok["rel_l2"] <= 1e-4 and ok["backend"] == "onnxruntime"
+    strict = verify_artifact(seg_artifact[1], tolerance=0.0)
+    assert not strict["passed"]
+
+
+def test_cli_export_openvino_then_verify(tmp_path):
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+    from tests.fixtures.tiny import save
+
+    ckpt = save(tiny_model("pointmap"), tmp_path / "pm.safetensors")
+    out = tmp_path / "pm-ov"
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "openvino", "--output", str(out), "--max-batch", "2"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps long lines
+    assert "openvino, fp32, 256x192" in text and "[torch.onnx]" not in text
+    m = read_manifest(out)
+    assert set(m.files) == {"openvino/model.xml", "openvino/model.bin", "reference.npz"}
+    assert m.outputs == ["pointmap", "scale"] and m.fidelity["rel_l2"] <= 1e-4
+    res = CliRunner().invoke(app, ["verify", str(out)])
+    assert res.exit_code == 0 and "passed" in res.output, res.output
+    pred = s2e.Predictor(out)
+    assert pred.backend == "openvino" and pred(IMAGE).points.shape == (150, 110, 3)
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "coreml", "--output", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "'coreml' is not available in this version" in res.output

@@ -12,13 +12,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError
+from ..errors import ArtifactError, ConfigError, ExportError
 from .manifest import FORMATS, MANIFEST, Manifest, read_manifest, write_artifact
 
 # Relative L2 a verification may reach per precision before the export is refused.
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
 
-__all__ = ["export", "FORMATS", "MANIFEST", "Manifest", "read_manifest", "verification_inputs", "TOLERANCE"]
+__all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "Manifest", "read_manifest", "verification_inputs",
+           "TOLERANCE"]
 
 
 def verification_inputs(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -83,10 +84,13 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
 
     def build(tmp: Path) -> dict[str, str]:
         files = _exporter(format)(model, tmp, size, max_batch, opset, precision)
+        x = verification_inputs(size, batch=min(2, max_batch))
+        ref = torch_outputs(model, x)
+        np.savez_compressed(tmp / REFERENCE, **{n: fingerprint(r) for n, r in zip(names, ref, strict=True)})
+        files[REFERENCE] = "reference"
         if verify:
-            x = verification_inputs(size, batch=min(2, max_batch))
             got = _verifier(format, tmp / files_role(files, "model"))(x)
-            result = compare(torch_outputs(model, x), got, names)
+            result = compare(ref, got, names)
             result.update({"reference": f"torch fp32 eager, RoPE {model.rope_mode}", "tolerance": limit,
                            "inputs": f"verification_inputs({list(size)}, batch={len(x)}, seed=0)"})
             manifest.fidelity = result
@@ -120,6 +124,36 @@ def _verifier(format: str, model_file: Path):
     from ..runtime.openvino_backend import OpenVINOBackend
 
     return OpenVINOBackend(model_file)
+
+
+REFERENCE = "reference.npz"
+
+
+def fingerprint(output: np.ndarray) -> np.ndarray:
+    """A small, fixed subsample of a reference output (every s-th pixel, at most ~64 per side),
+    stored with the artifact so ``verify`` can re-check numerics without the torch model."""
+    a = np.asarray(output, np.float32)
+    if a.ndim == 4:
+        s = max(1, a.shape[2] // 64, a.shape[3] // 64)
+        a = a[:, :, ::s, ::s]
+    return np.ascontiguousarray(a)
+
+
+def verify_artifact(root, backend: str = "auto", tolerance: float | None = None) -> dict[str, Any]:
+    """Re-check an artifact: checksums (via the manifest) and numerics on the sample inputs
+    against the torch reference outputs stored at export time."""
+    from ..runtime.artifact import open_artifact
+
+    manifest, runner, _ = open_artifact(root, backend)
+    if manifest.file_for("reference") is None:
+        raise ArtifactError(f"{root} carries no reference outputs ({REFERENCE}); re-export it to verify numerics")
+    stored = np.load(Path(root) / manifest.file_for("reference"))
+    x = verification_inputs(manifest.input_size, batch=min(2, manifest.max_batch))
+    got = [fingerprint(o) for o in runner(x)]
+    result = compare([stored[n] for n in manifest.outputs], got, manifest.outputs)
+    limit = TOLERANCE.get(manifest.precision, 1e-3) if tolerance is None else tolerance
+    result.update({"backend": runner.name, "tolerance": limit, "passed": result["rel_l2"] <= limit})
+    return result
 
 
 def files_role(files: dict[str, str], role: str) -> str:

@@ -8,6 +8,7 @@ fp32 graph with ONNX Runtime's float16 tool, keeping fp32 inputs/outputs and the
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -52,7 +53,9 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     external = n_bytes > EXTERNAL_DATA_LIMIT
     x = torch.zeros(min(2, max_batch), 3, *input_size)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    with frozen_rope(model, input_size), warnings.catch_warnings(), torch.no_grad():
+    # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
+    with frozen_rope(model, input_size), warnings.catch_warnings(), torch.no_grad(), \
+            contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
