@@ -15,14 +15,6 @@ from sapiens2_edge.quantize.smoothquant import apply_smoothing, find_groups, smo
 from tests.fixtures.tiny import INPUT, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- observers ------------------------------------------------------------------------------------
 def test_prefix_tokens_are_left_out_of_static_ranges():
     x = torch.rand(2, 30, 16) * 2 - 1

@@ -12,15 +12,6 @@ from sapiens2_edge.quantize.config import layer_config
 from sapiens2_edge.quantize.linear import QuantLinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP threads only add contention on the shared 2-core CI machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- int8 weights ---------------------------------------------------------------------------------
 def test_int8_per_channel_weight_hand_computed():
     w = torch.tensor([[127.0, -50.4, 12.6, 0.0],

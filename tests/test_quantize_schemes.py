@@ -23,14 +23,6 @@ from sapiens2_edge.quantize.kernels import register_kernel, unregister_kernel
 from tests.fixtures.tiny import INPUT, TINY_4K, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(seed, n, b=2):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, 3, *INPUT, generator=g) for _ in range(n)]

@@ -53,30 +53,19 @@ def conv_units(cin: int, outs: tuple[int, ...], k: int, rms: bool = False, strid
     return nn.Sequential(*layers)
 
 
-class PoseHead(nn.Module):
-    """DeconvUnits, 1x1 ConvUnits, then ``conv_pose``: raw heatmaps at input/4."""
+class DeconvHead(nn.Module):
+    """pose / seg: DeconvUnits, 1x1 ConvUnits, then ``conv_pose`` (raw heatmaps at input/4) or
+    ``conv_seg`` (class logits at full resolution)."""
 
     def __init__(self, spec: HeadSpec):
         super().__init__()
         self.deconv_layers = deconv_units(spec.in_channels, spec.deconv)
         self.conv_layers = conv_units(spec.deconv[-1], spec.conv, spec.conv_kernel)
-        self.conv_pose = nn.Conv2d(spec.conv[-1], spec.out_channels, 1)
+        self.final_name = f"conv_{spec.task}"
+        self.add_module(self.final_name, nn.Conv2d(spec.conv[-1], spec.out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_pose(self.conv_layers(self.deconv_layers(x)))
-
-
-class SegHead(nn.Module):
-    """DeconvUnits up to full resolution, 1x1 ConvUnits, then ``conv_seg``: class logits."""
-
-    def __init__(self, spec: HeadSpec):
-        super().__init__()
-        self.deconv_layers = deconv_units(spec.in_channels, spec.deconv)
-        self.conv_layers = conv_units(spec.deconv[-1], spec.conv, spec.conv_kernel)
-        self.conv_seg = nn.Conv2d(spec.conv[-1], spec.out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_seg(self.conv_layers(self.deconv_layers(x)))
+        return getattr(self, self.final_name)(self.conv_layers(self.deconv_layers(x)))
 
 
 class UpsampleUnit(nn.Sequential):
@@ -135,10 +124,8 @@ class PointmapHead(DenseHead):
 
 
 def build_head(spec: HeadSpec, stride: int = PATCH_SIZE) -> nn.Module:
-    if spec.task == "pose":
-        return PoseHead(spec)
-    if spec.task == "seg":
-        return SegHead(spec)
+    if spec.task in ("pose", "seg"):
+        return DeconvHead(spec)
     if spec.task in ("normal", "albedo"):
         return DenseHead(spec)
     if spec.task == "pointmap":
