@@ -35,15 +35,16 @@ def run_outputs(model, batches: CalibrationSet, desc: str = "evaluate", show: bo
 
 def evaluate(float_model, qmodel, data: Any, *, input_size: Sequence[int] | None = None,
              samples: int = DEFAULT_EVAL_SAMPLES, batch_size: int = 4, show: bool | None = None,
-             reference: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:
+             reference: tuple[np.ndarray, ...] | None = None, keypoints: Sequence[int] | None = None) -> dict[str, Any]:
     """Task fidelity of ``qmodel`` against ``float_model`` on up to ``samples`` held-out inputs.
 
-    ``reference`` may hold the float outputs already computed for the same batches.
+    ``reference`` may hold the float outputs already computed for the same batches; ``keypoints``
+    restricts the pose metrics to a subset of keypoints.
     """
     size = tuple(input_size or float_model.input_size)
     batches = as_batches(data, float_model.task, size, samples, batch_size, show)
     ref = reference if reference is not None else run_outputs(float_model, batches, "float", show)
     test = run_outputs(qmodel, batches, "quantized", show)
-    result = task_fidelity(float_model.task, ref, test, size)
+    result = task_fidelity(float_model.task, ref, test, size, keypoints=keypoints)
     result["samples"] = batches.num_samples
     return result

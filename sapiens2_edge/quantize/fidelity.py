@@ -48,9 +48,12 @@ def seg_fidelity(ref_logits: np.ndarray, test_logits: np.ndarray) -> dict[str, f
 
 
 def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_size: Sequence[int],
-                  kpt_thr: float = 0.3) -> dict[str, float]:
-    """``input_size`` is the network input (H, W); displacements are in its pixels."""
+                  kpt_thr: float = 0.3, keypoints: Sequence[int] | None = None) -> dict[str, float]:
+    """``input_size`` is the network input (H, W); displacements are in its pixels. ``keypoints``
+    restricts the comparison to a subset of channels (e.g. those a model was trained on)."""
     h, w = input_size
+    if keypoints is not None:
+        ref_heatmaps, test_heatmaps = ref_heatmaps[:, list(keypoints)], test_heatmaps[:, list(keypoints)]
     dists, confident = [], []
     for r, t in zip(ref_heatmaps, test_heatmaps, strict=True):
         kr, sr = decode_heatmaps(r, (w, h))
@@ -90,14 +93,16 @@ def albedo_fidelity(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
     return {"albedo_psnr_db": float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)}
 
 
-def task_fidelity(task: str | None, ref: Outputs, test: Outputs, input_size: Sequence[int]) -> dict[str, float]:
-    """All metrics for ``task`` (None: a backbone featmap, raw-output metrics only)."""
+def task_fidelity(task: str | None, ref: Outputs, test: Outputs, input_size: Sequence[int],
+                  keypoints: Sequence[int] | None = None) -> dict[str, float]:
+    """All metrics for ``task`` (None: a backbone featmap, raw-output metrics only); ``keypoints``
+    restricts the pose metrics to those channels."""
     ref, test = tuple(ref), tuple(test)
     out = output_error(ref, test)
     if task == "seg":
         out.update(seg_fidelity(ref[0], test[0]))
     elif task == "pose":
-        out.update(pose_fidelity(ref[0], test[0], input_size))
+        out.update(pose_fidelity(ref[0], test[0], input_size, keypoints=keypoints))
     elif task == "normal":
         out.update(normal_fidelity(ref[0], test[0]))
     elif task == "pointmap":
