@@ -32,11 +32,11 @@ RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data"
 SCHEMES = ("fp16", "int8-weight", "int8", "fp8")
 FIDELITY_KEYS = {"seg": ("seg_agreement", "seg_miou", "sqnr_db"),
-                 "pose": ("pose_mean_px", "pose_p95_px", "pose_pck_1px", "sqnr_db")}
+                 "pose": ("pose_mean_px", "pose_p95_px", "pose_max_px", "pose_pck_1px", "sqnr_db")}
 
 
 def fidelity_rows(samples: int) -> list[dict]:
-    from tests.fixtures.synthetic import make_people
+    from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
 
     calib, *_ = make_people(samples, seed=1001, size=(128, 96))
     held, *_ = make_people(samples, seed=2002, size=(128, 96))
@@ -45,7 +45,10 @@ def fidelity_rows(samples: int) -> list[dict]:
         model = s2e.load_model(DATA / f"trained_tiny_{task}.safetensors")
         for scheme in SCHEMES:
             q, rep = s2e.quantize(model, scheme, calibration=list(calib), input_size=(128, 96), progress=False)
-            fid = evaluate(model, q, list(held), input_size=(128, 96), samples=samples)
+            # pose: the 23 keypoints the fixture was trained on; its other 285 channels were never
+            # supervised, so their peaks have no margin and flip under any perturbation.
+            fid = evaluate(model, q, list(held), input_size=(128, 96), samples=samples,
+                           keypoints=VISIBLE_KEYPOINTS if task == "pose" else None)
             rows.append({"task": task, "scheme": scheme, **{k: fid[k] for k in FIDELITY_KEYS[task]},
                          "size_ratio": rep.size_after_bytes / rep.size_before_bytes})
     return rows

@@ -1,0 +1,51 @@
+"""Fidelity gates of the quantization issue, on the trained tiny fixtures (real decision margins):
+seg pixel agreement with the float model >= 99.5 % (int8-weight), 99 % (int8), 98.5 % (fp8); pose
+mean keypoint displacement <= 0.5 input px on the keypoints the fixture was trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import sapiens2_edge as s2e
+from sapiens2_edge.quantize.evaluate import evaluate
+from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
+
+DATA = Path(__file__).parent / "fixtures" / "data"
+SIZE = (128, 96)
+CALIB = list(make_people(16, seed=1001, size=SIZE)[0])
+HELD_OUT = list(make_people(16, seed=2002, size=SIZE)[0])
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return s2e.load_model(DATA / "trained_tiny_seg.safetensors")
+
+
+@pytest.fixture(scope="module")
+def pose():
+    return s2e.load_model(DATA / "trained_tiny_pose.safetensors")
+
+
+@pytest.mark.parametrize("scheme,min_agreement", [("int8-weight", 0.995), ("int8", 0.99), ("fp8", 0.985)])
+def test_seg_agreement_targets(seg, scheme, min_agreement):
+    q, report = s2e.quantize(seg, scheme, calibration=CALIB, input_size=SIZE, progress=False)
+    fid = evaluate(seg, q, HELD_OUT, input_size=SIZE, samples=16)
+    assert fid["seg_agreement"] >= min_agreement, fid
+    assert report.size_after_bytes < 0.45 * report.size_before_bytes
+
+
+@pytest.mark.parametrize("scheme", ["int8-weight", "int8", "fp8"])
+def test_pose_displacement_target(pose, scheme):
+    q, _ = s2e.quantize(pose, scheme, calibration=CALIB, input_size=SIZE, progress=False)
+    fid = evaluate(pose, q, HELD_OUT, input_size=SIZE, samples=16, keypoints=VISIBLE_KEYPOINTS)
+    assert fid["pose_keypoints"] == 16 * len(VISIBLE_KEYPOINTS)
+    assert fid["pose_mean_px"] <= 0.5, fid
+
+
+def test_static_int8_with_calibration_also_meets_seg_target(seg):
+    q, report = s2e.quantize(seg, "int8", calibration=CALIB, input_size=SIZE, activation_mode="static",
+                             progress=False)
+    assert all(lr.input_range is not None for lr in report.layers)
+    assert evaluate(seg, q, HELD_OUT, input_size=SIZE, samples=16)["seg_agreement"] >= 0.99
