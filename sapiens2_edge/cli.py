@@ -307,6 +307,37 @@ def verify(artifact: Path = typer.Argument(..., help="artifact directory"),
         raise typer.Exit(code=1)
 
 
+@app.command()
+def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories"),
+          backend: list[str] = typer.Option(["auto"], help="runtime(s) per artifact; repeat the option"),
+          runs: int = typer.Option(5, help="timed runs per row"),
+          warmup: int = typer.Option(1, help="untimed runs first"),
+          batch: int = typer.Option(1, help="batch size"),
+          output_dir: Path = typer.Option(Path("bench_results"), help="where bench.md/.csv/.json go"),
+          no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the torch fp32 eager row")) -> None:
+    """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process)."""
+    from . import bench as benchmod
+
+    command = (f"sapiens2-edge bench {' '.join(map(str, artifacts))} " + " ".join(f"--backend {b}" for b in backend)
+               + f" --runs {runs} --warmup {warmup} --batch {batch}" + (" --no-baseline" if no_baseline else ""))
+    try:
+        rows = benchmod.run(list(artifacts), backend, warmup, runs, batch, baseline=not no_baseline)
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    table = Table(title="sapiens2-edge bench")
+    for col in ("artifact", "backend", "load s", "median s", "p90 s", "img/s", "peak RSS MB", "size MB", "rel L2",
+                "speed-up"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["artifact"], r["backend"], f"{r['load_s']:.2f}", f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
+                      f"{r['throughput_img_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}",
+                      "-" if r["fidelity_rel_l2"] is None else f"{r['fidelity_rel_l2']:.1e}",
+                      "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
+    console.print(table)
+    files = benchmod.write_reports(rows, output_dir, command)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+
+
 # --- demo (the README's main job) ---------------------------------------------------------------------
 @app.command()
 def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint; default: look for the official one"),

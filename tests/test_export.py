@@ -145,3 +145,26 @@ def test_cli_export_openvino_then_verify(tmp_path):
     assert pred.backend == "openvino" and pred(IMAGE).points.shape == (150, 110, 3)
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "coreml", "--output", str(tmp_path / "c")])
     assert res.exit_code == 2 and "'coreml' is not available in this version" in res.output
+
+
+def test_bench_command_rows_and_reports(seg_artifact, tmp_path):
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(app, ["bench", str(seg_artifact[1]), "--backend", "onnxruntime", "--backend", "openvino",
+                                   "--runs", "2", "--output-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "bench.json").read_text())
+    rows = data["rows"]
+    assert [r["backend"] for r in rows] == ["torch", "onnxruntime", "openvino"]
+    assert rows[0]["artifact"] == "torch-fp32-eager" and rows[0]["speedup"] == 1.0
+    for r in rows:
+        assert r["count"] == 2 and r["min_s"] <= r["median_s"] <= r["max_s"] and r["peak_rss_mb"] > 0
+        assert r["speedup"] == pytest.approx(rows[0]["median_s"] / r["median_s"])
+    assert rows[1]["fidelity_rel_l2"] <= 1e-4 and rows[1]["size_mb"] > 0
+    md = (out / "bench.md").read_text()
+    assert md.count("\n| ") == 1 + 3 and "--backend openvino --runs 2" in md and (out / "bench.csv").exists()
+    bad = CliRunner().invoke(app, ["bench", str(seg_artifact[1]), "--backend", "coreml", "--no-baseline"])
+    assert bad.exit_code == 2 and "cannot run on backend 'coreml'" in " ".join(bad.output.split())
