@@ -52,7 +52,8 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     n_bytes = sum(p.numel() * 4 for p in model.parameters())
     external = n_bytes > EXTERNAL_DATA_LIMIT
     x = torch.zeros(min(2, max_batch), 3, *input_size)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # A batch range of one value is no range: torch.export wants a static dimension then.
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()):
@@ -61,7 +62,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
         try:
             torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, opset_version=opset,
                               input_names=["image"], output_names=output_names(model.task),
-                              dynamic_shapes=({0: batch},), external_data=external, verbose=False)
+                              dynamic_shapes=dynamic, external_data=external, verbose=False)
         except Exception as e:  # noqa: BLE001 - surface any exporter failure as ours
             raise ExportError(f"torch.onnx.export failed for {model.arch.name} {model.task}: {e}") from e
     if precision == "fp16":
