@@ -47,7 +47,7 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -
 
         model = build_model(ArchSpec.from_dict(m.arch), head=HeadSpec.from_dict(m.head) if m.head else None)
         runner, name, size_mb, fidelity, label = TorchBackend(model, "cpu"), "torch", \
-            sum(p.numel() * 4 for p in model.parameters()) / 1e6, 0.0, BASELINE
+            sum(p.numel() * 4 for p in model.parameters()) / 1e6, None, BASELINE
     else:
         from .runtime.artifact import open_artifact
 
