@@ -161,18 +161,20 @@ def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, direc
             boxes: Optional[Path] = typer.Option(None, "--boxes", help="pose: JSON {image name: [[x1,y1,x2,y2], ...]}"),
             device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
             input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
-            no_flip: bool = typer.Option(False, "--no-flip", help="pose: skip the flip test")) -> None:
-    """Run a task checkpoint on an image or a folder; write overlay PNGs, .npy arrays and JSON."""
+            no_flip: bool = typer.Option(False, "--no-flip", help="pose: skip the flip test"),
+            backend: str = typer.Option("auto", help="auto, torch, onnxruntime, openvino (artifacts)")) -> None:
+    """Run a task checkpoint or an exported artifact on an image or a folder; write overlay PNGs,
+    .npy arrays and JSON."""
     from .runtime.predictor import Predictor
 
     try:
         inputs = _list_inputs(input)
         box_map = _load_boxes(boxes, [p.name for p in inputs])
-        pred = Predictor(checkpoint, backend="torch", device=device, input_size=_parse_size(input_size),
+        pred = Predictor(checkpoint, backend=backend, device=device, input_size=_parse_size(input_size),
                          flip_test=not no_flip)
         if box_map and pred.task != "pose":
             raise InvalidBoxError(f"--boxes is only used by pose models; this is a {pred.task} model")
-        console.print(f"{pred.task} model, backend {pred.runner.describe()}")
+        console.print(f"{pred.task} model, backend {pred.runner.describe()} ({pred.backend_reason})")
         start = time.perf_counter()
         run_predictions(pred, inputs, output, box_map)
     except Sapiens2EdgeError as e:

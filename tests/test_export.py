@@ -168,3 +168,16 @@ def test_bench_command_rows_and_reports(seg_artifact, tmp_path):
     assert md.count("\n| ") == 1 + 3 and "--backend openvino --runs 2" in md and (out / "bench.csv").exists()
     bad = CliRunner().invoke(app, ["bench", str(seg_artifact[1]), "--backend", "coreml", "--no-baseline"])
     assert bad.exit_code == 2 and "cannot run on backend 'coreml'" in " ".join(bad.output.split())
+
+
+def test_cli_predict_runs_an_artifact(seg_artifact, tmp_path):
+    import cv2
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+
+    cv2.imwrite(str(tmp_path / "a.png"), IMAGE)
+    res = CliRunner().invoke(app, ["predict", str(seg_artifact[1]), "-i", str(tmp_path / "a.png"), "-o",
+                                   str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "onnxruntime" in res.output and np.load(tmp_path / "out" / "a_labels.npy").shape == (150, 110)
