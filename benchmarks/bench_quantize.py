@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sapiens2_edge as s2e  # noqa: E402
+from sapiens2_edge.bench import latency_stats, time_calls  # noqa: E402
 from sapiens2_edge.quantize.evaluate import evaluate  # noqa: E402
 from sapiens2_edge.quantize.model import state_bytes  # noqa: E402
 
@@ -66,14 +65,9 @@ def speed_rows(config: str, warmup: int, runs: int) -> list[dict]:
     for scheme in ("fp32", *SCHEMES):
         m = model if scheme == "fp32" else s2e.quantize(model, scheme, calibration=calib, input_size=(h, w),
                                                          report_samples=0, progress=False)[0]
-        times = []
         with torch.inference_mode():
-            for i in range(warmup + runs):
-                t = time.perf_counter()
-                m(x)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t)
-        rows.append({"config": config, "scheme": scheme, "median_s": statistics.median(times), "min_s": min(times),
+            stats = latency_stats(time_calls(lambda m=m: m(x), warmup, runs))
+        rows.append({"config": config, "scheme": scheme, "median_s": stats["median_s"], "min_s": stats["min_s"],
                      "weights_MB": state_bytes(m) / 1e6})
     base = rows[0]["median_s"]
     for r in rows:

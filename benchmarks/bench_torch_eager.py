@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -28,27 +27,20 @@ RESULTS = Path(__file__).parent / "results"
 def measure(arch: str, task: str | None, size: tuple[int, int], warmup: int, runs: int, batch: int) -> dict:
     import torch
 
+    from sapiens2_edge.bench import latency_stats, time_calls
     from sapiens2_edge.models.model import build_model
 
     t0 = time.perf_counter()
     model = build_model(arch, task, input_size=size)
     build_s = time.perf_counter() - t0
     x = torch.randn(batch, 3, *size)
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + runs):
-            t = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        stats = latency_stats(time_calls(lambda: model(x), warmup, runs))
     return {
         "arch": model.arch.name, "task": task or "featmap", "input": f"{size[0]}x{size[1]}", "batch": batch,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "build_s": round(build_s, 2),
-        "count": runs, "min_s": round(times[0], 3), "median_s": round(statistics.median(times), 3),
-        "p90_s": round(p90, 3), "max_s": round(times[-1], 3),
-        "throughput_img_s": round(batch / statistics.median(times), 3),
+        **{k: (round(v, 3) if k != "count" else v) for k, v in stats.items()},
+        "throughput_img_s": round(batch / stats["median_s"], 3),
         "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
     }

@@ -22,14 +22,22 @@ from .errors import ConfigError
 BASELINE = "torch-fp32-eager"
 
 
-def _measure(runner, x, warmup: int, runs: int) -> list[float]:
+def time_calls(fn, warmup: int, runs: int) -> list[float]:
+    """Wall time of ``runs`` calls of ``fn()`` after ``warmup`` untimed ones, sorted."""
     times = []
     for i in range(warmup + runs):
         t = time.perf_counter()
-        runner(x)
+        fn()
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return sorted(times)
+
+
+def latency_stats(times: list[float]) -> dict[str, float]:
+    """count / min / median / p90 / max of sorted latencies (seconds)."""
+    p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
+    return {"count": len(times), "min_s": times[0], "median_s": statistics.median(times), "p90_s": p90,
+            "max_s": times[-1]}
 
 
 def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -> dict[str, Any]:
@@ -58,11 +66,9 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -
         fidelity = m.fidelity.get("rel_l2")
     load_s = time.perf_counter() - t0
     x = verification_inputs(m.input_size, batch=min(batch, m.max_batch))
-    times = _measure(runner, x, warmup, runs)
-    p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
+    stats = latency_stats(time_calls(lambda: runner(x), warmup, runs))
     return {"artifact": label, "backend": name, "input": f"{m.input_size[0]}x{m.input_size[1]}", "batch": len(x),
-            "load_s": load_s, "count": runs, "min_s": times[0], "median_s": statistics.median(times), "p90_s": p90,
-            "max_s": times[-1], "throughput_img_s": len(x) / statistics.median(times),
+            "load_s": load_s, **stats, "throughput_img_s": len(x) / stats["median_s"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "size_mb": size_mb,
             "fidelity_rel_l2": fidelity}
 

@@ -11,13 +11,13 @@ from .arch import HeadSpec, infer_arch, infer_head
 from .checkpoint import read_header, split_layout
 
 FLOAT_DTYPES = {"F32", "BF16", "F16"}
-_MAX_LISTED = 8
+MAX_LISTED = 8
 
 
 def _listing(names: Sequence[str]) -> str:
     names = sorted(names)
-    more = f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
-    return ", ".join(repr(n) for n in names[:_MAX_LISTED]) + more
+    more = f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ", ".join(repr(n) for n in names[:MAX_LISTED]) + more
 
 
 def check_shapes(found: Mapping[str, tuple], expected: Mapping[str, tuple], where: str, prefix: str = "") -> None:
@@ -32,7 +32,7 @@ def check_shapes(found: Mapping[str, tuple], expected: Mapping[str, tuple], wher
     if unexpected:
         problems.append(f"unexpected tensors: {_listing(unexpected)}")
     if wrong:
-        problems.append("mis-shaped tensors: " + "; ".join(wrong[:_MAX_LISTED]))
+        problems.append("mis-shaped tensors: " + "; ".join(wrong[:MAX_LISTED]))
     if problems:
         raise StateDictMismatchError(f"{where} does not match the inferred architecture: " + " | ".join(problems))
 

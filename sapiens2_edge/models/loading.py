@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, StateDictMismatchError, TaskMismatchError
 from .arch import TASKS, backbone_shapes, head_shapes
 from .checkpoint import read_tensors, resolve_checkpoint
-from .layout import _MAX_LISTED, FLOAT_DTYPES, check_shapes, describe_checkpoint
+from .layout import MAX_LISTED, FLOAT_DTYPES, check_shapes, describe_checkpoint
 from .model import Sapiens2Model
 
 
@@ -49,7 +49,7 @@ def load_model(source: str | os.PathLike, task: str | None = None, *, input_size
     bad = sorted(f"{v!r} ({header.tensors[v].dtype})" for v in (*bb_files.values(), *head_files.values())
                  if header.tensors[v].dtype not in FLOAT_DTYPES)
     if bad:
-        raise StateDictMismatchError(f"{where}: expected F32, BF16 or F16 tensors, found {', '.join(bad[:_MAX_LISTED])}")
+        raise StateDictMismatchError(f"{where}: expected F32, BF16 or F16 tensors, found {', '.join(bad[:MAX_LISTED])}")
 
     tensors = read_tensors(path)
     model = Sapiens2Model(arch, head, rope_mode)

@@ -102,9 +102,7 @@ def default_checkpoint(task: str, size: str = "0.4b") -> Path | None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         return resolve_checkpoint(f"facebook/sapiens2-{task}-{size}")
-    except CheckpointError:
-        return None
-    except FileNotFoundError:
+    except (CheckpointError, FileNotFoundError):  # CheckpointNotFoundError is a FileNotFoundError
         return None
     finally:
         if saved is None:
