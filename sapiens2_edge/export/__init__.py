@@ -6,7 +6,9 @@ put in place; the numbers go into the manifest, and a failed verification fails 
 
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +21,25 @@ from .manifest import FORMATS, MANIFEST, Manifest, read_manifest, write_artifact
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
 
 __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "Manifest", "read_manifest", "verification_inputs",
-           "TOLERANCE"]
+           "TOLERANCE", "ExportOptions", "EXPORTERS"]
+
+# format -> module (under sapiens2_edge.export) that implements it. Each module provides
+#   write(model, out_dir: Path, opts: ExportOptions) -> {relative path: role}   (one role "model")
+#   verifier(out_dir: Path, files: dict[str, str]) -> Callable[[np.ndarray], tuple[np.ndarray, ...]] | None
+# ``verifier`` returns the runtime that checks the fresh export on this machine, or None when the
+# format cannot run here (then ``write`` must have checked what it can and raised on failure).
+EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export"}
+
+
+@dataclass
+class ExportOptions:
+    """What every exporter gets besides the model and the directory."""
+
+    input_size: tuple[int, int]
+    max_batch: int = 8
+    opset: int = 18
+    precision: str = "fp32"
+    extra: dict[str, Any] = field(default_factory=dict)  # format-specific keyword options of export()
 
 
 def verification_inputs(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -50,11 +70,12 @@ def compare(ref: Sequence[np.ndarray], test: Sequence[np.ndarray], names: Sequen
 
 def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, precision: str = "fp32",
            input_size: Sequence[int] | None = None, max_batch: int = 8, opset: int = 18, verify: bool = True,
-           tolerance: float | None = None, overwrite: bool = False) -> Path:
+           tolerance: float | None = None, overwrite: bool = False, **options: Any) -> Path:
     """Export ``model`` (a loaded model or anything ``load_model`` accepts) to ``out_dir``.
 
     ``input_size`` (H, W) is fixed per artifact (default: the model's); the batch is dynamic up to
-    ``max_batch``. Returns the artifact directory.
+    ``max_batch``. Format-specific ``options`` go to the exporter (``ExportOptions.extra``).
+    Returns the artifact directory.
     """
     from ..models.loading import load_model
     from ..models.model import Sapiens2Model
@@ -65,6 +86,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     if format not in EXPORTERS:
         raise ConfigError(f"export format {format!r} is not available in this version; "
                           f"use one of {', '.join(EXPORTERS)}")
+    exporter = importlib.import_module(f".{EXPORTERS[format]}", __name__)
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
     if not isinstance(model, Sapiens2Model):
@@ -79,17 +101,19 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
         head=model.head_spec.to_dict() if model.head_spec else None, input_size=list(size), max_batch=max_batch,
         precision=precision, rope_mode=model.rope_mode,
         preprocessing=get_pipeline(model.task, input_size=size).config() if model.task else {},
-        outputs=names, options={"opset": opset})
+        outputs=names, options={"opset": opset, **{k: _jsonable(v) for k, v in options.items()}})
+    opts = ExportOptions(input_size=size, max_batch=max_batch, opset=opset, precision=precision, extra=dict(options))
     limit = TOLERANCE.get(precision, 1e-3) if tolerance is None else tolerance
 
     def build(tmp: Path) -> dict[str, str]:
-        files = _exporter(format)(model, tmp, size, max_batch, opset, precision)
+        files = exporter.write(model, tmp, opts)
         x = verification_inputs(size, batch=min(2, max_batch))
         ref = torch_outputs(model, x)
         np.savez_compressed(tmp / REFERENCE, **{n: fingerprint(r) for n, r in zip(names, ref, strict=True)})
         files[REFERENCE] = "reference"
-        if verify:
-            got = _verifier(format, tmp / files_role(files, "model"))(x)
+        runner = exporter.verifier(tmp, files) if verify else None
+        if runner is not None:
+            got = runner(x)
             result = compare(ref, got, names)
             result.update({"reference": f"torch fp32 eager, RoPE {model.rope_mode}", "tolerance": limit,
                            "inputs": f"verification_inputs({list(size)}, batch={len(x)}, seed=0)"})
@@ -102,28 +126,8 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     return write_artifact(out_dir, manifest, build, overwrite=overwrite)
 
 
-EXPORTERS = ("onnx", "openvino")
-
-
-def _exporter(format: str):
-    if format == "onnx":
-        from .onnx_export import export_onnx
-
-        return export_onnx
-    from .openvino_export import export_openvino
-
-    return export_openvino
-
-
-def _verifier(format: str, model_file: Path):
-    """The runtime that checks a fresh export on this machine's CPU."""
-    if format == "onnx":
-        from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model_file, providers=["CPUExecutionProvider"])
-    from ..runtime.openvino_backend import OpenVINOBackend
-
-    return OpenVINOBackend(model_file)
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
 
 
 REFERENCE = "reference.npz"

@@ -85,3 +85,13 @@ def _convert_fp16(path: Path, external: bool) -> None:
     if data.exists():
         data.unlink()
     onnx.save(fp16, str(path), save_as_external_data=external, location=data.name if external else None)
+
+
+def write(model, out_dir: Path, opts) -> dict[str, str]:
+    return export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
+
+
+def verifier(out_dir: Path, files: dict[str, str]):
+    from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(out_dir / MODEL_FILE, providers=["CPUExecutionProvider"])

@@ -35,3 +35,13 @@ def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch
             p.unlink()
         staging.rmdir()
     return {f"{IR_DIR}/model.xml": "model", f"{IR_DIR}/model.bin": "weights_ir"}
+
+
+def write(model, out_dir: Path, opts) -> dict[str, str]:
+    return export_openvino(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
+
+
+def verifier(out_dir: Path, files: dict[str, str]):
+    from ..runtime.openvino_backend import OpenVINOBackend
+
+    return OpenVINOBackend(out_dir / IR_DIR / "model.xml")

@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, StateDictMismatchError, TaskMismatchError
 from .arch import TASKS, backbone_shapes, head_shapes
 from .checkpoint import read_tensors, resolve_checkpoint
-from .layout import MAX_LISTED, FLOAT_DTYPES, check_shapes, describe_checkpoint
+from .layout import FLOAT_DTYPES, MAX_LISTED, check_shapes, describe_checkpoint
 from .model import Sapiens2Model
 
 

@@ -5,6 +5,7 @@ Torch-free unless the torch backend is chosen.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -17,6 +18,9 @@ RUNNERS = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",), "core
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "coreml": "coremltools", "torch": "torch",
             "native": "sapiens2_edge._native"}
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "coreml": "coreml", "torch": "torch", "native": "native"}
+# backend -> module (under sapiens2_edge.runtime) providing
+#   open_runner(root: Path, manifest: Manifest, device: str, max_batch: int) -> Backend
+OPENERS = {"onnxruntime": "onnxruntime_backend", "openvino": "openvino_backend"}
 
 
 def is_artifact(path) -> bool:
@@ -59,22 +63,13 @@ def open_artifact(root, backend: str = "auto", device: str = "auto", max_batch: 
     manifest = read_manifest(root)
     name, reason = choose_backend(manifest, backend)
     batch = min(max_batch or manifest.max_batch, manifest.max_batch)
-    if name == "onnxruntime":
-        from .onnxruntime_backend import PROVIDER_ORDER, OnnxRuntimeBackend
-
-        providers = ["CPUExecutionProvider"] if device == "cpu" else list(PROVIDER_ORDER)
-        runner = OnnxRuntimeBackend(root / _model_file(manifest, root), providers=providers, max_batch=batch)
-    elif name == "openvino":
-        from .openvino_backend import OpenVINOBackend
-
-        runner = OpenVINOBackend(root / _model_file(manifest, root), device="CPU" if device in ("auto", "cpu")
-                                 else device.upper(), max_batch=batch)
-    else:
+    if name not in OPENERS:
         raise ConfigError(f"backend {name!r} for {manifest.format} artifacts is not available in this version")
+    runner = importlib.import_module(f".{OPENERS[name]}", __package__).open_runner(root, manifest, device, batch)
     return manifest, runner, reason
 
 
-def _model_file(manifest: Manifest, root: Path) -> str:
+def model_file(manifest: Manifest, root: Path) -> str:
     rel = manifest.file_for("model")
     if rel is None:
         raise ArtifactError(f"the manifest of {root} lists no model file")

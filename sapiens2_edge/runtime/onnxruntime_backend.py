@@ -62,3 +62,10 @@ class OnnxRuntimeBackend:
                                  "exported for; split it (the Predictor does) or re-export with a larger max_batch")
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return tuple(self.session.run(None, {self.input_name: x}))
+
+
+def open_runner(root: Path, manifest, device: str, max_batch: int) -> OnnxRuntimeBackend:
+    from .artifact import model_file
+
+    providers = ["CPUExecutionProvider"] if device == "cpu" else list(PROVIDER_ORDER)
+    return OnnxRuntimeBackend(root / model_file(manifest, root), providers=providers, max_batch=max_batch)

@@ -46,3 +46,10 @@ class OpenVINOBackend:
                                  "exported for; split it (the Predictor does) or re-export with a larger max_batch")
         result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         return tuple(np.array(result[out]) for out in self.compiled.outputs)
+
+
+def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBackend:
+    from .artifact import model_file
+
+    return OpenVINOBackend(root / model_file(manifest, root), device="CPU" if device in ("auto", "cpu")
+                           else device.upper(), max_batch=max_batch)
