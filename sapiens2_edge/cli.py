@@ -326,6 +326,12 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
         rows = benchmod.run(list(artifacts), backend, warmup, runs, batch, baseline=not no_baseline)
     except Sapiens2EdgeError as e:
         _fail(e)
+    console.print(bench_table(rows))
+    files = benchmod.write_reports(rows, output_dir, command)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+def bench_table(rows: list[dict]) -> Table:
     table = Table(title="sapiens2-edge bench")
     for col in ("artifact", "backend", "load s", "median s", "p90 s", "img/s", "peak RSS MB", "size MB", "rel L2",
                 "speed-up"):
@@ -335,58 +341,40 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
                       f"{r['throughput_img_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}",
                       "-" if r["fidelity_rel_l2"] is None else f"{r['fidelity_rel_l2']:.1e}",
                       "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
-    console.print(table)
-    files = benchmod.write_reports(rows, output_dir, command)
-    console.print("wrote " + ", ".join(str(f) for f in files))
+    return table
 
 
 # --- demo (the README's main job) ---------------------------------------------------------------------
 @app.command()
 def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint; default: look for the official one"),
          task: str = typer.Option("seg", help="pose, seg, normal, pointmap or albedo"),
-         size: str = typer.Option("0.4b", help="model size to look for / build: 0.4b, 0.8b, 1b, 5b"),
+         size: str = typer.Option("auto", help="auto (the official 0.4b if present, else a random 0.1b at 512x384), "
+                                               "or 0.1b, 0.4b, 0.8b, 1b, 5b"),
          image: Optional[Path] = typer.Option(None, help="input image (default: the bundled sample photo)"),
          output: Path = typer.Option(Path("sapiens2_demo"), help="output folder"),
-         device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
-         input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's, 1024x768)")) -> None:
-    """Run one task end to end on a sample image, offline.
+         scheme: str = typer.Option("int8", help="quantization: fp16, int8-weight, int8 or fp8"),
+         format: str = typer.Option("auto", "--format", help="artifact: auto (openvino if installed, else onnx), "
+                                                            "onnx, openvino, coreml, torch, native"),
+         input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
+         runs: int = typer.Option(3, help="timed runs per bench row"),
+         no_bench: bool = typer.Option(False, "--no-bench", help="stop after predict")) -> None:
+    """The whole chain on a sample image, offline: load -> quantize -> export -> predict -> bench.
 
     Uses real weights when you have them (--checkpoint, $SAPIENS_CHECKPOINT_ROOT or the Hugging Face
     cache); otherwise a randomly initialised model in the official layout, announced as such.
     """
-    from .models.arch import TASKS
-    from .models.loading import load_model
-    from .models.model import build_model
-    from .runtime.predictor import Predictor, default_checkpoint
+    from .demo import run_chain
 
     try:
-        if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-        t0 = time.perf_counter()
-        source = checkpoint or default_checkpoint(task, size)
-        if source is not None:
-            model = load_model(source, task=task)
-            console.print(f"[bold green]real weights[/]: {source}")
-        else:
-            console.print(f"[bold yellow]RANDOM WEIGHTS[/]: no {task} {size} checkpoint found on this machine "
-                          f"(looked for facebook/sapiens2-{task}-{size} under $SAPIENS_CHECKPOINT_ROOT and in the "
-                          "Hugging Face cache). Running a randomly initialised model in the official layout: "
-                          "shapes, speed and the pipeline are real, the predictions are noise.")
-            model = build_model(size, task, input_size=_parse_size(input_size) or (1024, 768))
-        console.print(f"model: {model.arch.name}, task {model.task}, "
-                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
-                      f"built/loaded in {time.perf_counter() - t0:.1f} s")
-        pred = Predictor(model, backend="torch", device=device, input_size=_parse_size(input_size))
-        console.print(f"backend: {pred.runner.describe()} ({pred.backend_reason})")
-        inputs = [image or SAMPLE_IMAGE]
-        t1 = time.perf_counter()
-        results = run_predictions(pred, _list_inputs(inputs[0]), output, {})
-        elapsed = time.perf_counter() - t1
+        res = run_chain(task=task, size=size, checkpoint=checkpoint, image=image, output=output, scheme=scheme,
+                        format=format, input_size=_parse_size(input_size), bench_runs=runs, bench=not no_bench,
+                        say=console.print)
     except Sapiens2EdgeError as e:
         _fail(e)
-    console.print(f"input: {inputs[0]} ({'bundled sample' if image is None else 'yours'})")
-    console.print(f"prediction: {elapsed:.2f} s at {pred.input_size[0]}x{pred.input_size[1]}")
-    console.print(f"summary: {results[0].to_json()[:300]}")
+    console.print(report_table(res.report))
+    console.print(f"summary: {res.results[0].to_json()[:300]}")
+    if res.bench_rows:
+        console.print(bench_table(res.bench_rows))
     console.print(f"outputs in {output}/: " + ", ".join(sorted(p.name for p in output.iterdir())))
 
 

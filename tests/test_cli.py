@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sapiens2_edge.cli import app
-from tests.fixtures.tiny import save, tiny_model
+from sapiens2_edge.errors import ConfigError
+from tests.fixtures.tiny import TINY, save, tiny_model
 
 runner = CliRunner()
 
@@ -101,24 +102,50 @@ def test_predict_errors(ckpts, images, tmp_path, args, msg):
     assert res.exit_code == 2 and msg in res.output, res.output
 
 
-def test_demo_uses_real_weights_from_checkpoint_root(tmp_path, monkeypatch):
+def test_demo_runs_the_whole_chain_on_real_weights(tmp_path, monkeypatch):
     root = tmp_path / "host"
     save(tiny_model("seg"), root / "seg" / "sapiens2_0.4b_seg.safetensors")
     monkeypatch.setenv("SAPIENS_CHECKPOINT_ROOT", str(root))
-    res = runner.invoke(app, ["demo", "--output", str(tmp_path / "d"), "--input-size", "128x96"])
+    out = tmp_path / "d"
+    res = runner.invoke(app, ["demo", "--output", str(out), "--input-size", "128x96", "--runs", "1"])
     assert res.exit_code == 0, res.output
-    assert "real weights" in res.output and "RANDOM" not in res.output
-    assert (tmp_path / "d" / "astronaut_labels.npy").exists()
+    text = " ".join(res.output.split())
+    assert "real weights" in text and "RANDOM" not in text
+    for stage in ("[1/5] load", "[2/5] quantize: int8", "[3/5] export", "[4/5] predict", "[5/5] bench"):
+        assert stage in text, stage
+    assert (out / "model_int8.safetensors").exists() and (out / "predictions" / "astronaut_labels.npy").exists()
+    manifest = json.loads(next(out.glob("*-int8/manifest.json")).read_text())
+    assert manifest["precision"] == "int8" and manifest["input_size"] == [128, 96]
+    rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
+    assert [r["artifact"] for r in rows][0] == "torch-fp32-eager" and len(rows) == 2
+    assert rows[1]["speedup"] > 0 and "speed-up" in text
 
 
 def test_demo_random_weights_announced(tmp_path, monkeypatch):
+    import sapiens2_edge.demo as demo
+
     monkeypatch.setenv("SAPIENS_CHECKPOINT_ROOT", str(tmp_path / "nothing"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    res = runner.invoke(app, ["demo", "--size", "0.1b", "--task", "pose", "--output", str(tmp_path / "d"),
-                              "--input-size", "128x96"])
+    # the random default is a 0.1b at 512x384; a tiny architecture keeps the test fast
+    monkeypatch.setattr(demo, "RANDOM_DEFAULT", (TINY, (64, 48)))
+    res = runner.invoke(app, ["demo", "--task", "pose", "--output", str(tmp_path / "d"), "--scheme", "int8-weight",
+                              "--format", "onnx", "--no-bench"])
     assert res.exit_code == 0, res.output
-    assert "RANDOM WEIGHTS" in res.output and "sapiens2_0.1b" in res.output
-    assert json.loads((tmp_path / "d" / "keypoints.json").read_text())["num_keypoints"] == 308
+    text = " ".join(res.output.split())
+    assert "RANDOM WEIGHTS" in text and "the predictions are noise" in text and "[5/5]" not in text
+    assert json.loads((tmp_path / "d" / "predictions" / "keypoints.json").read_text())["num_keypoints"] == 308
+
+
+def test_calibration_views_are_distinct_rgb_crops():
+    from sapiens2_edge.demo import calibration_views
+
+    img = np.random.default_rng(0).integers(0, 256, (60, 40, 3), dtype=np.uint8)
+    views = calibration_views(img, 5)
+    assert len(views) == 5 and views[0] is img
+    assert all(v.dtype == np.uint8 and v.ndim == 3 and 36 <= v.shape[0] <= 60 for v in views)
+    assert len({v.tobytes() for v in views}) == 5
+    with pytest.raises(ConfigError, match="RGB uint8 image"):
+        calibration_views(img[..., 0], 3)
 
 
 def test_demo_unknown_task(tmp_path):
