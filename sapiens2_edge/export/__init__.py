@@ -40,6 +40,7 @@ class ExportOptions:
     opset: int = 18
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # format-specific keyword options of export()
+    notes: dict[str, Any] = field(default_factory=dict)  # what write() checked/decided; -> manifest.options
 
 
 def verification_inputs(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -107,6 +108,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
 
     def build(tmp: Path) -> dict[str, str]:
         files = exporter.write(model, tmp, opts)
+        manifest.options.update(opts.notes)
         x = verification_inputs(size, batch=min(2, max_batch))
         ref = torch_outputs(model, x)
         np.savez_compressed(tmp / REFERENCE, **{n: fingerprint(r) for n, r in zip(names, ref, strict=True)})
