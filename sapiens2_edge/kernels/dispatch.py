@@ -45,3 +45,42 @@ def use_triton(device_type: str) -> bool:
                               "interpreter); on a GPU the kernels run natively")
         return True
     return device_type == "cuda" and triton_available()
+
+
+def exporting() -> bool:
+    """True while torch.export / ONNX / TorchScript / FX trace the model: exports trace the reference."""
+    import torch
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or is_fx_symbolic_tracing())
+
+
+def enabled(x) -> bool:
+    """Whether a model-level fused path runs for tensor ``x``: Triton for its device and not exporting."""
+    return not exporting() and use_triton(x.device.type)
+
+
+_KERNEL_MODULES: dict[str, tuple[bool, object]] = {}
+
+
+def kernel_module(name: str):
+    """Import the module of ``@triton.jit`` kernels ``name`` for the current ``TRITON_INTERPRET``.
+
+    ``triton.jit`` picks compiler or interpreter when the decorator runs, so a module imported in
+    one mode is re-imported (``importlib.reload``) when the mode changes; launchers look their
+    kernels up through this on every launch.
+    """
+    import importlib
+    import sys
+
+    state = interpreting()
+    hit = _KERNEL_MODULES.get(name)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    fresh = hit is None and name not in sys.modules
+    module = importlib.import_module(name)
+    if not fresh:
+        module = importlib.reload(module)
+    _KERNEL_MODULES[name] = (state, module)
+    return module
