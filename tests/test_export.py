@@ -181,3 +181,19 @@ def test_cli_predict_runs_an_artifact(seg_artifact, tmp_path):
                                    str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
     assert "onnxruntime" in res.output and np.load(tmp_path / "out" / "a_labels.npy").shape == (150, 110)
+
+
+def test_runtime_path_imports_no_torch(seg_artifact):
+    """Predictor on an ONNX artifact in a process where importing torch fails."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np, sapiens2_edge as s2e\n"
+            f"pred = s2e.Predictor({str(seg_artifact[1])!r}, backend='onnxruntime')\n"
+            "res = pred(np.zeros((70, 50, 3), np.uint8))\n"
+            "assert res.labels.shape == (70, 50), res.labels.shape\n"
+            "assert [m for m in sys.modules if m == 'torch' or m.startswith('torch.')] == ['torch'], 'torch used'\n"
+            "print('ok', pred.backend)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ok onnxruntime" in proc.stdout, proc.stderr[-2000:]
