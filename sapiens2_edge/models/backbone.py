@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..kernels import dispatch as kernels
 from .arch import NUM_STORAGE_TOKENS, PATCH_SIZE, ROPE_BASE, WINDOW_SIZE, ArchSpec
 
 ROPE_MODES = ("bf16", "fp32")
@@ -133,6 +134,10 @@ class Attention(nn.Module):
         self.repeat_kv = True
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
+        if kernels.enabled(x):  # fused Triton prologue (GPU); exports always trace the code below
+            from ..kernels.attention_prologue import attention_forward
+
+            return attention_forward(self, x, rope)
         b, t, c = x.shape
         d = self.head_dim
         q = self.wq(x).view(b, t, self.heads, d).transpose(1, 2)
@@ -206,6 +211,10 @@ class WindowTokenizer(nn.Module):
         return torch.cat([self.w_cls.expand(x.shape[0], -1, -1), x], dim=1) + self.local_pos_embed
 
     def forward(self, tokens: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        if kernels.enabled(tokens):  # fused Triton windows, no chunk loop; exports trace the code below
+            from ..kernels.window_attention import tokenizer_forward
+
+            return tokenizer_forward(self, tokens, hp, wp, WINDOW_SIZE)
         b, _, c = tokens.shape
         seqs = self.partition(tokens, hp, wp)
         outs = []
