@@ -17,7 +17,10 @@ fp16            CUDA: fp16 GEMM. CPU: the fp16 weight is cast to fp32 per call a
                 weight is what changes the numbers
 =============== ==============================================================================
 
-A kernel registered in :mod:`.kernels` and selected with ``layer.kernel = name`` runs first.
+A kernel registered in :mod:`.kernels` and selected with ``layer.kernel = name`` runs first. With
+``kernel = "auto"`` (the default) the W8A8 int8 / fp8 layers run the fused Triton kernels where
+:func:`sapiens2_edge.kernels.dispatch.use_triton` allows (CUDA tensors by default; the
+``SAPIENS2_EDGE_KERNELS`` switch forces either way); on CPU nothing changes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import nn
 
 from . import numerics as nx
 from .config import LayerQuantConfig
-from .kernels import check_kernel, get_kernel
+from .kernels import auto_kernel, check_kernel, get_kernel
 
 _STORE_DTYPES = {"int8": torch.int8, "fp8": nx.FP8_DTYPE, "fp16": torch.float16}
 
@@ -98,8 +101,8 @@ class QuantLinear(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel not in ("auto", "reference"):
-            entry = get_kernel(self.kernel)
+        if self.kernel != "reference":
+            entry = auto_kernel(x.device.type, self.scheme) if self.kernel == "auto" else get_kernel(self.kernel)
             if entry is not None and x.device.type in entry.device_types and self.scheme in entry.schemes:
                 out = entry.fn(self, x)
                 if out is not NotImplemented:
