@@ -20,7 +20,8 @@ PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "coreml": "cor
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "coreml": "coreml", "torch": "torch", "native": "native"}
 # backend -> module (under sapiens2_edge.runtime) providing
 #   open_runner(root: Path, manifest: Manifest, device: str, max_batch: int) -> Backend
-OPENERS = {"onnxruntime": "onnxruntime_backend", "openvino": "openvino_backend"}
+OPENERS = {"onnxruntime": "onnxruntime_backend", "openvino": "openvino_backend", "coreml": "coreml_backend",
+           "torch": "torch_backend"}
 
 
 def is_artifact(path) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError, InputSizeError
 from ..models.model import Sapiens2Model
 
 
@@ -47,3 +49,84 @@ class TorchBackend:
             out = self.model(chunk.to(self.torch_device))
             parts.append(tuple(o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))))
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+
+
+# --- exported "torch" artifacts -------------------------------------------------------------------------
+def _register_custom_ops() -> None:
+    """A program that carries our kernels' custom ops needs them registered before it loads."""
+    import importlib
+
+    try:
+        importlib.import_module("sapiens2_edge.kernels")
+    except ImportError:  # kernels need triton; a program without custom ops loads without them
+        pass
+
+
+class _BatchLimit:
+    max_batch: int | None = None
+
+    def check_batch(self, batch: np.ndarray) -> torch.Tensor:
+        if self.max_batch is not None and len(batch) > self.max_batch:
+            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
+                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+class ExportedProgramBackend(_BatchLimit):
+    """Runs a ``torch.export`` program (``model.pt2``) on CPU or CUDA."""
+
+    name = "torch"
+
+    def __init__(self, path, device: str | torch.device | None = "auto", max_batch: int | None = None):
+        _register_custom_ops()
+        self.torch_device = select_device(device)
+        self.device = str(self.torch_device)
+        self.path = Path(path)
+        try:
+            program = torch.export.load(str(self.path))
+        except Exception as e:  # noqa: BLE001 - a corrupt or incompatible file
+            raise ArtifactError(f"cannot load the torch.export program {self.path}: {e}") from None
+        self.module = program.module().to(self.torch_device)
+        self.max_batch = max_batch
+
+    def describe(self) -> str:
+        return f"torch {torch.__version__} torch.export program ({self.path.name}) on {self.device}"
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        out = self.module(self.check_batch(batch).to(self.torch_device))
+        return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
+
+
+class AOTIBackend(_BatchLimit):
+    """Runs an AOTInductor package (compiled for CUDA at export)."""
+
+    name = "torch"
+    device = "cuda"
+
+    def __init__(self, path, max_batch: int | None = None):
+        _register_custom_ops()
+        self.path = Path(path)
+        self.runner = torch._inductor.aoti_load_package(str(self.path))
+        self.max_batch = max_batch
+
+    def describe(self) -> str:
+        return f"torch {torch.__version__} AOTInductor package ({self.path.name}) on cuda"
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        out = self.runner(self.check_batch(batch).to("cuda"))
+        return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
+
+
+def open_runner(root: Path, manifest, device: str, max_batch: int):
+    """A "torch" artifact: the AOTInductor package on CUDA when it was built, else the program."""
+    from .artifact import model_file
+
+    if manifest.format != "torch":
+        raise ConfigError(f"the torch backend opens torch artifacts here, not {manifest.format!r} ones")
+    dev = select_device(device)
+    aoti = manifest.file_for("aoti_package")
+    if dev.type == "cuda" and aoti is not None:
+        return AOTIBackend(root / aoti, max_batch=max_batch)
+    return ExportedProgramBackend(root / model_file(manifest, root), device=dev, max_batch=max_batch)

@@ -1,0 +1,386 @@
+"""Core ML export: an ML Program ``model.mlpackage`` through ``torch.export`` -> coremltools (iOS 18).
+
+Choices, and why:
+
+* Attention uses the repeat-KV path (``Attention.repeat_kv``): Core ML cannot convert SDPA's
+  ``enable_gqa`` flag.
+* RoPE runs in ``fp32`` mode with the tables of the export grid frozen as constants: Core ML has
+  no bfloat16, so the reference's bf16 rounding of q/k cannot be expressed. With fp16 compute
+  q/k are rounded to fp16 (11-bit significand) instead of bf16 (8-bit), which is closer to exact.
+* ``precision="fp32"`` converts with FLOAT32 compute (CPU/GPU only); any other precision
+  (``fp16``, a quantized model) with FLOAT16, the precision the Neural Engine runs.
+* Batch: fixed when ``max_batch`` is 1, otherwise an enumerated set {1, ..., max_batch}. The
+  Neural Engine takes enumerated shapes but not ranges, and listing every batch size lets the
+  runtime send any batch up to ``max_batch`` without padding.
+* Quantized layers are rebuilt from OUR tensors as ``quantized_decomposed`` ops, which the
+  converter turns into Core ML's own: an int8 weight with its per-channel scales becomes a
+  ``constexpr_blockwise_shift_scale`` (int8 data, fp16/fp32 scale; nothing is re-quantized), and a
+  static activation scale becomes a ``quantize``/``dequantize`` pair (W8A8). The prefix tokens,
+  which our recipe keeps on their own per-token scale, get that per-token rounding in plain ops.
+  Dynamic (per-token) activation quantization and fp8 do not exist in Core ML: refused.
+
+Core ML prediction needs macOS. On Linux nothing can run the program (coremltools has no MIL
+interpreter), so :func:`write` re-loads the saved package and checks what it can: inputs and
+outputs, that every op is an iOS 18 op, that attention is there, weight dtypes, that every int8
+weight equals our quantized weight, and the file size. The results go to ``manifest.options``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ExportError
+
+MODEL_DIR = "model.mlpackage"
+INPUT_NAME = "image"
+MAX_ENUMERATED = 64  # enumerated batch sizes stay few; Core ML allows at most 128 shapes
+ATTENTION_OPS = ("scaled_dot_product_attention",)
+WEIGHT_MIN_ELEMENTS = 64  # smaller consts are shapes, axes and scalars, not weights
+
+
+def _coremltools():
+    # coremltools prints on import when it cannot load its macOS-only libraries; keep that quiet.
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import coremltools as ct
+        except ImportError:
+            from ..errors import BackendUnavailableError
+
+            raise BackendUnavailableError("the coreml format needs coremltools: "
+                                          "pip install 'sapiens2-edge[coreml]'") from None
+    return ct
+
+
+# --- the torch program that gets converted ---------------------------------------------------------
+def _coreml_linear_class():
+    import torch
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
+    import torch.nn.functional as F
+    from torch import nn
+
+    qd = torch.ops.quantized_decomposed
+
+    class CoreMLLinear(nn.Module):
+        """A :class:`QuantLinear` re-expressed in ops coremltools maps onto Core ML quantization."""
+
+        def __init__(self, layer, name: str):
+            super().__init__()
+            cfg, act = layer.config, layer.config.activation
+            wd = cfg.weight.dtype
+            if wd == "fp8" or (act is not None and act.dtype != "int8"):
+                raise ConfigError(f"layer {name}: Core ML has no fp8 weights or activations; "
+                                  "export an int8-weight, int8 (static) or fp16 model to coreml")
+            if act is not None and act.mode != "static":
+                raise ConfigError(f"layer {name}: Core ML has no dynamic (per-token) activation quantization; "
+                                  "quantize with activation_mode='static' for a Core ML W8A8 export, "
+                                  "or use scheme 'int8-weight'")
+            self.int8 = wd == "int8"
+            self.per_channel = self.int8 and layer.weight_scale.numel() > 1
+            if self.int8:
+                self.register_buffer("qweight", layer.weight.detach().clone())
+                self.register_buffer("scale", layer.weight_scale.detach().float().clone())
+                self.register_buffer("zero", torch.zeros(self.scale.numel(), dtype=torch.int64))
+            else:  # fp16 storage: the float weight (Core ML's FLOAT16 compute stores it in fp16)
+                self.register_buffer("weight", layer.weight.detach().float().clone())
+            self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), False)
+            self.input_scale = None if act is None else float(layer.input_scale.item())
+            self.prefix_tokens = layer.prefix_tokens
+
+        def dequantized(self):
+            if not self.int8:
+                return self.weight
+            if self.per_channel:
+                return qd.dequantize_per_channel(self.qweight, self.scale, self.zero, 0, -127, 127, torch.int8)
+            return qd.dequantize_per_tensor(self.qweight, float(self.scale.item()), 0, -127, 127, torch.int8)
+
+        def quantize_input(self, x):
+            """Static per-tensor int8 rounding (a Core ML quantize/dequantize pair); prefix tokens
+            keep their per-token scale as in :func:`~sapiens2_edge.quantize.numerics.activation_scales`."""
+            s = self.input_scale
+            body = torch.clamp(x, -127 * s, 127 * s)  # our range is [-127, 127]; Core ML's int8 reaches -128
+            body = qd.dequantize_per_tensor(qd.quantize_per_tensor(body, s, 0, -127, 127, torch.int8),
+                                            s, 0, -127, 127, torch.int8)
+            if x.ndim != 3 or self.prefix_tokens <= 0:
+                return body
+            p = min(self.prefix_tokens, x.shape[1])
+            head = x[:, :p]
+            hs = torch.clamp(head.abs().amax(dim=-1, keepdim=True) / 127.0, min=1e-12)
+            head = torch.clamp(torch.round(head / hs), -127, 127) * hs
+            return torch.cat([head, body[:, p:]], dim=1)
+
+        def forward(self, x):
+            if self.input_scale is not None:
+                x = self.quantize_input(x)
+            return F.linear(x, self.dequantized(), self.bias)
+
+    return CoreMLLinear
+
+
+def coreml_source(model):
+    """A copy of ``model`` ready for torch.export -> Core ML: fp32 RoPE, float periods buffer,
+    repeat-KV attention, quantized layers as :class:`CoreMLLinear`. ``model`` is not changed."""
+    import torch
+
+    from ..models.backbone import Attention
+    from ..quantize.linear import QuantLinear
+    from ..quantize.model import set_module
+
+    src = copy.deepcopy(model).eval()
+    src.set_rope_mode("fp32")
+    rope = src.backbone.rope_embed
+    rope.periods = rope.periods.to(torch.float32)  # Core ML has no bf16 (the frozen tables are used)
+    cls = _coreml_linear_class()
+    for name, m in list(src.named_modules()):
+        if isinstance(m, QuantLinear):
+            set_module(src, name, cls(m, name))
+        elif isinstance(m, Attention):
+            m.repeat_kv = True
+    return src
+
+
+def export_program(src, input_size, max_batch: int):
+    """torch.export of the Core ML source model at ``input_size`` (batch dynamic up to max_batch)."""
+    import torch
+
+    from .onnx_export import frozen_rope
+
+    x = torch.zeros(min(2, max_batch), 3, *input_size)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
+    with frozen_rope(src, input_size), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ep = torch.export.export(src, (x,), dynamic_shapes=dynamic)
+            return ep.run_decompositions({})
+        except Exception as e:  # noqa: BLE001 - any tracing failure is an export failure
+            raise ExportError(f"torch.export failed for the Core ML program: {e}") from e
+
+
+def batch_shapes(ct, input_size, max_batch: int):
+    h, w = input_size
+    if max_batch == 1:
+        return (1, 3, h, w)
+    if max_batch > MAX_ENUMERATED:
+        raise ConfigError(f"a Core ML artifact enumerates its batch sizes; max_batch={max_batch} is more than "
+                          f"{MAX_ENUMERATED}; export with a smaller max_batch")
+    return ct.EnumeratedShapes(shapes=[(b, 3, h, w) for b in range(1, max_batch + 1)],
+                               default=(min(2, max_batch), 3, h, w))
+
+
+# --- inspection of a saved package (works on Linux) ---------------------------------------------------
+def load_program(path: Path):
+    """The MIL program of a saved ``.mlpackage`` (spec + weight blobs; no Core ML runtime needed)."""
+    ct = _coremltools()
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        ml = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = ml.get_spec()
+    return spec, milproto.load(spec, spec.specificationVersion, ml.weights_dir)
+
+
+def _all_ops(block):
+    for op in block.operations:
+        yield op
+        for b in op.blocks:
+            yield from _all_ops(b)
+
+
+def _features(features) -> list[dict[str, Any]]:
+    out = []
+    for f in features:
+        arr = f.type.multiArrayType
+        info = {"name": f.name, "shape": [int(d) for d in arr.shape]}
+        if arr.HasField("enumeratedShapes"):
+            shapes = [[int(d) for d in s.shape] for s in arr.enumeratedShapes.shapes]
+            info["enumerated_batches"] = [s[0] for s in shapes]
+            info["enumerated_rest"] = sorted({tuple(s[1:]) for s in shapes})
+        out.append(info)
+    return out
+
+
+def inspect_package(path: Path) -> dict[str, Any]:
+    """What the saved package holds: I/O, op types, weight dtypes, int8 weights, size."""
+    from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
+
+    spec, prog = load_program(path)
+    main = prog.functions["main"]
+    ops = list(_all_ops(main))
+    op_types = Counter(op.op_type for op in ops)
+    opset = main.opset_version
+    unsupported = sorted(t for t in op_types if not _is_core_op(SSAOpRegistry, t, opset))
+    weights: Counter = Counter()
+    for op in ops:
+        if op.op_type == "const" and op.outputs[0].val is not None and np.size(op.outputs[0].val) >= WEIGHT_MIN_ELEMENTS:
+            weights[str(np.asarray(op.outputs[0].val).dtype)] += 1
+    int8 = [op for op in ops if op.op_type.startswith("constexpr_") and str(op.data.val.dtype) == "int8"]
+    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return {
+        "inputs": _features(spec.description.input), "outputs": _features(spec.description.output),
+        "opset": getattr(opset, "name", str(opset)), "op_types": dict(sorted(op_types.items())), "unsupported_ops": unsupported,
+        "attention": _attention_kind(op_types), "weight_dtypes": dict(sorted(weights.items())),
+        "int8_weights": len(int8), "size_bytes": size, "_int8_ops": int8,
+    }
+
+
+def _is_core_op(registry, op_type: str, opset) -> bool:
+    """A Core ML op of ``opset`` or older (not a frontend dialect or custom op)."""
+    return any(version <= opset for version in registry.core_ops.get(op_type, {}))
+
+
+def _attention_kind(op_types: Counter) -> str | None:
+    if any(t in op_types for t in ATTENTION_OPS):
+        return "scaled_dot_product_attention"
+    if op_types.get("softmax") and (op_types.get("matmul") or op_types.get("einsum")):
+        return "matmul+softmax"
+    return None
+
+
+def check_int8_weights(int8_ops, model) -> dict[str, Any]:
+    """Every int8 constexpr weight of the program must be one of our QuantLinear int8 weights,
+    bit for bit, with its per-channel scale (up to the fp16 rounding of FLOAT16 compute)."""
+    from ..quantize.linear import QuantLinear
+
+    ours = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear) and m.config.weight.dtype == "int8":
+            ours.setdefault(m.weight.numpy().tobytes(), []).append((name, m.weight_scale.numpy()))
+    matched, worst = 0, 0.0
+    for op in int8_ops:
+        data = np.asarray(op.data.val)
+        hits = ours.get(data.tobytes())
+        if not hits:
+            raise ExportError(f"Core ML int8 weight {op.name} {data.shape} equals none of the model's int8 weights")
+        name, scale = hits[0]
+        theirs = np.asarray(op.scale.val, np.float64).reshape(-1)
+        if theirs.shape != scale.shape and theirs.size != 1:
+            raise ExportError(f"Core ML scale of {name} has shape {theirs.shape}, ours {scale.shape}")
+        rel = float(np.max(np.abs(theirs - scale) / np.maximum(np.abs(scale), 1e-30)))
+        worst = max(worst, rel)
+        if rel > 2.0**-10:  # fp16 rounding is at most 2**-11 relative
+            raise ExportError(f"Core ML scale of {name} differs from ours by {rel:.3g} (relative)")
+        matched += 1
+    expected = sum(len(v) for v in ours.values())
+    if matched != expected:
+        raise ExportError(f"the Core ML program carries {matched} int8 weights, the model {expected}")
+    return {"int8_weights_equal_ours": matched, "int8_scale_max_rel_diff": worst}
+
+
+def check_package(path: Path, model, input_size, max_batch: int, names: list[str]) -> dict[str, Any]:
+    """Inspect the saved package and raise ExportError on anything wrong; returns the findings."""
+    info = inspect_package(path)
+    int8_ops = info.pop("_int8_ops")
+    h, w = input_size
+    want_in = [(INPUT_NAME, [b, 3, h, w]) for b in range(1, max_batch + 1)]
+    got_in = info["inputs"]
+    if [f["name"] for f in got_in] != [INPUT_NAME]:
+        raise ExportError(f"Core ML inputs are {[f['name'] for f in got_in]}, expected [{INPUT_NAME!r}]")
+    f = got_in[0]
+    shapes = [[b, *rest] for b in f["enumerated_batches"] for rest in f["enumerated_rest"]] \
+        if "enumerated_batches" in f else [f["shape"]]
+    if sorted(shapes) != sorted(s for _, s in want_in):
+        raise ExportError(f"Core ML input shapes {shapes} are not batch 1..{max_batch} of 3x{h}x{w}")
+    if [f["name"] for f in info["outputs"]] != names:
+        raise ExportError(f"Core ML outputs are {[f['name'] for f in info['outputs']]}, expected {names}")
+    if info["unsupported_ops"]:
+        raise ExportError(f"the Core ML program uses ops outside iOS 18: {info['unsupported_ops']}")
+    if info["attention"] is None:
+        raise ExportError("the Core ML program has no attention (neither scaled_dot_product_attention "
+                          "nor matmul + softmax)")
+    info.update(check_int8_weights(int8_ops, model))
+    return info
+
+
+# --- the exporter ------------------------------------------------------------------------------------
+def compute_precision(ct, precision: str):
+    return ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+
+
+def export_coreml(model, out_dir: Path, input_size, max_batch: int, precision: str = "fp16") -> tuple[dict, dict]:
+    """Write ``model.mlpackage``; returns ({file: role}, checks for the manifest)."""
+    import torch
+
+    from .onnx_export import output_names
+
+    ct = _coremltools()
+    names = output_names(model.task)
+    src = coreml_source(model)
+    ep = export_program(src, input_size, max_batch)
+    # What was converted, checked against the model in torch (fp32): fp32 RoPE instead of bf16, and
+    # for W8A8 the Core ML rounding of activations; Core ML's own fp16 arithmetic comes on top.
+    x = torch.from_numpy(_sample(input_size, min(2, max_batch)))
+    with torch.no_grad():
+        ref, got = model(x), ep.module()(x)
+    ref, got = (ref if isinstance(ref, tuple) else (ref,)), (got if isinstance(got, tuple) else (got,))
+    source_rel = max(float((r - g).norm() / r.norm().clamp_min(1e-30)) for r, g in zip(ref, got, strict=True))
+    path = out_dir / MODEL_DIR
+    env = {"TQDM_DISABLE": "1"}  # coremltools draws progress bars for its passes
+    with _env(env), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ml = ct.convert(ep, inputs=[ct.TensorType(name=INPUT_NAME, shape=batch_shapes(ct, input_size, max_batch))],
+                            outputs=[ct.TensorType(name=n) for n in names], convert_to="mlprogram",
+                            minimum_deployment_target=ct.target.iOS18,
+                            compute_precision=compute_precision(ct, precision))
+            ml.short_description = f"Sapiens2 {model.arch.name} {model.task or 'featmap'} (sapiens2-edge)"
+            ml.save(str(path))
+        except (ConfigError, ExportError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any converter failure is an export failure
+            raise ExportError(f"coremltools conversion failed for {model.arch.name} {model.task}: {e}") from e
+    checks = check_package(path, model, input_size, max_batch, names)
+    checks.update({"compute_precision": "float32" if precision == "fp32" else "float16",
+                   "deployment_target": "iOS18", "rope_mode": "fp32 (Core ML has no bfloat16)",
+                   "attention_path": "repeat_kv", "source_program_rel_l2": source_rel,
+                   "prediction": "needs macOS; not run at export on this machine" if sys.platform != "darwin"
+                   else "verified with Core ML at export"})
+    files = {str(p.relative_to(out_dir)): "model_part" for p in sorted(path.rglob("*")) if p.is_file()}
+    files[f"{MODEL_DIR}/Manifest.json"] = "model"
+    return files, checks
+
+
+def _sample(input_size, batch: int) -> np.ndarray:
+    from . import verification_inputs
+
+    return verification_inputs(input_size, batch=batch, seed=1)
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def write(model, out_dir: Path, opts) -> dict[str, str]:
+    files, checks = export_coreml(model, out_dir, opts.input_size, opts.max_batch, opts.precision)
+    opts.notes["coreml"] = checks
+    return files
+
+
+def verifier(out_dir: Path, files: dict[str, str]):
+    """Core ML runs only on macOS; elsewhere :func:`write` has checked the program instead."""
+    if sys.platform != "darwin":
+        return None
+    from ..runtime.coreml_backend import CoreMLBackend
+
+    return CoreMLBackend(out_dir / MODEL_DIR)
