@@ -9,7 +9,6 @@ import torch
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
 from sapiens2_edge.kernels.window_attention import LAUNCHES, launcher, op, reference
 from sapiens2_edge.models.arch import ArchSpec
-from sapiens2_edge.models.backbone import WindowTokenizer
 from sapiens2_edge.models.model import build_model
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
