@@ -1,0 +1,89 @@
+// Shared pieces of the native engine: typed errors (mapped to sapiens2_edge.errors by the bindings)
+// and the float16 / bfloat16 conversions the weight formats and the reference RoPE need.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace s2e {
+
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+// The safetensors container is broken: truncated, bad header, lying offsets (CorruptCheckpointError).
+struct CorruptFileError : Error {
+    using Error::Error;
+};
+// A JSON document that does not parse or exceeds the parser's limits.
+struct JsonError : Error {
+    using Error::Error;
+};
+// manifest.json / the engine configuration is missing fields or inconsistent (ArtifactError).
+struct ManifestError : Error {
+    using Error::Error;
+};
+// Missing, unexpected, mis-shaped or wrongly typed tensors for the architecture (StateDictMismatchError).
+struct WeightsMismatchError : Error {
+    using Error::Error;
+};
+// Something this engine does not support (ConfigError).
+struct UnsupportedError : Error {
+    using Error::Error;
+};
+// A network input of the wrong shape or size (InputSizeError) / values (InvalidTensorError).
+struct InputSizeError : Error {
+    using Error::Error;
+};
+struct InvalidTensorError : Error {
+    using Error::Error;
+};
+
+inline float bits_to_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline uint32_t float_to_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+// Round a float to the nearest bfloat16 (ties to even) and back, as torch's .to(bfloat16) does.
+inline float round_bf16(float x) {
+    uint32_t u = float_to_bits(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;  // inf / nan unchanged
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return bits_to_float(u & 0xffff0000u);
+}
+
+inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+inline float fp16_to_float(uint16_t h) {
+    uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0) {
+        if (man == 0) return bits_to_float(sign);
+        float f = static_cast<float>(man) * (1.0f / 16777216.0f);  // subnormal: man * 2^-24
+        return sign ? -f : f;
+    }
+    if (exp == 31) return bits_to_float(sign | 0x7f800000u | (man << 13));
+    return bits_to_float(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+// float8 E4M3 (fn: no infinities, 0x7f/0xff are NaN), as torch.float8_e4m3fn.
+inline float fp8e4m3_to_float(uint8_t v) {
+    uint32_t sign = v >> 7, exp = (v >> 3) & 0xfu, man = v & 0x7u;
+    float f;
+    if (exp == 0xf && man == 0x7) {
+        f = bits_to_float(0x7fc00000u);
+    } else if (exp == 0) {
+        f = static_cast<float>(man) * (1.0f / 512.0f);  // subnormal: man * 2^-9
+    } else {
+        f = bits_to_float(((exp + 120) << 23) | (man << 20));
+    }
+    return sign ? -f : f;
+}
+
+}  // namespace s2e

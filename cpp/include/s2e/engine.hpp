@@ -1,0 +1,92 @@
+// The Sapiens2 inference engine: loads weights (fp32, fp16/bf16-stored, int8-weight) from a
+// safetensors file in the official (or quantized-checkpoint) layout and runs backbone + head.
+// An Engine is immutable after construction; run() keeps all its buffers local, so one engine may
+// be used from several threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "s2e/config.hpp"
+#include "s2e/safetensors.hpp"
+
+namespace s2e {
+
+struct Output {
+    std::vector<int64_t> shape;
+    std::vector<float> data;
+};
+
+// A stored tensor plus, for quantized linear weights, its per-channel / per-tensor scale.
+struct Param {
+    const TensorView* t = nullptr;
+    const TensorView* scale = nullptr;
+    explicit operator bool() const { return t != nullptr; }
+};
+
+struct Linear {
+    Param w, b;
+    int64_t out = 0, in = 0;
+};
+
+struct BlockWeights {
+    Param ln1, ln2, q_norm, k_norm, gamma;
+    Linear wq, wk, wv, proj, w12, w3;
+    int64_t kv_heads = 0;
+    bool main = true;
+};
+
+struct ConvWeights {
+    Param w, b, norm;  // norm: RMSNorm2d weight (albedo) or empty (InstanceNorm)
+    int64_t cin = 0, cout = 0, k = 1;
+};
+
+class Engine {
+public:
+    // `path`: an artifact directory (manifest.json + weights) or a .safetensors file. For a file,
+    // `config_json` gives the manifest-like configuration; when empty, the quantized checkpoint
+    // metadata (sapiens2_edge.arch / sapiens2_edge.head) is used.
+    explicit Engine(const std::string& path, const std::string& config_json = "");
+
+    // x: (B, 3, H, W) normalised float32, row-major.
+    std::vector<Output> run(const float* x, int64_t B, int64_t H, int64_t W) const;
+
+    const EngineConfig& config() const { return cfg_; }
+    const std::string& weights_path() const { return st_->path(); }
+    // "float32", "float16", "int8-weight", "mixed": how the backbone linears are stored.
+    const std::string& weight_format() const { return weight_format_; }
+
+private:
+    struct Workspace;
+    void load();
+    Param need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable = false);
+    Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias = true);
+    ConvWeights conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias = true);
+    const float* floats(const Param& p, std::vector<float>& scratch) const;
+    void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const;
+    void block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
+               Workspace& ws) const;
+    void backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
+                  int64_t& wp, Workspace& ws) const;
+    void conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C, int64_t& H, int64_t& W, int64_t stride,
+                   bool norm_silu, Workspace& ws) const;
+    void head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
+              Workspace& ws) const;
+
+    EngineConfig cfg_;
+    std::shared_ptr<SafeTensors> st_;
+    std::string bb_, hd_;  // name prefixes: "backbone." / "decode_head." for task files
+    std::vector<std::string> used_;
+    std::string weight_format_;
+    // backbone
+    Param cls_, storage_, patch_w_, patch_b_, periods_, final_norm_, local_pos_, w_cls_;
+    std::vector<BlockWeights> blocks_, tok_blocks_;
+    // heads
+    std::vector<ConvWeights> deconv_, convs_, upsample_, scale_convs_;
+    ConvWeights input_conv_, final_;
+    std::vector<Linear> scale_fc_;
+};
+
+}  // namespace s2e

@@ -1,0 +1,51 @@
+// Float32 kernels of the engine: GEMM (OpenBLAS), norms, activations, convolutions, RoPE, attention.
+// Tensors are plain row-major float arrays; images are (C, H, W) per batch element.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace s2e {
+namespace ops {
+
+// C = alpha * op(A) op(B) + beta * C, row-major, through cblas_sgemm.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// y (M,N) = x (M,K) @ W(N,K)^T + b; y has leading dimension ldy (>= N).
+void linear(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y, int64_t ldy);
+
+void rms_norm(const float* x, float* y, int64_t rows, int64_t dim, int64_t stride, const float* w, float eps);
+void silu_inplace(float* x, int64_t n);
+void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld);
+// Per-channel normalisation over H*W (biased variance), no affine: InstanceNorm2d(affine=False).
+void instance_norm(float* x, int64_t C, int64_t HW, float eps);
+// Per-pixel RMSNorm over channels with weight (C,).
+void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps);
+
+// 2-D convolution (C_in,H,W) -> (C_out,Ho,Wo); weight (C_out, C_in, k, k); im2col tiled over output rows.
+void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, int64_t k,
+            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch);
+inline int64_t conv_out(int64_t n, int64_t k, int64_t stride, int64_t pad) { return (n + 2 * pad - k) / stride + 1; }
+// ConvTranspose2d(kernel 4, stride 2, padding 1, no bias): (C_in,H,W) -> (C_out,2H,2W); weight (C_in, C_out, 4, 4).
+void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                         std::vector<float>& scratch);
+// PixelShuffle(2): (4C,H,W) -> (C,2H,2W).
+void pixel_shuffle2(const float* x, int64_t c, int64_t H, int64_t W, float* y);
+
+// 2-D axial RoPE tables (spec 1.4) for an (hp, wp) grid: sin/cos of shape (hp*wp, 4*quarter).
+// bf16: every step rounded to bfloat16 as the reference computes them; otherwise float32.
+void rope_tables(const float* periods, int64_t quarter, int64_t hp, int64_t wp, bool bf16, float* sin_t, float* cos_t);
+// Rotate one head vector v (length d) in place with a table row; bf16 reproduces the reference's rounding.
+void rope_rotate(float* v, int64_t d, const float* sin_r, const float* cos_r, bool bf16);
+
+// softmax(q k^T * scale) v for one head: q (T,d) with leading dim ldq, k/v (T,d) with ldkv, o (T,d) with ldo.
+void attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* o, int64_t ldo,
+                    int64_t T, int64_t d, float scale, std::vector<float>& scratch);
+// Same for short sequences, without BLAS and without threads (called inside parallel loops).
+void attention_head_small(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* o,
+                          int64_t ldo, int64_t T, int64_t d, float scale, float* s_buf);
+
+int num_threads();
+
+}  // namespace ops
+}  // namespace s2e

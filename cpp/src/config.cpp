@@ -1,0 +1,131 @@
+#include "s2e/config.hpp"
+
+namespace s2e {
+
+namespace {
+constexpr int64_t kMaxWidth = 1 << 16, kMaxDepth = 1024;
+
+int64_t positive(const Json& j, const std::string& key, const std::string& where, int64_t hi) {
+    int64_t v = j.at(key, where).as_int(where + "." + key);
+    if (v <= 0 || v > hi)
+        throw ManifestError(where + "." + key + " = " + std::to_string(v) + " is outside 1.." + std::to_string(hi));
+    return v;
+}
+
+std::vector<int64_t> int_list(const Json& j, const std::string& key, const std::string& where, size_t max_len) {
+    std::vector<int64_t> out;
+    const Json* v = j.find(key);
+    if (!v || v->is_null()) return out;
+    const auto& arr = v->as_array(where + "." + key);
+    if (arr.size() > max_len) throw ManifestError(where + "." + key + " has more than " + std::to_string(max_len) + " entries");
+    for (const Json& e : arr) {
+        int64_t x = e.as_int(where + "." + key + "[]");
+        if (x <= 0 || x > kMaxWidth) throw ManifestError(where + "." + key + " holds " + std::to_string(x) + ", outside 1.." + std::to_string(kMaxWidth));
+        out.push_back(x);
+    }
+    return out;
+}
+}  // namespace
+
+ArchConfig parse_arch(const Json& j, const std::string& where) {
+    j.as_object(where);
+    ArchConfig a;
+    a.embed_dim = positive(j, "embed_dim", where, kMaxWidth);
+    a.depth = positive(j, "depth", where, kMaxDepth);
+    a.num_heads = positive(j, "num_heads", where, 4096);
+    a.ffn_hidden = positive(j, "ffn_hidden", where, 1 << 18);
+    if (const Json* t = j.find("tokenizer_depth")) {
+        a.tokenizer_depth = t->as_int(where + ".tokenizer_depth");
+        if (a.tokenizer_depth < 0 || a.tokenizer_depth > 64) throw ManifestError(where + ".tokenizer_depth is outside 0..64");
+    }
+    if (const Json* n = j.find("name"); n && n->is_string()) a.name = n->as_string("name");
+    a.kv_heads = int_list(j, "kv_heads", where, kMaxDepth);
+    if (a.embed_dim % a.num_heads)
+        throw ManifestError(where + ": embed_dim " + std::to_string(a.embed_dim) + " is not divisible by num_heads " + std::to_string(a.num_heads));
+    if (a.head_dim() % 4) throw ManifestError(where + ": head width " + std::to_string(a.head_dim()) + " must be a multiple of 4 for 2-D RoPE");
+    if (static_cast<int64_t>(a.kv_heads.size()) != a.depth)
+        throw ManifestError(where + ": kv_heads has " + std::to_string(a.kv_heads.size()) + " entries, expected depth=" + std::to_string(a.depth));
+    for (size_t i = 0; i < a.kv_heads.size(); ++i)
+        if (a.num_heads % a.kv_heads[i])
+            throw ManifestError(where + ": block " + std::to_string(i) + ": " + std::to_string(a.kv_heads[i]) + " kv heads do not divide " + std::to_string(a.num_heads) + " query heads");
+    return a;
+}
+
+HeadConfig parse_head(const Json& j, const ArchConfig& arch, const std::string& where) {
+    j.as_object(where);
+    HeadConfig h;
+    h.task = j.at("task", where).as_string(where + ".task");
+    static const char* tasks[] = {"pose", "seg", "normal", "pointmap", "albedo"};
+    bool ok = false;
+    for (const char* t : tasks) ok = ok || h.task == t;
+    if (!ok) throw ManifestError(where + ": unknown task '" + h.task + "'; expected pose, seg, normal, pointmap or albedo");
+    h.in_channels = positive(j, "in_channels", where, kMaxWidth);
+    if (h.in_channels != arch.embed_dim)
+        throw ManifestError(where + ".in_channels " + std::to_string(h.in_channels) + " differs from the backbone width " + std::to_string(arch.embed_dim));
+    h.out_channels = positive(j, "out_channels", where, kMaxWidth);
+    h.deconv = int_list(j, "deconv", where, 16);
+    h.upsample = int_list(j, "upsample", where, 16);
+    h.conv = int_list(j, "conv", where, 16);
+    h.scale_conv = int_list(j, "scale_conv", where, 16);
+    h.scale_fc = int_list(j, "scale_fc", where, 16);
+    if (const Json* k = j.find("conv_kernel")) h.conv_kernel = k->as_int(where + ".conv_kernel");
+    if (h.conv_kernel != 1 && h.conv_kernel != 3) throw ManifestError(where + ".conv_kernel must be 1 or 3");
+    const bool deconv_head = h.task == "pose" || h.task == "seg";
+    if (deconv_head && (h.deconv.empty() || h.conv.empty()))
+        throw ManifestError(where + ": a " + h.task + " head needs 'deconv' and 'conv' widths");
+    if (!deconv_head && h.conv.empty()) throw ManifestError(where + ": a " + h.task + " head needs 'conv' widths");
+    if (h.task == "pointmap") {
+        if (h.scale_conv.empty() || h.scale_fc.empty()) throw ManifestError(where + ": a pointmap head needs 'scale_conv' and 'scale_fc'");
+        const Json& s = j.at("input_size", where);
+        const auto& arr = s.as_array(where + ".input_size");
+        if (arr.size() != 2) throw ManifestError(where + ".input_size must be [H, W]");
+        h.input_h = arr[0].as_int("input_size[0]");
+        h.input_w = arr[1].as_int("input_size[1]");
+        if (h.input_h <= 0 || h.input_w <= 0 || h.input_h > 1 << 16 || h.input_w > 1 << 16)
+            throw ManifestError(where + ".input_size is out of range");
+    }
+    return h;
+}
+
+EngineConfig parse_engine_config(const Json& j, const std::string& where) {
+    j.as_object(where);
+    EngineConfig c;
+    c.arch = parse_arch(j.at("arch", where), where + ".arch");
+    const Json* head = j.find("head");
+    if (head && !head->is_null()) {
+        c.has_head = true;
+        c.head = parse_head(*head, c.arch, where + ".head");
+    }
+    if (const Json* r = j.find("rope_mode")) {
+        const std::string& m = r->as_string(where + ".rope_mode");
+        if (m != "bf16" && m != "fp32") throw ManifestError(where + ": unknown rope_mode '" + m + "'; expected 'bf16' or 'fp32'");
+        c.rope_bf16 = m == "bf16";
+    }
+    if (const Json* s = j.find("input_size"); s && !s->is_null()) {
+        const auto& arr = s->as_array(where + ".input_size");
+        if (arr.size() != 2) throw ManifestError(where + ".input_size must be [H, W]");
+        c.input_h = arr[0].as_int("input_size[0]");
+        c.input_w = arr[1].as_int("input_size[1]");
+        if (c.input_h <= 0 || c.input_w <= 0 || c.input_h > 1 << 16 || c.input_w > 1 << 16)
+            throw ManifestError(where + ".input_size is out of range");
+    }
+    if (const Json* b = j.find("max_batch"); b && !b->is_null()) {
+        c.max_batch = b->as_int(where + ".max_batch");
+        if (c.max_batch < 1) throw ManifestError(where + ".max_batch must be positive");
+    }
+    if (const Json* t = j.find("task"); t && !t->is_null()) {
+        const std::string& task = t->as_string(where + ".task");
+        if (task != c.task()) throw ManifestError(where + ": task '" + task + "' does not match the head's '" + c.task() + "'");
+    }
+    return c;
+}
+
+std::vector<std::string> EngineConfig::output_names() const {
+    if (!has_head) return {"featmap"};
+    if (head.task == "pose") return {"heatmaps"};
+    if (head.task == "seg") return {"logits"};
+    if (head.task == "pointmap") return {"pointmap", "scale"};
+    return {head.task};
+}
+
+}  // namespace s2e

@@ -1,0 +1,629 @@
+#include "s2e/engine.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "s2e/ops.hpp"
+
+namespace s2e {
+
+namespace {
+constexpr float kEps = 1e-6f;        // RMSNorm (backbone, RMSNorm2d)
+constexpr float kInstEps = 1e-5f;    // InstanceNorm2d
+constexpr int64_t kSmallSeq = 64;    // sequences up to this length use the BLAS-free attention
+constexpr int64_t kWindowChunk = 1024;  // 4K tokenizer windows per chunk (bounds memory)
+constexpr size_t kMaxManifest = 16u << 20;
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    std::string r = "(";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + (s.size() == 1 ? ",)" : ")");
+}
+
+bool is_dir(const std::string& p) {
+    struct stat sb {};
+    return ::stat(p.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+std::string read_text(const std::string& path, size_t limit) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw ManifestError(path + " cannot be read (an artifact directory holds manifest.json)");
+    f.seekg(0, std::ios::end);
+    std::streamoff n = f.tellg();
+    if (n < 0 || static_cast<size_t>(n) > limit)
+        throw ManifestError(path + " is larger than the " + std::to_string(limit) + "-byte limit for a manifest");
+    f.seekg(0);
+    std::string s(static_cast<size_t>(n), '\0');
+    f.read(&s[0], n);
+    return s;
+}
+
+Json parse_json(const std::string& text, const std::string& where) {
+    try {
+        JsonLimits lim;
+        lim.max_bytes = kMaxManifest;
+        return Json::parse(text, lim);
+    } catch (const JsonError& e) {
+        throw ManifestError(where + " is not valid JSON: " + e.what());
+    }
+}
+
+// grid after `steps` stride-2 1x1 convs (ceil(n/2) each), as arch.scale_grid_for
+std::pair<int64_t, int64_t> scale_grid(int64_t h, int64_t w, int64_t stride, size_t steps) {
+    h /= stride;
+    w /= stride;
+    for (size_t i = 0; i < steps; ++i) {
+        h = (h + 1) / 2;
+        w = (w + 1) / 2;
+    }
+    return {h, w};
+}
+
+float read_f32(const uint8_t* p) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+}
+}  // namespace
+
+struct Engine::Workspace {
+    std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
+};
+
+Engine::Engine(const std::string& path, const std::string& config_json) {
+    if (is_dir(path)) {
+        const std::string mpath = path + "/manifest.json";
+        Json m = parse_json(read_text(mpath, kMaxManifest), mpath);
+        cfg_ = parse_engine_config(m, mpath);
+        std::string rel;
+        if (const Json* files = m.find("files")) {
+            for (const auto& kv : files->as_object(mpath + ".files")) {
+                const Json* role = kv.second.find("role");
+                const std::string& name = kv.first;
+                bool st = name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;
+                if (st && role && role->is_string() && role->as_string("role") == "model") rel = name;
+                if (rel.empty() && name == "weights.safetensors") rel = name;
+            }
+        }
+        if (rel.empty()) throw ManifestError(mpath + " lists no weights.safetensors: this artifact has no weights the native engine can read; export it with format='native'");
+        if (rel[0] == '/' || rel.find("..") != std::string::npos)
+            throw ManifestError(mpath + ": weights path '" + rel + "' leaves the artifact directory");
+        st_ = SafeTensors::open(path + "/" + rel);
+    } else {
+        st_ = SafeTensors::open(path);
+        if (!config_json.empty()) {
+            cfg_ = parse_engine_config(parse_json(config_json, "config"), "config");
+        } else {
+            auto arch = st_->metadata().find("sapiens2_edge.arch");
+            auto head = st_->metadata().find("sapiens2_edge.head");
+            if (arch == st_->metadata().end() || head == st_->metadata().end())
+                throw ManifestError(path + " carries no sapiens2_edge.arch/head metadata; pass the configuration (arch, head, rope_mode) as JSON");
+            cfg_.arch = parse_arch(parse_json(arch->second, "sapiens2_edge.arch"), "sapiens2_edge.arch");
+            Json h = parse_json(head->second, "sapiens2_edge.head");
+            if (!h.is_null()) {
+                cfg_.has_head = true;
+                cfg_.head = parse_head(h, cfg_.arch, "sapiens2_edge.head");
+            }
+        }
+    }
+    auto recipe = st_->metadata().find("sapiens2_edge.recipe");
+    if (recipe != st_->metadata().end()) {
+        Json r = parse_json(recipe->second, "sapiens2_edge.recipe");
+        if (const Json* layers = r.find("layers")) {
+            for (const auto& kv : layers->as_object("sapiens2_edge.recipe.layers")) {
+                const std::string& s = kv.second.as_string("layer scheme");
+                if (s != "float" && s != "fp16" && s != "int8-weight")
+                    throw UnsupportedError("layer " + kv.first + " uses scheme '" + s + "', which quantizes activations; the native engine runs fp32, fp16 and int8-weight models");
+            }
+        }
+    }
+    load();
+}
+
+Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable) {
+    const std::string& p = st_->path();
+    const TensorView* t = st_->find(name);
+    if (!t) throw WeightsMismatchError(p + ": missing tensor '" + name + "' of shape " + shape_str(shape));
+    if (t->shape != shape)
+        throw WeightsMismatchError(p + ": tensor '" + name + "' has shape " + t->shape_str() + ", expected " + shape_str(shape));
+    Param out;
+    out.t = t;
+    used_.push_back(name);
+    switch (t->dtype) {
+        case DType::F32: case DType::F16: case DType::BF16: break;
+        case DType::I8: case DType::F8_E4M3: {
+            if (!quantizable)
+                throw WeightsMismatchError(p + ": tensor '" + name + "' is " + dtype_name(t->dtype) + "; only linear weights of the backbone may be quantized (expected F32, F16 or BF16)");
+            const std::string sname = name + "_scale";
+            const TensorView* s = st_->find(sname);
+            if (!s) throw WeightsMismatchError(p + ": quantized tensor '" + name + "' has no '" + sname + "'");
+            if (s->dtype != DType::F32 || s->shape.size() != 1 || (s->shape[0] != shape[0] && s->shape[0] != 1))
+                throw WeightsMismatchError(p + ": '" + sname + "' must be F32 of shape (" + std::to_string(shape[0]) + ",) or (1,), found " + dtype_name(s->dtype) + " " + s->shape_str());
+            out.scale = s;
+            used_.push_back(sname);
+            break;
+        }
+        default:
+            throw WeightsMismatchError(p + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) + ", expected F32, F16 or BF16" + (quantizable ? " (or I8 / F8_E4M3 with a scale)" : ""));
+    }
+    return out;
+}
+
+Linear Engine::linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
+    if (st_->find(prefix + ".input_scale"))
+        throw UnsupportedError(st_->path() + ": '" + prefix + "' has static activation quantization (input_scale); the native engine runs fp32, fp16 and int8-weight models");
+    Linear l;
+    l.w = need(prefix + ".weight", {out, in}, true);
+    if (bias) l.b = need(prefix + ".bias", {out});
+    l.out = out;
+    l.in = in;
+    return l;
+}
+
+ConvWeights Engine::conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias) {
+    ConvWeights c;
+    c.w = need(prefix + ".weight", {cout, cin, k, k});
+    if (bias) c.b = need(prefix + ".bias", {cout});
+    if (!norm.empty()) c.norm = need(norm, {cout});
+    c.cin = cin;
+    c.cout = cout;
+    c.k = k;
+    return c;
+}
+
+void Engine::load() {
+    const ArchConfig& a = cfg_.arch;
+    const int64_t C = a.embed_dim, d = a.head_dim(), hid = a.ffn_hidden;
+    bb_ = cfg_.has_head ? "backbone." : "";
+    hd_ = "decode_head.";
+    cls_ = need(bb_ + "cls_token", {1, 1, C});
+    storage_ = need(bb_ + "storage_tokens", {1, kStorageTokens, C});
+    patch_w_ = need(bb_ + "patch_embed.projection.weight", {C, 3, kPatch, kPatch});
+    patch_b_ = need(bb_ + "patch_embed.projection.bias", {C});
+    periods_ = need(bb_ + "rope_embed.periods", {d / 4});
+    final_norm_ = need(bb_ + "ln1.weight", {C});
+    auto make_block = [&](const std::string& pre, int64_t kv, bool main) {
+        BlockWeights b;
+        b.main = main;
+        b.kv_heads = kv;
+        b.ln1 = need(pre + "ln1.weight", {C});
+        b.ln2 = need(pre + "ln2.weight", {C});
+        b.wq = linear(pre + "attn.wq", C, C);
+        b.wk = linear(pre + "attn.wk", kv * d, C);
+        b.wv = linear(pre + "attn.wv", kv * d, C);
+        b.proj = linear(pre + "attn.proj", C, C);
+        b.w12 = linear(pre + "ffn.w12", 2 * hid, C);
+        b.w3 = linear(pre + "ffn.w3", C, hid);
+        if (main) {
+            b.q_norm = need(pre + "attn.q_norm.weight", {d});
+            b.k_norm = need(pre + "attn.k_norm.weight", {d});
+            b.gamma = need(pre + "attn.gamma.weight", {C});
+        }
+        return b;
+    };
+    for (int64_t i = 0; i < a.depth; ++i)
+        blocks_.push_back(make_block(bb_ + "blocks." + std::to_string(i) + ".", a.kv_heads[i], true));
+    if (a.is_4k()) {
+        local_pos_ = need(bb_ + "tokenizer.local_pos_embed", {1, kWindow * kWindow + 1, C});
+        w_cls_ = need(bb_ + "tokenizer.w_cls", {1, 1, C});
+        for (int64_t j = 0; j < a.tokenizer_depth; ++j)
+            tok_blocks_.push_back(make_block(bb_ + "tokenizer.blocks." + std::to_string(j) + ".", a.num_heads, false));
+    }
+    if (cfg_.has_head) {
+        const HeadConfig& h = cfg_.head;
+        int64_t cur = h.in_channels;
+        if (h.task == "pose" || h.task == "seg") {
+            for (size_t i = 0; i < h.deconv.size(); ++i) {
+                ConvWeights c;
+                c.w = need(hd_ + "deconv_layers." + std::to_string(3 * i) + ".weight", {cur, h.deconv[i], 4, 4});
+                c.cin = cur;
+                c.cout = h.deconv[i];
+                c.k = 4;
+                deconv_.push_back(c);
+                cur = h.deconv[i];
+            }
+            for (size_t i = 0; i < h.conv.size(); ++i) {
+                convs_.push_back(conv(hd_ + "conv_layers." + std::to_string(3 * i), "", cur, h.conv[i], h.conv_kernel));
+                cur = h.conv[i];
+            }
+        } else {
+            const bool rms = h.task == "albedo";
+            input_conv_ = conv(hd_ + "input_conv.0", rms ? hd_ + "input_conv.1.norm.weight" : "", cur, cur, 3);
+            for (size_t i = 0; i < h.upsample.size(); ++i) {
+                const std::string pre = hd_ + "upsample_blocks." + std::to_string(i);
+                ConvWeights c = conv(pre + ".0", "", cur, 4 * h.upsample[i], 3);
+                if (rms) c.norm = need(pre + ".2.norm.weight", {h.upsample[i]});
+                upsample_.push_back(c);
+                cur = h.upsample[i];
+            }
+            for (size_t i = 0; i < h.conv.size(); ++i) {
+                const std::string pre = hd_ + "conv_layers.";
+                convs_.push_back(conv(pre + std::to_string(3 * i), rms ? pre + std::to_string(3 * i + 1) + ".norm.weight" : "", cur, h.conv[i], 3));
+                cur = h.conv[i];
+            }
+        }
+        final_ = conv(hd_ + "conv_" + h.task, "", cur, h.out_channels, 1);
+        if (h.task == "pointmap") {
+            cur = h.in_channels;
+            for (size_t i = 0; i < h.scale_conv.size(); ++i) {
+                scale_convs_.push_back(conv(hd_ + "scale_conv_layers." + std::to_string(3 * i), "", cur, h.scale_conv[i], 1));
+                cur = h.scale_conv[i];
+            }
+            auto g = scale_grid(h.input_h, h.input_w, a.input_multiple(), h.scale_conv.size());
+            cur *= g.first * g.second;
+            for (size_t i = 0; i < h.scale_fc.size(); ++i) {
+                Linear l;
+                const std::string pre = hd_ + "scale_final_layer." + std::to_string(2 * i + 1);
+                l.w = need(pre + ".weight", {h.scale_fc[i], cur});
+                l.b = need(pre + ".bias", {h.scale_fc[i]});
+                l.out = h.scale_fc[i];
+                l.in = cur;
+                scale_fc_.push_back(l);
+                cur = h.scale_fc[i];
+            }
+        }
+    }
+    std::set<std::string> used(used_.begin(), used_.end());
+    std::vector<std::string> extra;
+    for (const auto& kv : st_->tensors())
+        if (!used.count(kv.first)) extra.push_back(kv.first);
+    if (!extra.empty()) {
+        std::string list;
+        for (size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
+        throw WeightsMismatchError(st_->path() + ": " + std::to_string(extra.size()) + " unexpected tensor(s) for this architecture: " + list);
+    }
+    std::set<std::string> kinds;
+    auto kind = [&](const Linear& l) {
+        DType t = l.w.t->dtype;
+        kinds.insert(t == DType::I8 ? "int8-weight" : t == DType::F16 ? "float16" : t == DType::BF16 ? "bfloat16" : t == DType::F32 ? "float32" : "fp8-weight");
+    };
+    for (const auto* list : {&blocks_, &tok_blocks_})
+        for (const auto& b : *list)
+            for (const Linear* l : {&b.wq, &b.wk, &b.wv, &b.proj, &b.w12, &b.w3}) kind(*l);
+    weight_format_ = kinds.size() == 1 ? *kinds.begin() : "mixed";
+}
+
+const float* Engine::floats(const Param& p, std::vector<float>& scratch) const {
+    const TensorView& t = *p.t;
+    const int64_t n = t.numel();
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
+        return reinterpret_cast<const float*>(t.data);
+    scratch.resize(static_cast<size_t>(n));
+    float* out = scratch.data();
+    const uint8_t* src = t.data;
+    const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+    const int64_t cols = rows ? n / std::max<int64_t>(rows, 1) : 0;
+    switch (t.dtype) {
+        case DType::F32: std::memcpy(out, src, static_cast<size_t>(n) * 4); break;
+        case DType::F16:
+#pragma omp parallel for schedule(static) if (n > 65536)
+            for (int64_t i = 0; i < n; ++i) {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * i, 2);
+                out[i] = fp16_to_float(h);
+            }
+            break;
+        case DType::BF16:
+#pragma omp parallel for schedule(static) if (n > 65536)
+            for (int64_t i = 0; i < n; ++i) {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * i, 2);
+                out[i] = bf16_to_float(h);
+            }
+            break;
+        case DType::I8:
+        case DType::F8_E4M3: {
+            const bool per_row = p.scale->shape[0] != 1;
+            const bool i8 = t.dtype == DType::I8;
+#pragma omp parallel for schedule(static) if (n > 65536)
+            for (int64_t r = 0; r < rows; ++r) {
+                const float s = read_f32(p.scale->data + 4 * (per_row ? r : 0));
+                const uint8_t* row = src + r * cols;
+                float* o = out + r * cols;
+                if (i8) {
+                    for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<float>(static_cast<int8_t>(row[c])) * s;
+                } else {
+                    for (int64_t c = 0; c < cols; ++c) o[c] = fp8e4m3_to_float(row[c]) * s;
+                }
+            }
+            break;
+        }
+        default: throw UnsupportedError("unsupported weight dtype");
+    }
+    return out;
+}
+
+void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const {
+    // int8 / fp16 weights are dequantized into one layer-sized scratch buffer per call: the
+    // model is never held in fp32, and the GEMM itself runs in fp32 as the torch reference does.
+    const float* W = floats(l.w, ws.wbuf);
+    const float* b = l.b ? floats(l.b, ws.wbuf2) : nullptr;
+    ops::linear(x, M, l.in, W, b, l.out, y, l.out);
+}
+
+void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
+                   Workspace& ws) const {
+    const ArchConfig& a = cfg_.arch;
+    const int64_t C = a.embed_dim, d = a.head_dim(), heads = a.num_heads, kv = b.kv_heads, kvd = kv * d;
+    const int64_t M = B * T, hid = a.ffn_hidden;
+    ws.h.resize(static_cast<size_t>(M * C));
+    ws.q.resize(static_cast<size_t>(M * C));
+    ws.k.resize(static_cast<size_t>(M * kvd));
+    ws.v.resize(static_cast<size_t>(M * kvd));
+    ws.o.resize(static_cast<size_t>(M * C));
+    float *h = ws.h.data(), *q = ws.q.data(), *k = ws.k.data(), *v = ws.v.data(), *o = ws.o.data();
+    ops::rms_norm(x, h, M, C, C, floats(b.ln1, ws.pbuf), kEps);
+    apply_linear(b.wq, h, M, q, ws);
+    apply_linear(b.wk, h, M, k, ws);
+    apply_linear(b.wv, h, M, v, ws);
+    if (b.q_norm) {
+        ops::rms_norm(q, q, M * heads, d, d, floats(b.q_norm, ws.pbuf), kEps);
+        ops::rms_norm(k, k, M * kv, d, d, floats(b.k_norm, ws.pbuf), kEps);
+    }
+    if (sin_t) {
+        const bool bf = cfg_.rope_bf16;
+#pragma omp parallel for schedule(static)
+        for (int64_t m = 0; m < M; ++m) {
+            const int64_t t = m % T;
+            float* qm = q + m * C;
+            float* km = k + m * kvd;
+            if (t < kPrefixTokens) {  // prefix tokens: no rotation, but the reference casts them to bf16 too
+                if (bf) {
+                    for (int64_t i = 0; i < C; ++i) qm[i] = round_bf16(qm[i]);
+                    for (int64_t i = 0; i < kvd; ++i) km[i] = round_bf16(km[i]);
+                }
+                continue;
+            }
+            const float* sr = sin_t + (t - kPrefixTokens) * d;
+            const float* cr = cos_t + (t - kPrefixTokens) * d;
+            for (int64_t hh = 0; hh < heads; ++hh) ops::rope_rotate(qm + hh * d, d, sr, cr, bf);
+            for (int64_t hh = 0; hh < kv; ++hh) ops::rope_rotate(km + hh * d, d, sr, cr, bf);
+        }
+    }
+    const int64_t groups = heads / kv;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    if (T <= kSmallSeq) {
+#pragma omp parallel
+        {
+            std::vector<float> s(static_cast<size_t>(T * T));
+#pragma omp for schedule(static)
+            for (int64_t bh = 0; bh < B * heads; ++bh) {
+                const int64_t bi = bh / heads, hh = bh % heads, g = hh / groups;
+                ops::attention_head_small(q + bi * T * C + hh * d, C, k + bi * T * kvd + g * d, v + bi * T * kvd + g * d,
+                                          kvd, o + bi * T * C + hh * d, C, T, d, scale, s.data());
+            }
+        }
+    } else {
+        for (int64_t bi = 0; bi < B; ++bi)
+            for (int64_t hh = 0; hh < heads; ++hh) {
+                const int64_t g = hh / groups;
+                ops::attention_head(q + bi * T * C + hh * d, C, k + bi * T * kvd + g * d, v + bi * T * kvd + g * d, kvd,
+                                    o + bi * T * C + hh * d, C, T, d, scale, ws.att);
+            }
+    }
+    apply_linear(b.proj, o, M, h, ws);
+    const float* gamma = b.gamma ? floats(b.gamma, ws.pbuf) : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        float* xm = x + m * C;
+        const float* hm = h + m * C;
+        if (gamma) {
+            for (int64_t i = 0; i < C; ++i) xm[i] += hm[i] * gamma[i];
+        } else {
+            for (int64_t i = 0; i < C; ++i) xm[i] += hm[i];
+        }
+    }
+    ops::rms_norm(x, h, M, C, C, floats(b.ln2, ws.pbuf), kEps);
+    ws.u.resize(static_cast<size_t>(M * 2 * hid));
+    ws.a.resize(static_cast<size_t>(M * hid));
+    float *u = ws.u.data(), *act = ws.a.data();
+    apply_linear(b.w12, h, M, u, ws);
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        const float* um = u + m * 2 * hid;
+        float* am = act + m * hid;
+        for (int64_t j = 0; j < hid; ++j) {
+            const float g = um[j];
+            am[j] = g / (1.0f + std::exp(-g)) * um[hid + j];
+        }
+    }
+    apply_linear(b.w3, act, M, h, ws);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * C; ++i) x[i] += h[i];
+}
+
+void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
+                      int64_t& wp, Workspace& ws) const {
+    const ArchConfig& a = cfg_.arch;
+    const int64_t C = a.embed_dim, d = a.head_dim(), P = kPatch, K = 3 * P * P;
+    const int64_t hp0 = H / P, wp0 = W / P, n0 = hp0 * wp0;
+    hp = a.is_4k() ? hp0 / kWindow : hp0;
+    wp = a.is_4k() ? wp0 / kWindow : wp0;
+    const int64_t N = hp * wp, T = kPrefixTokens + N;
+    // patches (n0, 3*16*16) per image, flattened (c, ky, kx) like the conv weight
+    std::vector<float> patches(static_cast<size_t>(n0 * K));
+    std::vector<float> xs(static_cast<size_t>(B * T * C));
+    std::vector<float> tok0;
+    if (a.is_4k()) tok0.resize(static_cast<size_t>(n0 * C));
+    std::vector<float> pw_buf, pb_buf;
+    const float* pw = floats(patch_w_, pw_buf);
+    const float* pb = floats(patch_b_, pb_buf);
+    const float* cls = floats(cls_, ws.pbuf);
+    std::vector<float> stor_buf;
+    const float* stor = floats(storage_, stor_buf);
+    for (int64_t b = 0; b < B; ++b) {
+        const float* img = x + b * 3 * H * W;
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < n0; ++n) {
+            const int64_t py = n / wp0, px = n % wp0;
+            float* row = patches.data() + n * K;
+            for (int64_t c = 0; c < 3; ++c)
+                for (int64_t ky = 0; ky < P; ++ky)
+                    std::memcpy(row + (c * P + ky) * P, img + (c * H + py * P + ky) * W + px * P, sizeof(float) * P);
+        }
+        float* seq = xs.data() + b * T * C;
+        std::memcpy(seq, cls, sizeof(float) * C);
+        std::memcpy(seq + C, stor, sizeof(float) * kStorageTokens * C);
+        if (!a.is_4k()) {
+            ops::linear(patches.data(), n0, K, pw, pb, C, seq + kPrefixTokens * C, C);
+            continue;
+        }
+        ops::linear(patches.data(), n0, K, pw, pb, C, tok0.data(), C);
+        // 4K tokenizer: each 4x4 window -> [w_cls, 16 patches] + local_pos_embed, MHA blocks, keep CLS.
+        std::vector<float> lpe_buf, wcls_buf;
+        const float* lpe = floats(local_pos_, lpe_buf);
+        const float* wcls = floats(w_cls_, wcls_buf);
+        const int64_t L = kWindow * kWindow + 1, nwin = N;
+        for (int64_t w0 = 0; w0 < nwin; w0 += kWindowChunk) {
+            const int64_t nw = std::min(kWindowChunk, nwin - w0);
+            std::vector<float> win(static_cast<size_t>(nw * L * C));
+#pragma omp parallel for schedule(static)
+            for (int64_t wi = 0; wi < nw; ++wi) {
+                const int64_t w = w0 + wi, wy = w / wp, wx = w % wp;
+                float* s = win.data() + wi * L * C;
+                for (int64_t c = 0; c < C; ++c) s[c] = wcls[c] + lpe[c];
+                for (int64_t i = 0; i < kWindow; ++i)
+                    for (int64_t j = 0; j < kWindow; ++j) {
+                        const int64_t l = 1 + i * kWindow + j;
+                        const float* src = tok0.data() + ((wy * kWindow + i) * wp0 + wx * kWindow + j) * C;
+                        for (int64_t c = 0; c < C; ++c) s[l * C + c] = src[c] + lpe[l * C + c];
+                    }
+            }
+            for (const auto& blk : tok_blocks_) block(blk, win.data(), nw, L, nullptr, nullptr, ws);
+            for (int64_t wi = 0; wi < nw; ++wi)
+                std::memcpy(seq + (kPrefixTokens + w0 + wi) * C, win.data() + wi * L * C, sizeof(float) * C);
+        }
+    }
+    std::vector<float> sin_t(static_cast<size_t>(N * d)), cos_t(static_cast<size_t>(N * d)), per_buf;
+    ops::rope_tables(floats(periods_, per_buf), d / 4, hp, wp, cfg_.rope_bf16, sin_t.data(), cos_t.data());
+    for (const auto& blk : blocks_) block(blk, xs.data(), B, T, sin_t.data(), cos_t.data(), ws);
+    ops::rms_norm(xs.data(), xs.data(), B * T, C, C, floats(final_norm_, ws.pbuf), kEps);
+    feat.resize(static_cast<size_t>(B * C * N));
+#pragma omp parallel for schedule(static)
+    for (int64_t bc = 0; bc < B * C; ++bc) {
+        const int64_t b = bc / C, c = bc % C;
+        const float* src = xs.data() + (b * T + kPrefixTokens) * C + c;
+        float* dst = feat.data() + bc * N;
+        for (int64_t n = 0; n < N; ++n) dst[n] = src[n * C];
+    }
+}
+
+void Engine::conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C, int64_t& H, int64_t& W,
+                       int64_t stride, bool norm_silu, Workspace& ws) const {
+    const int64_t pad = stride > 1 ? 0 : (c.k - 1) / 2;
+    const int64_t Ho = ops::conv_out(H, c.k, stride, pad), Wo = ops::conv_out(W, c.k, stride, pad);
+    std::vector<float> y(static_cast<size_t>(c.cout * Ho * Wo));
+    const float* w = floats(c.w, ws.wbuf);
+    const float* b = c.b ? floats(c.b, ws.wbuf2) : nullptr;
+    ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols);
+    if (norm_silu) {
+        if (c.norm)
+            ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf), kEps);
+        else
+            ops::instance_norm(y.data(), c.cout, Ho * Wo, kInstEps);
+        ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+    }
+    act.swap(y);
+    C = c.cout;
+    H = Ho;
+    W = Wo;
+}
+
+void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
+                  Workspace& ws) const {
+    const HeadConfig& h = cfg_.head;
+    int64_t C = h.in_channels, H = hp, W = wp;
+    std::vector<float> act(feat, feat + C * H * W);
+    if (h.task == "pose" || h.task == "seg") {
+        for (const auto& dc : deconv_) {
+            std::vector<float> y(static_cast<size_t>(dc.cout * 4 * H * W));
+            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf), dc.cout, y.data(), ws.cols);
+            C = dc.cout;
+            H *= 2;
+            W *= 2;
+            ops::instance_norm(y.data(), C, H * W, kInstEps);
+            ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+            act.swap(y);
+        }
+        for (const auto& c : convs_) conv_unit(c, act, C, H, W, 1, true, ws);
+    } else {
+        conv_unit(input_conv_, act, C, H, W, 1, true, ws);
+        for (const auto& up : upsample_) {
+            conv_unit(up, act, C, H, W, 1, false, ws);
+            const int64_t out = C / 4;
+            std::vector<float> y(act.size());
+            ops::pixel_shuffle2(act.data(), out, H, W, y.data());
+            C = out;
+            H *= 2;
+            W *= 2;
+            if (up.norm)
+                ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf), kEps);
+            else
+                ops::instance_norm(y.data(), C, H * W, kInstEps);
+            ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+            act.swap(y);
+        }
+        for (const auto& c : convs_) conv_unit(c, act, C, H, W, 1, true, ws);
+    }
+    conv_unit(final_, act, C, H, W, 1, false, ws);
+    auto put = [&](size_t idx, const std::vector<float>& data, std::vector<int64_t> shape) {
+        Output& o = outs[idx];
+        if (o.data.empty()) {
+            o.shape = shape;
+            int64_t n = 1;
+            for (int64_t s : shape) n *= s;
+            o.data.resize(static_cast<size_t>(n));
+        }
+        std::copy(data.begin(), data.end(), o.data.begin() + b * static_cast<int64_t>(data.size()));
+    };
+    put(0, act, {B, C, H, W});
+    if (h.task == "pointmap") {
+        int64_t sc = h.in_channels, sh = hp, sw = wp;
+        std::vector<float> s(feat, feat + sc * sh * sw);
+        for (const auto& c : scale_convs_) conv_unit(c, s, sc, sh, sw, 2, true, ws);
+        for (size_t i = 0; i < scale_fc_.size(); ++i) {
+            const Linear& l = scale_fc_[i];
+            std::vector<float> y(static_cast<size_t>(l.out));
+            apply_linear(l, s.data(), 1, y.data(), ws);
+            if (i + 1 < scale_fc_.size()) ops::silu_inplace(y.data(), l.out);
+            s.swap(y);
+        }
+        put(1, s, {B, static_cast<int64_t>(s.size())});
+    }
+}
+
+std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W) const {
+    const int64_t m = cfg_.arch.input_multiple();
+    if (B < 1) throw InputSizeError("the batch is empty; expected (B,3,H,W) with B >= 1");
+    if (cfg_.max_batch > 0 && B > cfg_.max_batch)
+        throw InputSizeError("a batch of " + std::to_string(B) + " is larger than the " + std::to_string(cfg_.max_batch) + " this artifact was exported for");
+    if (H < m || W < m || H % m || W % m)
+        throw InputSizeError("input size " + std::to_string(H) + "x" + std::to_string(W) + " is not a positive multiple of " + std::to_string(m) + " in both sides" + (cfg_.arch.is_4k() ? " (the 4K tokenizer needs 64)" : ""));
+    if (cfg_.has_head && cfg_.head.task == "pointmap" && (H != cfg_.head.input_h || W != cfg_.head.input_w))
+        throw InputSizeError("the pointmap head's scale branch was built for " + std::to_string(cfg_.head.input_h) + "x" + std::to_string(cfg_.head.input_w) + " inputs, got " + std::to_string(H) + "x" + std::to_string(W));
+    const int64_t n = B * 3 * H * W;
+    bool bad = false;
+#pragma omp parallel for reduction(|| : bad) schedule(static)
+    for (int64_t i = 0; i < n; ++i) bad = bad || !std::isfinite(x[i]);
+    if (bad) throw InvalidTensorError("the input holds NaN or infinite values");
+    Workspace ws;
+    std::vector<float> feat;
+    int64_t hp = 0, wp = 0;
+    backbone(x, B, H, W, feat, hp, wp, ws);
+    const int64_t C = cfg_.arch.embed_dim;
+    std::vector<Output> outs(cfg_.output_names().size());
+    if (!cfg_.has_head) {
+        outs[0].shape = {B, C, hp, wp};
+        outs[0].data.swap(feat);
+        return outs;
+    }
+    for (int64_t b = 0; b < B; ++b) head(feat.data() + b * C * hp * wp, hp, wp, outs, b, B, ws);
+    return outs;
+}
+
+}  // namespace s2e

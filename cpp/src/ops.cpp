@@ -1,0 +1,318 @@
+#include "s2e/ops.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+
+#include "s2e/common.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// GEMM goes through OpenBLAS (the scipy-openblas32 wheel: symbols prefixed scipy_cblas_). Why a
+// BLAS and not our own kernels: >95% of the FLOPs are dense fp32 GEMMs, and a well-kept BLAS has
+// per-microarchitecture kernels (AVX2/AVX-512/NEON) selected at run time, multi-threading and
+// cache blocking that a small engine cannot match or maintain; the wheel ships a ready,
+// relocatable build for every platform pip supports, so the extension needs no system BLAS.
+#ifdef S2E_BLAS_SCIPY_PREFIX
+#include <cblas.h>
+#define S2E_SGEMM scipy_cblas_sgemm
+#else
+#include <cblas.h>
+#define S2E_SGEMM cblas_sgemm
+#endif
+
+namespace s2e {
+namespace ops {
+
+int num_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int checked_int(int64_t v, const char* what) {
+    if (v < 0 || v > INT_MAX) throw UnsupportedError(std::string("GEMM dimension ") + what + " exceeds the BLAS int range");
+    return static_cast<int>(v);
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    if (M == 0 || N == 0) return;
+    S2E_SGEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              checked_int(M, "M"), checked_int(N, "N"), checked_int(K, "K"), alpha, A, checked_int(lda, "lda"), B,
+              checked_int(ldb, "ldb"), beta, C, checked_int(ldc, "ldc"));
+}
+
+void linear(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y, int64_t ldy) {
+    if (b) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < M; ++i) std::memcpy(y + i * ldy, b, sizeof(float) * N);
+    }
+    sgemm(false, true, M, N, K, 1.0f, x, K, W, K, b ? 1.0f : 0.0f, y, ldy);
+}
+
+void rms_norm(const float* x, float* y, int64_t rows, int64_t dim, int64_t stride, const float* w, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * stride;
+        float* yr = y + r * stride;
+        double ss = 0.0;
+        for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+        float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+        for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
+    }
+}
+
+void silu_inplace(float* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+static void softmax_row(float* s, int64_t cols) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < cols; ++j) m = std::max(m, s[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < cols; ++j) s[j] *= inv;
+}
+
+void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * ld, cols);
+}
+
+void instance_norm(float* x, int64_t C, int64_t HW, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+        float* p = x + c * HW;
+        double sum = 0.0;
+        for (int64_t i = 0; i < HW; ++i) sum += p[i];
+        double mean = sum / HW, var = 0.0;
+        for (int64_t i = 0; i < HW; ++i) var += (p[i] - mean) * (p[i] - mean);
+        var /= HW;
+        float inv = static_cast<float>(1.0 / std::sqrt(var + eps)), m = static_cast<float>(mean);
+        for (int64_t i = 0; i < HW; ++i) p[i] = (p[i] - m) * inv;
+    }
+}
+
+void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps) {
+    const int64_t block = 256;
+#pragma omp parallel for schedule(static)
+    for (int64_t p0 = 0; p0 < HW; p0 += block) {
+        int64_t n = std::min(block, HW - p0);
+        double ss[256];
+        for (int64_t i = 0; i < n; ++i) ss[i] = 0.0;
+        for (int64_t c = 0; c < C; ++c) {
+            const float* row = x + c * HW + p0;
+            for (int64_t i = 0; i < n; ++i) ss[i] += static_cast<double>(row[i]) * row[i];
+        }
+        float inv[256];
+        for (int64_t i = 0; i < n; ++i) inv[i] = static_cast<float>(1.0 / std::sqrt(ss[i] / C + eps));
+        for (int64_t c = 0; c < C; ++c) {
+            float* row = x + c * HW + p0;
+            for (int64_t i = 0; i < n; ++i) row[i] = row[i] * inv[i] * w[c];
+        }
+    }
+}
+
+// Rows of output computed per im2col tile: keeps the column buffer near 16M floats.
+static int64_t tile_rows(int64_t per_row, int64_t rows) {
+    const int64_t budget = 16ll << 20;
+    return std::max<int64_t>(1, std::min<int64_t>(rows, budget / std::max<int64_t>(1, per_row)));
+}
+
+void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, int64_t k,
+            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch) {
+    const int64_t Ho = conv_out(H, k, stride, pad), Wo = conv_out(W, k, stride, pad), HWo = Ho * Wo;
+    const int64_t kdim = cin * k * k;
+    if (b) {
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < cout; ++c) std::fill(y + c * HWo, y + (c + 1) * HWo, b[c]);
+    }
+    const float beta = b ? 1.0f : 0.0f;
+    if (k == 1 && stride == 1 && pad == 0) {
+        sgemm(false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, beta, y, HWo);
+        return;
+    }
+    const int64_t rows = tile_rows(kdim * Wo, Ho);
+    scratch.resize(static_cast<size_t>(kdim * rows * Wo));
+    float* cols = scratch.data();
+    for (int64_t r0 = 0; r0 < Ho; r0 += rows) {
+        const int64_t nr = std::min(rows, Ho - r0), ncols = nr * Wo;
+#pragma omp parallel for schedule(static)
+        for (int64_t kk = 0; kk < kdim; ++kk) {
+            const int64_t ci = kk / (k * k), ky = (kk / k) % k, kx = kk % k;
+            float* dst = cols + kk * ncols;
+            const float* src = x + ci * H * W;
+            for (int64_t r = 0; r < nr; ++r) {
+                const int64_t iy = (r0 + r) * stride - pad + ky;
+                float* d = dst + r * Wo;
+                if (iy < 0 || iy >= H) {
+                    std::fill(d, d + Wo, 0.0f);
+                    continue;
+                }
+                const float* s = src + iy * W;
+                for (int64_t c = 0; c < Wo; ++c) {
+                    const int64_t ix = c * stride - pad + kx;
+                    d[c] = (ix >= 0 && ix < W) ? s[ix] : 0.0f;
+                }
+            }
+        }
+        sgemm(false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, beta, y + r0 * Wo, HWo);
+    }
+}
+
+void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                         std::vector<float>& scratch) {
+    const int64_t Ho = 2 * H, Wo = 2 * W, kdim = cout * 16;
+    std::fill(y, y + cout * Ho * Wo, 0.0f);
+    const int64_t rows = tile_rows(kdim * W, H);
+    scratch.resize(static_cast<size_t>(kdim * rows * W));
+    float* cols = scratch.data();
+    for (int64_t i0 = 0; i0 < H; i0 += rows) {
+        const int64_t nr = std::min(rows, H - i0), ncols = nr * W;
+        // cols (cout*16, ncols) = W^T (cout*16, cin) @ X (cin, ncols)
+        sgemm(true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
+        // col2im: output (oy, ox) = (2*iy - 1 + ky, 2*ix - 1 + kx); each channel owns its plane.
+#pragma omp parallel for schedule(static)
+        for (int64_t co = 0; co < cout; ++co) {
+            float* out = y + co * Ho * Wo;
+            for (int64_t ky = 0; ky < 4; ++ky) {
+                for (int64_t kx = 0; kx < 4; ++kx) {
+                    const float* c = cols + (co * 16 + ky * 4 + kx) * ncols;
+                    for (int64_t r = 0; r < nr; ++r) {
+                        const int64_t oy = 2 * (i0 + r) - 1 + ky;
+                        if (oy < 0 || oy >= Ho) continue;
+                        float* orow = out + oy * Wo;
+                        const float* crow = c + r * W;
+                        for (int64_t ix = 0; ix < W; ++ix) {
+                            const int64_t ox = 2 * ix - 1 + kx;
+                            if (ox >= 0 && ox < Wo) orow[ox] += crow[ix];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void pixel_shuffle2(const float* x, int64_t c, int64_t H, int64_t W, float* y) {
+    const int64_t Wo = 2 * W;
+#pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < c; ++ch) {
+        for (int64_t i = 0; i < 2; ++i) {
+            for (int64_t j = 0; j < 2; ++j) {
+                const float* src = x + (ch * 4 + i * 2 + j) * H * W;
+                for (int64_t h = 0; h < H; ++h) {
+                    float* dst = y + ch * 4 * H * W + (2 * h + i) * Wo + j;
+                    const float* s = src + h * W;
+                    for (int64_t w = 0; w < W; ++w) dst[2 * w] = s[w];
+                }
+            }
+        }
+    }
+}
+
+void rope_tables(const float* periods, int64_t quarter, int64_t hp, int64_t wp, bool bf16, float* sin_t,
+                 float* cos_t) {
+    auto r = [bf16](float v) { return bf16 ? round_bf16(v) : v; };
+    const float two_pi = static_cast<float>(2.0 * M_PI);
+    auto coords = [&](int64_t n) {
+        std::vector<float> c(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) {
+            float v = r(static_cast<float>(i) + 0.5f);
+            v = r(v / static_cast<float>(n));
+            v = r(2.0f * v);
+            c[i] = r(v - 1.0f);
+        }
+        return c;
+    };
+    std::vector<float> cy = coords(hp), cx = coords(wp);
+    std::vector<float> ay(static_cast<size_t>(hp * quarter)), ax(static_cast<size_t>(wp * quarter));
+    for (int64_t i = 0; i < hp; ++i)
+        for (int64_t k = 0; k < quarter; ++k) ay[i * quarter + k] = r(r(two_pi * cy[i]) / periods[k]);
+    for (int64_t j = 0; j < wp; ++j)
+        for (int64_t k = 0; k < quarter; ++k) ax[j * quarter + k] = r(r(two_pi * cx[j]) / periods[k]);
+    const int64_t d = 4 * quarter;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < hp * wp; ++t) {
+        const int64_t i = t / wp, j = t % wp;
+        for (int64_t rep = 0; rep < 2; ++rep) {
+            for (int64_t k = 0; k < quarter; ++k) {
+                const float a[2] = {ay[i * quarter + k], ax[j * quarter + k]};
+                for (int64_t s = 0; s < 2; ++s) {
+                    const int64_t idx = t * d + rep * 2 * quarter + s * quarter + k;
+                    sin_t[idx] = r(static_cast<float>(std::sin(static_cast<double>(a[s]))));
+                    cos_t[idx] = r(static_cast<float>(std::cos(static_cast<double>(a[s]))));
+                }
+            }
+        }
+    }
+}
+
+void rope_rotate(float* v, int64_t d, const float* sin_r, const float* cos_r, bool bf16) {
+    const int64_t half = d / 2;
+    float buf[1024];
+    float* src = buf;
+    std::vector<float> big;
+    if (d > 1024) {
+        big.resize(static_cast<size_t>(d));
+        src = big.data();
+    }
+    for (int64_t j = 0; j < d; ++j) src[j] = bf16 ? round_bf16(v[j]) : v[j];
+    for (int64_t j = 0; j < d; ++j) {
+        const float rot = j < half ? -src[j + half] : src[j - half];
+        if (bf16)
+            v[j] = round_bf16(round_bf16(src[j] * cos_r[j]) + round_bf16(rot * sin_r[j]));
+        else
+            v[j] = src[j] * cos_r[j] + rot * sin_r[j];
+    }
+}
+
+void attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* o, int64_t ldo,
+                    int64_t T, int64_t d, float scale, std::vector<float>& scratch) {
+    // Query rows per chunk: the score block stays under ~16M floats.
+    const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(T, (16ll << 20) / std::max<int64_t>(1, T)));
+    scratch.resize(static_cast<size_t>(rows * T));
+    float* s = scratch.data();
+    for (int64_t r0 = 0; r0 < T; r0 += rows) {
+        const int64_t nr = std::min(rows, T - r0);
+        sgemm(false, true, nr, T, d, scale, q + r0 * ldq, ldq, k, ldkv, 0.0f, s, T);
+        softmax_rows(s, nr, T, T);
+        sgemm(false, false, nr, d, T, 1.0f, s, T, v, ldkv, 0.0f, o + r0 * ldo, ldo);
+    }
+}
+
+void attention_head_small(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* o,
+                          int64_t ldo, int64_t T, int64_t d, float scale, float* s) {
+    for (int64_t i = 0; i < T; ++i) {
+        const float* qi = q + i * ldq;
+        float* si = s + i * T;
+        for (int64_t j = 0; j < T; ++j) {
+            const float* kj = k + j * ldkv;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < d; ++c) acc += qi[c] * kj[c];
+            si[j] = acc * scale;
+        }
+        softmax_row(si, T);
+        float* oi = o + i * ldo;
+        for (int64_t c = 0; c < d; ++c) oi[c] = 0.0f;
+        for (int64_t j = 0; j < T; ++j) {
+            const float* vj = v + j * ldkv;
+            const float p = si[j];
+            for (int64_t c = 0; c < d; ++c) oi[c] += p * vj[c];
+        }
+    }
+}
+
+}  // namespace ops
+}  // namespace s2e
