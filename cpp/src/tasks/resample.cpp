@@ -121,10 +121,12 @@ Image resize_separable(const Image& src, int out_h, int out_w, Interp interp, bo
                 }
             }
             uint8_t* out = dst.row(dy);
-            if (K == 2) {  // VResizeLinearVec_32s8u rounding
+            if (K == 2) {
                 const short* b = ty.alpha.data() + size_t(dy) * 2;
                 const int* S0 = rows.data();
                 const int* S1 = rows.data() + row_len;
+                // The rounding of OpenCV's vector loop (VResizeLinearVec_32s8u); its scalar tail
+                // rounds differently, which leaves rare one-level differences on short rows.
                 for (size_t i = 0; i < row_len; ++i) {
                     const int v = (((S0[i] >> 4) * b[0]) >> 16) + (((S1[i] >> 4) * b[1]) >> 16);
                     out[i] = sat_u8((v + 2) >> 2);
