@@ -19,9 +19,8 @@ ROOT = Path(__file__).parent
 
 
 def native_extension():
-    from pybind11.setup_helpers import Pybind11Extension
-
     import scipy_openblas32 as blas
+    from pybind11.setup_helpers import Pybind11Extension
 
     listed = [line.strip() for line in (ROOT / "cpp" / "sources.txt").read_text().splitlines()
               if line.strip() and not line.lstrip().startswith("#")]

@@ -109,6 +109,12 @@ Engine::Engine(const std::string& path, const std::string& config_json) {
                 cfg_.has_head = true;
                 cfg_.head = parse_head(h, cfg_.arch, "sapiens2_edge.head");
             }
+            auto rope = st_->metadata().find("sapiens2_edge.rope_mode");
+            if (rope != st_->metadata().end()) {
+                if (rope->second != "bf16" && rope->second != "fp32")
+                    throw ManifestError(path + ": unknown sapiens2_edge.rope_mode '" + rope->second + "'; expected 'bf16' or 'fp32'");
+                cfg_.rope_bf16 = rope->second == "bf16";
+            }
         }
     }
     auto recipe = st_->metadata().find("sapiens2_edge.recipe");

@@ -28,7 +28,7 @@ __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "Manifest", "read
 #   verifier(out_dir: Path, files: dict[str, str]) -> Callable[[np.ndarray], tuple[np.ndarray, ...]] | None
 # ``verifier`` returns the runtime that checks the fresh export on this machine, or None when the
 # format cannot run here (then ``write`` must have checked what it can and raised on failure).
-EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export", "coreml": "coreml_export", "torch": "torch_export"}
+EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export", "coreml": "coreml_export", "torch": "torch_export", "native": "native_export"}
 
 
 @dataclass

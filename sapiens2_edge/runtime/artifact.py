@@ -21,7 +21,8 @@ EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "coreml": "coreml", "to
 # backend -> module (under sapiens2_edge.runtime) providing
 #   open_runner(root: Path, manifest: Manifest, device: str, max_batch: int) -> Backend
 OPENERS = {"onnxruntime": "onnxruntime_backend", "openvino": "openvino_backend", "coreml": "coreml_backend",
-           "torch": "torch_backend"}
+           "torch": "torch_backend", "native": "native_backend"}
+WEIGHTS = "weights.safetensors"  # what the native engine reads; any artifact carrying it runs there too
 
 
 def is_artifact(path) -> bool:
@@ -41,6 +42,8 @@ def installed(backend: str) -> bool:
 def choose_backend(manifest: Manifest, requested: str) -> tuple[str, str]:
     """(backend, reason). ``requested`` is a backend name or ``auto``."""
     runners = RUNNERS[manifest.format]
+    if WEIGHTS in manifest.files and "native" not in runners:
+        runners = (*runners, "native")
     if requested != "auto":
         if requested not in runners:
             raise ConfigError(f"a {manifest.format} artifact cannot run on backend {requested!r}; "

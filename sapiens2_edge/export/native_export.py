@@ -1,0 +1,67 @@
+"""``format="native"``: ``weights.safetensors`` in the layout the C++ engine (``sapiens2_edge._native``)
+reads - the official tensor names, float32 (or float16 with ``precision="fp16"``), or for a
+quantized model the quantized-checkpoint layout (int8 / fp16 linear weights + ``weight_scale``).
+
+The file is self-describing: ``sapiens2_edge.arch`` / ``.head`` / ``.rope_mode`` metadata (and the
+recipe for quantized models), so the engine can also open it without the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+WEIGHTS = "weights.safetensors"
+# Per-layer schemes the engine runs: weight-only storage with float activations.
+NATIVE_LAYER_SCHEMES = ("float", "fp16", "int8-weight")
+PRECISIONS = ("fp32", "fp16")
+
+
+def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str, str]]:
+    """(tensors under their file names, safetensors metadata) for ``model``."""
+    import torch
+
+    from .. import __version__
+    from ..quantize.model import QuantizedModel
+    from ..quantize.serialize import FORMAT, KEY_ARCH, KEY_FORMAT, KEY_HEAD, KEY_RECIPE, KEY_VERSION
+
+    meta = {
+        KEY_ARCH: json.dumps(model.arch.to_dict(), sort_keys=True),
+        KEY_HEAD: json.dumps(model.head_spec.to_dict() if model.head_spec is not None else None, sort_keys=True),
+        KEY_VERSION: __version__,
+        "sapiens2_edge.rope_mode": model.rope_mode,
+    }
+    if isinstance(model, QuantizedModel):
+        bad = sorted({s for s in model.layer_schemes.values() if s not in NATIVE_LAYER_SCHEMES})
+        if bad:
+            raise ConfigError(f"the native engine runs weight-only schemes ({', '.join(NATIVE_LAYER_SCHEMES)}); this model "
+                              f"uses {', '.join(bad)}, which quantize activations - export it to onnx or openvino")
+        if precision != "fp32":
+            raise ConfigError(f"precision={precision!r} applies to float models; this model is already quantized "
+                              f"({model.scheme})")
+        meta.update({KEY_FORMAT: FORMAT, KEY_RECIPE: json.dumps(model.recipe_dict(), sort_keys=True)})
+        sd = model.official_state_dict()
+        return {k: v.detach().contiguous() for k, v in sd.items()}, meta
+    if precision not in PRECISIONS:
+        raise ConfigError(f"native precision {precision!r} is not supported; expected one of {PRECISIONS} "
+                          "(quantize to int8-weight first for int8 weights)")
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    tensors = {k: (v if k.endswith("rope_embed.periods") else v.to(dtype)).detach().contiguous()
+               for k, v in model.official_state_dict().items()}
+    return tensors, meta
+
+
+def write(model, out_dir: Path, opts) -> dict[str, str]:
+    from ..models.checkpoint import write_tensors
+
+    tensors, meta = weights_and_metadata(model, opts.precision)
+    write_tensors(tensors, Path(out_dir) / WEIGHTS, metadata=meta)
+    return {WEIGHTS: "model"}
+
+
+def verifier(out_dir: Path, files: dict[str, str]):
+    from ..runtime.native_backend import NativeBackend
+
+    return NativeBackend(Path(out_dir) / WEIGHTS)
