@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny model: checks the script")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tag", default="", help="suffix of the result files (end_to_end<tag>.md)")
     args = p.parse_args(argv)
     args.models = args.models.split(",")
     args.variants = args.variants.split(",") + (["ours-fp8-eager", "ours-fp8-compile"] if args.fp8 else [])
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
         os.environ["SAPIENS2_EDGE_KERNELS"] = saved or "auto"
     header = {**device_info(device), "dtype": "float32" if args.dry_run else "bfloat16", "weights": "random",
               "dry_run": args.dry_run}
-    path = write_results("end_to_end" + ("_dry_run" if args.dry_run else ""), header, sections, args.out)
+    path = write_results("end_to_end" + args.tag + ("_dry_run" if args.dry_run else ""), header, sections, args.out)
     print(path.read_text())
     return 0
 
