@@ -16,8 +16,6 @@ import triton.language as tl
 
 from ..int8_gemm._jit import LazyJit
 
-_RNE_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to the nearest even integer
-
 
 def _quant_rows(x_ptr, w_ptr, q_ptr, s_ptr, static_ptr, K, stride_x, stride_q, seq_len, prefix, eps,
                 NORM: tl.constexpr, STATIC: tl.constexpr, IS_FP8: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -28,6 +26,7 @@ def _quant_rows(x_ptr, w_ptr, q_ptr, s_ptr, static_ptr, K, stride_x, stride_q, s
     if NORM:
         ms = tl.sum(x * x, axis=0) / K
         x = x * (1.0 / tl.sqrt_rn(ms + eps)) * tl.load(w_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    # (v + 1.5 * 2**23) - 1.5 * 2**23 rounds |v| < 2**22 to the nearest integer, ties to even
     if IS_FP8:
         qmax = 448.0
     else:
@@ -46,12 +45,12 @@ def _quant_rows(x_ptr, w_ptr, q_ptr, s_ptr, static_ptr, K, stride_x, stride_q, s
         e = tl.maximum((a.to(tl.int32, bitcast=True) >> 23) - 127, -6)
         step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
         inv_step = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)
-        r = ((a * inv_step + _RNE_MAGIC) - _RNE_MAGIC) * step
+        r = ((a * inv_step + 12582912.0) - 12582912.0) * step
         sign = (v.to(tl.int32, bitcast=True) >> 31) << 31
         r = (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
         q = r.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
     else:
-        q = ((v + _RNE_MAGIC) - _RNE_MAGIC).to(tl.int8)
+        q = ((v + 12582912.0) - 12582912.0).to(tl.int8)
     tl.store(q_ptr + row * stride_q + cols, q, mask=inside)
     tl.store(s_ptr + row, scale)
 
