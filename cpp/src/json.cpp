@@ -220,6 +220,27 @@ private:
         }
     }
 
+    // One multi-byte UTF-8 character whose lead byte `c` was just read: well-formed (no overlong
+    // forms, surrogates or code points past U+10FFFF) or a JsonError.
+    void utf8_sequence(std::string& out, unsigned char c) {
+        int extra;
+        unsigned cp;
+        if (c >= 0xc2 && c <= 0xdf) { extra = 1; cp = c & 0x1f; }
+        else if (c >= 0xe0 && c <= 0xef) { extra = 2; cp = c & 0x0f; }
+        else if (c >= 0xf0 && c <= 0xf4) { extra = 3; cp = c & 0x07; }
+        else fail("invalid UTF-8 in a string");
+        if (end_ - p_ < extra) fail("truncated UTF-8 in a string");
+        out += static_cast<char>(c);
+        for (int i = 0; i < extra; ++i) {
+            unsigned char b = static_cast<unsigned char>(*p_++);
+            if ((b & 0xc0) != 0x80) fail("invalid UTF-8 in a string");
+            cp = (cp << 6) | (b & 0x3f);
+            out += static_cast<char>(b);
+        }
+        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp < 0xe000))) || (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            fail("invalid UTF-8 in a string");
+    }
+
     std::string string() {
         ++p_;  // opening quote
         std::string out;
@@ -228,6 +249,10 @@ private:
             unsigned char c = static_cast<unsigned char>(*p_++);
             if (c == '"') break;
             if (c < 0x20) fail("control character inside a string");
+            if (c >= 0x80) {
+                utf8_sequence(out, c);
+                continue;
+            }
             if (c != '\\') {
                 out += static_cast<char>(c);
                 continue;
