@@ -10,16 +10,17 @@ def _round_bf16(x):
     """Round float32 to the nearest bf16 (ties to even), kept in float32. Integer arithmetic, so the
     interpreter (which truncates on casts) and the GPU agree bit for bit."""
     bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # shifts keep it uint32 (no 64-bit mask literal)
     return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _to_dtype(x, DTYPE: tl.constexpr):
-    """Round float32 x to DTYPE and back (what storing an intermediate in the working dtype does)."""
-    if DTYPE == tl.bfloat16:
+def _to_dtype(x, like_ptr):
+    """Round float32 x to like_ptr's element type and back (what storing an intermediate in the
+    working dtype does)."""
+    if like_ptr.dtype.element_ty == tl.bfloat16:
         x = _round_bf16(x)
-    elif DTYPE == tl.float16:
+    elif like_ptr.dtype.element_ty == tl.float16:
         x = x.to(tl.float16).to(tl.float32)
     return x
 
@@ -42,8 +43,8 @@ def _head_tile(src, s_b, s_t, src_head, dst, dst_head, w_ptr, sin_ptr, cos_ptr,
         inv = tl.rsqrt((tl.sum(u * u, axis=1) + tl.sum(w * w, axis=1)) / head_dim + eps)
         gu = tl.load(w_ptr + j, mask=j < half, other=0.0).to(tl.float32)
         gw = tl.load(w_ptr + half + j, mask=j < half, other=0.0).to(tl.float32)
-        u = _to_dtype(u * inv[:, None] * gu[None, :], dst.dtype.element_ty)
-        w = _to_dtype(w * inv[:, None] * gw[None, :], dst.dtype.element_ty)
+        u = _to_dtype(u * inv[:, None] * gu[None, :], dst)
+        w = _to_dtype(w * inv[:, None] * gw[None, :], dst)
     if ROPE:
         if ROUND:
             u = _round_bf16(u)
