@@ -259,31 +259,87 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
 
 
 # --- export / verify --------------------------------------------------------------------------------
+QUANT_SCHEMES = ("int8-weight", "int8", "fp8")
+
+
+def quantize_for_export(model, scheme: str, calib: Optional[Path], size, activations: str, calib_size: int):
+    """Quantize ``model`` on the fly for ``export --scheme``: (QuantizedModel, report, held-out images).
+
+    int8-weight needs no data; int8/fp8 need --calib (SmoothQuant statistics, static ranges, and
+    the fidelity check against the float model on images left out of calibration)."""
+    from .quantize import quantize
+
+    if scheme not in QUANT_SCHEMES:
+        raise ConfigError(f"unknown --scheme {scheme!r}; expected fp32, fp16 or one of {', '.join(QUANT_SCHEMES)}")
+    if activations not in ("static", "dynamic"):
+        raise ConfigError(f"--activations must be 'static' or 'dynamic', got {activations!r}")
+    if calib is None:
+        if scheme != "int8-weight":
+            raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
+                              "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
+                              "which needs none")
+        qmodel, rep = quantize(model, scheme, input_size=tuple(size), progress=False)
+        return qmodel, rep, None
+    calib_images, held_out, _ = _split_images(calib, None, calib_size, 8)
+    options = {"activation_mode": activations} if scheme != "int8-weight" else {}
+    console.print(f"{model.arch.name} {model.task}: {scheme} ({options.get('activation_mode', 'weight-only')}) with "
+                  f"{len(calib_images)} calibration images")
+    qmodel, rep = quantize(model, scheme, calibration=calib_images, input_size=tuple(size),
+                           calibration_size=calib_size, **options)
+    return qmodel, rep, held_out
+
+
 @app.command(name="export")
 def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.safetensors, directory or HF id)"),
                format: str = typer.Option("onnx", "--format", "-f", help="onnx or openvino"),
                output: Path = typer.Option(..., "--output", "-o", help="artifact directory to create"),
-               scheme: str = typer.Option("fp32", help="fp32 or fp16"),
+               scheme: Optional[str] = typer.Option(
+                   None, help="fp32 or fp16 (float), or int8-weight, int8, fp8 to quantize on the fly; default: fp32, "
+                   "or the scheme of a quantized checkpoint"),
+               calib: Optional[Path] = typer.Option(None, "--calib", help="calibration images (int8/fp8 schemes)"),
+               activations: str = typer.Option("static", help="int8/fp8 activations: static (int8 kernels in ONNX "
+                                                "Runtime and OpenVINO) or dynamic (per token)"),
+               calib_size: int = typer.Option(32, help="calibration images to use"),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, help="largest batch the artifact accepts"),
                opset: int = typer.Option(18, help="ONNX opset: 18 (portable) or 23"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
-    """Export a checkpoint to an artifact directory, verified against the torch model."""
+    """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
+    it first with --scheme int8-weight/int8/fp8)."""
     from .export import export
+    from .models.loading import load_model
 
     try:
         start = time.perf_counter()
-        root = export(checkpoint, output, format=format, precision=scheme, input_size=_parse_size(input_size),
-                      max_batch=max_batch, opset=opset, overwrite=overwrite)
+        model = load_model(checkpoint)
+        size = _parse_size(input_size)
+        extra: dict = {}
+        precision = scheme
+        if scheme in QUANT_SCHEMES or (scheme not in (None, "fp32", "fp16") and not hasattr(model, "recipe")):
+            if hasattr(model, "recipe"):
+                raise ConfigError(f"{checkpoint} is already quantized ({model.scheme}); export it without --scheme")
+            qmodel, rep, held_out = quantize_for_export(model, scheme, calib, size or model.input_size, activations,
+                                                        calib_size)
+            extra = {"float_model": model, "report": rep, "fidelity_data": held_out}
+            model, precision = qmodel, None
+        root = export(model, output, format=format, precision=precision, input_size=size, max_batch=max_batch,
+                      opset=opset, overwrite=overwrite, **extra)
     except Sapiens2EdgeError as e:
         _fail(e)
     from .export.manifest import read_manifest
 
     m = read_manifest(root)
-    size = sum(f["size"] for f in m.files.values())
+    size_mb = sum(f["size"] for f in m.files.values()) / 1e6
     console.print(f"exported {m.task} {m.arch.get('name')} to {root} ({m.format}, {m.precision}, "
                   f"{m.input_size[0]}x{m.input_size[1]}, batch <= {m.max_batch}) in {time.perf_counter() - start:.1f} s; "
-                  f"{size / 1e6:.1f} MB; verified relative L2 {m.fidelity.get('rel_l2', float('nan')):.2e}")
+                  f"{size_mb:.1f} MB; verified relative L2 {m.fidelity.get('rel_l2', float('nan')):.2e} against "
+                  f"{m.fidelity.get('reference', 'torch')}")
+    vs_float = m.fidelity.get("vs_float")
+    if vs_float:
+        art, ref = vs_float["artifact"], vs_float["torch_quantized"]
+        keys = [k for k in ("seg_agreement", "pose_mean_px", "normal_mean_deg", "sqnr_db", "rel_l2") if k in art]
+        console.print("fidelity vs float (" + vs_float["inputs"] + "): " + ", ".join(
+            f"{k} {art[k]:.4g} (torch {ref[k]:.4g})" for k in keys))
 
 
 @app.command()

@@ -3,6 +3,8 @@
 One fixed input size and a dynamic batch dimension. The RoPE tables of that grid are frozen into
 the graph as constants; the reference's bf16 rounding of q/k becomes Cast nodes. fp16 converts the
 fp32 graph with ONNX Runtime's float16 tool, keeping fp32 inputs/outputs and the bf16 casts.
+Quantized models (int8 / fp8 QuantLinears) export as Q/DQ graphs from the recipe's own scales,
+see :mod:`.onnx_quant`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Iterator
 from ..errors import ConfigError, ExportError
 
 OPSETS = (18, 23)
+PRECISIONS = ("fp32", "fp16", "int8-weight", "int8", "fp8", "mixed")
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph
 
@@ -46,23 +49,27 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
 
     if opset not in OPSETS:
         raise ConfigError(f"unsupported opset {opset}; expected one of {OPSETS} (23 adds native RMSNormalization)")
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"ONNX precision {precision!r} is not supported here; expected 'fp32' or 'fp16'")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"ONNX precision {precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    from .onnx_quant import export_modules, needed_opset, translation_table
+
+    opset = needed_opset(model, opset)
     path = out_dir / MODEL_FILE
-    n_bytes = sum(p.numel() * 4 for p in model.parameters())
+    n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     external = n_bytes > EXTERNAL_DATA_LIMIT
     x = torch.zeros(min(2, max_batch), 3, *input_size)
     # A batch range of one value is no range: torch.export wants a static dimension then.
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
-    with frozen_rope(model, input_size), warnings.catch_warnings(), torch.no_grad(), \
+    with frozen_rope(model, input_size), export_modules(model), warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
             torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, opset_version=opset,
                               input_names=["image"], output_names=output_names(model.task),
-                              dynamic_shapes=dynamic, external_data=external, verbose=False)
+                              dynamic_shapes=dynamic, external_data=external, verbose=False,
+                              custom_translation_table=translation_table(opset))
         except Exception as e:  # noqa: BLE001 - surface any exporter failure as ours
             raise ExportError(f"torch.onnx.export failed for {model.arch.name} {model.task}: {e}") from e
     if precision == "fp16":
@@ -87,8 +94,20 @@ def _convert_fp16(path: Path, external: bool) -> None:
     onnx.save(fp16, str(path), save_as_external_data=external, location=data.name if external else None)
 
 
+def resolve_precision(model, precision: str | None) -> str:
+    """A float model exports as fp32 (default) or fp16; a QuantizedModel as its scheme."""
+    from .onnx_quant import resolve_precision as resolve
+
+    return resolve(model, precision)
+
+
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    return export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
+    from .onnx_quant import describe
+
+    files = export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
+    if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
+        opts.notes["quantization"] = describe(model, "onnx", opts.opset)
+    return files
 
 
 def verifier(out_dir: Path, files: dict[str, str]):

@@ -31,6 +31,10 @@ def session_options(threads: int | None = None):
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # ORT turns weight-only DequantizeLinear -> MatMul into MatMulNBits (int8 weights kept in memory)
+    # and by default also quantizes its activations (accuracy level 4); an int8-weight artifact
+    # promises float activations, so compute in fp32 (level 1) there.
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     return opts
 
 

@@ -28,6 +28,9 @@ class OpenVINOBackend:
         core = ov.Core()
         # OpenVINO's CPU plugin silently runs in bf16 on CPUs that have it; an fp32 artifact must not.
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
+        # Its CPU plugin also quantizes the activations of int8-weight MatMuls on the fly (groups of
+        # 32); an artifact's quantization is in its graph (int8 kernels come from its FakeQuantize).
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(str(Path(model_path)), device, config)
@@ -39,6 +42,17 @@ class OpenVINOBackend:
     def describe(self) -> str:
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         return f"openvino {self.version} on {self.device.upper()} ({precision})"
+
+    def matmul_precisions(self) -> dict[str, int]:
+        """{"FullyConnected i8": n, ...}: the precision each compiled GEMM/conv actually runs in."""
+        counts: dict[str, int] = {}
+        for node in self.compiled.get_runtime_model().get_ordered_ops():
+            info = node.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else node.get_type_name()
+            if kind in ("FullyConnected", "MatMul", "Convolution", "Deconvolution"):
+                key = f"{kind} {info['runtimePrecision'].astype(str)}"
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         if self.max_batch is not None and len(batch) > self.max_batch:

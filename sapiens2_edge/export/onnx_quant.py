@@ -1,0 +1,257 @@
+"""Quantized ONNX graphs from OUR recipe's scales (no ONNX Runtime calibration).
+
+During export every :class:`~sapiens2_edge.quantize.QuantLinear` is swapped for an
+:class:`ExportQLinear` that calls one custom op, ``s2e_export::qlinear``; a custom translation
+writes that op as standard ONNX:
+
+================== =================================================================================
+int8-weight        int8 weight initializer (K, N) -> ``DequantizeLinear(axis=1)`` with the per-channel
+                   scales -> MatMul -> Add bias
+int8, static       ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (uint8, zero point 128:
+                   the same values as the recipe's int8 [-127, 127], in the u8 x s8 form x86 int8
+                   GEMMs want) with the calibrated per-tensor scale on the patch tokens, per-channel weight DQ, MatMul: ONNX Runtime fuses this to
+                   ``MatMulIntegerToFloat`` (int8 GEMM), OpenVINO to FakeQuantize + int8 MatMul. The
+                   Clip keeps the recipe's symmetric [-127, 127] range (QuantizeLinear alone saturates
+                   at -128). The first ``prefix`` tokens (CLS + storage) keep their own per-token
+                   scale as in the recipe: they are sliced off, quantized per token in float
+                   (Round/Clip, exact), multiplied with the dequantized weight and concatenated back.
+int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are constants or one
+                   scale per tensor; ``DynamicQuantizeLinear`` is per tensor, which loses the
+                   recipe's per-token range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip ->
+                   +128 -> Cast(uint8) -> MatMulInteger(zero point 128)`` (u8 x s8 -> int32, a
+                   standard op that ONNX Runtime runs with its int8 GEMM; s8 x s8 is 15x slower there) ``-> Cast -> * s_token * s_weight + bias``.
+fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per-tensor Q/DQ in
+                   FLOAT8E4M3FN (the pattern TensorRT builds fp8 GEMMs from); prefix tokens and
+                   dynamic per-token activations: exact emulation (``x / s -> Cast(E4M3, saturate)
+                   -> Cast -> * s``). Needs opset >= 19; targeted at TensorRT.
+================== =================================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..quantize import numerics as nx
+from ..quantize.linear import QuantLinear
+
+NAMESPACE = "s2e_export"
+INT8_MAX, FP8_MAX, EPS = nx.INT8_MAX, nx.FP8_MAX, nx.EPS_SCALE
+
+
+def _reference(x, w_t, w_scale, bias, in_scale, prefix: int, wdtype: str, amode: str) -> torch.Tensor:
+    """What the ONNX graph computes, in torch (the recipe's arithmetic)."""
+    w = w_t.float().t() * w_scale[:, None]
+    k = x.shape[-1]
+    if amode == "none":
+        y = x.float() @ w.t()
+    else:
+        act = "int8" if wdtype == "int8" else "fp8"
+        s = nx.activation_scales(x, act, in_scale if amode == "static" else None, prefix)
+        xq = nx.quantize_activation(x.reshape(-1, k).float(), s, act).float() * s
+        y = (xq @ w.t()).reshape(*x.shape[:-1], w.shape[0])
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::qlinear", mutates_args=())
+def qlinear(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor,
+            bias: Optional[torch.Tensor], in_scale: Optional[torch.Tensor], prefix: int, wdtype: str,
+            amode: str) -> torch.Tensor:
+    return _reference(x, w_t, w_scale, bias, in_scale, prefix, wdtype, amode)
+
+
+@qlinear.register_fake
+def _(x, w_t, w_scale, w_zero, bias, in_scale, prefix, wdtype, amode):
+    return x.new_empty(*x.shape[:-1], w_t.shape[1])
+
+
+class ExportQLinear(nn.Module):
+    """Export-time stand-in for a QuantLinear: weight transposed to (K, N) as MatMul reads it,
+    per-tensor scale as a scalar, everything else as stored."""
+
+    def __init__(self, layer: QuantLinear):
+        super().__init__()
+        cfg = layer.config
+        if cfg.weight.dtype not in ("int8", "fp8"):
+            raise ValueError(f"ExportQLinear takes int8/fp8 weights, not {cfg.weight.dtype}")
+        self.wdtype = cfg.weight.dtype
+        self.amode = "none" if cfg.activation is None else cfg.activation.mode
+        self.prefix = int(layer.prefix_tokens) if self.amode == "static" else 0
+        self.register_buffer("w_t", layer.weight.t().contiguous())
+        n = layer.out_features
+        self.register_buffer("w_scale", layer.weight_scale.float().reshape(-1).expand(n).contiguous())
+        self.register_buffer("w_zero", torch.zeros(n, dtype=layer.weight.dtype))  # DQ's zero point: its dtype
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.float().clone())
+        s = None if layer.input_scale is None else layer.input_scale.float().reshape(())
+        self.register_buffer("in_scale", None if s is None else s.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qlinear(x, self.w_t, self.w_scale, self.w_zero, self.bias, self.in_scale, self.prefix, self.wdtype, self.amode)
+
+
+def _float_linear(layer: QuantLinear) -> nn.Linear:
+    """fp16-stored weights export as a float Linear holding exactly those values (the fp16 ONNX
+    conversion rounds them back to the same halves)."""
+    lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(layer.dequantized_weight())
+        if layer.bias is not None:
+            lin.bias.copy_(layer.bias)
+    return lin
+
+
+@contextlib.contextmanager
+def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
+    """Swap every QuantLinear for its export form for the duration; yields {layer: kind}."""
+    from ..quantize.model import set_module
+
+    swapped = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    kinds = {}
+    try:
+        for n, m in swapped.items():
+            new = _float_linear(m) if m.config.weight.dtype == "fp16" else ExportQLinear(m)
+            kinds[n] = "fp16-weight" if isinstance(new, nn.Linear) else f"{new.wdtype}/{new.amode}"
+            set_module(model, n, new)
+        yield kinds
+    finally:
+        for n, m in swapped.items():
+            set_module(model, n, m)
+
+
+# --- ONNX translation --------------------------------------------------------------------------------
+def translation_table(opset: int) -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export``."""
+    return {torch.ops.s2e_export.qlinear.default: _make_translation(opset)}
+
+
+def _make_translation(opset: int):
+    import onnx
+    from onnxscript import opset18, opset19
+
+    op = opset19 if opset >= 19 else opset18
+    TP = onnx.TensorProto
+
+    def const(value: float | int, dtype: int):
+        return op.Constant(value=onnx.helper.make_tensor("c", dtype, [], [value]))
+
+    def token_qdq(x, dtype: str):
+        """Per-token symmetric quantize -> dequantize of (..., K) in float ops (exact)."""
+        qmax = INT8_MAX if dtype == "int8" else FP8_MAX
+        amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
+        s = op.Div(amax, const(qmax, TP.FLOAT))
+        s = op.Where(op.Greater(s, const(0.0, TP.FLOAT)), s, const(EPS, TP.FLOAT))
+        if dtype == "int8":
+            q = op.Clip(op.Round(op.Div(x, s)), const(-qmax, TP.FLOAT), const(qmax, TP.FLOAT))
+        else:
+            q = op.Cast(op.Cast(op.Div(x, s), to=TP.FLOAT8E4M3FN, saturate=1), to=TP.FLOAT)
+        return op.Mul(q, s)
+
+    def weight_dq(w_t, w_scale, w_zero):
+        return op.DequantizeLinear(w_t, w_scale, w_zero, axis=1)
+
+    def static_qdq(x, s, wdtype: str):
+        if wdtype == "int8":
+            zero = const(128, TP.UINT8)
+            x = op.Clip(x, op.Mul(s, const(-INT8_MAX, TP.FLOAT)), op.Mul(s, const(INT8_MAX, TP.FLOAT)))
+        else:
+            zero = const(0.0, TP.FLOAT8E4M3FN)
+        return op.DequantizeLinear(op.QuantizeLinear(x, s, zero), s, zero)
+
+    def dynamic_int8(x, w_t, w_scale):
+        amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
+        s = op.Div(amax, const(INT8_MAX, TP.FLOAT))
+        s = op.Where(op.Greater(s, const(0.0, TP.FLOAT)), s, const(EPS, TP.FLOAT))
+        q = op.Clip(op.Round(op.Div(x, s)), const(-INT8_MAX, TP.FLOAT), const(INT8_MAX, TP.FLOAT))
+        q = op.Cast(op.Add(q, const(128.0, TP.FLOAT)), to=TP.UINT8)
+        acc = op.Cast(op.MatMulInteger(q, w_t, const(128, TP.UINT8)), to=TP.FLOAT)
+        return op.Mul(op.Mul(acc, s), w_scale)
+
+    def qlinear_onnx(x, w_t, w_scale, w_zero, bias=None, in_scale=None, prefix: int = 0, wdtype: str = "int8",
+                     amode: str = "none"):
+        if amode == "none":
+            y = op.MatMul(x, weight_dq(w_t, w_scale, w_zero))
+        elif amode == "dynamic" and wdtype == "int8":
+            y = dynamic_int8(x, w_t, w_scale)
+        elif amode == "dynamic":
+            y = op.MatMul(token_qdq(x, wdtype), weight_dq(w_t, w_scale, w_zero))
+        else:
+            axis = op.Constant(value_ints=[1])
+            body = op.Slice(x, op.Constant(value_ints=[prefix]), op.Constant(value_ints=[2**62]), axis) if prefix else x
+            y = op.MatMul(static_qdq(body, in_scale, wdtype), weight_dq(w_t, w_scale, w_zero))
+            if prefix:
+                head = op.Slice(x, op.Constant(value_ints=[0]), op.Constant(value_ints=[prefix]), axis)
+                y_head = op.MatMul(token_qdq(head, wdtype), weight_dq(w_t, w_scale, w_zero))
+                y = op.Concat(y_head, y, axis=1)
+        if bias is not None:
+            y = op.Add(y, bias)
+        return y
+
+    return qlinear_onnx
+
+
+def needed_opset(model: nn.Module, opset: int) -> int:
+    """fp8 Q/DQ needs opset 19 (FLOAT8E4M3FN); everything else exports at the asked opset."""
+    fp8 = any(isinstance(m, QuantLinear) and m.config.weight.dtype == "fp8" for m in model.modules())
+    return max(opset, 19) if fp8 else opset
+
+
+def resolve_precision(model: nn.Module, precision: str | None) -> str:
+    """The precision an ONNX/OpenVINO artifact of ``model`` has: fp32/fp16 for a float model, the
+    scheme for a QuantizedModel; a contradicting ``precision`` is a ConfigError."""
+    from ..errors import ConfigError
+
+    scheme = getattr(getattr(model, "recipe", None), "scheme", None)
+    if scheme is None:
+        if precision in (None, "fp32", "fp16"):
+            return precision or "fp32"
+        if precision in ("int8-weight", "int8", "fp8", "mixed"):
+            raise ConfigError(f"precision {precision!r} needs a quantized model: quantize first "
+                              f"(s2e.quantize(model, {precision!r}, calibration=...), or the CLI's --scheme "
+                              f"{precision} --calib DIR); a float model exports as 'fp32' or 'fp16'")
+        raise ConfigError(f"unknown precision {precision!r}; expected 'fp32' or 'fp16' for a float model")
+    if precision not in (None, scheme):
+        raise ConfigError(f"this model is quantized with scheme {scheme!r}, so it exports as precision {scheme!r}; "
+                          f"got precision={precision!r} (leave precision unset, or quantize the float model with "
+                          f"the scheme you want)")
+    return scheme
+
+
+NOTES = {
+    "int8-weight/none": "int8 weight initializers, per-channel DequantizeLinear(axis=1) -> MatMul, float activations",
+    "int8/static": "static activations: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (uint8, zero point 128 = the "
+                   "recipe's symmetric int8) on the patch tokens with the calibrated scale; the prefix tokens sliced "
+                   "off and quantized per token (exact float Round/Clip), as in the recipe",
+    "int8/dynamic": "dynamic per-token activations have no QDQ form (QuantizeLinear takes constant or per-tensor "
+                    "scales; DynamicQuantizeLinear is per tensor): exported exactly as ReduceMax(Abs)/127 -> Round "
+                    "-> Clip -> uint8 (+128) -> MatMulInteger(int8 weights) -> scales",
+    "fp8/static": "FLOAT8E4M3FN weights + per-channel DQ; static activations Q/DQ FLOAT8E4M3FN per tensor (TensorRT "
+                  "builds fp8 GEMMs from this); prefix tokens per token by exact Cast(E4M3) emulation",
+    "fp8/dynamic": "FLOAT8E4M3FN weights + per-channel DQ; dynamic per-token activations by exact Cast(E4M3, "
+                   "saturate) emulation (no QDQ form; TensorRT runs these GEMMs from the dequantized weights)",
+}
+
+
+def describe(model: nn.Module, fmt: str, opset: int) -> dict:
+    """How the quantized layers were written (manifest.quantization.export)."""
+    kinds: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            act = m.config.activation
+            k = "fp16-weight" if m.config.weight.dtype == "fp16" else \
+                f"{m.config.weight.dtype}{'-weight' if act is None else ''}/{'none' if act is None else act.mode}"
+            kinds[k] = kinds.get(k, 0) + 1
+    out = {"format": fmt, "opset": needed_opset(model, opset), "layers": kinds,
+           "notes": [NOTES[k] for k in kinds if k in NOTES]}
+    if any(k.startswith("fp8") for k in kinds):
+        out["target"] = ("TensorRT (FLOAT8E4M3FN Q/DQ, opset >= 19); ONNX Runtime CPU runs the graph through "
+                         "float dequantization, for verification only")
+    return out
+
+
+__all__ = ["ExportQLinear", "export_modules", "translation_table", "needed_opset", "qlinear", "resolve_precision",
+           "describe"]
