@@ -1,0 +1,171 @@
+// Unit tests of the engine's float kernels against direct (naive) implementations.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "s2e/common.hpp"
+#include "s2e/ops.hpp"
+#include "s2e_check.hpp"
+
+namespace ops = s2e::ops;
+
+static std::vector<float> randn(size_t n, unsigned seed) {
+    std::mt19937 g(seed);
+    std::normal_distribution<float> d;
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(g);
+    return v;
+}
+
+static double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+    return m;
+}
+
+S2E_TEST(conversions) {
+    CHECK(s2e::fp16_to_float(0x3c00) == 1.0f && s2e::fp16_to_float(0xc000) == -2.0f);
+    CHECK(s2e::fp16_to_float(0x0001) == std::ldexp(1.0f, -24) && s2e::fp16_to_float(0x7bff) == 65504.0f);
+    CHECK(std::isinf(s2e::fp16_to_float(0x7c00)));
+    CHECK(s2e::bf16_to_float(0x3f80) == 1.0f);
+    CHECK(s2e::round_bf16(1.0f + std::ldexp(1.0f, -8)) == 1.0f);                                  // tie to even
+    CHECK(s2e::round_bf16(1.0f + 3 * std::ldexp(1.0f, -8)) == 1.0f + std::ldexp(1.0f, -6));      // tie up to even
+    CHECK(s2e::round_bf16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)) == 1.0f + std::ldexp(1.0f, -7));
+    CHECK(s2e::fp8e4m3_to_float(0x7e) == 448.0f && s2e::fp8e4m3_to_float(0x01) == std::ldexp(1.0f, -9));
+    CHECK(std::isnan(s2e::fp8e4m3_to_float(0x7f)) && s2e::fp8e4m3_to_float(0xb8) == -1.0f);
+}
+
+S2E_TEST(linear_matches_naive) {
+    const int M = 7, K = 13, N = 5;
+    auto x = randn(M * K, 1), w = randn(N * K, 2), b = randn(N, 3);
+    std::vector<float> y(M * N), ref(M * N);
+    ops::linear(x.data(), M, K, w.data(), b.data(), N, y.data(), N);
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            double s = b[j];
+            for (int k = 0; k < K; ++k) s += static_cast<double>(x[i * K + k]) * w[j * K + k];
+            ref[i * N + j] = static_cast<float>(s);
+        }
+    CHECK(max_diff(y, ref) < 1e-4);
+}
+
+static std::vector<float> naive_conv(const std::vector<float>& x, int cin, int H, int W, const std::vector<float>& w,
+                                     const std::vector<float>& b, int cout, int k, int stride, int pad) {
+    int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    std::vector<float> y(cout * Ho * Wo);
+    for (int co = 0; co < cout; ++co)
+        for (int oy = 0; oy < Ho; ++oy)
+            for (int ox = 0; ox < Wo; ++ox) {
+                double s = b[co];
+                for (int ci = 0; ci < cin; ++ci)
+                    for (int ky = 0; ky < k; ++ky)
+                        for (int kx = 0; kx < k; ++kx) {
+                            int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                            if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                s += static_cast<double>(x[(ci * H + iy) * W + ix]) * w[((co * cin + ci) * k + ky) * k + kx];
+                        }
+                y[(co * Ho + oy) * Wo + ox] = static_cast<float>(s);
+            }
+    return y;
+}
+
+S2E_TEST(conv2d_matches_naive) {
+    struct Case { int cin, H, W, cout, k, stride, pad; };
+    for (Case c : {Case{3, 9, 7, 4, 3, 1, 1}, Case{5, 6, 6, 2, 1, 1, 0}, Case{4, 7, 5, 3, 1, 2, 0}, Case{2, 8, 8, 3, 3, 2, 0}}) {
+        auto x = randn(c.cin * c.H * c.W, 4), w = randn(c.cout * c.cin * c.k * c.k, 5), b = randn(c.cout, 6);
+        auto ref = naive_conv(x, c.cin, c.H, c.W, w, b, c.cout, c.k, c.stride, c.pad);
+        std::vector<float> y(ref.size()), scratch;
+        ops::conv2d(x.data(), c.cin, c.H, c.W, w.data(), b.data(), c.cout, c.k, c.stride, c.pad, y.data(), scratch);
+        CHECK(max_diff(y, ref) < 1e-4);
+    }
+}
+
+S2E_TEST(conv_transpose_matches_naive) {
+    const int cin = 3, H = 5, W = 4, cout = 2;
+    auto x = randn(cin * H * W, 7), w = randn(cin * cout * 16, 8);
+    std::vector<float> ref(cout * 4 * H * W, 0.0f), y(ref.size()), scratch;
+    for (int ci = 0; ci < cin; ++ci)
+        for (int co = 0; co < cout; ++co)
+            for (int iy = 0; iy < H; ++iy)
+                for (int ix = 0; ix < W; ++ix)
+                    for (int ky = 0; ky < 4; ++ky)
+                        for (int kx = 0; kx < 4; ++kx) {
+                            int oy = 2 * iy - 1 + ky, ox = 2 * ix - 1 + kx;
+                            if (oy >= 0 && oy < 2 * H && ox >= 0 && ox < 2 * W)
+                                ref[(co * 2 * H + oy) * 2 * W + ox] += x[(ci * H + iy) * W + ix] * w[((ci * cout + co) * 4 + ky) * 4 + kx];
+                        }
+    ops::conv_transpose4x4s2(x.data(), cin, H, W, w.data(), cout, y.data(), scratch);
+    CHECK(max_diff(y, ref) < 1e-4);
+}
+
+S2E_TEST(pixel_shuffle_layout) {
+    const int c = 2, H = 3, W = 2;
+    std::vector<float> x(4 * c * H * W), y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i);
+    ops::pixel_shuffle2(x.data(), c, H, W, y.data());
+    for (int ch = 0; ch < c; ++ch)
+        for (int oy = 0; oy < 2 * H; ++oy)
+            for (int ox = 0; ox < 2 * W; ++ox)
+                CHECK(y[(ch * 2 * H + oy) * 2 * W + ox] == x[((ch * 4 + (oy % 2) * 2 + ox % 2) * H + oy / 2) * W + ox / 2]);
+}
+
+S2E_TEST(norms_and_softmax) {
+    auto x = randn(3 * 50, 9);
+    ops::instance_norm(x.data(), 3, 50, 1e-5f);
+    for (int c = 0; c < 3; ++c) {
+        double m = 0, v = 0;
+        for (int i = 0; i < 50; ++i) m += x[c * 50 + i];
+        m /= 50;
+        for (int i = 0; i < 50; ++i) v += (x[c * 50 + i] - m) * (x[c * 50 + i] - m);
+        CHECK_NEAR(m, 0.0, 1e-5);
+        CHECK_NEAR(v / 50, 1.0, 1e-3);
+    }
+    auto r = randn(4 * 8, 10);
+    std::vector<float> w(8, 2.0f), out(r.size());
+    ops::rms_norm(r.data(), out.data(), 4, 8, 8, w.data(), 1e-6f);
+    for (int i = 0; i < 4; ++i) {
+        double ss = 0;
+        for (int j = 0; j < 8; ++j) ss += out[i * 8 + j] * out[i * 8 + j];
+        CHECK_NEAR(ss / 8, 4.0, 1e-3);
+    }
+    auto s = randn(3 * 6, 11);
+    ops::softmax_rows(s.data(), 3, 6, 6);
+    for (int i = 0; i < 3; ++i) {
+        double sum = 0;
+        for (int j = 0; j < 6; ++j) sum += s[i * 6 + j];
+        CHECK_NEAR(sum, 1.0, 1e-6);
+    }
+}
+
+S2E_TEST(attention_paths_agree) {
+    const int T = 23, d = 8, ld = 3 * d;
+    auto q = randn(T * ld, 12), k = randn(T * ld, 13), v = randn(T * ld, 14);
+    std::vector<float> o1(T * d), o2(T * d), s(T * T), scratch;
+    ops::attention_head(q.data(), ld, k.data(), v.data(), ld, o1.data(), d, T, d, 0.35f, scratch);
+    ops::attention_head_small(q.data(), ld, k.data(), v.data(), ld, o2.data(), d, T, d, 0.35f, s.data());
+    CHECK(max_diff(o1, o2) < 1e-5);
+}
+
+S2E_TEST(rope_rotation) {
+    const float periods[4] = {1.0f, 1.3359375f, 1.78125f, 2.375f};
+    const int q = 4, d = 16, hp = 3, wp = 5;
+    std::vector<float> sin_t(hp * wp * d), cos_t(hp * wp * d);
+    ops::rope_tables(periods, q, hp, wp, false, sin_t.data(), cos_t.data());
+    for (size_t i = 0; i < sin_t.size(); ++i) CHECK_NEAR(sin_t[i] * sin_t[i] + cos_t[i] * cos_t[i], 1.0, 1e-6);
+    // token (1, 2): y = 2*(1.5/3)-1 = 0, x = 2*(2.5/5)-1 = 0 -> identity rotation
+    const int t = 1 * wp + 2;
+    auto v = randn(d, 15), orig = v;
+    ops::rope_rotate(v.data(), d, sin_t.data() + t * d, cos_t.data() + t * d, false);
+    CHECK(max_diff(v, orig) < 1e-6);
+    // fp32 rotation preserves the norm of each (j, j + d/2) pair
+    auto w = randn(d, 16), w0 = w;
+    ops::rope_rotate(w.data(), d, sin_t.data(), cos_t.data(), false);
+    for (int j = 0; j < d / 2; ++j)
+        CHECK_NEAR(w[j] * w[j] + w[j + d / 2] * w[j + d / 2], w0[j] * w0[j] + w0[j + d / 2] * w0[j + d / 2], 1e-4);
+    // bf16 mode: every output is a bfloat16 value
+    ops::rope_tables(periods, q, hp, wp, true, sin_t.data(), cos_t.data());
+    ops::rope_rotate(w0.data(), d, sin_t.data() + 3 * d, cos_t.data() + 3 * d, true);
+    for (float x : w0) CHECK(s2e::round_bf16(x) == x);
+}
+
+S2E_TEST_MAIN()

@@ -1,0 +1,67 @@
+"""The C++ side of the native engine: configure + build with CMake into a temporary directory and
+run ctest (the unit tests, and engine cases compared with torch), in a Release build and in an
+AddressSanitizer + UndefinedBehaviorSanitizer build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sapiens2_edge.export import export, verification_inputs
+from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, input_size, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def engine_cases(tmp_path_factory) -> Path:
+    """Tiny native artifacts with a torch input/output pair each, as raw float32 files."""
+    base = tmp_path_factory.mktemp("cases")
+    lines = []
+    for task, arch in [("seg", TINY), ("pose", TINY), ("normal", TINY), ("albedo", TINY), ("pointmap", TINY),
+                       ("seg", TINY_4K)]:
+        model = tiny_model(task, arch, seed=4)
+        size = INPUT_4K if arch.is_4k else input_size(task)
+        root = export(model, base / f"{task}-{arch.name}", format="native", input_size=size, verify=False)
+        x = verification_inputs(size, batch=2 if task == "seg" else 1, seed=7)
+        with torch.inference_mode():
+            out = model(torch.from_numpy(x))
+        outs = out if isinstance(out, tuple) else (out,)
+        x.tofile(root / "input.f32")
+        for i, o in enumerate(outs):
+            o.numpy().astype(np.float32).tofile(root / f"expected_{i}.f32")
+        lines.append(f"{root} {x.shape[0]} {size[0]} {size[1]} {len(outs)}")
+    (base / "cases.txt").write_text("\n".join(lines) + "\n")
+    return base / "cases.txt"
+
+
+def build_and_test(build: Path, cases: Path, *options: str, env: dict | None = None) -> str:
+    env = {**os.environ, "S2E_ENGINE_CASES": str(cases), "OMP_NUM_THREADS": "2", **(env or {})}
+    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *options], check=True, capture_output=True, env=env)
+    proc = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run(["ctest", "--test-dir", str(build), "--output-on-failure", "-V"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_ctest_release(tmp_path, engine_cases):
+    out = build_and_test(tmp_path / "build", engine_cases, "-DCMAKE_BUILD_TYPE=Release")
+    for name in ("test_json", "test_safetensors", "test_ops", "test_engine"):
+        assert f"{name} " in out and "0 failed checks" in out
+    assert out.count("rel L2") == 7  # 6 cases, pointmap has two outputs
+    assert "100% tests passed" in out
+    assert (tmp_path / "build" / "libs2e.a").is_file()
+
+
+def test_ctest_asan_ubsan(tmp_path, engine_cases):
+    """Every C++ test, engine cases included, runs clean under ASan + UBSan (any report aborts)."""
+    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    out = build_and_test(tmp_path / "asan", engine_cases, "-DCMAKE_BUILD_TYPE=Debug", "-DS2E_SANITIZE=ON", env=env)
+    assert "100% tests passed" in out and out.count("rel L2") == 7 and "ERROR: AddressSanitizer" not in out and "runtime error" not in out
