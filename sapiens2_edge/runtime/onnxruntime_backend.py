@@ -42,14 +42,17 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None, max_batch: int | None = None):
+                 threads: int | None = None, max_batch: int | None = None, optimized_path: str | None = None):
         ort = import_ort()
         available = ort.get_available_providers()
         chosen = [p for p in (providers or PROVIDER_ORDER) if p in available]
         if not chosen:
             raise BackendUnavailableError(f"none of the execution providers {list(providers or PROVIDER_ORDER)} "
                                           f"is available; this onnxruntime offers {available}")
-        self.session = ort.InferenceSession(str(Path(model_path)), sess_options=session_options(threads),
+        opts = session_options(threads)
+        if optimized_path is not None:  # where ORT saves the graph it runs (to check which kernels it picked)
+            opts.optimized_model_filepath = str(optimized_path)
+        self.session = ort.InferenceSession(str(Path(model_path)), sess_options=opts,
                                             providers=chosen)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] != "CPUExecutionProvider" else "cpu"
