@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 import sys
 import warnings
@@ -315,6 +316,7 @@ def export_coreml(model, out_dir: Path, input_size, max_batch: int, precision: s
 
     ct = _coremltools()
     names = output_names(model.task)
+    shapes = batch_shapes(ct, input_size, max_batch)  # refuses a max_batch too large before any work
     src = coreml_source(model)
     ep = export_program(src, input_size, max_batch)
     # What was converted, checked against the model in torch (fp32): fp32 RoPE instead of bf16, and
@@ -327,10 +329,10 @@ def export_coreml(model, out_dir: Path, input_size, max_batch: int, precision: s
     path = out_dir / MODEL_DIR
     env = {"TQDM_DISABLE": "1"}  # coremltools draws progress bars for its passes
     with _env(env), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), _quiet_logger("coremltools"):
         warnings.simplefilter("ignore")
         try:
-            ml = ct.convert(ep, inputs=[ct.TensorType(name=INPUT_NAME, shape=batch_shapes(ct, input_size, max_batch))],
+            ml = ct.convert(ep, inputs=[ct.TensorType(name=INPUT_NAME, shape=shapes)],
                             outputs=[ct.TensorType(name=n) for n in names], convert_to="mlprogram",
                             minimum_deployment_target=ct.target.iOS18,
                             compute_precision=compute_precision(ct, precision))
@@ -355,6 +357,18 @@ def _sample(input_size, batch: int) -> np.ndarray:
     from . import verification_inputs
 
     return verification_inputs(input_size, batch=batch, seed=1)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """coremltools logs broadcast and version notes at WARNING while converting."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
