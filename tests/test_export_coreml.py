@@ -65,14 +65,14 @@ def calib():
 
 @pytest.fixture(scope="module")
 def fp16(model, tmp_path_factory):
-    """The float export, made through the CLI (``--format coreml --scheme fp16``)."""
+    """The float export, made through the CLI (``--format coreml``; fp16 is the Core ML default)."""
     from typer.testing import CliRunner
 
     from sapiens2_edge.cli import app
 
     tmp = tmp_path_factory.mktemp("c")
     ckpt = save(model, tmp / "seg.safetensors")
-    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "coreml", "--scheme", "fp16", "--output",
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "coreml", "--output",
                                    str(tmp / "fp16"), "--input-size", "128x96", "--max-batch", "2"])
     assert res.exit_code == 0, res.output
     return tmp / "fp16"
@@ -81,7 +81,7 @@ def fp16(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_weight(model, tmp_path_factory):
     qmodel, _ = s2e.quantize(model, "int8-weight", progress=False)
-    root = export(qmodel, tmp_path_factory.mktemp("c") / "w8", format="coreml", precision="fp16", input_size=INPUT,
+    root = export(qmodel, tmp_path_factory.mktemp("c") / "w8", format="coreml", input_size=INPUT,
                   max_batch=2)
     return qmodel, root
 
@@ -90,7 +90,7 @@ def int8_weight(model, tmp_path_factory):
 def w8a8(model, calib, tmp_path_factory):
     qmodel, _ = s2e.quantize(model, "int8", calibration=calib, input_size=INPUT, activation_mode="static",
                              progress=False)
-    root = export(qmodel, tmp_path_factory.mktemp("c") / "w8a8", format="coreml", precision="fp16", input_size=INPUT,
+    root = export(qmodel, tmp_path_factory.mktemp("c") / "w8a8", format="coreml", input_size=INPUT,
                   max_batch=1)
     return qmodel, root
 
@@ -124,7 +124,10 @@ def test_int8_weights_are_ours(int8_weight, fp16):
         assert data.dtype == np.int8 and data.tobytes() in ours
         scale = np.asarray(op.scale.val, np.float64).reshape(-1)
         np.testing.assert_allclose(scale, ours[data.tobytes()], rtol=2.0**-11)  # fp16-stored scales
-    assert read_manifest(root).options["coreml"]["int8_weights_equal_ours"] == len(layers)
+    m = read_manifest(root)
+    assert m.precision == "int8-weight" and m.quantization["scheme"] == "int8-weight"
+    assert m.options["coreml"]["int8_weights_equal_ours"] == len(layers)
+    assert m.options["coreml"]["compute_precision"] == "float16"
     assert weight_bytes(root) < 0.75 * weight_bytes(fp16)
 
 
@@ -159,6 +162,8 @@ def test_unsupported_quantization_is_refused(model, tmp_path):
     fp8, _ = s2e.quantize(model, "fp8", progress=False)
     with pytest.raises(ConfigError, match="Core ML has no fp8"):
         export(fp8, tmp_path / "fp8", format="coreml", input_size=INPUT)
+    with pytest.raises(ConfigError, match="quantized with scheme 'int8', so it exports as precision 'int8'"):
+        export(dynamic, tmp_path / "p", format="coreml", input_size=INPUT, precision="fp32")
     with pytest.raises(ConfigError, match="max_batch=65 is more than 64"):
         export(model, tmp_path / "big", format="coreml", input_size=INPUT, max_batch=65)
     assert not any(tmp_path.iterdir())  # nothing half-written

@@ -80,7 +80,8 @@ def test_quantized_models_export(model, scheme, tmp_path):
     calib = [torch.from_numpy(verification_inputs(INPUT, 2, seed=s)) for s in range(2)]
     qmodel, _ = s2e.quantize(model, scheme, calibration=calib, input_size=INPUT, progress=False)
     root = export(qmodel, tmp_path / scheme, format="torch", input_size=INPUT, max_batch=2)
-    assert read_manifest(root).fidelity["rel_l2"] <= 1e-4  # against the quantized torch model
+    m = read_manifest(root)
+    assert m.precision == scheme and m.fidelity["rel_l2"] <= 1e-4  # against the quantized torch model
     program = torch.export.load(str(root / "model.pt2"))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     if scheme == "int8":  # W8A8 keeps the int8 GEMM as an aten op

@@ -7,8 +7,9 @@ Choices, and why:
 * RoPE runs in ``fp32`` mode with the tables of the export grid frozen as constants: Core ML has
   no bfloat16, so the reference's bf16 rounding of q/k cannot be expressed. With fp16 compute
   q/k are rounded to fp16 (11-bit significand) instead of bf16 (8-bit), which is closer to exact.
-* ``precision="fp32"`` converts with FLOAT32 compute (CPU/GPU only); any other precision
-  (``fp16``, a quantized model) with FLOAT16, the precision the Neural Engine runs.
+* A float model exports as ``fp16`` by default: FLOAT16 compute, the precision the Neural Engine
+  runs; ``precision="fp32"`` converts with FLOAT32 compute (CPU/GPU only). A quantized model
+  exports as its scheme, with FLOAT16 compute.
 * Batch: fixed when ``max_batch`` is 1, otherwise an enumerated set {1, ..., max_batch}. The
   Neural Engine takes enumerated shapes but not ranges, and listing every batch size lets the
   runtime send any batch up to ``max_batch`` without padding.
@@ -383,6 +384,16 @@ def _env(values: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def resolve_precision(model, precision: str | None) -> str:
+    """A float model exports as fp16 (FLOAT16 compute, the Neural Engine's) unless fp32 is asked
+    for; a QuantizedModel as its scheme (with FLOAT16 compute)."""
+    from .onnx_quant import resolve_precision as resolve
+
+    if precision is None and getattr(model, "recipe", None) is None:
+        return "fp16"
+    return resolve(model, precision)
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:

@@ -39,13 +39,10 @@ def export_program(model, input_size, max_batch: int, device: str = "cpu"):
             raise ExportError(f"torch.export failed for {model.arch.name} {model.task}: {e}") from e
 
 
-def export_torch(model, out_dir: Path, input_size, max_batch: int, precision: str = "fp32") -> tuple[dict, dict]:
+def export_torch(model, out_dir: Path, input_size, max_batch: int) -> tuple[dict, dict]:
     """Write ``model.pt2`` (+ ``model_aoti.pt2`` on CUDA); returns ({file: role}, notes)."""
     import torch
 
-    if precision != "fp32":
-        raise ConfigError(f"torch export precision {precision!r} is not supported; the program keeps the model's "
-                          "own precision (quantize the model first for int8/fp8/fp16): use 'fp32'")
     ep = export_program(model, input_size, max_batch)
     torch.export.save(ep, str(out_dir / PROGRAM_FILE))
     files = {PROGRAM_FILE: "model"}
@@ -89,8 +86,18 @@ def build_aoti(model, path: Path, input_size, max_batch: int) -> dict:
     return {"rel_l2": result["rel_l2"], "tolerance": AOTI_TOLERANCE, "device": "cuda"}
 
 
+def resolve_precision(model, precision: str | None) -> str:
+    """fp32 for a float model, the scheme for a QuantizedModel: the program keeps the model's numerics."""
+    from .onnx_quant import resolve_precision as resolve
+
+    if precision == "fp16" and getattr(model, "recipe", None) is None:
+        raise ConfigError("torch export precision 'fp16' is not supported; the program keeps the model's own "
+                          "precision: export the float model as 'fp32', or quantize it first (scheme 'fp16')")
+    return resolve(model, precision)
+
+
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    files, notes = export_torch(model, out_dir, opts.input_size, opts.max_batch, opts.precision)
+    files, notes = export_torch(model, out_dir, opts.input_size, opts.max_batch)
     opts.notes["torch"] = notes
     return files
 
