@@ -40,12 +40,52 @@ static int checked_int(int64_t v, const char* what) {
     return static_cast<int>(v);
 }
 
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-    if (M == 0 || N == 0) return;
+static void sgemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
     S2E_SGEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               checked_int(M, "M"), checked_int(N, "N"), checked_int(K, "K"), alpha, A, checked_int(lda, "lda"), B,
               checked_int(ldb, "ldb"), beta, C, checked_int(ldc, "ldc"));
+}
+
+// One thread pool: BLAS runs single-threaded and the engine splits each GEMM over its OpenMP
+// threads (rows of C, or columns when C is wide). Two pools (OpenMP for the element-wise kernels
+// and OpenBLAS's pthreads for GEMMs) spin against each other and were 2-3x slower on few cores.
+static void blas_single_thread() {
+#ifdef S2E_BLAS_SCIPY_PREFIX
+    static const bool once = [] {
+        scipy_openblas_set_num_threads(1);
+        return true;
+    }();
+    (void)once;
+#endif
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    if (M == 0 || N == 0) return;
+    blas_single_thread();
+    // The split depends on the shape only, never on the thread count, so results are bit-identical
+    // however many threads run (and from whichever thread the engine is called). Parts are handed
+    // out dynamically: a thread that the OS parks (a busy machine) does not hold the others up.
+    const bool split_rows = M >= N;
+    const int64_t extent = split_rows ? M : N, grain = 16;
+    const int64_t parts = M * N * std::max<int64_t>(K, 1) < (1 << 18) ? 1 : std::min<int64_t>(8, extent / (4 * grain));
+    if (parts <= 1) {
+        sgemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int64_t step = ((extent + parts - 1) / parts + grain - 1) / grain * grain;
+#pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
+    for (int64_t p = 0; p < parts; ++p) {
+        const int64_t lo = p * step, n = std::min(extent, lo + step) - lo;
+        if (n <= 0) continue;
+        if (split_rows)
+            sgemm_serial(trans_a, trans_b, n, N, K, alpha, trans_a ? A + lo : A + lo * lda, lda, B, ldb, beta,
+                         C + lo * ldc, ldc);
+        else
+            sgemm_serial(trans_a, trans_b, M, n, K, alpha, A, lda, trans_b ? B + lo * ldb : B + lo, ldb, beta,
+                         C + lo, ldc);
+    }
 }
 
 void linear(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y, int64_t ldy) {
@@ -124,9 +164,10 @@ void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps) {
     }
 }
 
-// Rows of output computed per im2col tile: keeps the column buffer near 16M floats.
+// Rows of output computed per im2col tile: keeps the column buffer near 4M floats (16 MB), large
+// enough for efficient GEMMs and small next to the activations.
 static int64_t tile_rows(int64_t per_row, int64_t rows) {
-    const int64_t budget = 16ll << 20;
+    const int64_t budget = 4ll << 20;
     return std::max<int64_t>(1, std::min<int64_t>(rows, budget / std::max<int64_t>(1, per_row)));
 }
 

@@ -18,6 +18,9 @@ from ..errors import BackendUnavailableError, ConfigError, InputSizeError
 def import_native():
     """The extension module; preloads OpenBLAS from the scipy-openblas32 wheel when the
     extension's rpaths do not reach it (e.g. a relocated environment)."""
+    # Idle OpenMP threads sleep instead of spinning: on a machine shared with other work (the
+    # edge case) spinning threads were 2x slower; set OMP_WAIT_POLICY=active to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from .. import _native
     except ImportError as first:
