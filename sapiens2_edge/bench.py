@@ -40,6 +40,19 @@ def latency_stats(times: list[float]) -> dict[str, float]:
             "max_s": times[-1]}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set. Linux: VmHWM, which belongs to the process image since its
+    exec; ``ru_maxrss`` would also carry the parent's peak across fork + exec (a bench started from
+    a process holding a big model would report that model for every row)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -> dict[str, Any]:
     """One row, in this process: ``target`` is an artifact directory or BASELINE:<artifact>."""
     from .export import verification_inputs
@@ -69,7 +82,7 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -
     stats = latency_stats(time_calls(lambda: runner(x), warmup, runs))
     return {"artifact": label, "backend": name, "input": f"{m.input_size[0]}x{m.input_size[1]}", "batch": len(x),
             "load_s": load_s, **stats, "throughput_img_s": len(x) / stats["median_s"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "size_mb": size_mb,
+            "peak_rss_mb": peak_rss_mb(), "size_mb": size_mb,
             "fidelity_rel_l2": fidelity}
 
 
