@@ -7,23 +7,24 @@ writes that op as standard ONNX:
 ================== =================================================================================
 int8-weight        int8 weight initializer (K, N) -> ``DequantizeLinear(axis=1)`` with the per-channel
                    scales -> MatMul -> Add bias
-int8, static       ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (uint8, zero point 128:
-                   the same values as the recipe's int8 [-127, 127], in the u8 x s8 form x86 int8
-                   GEMMs want) with the calibrated per-tensor scale on the patch tokens, per-channel weight DQ, MatMul: ONNX Runtime fuses this to
-                   ``MatMulIntegerToFloat`` (int8 GEMM), OpenVINO to FakeQuantize + int8 MatMul. The
-                   Clip keeps the recipe's symmetric [-127, 127] range (QuantizeLinear alone saturates
+int8, static       ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (uint8, zero point 128: the
+                   recipe's int8 [-127, 127] in the u8 x s8 form x86 int8 GEMMs want) with the
+                   calibrated per-tensor scale, per-channel weight DQ, MatMul: ONNX Runtime fuses this
+                   to ``MatMulIntegerToFloat`` (int8 GEMM), OpenVINO to FakeQuantize + int8
+                   FullyConnected. The Clip keeps the symmetric range (QuantizeLinear alone saturates
                    at -128). The first ``prefix`` tokens (CLS + storage) keep their own per-token
-                   scale as in the recipe: they are sliced off, quantized per token in float
-                   (Round/Clip, exact), multiplied with the dequantized weight and concatenated back.
-int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are constants or one
-                   scale per tensor; ``DynamicQuantizeLinear`` is per tensor, which loses the
-                   recipe's per-token range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip ->
-                   +128 -> Cast(uint8) -> MatMulInteger(zero point 128)`` (u8 x s8 -> int32, a
-                   standard op that ONNX Runtime runs with its int8 GEMM; s8 x s8 is 15x slower there) ``-> Cast -> * s_token * s_weight + bias``.
+                   scale as in the recipe, in the same GEMM: their rows are multiplied by s / s_token
+                   before the Q/DQ and their outputs by s_token / s after (exact to float rounding;
+                   no second GEMM and no second weight copy in the runtime).
+int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are constants or one per
+                   tensor; ``DynamicQuantizeLinear`` is per tensor, losing the recipe's per-token
+                   range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip -> +128 ->
+                   Cast(uint8) -> MatMulInteger(zero point 128) -> Cast -> * s_token * s_weight``
+                   (u8 x s8 -> int32, run by ONNX Runtime's int8 GEMM; its s8 x s8 is 15x slower).
 fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per-tensor Q/DQ in
-                   FLOAT8E4M3FN (the pattern TensorRT builds fp8 GEMMs from); prefix tokens and
-                   dynamic per-token activations: exact emulation (``x / s -> Cast(E4M3, saturate)
-                   -> Cast -> * s``). Needs opset >= 19; targeted at TensorRT.
+                   FLOAT8E4M3FN (the pattern TensorRT builds fp8 GEMMs from), prefix tokens as for
+                   int8; dynamic per-token activations: exact emulation (``x / s -> Cast(E4M3,
+                   saturate) -> Cast -> * s``). Needs opset >= 19; targeted at TensorRT.
 ================== =================================================================================
 """
 
@@ -162,6 +163,25 @@ def _make_translation(opset: int):
             zero = const(0.0, TP.FLOAT8E4M3FN)
         return op.DequantizeLinear(op.QuantizeLinear(x, s, zero), s, zero)
 
+    def static_with_prefix(x, w_t, w_scale, w_zero, s, prefix: int, wdtype: str):
+        """One quantized GEMM for all tokens: prefix rows are scaled by s / s_token onto the static
+        grid before Q/DQ and their outputs by s_token / s after, which quantizes them with their own
+        per-token scale as the recipe does (to float rounding) without a second GEMM or weight copy."""
+        qmax = INT8_MAX if wdtype == "int8" else FP8_MAX
+        axis = op.Constant(value_ints=[1])
+        head = op.Slice(x, op.Constant(value_ints=[0]), op.Constant(value_ints=[prefix]), axis)
+        s_tok = op.Div(op.ReduceMax(op.Abs(head), op.Constant(value_ints=[-1]), keepdims=1), const(qmax, TP.FLOAT))
+        s_tok = op.Where(op.Greater(s_tok, const(0.0, TP.FLOAT)), s_tok, const(EPS, TP.FLOAT))
+        shape = op.Shape(x)
+        rest = op.Concat(op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[1])),
+                         op.Sub(op.Slice(shape, op.Constant(value_ints=[1]), op.Constant(value_ints=[2])),
+                                op.Constant(value_ints=[prefix])), op.Constant(value_ints=[1]), axis=0)
+        ones = op.Expand(const(1.0, TP.FLOAT), rest)
+        into = op.Concat(op.Div(s, s_tok), ones, axis=1)  # (B, T, 1): rows onto the static grid
+        back = op.Concat(op.Div(s_tok, s), ones, axis=1)
+        y = op.MatMul(static_qdq(op.Mul(x, into), s, wdtype), weight_dq(w_t, w_scale, w_zero))
+        return op.Mul(y, back)
+
     def dynamic_int8(x, w_t, w_scale):
         amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
         s = op.Div(amax, const(INT8_MAX, TP.FLOAT))
@@ -179,14 +199,10 @@ def _make_translation(opset: int):
             y = dynamic_int8(x, w_t, w_scale)
         elif amode == "dynamic":
             y = op.MatMul(token_qdq(x, wdtype), weight_dq(w_t, w_scale, w_zero))
+        elif prefix:
+            y = static_with_prefix(x, w_t, w_scale, w_zero, in_scale, prefix, wdtype)
         else:
-            axis = op.Constant(value_ints=[1])
-            body = op.Slice(x, op.Constant(value_ints=[prefix]), op.Constant(value_ints=[2**62]), axis) if prefix else x
-            y = op.MatMul(static_qdq(body, in_scale, wdtype), weight_dq(w_t, w_scale, w_zero))
-            if prefix:
-                head = op.Slice(x, op.Constant(value_ints=[0]), op.Constant(value_ints=[prefix]), axis)
-                y_head = op.MatMul(token_qdq(head, wdtype), weight_dq(w_t, w_scale, w_zero))
-                y = op.Concat(y_head, y, axis=1)
+            y = op.MatMul(static_qdq(x, in_scale, wdtype), weight_dq(w_t, w_scale, w_zero))
         if bias is not None:
             y = op.Add(y, bias)
         return y
@@ -224,13 +240,14 @@ def resolve_precision(model: nn.Module, precision: str | None) -> str:
 NOTES = {
     "int8-weight/none": "int8 weight initializers, per-channel DequantizeLinear(axis=1) -> MatMul, float activations",
     "int8/static": "static activations: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (uint8, zero point 128 = the "
-                   "recipe's symmetric int8) on the patch tokens with the calibrated scale; the prefix tokens sliced "
-                   "off and quantized per token (exact float Round/Clip), as in the recipe",
+                   "recipe's symmetric int8) on the patch tokens with the calibrated scale; the prefix tokens keep "
+                   "their per-token scale (rows scaled by s/s_token before Q/DQ and by s_token/s after), as in the "
+                   "recipe",
     "int8/dynamic": "dynamic per-token activations have no QDQ form (QuantizeLinear takes constant or per-tensor "
                     "scales; DynamicQuantizeLinear is per tensor): exported exactly as ReduceMax(Abs)/127 -> Round "
                     "-> Clip -> uint8 (+128) -> MatMulInteger(int8 weights) -> scales",
     "fp8/static": "FLOAT8E4M3FN weights + per-channel DQ; static activations Q/DQ FLOAT8E4M3FN per tensor (TensorRT "
-                  "builds fp8 GEMMs from this); prefix tokens per token by exact Cast(E4M3) emulation",
+                  "builds fp8 GEMMs from this); prefix tokens rescaled onto the static grid per token",
     "fp8/dynamic": "FLOAT8E4M3FN weights + per-channel DQ; dynamic per-token activations by exact Cast(E4M3, "
                    "saturate) emulation (no QDQ form; TensorRT runs these GEMMs from the dequantized weights)",
 }
