@@ -431,6 +431,10 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
     console.print(f"summary: {res.results[0].to_json()[:300]}")
     if res.bench_rows:
         console.print(bench_table(res.bench_rows))
+        base, art = res.bench_rows[0], res.bench_rows[-1]
+        console.print(f"speed-up of {art['artifact']} on {art['backend']} over torch fp32 eager: {art['speedup']:.2f}x "
+                      f"({art['median_s']:.3f} s vs {base['median_s']:.3f} s median), peak RSS "
+                      f"{art['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
     console.print(f"outputs in {output}/: " + ", ".join(sorted(p.name for p in output.iterdir())))
 
 

@@ -110,8 +110,10 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     # 2. quantize
     t = time.perf_counter()
     views = calibration_views(picture, calib_count)
+    # Static activation scales: the form ONNX Runtime and OpenVINO run with int8 kernels.
+    extra = {"activation_mode": "static"} if scheme in ("int8", "fp8") else {}
     qmodel, report = quantize(model, scheme, calibration=views, input_size=size_hw, calibration_size=calib_count,
-                              progress=False)
+                              progress=False, **extra)
     if not report.fidelity:
         from .quantize.evaluate import evaluate
 

@@ -118,7 +118,7 @@ def test_demo_runs_the_whole_chain_on_real_weights(tmp_path, monkeypatch):
     assert manifest["precision"] == "int8" and manifest["input_size"] == [128, 96]
     rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
     assert [r["artifact"] for r in rows][0] == "torch-fp32-eager" and len(rows) == 2
-    assert rows[1]["speedup"] > 0 and "speed-up" in text
+    assert rows[1]["speedup"] > 0 and f"over torch fp32 eager: {rows[1]['speedup']:.2f}x" in text
 
 
 def test_demo_random_weights_announced(tmp_path, monkeypatch):
