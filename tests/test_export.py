@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 import sapiens2_edge as s2e
-from sapiens2_edge.errors import (ArtifactError, BackendUnavailableError, ChecksumError, ConfigError, ExportError,
-                                  InputSizeError)
+from sapiens2_edge.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ChecksumError,
+    ConfigError,
+    ExportError,
+    InputSizeError,
+)
 from sapiens2_edge.export import export, read_manifest, verification_inputs
 from tests.fixtures.tiny import INPUT, tiny_model
 
