@@ -118,15 +118,10 @@ def run_model(args, name, device, timer):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from roofline import device_info, dry_run_env, time_ms, write_results
+    from roofline import bench_device, device_info, time_ms, write_results
 
-    if args.dry_run:
-        dry_run_env()
-    import torch
-
-    device = torch.device("cpu" if args.dry_run else "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
+    device = bench_device(args.dry_run)
+    if device is None:
         return 2
     timer = lambda fn: time_ms(fn, device, warmup=3, reps=args.reps)  # noqa: E731
     saved = os.environ.get("SAPIENS2_EDGE_KERNELS")

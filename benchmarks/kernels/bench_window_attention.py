@@ -160,15 +160,11 @@ def tokenizer_section(args, device, dtype, peaks):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from roofline import device_info, dry_run_env, measure_peaks, write_results
-
-    if args.dry_run:
-        dry_run_env()
     import torch
+    from roofline import bench_device, device_info, measure_peaks, write_results
 
-    device = torch.device("cpu" if args.dry_run else "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
+    device = bench_device(args.dry_run)
+    if device is None:
         return 2
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if args.dry_run and dtype == torch.bfloat16:

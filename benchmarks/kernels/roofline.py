@@ -26,6 +26,20 @@ def dry_run_env() -> None:
     os.environ.setdefault("SAPIENS2_EDGE_KERNELS", "triton")
 
 
+def bench_device(dry_run: bool) -> torch.device | None:
+    """CUDA for a real run; the CPU (through the interpreter) for ``--dry-run``; None, with a message,
+    when a real run finds no CUDA device."""
+    if dry_run:
+        dry_run_env()
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        import sys
+
+        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
+        return None
+    return torch.device("cuda")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
