@@ -7,3 +7,9 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the runtime-only tests run without torch
     pass
+
+
+import os  # noqa: E402
+
+# tests/interpreted/ runs in its own process with TRITON_INTERPRET=1 (tests/test_kernels_attention.py)
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreted"]
