@@ -95,6 +95,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     else:
         arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, (1024, 768)))
         model = build_model(arch, task, input_size=input_size or random_size)
+        input_size = input_size or random_size
         arch = model.arch.name
         result = ChainResult(model_source=f"random {arch} {task}", real_weights=False)
         say(f"[1/5] load: RANDOM WEIGHTS - no {task} checkpoint found on this machine (looked for "

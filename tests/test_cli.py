@@ -133,6 +133,8 @@ def test_demo_random_weights_announced(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "RANDOM WEIGHTS" in text and "the predictions are noise" in text and "[5/5]" not in text
+    assert "input 64x48" in text and json.loads(next((tmp_path / "d").glob("*/manifest.json")).read_text())[
+        "input_size"] == [64, 48]  # the random default's size, not the model's 1024x768
     assert json.loads((tmp_path / "d" / "predictions" / "keypoints.json").read_text())["num_keypoints"] == 308
 
 
