@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,27 +53,15 @@ def linear_shapes(preset: str) -> list[tuple[str, int, int]]:
 
 
 def time_ms(fn: Callable[[], object], device, warmup: int = 5, reps: int = 20) -> float:
-    import torch
-
+    """roofline.time_ms on CUDA; one untimed + one timed call in a CPU dry run (the interpreter is slow)."""
     if device.type != "cuda":
         fn()
         t0 = time.perf_counter()
         fn()
         return (time.perf_counter() - t0) * 1e3
-    flush = torch.empty(256 << 20, dtype=torch.int8, device=device)
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize(device)
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    from roofline import time_ms as cuda_time_ms
+
+    return cuda_time_ms(fn, device, warmup=warmup, reps=reps)
 
 
 def measure_peaks(device, kinds=("bf16", "int8", "fp8", "hbm")) -> dict:
