@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -24,7 +25,9 @@ def mode() -> str:
     return value
 
 
+@functools.cache
 def triton_available() -> bool:
+    """Looked up once: every attention block and quantized linear asks on each call."""
     return importlib.util.find_spec("triton") is not None
 
 
