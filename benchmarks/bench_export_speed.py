@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from sapiens2_edge import bench as benchmod
-from sapiens2_edge.export import export, verification_inputs
-from sapiens2_edge.export.manifest import read_manifest
+from sapiens2_edge.exporters import export, verification_inputs
+from sapiens2_edge.exporters.manifest import read_manifest
 from sapiens2_edge.models.model import build_model
-from sapiens2_edge.quantize import quantize
+from sapiens2_edge.quantization import quantize
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sapiens2_edge as s2e  # noqa: E402
 from sapiens2_edge.bench import latency_stats, time_calls  # noqa: E402
-from sapiens2_edge.quantize.evaluate import evaluate  # noqa: E402
-from sapiens2_edge.quantize.model import state_bytes  # noqa: E402
+from sapiens2_edge.quantization.evaluate import evaluate  # noqa: E402
+from sapiens2_edge.quantization.model import state_bytes  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data"

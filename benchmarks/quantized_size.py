@@ -16,7 +16,7 @@ from pathlib import Path
 import sapiens2_edge as s2e
 from sapiens2_edge.models.checkpoint import read_header, write_tensors
 from sapiens2_edge.models.model import build_model
-from sapiens2_edge.quantize import save_quantized
+from sapiens2_edge.quantization import save_quantized
 
 RESULTS = Path(__file__).parent / "results"
 

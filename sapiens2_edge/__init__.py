@@ -14,6 +14,7 @@ work with only numpy and OpenCV installed.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
@@ -23,20 +24,23 @@ _LAZY = {
     "Sapiens2Model": "sapiens2_edge.models.model",
     "ArchSpec": "sapiens2_edge.models.arch",
     "Predictor": "sapiens2_edge.runtime.predictor",
-    "quantize": "sapiens2_edge.quantize",
-    "export": "sapiens2_edge.export",
+    "quantize": "sapiens2_edge.quantization.api",
+    "export": "sapiens2_edge.exporters",
     "errors": "sapiens2_edge.errors",
     "tasks": "sapiens2_edge.tasks",
 }
 
-# Attributes that are modules; quantize and export are callable modules (see _callable.py).
-_MODULES = {"errors", "tasks", "quantize", "export"}
+# Attributes that are modules. The verbs quantize/export are plain functions; their subpackages are
+# named quantization/ and exporters/ so that importing a subpackage never shadows a verb.
+_MODULES = {"errors", "tasks"}
 
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
+        if name.isidentifier() and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")  # a subpackage not imported yet
         raise AttributeError(f"module 'sapiens2_edge' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
     return module if name in _MODULES else getattr(module, name)

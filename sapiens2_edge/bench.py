@@ -55,8 +55,8 @@ def peak_rss_mb() -> float:
 
 def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -> dict[str, Any]:
     """One row, in this process: ``target`` is an artifact directory or BASELINE:<artifact>."""
-    from .export import verification_inputs
-    from .export.manifest import read_manifest
+    from .exporters import verification_inputs
+    from .exporters.manifest import read_manifest
 
     t0 = time.perf_counter()
     if target.startswith(BASELINE + ":"):
@@ -91,7 +91,7 @@ def run(artifacts: list[Path], backends: list[str], warmup: int = 1, runs: int =
     """All rows, each in a child process; the baseline first, speed-ups relative to it."""
     if not artifacts:
         raise ConfigError("bench needs at least one artifact directory")
-    from .export.manifest import read_manifest
+    from .exporters.manifest import read_manifest
 
     sizes = {tuple(read_manifest(a, verify=False).input_size) for a in artifacts}
     if len(sizes) > 1:

@@ -230,8 +230,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
     from .models.loading import load_model
-    from .quantize import quantize, save_quantized
-    from .quantize.evaluate import evaluate
+    from .quantization import quantize, save_quantized
+    from .quantization.evaluate import evaluate
 
     try:
         model = load_model(checkpoint)
@@ -267,7 +267,7 @@ def quantize_for_export(model, scheme: str, calib: Optional[Path], size, activat
 
     int8-weight needs no data; int8/fp8 need --calib (SmoothQuant statistics, static ranges, and
     the fidelity check against the float model on images left out of calibration)."""
-    from .quantize import quantize
+    from .quantization import quantize
 
     if scheme not in QUANT_SCHEMES:
         raise ConfigError(f"unknown --scheme {scheme!r}; expected fp32, fp16 or one of {', '.join(QUANT_SCHEMES)}")
@@ -306,7 +306,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
     it first with --scheme int8-weight/int8/fp8)."""
-    from .export import export
+    from .exporters import export
     from .models.loading import load_model
 
     try:
@@ -326,7 +326,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                       opset=opset, overwrite=overwrite, **extra)
     except Sapiens2EdgeError as e:
         _fail(e)
-    from .export.manifest import read_manifest
+    from .exporters.manifest import read_manifest
 
     m = read_manifest(root)
     size_mb = sum(f["size"] for f in m.files.values()) / 1e6
@@ -346,7 +346,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
 def verify(artifact: Path = typer.Argument(..., help="artifact directory"),
            backend: str = typer.Option("auto", help="runtime to verify with")) -> None:
     """Re-check an artifact's checksums and its numerics against the stored reference outputs."""
-    from .export import verify_artifact
+    from .exporters import verify_artifact
 
     try:
         result = verify_artifact(artifact, backend)

@@ -69,11 +69,11 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
               bench: bool = True, say: Callable[[str], None] = print) -> ChainResult:
     """Run every stage, announcing each through ``say``; returns what each produced."""
     from .cli import SAMPLE_IMAGE, run_predictions
-    from .export import export
+    from .exporters import export
     from .models.arch import TASKS
     from .models.loading import load_model
     from .models.model import build_model
-    from .quantize import quantize, save_quantized
+    from .quantization import quantize, save_quantized
     from .runtime.predictor import Predictor, default_checkpoint
     from .tasks import load_image
 
@@ -116,7 +116,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     qmodel, report = quantize(model, scheme, calibration=views, input_size=size_hw, calibration_size=calib_count,
                               progress=False, **extra)
     if not report.fidelity:
-        from .quantize.evaluate import evaluate
+        from .quantization.evaluate import evaluate
 
         held_out = calibration_views(picture, 4, seed=1)[1:]  # other crops than the calibration ones
         report.fidelity = evaluate(model, qmodel, held_out, input_size=size_hw, samples=len(held_out))
@@ -135,7 +135,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
                       overwrite=True)
     result.artifact = artifact
     timings["export_s"] = time.perf_counter() - t
-    from .export.manifest import read_manifest
+    from .exporters.manifest import read_manifest
 
     manifest = read_manifest(artifact, verify=False)
     say(f"[3/5] export: {fmt} {manifest.precision} -> {artifact} ({_dir_mb(artifact):.1f} MB), verified against "

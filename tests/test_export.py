@@ -17,7 +17,7 @@ from sapiens2_edge.errors import (
     ExportError,
     InputSizeError,
 )
-from sapiens2_edge.export import export, read_manifest, verification_inputs
+from sapiens2_edge.exporters import export, read_manifest, verification_inputs
 from tests.fixtures.tiny import INPUT, tiny_model
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (150, 110, 3), dtype=np.uint8)
@@ -122,7 +122,7 @@ def test_fp16_export(tmp_path):
 
 
 def test_verify_detects_numeric_drift(seg_artifact):
-    from sapiens2_edge.export import verify_artifact
+    from sapiens2_edge.exporters import verify_artifact
 
     ok = verify_artifact(seg_artifact[1])
     assert ok["passed"] and ok["rel_l2"] <= 1e-4 and ok["backend"] == "onnxruntime"

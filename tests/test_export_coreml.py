@@ -14,8 +14,8 @@ pytest.importorskip("coremltools")
 
 import sapiens2_edge as s2e  # noqa: E402
 from sapiens2_edge.errors import BackendUnavailableError, ConfigError, ExportError  # noqa: E402
-from sapiens2_edge.export import export, read_manifest, verification_inputs, verify_artifact  # noqa: E402
-from sapiens2_edge.export.coreml_export import check_int8_weights, check_package, load_program  # noqa: E402
+from sapiens2_edge.exporters import export, read_manifest, verification_inputs, verify_artifact  # noqa: E402
+from sapiens2_edge.exporters.coreml_export import check_int8_weights, check_package, load_program  # noqa: E402
 from sapiens2_edge.models.arch import ArchSpec  # noqa: E402
 from sapiens2_edge.models.model import build_model  # noqa: E402
 from sapiens2_edge.runtime.coreml_backend import CoreMLBackend, open_runner  # noqa: E402

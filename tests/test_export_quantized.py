@@ -20,10 +20,10 @@ from torch import nn
 
 import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError
-from sapiens2_edge.export import compare, torch_outputs
-from sapiens2_edge.export.onnx_quant import export_modules, translation_table
-from sapiens2_edge.quantize.config import layer_config
-from sapiens2_edge.quantize.linear import QuantLinear
+from sapiens2_edge.exporters import compare, torch_outputs
+from sapiens2_edge.exporters.onnx_quant import export_modules, translation_table
+from sapiens2_edge.quantization.config import layer_config
+from sapiens2_edge.quantization.linear import QuantLinear
 from sapiens2_edge.runtime.onnxruntime_backend import session_options
 from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
 
@@ -180,7 +180,7 @@ def test_onnx_int8_static_matches_torch_and_meets_seg_target(seg_onnx_int8, seg_
     # the artifact runs the recipe, not the float model: the same distance from float as torch int8
     assert vs["artifact"]["rel_l2"] == pytest.approx(vs["torch_quantized"]["rel_l2"], rel=0.1)
     # and re-running it here agrees with the torch QuantizedModel on fresh inputs
-    pred_in = torch.stack([torch.from_numpy(s2e.export.verification_inputs(SIZE, 1, seed=5)[0])]).numpy()
+    pred_in = torch.stack([torch.from_numpy(s2e.exporters.verification_inputs(SIZE, 1, seed=5)[0])]).numpy()
     from sapiens2_edge.runtime.artifact import open_artifact
 
     runner = open_artifact(seg_onnx_int8, "onnxruntime")[1]

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 import sapiens2_edge as s2e  # noqa: E402
 from sapiens2_edge.errors import ArtifactError, ChecksumError, ConfigError, InputSizeError  # noqa: E402
-from sapiens2_edge.export import export, read_manifest, verification_inputs  # noqa: E402
+from sapiens2_edge.exporters import export, read_manifest, verification_inputs  # noqa: E402
 from sapiens2_edge.models.arch import ArchSpec  # noqa: E402
 from sapiens2_edge.models.model import build_model  # noqa: E402
 from sapiens2_edge.runtime.artifact import open_artifact  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sapiens2_edge.quantize.fidelity import output_error, task_fidelity
+from sapiens2_edge.quantization.fidelity import output_error, task_fidelity
 
 
 def test_output_error_hand_computed():

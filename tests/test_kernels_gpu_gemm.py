@@ -12,9 +12,9 @@ import torch
 
 from sapiens2_edge.kernels.int8_gemm import LAUNCHES, int8_gemm, int8_gemm_reference
 from sapiens2_edge.kernels.rmsnorm_quant import per_token_quant, quant_rows_reference, rmsnorm_quant
-from sapiens2_edge.quantize import numerics as nx
-from sapiens2_edge.quantize.config import layer_config
-from sapiens2_edge.quantize.linear import QuantLinear
+from sapiens2_edge.quantization import numerics as nx
+from sapiens2_edge.quantization.config import layer_config
+from sapiens2_edge.quantization.linear import QuantLinear
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -20,8 +20,8 @@ import torch
 
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
 from sapiens2_edge.kernels.int8_gemm import LAUNCHES, int8_accumulate_reference, int8_gemm, int8_gemm_reference
-from sapiens2_edge.quantize.config import layer_config
-from sapiens2_edge.quantize.linear import QuantLinear
+from sapiens2_edge.quantization.config import layer_config
+from sapiens2_edge.quantization.linear import QuantLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 

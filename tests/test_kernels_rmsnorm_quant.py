@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
 from sapiens2_edge.kernels.int8_gemm import int8_gemm_reference
 from sapiens2_edge.kernels.rmsnorm_quant import per_token_quant, quant_rows_reference, rmsnorm_quant
-from sapiens2_edge.quantize import numerics as nx
-from sapiens2_edge.quantize.smoothquant import smoothing_scales
+from sapiens2_edge.quantization import numerics as nx
+from sapiens2_edge.quantization.smoothquant import smoothing_scales
 from tests.test_kernels_int8_gemm import run_interpreted
 
 E4M3 = torch.float8_e4m3fn

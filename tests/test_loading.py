@@ -230,7 +230,7 @@ def test_real_headers_offline(path):
 
 @pytest.mark.parametrize("scheme", ["int8-weight", "fp8"])
 def test_load_model_reloads_quantized_checkpoints_bit_exactly(tmp_path, scheme):
-    from sapiens2_edge.quantize import QuantizedModel, save_quantized
+    from sapiens2_edge.quantization import QuantizedModel, save_quantized
 
     qmodel, _ = s2e.quantize(tiny_model("seg"), scheme)
     path = save_quantized(qmodel, tmp_path / "q.safetensors")

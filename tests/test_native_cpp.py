@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sapiens2_edge.export import export, verification_inputs
+from sapiens2_edge.exporters import export, verification_inputs
 from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, input_size, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 
 import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError, InputSizeError, InvalidTensorError
-from sapiens2_edge.export import export, read_manifest, verification_inputs
+from sapiens2_edge.exporters import export, read_manifest, verification_inputs
 from sapiens2_edge.models.backbone import RopeEmbedding
 from sapiens2_edge.runtime.native_backend import NativeBackend, import_native
 from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, TINY_MHA, input_size, tiny_model
@@ -126,7 +126,7 @@ def test_activation_quantized_models_refused(tmp_path):
     with pytest.raises(ConfigError, match="the native engine runs weight-only schemes .* uses int8"):
         export(qmodel, tmp_path / "a", format="native", input_size=input_size("seg"))
     assert not (tmp_path / "a").exists()
-    from sapiens2_edge.quantize.serialize import save_quantized
+    from sapiens2_edge.quantization.serialize import save_quantized
 
     path = save_quantized(qmodel, tmp_path / "w8a8.safetensors")
     with pytest.raises(ConfigError, match="uses scheme 'int8', which quantizes activations"):

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save
 
 from sapiens2_edge.errors import ArtifactError, ConfigError, CorruptCheckpointError, StateDictMismatchError
-from sapiens2_edge.export import export
+from sapiens2_edge.exporters import export
 from sapiens2_edge.runtime.native_backend import import_native
 from tests.fixtures.tiny import input_size, tiny_model
 

@@ -11,8 +11,8 @@ import pytest
 
 import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError
-from sapiens2_edge.export import export, verify_artifact
-from sapiens2_edge.export.manifest import Manifest
+from sapiens2_edge.exporters import export, verify_artifact
+from sapiens2_edge.exporters.manifest import Manifest
 from sapiens2_edge.runtime import artifact as art
 from tests.fixtures.tiny import INPUT, tiny_model
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sapiens2_edge.errors import CalibrationError, Sapiens2EdgeError
-from sapiens2_edge.quantize import quantize
-from sapiens2_edge.quantize.calibration import build_calibration_set
-from sapiens2_edge.quantize.observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
-from sapiens2_edge.quantize.smoothquant import apply_smoothing, find_groups, smoothing_scales
+from sapiens2_edge.quantization import quantize
+from sapiens2_edge.quantization.calibration import build_calibration_set
+from sapiens2_edge.quantization.observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
+from sapiens2_edge.quantization.smoothquant import apply_smoothing, find_groups, smoothing_scales
 from tests.fixtures.tiny import INPUT, tiny_model
 
 
@@ -191,7 +191,7 @@ def test_quantize_reports_calibration_and_empty_set_error():
 
 
 def test_progress_bar_only_on_a_terminal():
-    from sapiens2_edge.quantize.calibration import progress
+    from sapiens2_edge.quantization.calibration import progress
 
     items = [1, 2, 3]
     assert progress(items, 3, "calibrate") is items  # pytest captures stderr: not a TTY

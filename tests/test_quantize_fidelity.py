@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import sapiens2_edge as s2e
-from sapiens2_edge.quantize.evaluate import evaluate
+from sapiens2_edge.quantization.evaluate import evaluate
 from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
 
 DATA = Path(__file__).parent / "fixtures" / "data"

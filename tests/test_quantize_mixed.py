@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 import sapiens2_edge as s2e
 from sapiens2_edge.cli import app
 from sapiens2_edge.errors import ConfigError, QuantizationError
-from sapiens2_edge.quantize.evaluate import as_batches, evaluate, run_outputs
-from sapiens2_edge.quantize.sensitivity import layer_sensitivity, parse_budget
+from sapiens2_edge.quantization.evaluate import as_batches, evaluate, run_outputs
+from sapiens2_edge.quantization.sensitivity import layer_sensitivity, parse_budget
 from tests.fixtures.tiny import INPUT, TINY_MHA, save, tiny_model
 
 CALIB = [torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(i)) for i in range(2)]
@@ -95,7 +95,7 @@ def test_quantize_cli_writes_checkpoint_and_report(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["scheme"] == "int8-weight" and report["fidelity"]["samples"] == 2
     assert report["size_after_bytes"] < 0.4 * report["size_before_bytes"]
-    from sapiens2_edge.quantize.serialize import read_report
+    from sapiens2_edge.quantization.serialize import read_report
 
     assert read_report(out)["fidelity"]["seg_agreement"] == report["fidelity"]["seg_agreement"]
     assert s2e.load_model(out).scheme == "int8-weight"

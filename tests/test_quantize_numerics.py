@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from sapiens2_edge.quantize import numerics as nx
-from sapiens2_edge.quantize.config import layer_config
-from sapiens2_edge.quantize.linear import QuantLinear
+from sapiens2_edge.quantization import numerics as nx
+from sapiens2_edge.quantization.config import layer_config
+from sapiens2_edge.quantization.linear import QuantLinear
 
 
 # --- int8 weights ---------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from sapiens2_edge.errors import (
     Sapiens2EdgeError,
     UnknownSchemeError,
 )
-from sapiens2_edge.quantize import QuantizedModel, QuantLinear, QuantRecipe, quantize
-from sapiens2_edge.quantize.kernels import register_kernel, unregister_kernel
+from sapiens2_edge.quantization import QuantizedModel, QuantLinear, QuantRecipe, quantize
+from sapiens2_edge.quantization.kernels import register_kernel, unregister_kernel
 from tests.fixtures.tiny import INPUT, TINY_4K, tiny_model
 
 

@@ -11,7 +11,7 @@ from sapiens2_edge.errors import CheckpointError, StateDictMismatchError, TaskMi
 from sapiens2_edge.models.arch import ArchSpec
 from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_tensors
 from sapiens2_edge.models.model import build_model
-from sapiens2_edge.quantize import QuantizedModel, is_quantized_checkpoint, load_quantized, quantize, save_quantized
+from sapiens2_edge.quantization import QuantizedModel, is_quantized_checkpoint, load_quantized, quantize, save_quantized
 from tests.fixtures.tiny import INPUT, save, tiny_model
 
 

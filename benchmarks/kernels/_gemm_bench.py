@@ -56,9 +56,9 @@ def _shape_rows(qdtype, m, k, n, device, peaks, batch, dry_run) -> list[dict]:
 
     from sapiens2_edge.kernels.fp8_gemm import fp8_gemm, fp8_gemm_reference
     from sapiens2_edge.kernels.int8_gemm import LAUNCHES, int8_gemm, int8_gemm_reference
-    from sapiens2_edge.quantize import numerics as nx
-    from sapiens2_edge.quantize.config import layer_config
-    from sapiens2_edge.quantize.linear import QuantLinear
+    from sapiens2_edge.quantization import numerics as nx
+    from sapiens2_edge.quantization.config import layer_config
+    from sapiens2_edge.quantization.linear import QuantLinear
 
     gemm = int8_gemm if qdtype == "int8" else fp8_gemm
     ref_op = int8_gemm_reference if qdtype == "int8" else fp8_gemm_reference

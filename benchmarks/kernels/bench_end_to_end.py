@@ -1,6 +1,6 @@
 """End-to-end backbone latency with random weights: reference eager bf16, reference +
 torch.compile, ours (Triton tokenizer + attention prologue, eager and compiled), and optionally
-ours with FP8 linears (``sapiens2_edge.quantize`` scheme ``fp8``, whose GEMMs dispatch to the
+ours with FP8 linears (``sapiens2_edge.quantization`` scheme ``fp8``, whose GEMMs dispatch to the
 Triton FP8 kernels where they are registered).
 
 Models: 0.4b and 1b at 1024x768, 1b-4K at 4096x3072. Each variant reports median latency,
@@ -63,7 +63,7 @@ def _fp8(model):
     bias); every other float tensor in bf16."""
     import torch
 
-    from sapiens2_edge.quantize import QuantLinear, quantize
+    from sapiens2_edge.quantization import QuantLinear, quantize
 
     qmodel, _ = quantize(model, "fp8", progress=False)
     for mod in qmodel.modules():

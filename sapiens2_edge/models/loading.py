@@ -31,7 +31,7 @@ def load_model(source: str | os.PathLike, task: str | None = None, *, input_size
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     path = resolve_checkpoint(source)
-    from ..quantize.serialize import is_quantized_checkpoint, load_quantized
+    from ..quantization.serialize import is_quantized_checkpoint, load_quantized
 
     if is_quantized_checkpoint(path):  # int8 / fp8 tensors + scales + recipe: reload bit-exactly
         return load_quantized(path, task, rope_mode=rope_mode, device=device, dtype=dtype)

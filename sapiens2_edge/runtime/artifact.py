@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
-from ..export.manifest import MANIFEST, Manifest, read_manifest
+from ..exporters.manifest import MANIFEST, Manifest, read_manifest
 
 # Which backends can run which artifact format, best first (CUDA-capable runtimes first).
 RUNNERS = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",), "coreml": ("coreml",),

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, InputSizeError
 
-INPUT_NAME = "image"  # as written by sapiens2_edge.export.coreml_export
+INPUT_NAME = "image"  # as written by sapiens2_edge.exporters.coreml_export
 
 
 def require_macos(what: str = "Core ML prediction") -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import sapiens2_edge as s2e
-from sapiens2_edge.export import verification_inputs
+from sapiens2_edge.exporters import verification_inputs
 from sapiens2_edge.models.arch import ArchSpec, HeadSpec
 from sapiens2_edge.models.model import build_model
 

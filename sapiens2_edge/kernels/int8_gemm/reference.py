@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...quantize import numerics as nx
+from ...quantization import numerics as nx
 
 
 def int8_accumulate_reference(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 One program per row: the row is read once into registers (fp32), normalised, its absmax taken,
 and the quantized bytes and the row's float32 scale written, so activation quantization costs
-no pass of its own. Rounding follows :mod:`sapiens2_edge.quantize.numerics` exactly: IEEE
+no pass of its own. Rounding follows :mod:`sapiens2_edge.quantization.numerics` exactly: IEEE
 division by the scale, round-half-to-even, int8 clamped to [-127, 127], E4M3 saturated at 448.
 The E4M3 rounding is done in fp32 arithmetic (the value comes out exactly representable before
 the cast), which is exact on every GPU and under the interpreter, whose own fp8 cast is wrong.

@@ -1,9 +1,9 @@
 """Pure-torch reference of the fused RMSNorm + activation quantization (what export traces).
 
 Exactly the unfused path: ``F.rms_norm`` in float32 (the norm weight already carries the
-SmoothQuant factor ``1 / s`` when SmoothQuant ran: :func:`~sapiens2_edge.quantize.smoothquant.
-apply_smoothing` folds it in), then :func:`~sapiens2_edge.quantize.numerics.activation_scales`
-and :func:`~sapiens2_edge.quantize.numerics.quantize_activation` as in ``QuantLinear``.
+SmoothQuant factor ``1 / s`` when SmoothQuant ran: :func:`~sapiens2_edge.quantization.smoothquant.
+apply_smoothing` folds it in), then :func:`~sapiens2_edge.quantization.numerics.activation_scales`
+and :func:`~sapiens2_edge.quantization.numerics.quantize_activation` as in ``QuantLinear``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...quantize import numerics as nx
+from ...quantization import numerics as nx
 
 
 def quant_rows_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float, dtype: str,

@@ -51,7 +51,3 @@ __all__ = [
     "RangeObserver", "ChannelAbsMaxObserver", "CalibrationSet", "build_calibration_set",
     "register_kernel", "unregister_kernel", "available_kernels",
 ]
-
-from .._callable import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, quantize)

@@ -10,7 +10,7 @@ Images go through the task's own preprocessing, ``tasks.get_pipeline(model.task,
 input_size=...)`` (pose with ``flip_test=False``: one crop per image, the whole image as the
 box); a backbone-only model uses the seg pipeline (stretch to the input size, normalise).
 Tensors must already have the calibration input size. At most ``limit`` samples are used
-(default :data:`~sapiens2_edge.quantize.config.DEFAULT_CALIBRATION_SIZE`, see there for why).
+(default :data:`~sapiens2_edge.quantization.config.DEFAULT_CALIBRATION_SIZE`, see there for why).
 """
 
 from __future__ import annotations

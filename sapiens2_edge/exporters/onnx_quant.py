@@ -1,6 +1,6 @@
 """Quantized ONNX graphs from OUR recipe's scales (no ONNX Runtime calibration).
 
-During export every :class:`~sapiens2_edge.quantize.QuantLinear` is swapped for an
+During export every :class:`~sapiens2_edge.quantization.QuantLinear` is swapped for an
 :class:`ExportQLinear` that calls one custom op, ``s2e_export::qlinear``; a custom translation
 writes that op as standard ONNX:
 
@@ -36,8 +36,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ..quantize import numerics as nx
-from ..quantize.linear import QuantLinear
+from ..quantization import numerics as nx
+from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"
 INT8_MAX, FP8_MAX, EPS = nx.INT8_MAX, nx.FP8_MAX, nx.EPS_SCALE
@@ -109,7 +109,7 @@ def _float_linear(layer: QuantLinear) -> nn.Linear:
 @contextlib.contextmanager
 def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
     """Swap every QuantLinear for its export form for the duration; yields {layer: kind}."""
-    from ..quantize.model import set_module
+    from ..quantization.model import set_module
 
     swapped = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     kinds = {}

@@ -27,7 +27,7 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8-weight": 1e-3, "int8": 5e-2, "fp8
 __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "Manifest", "read_manifest", "verification_inputs",
            "TOLERANCE", "ExportOptions", "EXPORTERS"]
 
-# format -> module (under sapiens2_edge.export) that implements it. Each module provides
+# format -> module (under sapiens2_edge.exporters) that implements it. Each module provides
 #   write(model, out_dir: Path, opts: ExportOptions) -> {relative path: role}   (one role "model")
 #   verifier(out_dir: Path, files: dict[str, str]) -> Callable[[np.ndarray], tuple[np.ndarray, ...]] | None
 # ``verifier`` returns the runtime that checks the fresh export on this machine, or None when the
@@ -157,8 +157,8 @@ def float_fidelity(model, runner, size, max_batch: int, float_model, fidelity_da
     the same inputs (the quantization report's metrics, see quantize.fidelity)."""
     import torch
 
-    from ..quantize.evaluate import as_batches
-    from ..quantize.fidelity import task_fidelity
+    from ..quantization.evaluate import as_batches
+    from ..quantization.fidelity import task_fidelity
 
     if fidelity_data is None:
         data = [torch.from_numpy(verification_inputs(size, batch=1, seed=s)) for s in range(4)]
@@ -224,8 +224,3 @@ def _shape_probe(size):
     import torch
 
     return torch.zeros(1, 3, *size)
-
-
-from .._callable import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, export)

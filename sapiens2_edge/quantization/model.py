@@ -20,7 +20,7 @@ from .linear import QuantLinear
 
 
 class QuantizedModel(Sapiens2Model):
-    """Built by :func:`~sapiens2_edge.quantize.quantize` or :func:`~.serialize.load_quantized`."""
+    """Built by :func:`~sapiens2_edge.quantization.quantize` or :func:`~.serialize.load_quantized`."""
 
     recipe: QuantRecipe
     layer_schemes: dict[str, str]

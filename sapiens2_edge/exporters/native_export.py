@@ -24,8 +24,8 @@ def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str
     import torch
 
     from .. import __version__
-    from ..quantize.model import QuantizedModel
-    from ..quantize.serialize import FORMAT, KEY_ARCH, KEY_FORMAT, KEY_HEAD, KEY_RECIPE, KEY_VERSION
+    from ..quantization.model import QuantizedModel
+    from ..quantization.serialize import FORMAT, KEY_ARCH, KEY_FORMAT, KEY_HEAD, KEY_RECIPE, KEY_VERSION
 
     meta = {
         KEY_ARCH: json.dumps(model.arch.to_dict(), sort_keys=True),

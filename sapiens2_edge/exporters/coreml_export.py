@@ -109,7 +109,7 @@ def _coreml_linear_class():
 
         def quantize_input(self, x):
             """Static per-tensor int8 rounding (a Core ML quantize/dequantize pair); prefix tokens
-            keep their per-token scale as in :func:`~sapiens2_edge.quantize.numerics.activation_scales`."""
+            keep their per-token scale as in :func:`~sapiens2_edge.quantization.numerics.activation_scales`."""
             s = self.input_scale
             body = torch.clamp(x, -127 * s, 127 * s)  # our range is [-127, 127]; Core ML's int8 reaches -128
             body = qd.dequantize_per_tensor(qd.quantize_per_tensor(body, s, 0, -127, 127, torch.int8),
@@ -136,8 +136,8 @@ def coreml_source(model):
     import torch
 
     from ..models.backbone import Attention
-    from ..quantize.linear import QuantLinear
-    from ..quantize.model import set_module
+    from ..quantization.linear import QuantLinear
+    from ..quantization.model import set_module
 
     src = copy.deepcopy(model).eval()
     src.set_rope_mode("fp32")
@@ -252,7 +252,7 @@ def _attention_kind(op_types: Counter) -> str | None:
 def check_int8_weights(int8_ops, model) -> dict[str, Any]:
     """Every int8 constexpr weight of the program must be one of our QuantLinear int8 weights,
     bit for bit, with its per-channel scale (up to the fp16 rounding of FLOAT16 compute)."""
-    from ..quantize.linear import QuantLinear
+    from ..quantization.linear import QuantLinear
 
     ours = {}
     for name, m in model.named_modules():

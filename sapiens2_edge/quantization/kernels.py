@@ -1,5 +1,5 @@
 """Kernel registry: where faster GEMMs (the Triton kernels of a later issue) plug into
-:class:`~sapiens2_edge.quantize.linear.QuantLinear`.
+:class:`~sapiens2_edge.quantization.linear.QuantLinear`.
 
 A kernel is ``fn(layer, x) -> Tensor | NotImplemented``: it gets the :class:`QuantLinear` (its
 ``weight``, ``weight_scale``, ``input_scale``, ``bias``, ``config``, ``prefix_tokens``) and the
