@@ -51,6 +51,7 @@ def build_and_test(build: Path, cases: Path, *options: str, env: dict | None = N
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_ctest_release(tmp_path, engine_cases):
     out = build_and_test(tmp_path / "build", engine_cases, "-DCMAKE_BUILD_TYPE=Release")
     for name in ("test_json", "test_safetensors", "test_ops", "test_engine"):
@@ -60,6 +61,7 @@ def test_ctest_release(tmp_path, engine_cases):
     assert (tmp_path / "build" / "libs2e.a").is_file()
 
 
+@pytest.mark.slow
 def test_ctest_asan_ubsan(tmp_path, engine_cases):
     """Every C++ test, engine cases included, runs clean under ASan + UBSan (any report aborts)."""
     env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}

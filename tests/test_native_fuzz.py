@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_native_parser.py"
 
 
+@pytest.mark.slow
 def test_fuzz_parsers_20s(tmp_path):
     # libFuzzer reads the peak RSS through getrusage, which a child inherits from this (large)
     # pytest process across fork + exec: allow 2 GB on top of that inherited peak.
