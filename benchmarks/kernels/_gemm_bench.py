@@ -19,7 +19,6 @@ from _quant_bench import TOKENS, gemm_row, header, linear_shapes, measure_peaks,
 
 def run(qdtype: str, args) -> None:
     import torch
-
     from sapiens2_edge.kernels.fp8_gemm import fp8_unsupported_reason
 
     device = torch.device("cpu" if args.dry_run else "cuda")
@@ -53,10 +52,10 @@ def _shape_rows(qdtype, m, k, n, device, peaks, batch, dry_run) -> list[dict]:
     """All variants of one (M, K, N) linear."""
     import torch
     import torch.nn.functional as F
-
     from sapiens2_edge.kernels.fp8_gemm import fp8_gemm, fp8_gemm_reference
     from sapiens2_edge.kernels.int8_gemm import LAUNCHES, int8_gemm, int8_gemm_reference
-    from sapiens2_edge.quantization import numerics as nx
+
+    from sapiens2_edge.kernels import numerics as nx
     from sapiens2_edge.quantization.config import layer_config
     from sapiens2_edge.quantization.linear import QuantLinear
 

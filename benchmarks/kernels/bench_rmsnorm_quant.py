@@ -33,7 +33,6 @@ def mem_row(variant: str, ms: float | None, nbytes: float, hbm: float, base_ms: 
 def bench_case(m: int, c: int, qdtype: str, norm: bool, device, peaks: dict, compiled) -> list[dict]:
     import torch
     import torch.nn.functional as F
-
     from sapiens2_edge.kernels.int8_gemm import LAUNCHES
     from sapiens2_edge.kernels.rmsnorm_quant import per_token_quant, quant_rows_reference, rmsnorm_quant
 
@@ -71,8 +70,8 @@ def bench_case(m: int, c: int, qdtype: str, norm: bool, device, peaks: dict, com
 def main() -> None:
     args = parse_args(__doc__)
     import torch
-
     from sapiens2_edge.kernels.rmsnorm_quant import quant_rows_reference
+
     from sapiens2_edge.models.arch import get_preset
 
     device = torch.device("cpu" if args.dry_run else "cuda")
