@@ -21,13 +21,6 @@ SHAPES = [(2, 1, 64), (2, 2, 80), (4, 2, 76)]
 LAUNCHES = op.LAUNCHES
 
 
-@pytest.fixture
-def interpret():
-    """Triton forced on CPU tensors (this process runs with TRITON_INTERPRET=1)."""
-    assert switch.interpreting()
-    with switch.override(mode="triton"):
-        yield
-
 
 def _inputs(h, kv, d, dtype, seed=0, b=2):
     """q, k, v as strided views of one fused projection output; QK-norm weights near 1."""

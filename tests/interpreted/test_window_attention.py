@@ -18,13 +18,6 @@ WIDTHS = [(2, 64), (1, 80), (2, 76)]
 LAUNCHES = op.LAUNCHES
 
 
-@pytest.fixture
-def interpret():
-    """Triton kernels forced on CPU tensors (this process runs with TRITON_INTERPRET=1)."""
-    assert switch.interpreting()
-    with switch.override(mode="triton"):
-        yield
-
 
 def _qkv(n, s, c, dtype, seed=0):
     """q, k, v as strided views of one fused projection output, as a QKV linear would give them."""
