@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sapiens2_edge.kernels.fp8_gemm.op as fp8_op
+import sapiens2_edge.kernels.scaled_gemm.op as gemm_ops
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
-from sapiens2_edge.kernels.fp8_gemm import fp8_gemm, fp8_gemm_reference, fp8_unsupported_reason
-from sapiens2_edge.kernels.int8_gemm import LAUNCHES
+from sapiens2_edge.kernels import switch
+from sapiens2_edge.kernels.scaled_gemm.op import LAUNCHES, fp8_gemm, fp8_unsupported_reason
+from sapiens2_edge.kernels.scaled_gemm.reference import fp8_gemm_reference
 from tests.test_kernels_int8_gemm import layer_forward, make_layer, run_interpreted  # noqa: F401 (child runs them)
 
 E4M3 = torch.float8_e4m3fn
@@ -97,7 +98,7 @@ def test_quantlinear_fp8_triton_path_matches_reference_path(interpreted):
     rows = [(args, r) for (name, args), r in interpreted if name == "layer_forward"]
     assert len(rows) == len(LAYERS)
     for (seed, k, n, mode, scheme, gran, bias, x), r in rows:
-        assert r["launches"] == {"rmsnorm_quant": 1, "fp8_gemm": 1}, mode
+        assert r["launches"] == {"token_quant": 1, "fp8_gemm": 1}, mode
         layer = make_layer(seed, k, n, mode, scheme, gran, bias)
         layer.kernel = "reference"
         with torch.no_grad():
@@ -105,7 +106,7 @@ def test_quantlinear_fp8_triton_path_matches_reference_path(interpreted):
         torch.testing.assert_close(r["out"], ref, rtol=1e-5, atol=1e-5)
 
 
-# --- the gate, dispatch and errors (this process) --------------------------------------------------
+# --- the gate, the switch and errors (this process) ------------------------------------------------
 def test_capability_gate(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
@@ -114,32 +115,33 @@ def test_capability_gate(monkeypatch):
     for cap in ((8, 9), (9, 0), (10, 0)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=cap: c)
         assert fp8_unsupported_reason("cuda") is None
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert "runs on CUDA GPUs" in fp8_unsupported_reason("cpu")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert fp8_unsupported_reason("cpu") is None
+    with switch.override(interpret=False):
+        assert "runs on CUDA GPUs" in fp8_unsupported_reason("cpu")
+    with switch.override(interpret=True):
+        assert fp8_unsupported_reason("cpu") is None
 
 
 def test_unsupported_gpu_raises_when_forced_and_declines_in_auto(monkeypatch):
     a, w = _small_ints((6, 32), 1), _small_ints((16, 32), 2)
     sa, sw, b = _scales(6, 16, True, True, 3)
-    monkeypatch.setattr(fp8_op, "fp8_unsupported_reason", lambda device: "the FP8 GEMM needs sm_89+ (test)")
-    monkeypatch.setattr(fp8_op, "use_triton", lambda device_type: True)
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
-    with pytest.raises(ConfigError, match=r"SAPIENS2_EDGE_KERNELS=triton: the FP8 GEMM needs sm_89\+"):
+    monkeypatch.setattr(gemm_ops, "fp8_unsupported_reason", lambda device: "the FP8 GEMM needs sm_89+ (test)")
+    monkeypatch.setattr(switch, "use_triton", lambda device_type: True)
+    with switch.override(mode="triton"), pytest.raises(
+            ConfigError, match=r"SAPIENS2_EDGE_KERNELS=triton: the FP8 GEMM needs sm_89\+"):
         fp8_gemm(a, w, sa, sw, b)
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "auto")
     before = LAUNCHES["fp8_gemm"]
-    y = fp8_gemm(a, w, sa, sw, b)
+    with switch.override(mode="auto"):
+        y = fp8_gemm(a, w, sa, sw, b)
     assert LAUNCHES["fp8_gemm"] == before and torch.equal(y, fp8_gemm_reference(a, w, sa, sw, b, torch.float32))
 
 
-def test_cpu_default_quantlinear_fp8_unchanged(monkeypatch):
-    monkeypatch.delenv("SAPIENS2_EDGE_KERNELS", raising=False)
-    layer = make_layer(4, 48, 32, "dynamic", "fp8")
+def test_cpu_default_quantlinear_fp8_unchanged():
+    with switch.override(mode="auto", triton=True):
+        layer = make_layer(4, 48, 32, "dynamic", "fp8")
+    assert layer.auto_kernel is not None
     x = _x((2, 12, 48), 3)
     before = sum(LAUNCHES.values())
-    with torch.no_grad():
+    with torch.no_grad(), switch.override(mode="auto", triton=True):
         auto = layer(x)
         layer.kernel = "reference"
         assert torch.equal(auto, layer(x))

@@ -8,15 +8,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sapiens2_edge.kernels.attention_prologue import LAUNCHES as PROLOGUE_LAUNCHES
-from sapiens2_edge.kernels.attention_prologue import launcher as prologue
+from sapiens2_edge.kernels import switch
+from sapiens2_edge.kernels.attention_prologue import op as prologue
 from sapiens2_edge.kernels.attention_prologue import reference as prologue_ref
-from sapiens2_edge.kernels.window_attention import LAUNCHES as WINDOW_LAUNCHES
-from sapiens2_edge.kernels.window_attention import launcher as window
+from sapiens2_edge.kernels.window_attention import op as window
 from sapiens2_edge.kernels.window_attention import reference as window_ref
 from sapiens2_edge.models.arch import ArchSpec
 from sapiens2_edge.models.backbone import RopeEmbedding
 from sapiens2_edge.models.model import build_model
+
+LAUNCHES = prologue.LAUNCHES  # one counter for every kernel
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -40,11 +41,11 @@ def test_window_attention_real_shapes(dtype, c, heads):
     n = 3072 + 1  # one 4096x3072 image, plus one window so the count is odd
     q, k, v = torch.randn(n, 17, 3 * c, device="cuda").to(dtype).split(c, dim=-1)
     ref32 = window_ref.window_attention(q.float(), k.float(), v.float(), heads)
-    before = WINDOW_LAUNCHES["window_attention"]
-    out = window.window_attention(q, k, v, heads)
-    assert WINDOW_LAUNCHES["window_attention"] == before + 1
+    before = LAUNCHES["window_attention"]
+    out = window.launch_window_attention(q, k, v, heads)
+    assert LAUNCHES["window_attention"] == before + 1
     _fa_rule(out, window_ref.window_attention(q, k, v, heads), ref32)
-    _fa_rule(window.window_attention_cls(q[:, 0], k, v, heads), window_ref.window_attention_cls(q[:, 0], k, v, heads),
+    _fa_rule(window.launch_window_attention_cls(q[:, 0], k, v, heads), window_ref.window_attention_cls(q[:, 0], k, v, heads),
              ref32[:, 0])
 
 
@@ -53,7 +54,7 @@ def test_partition_norm_real_shape(dtype):
     c, hp, wp = 1536, 256, 192
     tokens = torch.randn(1, c, hp * wp, device="cuda").to(dtype).transpose(1, 2)
     cls, pos, ln = (torch.randn(*s, device="cuda").to(dtype) for s in ((1, 1, c), (1, 17, c), (c,)))
-    x, h = window.window_partition_norm(tokens, cls, pos, ln, hp, wp, 4, 1e-6)
+    x, h = window.launch_window_partition_norm(tokens, cls, pos, ln, hp, wp, 4, 1e-6)
     xr, hr = window_ref.window_partition_norm(tokens, cls, pos, ln, hp, wp, 4, 1e-6)
     assert torch.equal(x, xr)
     _, h32 = window_ref.window_partition_norm(tokens.float(), cls.float(), pos.float(), ln.float(), hp, wp, 4, 1e-6)
@@ -70,9 +71,9 @@ def test_prologue_real_shapes(dtype, c, heads, kv, round_bf16):
     q, k, v = torch.randn(2, t, (heads + 2 * kv) * d, device="cuda").to(dtype).split([c, kv * d, kv * d], -1)
     qw, kw = (1 + 0.1 * torch.randn(d, device="cuda")).to(dtype), (1 + 0.1 * torch.randn(d, device="cuda")).to(dtype)
     tail = (sin, cos, heads, kv, 1e-6, round_bf16, True)
-    before = PROLOGUE_LAUNCHES["attention_prologue"]
-    ours = prologue.attention_prologue(q, k, v, qw, kw, *tail)
-    assert PROLOGUE_LAUNCHES["attention_prologue"] == before + 1
+    before = LAUNCHES["attention_prologue"]
+    ours = prologue.launch(q, k, v, qw, kw, *tail)
+    assert LAUNCHES["attention_prologue"] == before + 1
     low = prologue_ref.attention_prologue(q, k, v, qw, kw, *tail)
     ref32 = prologue_ref.attention_prologue(q.float(), k.float(), v.float(), qw.float(), kw.float(), *tail)
     for o, lo, r in zip(ours, low, ref32, strict=True):
@@ -85,27 +86,29 @@ def _tiny_4k():
 
 
 @pytest.mark.parametrize("dtype", LOW)
-def test_backbone_with_kernels_follows_fa_rule(monkeypatch, dtype):
-    model = _tiny_4k()
+def test_backbone_with_kernels_follows_fa_rule(dtype):
+    with switch.override(mode="auto"):
+        model = _tiny_4k()
+    assert model.backbone.tokenizer.fused and model.backbone.blocks[0].attn.fused  # chosen at construction
     x = torch.randn(2, 3, 512, 384, device="cuda")
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "reference")
     with torch.inference_mode():
-        ref32 = model(x)
-        low_model = model.to(dtype)
-        low = low_model(x)
-        monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "auto")  # CUDA: the Triton path
-        before = WINDOW_LAUNCHES["window_attention_cls"], PROLOGUE_LAUNCHES["attention_prologue"]
-        ours = low_model(x)
-    assert WINDOW_LAUNCHES["window_attention_cls"] > before[0] and PROLOGUE_LAUNCHES["attention_prologue"] > before[1]
+        with switch.override(mode="reference"):
+            ref32 = model(x)
+            low_model = model.to(dtype)
+            low = low_model(x)
+        before = LAUNCHES["window_attention_cls"], LAUNCHES["attention_prologue"]
+        with switch.override(mode="auto"):  # CUDA: the Triton path
+            ours = low_model(x)
+    assert LAUNCHES["window_attention_cls"] > before[0] and LAUNCHES["attention_prologue"] > before[1]
     _fa_rule(ours, low, ref32)
 
 
-def test_torch_compile_sees_the_custom_ops(monkeypatch):
-    model = _tiny_4k().to(torch.bfloat16)
+def test_torch_compile_sees_the_custom_ops():
+    with switch.override(mode="triton"):
+        model = _tiny_4k().to(torch.bfloat16)
     x = torch.randn(1, 3, 256, 192, device="cuda")
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
     torch._dynamo.reset()
-    with torch.inference_mode():
+    with torch.inference_mode(), switch.override(mode="triton"):
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True)(x)
     torch.testing.assert_close(compiled.float(), eager.float(), rtol=3e-2, atol=3e-2)

@@ -1,5 +1,5 @@
 """INT8 W8A8 GEMM: the Triton kernel under the interpreter against the integer reference, the
-custom op, QuantLinear's ``triton`` path, dispatch and input errors.
+custom op, QuantLinear's ``triton`` path, the kernel switch and input errors.
 
 ``triton.jit`` picks the interpreter when Triton is imported (its own library functions are
 decorated then), so the interpreted runs happen in one child Python per test module that sets
@@ -19,7 +19,9 @@ import pytest
 import torch
 
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
-from sapiens2_edge.kernels.int8_gemm import LAUNCHES, int8_accumulate_reference, int8_gemm, int8_gemm_reference
+from sapiens2_edge.kernels import switch
+from sapiens2_edge.kernels.scaled_gemm.op import LAUNCHES, int8_gemm
+from sapiens2_edge.kernels.scaled_gemm.reference import int8_accumulate_reference, int8_gemm_reference
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 
@@ -52,17 +54,17 @@ def child_main(module: str, inp: str, out: str) -> None:
         results.append({"out": value, "launches": launches})
     from triton.runtime.interpreter import InterpretedFunction
 
-    from sapiens2_edge.kernels.int8_gemm.kernel import _FP8, _INT8
-    from sapiens2_edge.kernels.rmsnorm_quant.kernel import _KERNEL
+    from sapiens2_edge.kernels.scaled_gemm.op import _FP8, _INT8
+    from sapiens2_edge.kernels.token_quant.op import _KERNEL
 
-    built = [k for lazy in (_INT8, _FP8, _KERNEL) for k in lazy._built.values()]
-    assert built and all(isinstance(k, InterpretedFunction) for k in built)  # interpreted, never compiled
+    assert switch.interpreting()
+    assert all(isinstance(k, InterpretedFunction) for k in (_INT8, _FP8, _KERNEL))  # interpreted, never compiled
     torch.save(results, out)
 
 
 # --- functions the child runs ----------------------------------------------------------------------
 def raw_accumulate(a, w):
-    from sapiens2_edge.kernels.int8_gemm.kernel import launch_scaled_gemm
+    from sapiens2_edge.kernels.scaled_gemm.op import launch_scaled_gemm
 
     return launch_scaled_gemm(a, w, None, None, None, torch.float32, epilogue=False)
 
@@ -180,7 +182,7 @@ def test_quantlinear_triton_path_equals_reference_path(interpreted):
     assert len(rows) == len(LAYER_CASES)
     for (seed, k, n, mode, scheme, gran, bias, x), r in rows:
         # one fused quantization pass and one GEMM: the Triton path ran, not the fallback
-        assert r["launches"] == {"rmsnorm_quant": 1, "int8_gemm": 1}, (mode, gran)
+        assert r["launches"] == {"token_quant": 1, "int8_gemm": 1}, (mode, gran)
         layer = make_layer(seed, k, n, mode, scheme, gran, bias)
         layer.kernel = "reference"
         with torch.no_grad():
@@ -195,13 +197,14 @@ def test_export_traces_the_reference_decomposition(interpreted):
     assert "sapiens2_edge" not in r["out"] and "aten" in r["out"]
 
 
-# --- in this process: the reference path, the op, dispatch, errors ------------------------------------
-def test_cpu_default_path_does_not_launch_and_is_unchanged(monkeypatch):
-    monkeypatch.delenv("SAPIENS2_EDGE_KERNELS", raising=False)
-    layer = make_layer(3, 48, 40, "static")
+# --- in this process: the reference path, the op, the switch, errors --------------------------------
+def test_cpu_default_path_does_not_launch_and_is_unchanged():
+    with switch.override(mode="auto", triton=True):
+        layer = make_layer(3, 48, 40, "static")
+    assert layer.auto_kernel is not None and layer.auto_kernel.name == "triton"  # chosen at construction
     x = _x((2, 12, 48), 7)
     before = sum(LAUNCHES.values())
-    with torch.no_grad():
+    with torch.no_grad(), switch.override(mode="auto", triton=True):
         auto = layer(x)
         layer.kernel = "reference"
         ref = layer(x)
@@ -209,11 +212,17 @@ def test_cpu_default_path_does_not_launch_and_is_unchanged(monkeypatch):
     assert torch.equal(auto, ref)
 
 
-def test_op_reference_mode_and_schema(monkeypatch):
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "reference")
+def test_reference_mode_layers_choose_no_kernel():
+    with switch.override(mode="reference"):
+        assert make_layer(0, 16, 16, "dynamic").auto_kernel is None
+    assert make_layer(0, 16, 16, "dynamic", "int8-weight").auto_kernel is None  # no Triton path for the scheme
+
+
+def test_op_reference_mode_and_schema():
     a, w, sa, sw, b = _epi_inputs(20, 24, 32, True, True, 5)
     before = LAUNCHES["int8_gemm"]
-    y = int8_gemm(a, w, sa, sw, b, torch.float16)
+    with switch.override(mode="reference"):
+        y = int8_gemm(a, w, sa, sw, b, torch.float16)
     assert LAUNCHES["int8_gemm"] == before and y.dtype == torch.float16
     manual = ((a.double() @ w.double().t()) * (sa.double() * sw.double()) + b.double()).half()
     torch.testing.assert_close(y, manual, rtol=1e-3, atol=1e-3)
@@ -221,14 +230,13 @@ def test_op_reference_mode_and_schema(monkeypatch):
     torch.library.opcheck(torch.ops.sapiens2_edge.int8_gemm.default, (a, w, sa, sw[:1], None, torch.bfloat16))
 
 
-def test_forced_triton_on_cpu_without_interpreter_is_a_config_error(monkeypatch):
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_forced_triton_on_cpu_without_interpreter_is_a_config_error():
     a, w, sa, sw, b = _epi_inputs(4, 16, 16, True, False, 1)
-    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
-        int8_gemm(a, w, sa, sw)
-    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
-        make_layer(0, 16, 16, "dynamic")(torch.randn(2, 16))
+    with switch.override(mode="triton", triton=True, interpret=False):
+        with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
+            int8_gemm(a, w, sa, sw)
+        with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
+            make_layer(0, 16, 16, "dynamic")(torch.randn(2, 16))
 
 
 @pytest.mark.parametrize("change, error, match", [
@@ -265,7 +273,7 @@ def _compile(fn, types: dict, consts: dict, cc: int, num_warps: int = 4):
 
 @pytest.mark.parametrize("cc, fp8", [(90, False), (90, True), (89, True), (80, False)])
 def test_gemm_kernel_compiles_for_gpu_targets(cc, fp8):
-    from sapiens2_edge.kernels.int8_gemm.kernel import _CONFIGS, _scaled_gemm
+    from sapiens2_edge.kernels.scaled_gemm.op import _CONFIGS, _scaled_gemm
 
     q = "*u8" if fp8 else "*i8"
     types = dict(a_ptr=q, w_ptr=q, c_ptr="*bf16", sa_ptr="*fp32", sw_ptr="*fp32", bias_ptr="*fp32",
@@ -279,9 +287,9 @@ def test_gemm_kernel_compiles_for_gpu_targets(cc, fp8):
 
 @pytest.mark.parametrize("fp8", [False, True])
 def test_quant_rows_kernel_compiles_for_hopper(fp8):
-    from sapiens2_edge.kernels.rmsnorm_quant.kernel import _quant_rows
+    from sapiens2_edge.kernels.token_quant.op import _quant_rows
 
-    types = dict(x_ptr="*bf16", w_ptr="*fp32", q_ptr="*u8" if fp8 else "*i8", s_ptr="*fp32", static_ptr="*fp32",
-                 K="i32", stride_x="i32", stride_q="i32", seq_len="i32", prefix="i32", eps="fp32")
-    kernel = _compile(_quant_rows, types, dict(NORM=True, STATIC=True, IS_FP8=fp8, BLOCK_K=2048), 90)
+    types = dict(x_ptr="*bf16", q_ptr="*u8" if fp8 else "*i8", s_ptr="*fp32", static_ptr="*fp32",
+                 K="i32", stride_x="i32", stride_q="i32", seq_len="i32", prefix="i32")
+    kernel = _compile(_quant_rows, types, dict(STATIC=True, IS_FP8=fp8, BLOCK_K=2048), 90)
     assert kernel.asm["cubin"]

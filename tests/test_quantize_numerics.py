@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sapiens2_edge.quantization import numerics as nx
+from sapiens2_edge.kernels import numerics as nx
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 

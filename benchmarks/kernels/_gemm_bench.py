@@ -11,7 +11,6 @@ Per Sapiens2 linear (M = 3081 x batch tokens, K x N of the preset), times:
 
 from __future__ import annotations
 
-import os
 import sys
 
 from _quant_bench import TOKENS, gemm_row, header, linear_shapes, measure_peaks, time_ms, write
@@ -20,7 +19,7 @@ from _quant_bench import TOKENS, gemm_row, header, linear_shapes, measure_peaks,
 def run(qdtype: str, args) -> None:
     import torch
 
-    from sapiens2_edge.kernels.fp8_gemm import fp8_unsupported_reason
+    from sapiens2_edge.kernels.scaled_gemm.op import fp8_unsupported_reason
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -54,17 +53,16 @@ def _shape_rows(qdtype, m, k, n, device, peaks, batch, dry_run) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from sapiens2_edge.kernels.fp8_gemm import fp8_gemm, fp8_gemm_reference
-    from sapiens2_edge.kernels.int8_gemm import LAUNCHES, int8_gemm, int8_gemm_reference
-    from sapiens2_edge.quantization import numerics as nx
+    from sapiens2_edge.kernels import numerics as nx
+    from sapiens2_edge.kernels import switch
+    from sapiens2_edge.kernels.scaled_gemm.op import LAUNCHES, fp8_gemm, int8_gemm
+    from sapiens2_edge.kernels.scaled_gemm.reference import fp8_gemm_reference, int8_gemm_reference
     from sapiens2_edge.quantization.config import layer_config
     from sapiens2_edge.quantization.linear import QuantLinear
 
     gemm = int8_gemm if qdtype == "int8" else fp8_gemm
     ref_op = int8_gemm_reference if qdtype == "int8" else fp8_gemm_reference
     act_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    env_key = "SAPIENS2_EDGE_KERNELS"
-    forced = os.environ.get(env_key)
     flops = 2.0 * m * n * k
     x = torch.randn(m, k, device=device).to(act_dtype)
     lin = torch.nn.Linear(k, n, device=device)
@@ -98,27 +96,21 @@ def _shape_rows(qdtype, m, k, n, device, peaks, batch, dry_run) -> list[dict]:
             lambda: torch._scaled_mm(a, wq.t(), scale_a=sa, scale_b=swr, bias=b_bf, out_dtype=torch.bfloat16),
             device), flops, peak, base), "torch._scaled_mm rowwise"))
     # the whole quantized linear from a bf16 input: quantize the activations, GEMM, epilogue
-    layer = QuantLinear.from_float(lin, layer_config(qdtype))
+    triton_mode = "triton" if dry_run else "auto"
+    with switch.override(mode=triton_mode):  # the layer chooses its kernel when built
+        layer = QuantLinear.from_float(lin, layer_config(qdtype))
     x3 = x.reshape(batch, -1, k)
     with torch.no_grad():
-        os.environ[env_key] = "triton" if dry_run else "auto"
         launched = LAUNCHES[f"{qdtype}_gemm"]
-        t_ours = time_ms(lambda: layer(x3), device)
+        with switch.override(mode=triton_mode):
+            t_ours = time_ms(lambda: layer(x3), device)
         if LAUNCHES[f"{qdtype}_gemm"] == launched:
             sys.exit(f"QuantLinear did not take the Triton path on {device}")
-        os.environ[env_key] = "reference"  # the built-in torch path of QuantLinear (no Triton)
-        t_torch = time_ms(lambda: layer(x3), device)
-    _restore(env_key, forced)
+        with switch.override(mode="reference"):  # the built-in torch path of QuantLinear (no Triton)
+            t_torch = time_ms(lambda: layer(x3), device)
     rows.append(gemm_row("QuantLinear, Triton (fused quant + GEMM)", t_ours, flops, peak, base))
     rows.append(gemm_row("QuantLinear, built-in torch path", t_torch, flops, peak, base))
     return rows
-
-
-def _restore(key: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = value
 
 
 def _try(fn, what: str) -> dict:

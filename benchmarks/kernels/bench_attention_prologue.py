@@ -44,21 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def with_mode(mode, fn):
-    """``fn`` run with SAPIENS2_EDGE_KERNELS=mode (the backbone's own dispatch picks the path)."""
-    import os
-
-    def run():
-        os.environ["SAPIENS2_EDGE_KERNELS"] = mode
-        return fn()
-    return run
-
-
 def run_shape(args, device, dtype, peaks, shape):
     import torch
-    from roofline import row, time_ms
+    from roofline import row, time_ms, with_mode
 
-    from sapiens2_edge.kernels.attention_prologue import launcher, reference
+    from sapiens2_edge.kernels.attention_prologue import op, reference
     from sapiens2_edge.models.backbone import Attention, RopeEmbedding
 
     c, h, kv = SHAPES[shape]
@@ -81,11 +71,11 @@ def run_shape(args, device, dtype, peaks, shape):
     if not args.no_compile and device.type == "cuda":
         compiled = torch.compile(reference.attention_prologue)
         rows.append(row("reference + torch.compile", tm(lambda: compiled(*args_, True)), io_expand, None, peaks, base))
-    rows.append(row("ours, kv heads kept (native GQA)", tm(lambda: launcher.attention_prologue(*args_, False)), io,
+    rows.append(row("ours, kv heads kept (native GQA)", tm(lambda: op.launch(*args_, False)), io,
                     None, peaks, base))
-    rows.append(row("ours, kv heads expanded", tm(lambda: launcher.attention_prologue(*args_, True)), io_expand, None,
+    rows.append(row("ours, kv heads expanded", tm(lambda: op.launch(*args_, True)), io_expand, None,
                     peaks, base))
-    mism = sum((o != r).sum().item() for o, r in zip(launcher.attention_prologue(*args_, True),
+    mism = sum((o != r).sum().item() for o, r in zip(op.launch(*args_, True),
                                                        reference.attention_prologue(*args_, True), strict=True))
     rows[-1]["elements != reference"] = mism
     sections = {f"prologue {shape} (B={b}, T={t}, {h} heads, {kv} kv, d={d})": rows}

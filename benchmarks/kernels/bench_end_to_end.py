@@ -15,7 +15,6 @@ against reference eager. Results: benchmarks/results/kernels/end_to_end.{md,json
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -80,6 +79,8 @@ def _fp8(model):
 def run_model(args, name, device, timer):
     import torch
 
+    from sapiens2_edge.kernels import switch
+
     base_model, size = _build(name, args.dry_run)
     dtype = torch.float32 if args.dry_run else torch.bfloat16
     x = torch.randn(args.batch, 3, *size, device=device, dtype=dtype)
@@ -87,13 +88,14 @@ def run_model(args, name, device, timer):
     for variant in args.variants:
         if "compile" in variant and device.type != "cuda":
             continue  # inductor on the CPU dry run would only burn time
-        os.environ["SAPIENS2_EDGE_KERNELS"] = "reference" if variant.startswith("ref") else "triton"
         torch._dynamo.reset()
         try:
-            model = _fp8(base_model) if "fp8" in variant else base_model
+            mode = "reference" if variant.startswith("ref") else "triton"
+            with switch.override(mode=mode):  # quantized layers choose their kernels when built
+                model = _fp8(base_model) if "fp8" in variant else base_model
             model = model.to(device=device, dtype=None if "fp8" in variant else dtype).eval()
             fn = torch.compile(model) if "compile" in variant else model
-            with torch.inference_mode():
+            with torch.inference_mode(), switch.override(mode=mode):
                 outs[variant] = fn(x).float()  # traces/compiles with this variant's kernel mode
                 ms = timer(lambda fn=fn: fn(x))
         except Exception as e:  # noqa: BLE001 - one failing variant must not hide the others
@@ -124,15 +126,11 @@ def main(argv=None) -> int:
     if device is None:
         return 2
     timer = lambda fn: time_ms(fn, device, warmup=3, reps=args.reps)  # noqa: E731
-    saved = os.environ.get("SAPIENS2_EDGE_KERNELS")
     sections = {}
-    try:
-        for name in args.models:
-            title, rows = run_model(args, name, device, timer)
-            sections[title] = rows
-            print(title, rows, flush=True)
-    finally:
-        os.environ["SAPIENS2_EDGE_KERNELS"] = saved or "auto"
+    for name in args.models:
+        title, rows = run_model(args, name, device, timer)
+        sections[title] = rows
+        print(title, rows, flush=True)
     header = {**device_info(device), "dtype": "float32" if args.dry_run else "bfloat16", "weights": "random",
               "dry_run": args.dry_run}
     path = write_results("end_to_end" + args.tag + ("_dry_run" if args.dry_run else ""), header, sections, args.out)

@@ -66,7 +66,7 @@ def attention_section(args, device, dtype, peaks, width):
     import torch.nn.functional as F
     from roofline import row, time_ms
 
-    from sapiens2_edge.kernels.window_attention import launcher, reference
+    from sapiens2_edge.kernels.window_attention import op, reference
 
     name, c, heads = WIDTHS[width]
     n, seq = (7, 17) if args.dry_run else (3072 * args.batch, 17)
@@ -87,14 +87,14 @@ def attention_section(args, device, dtype, peaks, width):
             rows.append(row("FlexAttention window mask", t(flex_window(q, k, v, heads, seq)), io, flops, peaks, base))
         except Exception as e:  # noqa: BLE001 - report, do not hide the other rows
             rows.append({"variant": "FlexAttention window mask", "error": f"{type(e).__name__}: {e}"[:200]})
-    rows.append(row("ours (Triton)", t(lambda: launcher.window_attention(q, k, v, heads)), io, flops, peaks, base))
+    rows.append(row("ours (Triton)", t(lambda: op.launch_window_attention(q, k, v, heads)), io, flops, peaks, base))
     cls_io = (2 * n * c + 2 * n * seq * c) * esz
     q0 = q[:, 0]
     cls_base = t(lambda: reference.window_attention_cls(q0, k, v, heads))
     rows.append(row("reference CLS-only", cls_base, cls_io, flops / seq, peaks, None))
-    rows.append(row("ours CLS-only (last block)", t(lambda: launcher.window_attention_cls(q0, k, v, heads)), cls_io,
+    rows.append(row("ours CLS-only (last block)", t(lambda: op.launch_window_attention_cls(q0, k, v, heads)), cls_io,
                     flops / seq, peaks, cls_base))
-    err = (launcher.window_attention(q, k, v, heads).float()
+    err = (op.launch_window_attention(q, k, v, heads).float()
            - reference.window_attention(q.float(), k.float(), v.float(), heads)).abs().max().item()
     rows[-3]["max_err_vs_fp32"] = f"{err:.2e}"
     return f"window attention d={width} ({name}: {n} windows x {seq}, C={c}, {heads} heads)", rows
@@ -104,7 +104,7 @@ def gather_section(args, device, dtype, peaks):
     import torch
     from roofline import row, time_ms
 
-    from sapiens2_edge.kernels.window_attention import launcher, reference
+    from sapiens2_edge.kernels.window_attention import op, reference
 
     b, hp, wp, c = (1, 8, 12, 64) if args.dry_run else (args.batch, 256, 192, 1536)
     tokens = torch.randn(b, c, hp * wp, device=device, dtype=dtype).transpose(1, 2)  # patch-embed layout
@@ -113,17 +113,16 @@ def gather_section(args, device, dtype, peaks):
     io = (b * hp * wp * c + 2 * n * 17 * c) * tokens.element_size()
     t = lambda fn: time_ms(fn, device, reps=args.reps)  # noqa: E731
     base = t(lambda: reference.window_partition_norm(tokens, cls, pos, ln, hp, wp, 4, 1e-6))
-    ours = t(lambda: launcher.window_partition_norm(tokens, cls, pos, ln, hp, wp, 4, 1e-6))
+    ours = t(lambda: op.launch_window_partition_norm(tokens, cls, pos, ln, hp, wp, 4, 1e-6))
     return f"gather + RMSNorm ({hp}x{wp} grid, C={c})", [
         row("reference partition + rms_norm", base, io, None, peaks, base),
         row("ours (fused gather + norm)", ours, io, None, peaks, base)]
 
 
 def tokenizer_section(args, device, dtype, peaks):
-    import os
 
     import torch
-    from roofline import row, time_ms
+    from roofline import row, time_ms, with_mode
 
     from sapiens2_edge.models.arch import ArchSpec, get_preset
     from sapiens2_edge.models.backbone import WindowTokenizer
@@ -139,19 +138,12 @@ def tokenizer_section(args, device, dtype, peaks):
     tokens = torch.randn(b, arch.embed_dim, hp * wp, device=device, dtype=dtype).transpose(1, 2)
     t = lambda fn: time_ms(fn, device, warmup=2, reps=max(3, args.reps // 4))  # noqa: E731
 
-    def with_mode(mode):
-        def run():
-            os.environ["SAPIENS2_EDGE_KERNELS"] = mode
-            with torch.inference_mode():
-                return tok(tokens, hp, wp)
-        return run
-    saved = os.environ.get("SAPIENS2_EDGE_KERNELS")
-    try:
-        base = t(with_mode("reference"))
-        ours = t(with_mode("triton"))
-        ref_out, out = with_mode("reference")(), with_mode("triton")()
-    finally:
-        os.environ["SAPIENS2_EDGE_KERNELS"] = saved or "auto"
+    def forward():
+        with torch.inference_mode():
+            return tok(tokens, hp, wp)
+    base = t(with_mode("reference", forward))
+    ours = t(with_mode("triton", forward))
+    ref_out, out = with_mode("reference", forward)(), with_mode("triton", forward)()
     err = (out.float() - ref_out.float()).abs().max().item()
     title = f"whole tokenizer ({arch.name}, {arch.tokenizer_depth} blocks, {b}x{hp}x{wp} patches)"
     return title, [row("reference (chunk loop)", base, None, None, peaks, base),

@@ -26,6 +26,16 @@ def dry_run_env() -> None:
     os.environ.setdefault("SAPIENS2_EDGE_KERNELS", "triton")
 
 
+def with_mode(mode: str, fn):
+    """``fn`` run with the kernel switch in ``mode``: the model's own modules pick the path."""
+    from sapiens2_edge.kernels import switch
+
+    def run():
+        with switch.override(mode=mode):
+            return fn()
+    return run
+
+
 def bench_device(dry_run: bool) -> torch.device | None:
     """CUDA for a real run; the CPU (through the interpreter) for ``--dry-run``; None, with a message,
     when a real run finds no CUDA device."""

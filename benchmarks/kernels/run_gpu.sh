@@ -37,7 +37,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log, record the exi
 step gpu_tests 100 python -m pytest -q -m gpu -rs tests/test_kernels_gpu_attention.py tests/test_kernels_gpu_gemm.py
 step window_attention 60 python benchmarks/kernels/bench_window_attention.py
 step attention_prologue 45 python benchmarks/kernels/bench_attention_prologue.py
-for g in int8_gemm fp8_gemm rmsnorm_quant; do
+for g in int8_gemm fp8_gemm token_quant; do
   [ -f "benchmarks/kernels/bench_$g.py" ] && step "$g" 45 python "benchmarks/kernels/bench_$g.py"
 done
 step end_to_end_0.4b 100 python benchmarks/kernels/bench_end_to_end.py --models 0.4b --fp8 --reps 5 --tag _0.4b

@@ -109,7 +109,7 @@ def _coreml_linear_class():
 
         def quantize_input(self, x):
             """Static per-tensor int8 rounding (a Core ML quantize/dequantize pair); prefix tokens
-            keep their per-token scale as in :func:`~sapiens2_edge.quantization.numerics.activation_scales`."""
+            keep their per-token scale as in :func:`~sapiens2_edge.kernels.numerics.activation_scales`."""
             s = self.input_scale
             body = torch.clamp(x, -127 * s, 127 * s)  # our range is [-127, 127]; Core ML's int8 reaches -128
             body = qd.dequantize_per_tensor(qd.quantize_per_tensor(body, s, 0, -127, 127, torch.int8),

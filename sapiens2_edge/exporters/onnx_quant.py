@@ -36,7 +36,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ..quantization import numerics as nx
+from ..kernels import numerics as nx
 from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels import dispatch as kernels
+from ..kernels import switch
 from .arch import NUM_STORAGE_TOKENS, PATCH_SIZE, ROPE_BASE, WINDOW_SIZE, ArchSpec
 
 ROPE_MODES = ("bf16", "fp32")
@@ -132,12 +132,12 @@ class Attention(nn.Module):
         self.gamma = LayerScale(dim) if layerscale else None
         # Core ML cannot convert SDPA's enable_gqa flag; repeat_interleave works everywhere.
         self.repeat_kv = True
+        # The fused Triton prologue, chosen once (set False to keep this module on the code below).
+        self.fused = switch.fused_default()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
-        if kernels.enabled(x):  # fused Triton prologue (GPU); exports always trace the code below
-            from ..kernels.attention_prologue import attention_forward
-
-            return attention_forward(self, x, rope)
+        if self.fused and switch.enabled(x):  # Triton for x's device; exports always trace the code below
+            return self._forward_fused(x, rope)
         b, t, c = x.shape
         d = self.head_dim
         q = self.wq(x).view(b, t, self.heads, d).transpose(1, 2)
@@ -151,8 +151,25 @@ class Attention(nn.Module):
         if groups > 1 and self.repeat_kv:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         o = F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1 and not self.repeat_kv)
-        o = self.proj(o.transpose(1, 2).reshape(b, t, c))
+        return self.project(o.transpose(1, 2).reshape(b, t, c))
+
+    def project(self, o: torch.Tensor) -> torch.Tensor:
+        """Output projection and LayerScale of the (..., C) attention output."""
+        o = self.proj(o)
         return self.gamma(o) if self.gamma is not None else o
+
+    def _forward_fused(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None) -> torch.Tensor:
+        """Projections -> one prologue pass (QK-norm, RoPE, layout) -> SDPA (native GQA) -> proj."""
+        from ..kernels.attention_prologue.op import attention_prologue
+
+        b, t, c = x.shape
+        norm = self.q_norm is not None
+        sin, cos, round_bf16 = rope if rope is not None else (None, None, False)
+        q, k, v = attention_prologue(self.wq(x), self.wk(x), self.wv(x), self.q_norm.weight if norm else None,
+                                     self.k_norm.weight if norm else None, sin, cos, self.heads, self.kv_heads,
+                                     self.q_norm.eps if norm else EPS, round_bf16)
+        o = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.heads != self.kv_heads)
+        return self.project(o.transpose(1, 2).reshape(b, t, c))
 
 
 class SwiGLU(nn.Module):
@@ -202,6 +219,8 @@ class WindowTokenizer(nn.Module):
         self.w_cls = nn.Parameter(torch.zeros(1, 1, c))
         self.blocks = nn.ModuleList(
             Block(c, arch.num_heads, arch.num_heads, arch.ffn_hidden, main=False) for _ in range(arch.tokenizer_depth))
+        # The fused Triton windows, chosen once (set False to keep this module on the chunked code).
+        self.fused = switch.fused_default()
 
     def partition(self, tokens: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
         """(B, hp*wp, C) row-major patches -> (B*windows, 17, C) sequences, windows row-major."""
@@ -211,10 +230,8 @@ class WindowTokenizer(nn.Module):
         return torch.cat([self.w_cls.expand(x.shape[0], -1, -1), x], dim=1) + self.local_pos_embed
 
     def forward(self, tokens: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
-        if kernels.enabled(tokens):  # fused Triton windows, no chunk loop; exports trace the code below
-            from ..kernels.window_attention import tokenizer_forward
-
-            return tokenizer_forward(self, tokens, hp, wp, WINDOW_SIZE)
+        if self.fused and switch.enabled(tokens):  # Triton for the device; exports trace the code below
+            return self._forward_fused(tokens, hp, wp)
         b, _, c = tokens.shape
         seqs = self.partition(tokens, hp, wp)
         outs = []
@@ -223,6 +240,28 @@ class WindowTokenizer(nn.Module):
                 chunk = blk(chunk)
             outs.append(chunk[:, 0])
         return torch.cat(outs).reshape(b, -1, c)
+
+    def _forward_fused(self, tokens: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """One gather + RMSNorm pass builds every window at once (no permute copies, no chunk loop),
+        each block's attention reads q/k/v straight from the projections, and the last block
+        computes only what its CLS output needs (q, attention, proj and FFN of token 0)."""
+        from ..kernels.window_attention import op
+
+        b, _, c = tokens.shape
+        first = self.blocks[0]
+        x, h = op.window_partition_norm(tokens, self.w_cls, self.local_pos_embed, first.ln1.weight, hp, wp,
+                                        WINDOW_SIZE, first.ln1.eps)
+        for i, blk in enumerate(self.blocks):
+            attn = blk.attn
+            if i:
+                h = blk.ln1(x)
+            if i < len(self.blocks) - 1:
+                x = x + attn.project(op.window_attention(attn.wq(h), attn.wk(h), attn.wv(h), attn.heads))
+            else:  # only token 0 survives the tokenizer
+                o = op.window_attention_cls(attn.wq(h[:, 0]), attn.wk(h), attn.wv(h), attn.heads)
+                x = x[:, 0] + attn.project(o)
+            x = x + blk.ffn(blk.ln2(x))
+        return x.reshape(b, -1, c)
 
 
 class Sapiens2Backbone(nn.Module):

@@ -22,8 +22,8 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, QuantizationError
+from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
-from . import numerics as nx
 from .calibration import CalibrationSet, build_calibration_set, progress
 from .config import QuantRecipe, make_recipe
 from .linear import QuantLinear

@@ -1,5 +1,5 @@
-"""Kernel registry: where faster GEMMs (the Triton kernels of a later issue) plug into
-:class:`~sapiens2_edge.quantization.linear.QuantLinear`.
+"""Kernel registry: where faster GEMMs plug into :class:`~sapiens2_edge.quantization.linear.QuantLinear`,
+and the glue between QuantLinear and the Triton kernels of :mod:`sapiens2_edge.kernels`.
 
 A kernel is ``fn(layer, x) -> Tensor | NotImplemented``: it gets the :class:`QuantLinear` (its
 ``weight``, ``weight_scale``, ``input_scale``, ``bias``, ``config``, ``prefix_tokens``) and the
@@ -10,13 +10,14 @@ built-in path runs. Selecting one::
     register_kernel("triton", my_fn, device_types=("cuda",), schemes=("int8", "fp8"))
     qmodel.set_kernel("triton")           # or layer.kernel = "triton"
 
-Built-in names: ``auto`` (the ``triton`` kernel where :func:`sapiens2_edge.kernels.dispatch.use_triton`
-says so, i.e. on CUDA by default; then ``torch._int_mm`` / ``torch._scaled_mm`` where the device
+Built-in names: ``auto`` (the ``triton`` kernel, chosen when the layer is built by
+:func:`auto_kernel` from :mod:`sapiens2_edge.kernels.switch`, which runs where the tensor's device
+allows, i.e. on CUDA by default; then ``torch._int_mm`` / ``torch._scaled_mm`` where the device
 and shape allow, exact emulation otherwise) and ``reference`` (always the exact emulation).
 ``triton`` is pre-registered: the W8A8 int8 / fp8 layers through the fused Triton kernels of
 :mod:`sapiens2_edge.kernels` (per-token quantization in one pass, GEMM with the dequantization and
-bias in its epilogue). It declines while ``torch.export`` traces (ONNX / Core ML export records
-the reference decomposition) and where the dispatch switch or the GPU rules Triton out.
+bias in its epilogue). It declines while a model is exported (ONNX / Core ML / torch.export record
+the reference decomposition) and where the kernel switch or the GPU rules Triton out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..kernels import switch
 
 BUILTIN_KERNELS = ("auto", "reference")
 
@@ -74,34 +76,27 @@ def triton_w8a8(layer: Any, x: Any) -> Any:
     """The ``triton`` kernel: W8A8 int8 / fp8 ``QuantLinear.forward`` through the Triton ops."""
     import torch
 
-    from ..kernels.dispatch import use_triton
-
     act = layer.config.activation
-    if (act is None or layer.scheme not in TRITON_SCHEMES or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not use_triton(x.device.type)):
+    if (act is None or layer.scheme not in TRITON_SCHEMES or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+            or not switch.enabled(x)):
         return NotImplemented
-    if act.dtype == "fp8":
-        from ..kernels.fp8_gemm import fp8_gemm as gemm
-        from ..kernels.fp8_gemm import fp8_supported
+    from ..kernels.scaled_gemm import op as gemm_ops
+    from ..kernels.token_quant.op import per_token_quant
 
-        if not fp8_supported(x.device):
-            return NotImplemented
-    else:
-        from ..kernels.int8_gemm import int8_gemm as gemm
-    from ..kernels.rmsnorm_quant import per_token_quant
-
+    if act.dtype == "fp8" and not gemm_ops.fp8_supported(x.device):
+        return NotImplemented
+    gemm = gemm_ops.fp8_gemm if act.dtype == "fp8" else gemm_ops.int8_gemm
     q, s_a = per_token_quant(x, act.dtype, layer.input_scale, layer.prefix_tokens)
     y = gemm(q, layer.weight, s_a, layer.weight_scale, layer.bias, out_dtype=x.dtype)
     return y.reshape(*x.shape[:-1], layer.out_features)
 
 
-def auto_kernel(device_type: str, scheme: str) -> KernelEntry | None:
-    """The registered kernel the ``auto`` path tries first on ``device_type``, if any."""
-    if scheme not in TRITON_SCHEMES:
+def auto_kernel(scheme: str) -> KernelEntry | None:
+    """The registered kernel a layer of ``scheme`` built now runs first under ``kernel="auto"``:
+    decided once, at construction (the kernel itself still declines where the device rules it out)."""
+    if scheme not in TRITON_SCHEMES or not switch.fused_default():
         return None
-    from ..kernels.dispatch import use_triton
-
-    return _REGISTRY.get("triton") if use_triton(device_type) else None
+    return _REGISTRY.get("triton")
 
 
 register_kernel("triton", triton_w8a8, device_types=("cuda", "cpu"), schemes=TRITON_SCHEMES)

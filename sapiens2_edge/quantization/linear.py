@@ -19,7 +19,7 @@ fp16            CUDA: fp16 GEMM. CPU: the fp16 weight is cast to fp32 per call a
 
 A kernel registered in :mod:`.kernels` and selected with ``layer.kernel = name`` runs first. With
 ``kernel = "auto"`` (the default) the W8A8 int8 / fp8 layers run the fused Triton kernels where
-:func:`sapiens2_edge.kernels.dispatch.use_triton` allows (CUDA tensors by default; the
+:mod:`sapiens2_edge.kernels.switch` allows (CUDA tensors by default; the
 ``SAPIENS2_EDGE_KERNELS`` switch forces either way); on CPU nothing changes.
 """
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import numerics as nx
+from ..kernels import numerics as nx
 from .config import LayerQuantConfig
 from .kernels import auto_kernel, check_kernel, get_kernel
 
@@ -46,6 +46,7 @@ class QuantLinear(nn.Module):
         self.config = config
         self.prefix_tokens = prefix_tokens
         self.kernel = "auto"
+        self.auto_kernel = auto_kernel(config.scheme)  # what "auto" runs first, chosen once
         wd = config.weight.dtype
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=_STORE_DTYPES[wd], device=device))
         if wd != "fp16":
@@ -102,7 +103,7 @@ class QuantLinear(nn.Module):
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel != "reference":
-            entry = auto_kernel(x.device.type, self.scheme) if self.kernel == "auto" else get_kernel(self.kernel)
+            entry = self.auto_kernel if self.kernel == "auto" else get_kernel(self.kernel)
             if entry is not None and x.device.type in entry.device_types and self.scheme in entry.schemes:
                 out = entry.fn(self, x)
                 if out is not NotImplemented:

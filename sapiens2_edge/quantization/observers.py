@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .numerics import FP8_MAX, INT8_MAX
+from ..kernels.numerics import FP8_MAX, INT8_MAX
 
 NUM_BINS = 2048
 

@@ -1,5 +1,6 @@
 """Attention prologue (QK-RMSNorm + 2-D RoPE skipping the 9 prefix tokens + GQA mapping) run by
-the Triton interpreter on tiny shapes against the reference model's own steps."""
+the Triton interpreter on tiny shapes against the pure-torch reference and the model's Attention
+(tests/test_kernels_references.py checks the reference against the model's own steps)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from sapiens2_edge.errors import InvalidTensorError
-from sapiens2_edge.kernels.attention_prologue import LAUNCHES, launcher, op, reference
+from sapiens2_edge.kernels import switch
+from sapiens2_edge.kernels.attention_prologue import op, reference
 from sapiens2_edge.models.arch import NUM_PREFIX_TOKENS
 from sapiens2_edge.models.backbone import Attention, RopeEmbedding
 
@@ -16,12 +18,8 @@ HP, WP = 3, 4
 T = NUM_PREFIX_TOKENS + HP * WP
 # (heads, kv heads, width): real Sapiens2 widths 64 / 80 / 76, MHA and GQA
 SHAPES = [(2, 1, 64), (2, 2, 80), (4, 2, 76)]
+LAUNCHES = op.LAUNCHES
 
-
-@pytest.fixture
-def interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
 
 
 def _inputs(h, kv, d, dtype, seed=0, b=2):
@@ -97,19 +95,19 @@ def test_without_norm_or_rope_is_a_layout_change(interpret):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_attention_module_with_kernels_matches_reference(monkeypatch, dtype):
+def test_attention_module_with_kernels_matches_reference(dtype):
     torch.manual_seed(5)
     attn = Attention(4 * 76, 4, 2).to(dtype).eval()
+    assert attn.fused  # auto with Triton installed: the fused path is chosen at construction
     with torch.no_grad():
         attn.q_norm.weight.normal_(1, 0.2)
         attn.gamma.weight.normal_(0, 1)
     x = torch.randn(1, T, 4 * 76).to(dtype)
     sin, cos = RopeEmbedding(76)(HP, WP)
     with torch.no_grad():
-        ref = attn(x, (sin, cos, True))
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
-        out = _run_module(attn, x, (sin, cos, True))
+        ref = attn(x, (sin, cos, True))  # auto: CPU tensors take the reference path
+        with switch.override(mode="triton"):
+            out = _run_module(attn, x, (sin, cos, True))
     if dtype == torch.float32:
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     else:
@@ -163,4 +161,4 @@ def _z(*shape, dtype=torch.float32):
 ])
 def test_bad_inputs_raise_typed_errors(args, message):
     with pytest.raises(InvalidTensorError, match=message):
-        launcher.attention_prologue(*args, 1e-6, True, False)
+        op.launch(*args, 1e-6, True, False)

@@ -7,20 +7,16 @@ import pytest
 import torch
 
 from sapiens2_edge.errors import ConfigError, InvalidTensorError
-from sapiens2_edge.kernels.window_attention import LAUNCHES, launcher, op, reference
+from sapiens2_edge.kernels import switch
+from sapiens2_edge.kernels.window_attention import op, reference
 from sapiens2_edge.models.arch import ArchSpec
 from sapiens2_edge.models.model import build_model
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
 # (heads, head width): the real Sapiens2 widths 64 (0.4b/1b), 80 (0.8b), 76 (5b)
 WIDTHS = [(2, 64), (1, 80), (2, 76)]
+LAUNCHES = op.LAUNCHES
 
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Triton kernels on CPU tensors through the interpreter (kernel modules re-import on demand)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
 
 
 def _qkv(n, s, c, dtype, seed=0):
@@ -101,49 +97,45 @@ def _tiny_4k(depth=2, tokenizer_depth=2, seed=0):
 
 
 @pytest.mark.parametrize("tokenizer_depth", [1, 2])
-def test_tokenizer_forward_matches_chunked_reference(monkeypatch, tokenizer_depth):
+def test_tokenizer_forward_matches_chunked_reference(tokenizer_depth):
     tok = _tiny_4k(tokenizer_depth=tokenizer_depth).backbone.tokenizer
+    assert tok.fused  # chosen at construction
     tok.chunk_size = 2  # the reference's chunk loop with a ragged last chunk
     tokens = torch.randn(2, 8 * 12, 64)
     with torch.no_grad():
         ref = tok(tokens, 8, 12)
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
         before = LAUNCHES.copy()
-        out = tok(tokens, 8, 12)
+        with switch.override(mode="triton"):
+            out = tok(tokens, 8, 12)
     expected = {"window_partition_norm": 1, "window_attention": tokenizer_depth - 1, "window_attention_cls": 1}
     assert dict(LAUNCHES - before) == {k: n for k, n in expected.items() if n}
     assert out.shape == ref.shape == (2, 6, 64)
     _close(out, ref, torch.float32)
 
 
-def test_backbone_4k_with_kernels_matches_reference(monkeypatch):
+def test_backbone_4k_with_kernels_matches_reference():
     model = _tiny_4k()
     x = torch.randn(1, 3, 128, 192)
     with torch.no_grad():
         ref = model.backbone(x, output="raw")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
         before = LAUNCHES["window_attention_cls"]
-        out = model.backbone(x, output="raw")
+        with switch.override(mode="triton"):
+            out = model.backbone(x, output="raw")
     assert LAUNCHES["window_attention_cls"] == before + 1
     _close(out, ref, torch.float32)
 
 
-def test_reference_path_on_cpu_by_default(monkeypatch):
-    monkeypatch.delenv("SAPIENS2_EDGE_KERNELS", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_reference_path_on_cpu_by_default():
     q, k, v = _qkv(3, 17, 64, torch.float32)
     before = LAUNCHES.copy()
-    out = op.window_attention(q, k, v, 2)
+    with switch.override(mode="auto"):
+        out = op.window_attention(q, k, v, 2)
     assert LAUNCHES == before
     assert torch.equal(out, reference.window_attention(q, k, v, 2))
 
 
-def test_forced_triton_on_cpu_needs_interpreter(monkeypatch):
-    monkeypatch.setenv("SAPIENS2_EDGE_KERNELS", "triton")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
+def test_forced_triton_on_cpu_needs_interpreter():
+    with switch.override(mode="triton", interpret=False), pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
         op.window_attention(*_qkv(1, 17, 64, torch.float32), 2)
 
 
@@ -174,22 +166,22 @@ def test_custom_ops_pass_opcheck(interpret):
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: launcher.window_attention(torch.zeros(2, 17, 64, dtype=torch.int32), torch.zeros(2, 17, 64),
+    (lambda: op.launch_window_attention(torch.zeros(2, 17, 64, dtype=torch.int32), torch.zeros(2, 17, 64),
                                        torch.zeros(2, 17, 64), 2), "dtype torch.int32"),
-    (lambda: launcher.window_attention(torch.zeros(2, 17, 64), torch.zeros(2, 16, 64), torch.zeros(2, 17, 64), 2),
+    (lambda: op.launch_window_attention(torch.zeros(2, 17, 64), torch.zeros(2, 16, 64), torch.zeros(2, 17, 64), 2),
      "do not match"),
-    (lambda: launcher.window_attention(torch.zeros(2, 17, 64), torch.zeros(2, 17, 64), torch.zeros(2, 17, 64), 3),
+    (lambda: op.launch_window_attention(torch.zeros(2, 17, 64), torch.zeros(2, 17, 64), torch.zeros(2, 17, 64), 3),
      "do not split into 3 heads"),
-    (lambda: launcher.window_attention(torch.zeros(2, 17, 64), torch.zeros(2, 17, 64, dtype=torch.float16),
+    (lambda: op.launch_window_attention(torch.zeros(2, 17, 64), torch.zeros(2, 17, 64, dtype=torch.float16),
                                        torch.zeros(2, 17, 64), 2), "but q has"),
-    (lambda: launcher.window_attention(*(torch.zeros(1, 129, 8),) * 3, 1), "outside 1..128"),
-    (lambda: launcher.window_attention(torch.zeros(2, 64, 17).transpose(1, 2), torch.zeros(2, 17, 64),
+    (lambda: op.launch_window_attention(*(torch.zeros(1, 129, 8),) * 3, 1), "outside 1..128"),
+    (lambda: op.launch_window_attention(torch.zeros(2, 64, 17).transpose(1, 2), torch.zeros(2, 17, 64),
                                        torch.zeros(2, 17, 64), 2), "unit stride"),
-    (lambda: launcher.window_attention_cls(torch.zeros(2, 17, 64), torch.zeros(2, 17, 64), torch.zeros(2, 17, 64),
+    (lambda: op.launch_window_attention_cls(torch.zeros(2, 17, 64), torch.zeros(2, 17, 64), torch.zeros(2, 17, 64),
                                            2), "2 dimensions"),
-    (lambda: launcher.window_partition_norm(torch.zeros(1, 30, 8), torch.zeros(8), torch.zeros(17, 8),
+    (lambda: op.launch_window_partition_norm(torch.zeros(1, 30, 8), torch.zeros(8), torch.zeros(17, 8),
                                             torch.ones(8), 5, 6, 4, 1e-6), "4x4 windows"),
-    (lambda: launcher.window_partition_norm(torch.zeros(1, 32, 8), torch.zeros(8), torch.zeros(16, 8),
+    (lambda: op.launch_window_partition_norm(torch.zeros(1, 32, 8), torch.zeros(8), torch.zeros(16, 8),
                                             torch.ones(8), 4, 8, 4, 1e-6), "17-token windows"),
 ])
 def test_bad_inputs_raise_typed_errors(call, message):

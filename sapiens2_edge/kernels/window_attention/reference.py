@@ -1,5 +1,6 @@
-"""Pure-torch references of the tokenizer kernels: the computations of ``WindowTokenizer`` and
-``Attention`` (tokenizer blocks: MHA, no QK-norm, no RoPE) in the kernels' tensor layouts."""
+"""Pure-torch references of the tokenizer kernels, self-contained: the computations of
+``WindowTokenizer`` and its ``Attention`` (tokenizer blocks: MHA, no QK-norm, no RoPE) in the
+kernels' tensor layouts. The tests check them against the model's tokenizer."""
 
 from __future__ import annotations
 

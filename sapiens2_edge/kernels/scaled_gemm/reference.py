@@ -1,10 +1,12 @@
-"""Pure-torch reference of the INT8 W8A8 GEMM, in ``QuantLinear``'s exact arithmetic."""
+"""Pure-torch references of the scaled GEMM, in ``QuantLinear``'s exact arithmetic: int32
+accumulation of int8 (``torch._int_mm`` where the shape allows, the exact emulation elsewhere),
+E4M3 values multiplied in float32 (they are exact in it), then the fp32 epilogue."""
 
 from __future__ import annotations
 
 import torch
 
-from ...quantization import numerics as nx
+from .. import numerics as nx
 
 
 def int8_accumulate_reference(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -29,4 +31,11 @@ def int8_gemm_reference(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor,
     return dequant_epilogue(nx.int8_matmul(a, w), a_scale, w_scale, bias, out_dtype)
 
 
-__all__ = ["int8_gemm_reference", "int8_accumulate_reference", "dequant_epilogue"]
+def fp8_gemm_reference(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
+                       bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """float8_e4m3fn a (M, K) with per-row scales, float8_e4m3fn w (N, K) with per-channel or
+    per-tensor scales, float32 bias (N,) -> (M, N) in ``out_dtype``."""
+    return dequant_epilogue(a.float() @ w.float().t(), a_scale, w_scale, bias, out_dtype)
+
+
+__all__ = ["int8_gemm_reference", "int8_accumulate_reference", "fp8_gemm_reference", "dequant_epilogue"]

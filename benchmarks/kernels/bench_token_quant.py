@@ -1,13 +1,11 @@
-"""RMSNorm fused with per-token quantization (int8 / E4M3) at Sapiens2 widths, and the same
-quantization alone (QuantLinear's input pass).
+"""Per-token (or static) int8 / E4M3 quantization of activations at Sapiens2 widths: QuantLinear's
+input pass on the Triton path.
 
 Variants: our Triton kernel (one read of x, one write of q + scales), the eager torch reference
-(``F.rms_norm`` + absmax + divide + round + cast: several passes), ``torch.compile`` of that
-reference (the off-the-shelf fusion), and ``F.rms_norm`` alone in bf16 (what the unfused model
-spends before any quantization). Memory-bound, so reported as GB/s of the minimal traffic and
-% of the measured copy bandwidth. M = 3081 x batch for batch and 8 x batch. Run on a GPU with no
-arguments (well under a minute on an H100); writes benchmarks/results/kernels/rmsnorm_quant.{json,md}.
-``--dry-run`` exercises it on CPU.
+(absmax + divide + round + cast: several passes) and ``torch.compile`` of that reference (the
+off-the-shelf fusion). Memory-bound, so reported as GB/s of the minimal traffic and % of the
+measured copy bandwidth. M = 3081 x batch for batch and 8 x batch. Run on a GPU with no arguments
+(well under a minute on an H100); writes benchmarks/results/kernels/token_quant.{json,md}.
 """
 
 from __future__ import annotations
@@ -30,23 +28,21 @@ def mem_row(variant: str, ms: float | None, nbytes: float, hbm: float, base_ms: 
     return r
 
 
-def bench_case(m: int, c: int, qdtype: str, norm: bool, device, peaks: dict, compiled) -> list[dict]:
+def bench_case(m: int, c: int, qdtype: str, device, peaks: dict, compiled) -> list[dict]:
     import torch
-    import torch.nn.functional as F
 
-    from sapiens2_edge.kernels.int8_gemm import LAUNCHES
-    from sapiens2_edge.kernels.rmsnorm_quant import per_token_quant, quant_rows_reference, rmsnorm_quant
+    from sapiens2_edge.kernels.token_quant.op import LAUNCHES, per_token_quant
+    from sapiens2_edge.kernels.token_quant.reference import quant_rows_reference
 
     act = torch.bfloat16 if device.type == "cuda" else torch.float32
     x = torch.randn(m, c, device=device).to(act)
-    w = (torch.rand(c, device=device) + 0.5) if norm else None
-    nbytes = m * c * x.element_size() + m * c + 4 * m + (4 * c if norm else 0)
+    nbytes = m * c * x.element_size() + m * c + 4 * m
     hbm = peaks["hbm"]
-    ref = lambda: quant_rows_reference(x, w, 1e-6, qdtype)  # noqa: E731
-    ours = (lambda: rmsnorm_quant(x, w, 1e-6, qdtype)) if norm else (lambda: per_token_quant(x, qdtype))
-    before = LAUNCHES["rmsnorm_quant"]
+    ref = lambda: quant_rows_reference(x, qdtype)  # noqa: E731
+    ours = lambda: per_token_quant(x, qdtype)  # noqa: E731
+    before = LAUNCHES["token_quant"]
     q, s = ours()
-    if LAUNCHES["rmsnorm_quant"] == before:
+    if LAUNCHES["token_quant"] == before:
         sys.exit("the Triton kernel did not run")
     qr, sr = ref()
     mism = (q.view(torch.uint8) != qr.view(torch.uint8)).float().mean().item()
@@ -55,16 +51,12 @@ def bench_case(m: int, c: int, qdtype: str, norm: bool, device, peaks: dict, com
             mem_row("triton fused kernel", time_ms(ours, device), nbytes, hbm, base,
                     f"scale max rel diff {((s - sr).abs() / sr).max().item():.1e}, q bytes differing {mism:.2%}")]
     if compiled is not None:
-        fn = lambda: compiled(x, w, 1e-6, qdtype)  # noqa: E731
+        fn = lambda: compiled(x, qdtype)  # noqa: E731
         try:
             fn()
             rows.append(mem_row("torch.compile(reference)", time_ms(fn, device), nbytes, hbm, base))
         except Exception as e:  # noqa: BLE001 - report any compiler failure as a row, keep benchmarking
             rows.append(mem_row("torch.compile(reference)", None, nbytes, hbm, base, f"failed: {str(e)[:100]}"))
-    if norm:
-        rows.append(mem_row(f"F.rms_norm alone ({str(act)[6:]}, no quantization)",
-                            time_ms(lambda: F.rms_norm(x, (c,), w.to(act), 1e-6), device),
-                            2 * m * c * x.element_size(), hbm, base))
     return rows
 
 
@@ -72,16 +64,16 @@ def main() -> None:
     args = parse_args(__doc__)
     import torch
 
-    from sapiens2_edge.kernels.rmsnorm_quant import quant_rows_reference
+    from sapiens2_edge.kernels.token_quant.reference import quant_rows_reference
     from sapiens2_edge.models.arch import get_preset
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on a GPU, or pass --dry-run to exercise the script on CPU")
     peaks = measure_peaks(device, ("hbm",))
-    command = "python benchmarks/kernels/bench_rmsnorm_quant.py" + (" --dry-run" if args.dry_run else "")
+    command = "python benchmarks/kernels/bench_token_quant.py" + (" --dry-run" if args.dry_run else "")
     head = header(device, peaks, args, command)
-    head["traffic"] = "x read once (bf16) + q written (1 B) + scales (4 B/row) [+ norm weight]"
+    head["traffic"] = "x read once (bf16) + q written (1 B) + scales (4 B/row)"
     compiled = None if args.dry_run else torch.compile(quant_rows_reference, dynamic=True)
     if args.dry_run:
         cases = [(37, 72)]
@@ -91,13 +83,11 @@ def main() -> None:
     sections = {}
     for m, c in cases:
         for qdtype in ("int8", "fp8"):
-            for norm in (True, False):
-                what = "rmsnorm + quant" if norm else "quant only (QuantLinear input)"
-                rows = bench_case(m, c, qdtype, norm, device, peaks, compiled)
-                sections[f"{what}, {qdtype}: M={m} C={c}"] = rows
-                print(f"{what} {qdtype} M={m} C={c}: " + ", ".join(
-                    f"{r['variant']} {r.get('ms')} ms {r.get('% HBM', '')}% HBM" for r in rows), flush=True)
-    print(write("rmsnorm_quant", head, sections, args.out))
+            rows = bench_case(m, c, qdtype, device, peaks, compiled)
+            sections[f"per-token quantization (QuantLinear input), {qdtype}: M={m} C={c}"] = rows
+            print(f"{qdtype} M={m} C={c}: " + ", ".join(
+                f"{r['variant']} {r.get('ms')} ms {r.get('% HBM', '')}% HBM" for r in rows), flush=True)
+    print(write("token_quant", head, sections, args.out))
 
 
 if __name__ == "__main__":
