@@ -4,7 +4,7 @@ their result types and drawings."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -73,30 +73,43 @@ def albedo_to_rgb(albedo: np.ndarray) -> np.ndarray:
 
 
 # -- results --------------------------------------------------------------------------------------
+class _MapResult(Result):
+    """A result holding one (H, W, 3) map at the original image size, in the field ``map_name``."""
+
+    map_name: ClassVar[str] = ""
+
+    @property
+    def _map(self) -> np.ndarray:
+        return getattr(self, self.map_name)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self._map.shape[:2])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {self.map_name: self._map}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "image_size": [int(v) for v in self.image_size],
+            "shape": list(self._map.shape),
+            "stats": channel_stats(self._map),
+        }
+
+
 @dataclass(eq=False)
-class NormalResult(Result):
+class NormalResult(_MapResult):
     """``normal`` (H, W, 3) float32 camera-frame unit normals (bilinearly resized, so only
     approximately unit length away from the network's pixel grid)."""
 
     normal: np.ndarray
     task = "normal"
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.normal.shape[:2])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"normal": self.normal}
+    map_name = "normal"
 
     def to_dict(self) -> dict[str, Any]:
         norms = np.linalg.norm(self.normal.reshape(-1, 3).astype(np.float64), axis=1)
-        return {
-            "task": self.task,
-            "image_size": [int(v) for v in self.image_size],
-            "shape": list(self.normal.shape),
-            "stats": channel_stats(self.normal),
-            "mean_norm": float(norms.mean()) if norms.size else 0.0,
-        }
+        return {**super().to_dict(), "mean_norm": float(norms.mean()) if norms.size else 0.0}
 
     def draw(self, image: Any, alpha: float = 1.0) -> np.ndarray:
         """(n + 1) / 2 * 255 as RGB, blended over the image with weight ``alpha``."""
@@ -104,7 +117,7 @@ class NormalResult(Result):
 
 
 @dataclass(eq=False)
-class PointmapResult(Result):
+class PointmapResult(_MapResult):
     """Metric camera-frame points of each pixel.
 
     ``points`` (H, W, 3) float32 = network pointmap / scale; ``scale`` the predicted s
@@ -116,10 +129,7 @@ class PointmapResult(Result):
     scale: float
     focal_length: float
     task = "pointmap"
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.points.shape[:2])
+    map_name = "points"
 
     @property
     def depth(self) -> np.ndarray:
@@ -130,14 +140,7 @@ class PointmapResult(Result):
         return {"points": self.points, "depth": np.ascontiguousarray(self.depth)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "image_size": [int(v) for v in self.image_size],
-            "shape": list(self.points.shape),
-            "scale": float(self.scale),
-            "focal_length_px": float(self.focal_length),
-            "stats": channel_stats(self.points),
-        }
+        return {**super().to_dict(), "scale": float(self.scale), "focal_length_px": float(self.focal_length)}
 
     def draw(self, image: Any, alpha: float = 1.0, colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
         """Inverse depth through an OpenCV colormap, blended over the image with ``alpha``."""
@@ -145,26 +148,12 @@ class PointmapResult(Result):
 
 
 @dataclass(eq=False)
-class AlbedoResult(Result):
+class AlbedoResult(_MapResult):
     """``albedo`` (H, W, 3) float32 RGB in [0, 1]."""
 
     albedo: np.ndarray
     task = "albedo"
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.albedo.shape[:2])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"albedo": self.albedo}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "image_size": [int(v) for v in self.image_size],
-            "shape": list(self.albedo.shape),
-            "stats": channel_stats(self.albedo),
-        }
+    map_name = "albedo"
 
     def draw(self, image: Any, alpha: float = 1.0) -> np.ndarray:
         """The albedo as an RGB image (albedo * 255), blended over the image with ``alpha``."""
