@@ -112,7 +112,24 @@ def run(artifacts: list[Path], backends: list[str], warmup: int = 1, runs: int =
     return rows
 
 
+def bench_table(rows: list[dict[str, Any]]):
+    """The rows as a rich Table (what ``sapiens2-edge bench`` and the demo print)."""
+    from rich.table import Table
+
+    table = Table(title="sapiens2-edge bench")
+    for col in ("artifact", "backend", "load s", "median s", "p90 s", "img/s", "peak RSS MB", "size MB", "rel L2",
+                "speed-up"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["artifact"], r["backend"], f"{r['load_s']:.2f}", f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
+                      f"{r['throughput_img_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}",
+                      "-" if r["fidelity_rel_l2"] is None else f"{r['fidelity_rel_l2']:.1e}",
+                      "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
+    return table
+
+
 def write_reports(rows: list[dict[str, Any]], out_dir: Path, command: str) -> list[Path]:
+    """bench.md (a Markdown table headed by ``command``), bench.csv and bench.json in ``out_dir``."""
     import csv
 
     out_dir.mkdir(parents=True, exist_ok=True)

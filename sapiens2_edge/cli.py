@@ -1,4 +1,8 @@
-"""``sapiens2-edge`` command line: info, predict, demo."""
+"""``sapiens2-edge`` command line: info, predict, quantize, export, verify, bench, demo.
+
+Parsing and printing only: every command calls the library (``workflows``, ``runtime``,
+``exporters``, ``bench``, ``demo``) and prints what it returns.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, InvalidBoxError, Sapiens2EdgeError
+from .errors import ConfigError, Sapiens2EdgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Edge inference for Meta's Sapiens2 models: inspect checkpoints and run predictions.")
+                  help="Edge inference for Meta's Sapiens2 models: inspect, quantize, export, predict, bench.")
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-SAMPLE_IMAGE = Path(__file__).parent / "assets" / "astronaut.jpg"
 
 
 def _fail(e: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {type(e).__name__}: {e}")
     raise typer.Exit(code=2)
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar over a list when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return lambda items: tqdm(items, desc=desc, unit="img", disable=not sys.stderr.isatty())
 
 
 def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -44,33 +52,16 @@ def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
 def info(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),
          as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """Describe a checkpoint from its safetensors header alone (no weights are read)."""
-    from .models.arch import backbone_shapes, count_params, head_shapes
-    from .models.checkpoint import header_summary, resolve_checkpoint
-    from .models.layout import describe_checkpoint
+    from .workflows import checkpoint_info
 
     try:
-        path = resolve_checkpoint(checkpoint)
-        header, layout, arch, head, _, _ = describe_checkpoint(path)
-        summary = header_summary(header)
+        data = checkpoint_info(checkpoint)
     except Sapiens2EdgeError as e:
         _fail(e)
-    backbone_params = count_params(backbone_shapes(arch))
-    head_params = count_params(head_shapes(head, arch.input_multiple)) if head else 0
-    gqa = [i for i, kv in enumerate(arch.kv_heads) if kv < arch.num_heads]
-    data = {
-        "path": str(path), "layout": layout, "task": head.task if head else None, "arch": arch.name,
-        "embed_dim": arch.embed_dim, "depth": arch.depth, "heads": arch.num_heads, "head_dim": arch.head_dim,
-        "gqa_blocks": f"{gqa[0]}..{gqa[-1]} ({arch.kv_heads[gqa[0]]} kv heads)" if gqa else "none",
-        "tokenizer_4k": arch.tokenizer_depth, "ffn_hidden": arch.ffn_hidden,
-        "input_size": list(head.input_size) if head and head.input_size else None,
-        "parameters": summary["num_parameters"], "backbone_parameters": backbone_params,
-        "head_parameters": head_params, "tensors": summary["num_tensors"], "dtypes": summary["dtypes"],
-        "file_size": summary["file_size"],
-    }
     if as_json:
         console.print_json(json.dumps(data))
         return
-    table = Table(title=f"{path.name}", show_header=False)
+    table = Table(title=Path(data["path"]).name, show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     for k, v in data.items():
@@ -85,75 +76,6 @@ def info(checkpoint: str = typer.Argument(..., help=".safetensors file, director
 
 
 # --- predict ----------------------------------------------------------------------------------------
-def _list_inputs(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-        return files
-    if not path.exists():
-        raise ConfigError(f"input {path} does not exist; expected an image file or a folder of images")
-    return [path]
-
-
-def _load_boxes(path: Optional[Path], names: list[str]) -> dict[str, object]:
-    """boxes.json: {"image.jpg": [[x1, y1, x2, y2], ...], ...}, or a plain list for a single image."""
-    if path is None:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InvalidBoxError(f"cannot read boxes file {path}: {e}") from None
-    if isinstance(data, list):
-        if len(names) != 1:
-            raise InvalidBoxError(f"{path} holds a plain list of boxes, but there are {len(names)} images; "
-                                  'use {"image name": [[x1, y1, x2, y2], ...]}')
-        return {names[0]: data}
-    if not isinstance(data, dict):
-        raise InvalidBoxError(f"{path} must hold a JSON object mapping image names to box lists")
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise InvalidBoxError(f"{path} has boxes for images that are not inputs: {unknown[:5]}")
-    return data
-
-
-def write_outputs(result, image, out_dir: Path, stem: str) -> list[Path]:
-    """Overlay PNG, raw arrays (.npy) and the JSON summary of one result."""
-    import cv2
-    import numpy as np
-
-    written = []
-    overlay = out_dir / f"{stem}.png"
-    cv2.imwrite(str(overlay), cv2.cvtColor(result.draw(image), cv2.COLOR_RGB2BGR))
-    written.append(overlay)
-    for key, arr in result.arrays().items():
-        p = out_dir / f"{stem}_{key}.npy"
-        np.save(p, arr)
-        written.append(p)
-    p = out_dir / f"{stem}.json"
-    p.write_text(result.to_json())
-    written.append(p)
-    return written
-
-
-def run_predictions(predictor, inputs: list[Path], out_dir: Path, boxes: dict, show_progress: bool = True) -> list:
-    from tqdm import tqdm
-
-    from .tasks import load_image, pose_demo_json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results, names = [], []
-    for path in tqdm(inputs, desc="predict", unit="img", disable=not (show_progress and sys.stderr.isatty())):
-        image = load_image(path)
-        result = predictor(image, boxes=boxes.get(path.name))
-        write_outputs(result, image, out_dir, path.stem)
-        results.append(result)
-        names.append(path.name)
-    if predictor.task == "pose":
-        (out_dir / "keypoints.json").write_text(json.dumps(pose_demo_json(results, names), indent=1))
-    return results
-
-
 @app.command()
 def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),
             input: Path = typer.Option(..., "--input", "-i", help="an image or a folder of images"),
@@ -165,18 +87,18 @@ def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, direc
             backend: str = typer.Option("auto", help="auto, torch, onnxruntime, openvino (artifacts)")) -> None:
     """Run a task checkpoint or an exported artifact on an image or a folder; write overlay PNGs,
     .npy arrays and JSON."""
+    from .runtime.inputs import list_images, load_boxes
+    from .runtime.outputs import run_predictions
     from .runtime.predictor import Predictor
 
     try:
-        inputs = _list_inputs(input)
-        box_map = _load_boxes(boxes, [p.name for p in inputs])
+        inputs = list_images(input)
+        box_map = load_boxes(boxes, [p.name for p in inputs])
         pred = Predictor(checkpoint, backend=backend, device=device, input_size=_parse_size(input_size),
                          flip_test=not no_flip)
-        if box_map and pred.task != "pose":
-            raise InvalidBoxError(f"--boxes is only used by pose models; this is a {pred.task} model")
         console.print(f"{pred.task} model, backend {pred.runner.describe()} ({pred.backend_reason})")
         start = time.perf_counter()
-        run_predictions(pred, inputs, output, box_map)
+        run_predictions(pred, inputs, output, box_map, progress=_progress_bar("predict"))
     except Sapiens2EdgeError as e:
         _fail(e)
     console.print(f"wrote results for {len(inputs)} image(s) to {output} in {time.perf_counter() - start:.1f} s")
@@ -205,17 +127,6 @@ def report_table(report) -> Table:
     return table
 
 
-def _split_images(calib: Path, holdout: Optional[Path], calib_size: int, eval_samples: int):
-    """Calibration images, held-out images and a word on where the held-out set came from."""
-    images = _list_inputs(calib)
-    if holdout is not None:
-        return images[:calib_size], _list_inputs(holdout)[:eval_samples], f"{holdout}"
-    rest = images[calib_size:calib_size + eval_samples]
-    if rest:
-        return images[:calib_size], rest, f"{len(rest)} images of {calib} not used for calibration"
-    return images[:calib_size], images[:eval_samples], "the calibration images (no held-out images were left)"
-
-
 @app.command(name="quantize")
 def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.safetensors, directory or HF id)"),
                  scheme: str = typer.Option("int8", help="fp16, int8-weight, int8, fp8 or mixed"),
@@ -229,29 +140,21 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  activation_mode: str = typer.Option("dynamic", help="int8/fp8 activations: dynamic or static"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
-    from .models.loading import load_model
-    from .quantization import quantize, save_quantized
-    from .quantization.evaluate import evaluate
+    from . import load_model
+    from .runtime.inputs import split_images
+    from .workflows import quantize_and_save
 
     try:
         model = load_model(checkpoint)
-        size = _parse_size(input_size) or model.input_size
-        calib_images, eval_images, eval_source = _split_images(calib, holdout, calib_size, eval_samples)
-        options = {"input_size": tuple(size), "calibration_size": calib_size}
-        if scheme != "mixed" or budget is None:
-            options["activation_mode"] = activation_mode
+        calib_images, eval_images, eval_source = split_images(calib, holdout, calib_size, eval_samples)
+        options = {} if scheme == "mixed" and budget is not None else {"activation_mode": activation_mode}
         if budget is not None:
             options["budget"] = budget
-        console.print(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
-        qmodel, rep = quantize(model, scheme, calibration=calib_images, **options)
-        if not rep.fidelity:
-            rep.fidelity = evaluate(model, qmodel, eval_images, input_size=size, samples=eval_samples)
-        rep.fidelity["evaluated_on"] = eval_source
         path = output if output.suffix == ".safetensors" else output / f"{Path(str(checkpoint)).stem}_{scheme}.safetensors"
-        save_quantized(qmodel, path, report=rep)
-        if report is not None:
-            report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(rep.to_json())
+        console.print(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
+        _, rep = quantize_and_save(model, scheme, calib_images, path, held_out=eval_images, held_out_source=eval_source,
+                                   input_size=_parse_size(input_size), calibration_size=calib_size,
+                                   eval_samples=eval_samples, report_path=report, **options)
     except Sapiens2EdgeError as e:
         _fail(e)
     console.print(report_table(rep))
@@ -259,34 +162,17 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
 
 
 # --- export / verify --------------------------------------------------------------------------------
-QUANT_SCHEMES = ("int8-weight", "int8", "fp8")
+def _check_export_flags(scheme: Optional[str], calib: Optional[Path], activations: str) -> None:
+    from .workflows import FLOAT_SCHEMES, QUANT_SCHEMES
 
-
-def quantize_for_export(model, scheme: str, calib: Optional[Path], size, activations: str, calib_size: int):
-    """Quantize ``model`` on the fly for ``export --scheme``: (QuantizedModel, report, held-out images).
-
-    int8-weight needs no data; int8/fp8 need --calib (SmoothQuant statistics, static ranges, and
-    the fidelity check against the float model on images left out of calibration)."""
-    from .quantization import quantize
-
-    if scheme not in QUANT_SCHEMES:
+    if scheme is not None and scheme not in FLOAT_SCHEMES + QUANT_SCHEMES:
         raise ConfigError(f"unknown --scheme {scheme!r}; expected fp32, fp16 or one of {', '.join(QUANT_SCHEMES)}")
     if activations not in ("static", "dynamic"):
         raise ConfigError(f"--activations must be 'static' or 'dynamic', got {activations!r}")
-    if calib is None:
-        if scheme != "int8-weight":
-            raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
-                              "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
-                              "which needs none")
-        qmodel, rep = quantize(model, scheme, input_size=tuple(size), progress=False)
-        return qmodel, rep, None
-    calib_images, held_out, _ = _split_images(calib, None, calib_size, 8)
-    options = {"activation_mode": activations} if scheme != "int8-weight" else {}
-    console.print(f"{model.arch.name} {model.task}: {scheme} ({options.get('activation_mode', 'weight-only')}) with "
-                  f"{len(calib_images)} calibration images")
-    qmodel, rep = quantize(model, scheme, calibration=calib_images, input_size=tuple(size),
-                           calibration_size=calib_size, **options)
-    return qmodel, rep, held_out
+    if scheme in QUANT_SCHEMES and scheme != "int8-weight" and calib is None:
+        raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
+                          "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
+                          "which needs none")
 
 
 @app.command(name="export")
@@ -306,24 +192,27 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
     it first with --scheme int8-weight/int8/fp8)."""
-    from .exporters import export
-    from .models.loading import load_model
+    from . import load_model
+    from .runtime.inputs import split_images
+    from .workflows import QUANT_SCHEMES
+    from .workflows import export_with_scheme as export  # -> `from . import export` once it takes scheme=
 
     try:
         start = time.perf_counter()
-        model = load_model(checkpoint)
+        _check_export_flags(scheme, calib, activations)
         size = _parse_size(input_size)
-        extra: dict = {}
-        precision = scheme
-        if scheme in QUANT_SCHEMES or (scheme not in (None, "fp32", "fp16") and not hasattr(model, "recipe")):
-            if hasattr(model, "recipe"):
-                raise ConfigError(f"{checkpoint} is already quantized ({model.scheme}); export it without --scheme")
-            qmodel, rep, held_out = quantize_for_export(model, scheme, calib, size or model.input_size, activations,
-                                                        calib_size)
-            extra = {"float_model": model, "report": rep, "fidelity_data": held_out}
-            model, precision = qmodel, None
-        root = export(model, output, format=format, precision=precision, input_size=size, max_batch=max_batch,
-                      opset=opset, overwrite=overwrite, **extra)
+        model = load_model(checkpoint)
+        quantizing = scheme in QUANT_SCHEMES
+        calib_images, held_out = None, None
+        if quantizing and calib is not None:
+            calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
+            mode = activations if scheme != "int8-weight" else "weight-only"
+            console.print(f"{model.arch.name} {model.task}: {scheme} ({mode}) with {len(calib_images)} calibration images")
+        extra = {"calibration": calib_images, "calibration_size": calib_size, "fidelity_data": held_out} if quantizing else {}
+        if quantizing and scheme != "int8-weight":
+            extra["activation_mode"] = activations
+        root = export(model, output, format=format, scheme=scheme, input_size=size, max_batch=max_batch, opset=opset,
+                      overwrite=overwrite, **extra)
     except Sapiens2EdgeError as e:
         _fail(e)
     from .exporters.manifest import read_manifest
@@ -382,22 +271,9 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
         rows = benchmod.run(list(artifacts), backend, warmup, runs, batch, baseline=not no_baseline)
     except Sapiens2EdgeError as e:
         _fail(e)
-    console.print(bench_table(rows))
+    console.print(benchmod.bench_table(rows))
     files = benchmod.write_reports(rows, output_dir, command)
     console.print("wrote " + ", ".join(str(f) for f in files))
-
-
-def bench_table(rows: list[dict]) -> Table:
-    table = Table(title="sapiens2-edge bench")
-    for col in ("artifact", "backend", "load s", "median s", "p90 s", "img/s", "peak RSS MB", "size MB", "rel L2",
-                "speed-up"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["artifact"], r["backend"], f"{r['load_s']:.2f}", f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
-                      f"{r['throughput_img_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}",
-                      "-" if r["fidelity_rel_l2"] is None else f"{r['fidelity_rel_l2']:.1e}",
-                      "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
-    return table
 
 
 # --- demo (the README's main job) ---------------------------------------------------------------------
@@ -419,6 +295,7 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
     Uses real weights when you have them (--checkpoint, $SAPIENS_CHECKPOINT_ROOT or the Hugging Face
     cache); otherwise a randomly initialised model in the official layout, announced as such.
     """
+    from .bench import bench_table
     from .demo import run_chain
 
     try:

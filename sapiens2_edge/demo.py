@@ -16,6 +16,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ConfigError
+from .spec import TASKS
+
+SAMPLE_IMAGE = Path(__file__).parent / "assets" / "astronaut.jpg"
+"""The photo the demo runs on when no image is given (bundled: the demo works offline)."""
 
 # Without real weights the chain runs a small model so the demo takes minutes, not an hour.
 RANDOM_DEFAULT = ("0.1b", (512, 384))
@@ -68,14 +72,13 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
               input_size: tuple[int, int] | None = None, calib_count: int = 8, bench_runs: int = 3,
               bench: bool = True, say: Callable[[str], None] = print) -> ChainResult:
     """Run every stage, announcing each through ``say``; returns what each produced."""
-    from .cli import SAMPLE_IMAGE, run_predictions
+    from . import load_model
     from .exporters import export
-    from .models.arch import TASKS
-    from .models.loading import load_model
     from .models.model import build_model
-    from .quantization import quantize, save_quantized
+    from .runtime.outputs import run_predictions
     from .runtime.predictor import Predictor, default_checkpoint
     from .tasks import load_image
+    from .workflows import quantize_and_save
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -111,18 +114,14 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     # 2. quantize
     t = time.perf_counter()
     views = calibration_views(picture, calib_count)
+    held_out = calibration_views(picture, 4, seed=1)[1:]  # other crops than the calibration ones
     # Static activation scales: the form ONNX Runtime and OpenVINO run with int8 kernels.
     extra = {"activation_mode": "static"} if scheme in ("int8", "fp8") else {}
-    qmodel, report = quantize(model, scheme, calibration=views, input_size=size_hw, calibration_size=calib_count,
-                              progress=False, **extra)
-    if not report.fidelity:
-        from .quantization.evaluate import evaluate
-
-        held_out = calibration_views(picture, 4, seed=1)[1:]  # other crops than the calibration ones
-        report.fidelity = evaluate(model, qmodel, held_out, input_size=size_hw, samples=len(held_out))
-        report.fidelity["evaluated_on"] = f"{len(held_out)} other augmented views of {image_path.name}"
     output.mkdir(parents=True, exist_ok=True)
-    save_quantized(qmodel, output / f"model_{scheme}.safetensors", report=report)
+    qmodel, report = quantize_and_save(
+        model, scheme, views, output / f"model_{scheme}.safetensors", held_out=held_out,
+        held_out_source=f"{len(held_out)} other augmented views of {image_path.name}", input_size=size_hw,
+        calibration_size=calib_count, eval_samples=len(held_out), progress=False, **extra)
     result.report = report
     timings["quantize_s"] = time.perf_counter() - t
     say(f"[2/5] quantize: {scheme} with {len(views)} calibration views of {image_path.name}, "
@@ -144,7 +143,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     # 4. predict through the runtime, from the artifact
     t = time.perf_counter()
     pred = Predictor(artifact)
-    result.results = run_predictions(pred, [image_path], output / "predictions", {}, show_progress=False)
+    result.results = run_predictions(pred, [image_path], output / "predictions")
     timings["predict_s"] = time.perf_counter() - t
     say(f"[4/5] predict: {pred.runner.describe()} ({pred.backend_reason}), {timings['predict_s']:.1f} s -> "
         f"{output / 'predictions'}")

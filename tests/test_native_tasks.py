@@ -145,7 +145,7 @@ def _heatmaps(rng: np.random.Generator, k: int, h: int, w: int) -> np.ndarray:
 def test_decode_heatmaps_matches_python(shape, blur):
     k, h, w = shape
     hm = _heatmaps(np.random.default_rng(k + h), k, h, w)
-    ref_k, ref_s = decode_heatmaps(hm, (4 * w, 4 * h), blur)
+    ref_k, ref_s = decode_heatmaps(hm, (4 * h, 4 * w), blur)
     got_k, got_s = nt.decode_heatmaps(hm, 4 * w, 4 * h, blur)
     np.testing.assert_array_equal(got_s, ref_s)
     np.testing.assert_allclose(got_k, ref_k, rtol=0, atol=1e-3)

@@ -125,7 +125,7 @@ def test_crop_downscale_uses_area_rule():
 def test_udp_codec_round_trip(point):
     """Spec 4f: sigma-6 UDP Gaussian on a 192 x 256 map decodes to < 1e-3 heatmap px."""
     hm = udp_gaussian(256, 192, [point], 6.0)
-    kps, scores = decode_heatmaps(hm, (768, 1024))
+    kps, scores = decode_heatmaps(hm, (1024, 768))
     in_hm_px = kps[0] * np.array([191 / 768, 255 / 1024])
     assert np.abs(in_hm_px - point).max() < 1e-3
     assert scores[0] == pytest.approx(hm.max())
@@ -138,7 +138,7 @@ def test_decode_matches_independent_reference():
     hm = udp_gaussian(h, w, pts, 1.5) * rng.uniform(0.2, 2.0, (K, 1, 1)).astype(np.float32)
     hm += rng.normal(0, 0.02, hm.shape).astype(np.float32)  # noise: not a clean Gaussian
     hm[3] = -np.abs(hm[3])  # no positive peak
-    kps, scores = decode_heatmaps(hm, (96, 128))
+    kps, scores = decode_heatmaps(hm, (128, 96))
     ref_kps, ref_scores = reference_decode(hm, 96, 128)
     np.testing.assert_allclose(kps, ref_kps, atol=1e-4)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
@@ -150,8 +150,8 @@ def test_decode_matches_independent_reference():
 def test_decode_batched_and_zero_maps():
     hm = udp_gaussian(32, 24, [(5.3, 7.7), (12, 20)], 2.0)
     hm = np.concatenate([hm, np.zeros((1, 32, 24), np.float32)])
-    single = decode_heatmaps(hm, (96, 128))
-    batched = decode_heatmaps(np.stack([hm, hm]), (96, 128))
+    single = decode_heatmaps(hm, (128, 96))
+    batched = decode_heatmaps(np.stack([hm, hm]), (128, 96))
     assert batched[0].shape == (2, 3, 2) and batched[1].shape == (2, 3)
     np.testing.assert_array_equal(batched[0][1], single[0])
     assert np.isfinite(single[0]).all() and single[1][2] == 0
@@ -160,7 +160,7 @@ def test_decode_batched_and_zero_maps():
 def test_decode_reports_input_pixels_with_the_w_over_w_minus_1_factor():
     # heatmap x -> input x is x * W / (w - 1) (not (W - 1) / (w - 1)): 17 -> 17 * 96 / 23
     hm = udp_gaussian(32, 24, [(17.0, 9.0)], 1.5)
-    kps, _ = decode_heatmaps(hm, (96, 128))
+    kps, _ = decode_heatmaps(hm, (128, 96))
     np.testing.assert_allclose(kps[0], [17 * 96 / 23, 9 * 128 / 31], atol=1e-3)
     assert abs(kps[0, 0] - 17 * 95 / 23) > 0.7
 

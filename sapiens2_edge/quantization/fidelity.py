@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..tasks.pose import decode_heatmaps
+from ..tasks.heatmaps import decode_heatmaps
 
 Outputs = Sequence[np.ndarray]
 
@@ -56,8 +56,8 @@ def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_siz
         ref_heatmaps, test_heatmaps = ref_heatmaps[:, list(keypoints)], test_heatmaps[:, list(keypoints)]
     dists, confident = [], []
     for r, t in zip(ref_heatmaps, test_heatmaps, strict=True):
-        kr, sr = decode_heatmaps(r, (w, h))
-        kt, _ = decode_heatmaps(t, (w, h))
+        kr, sr = decode_heatmaps(r, (h, w))
+        kt, _ = decode_heatmaps(t, (h, w))
         dists.append(np.linalg.norm(kr.astype(np.float64) - kt, axis=1))
         confident.append(sr >= kpt_thr)
     d, m = np.concatenate(dists), np.concatenate(confident)

@@ -4,6 +4,11 @@
 >>> batch, meta = pipe.preprocess(image)          # (n, 3, H, W) float32, normalised
 >>> result = pipe.postprocess(infer(batch), meta)  # SegResult
 >>> results = pipe([image1, image2], infer)        # both steps over a list of images
+
+Modules: ``image`` (loading), ``preprocess`` (normalisation, letterbox), ``base`` (the Pipeline
+and Result interfaces) and ``draw`` (drawing primitives) are shared; ``pose`` (with ``heatmaps``
+and the ``keypoints`` tables), ``seg`` and ``dense`` (normal, pointmap, albedo) each hold a
+task's pipeline, result type and drawing.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Pipeline
-from .dense import AlbedoPipeline, NormalPipeline, PointmapPipeline
+from ..spec import DEFAULT_INPUT_SIZE, TASKS
+from .base import Pipeline, Result
+from .dense import AlbedoPipeline, AlbedoResult, NormalPipeline, NormalResult, PointmapPipeline, PointmapResult
+from .heatmaps import decode_heatmaps
 from .image import MAX_PIXELS, MAX_SIDE, load_image
 from .keypoints import (
     COCO17_FROM_308,
@@ -24,12 +31,9 @@ from .keypoints import (
     SKELETON,
     to_coco17,
 )
-from .pose import PosePipeline, decode_heatmaps, pose_demo_json
-from .preprocess import DEFAULT_INPUT_SIZE, MEAN, MEAN_RGB, STD, STD_RGB, Letterbox
-from .results import AlbedoResult, NormalResult, PointmapResult, PoseResult, SegResult
-from .seg import SEG_CLASSES, SEG_FLIP_PAIRS, SEG_PALETTE, SegPipeline
-
-TASKS: tuple[str, ...] = ("pose", "seg", "normal", "pointmap", "albedo")
+from .pose import PosePipeline, PoseResult, pose_demo_json
+from .preprocess import MEAN, MEAN_RGB, STD, STD_RGB, Letterbox
+from .seg import SEG_CLASSES, SEG_FLIP_PAIRS, SEG_PALETTE, SegPipeline, SegResult
 
 _PIPELINES: dict[str, type[Pipeline]] = {
     "pose": PosePipeline,
@@ -52,7 +56,7 @@ def get_pipeline(task: str, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, **
 
 
 __all__ = [
-    "TASKS", "get_pipeline", "Pipeline", "load_image", "MAX_SIDE", "MAX_PIXELS",
+    "TASKS", "get_pipeline", "Pipeline", "Result", "load_image", "MAX_SIDE", "MAX_PIXELS",
     "MEAN", "STD", "MEAN_RGB", "STD_RGB", "DEFAULT_INPUT_SIZE", "Letterbox",
     "PoseResult", "SegResult", "NormalResult", "PointmapResult", "AlbedoResult",
     "PosePipeline", "SegPipeline", "NormalPipeline", "PointmapPipeline", "AlbedoPipeline",

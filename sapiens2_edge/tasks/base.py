@@ -1,15 +1,17 @@
-"""The pipeline interface every task implements, and the checks they share."""
+"""The interfaces every task implements (a pipeline and a result type) and the checks they share."""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, InvalidBoxError, InvalidTensorError
+from ..spec import DEFAULT_INPUT_SIZE
 from .image import _is_pil_image
-from .preprocess import DEFAULT_INPUT_SIZE, MEAN_RGB, STD_RGB
+from .preprocess import MEAN_RGB, STD_RGB
 
 Infer = Callable[[np.ndarray], Sequence[np.ndarray]]
 
@@ -35,8 +37,7 @@ class Pipeline(ABC):
     """
 
     task: ClassVar[str] = ""
-    num_outputs: ClassVar[int] = 1
-    output_names: ClassVar[tuple[str, ...]] = ()
+    output_names: ClassVar[tuple[str, ...]] = ()  # the task's entry of spec.OUTPUT_NAMES
     options: ClassVar[dict[str, Any]] = {}  # option name -> default value
 
     def __init__(self, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, **options: Any) -> None:
@@ -54,6 +55,10 @@ class Pipeline(ABC):
                 )
             setattr(self, name, type(default)(value))
         self._validate_options()
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.output_names)
 
     def _validate_options(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Subclasses check option values here."""
@@ -157,6 +162,45 @@ class Pipeline(ABC):
         if group:
             flush()
         return results
+
+
+class Result(ABC):
+    """What every task's result offers.
+
+    ``arrays()`` (what gets saved as .npy), ``to_dict()`` / ``to_json()`` (pose: every keypoint;
+    dense tasks: a compact summary, never the full maps) and ``draw(image)`` (an RGB uint8
+    visualisation with the image's shape).
+    """
+
+    task: str = ""
+
+    @abstractmethod
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The raw result arrays, keyed by the name they are saved under."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (pose: every keypoint; dense tasks: a compact summary)."""
+
+    def to_json(self, **kwargs: Any) -> str:
+        """JSON text of :meth:`to_dict` (keyword arguments go to ``json.dumps``)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @abstractmethod
+    def draw(self, image: Any, **kwargs: Any) -> np.ndarray:
+        """An RGB uint8 visualisation with the image's shape."""
+
+
+def channel_stats(a: np.ndarray) -> dict[str, Any]:
+    """Per-channel min / max / mean of an (H, W, C) array, as plain floats."""
+    flat = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    if flat.size == 0:
+        return {"min": [], "max": [], "mean": []}
+    return {
+        "min": [float(v) for v in flat.min(0)],
+        "max": [float(v) for v in flat.max(0)],
+        "mean": [float(v) for v in flat.mean(0)],
+    }
 
 
 def _as_image_list(images: Any) -> list:

@@ -1,17 +1,20 @@
-"""Dense per-pixel tasks (normal, pointmap, albedo; spec 2.3-2.5): letterbox in, un-letterbox out."""
+"""Dense per-pixel tasks (normal, pointmap, albedo; spec 2.3-2.5): letterbox in, un-letterbox out;
+their result types and drawings."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 
 from ..errors import InvalidTensorError
-from .base import Pipeline
+from ..spec import OUTPUT_NAMES
+from .base import Pipeline, Result, channel_stats
+from .draw import draw_over
 from .image import load_image
 from .preprocess import Letterbox, normalize
-from .results import AlbedoResult, NormalResult, PointmapResult
 
 NORMAL_EPS = 1e-8
 POINTMAP_BLUR_PASSES = 4
@@ -41,6 +44,123 @@ def divide_by_scale(pointmap: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return pointmap / s.reshape(-1, 1, 1, 1)
 
 
+# -- drawing --------------------------------------------------------------------------------------
+def normal_to_rgb(normal: np.ndarray) -> np.ndarray:
+    """(H, W, 3) normals in [-1, 1] -> RGB uint8 via (n + 1) / 2 * 255."""
+    return np.clip((normal + 1.0) * 0.5 * 255.0, 0, 255).astype(np.uint8)
+
+
+def depth_to_rgb(depth: np.ndarray, colormap: int = cv2.COLORMAP_INFERNO,
+                 near: float = 0.1, far: float = 250.0) -> np.ndarray:
+    """(H, W) depth -> RGB uint8: inverse depth (depth clamped to [near, far]) min-max scaled
+    over the valid pixels and passed through an OpenCV colormap (near = bright). Pixels with
+    depth <= 0 or not finite are black."""
+    valid = np.isfinite(depth) & (depth > 0)
+    inv = np.zeros(depth.shape, dtype=np.float64)
+    inv[valid] = 1.0 / np.clip(depth[valid], near, far)
+    u8 = np.zeros(depth.shape, dtype=np.uint8)
+    if valid.any():
+        lo, hi = inv[valid].min(), inv[valid].max()
+        u8[valid] = np.round((inv[valid] - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+    rgb = cv2.cvtColor(cv2.applyColorMap(u8, colormap), cv2.COLOR_BGR2RGB)
+    rgb[~valid] = 0
+    return rgb
+
+
+def albedo_to_rgb(albedo: np.ndarray) -> np.ndarray:
+    """(H, W, 3) albedo in [0, 1] -> RGB uint8."""
+    return np.clip(np.round(albedo * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- results --------------------------------------------------------------------------------------
+class _MapResult(Result):
+    """A result holding one (H, W, 3) map at the original image size, in the field ``map_name``."""
+
+    map_name: ClassVar[str] = ""
+
+    @property
+    def _map(self) -> np.ndarray:
+        return getattr(self, self.map_name)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self._map.shape[:2])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {self.map_name: self._map}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "image_size": [int(v) for v in self.image_size],
+            "shape": list(self._map.shape),
+            "stats": channel_stats(self._map),
+        }
+
+
+@dataclass(eq=False)
+class NormalResult(_MapResult):
+    """``normal`` (H, W, 3) float32 camera-frame unit normals (bilinearly resized, so only
+    approximately unit length away from the network's pixel grid)."""
+
+    normal: np.ndarray
+    task = "normal"
+    map_name = "normal"
+
+    def to_dict(self) -> dict[str, Any]:
+        norms = np.linalg.norm(self.normal.reshape(-1, 3).astype(np.float64), axis=1)
+        return {**super().to_dict(), "mean_norm": float(norms.mean()) if norms.size else 0.0}
+
+    def draw(self, image: Any, alpha: float = 1.0) -> np.ndarray:
+        """(n + 1) / 2 * 255 as RGB, blended over the image with weight ``alpha``."""
+        return draw_over(image, normal_to_rgb(self.normal), alpha)
+
+
+@dataclass(eq=False)
+class PointmapResult(_MapResult):
+    """Metric camera-frame points of each pixel.
+
+    ``points`` (H, W, 3) float32 = network pointmap / scale; ``scale`` the predicted s
+    (= canonical focal / true focal); ``focal_length`` the derived focal length in
+    original-image pixels (input width / s / letterbox resize factor).
+    """
+
+    points: np.ndarray
+    scale: float
+    focal_length: float
+    task = "pointmap"
+    map_name = "points"
+
+    @property
+    def depth(self) -> np.ndarray:
+        """(H, W) float32 Z channel."""
+        return self.points[:, :, 2]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"points": self.points, "depth": np.ascontiguousarray(self.depth)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "scale": float(self.scale), "focal_length_px": float(self.focal_length)}
+
+    def draw(self, image: Any, alpha: float = 1.0, colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
+        """Inverse depth through an OpenCV colormap, blended over the image with ``alpha``."""
+        return draw_over(image, depth_to_rgb(self.depth, colormap), alpha)
+
+
+@dataclass(eq=False)
+class AlbedoResult(_MapResult):
+    """``albedo`` (H, W, 3) float32 RGB in [0, 1]."""
+
+    albedo: np.ndarray
+    task = "albedo"
+    map_name = "albedo"
+
+    def draw(self, image: Any, alpha: float = 1.0) -> np.ndarray:
+        """The albedo as an RGB image (albedo * 255), blended over the image with ``alpha``."""
+        return draw_over(image, albedo_to_rgb(self.albedo), alpha)
+
+
+# -- pipelines ------------------------------------------------------------------------------------
 class _DensePipeline(Pipeline):
     def preprocess(self, image: Any, boxes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
         self._no_boxes(boxes)
@@ -63,7 +183,7 @@ class NormalPipeline(_DensePipeline):
     """Surface normals: L2-normalise, crop the padding, bilinear resize (no renormalisation)."""
 
     task = "normal"
-    output_names = ("normal",)
+    output_names = OUTPUT_NAMES["normal"]
 
     def postprocess(self, outputs: Any, meta: dict[str, Any]) -> NormalResult:
         (normal,) = self._outputs(outputs, meta)
@@ -75,8 +195,7 @@ class PointmapPipeline(_DensePipeline):
     """Pointmap: divide by the predicted scale, crop, smooth when upsampling, bilinear resize."""
 
     task = "pointmap"
-    num_outputs = 2
-    output_names = ("pointmap", "scale")
+    output_names = OUTPUT_NAMES["pointmap"]
 
     def postprocess(self, outputs: Any, meta: dict[str, Any]) -> PointmapResult:
         pointmap, scale = self._outputs(outputs, meta)
@@ -98,7 +217,7 @@ class AlbedoPipeline(_DensePipeline):
     """Albedo: clamp to [0, 1], crop the padding, bilinear resize."""
 
     task = "albedo"
-    output_names = ("albedo",)
+    output_names = OUTPUT_NAMES["albedo"]
 
     def postprocess(self, outputs: Any, meta: dict[str, Any]) -> AlbedoResult:
         (albedo,) = self._outputs(outputs, meta)

@@ -1,4 +1,5 @@
-"""Top-down 308-keypoint pose (spec 2.1): UDP person crops, flip test, UDP-DARK decoding.
+"""Top-down 308-keypoint pose (spec 2.1): UDP person crops, the flip test, decoding (heatmaps.py)
+back to image pixels, the result type and its drawing.
 
 Coordinates: image pixels are indexed at pixel centres (0 .. W0-1); the network input is
 ``input_size`` = (H, W) and the heatmaps are (h, w), a quarter of it for the released heads.
@@ -6,21 +7,22 @@ Coordinates: image pixels are indexed at pixel centres (0 .. W0-1); the network 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import ConfigError, InvalidBoxError, InvalidImageError, InvalidTensorError
-from .base import Pipeline
+from ..spec import OUTPUT_NAMES
+from .base import Pipeline, Result
+from .draw import image_for
+from .heatmaps import BLUR_KERNEL_SIZE, decode_heatmaps, flip_heatmaps
 from .image import load_image
-from .keypoints import FLIP_INDICES, NUM_KEYPOINTS
+from .keypoints import COCO17_SKELETON, FLIP_INDICES, KEYPOINT_GROUPS, NUM_KEYPOINTS, SKELETON, to_coco17
 from .preprocess import normalize
-from .results import PoseResult
 
 BBOX_PADDING = 1.25
-BLUR_KERNEL_SIZE = 11  # OpenCV's default sigma for 11 is 2.0, the reference's value
-_EPS = float(np.finfo(np.float32).eps)
 
 
 # -- boxes and crops ----------------------------------------------------------------------------
@@ -95,97 +97,6 @@ def crop_person(image: np.ndarray, center: Sequence[float], size: Sequence[float
     return cv2.warpAffine(image, m, (W, H), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-# -- heatmaps ------------------------------------------------------------------------------------
-def flip_heatmaps(heatmaps: np.ndarray, flip_indices: Sequence[int] = FLIP_INDICES) -> np.ndarray:
-    """Undo a horizontal flip of the input on (B, K, h, w) heatmaps: mirror W and swap left/right.
-
-    Output channel k is input channel ``flip_indices[k]`` mirrored (no pixel shift).
-    """
-    src = np.ascontiguousarray(heatmaps, dtype=np.float32)
-    out = np.empty_like(src)
-    for b in range(src.shape[0]):
-        for k, f in enumerate(flip_indices):
-            cv2.flip(src[b, f], 1, dst=out[b, k])  # much faster than a reversed-stride numpy copy
-    return out
-
-
-def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray:
-    """One Newton step on the log of blurred heatmaps at integer peaks ``locs`` (k, 2).
-
-    Only the 3 x 3 neighbourhood of each peak enters the step, so the clip and log are applied
-    there alone; clamping the neighbour indices to the map is the same as edge-padding by one.
-    """
-    k, h, w = heatmaps.shape
-    r = (kernel - 1) // 2
-    padded = np.zeros((k, h + 2 * r, w + 2 * r), dtype=np.float32)
-    padded[:, r:r + h, r:r + w] = heatmaps
-    # Channels stacked vertically: each has r zero rows above and below, so a kernel of radius r
-    # never mixes two channels inside the part kept after cropping.
-    blurred = cv2.GaussianBlur(padded.reshape(k * (h + 2 * r), w + 2 * r), (kernel, kernel), 0)
-    blurred = blurred.reshape(k, h + 2 * r, w + 2 * r)[:, r:r + h, r:r + w]
-    before = heatmaps.reshape(k, -1).max(axis=1)
-    after = blurred.max(axis=(1, 2))
-    usable = after != 0  # an all-non-positive blur cannot be rescaled; keep the integer peak
-    ratio = np.where(usable, before / np.where(usable, after, 1), 1).astype(np.float32)
-
-    x = locs[:, 0].astype(np.int64)
-    y = locs[:, 1].astype(np.int64)
-    xs = np.clip(x[:, None] + np.arange(-1, 2), 0, w - 1)  # (k, 3): x-1, x, x+1
-    ys = np.clip(y[:, None] + np.arange(-1, 2), 0, h - 1)
-    patch = blurred[np.arange(k)[:, None, None], ys[:, :, None], xs[:, None, :]]  # (k, 3 rows, 3 cols)
-    lp = np.log(np.clip(patch * ratio[:, None, None], np.float32(0.001), np.float32(50.0)))
-
-    c = lp[:, 1, 1]
-    xp, xm, yp, ym = lp[:, 1, 2], lp[:, 1, 0], lp[:, 2, 1], lp[:, 0, 1]
-    xpyp, xmym = lp[:, 2, 2], lp[:, 0, 0]
-    gx, gy = 0.5 * (xp - xm), 0.5 * (yp - ym)
-    dxx, dyy = xp - 2 * c + xm, yp - 2 * c + ym
-    dxy = 0.5 * (xpyp - xp - yp + c + c - xm - ym + xmym)
-
-    # inverse(Hessian + eps * I) . gradient, written out for 2 x 2
-    a, b, d = dxx.astype(np.float64) + _EPS, dxy.astype(np.float64), dyy.astype(np.float64) + _EPS
-    det = a * d - b * b
-    ok = usable & (det != 0)
-    det = np.where(ok, det, 1.0)
-    step_x = np.where(ok, (d * gx - b * gy) / det, 0.0)
-    step_y = np.where(ok, (a * gy - b * gx) / det, 0.0)
-    out = locs.astype(np.float64)
-    out[:, 0] -= step_x
-    out[:, 1] -= step_y
-    return out
-
-
-def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = (768, 1024),
-                    blur_kernel_size: int = BLUR_KERNEL_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """UDP-DARK decoding of (K, h, w) heatmaps (or (N, K, h, w)); ``input_size`` is (W, H).
-
-    Returns keypoints (K, 2) float32 in network-input pixels and scores (K,) float32 (the
-    heatmap maximum). Per channel: integer argmax; if the maximum is <= 0 the location is
-    (-1, -1) heatmap pixels and is not refined; otherwise one Newton step on the log of the
-    blurred heatmap (spec 2.1, decoding steps 1-2). Then x * W / (w - 1), y * H / (h - 1).
-    """
-    hm = np.asarray(heatmaps, dtype=np.float32)
-    if hm.ndim == 4:
-        pairs = [decode_heatmaps(x, input_size, blur_kernel_size) for x in hm]
-        k = hm.shape[1]
-        return (np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, k, 2), np.float32),
-                np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, k), np.float32))
-    if hm.ndim != 3 or hm.shape[1] < 2 or hm.shape[2] < 2:
-        raise InvalidTensorError(f"heatmaps must have shape (K, h, w) with h, w >= 2, got {hm.shape}")
-    k, h, w = hm.shape
-    flat = hm.reshape(k, -1)
-    idx = flat.argmax(axis=1)
-    scores = flat[np.arange(k), idx]
-    locs = np.stack([idx % w, idx // w], axis=1).astype(np.float64)
-    valid = scores > 0
-    locs[~valid] = -1.0
-    if valid.any():
-        locs[valid] = _dark_udp(hm[valid], locs[valid], blur_kernel_size)
-    W, H = input_size
-    keypoints = locs * np.array([W / (w - 1), H / (h - 1)])
-    return keypoints.astype(np.float32), scores.astype(np.float32)
-
-
 def input_to_image(keypoints: np.ndarray, center: Sequence[float], size: Sequence[float],
                    input_size: tuple[int, int]) -> np.ndarray:
     """Network-input pixels -> image pixels, as the reference demo does: x / W * w_box + cx - w_box / 2.
@@ -199,6 +110,111 @@ def input_to_image(keypoints: np.ndarray, center: Sequence[float], size: Sequenc
     return out + np.array([cx - bw * 0.5, cy - bh * 0.5])
 
 
+# -- result ---------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class PoseResult(Result):
+    """Keypoints of N people in original-image pixels.
+
+    ``boxes`` (N, 4) float32 [x1, y1, x2, y2] as given (or the whole image);
+    ``keypoints`` (N, K, 2) float32 (x, y); ``scores`` (N, K) float32 (the flip-averaged heatmap
+    maximum; <= 0 means the heatmap had no positive peak and the location is meaningless);
+    ``image_size`` (H, W).
+    """
+
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    scores: np.ndarray
+    image_size: tuple[int, int]
+    task = "pose"
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    @property
+    def num_keypoints(self) -> int:
+        return int(self.keypoints.shape[1])
+
+    def to_coco17(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keypoints (N, 17, 2), scores (N, 17)) in COCO-17 order."""
+        return to_coco17(self.keypoints, self.scores)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"boxes": self.boxes, "keypoints": self.keypoints, "scores": self.scores}
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Per person, in the demo JSON layout: bbox, keypoints [[x, y] x K], keypoint_scores [K]."""
+        return [
+            {
+                "bbox": [float(v) for v in box],
+                "keypoints": [[float(x), float(y)] for x, y in kps],
+                "keypoint_scores": [float(s) for s in sc],
+            }
+            for box, kps, sc in zip(self.boxes, self.keypoints, self.scores, strict=True)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "image_size": [int(v) for v in self.image_size],
+            "num_keypoints": self.num_keypoints,
+            "instances": self.instances(),
+        }
+
+    def draw(self, image: Any, kpt_thr: float = 0.3, **kwargs: Any) -> np.ndarray:
+        """Boxes, skeleton links and keypoints whose score is above ``kpt_thr``."""
+        return draw_pose(image, self, kpt_thr=kpt_thr, **kwargs)
+
+
+GROUP_COLORS: dict[str, tuple[int, int, int]] = {
+    "body": (51, 153, 255),
+    "feet": (255, 128, 0),
+    "right_hand": (255, 51, 51),
+    "left_hand": (0, 255, 0),
+    "extra": (255, 255, 0),
+    "face": (255, 255, 255),
+}
+"""RGB colour of the keypoints and links of each keypoint group."""
+BOX_COLOR = (0, 255, 0)
+
+
+def _color_of(index: int, k: int) -> tuple[int, int, int]:
+    if k != NUM_KEYPOINTS:
+        return GROUP_COLORS["body"]
+    for name, r in KEYPOINT_GROUPS.items():
+        if index in r:
+            return GROUP_COLORS[name]
+    return GROUP_COLORS["body"]
+
+
+def draw_pose(image: Any, result: PoseResult, kpt_thr: float = 0.3, radius: int | None = None,
+              thickness: int | None = None, boxes: bool = True) -> np.ndarray:
+    """Boxes, skeleton links and the keypoints scoring above ``kpt_thr``.
+
+    308-keypoint results use :data:`~.keypoints.SKELETON`, 17-keypoint ones the COCO skeleton,
+    any other count only points. Sizes scale with the image unless given.
+    """
+    canvas = image_for(image, result.image_size).copy()
+    h, w = canvas.shape[:2]
+    radius = radius or max(1, round(max(h, w) / 400))
+    thickness = thickness or max(1, radius // 2)
+    k = result.keypoints.shape[1] if result.keypoints.ndim == 3 else 0
+    links = SKELETON if k == NUM_KEYPOINTS else COCO17_SKELETON if k == 17 else ()
+    colors = [_color_of(i, k) for i in range(k)]
+    limit = 4 * max(h, w)  # points far outside cannot be drawn meaningfully
+    for box, kps, scores in zip(result.boxes, result.keypoints, result.scores, strict=True):
+        if boxes:
+            x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_COLOR, thickness, cv2.LINE_AA)
+        visible = (scores > kpt_thr) & np.isfinite(kps).all(1) & (np.abs(kps) < limit).all(1)
+        pts = np.round(np.nan_to_num(kps)).astype(np.int64)
+        for a, b in links:
+            if visible[a] and visible[b]:
+                cv2.line(canvas, tuple(map(int, pts[a])), tuple(map(int, pts[b])), colors[b], thickness, cv2.LINE_AA)
+        for i in np.flatnonzero(visible):
+            cv2.circle(canvas, tuple(map(int, pts[i])), radius, colors[i], -1, cv2.LINE_AA)
+    return canvas
+
+
 # -- pipeline ------------------------------------------------------------------------------------
 class PosePipeline(Pipeline):
     """Top-down pose over person boxes (None = the whole image).
@@ -208,7 +224,7 @@ class PosePipeline(Pipeline):
     """
 
     task = "pose"
-    output_names = ("heatmaps",)
+    output_names = OUTPUT_NAMES["pose"]
     options = {"flip_test": True, "bbox_padding": BBOX_PADDING, "blur_kernel_size": BLUR_KERNEL_SIZE}
 
     def _validate_options(self) -> None:
@@ -258,11 +274,10 @@ class PosePipeline(Pipeline):
             hm = flip_heatmaps(raw[n:])  # average with the unflipped pass: (a + b) / 2
             hm += raw[:n]
             hm *= np.float32(0.5)
-        H, W = self.input_size
         keypoints = np.empty((n, hm.shape[1], 2), dtype=np.float32)
         scores = np.empty((n, hm.shape[1]), dtype=np.float32)
         for i in range(n):
-            kps, scores[i] = decode_heatmaps(hm[i], (W, H), self.blur_kernel_size)
+            kps, scores[i] = decode_heatmaps(hm[i], self.input_size, self.blur_kernel_size)
             keypoints[i] = input_to_image(kps, meta["centers"][i], meta["sizes"][i], self.input_size)
         return PoseResult(meta["boxes"].astype(np.float32), keypoints, scores, tuple(meta["image_size"]))
 

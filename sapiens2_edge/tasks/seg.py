@@ -1,17 +1,20 @@
-"""Body-part segmentation (29 classes, spec 2.2): stretch resize in, logits -> labels out."""
+"""Body-part segmentation (29 classes, spec 2.2): stretch resize in, logits -> labels out; the
+result type and its drawing."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from ..errors import InvalidTensorError
-from .base import Pipeline
+from ..spec import OUTPUT_NAMES
+from .base import Pipeline, Result
+from .draw import draw_over
 from .image import load_image
 from .preprocess import normalize, stretch_resize
-from .results import SegResult
 
 SEG_CLASSES: tuple[str, ...] = (
     "Background", "Apparel", "Eyeglass", "Face_Neck", "Hair", "Left_Foot", "Left_Hand",
@@ -68,11 +71,67 @@ def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels
 
 
+def colorize_labels(labels: np.ndarray, palette: np.ndarray = SEG_PALETTE) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) RGB palette colours (ids past the palette wrap around)."""
+    palette = np.asarray(palette, dtype=np.uint8)
+    return palette[labels.astype(np.int64) % len(palette)]
+
+
+def draw_seg(image: Any, labels: np.ndarray, alpha: float = 0.5, palette: np.ndarray = SEG_PALETTE) -> np.ndarray:
+    """The image blended with the palette colour of each pixel's class."""
+    return draw_over(image, colorize_labels(labels, palette), alpha)
+
+
+@dataclass(eq=False)
+class SegResult(Result):
+    """``labels`` (H, W) uint8 class ids at the original image size."""
+
+    labels: np.ndarray
+    class_names: tuple[str, ...] = field(default=SEG_CLASSES)
+    task = "seg"
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = SEG_CLASSES
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.labels.shape[:2])
+
+    @property
+    def foreground(self) -> np.ndarray:
+        """Boolean person mask: label > 0 (everything but Background)."""
+        return self.labels > 0
+
+    def mask(self, *classes: int | str) -> np.ndarray:
+        """Boolean mask of the given classes (ids or names)."""
+        ids = [self.class_names.index(c) if isinstance(c, str) else int(c) for c in classes]
+        return np.isin(self.labels, ids)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"labels": self.labels}
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        total = max(int(self.labels.size), 1)
+        return {
+            "task": self.task,
+            "image_size": [int(v) for v in self.image_size],
+            "num_classes": len(self.class_names),
+            "class_pixel_counts": {n: int(c) for n, c in zip(self.class_names, counts, strict=False) if c},
+            "foreground_fraction": float(counts[1:].sum() / total),
+        }
+
+    def draw(self, image: Any, alpha: float = 0.5, **kwargs: Any) -> np.ndarray:
+        """The image blended with the class palette (``alpha`` = palette weight)."""
+        return draw_seg(image, self.labels, alpha=alpha, **kwargs)
+
+
 class SegPipeline(Pipeline):
     """Stretch the image to the input size; resize logits to the original size and argmax."""
 
     task = "seg"
-    output_names = ("logits",)
+    output_names = OUTPUT_NAMES["seg"]
 
     def preprocess(self, image: Any, boxes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
         self._no_boxes(boxes)

@@ -1,0 +1,62 @@
+"""Predicting over image files and writing what a prediction produced (torch-free).
+
+Per image ``<stem>``: ``<stem>.png`` (the result drawn over the image), ``<stem>_<array>.npy``
+(each of ``result.arrays()``) and ``<stem>.json`` (``result.to_json()``); a pose run also writes
+``keypoints.json`` in the reference demo's layout for all images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from ..errors import InvalidBoxError
+from ..tasks import Result, load_image, pose_demo_json
+
+Progress = Callable[[Sequence[Path]], Iterable[Path]]
+
+
+def write_outputs(result: Result, image: np.ndarray, out_dir: str | Path, stem: str) -> list[Path]:
+    """Overlay PNG, raw arrays (.npy) and the JSON summary of one result; returns the files written."""
+    out_dir = Path(out_dir)
+    overlay = out_dir / f"{stem}.png"
+    # imencode + write_bytes, not imwrite: a failed write raises instead of returning False, and
+    # non-ASCII paths work everywhere (as in load_image).
+    overlay.write_bytes(cv2.imencode(".png", cv2.cvtColor(result.draw(image), cv2.COLOR_RGB2BGR))[1].tobytes())
+    written = [overlay]
+    for key, arr in result.arrays().items():
+        path = out_dir / f"{stem}_{key}.npy"
+        np.save(path, arr)
+        written.append(path)
+    summary = out_dir / f"{stem}.json"
+    summary.write_text(result.to_json())
+    return [*written, summary]
+
+
+def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str | Path,
+                    boxes: dict[str, Any] | None = None, progress: Progress | None = None) -> list[Result]:
+    """Predict each image file with ``predictor`` and write its outputs to ``out_dir``.
+
+    ``boxes``: pose person boxes per image file name (images without an entry use the whole
+    image). ``progress`` wraps the list of inputs (e.g. a tqdm bar). Returns the results in order.
+    """
+    boxes = boxes or {}
+    if boxes and predictor.task != "pose":
+        raise InvalidBoxError(f"boxes are only used by pose models; this is a {predictor.task} model")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in inputs]
+    results = []
+    for path in progress(paths) if progress else paths:
+        image = load_image(path)
+        result = predictor(image, boxes=boxes.get(path.name))
+        write_outputs(result, image, out_dir, path.stem)
+        results.append(result)
+    if predictor.task == "pose":
+        frames = pose_demo_json(results, [p.name for p in paths])
+        (out_dir / "keypoints.json").write_text(json.dumps(frames, indent=1))
+    return results
