@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY = {
     "load_model": "sapiens2_edge.models.loading",
