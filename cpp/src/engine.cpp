@@ -70,28 +70,25 @@ std::pair<int64_t, int64_t> scale_grid(int64_t h, int64_t w, int64_t stride, siz
 // Stored weights are read and converted in chunks of about this many bytes.
 constexpr size_t kReadChunk = 4u << 20;
 
+// n 16-bit floats (unaligned, little-endian) to floats with `conv` (float16 or bfloat16).
+template <class Conv>
+void halves_to_floats(const uint8_t* src, int64_t n, float* out, Conv conv) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        out[i] = conv(h);
+    }
+}
+
 // `rows` x `cols` stored values of dtype `dt` to floats; I8 / F8_E4M3 rows are multiplied by
 // their scale (`scale[r]`, or `scale[0]` for all rows when `per_tensor`).
 void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const float* scale, bool per_tensor,
                float* out) {
     const int64_t n = rows * cols;
     switch (dt) {
-        case DType::F16:
-#pragma omp parallel for schedule(static) if (n > 65536)
-            for (int64_t i = 0; i < n; ++i) {
-                uint16_t h;
-                std::memcpy(&h, src + 2 * i, 2);
-                out[i] = fp16_to_float(h);
-            }
-            break;
-        case DType::BF16:
-#pragma omp parallel for schedule(static) if (n > 65536)
-            for (int64_t i = 0; i < n; ++i) {
-                uint16_t h;
-                std::memcpy(&h, src + 2 * i, 2);
-                out[i] = bf16_to_float(h);
-            }
-            break;
+        case DType::F16: halves_to_floats(src, n, out, fp16_to_float); break;
+        case DType::BF16: halves_to_floats(src, n, out, bf16_to_float); break;
         case DType::I8:
         case DType::F8_E4M3: {
             const bool i8 = dt == DType::I8;
