@@ -102,7 +102,7 @@ std::string changed_message(const std::string& path, const std::string& what) {
 std::shared_ptr<SafeTensors> SafeTensors::open(const std::string& path) {
     std::shared_ptr<SafeTensors> st(new SafeTensors());
     st->path_ = path;
-    st->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    st->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not hang us
     if (st->fd_ < 0) throw CorruptFileError("cannot open " + path + ": " + std::strerror(errno));
     struct stat sb {};
     if (::fstat(st->fd_, &sb) != 0 || !S_ISREG(sb.st_mode)) throw CorruptFileError(path + " is not a regular file");
