@@ -1,5 +1,8 @@
 #include "s2e/config.hpp"
 
+#include <tuple>
+#include <utility>
+
 namespace s2e {
 
 namespace {
@@ -25,7 +28,36 @@ std::vector<int64_t> int_list(const Json& j, const std::string& key, const std::
     }
     return out;
 }
+
+// [H, W] of a manifest-like object, within the bounds of input_size_problem.
+std::pair<int64_t, int64_t> input_size(const Json& s, const ArchConfig& a, const std::string& key) {
+    const auto& arr = s.as_array(key);
+    if (arr.size() != 2) throw ManifestError(key + " must be [H, W]");
+    const int64_t h = arr[0].as_int(key + "[0]"), w = arr[1].as_int(key + "[1]");
+    const std::string problem = input_size_problem(a, h, w);
+    if (!problem.empty()) throw ManifestError(key + ": " + problem);
+    return {h, w};
+}
 }  // namespace
+
+// Input bounds. Sapiens2 is trained at 1024x768, the 4K model at 4096x3072 (spec section 4); the
+// reference export's dynamic shapes stop at 2048x1536 (spec 5.1). Cost grows with the square of
+// the token count (attention), so a manifest that asks for 8192x6144 would run for tens of minutes
+// before anything could notice: inputs are capped at the reference's largest size, 2048x1536
+// pixels with 2048 a side (either orientation), and 4096x3072 with 4096 a side for the 4K model.
+std::string input_size_problem(const ArchConfig& a, int64_t h, int64_t w) {
+    const int64_t m = a.input_multiple();
+    const std::string size = std::to_string(h) + "x" + std::to_string(w);
+    if (h < m || w < m || h % m || w % m)
+        return "input size " + size + " is not a positive multiple of " + std::to_string(m) + " in both sides" +
+               (a.is_4k() ? " (the 4K tokenizer needs 64)" : "");
+    const int64_t side = a.is_4k() ? kMaxSide4K : kMaxSide, pixels = a.is_4k() ? kMaxPixels4K : kMaxPixels;
+    if (h > side || w > side || h * w > pixels)  // h, w <= side here: no overflow
+        return "input size " + size + " is larger than the engine takes: at most " + std::to_string(side) +
+               " a side and " + std::to_string(pixels) + " pixels (" + (a.is_4k() ? "4096x3072" : "2048x1536") +
+               (a.is_4k() ? ", the 4K model's training size)" : ", the largest size of the reference export)");
+    return {};
+}
 
 ArchConfig parse_arch(const Json& j, const std::string& where) {
     j.as_object(where);
@@ -76,13 +108,7 @@ HeadConfig parse_head(const Json& j, const ArchConfig& arch, const std::string& 
     if (!deconv_head && h.conv.empty()) throw ManifestError(where + ": a " + h.task + " head needs 'conv' widths");
     if (h.task == "pointmap") {
         if (h.scale_conv.empty() || h.scale_fc.empty()) throw ManifestError(where + ": a pointmap head needs 'scale_conv' and 'scale_fc'");
-        const Json& s = j.at("input_size", where);
-        const auto& arr = s.as_array(where + ".input_size");
-        if (arr.size() != 2) throw ManifestError(where + ".input_size must be [H, W]");
-        h.input_h = arr[0].as_int("input_size[0]");
-        h.input_w = arr[1].as_int("input_size[1]");
-        if (h.input_h <= 0 || h.input_w <= 0 || h.input_h > 1 << 16 || h.input_w > 1 << 16)
-            throw ManifestError(where + ".input_size is out of range");
+        std::tie(h.input_h, h.input_w) = input_size(j.at("input_size", where), arch, where + ".input_size");
     }
     return h;
 }
@@ -102,16 +128,13 @@ EngineConfig parse_engine_config(const Json& j, const std::string& where) {
         c.rope_bf16 = m == "bf16";
     }
     if (const Json* s = j.find("input_size"); s && !s->is_null()) {
-        const auto& arr = s->as_array(where + ".input_size");
-        if (arr.size() != 2) throw ManifestError(where + ".input_size must be [H, W]");
-        c.input_h = arr[0].as_int("input_size[0]");
-        c.input_w = arr[1].as_int("input_size[1]");
-        if (c.input_h <= 0 || c.input_w <= 0 || c.input_h > 1 << 16 || c.input_w > 1 << 16)
-            throw ManifestError(where + ".input_size is out of range");
+        std::tie(c.input_h, c.input_w) = input_size(*s, c.arch, where + ".input_size");
     }
     if (const Json* b = j.find("max_batch"); b && !b->is_null()) {
         c.max_batch = b->as_int(where + ".max_batch");
-        if (c.max_batch < 1) throw ManifestError(where + ".max_batch must be positive");
+        if (c.max_batch < 1 || c.max_batch > kMaxBatch)
+            throw ManifestError(where + ".max_batch = " + std::to_string(c.max_batch) + " is outside 1.." +
+                                std::to_string(kMaxBatch) + " (the largest batch the artifact takes)");
     }
     if (const Json* t = j.find("task"); t && !t->is_null()) {
         const std::string& task = t->as_string(where + ".task");

@@ -67,15 +67,52 @@ std::pair<int64_t, int64_t> scale_grid(int64_t h, int64_t w, int64_t stride, siz
     return {h, w};
 }
 
-float read_f32(const uint8_t* p) {
-    float f;
-    std::memcpy(&f, p, 4);
-    return f;
+// Stored weights are read and converted in chunks of about this many bytes.
+constexpr size_t kReadChunk = 4u << 20;
+
+// n 16-bit floats (unaligned, little-endian) to floats with `conv` (float16 or bfloat16).
+template <class Conv>
+void halves_to_floats(const uint8_t* src, int64_t n, float* out, Conv conv) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        out[i] = conv(h);
+    }
+}
+
+// `rows` x `cols` stored values of dtype `dt` to floats; I8 / F8_E4M3 rows are multiplied by
+// their scale (`scale[r]`, or `scale[0]` for all rows when `per_tensor`).
+void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const float* scale, bool per_tensor,
+               float* out) {
+    const int64_t n = rows * cols;
+    switch (dt) {
+        case DType::F16: halves_to_floats(src, n, out, fp16_to_float); break;
+        case DType::BF16: halves_to_floats(src, n, out, bf16_to_float); break;
+        case DType::I8:
+        case DType::F8_E4M3: {
+            const bool i8 = dt == DType::I8;
+#pragma omp parallel for schedule(static) if (n > 65536)
+            for (int64_t r = 0; r < rows; ++r) {
+                const float s = scale[per_tensor ? 0 : r];
+                const uint8_t* row = src + r * cols;
+                float* o = out + r * cols;
+                if (i8) {
+                    for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<float>(static_cast<int8_t>(row[c])) * s;
+                } else {
+                    for (int64_t c = 0; c < cols; ++c) o[c] = fp8e4m3_to_float(row[c]) * s;
+                }
+            }
+            break;
+        }
+        default: throw UnsupportedError(std::string("unsupported weight dtype ") + dtype_name(dt));
+    }
 }
 }  // namespace
 
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
+    std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
 };
 
 Engine::Engine(const std::string& path, const std::string& config_json) {
@@ -304,61 +341,43 @@ void Engine::load() {
     weight_format_ = kinds.size() == 1 ? *kinds.begin() : "mixed";
 }
 
-const float* Engine::floats(const Param& p, std::vector<float>& scratch) const {
+const float* Engine::floats(const Param& p, std::vector<float>& out, Workspace& ws) const {
+    // Weights are read from the file (pread) on each use, never through a mapping: a weights file
+    // rewritten or truncated while the engine lives then gives FileChangedError, not SIGBUS. Only
+    // one tensor is held as floats at a time per scratch buffer, and non-fp32 tensors are read in
+    // bounded chunks (ws.raw) and converted, so peak memory stays one layer's weights.
     const TensorView& t = *p.t;
     const int64_t n = t.numel();
-    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
-        return reinterpret_cast<const float*>(t.data);
-    scratch.resize(static_cast<size_t>(n));
-    float* out = scratch.data();
-    const uint8_t* src = t.data;
-    const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
-    const int64_t cols = rows ? n / std::max<int64_t>(rows, 1) : 0;
-    switch (t.dtype) {
-        case DType::F32: std::memcpy(out, src, static_cast<size_t>(n) * 4); break;
-        case DType::F16:
-#pragma omp parallel for schedule(static) if (n > 65536)
-            for (int64_t i = 0; i < n; ++i) {
-                uint16_t h;
-                std::memcpy(&h, src + 2 * i, 2);
-                out[i] = fp16_to_float(h);
-            }
-            break;
-        case DType::BF16:
-#pragma omp parallel for schedule(static) if (n > 65536)
-            for (int64_t i = 0; i < n; ++i) {
-                uint16_t h;
-                std::memcpy(&h, src + 2 * i, 2);
-                out[i] = bf16_to_float(h);
-            }
-            break;
-        case DType::I8:
-        case DType::F8_E4M3: {
-            const bool per_row = p.scale->shape[0] != 1;
-            const bool i8 = t.dtype == DType::I8;
-#pragma omp parallel for schedule(static) if (n > 65536)
-            for (int64_t r = 0; r < rows; ++r) {
-                const float s = read_f32(p.scale->data + 4 * (per_row ? r : 0));
-                const uint8_t* row = src + r * cols;
-                float* o = out + r * cols;
-                if (i8) {
-                    for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<float>(static_cast<int8_t>(row[c])) * s;
-                } else {
-                    for (int64_t c = 0; c < cols; ++c) o[c] = fp8e4m3_to_float(row[c]) * s;
-                }
-            }
-            break;
-        }
-        default: throw UnsupportedError("unsupported weight dtype");
+    out.resize(static_cast<size_t>(n));
+    if (t.dtype == DType::F32) {
+        st_->read(t, 0, t.nbytes, out.data());
+        return out.data();
     }
-    return out;
+    std::vector<float> scale;
+    if (p.scale) {
+        scale.resize(static_cast<size_t>(p.scale->numel()));
+        st_->read(*p.scale, 0, p.scale->nbytes, scale.data());
+    }
+    const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+    const int64_t cols = rows ? n / rows : 0;
+    const size_t row_bytes = static_cast<size_t>(cols) * dtype_size(t.dtype);
+    const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kReadChunk / std::max<size_t>(row_bytes, 1)));
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t nr = std::min(chunk, rows - r0);
+        ws.raw.resize(static_cast<size_t>(nr) * row_bytes);
+        st_->read(t, static_cast<size_t>(r0) * row_bytes, ws.raw.size(), ws.raw.data());
+        const bool per_tensor = scale.size() == 1;
+        const float* s = scale.empty() ? nullptr : per_tensor ? scale.data() : scale.data() + r0;
+        to_floats(t.dtype, ws.raw.data(), nr, cols, s, per_tensor, out.data() + r0 * cols);
+    }
+    return out.data();
 }
 
 void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const {
     // int8 / fp16 weights are dequantized into one layer-sized scratch buffer per call: the
     // model is never held in fp32, and the GEMM itself runs in fp32 as the torch reference does.
-    const float* W = floats(l.w, ws.wbuf);
-    const float* b = l.b ? floats(l.b, ws.wbuf2) : nullptr;
+    const float* W = floats(l.w, ws.wbuf, ws);
+    const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
     ops::linear(x, M, l.in, W, b, l.out, y, l.out);
 }
 
@@ -373,13 +392,13 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     ws.v.resize(static_cast<size_t>(M * kvd));
     ws.o.resize(static_cast<size_t>(M * C));
     float *h = ws.h.data(), *q = ws.q.data(), *k = ws.k.data(), *v = ws.v.data(), *o = ws.o.data();
-    ops::rms_norm(x, h, M, C, C, floats(b.ln1, ws.pbuf), kEps);
+    ops::rms_norm(x, h, M, C, C, floats(b.ln1, ws.pbuf, ws), kEps);
     apply_linear(b.wq, h, M, q, ws);
     apply_linear(b.wk, h, M, k, ws);
     apply_linear(b.wv, h, M, v, ws);
     if (b.q_norm) {
-        ops::rms_norm(q, q, M * heads, d, d, floats(b.q_norm, ws.pbuf), kEps);
-        ops::rms_norm(k, k, M * kv, d, d, floats(b.k_norm, ws.pbuf), kEps);
+        ops::rms_norm(q, q, M * heads, d, d, floats(b.q_norm, ws.pbuf, ws), kEps);
+        ops::rms_norm(k, k, M * kv, d, d, floats(b.k_norm, ws.pbuf, ws), kEps);
     }
     if (sin_t) {
         const bool bf = cfg_.rope_bf16;
@@ -423,7 +442,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             }
     }
     apply_linear(b.proj, o, M, h, ws);
-    const float* gamma = b.gamma ? floats(b.gamma, ws.pbuf) : nullptr;
+    const float* gamma = b.gamma ? floats(b.gamma, ws.pbuf, ws) : nullptr;
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
         float* xm = x + m * C;
@@ -434,7 +453,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             for (int64_t i = 0; i < C; ++i) xm[i] += hm[i];
         }
     }
-    ops::rms_norm(x, h, M, C, C, floats(b.ln2, ws.pbuf), kEps);
+    ops::rms_norm(x, h, M, C, C, floats(b.ln2, ws.pbuf, ws), kEps);
     ws.u.resize(static_cast<size_t>(M * 2 * hid));
     ws.a.resize(static_cast<size_t>(M * hid));
     float *u = ws.u.data(), *act = ws.a.data();
@@ -467,11 +486,12 @@ void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vect
     std::vector<float> tok0;
     if (a.is_4k()) tok0.resize(static_cast<size_t>(n0 * C));
     std::vector<float> pw_buf, pb_buf;
-    const float* pw = floats(patch_w_, pw_buf);
-    const float* pb = floats(patch_b_, pb_buf);
-    const float* cls = floats(cls_, ws.pbuf);
+    const float* pw = floats(patch_w_, pw_buf, ws);
+    const float* pb = floats(patch_b_, pb_buf, ws);
+    std::vector<float> cls_buf;  // kept through the batch loop, which reuses ws.pbuf
+    const float* cls = floats(cls_, cls_buf, ws);
     std::vector<float> stor_buf;
-    const float* stor = floats(storage_, stor_buf);
+    const float* stor = floats(storage_, stor_buf, ws);
     for (int64_t b = 0; b < B; ++b) {
         const float* img = x + b * 3 * H * W;
 #pragma omp parallel for schedule(static)
@@ -492,8 +512,8 @@ void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vect
         ops::linear(patches.data(), n0, K, pw, pb, C, tok0.data(), C);
         // 4K tokenizer: each 4x4 window -> [w_cls, 16 patches] + local_pos_embed, MHA blocks, keep CLS.
         std::vector<float> lpe_buf, wcls_buf;
-        const float* lpe = floats(local_pos_, lpe_buf);
-        const float* wcls = floats(w_cls_, wcls_buf);
+        const float* lpe = floats(local_pos_, lpe_buf, ws);
+        const float* wcls = floats(w_cls_, wcls_buf, ws);
         const int64_t L = kWindow * kWindow + 1, nwin = N;
         for (int64_t w0 = 0; w0 < nwin; w0 += kWindowChunk) {
             const int64_t nw = std::min(kWindowChunk, nwin - w0);
@@ -516,9 +536,9 @@ void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vect
         }
     }
     std::vector<float> sin_t(static_cast<size_t>(N * d)), cos_t(static_cast<size_t>(N * d)), per_buf;
-    ops::rope_tables(floats(periods_, per_buf), d / 4, hp, wp, cfg_.rope_bf16, sin_t.data(), cos_t.data());
+    ops::rope_tables(floats(periods_, per_buf, ws), d / 4, hp, wp, cfg_.rope_bf16, sin_t.data(), cos_t.data());
     for (const auto& blk : blocks_) block(blk, xs.data(), B, T, sin_t.data(), cos_t.data(), ws);
-    ops::rms_norm(xs.data(), xs.data(), B * T, C, C, floats(final_norm_, ws.pbuf), kEps);
+    ops::rms_norm(xs.data(), xs.data(), B * T, C, C, floats(final_norm_, ws.pbuf, ws), kEps);
     feat.resize(static_cast<size_t>(B * C * N));
 #pragma omp parallel for schedule(static)
     for (int64_t bc = 0; bc < B * C; ++bc) {
@@ -534,12 +554,12 @@ void Engine::conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C
     const int64_t pad = stride > 1 ? 0 : (c.k - 1) / 2;
     const int64_t Ho = ops::conv_out(H, c.k, stride, pad), Wo = ops::conv_out(W, c.k, stride, pad);
     std::vector<float> y(static_cast<size_t>(c.cout * Ho * Wo));
-    const float* w = floats(c.w, ws.wbuf);
-    const float* b = c.b ? floats(c.b, ws.wbuf2) : nullptr;
+    const float* w = floats(c.w, ws.wbuf, ws);
+    const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
     ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols);
     if (norm_silu) {
         if (c.norm)
-            ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf), kEps);
+            ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf, ws), kEps);
         else
             ops::instance_norm(y.data(), c.cout, Ho * Wo, kInstEps);
         ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
@@ -558,7 +578,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     if (h.task == "pose" || h.task == "seg") {
         for (const auto& dc : deconv_) {
             std::vector<float> y(static_cast<size_t>(dc.cout * 4 * H * W));
-            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf), dc.cout, y.data(), ws.cols);
+            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols);
             C = dc.cout;
             H *= 2;
             W *= 2;
@@ -578,7 +598,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
             H *= 2;
             W *= 2;
             if (up.norm)
-                ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf), kEps);
+                ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf, ws), kEps);
             else
                 ops::instance_norm(y.data(), C, H * W, kInstEps);
             ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
@@ -619,12 +639,11 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
 }
 
 std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W) const {
-    const int64_t m = cfg_.arch.input_multiple();
     if (B < 1) throw InputSizeError("the batch is empty; expected (B,3,H,W) with B >= 1");
     if (cfg_.max_batch > 0 && B > cfg_.max_batch)
         throw InputSizeError("a batch of " + std::to_string(B) + " is larger than the " + std::to_string(cfg_.max_batch) + " this artifact was exported for");
-    if (H < m || W < m || H % m || W % m)
-        throw InputSizeError("input size " + std::to_string(H) + "x" + std::to_string(W) + " is not a positive multiple of " + std::to_string(m) + " in both sides" + (cfg_.arch.is_4k() ? " (the 4K tokenizer needs 64)" : ""));
+    const std::string problem = input_size_problem(cfg_.arch, H, W);
+    if (!problem.empty()) throw InputSizeError(problem);
     if (cfg_.has_head && cfg_.head.task == "pointmap" && (H != cfg_.head.input_h || W != cfg_.head.input_w))
         throw InputSizeError("the pointmap head's scale branch was built for " + std::to_string(cfg_.head.input_h) + "x" + std::to_string(cfg_.head.input_w) + " inputs, got " + std::to_string(H) + "x" + std::to_string(W));
     const int64_t n = B * 3 * H * W;
@@ -632,6 +651,7 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
 #pragma omp parallel for reduction(|| : bad) schedule(static)
     for (int64_t i = 0; i < n; ++i) bad = bad || !std::isfinite(x[i]);
     if (bad) throw InvalidTensorError("the input holds NaN or infinite values");
+    st_->check_unchanged();  // the weights file is still the one validated at open
     Workspace ws;
     std::vector<float> feat;
     int64_t hp = 0, wp = 0;
@@ -642,9 +662,10 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
     if (!cfg_.has_head) {
         outs[0].shape = {B, C, hp, wp};
         outs[0].data.swap(feat);
-        return outs;
+    } else {
+        for (int64_t b = 0; b < B; ++b) head(feat.data() + b * C * hp * wp, hp, wp, outs, b, B, ws);
     }
-    for (int64_t b = 0; b < B; ++b) head(feat.data() + b * C * hp * wp, hp, wp, outs, b, B, ws);
+    st_->check_unchanged();  // rewritten during the run (same size): the outputs may mix old and new weights
     return outs;
 }
 

@@ -42,6 +42,15 @@ struct EngineConfig {
     std::vector<std::string> output_names() const;
 };
 
+// The largest input the engine takes, per side and in pixels (justified in config.cpp), and the
+// largest max_batch a configuration may declare.
+constexpr int64_t kMaxSide = 2048, kMaxPixels = 2048 * 1536;
+constexpr int64_t kMaxSide4K = 4096, kMaxPixels4K = 4096 * 3072;
+constexpr int64_t kMaxBatch = 1024;
+// Empty when an H x W input suits the architecture; otherwise a sentence that says what is wrong
+// with it and what was expected (the caller picks the error type).
+std::string input_size_problem(const ArchConfig& a, int64_t h, int64_t w);
+
 ArchConfig parse_arch(const Json& j, const std::string& where);
 HeadConfig parse_head(const Json& j, const ArchConfig& arch, const std::string& where);
 // From a manifest-like object: arch, head (object or null), rope_mode, optional input_size and max_batch.

@@ -1,7 +1,9 @@
 // The Sapiens2 inference engine: loads weights (fp32, fp16/bf16-stored, int8-weight) from a
 // safetensors file in the official (or quantized-checkpoint) layout and runs backbone + head.
 // An Engine is immutable after construction; run() keeps all its buffers local, so one engine may
-// be used from several threads at once.
+// be used from several threads at once. Weights are read from the kept file on each run (see
+// safetensors.hpp); a weights file changed since the engine opened it makes run() throw
+// FileChangedError.
 #pragma once
 
 #include <cstdint>
@@ -64,7 +66,8 @@ private:
     Param need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable = false);
     Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias = true);
     ConvWeights conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias = true);
-    const float* floats(const Param& p, std::vector<float>& scratch) const;
+    // The tensor of `p` as floats in `out` (read from the file, dequantized with its scale).
+    const float* floats(const Param& p, std::vector<float>& out, Workspace& ws) const;
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const;
     void block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                Workspace& ws) const;
