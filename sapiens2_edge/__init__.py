@@ -20,7 +20,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "sapiens2_edge.models.loading",
+    "load_model": "sapiens2_edge.loading",
     "Sapiens2Model": "sapiens2_edge.models.model",
     "ArchSpec": "sapiens2_edge.models.arch",
     "Predictor": "sapiens2_edge.runtime.predictor",

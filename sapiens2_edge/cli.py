@@ -229,7 +229,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  activation_mode: str = typer.Option("dynamic", help="int8/fp8 activations: dynamic or static"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
-    from .models.loading import load_model
+    from .loading import load_model
     from .quantization import quantize, save_quantized
     from .quantization.evaluate import evaluate
 
@@ -307,7 +307,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
     it first with --scheme int8-weight/int8/fp8)."""
     from .exporters import export
-    from .models.loading import load_model
+    from .loading import load_model
 
     try:
         start = time.perf_counter()

@@ -70,8 +70,8 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     """Run every stage, announcing each through ``say``; returns what each produced."""
     from .cli import SAMPLE_IMAGE, run_predictions
     from .exporters import export
+    from .loading import load_model
     from .models.arch import TASKS
-    from .models.loading import load_model
     from .models.model import build_model
     from .quantization import quantize, save_quantized
     from .runtime.predictor import Predictor, default_checkpoint

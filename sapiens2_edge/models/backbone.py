@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import dispatch as kernels
-from .arch import NUM_STORAGE_TOKENS, PATCH_SIZE, ROPE_BASE, WINDOW_SIZE, ArchSpec
+from ..spec import NUM_STORAGE_TOKENS, PATCH_SIZE, WINDOW_SIZE
+from .arch import ROPE_BASE, ArchSpec
 
 ROPE_MODES = ("bf16", "fp32")
 EPS = 1e-6
