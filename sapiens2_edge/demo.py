@@ -71,10 +71,10 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     from .cli import SAMPLE_IMAGE, run_predictions
     from .exporters import export
     from .loading import load_model
-    from .models.arch import TASKS
     from .models.model import build_model
     from .quantization import quantize, save_quantized
     from .runtime.predictor import Predictor, default_checkpoint
+    from .spec import DEFAULT_INPUT_SIZE, TASKS
     from .tasks import load_image
 
     if task not in TASKS:
@@ -93,7 +93,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
         result = ChainResult(model_source=str(source), real_weights=True)
         say(f"[1/5] load: real weights {source}")
     else:
-        arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, (1024, 768)))
+        arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, DEFAULT_INPUT_SIZE))
         model = build_model(arch, task, input_size=input_size or random_size)
         input_size = input_size or random_size
         arch = model.arch.name

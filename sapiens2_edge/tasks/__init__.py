@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
+from ..spec import DEFAULT_INPUT_SIZE, TASKS
 from .base import Pipeline
 from .dense import AlbedoPipeline, NormalPipeline, PointmapPipeline
 from .image import MAX_PIXELS, MAX_SIDE, load_image
@@ -25,11 +26,9 @@ from .keypoints import (
     to_coco17,
 )
 from .pose import PosePipeline, decode_heatmaps, pose_demo_json
-from .preprocess import DEFAULT_INPUT_SIZE, MEAN, MEAN_RGB, STD, STD_RGB, Letterbox
+from .preprocess import MEAN, MEAN_RGB, STD, STD_RGB, Letterbox
 from .results import AlbedoResult, NormalResult, PointmapResult, PoseResult, SegResult
 from .seg import SEG_CLASSES, SEG_FLIP_PAIRS, SEG_PALETTE, SegPipeline
-
-TASKS: tuple[str, ...] = ("pose", "seg", "normal", "pointmap", "albedo")
 
 _PIPELINES: dict[str, type[Pipeline]] = {
     "pose": PosePipeline,

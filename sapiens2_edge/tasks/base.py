@@ -8,8 +8,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InvalidBoxError, InvalidTensorError
+from ..spec import DEFAULT_INPUT_SIZE
 from .image import _is_pil_image
-from .preprocess import DEFAULT_INPUT_SIZE, MEAN_RGB, STD_RGB
+from .preprocess import MEAN_RGB, STD_RGB
 
 Infer = Callable[[np.ndarray], Sequence[np.ndarray]]
 

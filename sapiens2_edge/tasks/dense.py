@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidTensorError
+from ..spec import OUTPUT_NAMES
 from .base import Pipeline
 from .image import load_image
 from .preprocess import Letterbox, normalize
@@ -63,7 +64,7 @@ class NormalPipeline(_DensePipeline):
     """Surface normals: L2-normalise, crop the padding, bilinear resize (no renormalisation)."""
 
     task = "normal"
-    output_names = ("normal",)
+    output_names = OUTPUT_NAMES["normal"]
 
     def postprocess(self, outputs: Any, meta: dict[str, Any]) -> NormalResult:
         (normal,) = self._outputs(outputs, meta)
@@ -76,7 +77,7 @@ class PointmapPipeline(_DensePipeline):
 
     task = "pointmap"
     num_outputs = 2
-    output_names = ("pointmap", "scale")
+    output_names = OUTPUT_NAMES["pointmap"]
 
     def postprocess(self, outputs: Any, meta: dict[str, Any]) -> PointmapResult:
         pointmap, scale = self._outputs(outputs, meta)
@@ -98,7 +99,7 @@ class AlbedoPipeline(_DensePipeline):
     """Albedo: clamp to [0, 1], crop the padding, bilinear resize."""
 
     task = "albedo"
-    output_names = ("albedo",)
+    output_names = OUTPUT_NAMES["albedo"]
 
     def postprocess(self, outputs: Any, meta: dict[str, Any]) -> AlbedoResult:
         (albedo,) = self._outputs(outputs, meta)

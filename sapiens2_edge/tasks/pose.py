@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, InvalidBoxError, InvalidImageError, InvalidTensorError
+from ..spec import DEFAULT_INPUT_SIZE, OUTPUT_NAMES
 from .base import Pipeline
 from .image import load_image
 from .keypoints import FLIP_INDICES, NUM_KEYPOINTS
@@ -155,7 +156,7 @@ def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray
     return out
 
 
-def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = (768, 1024),
+def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE[::-1],
                     blur_kernel_size: int = BLUR_KERNEL_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """UDP-DARK decoding of (K, h, w) heatmaps (or (N, K, h, w)); ``input_size`` is (W, H).
 
@@ -208,7 +209,7 @@ class PosePipeline(Pipeline):
     """
 
     task = "pose"
-    output_names = ("heatmaps",)
+    output_names = OUTPUT_NAMES["pose"]
     options = {"flip_test": True, "bbox_padding": BBOX_PADDING, "blur_kernel_size": BLUR_KERNEL_SIZE}
 
     def _validate_options(self) -> None:

@@ -21,8 +21,6 @@ STD_RGB = (58.395, 57.12, 57.375)
 MEAN = np.array(MEAN_RGB, dtype=np.float32)
 STD = np.array(STD_RGB, dtype=np.float32)
 
-DEFAULT_INPUT_SIZE = (1024, 768)
-"""Network input (H, W) of the released models."""
 
 
 def normalize(image: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidTensorError
+from ..spec import OUTPUT_NAMES
 from .base import Pipeline
 from .image import load_image
 from .preprocess import normalize, stretch_resize
@@ -72,7 +73,7 @@ class SegPipeline(Pipeline):
     """Stretch the image to the input size; resize logits to the original size and argmax."""
 
     task = "seg"
-    output_names = ("logits",)
+    output_names = OUTPUT_NAMES["seg"]
 
     def preprocess(self, image: Any, boxes: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
         self._no_boxes(boxes)
