@@ -20,7 +20,7 @@ from typing import Any
 from ._version import __version__
 
 _LAZY = {
-    "load_model": "sapiens2_edge.models.loading",
+    "load_model": "sapiens2_edge.loading",
     "Sapiens2Model": "sapiens2_edge.models.model",
     "ArchSpec": "sapiens2_edge.models.arch",
     "Predictor": "sapiens2_edge.runtime.predictor",

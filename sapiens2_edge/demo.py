@@ -77,6 +77,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     from .models.model import build_model
     from .runtime.outputs import run_predictions
     from .runtime.predictor import Predictor, default_checkpoint
+    from .spec import DEFAULT_INPUT_SIZE
     from .tasks import load_image
     from .workflows import quantize_and_save
 
@@ -96,7 +97,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
         result = ChainResult(model_source=str(source), real_weights=True)
         say(f"[1/5] load: real weights {source}")
     else:
-        arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, (1024, 768)))
+        arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, DEFAULT_INPUT_SIZE))
         model = build_model(arch, task, input_size=input_size or random_size)
         input_size = input_size or random_size
         arch = model.arch.name

@@ -1,10 +1,13 @@
 """Facts the Sapiens2 specification fixes, defined once for every layer (torch-free).
 
-Python code imports them from here; the C++ engine's copies are checked equal to these by
-``tests/test_layers.py`` so the two cannot drift.
+Python code imports them from here; the C++ engine has one table of them,
+``cpp/include/s2e/spec.hpp``, which ``tests/test_spec_facts.py`` checks equal to this module
+so the two cannot drift.
 """
 
 from __future__ import annotations
+
+from .errors import ConfigError
 
 TASKS: tuple[str, ...] = ("pose", "seg", "normal", "pointmap", "albedo")
 
@@ -19,12 +22,28 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
 PRETRAIN_OUTPUT_NAMES: tuple[str, ...] = ("featmap",)
 
 PATCH_SIZE = 16
-NUM_PREFIX_TOKENS = 9  # 1 CLS + 8 storage tokens
+NUM_STORAGE_TOKENS = 8
+NUM_PREFIX_TOKENS = 1 + NUM_STORAGE_TOKENS  # 1 CLS + 8 storage tokens = 9
+WINDOW_SIZE = 4  # 4K tokenizer: 4x4 patch windows
 DEFAULT_INPUT_SIZE: tuple[int, int] = (1024, 768)  # (H, W)
+
+# The released checkpoints (spec 1.10): official Hugging Face ids are
+# facebook/sapiens2-pretrain-{size} and facebook/sapiens2-{task}-{size}. Albedo has configs and a
+# demo but no released weights.
+RELEASED_PRETRAIN_SIZES: tuple[str, ...] = ("0.1b", "0.4b", "0.8b", "1b", "1b-4k", "5b")
+RELEASED_TASKS: tuple[str, ...] = ("pose", "seg", "normal", "pointmap")
+RELEASED_TASK_SIZES: tuple[str, ...] = ("0.4b", "0.8b", "1b", "5b")
+
+
+def check_task(task: object) -> str:
+    """``task`` when it is one of :data:`TASKS`, else a :class:`ConfigError` listing them."""
+    if not isinstance(task, str) or task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task
 
 
 def output_names(task: str | None) -> tuple[str, ...]:
     """The raw output names of a task head (``None``: a pretrain backbone's featmap)."""
     if task is None:
         return PRETRAIN_OUTPUT_NAMES
-    return OUTPUT_NAMES[task]
+    return OUTPUT_NAMES[check_task(task)]

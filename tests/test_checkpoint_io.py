@@ -437,8 +437,10 @@ def test_pickle_renamed_safetensors_is_corrupt_not_unpickled(tmp_path):
     assert not marker.exists()
 
 
-def test_no_torch_load_in_module():
-    src = Path(__import__("sapiens2_edge.models.checkpoint", fromlist=["x"]).__file__).read_text()
+@pytest.mark.parametrize("module", ["checkpoint", "safetensors_header", "safetensors_io", "resolve", "layout",
+                                    "loading"])
+def test_no_torch_load_in_module(module):
+    src = Path(__import__(f"sapiens2_edge.models.{module}", fromlist=["x"]).__file__).read_text()
     import re
 
     # the only mention is the conversion advice in the refusal message: "torch.load(..., "

@@ -47,7 +47,7 @@ def test_info_table_and_json(ckpts):
 
 
 def test_info_reads_no_weights(ckpts, monkeypatch):
-    import sapiens2_edge.models.checkpoint as ck
+    import sapiens2_edge.models.safetensors_io as ck
 
     monkeypatch.setattr(ck, "read_tensors", lambda *a, **k: pytest.fail("info read weights"))
     assert runner.invoke(app, ["info", str(ckpts["normal"])]).exit_code == 0

@@ -87,10 +87,7 @@ HeadConfig parse_head(const Json& j, const ArchConfig& arch, const std::string& 
     j.as_object(where);
     HeadConfig h;
     h.task = j.at("task", where).as_string(where + ".task");
-    static const char* tasks[] = {"pose", "seg", "normal", "pointmap", "albedo"};
-    bool ok = false;
-    for (const char* t : tasks) ok = ok || h.task == t;
-    if (!ok) throw ManifestError(where + ": unknown task '" + h.task + "'; expected pose, seg, normal, pointmap or albedo");
+    if (!find_task(h.task)) throw ManifestError(where + ": unknown task '" + h.task + "'; expected " + task_list(" or "));
     h.in_channels = positive(j, "in_channels", where, kMaxWidth);
     if (h.in_channels != arch.embed_dim)
         throw ManifestError(where + ".in_channels " + std::to_string(h.in_channels) + " differs from the backbone width " + std::to_string(arch.embed_dim));
@@ -144,11 +141,10 @@ EngineConfig parse_engine_config(const Json& j, const std::string& where) {
 }
 
 std::vector<std::string> EngineConfig::output_names() const {
-    if (!has_head) return {"featmap"};
-    if (head.task == "pose") return {"heatmaps"};
-    if (head.task == "seg") return {"logits"};
-    if (head.task == "pointmap") return {"pointmap", "scale"};
-    return {head.task};
+    if (!has_head) return {kPretrainOutput};
+    const TaskSpec* t = find_task(head.task);
+    if (!t) throw ManifestError("unknown task '" + head.task + "'; expected " + task_list(" or "));
+    return std::vector<std::string>(t->outputs, t->outputs + t->num_outputs);
 }
 
 }  // namespace s2e

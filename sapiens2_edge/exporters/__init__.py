@@ -87,7 +87,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     ``fidelity_keypoints=``; ``report=`` (its QuantReport) adds the report's fidelity.
     Returns the artifact directory.
     """
-    from ..models.loading import load_model
+    from ..loading import load_model
     from ..models.model import Sapiens2Model
     from ..tasks import get_pipeline
 

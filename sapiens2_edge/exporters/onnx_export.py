@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from .. import spec
 from ..errors import ConfigError, ExportError
 
 OPSETS = (18, 23)
@@ -38,8 +39,7 @@ def frozen_rope(model, input_size) -> Iterator[None]:
 
 
 def output_names(task: str | None) -> list[str]:
-    return {"pose": ["heatmaps"], "seg": ["logits"], "normal": ["normal"], "pointmap": ["pointmap", "scale"],
-            "albedo": ["albedo"], None: ["featmap"]}[task]
+    return list(spec.output_names(task))
 
 
 def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,

@@ -1,5 +1,7 @@
-"""Torch reference implementation of Sapiens2 (backbone, heads, checkpoint loading).
+"""Torch reference implementation of Sapiens2 (backbone, heads, float checkpoint loading).
 
-Submodules are imported on demand so that ``sapiens2_edge.models.checkpoint`` (header
-reading) works without torch.
+Submodules are imported on demand so that checkpoint headers (``safetensors_header``,
+``resolve``, ``layout``, or all of them through ``checkpoint``) can be read without torch.
+Quantized checkpoints are loaded by :func:`sapiens2_edge.load_model`; models never import
+quantization.
 """

@@ -13,14 +13,17 @@ from dataclasses import asdict, dataclass, replace
 from typing import Mapping, Sequence
 
 from ..errors import ArchInferenceError, ConfigError
+from ..spec import (
+    DEFAULT_INPUT_SIZE,
+    NUM_PREFIX_TOKENS,
+    NUM_STORAGE_TOKENS,
+    PATCH_SIZE,
+    TASKS,
+    WINDOW_SIZE,
+    check_task,
+)
 
-PATCH_SIZE = 16
-NUM_PREFIX_TOKENS = 9  # 1 CLS + 8 storage tokens
-NUM_STORAGE_TOKENS = 8
 ROPE_BASE = 100.0
-WINDOW_SIZE = 4  # 4K tokenizer: 4x4 patch windows
-TASKS = ("pose", "seg", "normal", "pointmap", "albedo")
-DEFAULT_INPUT_SIZE = (1024, 768)  # (H, W)
 
 Shape = tuple[int, ...]
 
@@ -159,6 +162,7 @@ def scale_grid_for(input_size: Sequence[int], patch_stride: int = PATCH_SIZE, st
 def default_head_spec(task: str, arch: ArchSpec, input_size: Sequence[int] = DEFAULT_INPUT_SIZE) -> HeadSpec:
     """The official head widths for ``arch`` (spec section 2); archs with no released head of
     their own (0.1b, custom) get the 0.4b widths."""
+    check_task(task)
     c = arch.embed_dim
     big = arch.name.startswith("sapiens2_5b")
     if task == "pose":
@@ -174,11 +178,10 @@ def default_head_spec(task: str, arch: ArchSpec, input_size: Sequence[int] = DEF
     if task == "albedo":
         up = (1536, 768, 512, 256) if big else (768, 512, 256, 128)
         return HeadSpec("albedo", c, 3, upsample=up, conv=(64, 32, 16), conv_kernel=3)
-    if task == "pointmap":
-        up, conv = ((1536, 768, 768, 768), (128, 64, 32)) if big else ((1536, 768, 512, 256), (64, 32, 16))
-        return HeadSpec("pointmap", c, 3, upsample=up, conv=conv, conv_kernel=3, scale_conv=(1536, 512, 128),
-                        scale_fc=(512, 128, 1), input_size=tuple(input_size))
-    raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    # pointmap
+    up, conv = ((1536, 768, 768, 768), (128, 64, 32)) if big else ((1536, 768, 512, 256), (64, 32, 16))
+    return HeadSpec("pointmap", c, 3, upsample=up, conv=conv, conv_kernel=3, scale_conv=(1536, 512, 128),
+                    scale_fc=(512, 128, 1), input_size=tuple(input_size))
 
 
 # --- expected state dicts ---------------------------------------------------------------------------
@@ -373,5 +376,5 @@ def count_params(shapes: Mapping[str, Shape]) -> int:
 __all__ = [
     "ArchSpec", "HeadSpec", "PRESETS", "TASKS", "get_preset", "default_head_spec", "backbone_shapes",
     "head_shapes", "infer_arch", "infer_head", "infer_task", "scale_grid_for", "count_params",
-    "PATCH_SIZE", "NUM_PREFIX_TOKENS", "DEFAULT_INPUT_SIZE",
+    "PATCH_SIZE", "NUM_PREFIX_TOKENS", "NUM_STORAGE_TOKENS", "WINDOW_SIZE", "ROPE_BASE", "DEFAULT_INPUT_SIZE",
 ]

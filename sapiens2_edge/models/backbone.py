@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import switch
-from .arch import NUM_STORAGE_TOKENS, PATCH_SIZE, ROPE_BASE, WINDOW_SIZE, ArchSpec
+from ..spec import NUM_PREFIX_TOKENS, NUM_STORAGE_TOKENS, PATCH_SIZE, WINDOW_SIZE
+from .arch import ROPE_BASE, ArchSpec
 
 ROPE_MODES = ("bf16", "fp32")
 EPS = 1e-6
@@ -306,6 +307,6 @@ class Sapiens2Backbone(nn.Module):
         if output == "cls_token":
             return t[:, 0]
         if output == "featmap":
-            prefix = 1 + NUM_STORAGE_TOKENS
+            prefix = NUM_PREFIX_TOKENS
             return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], -1, hp, wp)
         raise ConfigError(f"unknown backbone output {output!r}; expected 'featmap', 'raw' or 'cls_token'")

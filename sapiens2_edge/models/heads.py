@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .arch import PATCH_SIZE, HeadSpec, scale_grid_for
+from ..spec import PATCH_SIZE, check_task
+from .arch import HeadSpec, scale_grid_for
 from .backbone import EPS
 
 
@@ -124,10 +124,9 @@ class PointmapHead(DenseHead):
 
 
 def build_head(spec: HeadSpec, stride: int = PATCH_SIZE) -> nn.Module:
+    check_task(spec.task)
     if spec.task in ("pose", "seg"):
         return DeconvHead(spec)
     if spec.task in ("normal", "albedo"):
         return DenseHead(spec)
-    if spec.task == "pointmap":
-        return PointmapHead(spec, stride)
-    raise ConfigError(f"unknown task {spec.task!r}")
+    return PointmapHead(spec, stride)

@@ -1,4 +1,6 @@
-"""``load_model``: official checkpoint (file, directory or Hugging Face id) -> :class:`Sapiens2Model`.
+"""``load_model`` for float checkpoints: official checkpoint (file, directory or Hugging Face id)
+-> :class:`Sapiens2Model`. Quantized checkpoints are loaded by :func:`sapiens2_edge.load_model`,
+which dispatches on the header (models never import quantization).
 
 Strict by design: the header is checked against the shapes the inferred architecture expects
 before a single weight is read, and any missing, unexpected or mis-shaped tensor is an error
@@ -13,29 +15,34 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError, StateDictMismatchError, TaskMismatchError
-from .arch import TASKS, backbone_shapes, head_shapes
-from .checkpoint import read_tensors, resolve_checkpoint
-from .layout import FLOAT_DTYPES, MAX_LISTED, check_shapes, describe_checkpoint
+from ..spec import check_task
+from .arch import backbone_shapes, head_shapes
+from .layout import FLOAT_DTYPES, MAX_LISTED, check_shapes, describe_checkpoint, is_quantized_header
 from .model import Sapiens2Model
+from .resolve import resolve_checkpoint
+from .safetensors_header import read_header
+from .safetensors_io import read_tensors
 
 
 def load_model(source: str | os.PathLike, task: str | None = None, *, input_size: Sequence[int] | None = None,
                rope_mode: str = "bf16", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Sapiens2Model:
-    """Load an official Sapiens2 checkpoint.
+    """Load an official (float) Sapiens2 checkpoint.
 
     source: a ``.safetensors`` file, a directory holding one, or a Hugging Face id such as
     ``facebook/sapiens2-seg-0.4b`` (resolved through ``$SAPIENS_CHECKPOINT_ROOT`` and the Hugging
     Face cache). ``task``, when given, must match the checkpoint's head. ``input_size`` overrides the
     input a pointmap head was built for (inferred as the largest 4:3 size its scale MLP fits).
+    A quantized checkpoint is refused with a :class:`ConfigError` pointing at
+    :func:`sapiens2_edge.load_model`, which loads both kinds.
     """
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if task is not None:
+        check_task(task)
     path = resolve_checkpoint(source)
-    from ..quantization.serialize import is_quantized_checkpoint, load_quantized
-
-    if is_quantized_checkpoint(path):  # int8 / fp8 tensors + scales + recipe: reload bit-exactly
-        return load_quantized(path, task, rope_mode=rope_mode, device=device, dtype=dtype)
-    header, layout, arch, head, bb_files, head_files = describe_checkpoint(path, input_size)
+    header = read_header(path)
+    if is_quantized_header(header):
+        raise ConfigError(f"{path} is a quantized checkpoint; sapiens2_edge.models.loading.load_model loads "
+                          "float checkpoints only: use sapiens2_edge.load_model, which loads both")
+    header, layout, arch, head, bb_files, head_files = describe_checkpoint(header, input_size)
     found_task = head.task if head else None
     if task is not None and task != found_task:
         what = f"a {found_task} checkpoint" if found_task else "a pretrain (backbone-only) checkpoint"

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import InputSizeError, InvalidTensorError
-from .arch import DEFAULT_INPUT_SIZE, ArchSpec, HeadSpec, default_head_spec, get_preset
+from ..spec import DEFAULT_INPUT_SIZE
+from .arch import ArchSpec, HeadSpec, default_head_spec, get_preset
 from .backbone import ROPE_MODES, Sapiens2Backbone
 from .heads import build_head
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError, UnknownSchemeError
+from ..spec import NUM_PREFIX_TOKENS
 
 #: Scheme names (API, CLI, manifest).
 SCHEMES: tuple[str, ...] = ("fp16", "int8-weight", "int8", "fp8", "mixed")
@@ -32,7 +33,7 @@ ESTIMATORS = ("minmax", "percentile", "mse")
 #: embedding conv and the whole head (pointmap scale branch included) stay float.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("backbone.patch_embed.*", "decode_head.*")
 #: CLS + 8 storage tokens lead every main-block sequence and carry outlier activations.
-DEFAULT_PREFIX_TOKENS = 9
+DEFAULT_PREFIX_TOKENS = NUM_PREFIX_TOKENS
 #: The 4K tokenizer's window sequences start with one ``w_cls`` token.
 TOKENIZER_PREFIX_TOKENS = 1
 

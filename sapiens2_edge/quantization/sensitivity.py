@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError, QuantizationError
+from ..spec import NUM_PREFIX_TOKENS
 from .evaluate import as_batches, run_outputs
 from .fidelity import task_fidelity
 
@@ -75,7 +76,7 @@ def _score(fid: dict, c: Constraint) -> float:
     return fid[c.metric] if c.higher_is_better else -fid[c.metric]
 
 
-def layer_sensitivity(model, batches, reference, scheme: str, layers: list[str], prefix_tokens: int = 9,
+def layer_sensitivity(model, batches, reference, scheme: str, layers: list[str], prefix_tokens: int = NUM_PREFIX_TOKENS,
                       show: bool | None = False) -> dict[str, dict]:
     """Fidelity of the model with only ``layer`` quantized (dynamic activations, no smoothing),
     for every layer: one forward pass over ``batches`` per layer, the layer swapped in place."""

@@ -63,7 +63,7 @@ class Predictor:
         if backend not in ("auto", "torch"):
             raise ConfigError(f"backend {backend!r} runs exported artifacts; export the checkpoint first "
                               "(s2e.export / sapiens2-edge export) or use backend='torch'")
-        from ..models.loading import load_model
+        from ..loading import load_model
         from ..models.model import Sapiens2Model
         from .torch_backend import TorchBackend
 

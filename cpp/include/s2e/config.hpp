@@ -7,13 +7,9 @@
 #include <vector>
 
 #include "s2e/json.hpp"
+#include "s2e/spec.hpp"
 
 namespace s2e {
-
-constexpr int64_t kPatch = 16;
-constexpr int64_t kPrefixTokens = 9;  // CLS + 8 storage tokens
-constexpr int64_t kStorageTokens = 8;
-constexpr int64_t kWindow = 4;  // 4K tokenizer: 4x4 patch windows
 
 struct ArchConfig {
     int64_t embed_dim = 0, depth = 0, num_heads = 0, ffn_hidden = 0, tokenizer_depth = 0;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "s2e/spec.hpp"
 #include "s2e/tasks.hpp"
 
 namespace s2e {
@@ -157,21 +158,12 @@ std::string shape_str(const std::vector<long long>& shape) {
     return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-const char* const* output_names(const std::string& task, int& n) {
-    static const char* const pose[] = {"heatmaps"}, *seg[] = {"logits"}, *normal[] = {"normal"},
-                              *pointmap[] = {"pointmap", "scale"}, *albedo[] = {"albedo"};
-    n = task == "pointmap" ? 2 : 1;
-    if (task == "pose") return pose;
-    if (task == "seg") return seg;
-    if (task == "normal") return normal;
-    if (task == "pointmap") return pointmap;
-    return albedo;
-}
-
 // Base.Pipeline._outputs: count, leading batch dimension and finiteness of the raw outputs.
 void check_outputs(const TaskConfig& cfg, const std::vector<Tensor>& outs, const Preprocessed& meta) {
-    int n = 0;
-    const char* const* names = output_names(cfg.task, n);
+    const TaskSpec* spec = find_task(cfg.task);
+    if (!spec) throw ConfigError("unknown task '" + cfg.task + "'; expected one of " + task_list());
+    const int n = spec->num_outputs;
+    const char* const* names = spec->outputs;
     std::string tuple = "(";
     for (int i = 0; i < n; ++i) tuple += std::string(i ? ", " : "") + "'" + names[i] + "'";
     tuple += n == 1 ? ",)" : ")";

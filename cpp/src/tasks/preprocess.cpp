@@ -8,6 +8,7 @@
 
 #include "s2e/tasks.hpp"
 #include "s2e/json.hpp"
+#include "s2e/spec.hpp"
 #include "s2e/tasks/json_text.hpp"
 
 namespace s2e {
@@ -26,11 +27,8 @@ void normalize(const Image& image, const std::array<float, 3>& mean, const std::
 }
 
 // -- configuration -------------------------------------------------------------------------------------
-static const char* const kTasks[] = {"pose", "seg", "normal", "pointmap", "albedo"};
-
 void TaskConfig::validate() const {
-    if (std::find(std::begin(kTasks), std::end(kTasks), task) == std::end(kTasks))
-        throw ConfigError("unknown task '" + task + "'; expected one of pose, seg, normal, pointmap, albedo");
+    if (!find_task(task)) throw ConfigError("unknown task '" + task + "'; expected one of " + task_list());
     if (input_h < 2 || input_w < 2)
         throw ConfigError("input_size must be two integers (H, W) of at least 2, e.g. (1024, 768); got (" +
                           std::to_string(input_h) + ", " + std::to_string(input_w) + ")");
