@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from .. import spec
 from ..errors import ConfigError, ExportError
 
 OPSETS = (18, 23)
@@ -38,8 +39,8 @@ def frozen_rope(model, input_size) -> Iterator[None]:
 
 
 def output_names(task: str | None) -> list[str]:
-    return {"pose": ["heatmaps"], "seg": ["logits"], "normal": ["normal"], "pointmap": ["pointmap", "scale"],
-            "albedo": ["albedo"], None: ["featmap"]}[task]
+    """The graph's output names (the specification's, as a list)."""
+    return list(spec.output_names(task))
 
 
 def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
@@ -92,13 +93,6 @@ def _convert_fp16(path: Path, external: bool) -> None:
     if data.exists():
         data.unlink()
     onnx.save(fp16, str(path), save_as_external_data=external, location=data.name if external else None)
-
-
-def resolve_precision(model, precision: str | None) -> str:
-    """A float model exports as fp32 (default) or fp16; a QuantizedModel as its scheme."""
-    from .onnx_quant import resolve_precision as resolve
-
-    return resolve(model, precision)
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
