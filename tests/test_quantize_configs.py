@@ -183,6 +183,8 @@ def test_bad_requests(seg):
     with pytest.raises(ConfigError, match=r"option\(s\) \['activation_mode'\] set what the config object already "
                                           r"says.*Int8\(activations=Static\('mse'\)\)"):
         quantize(seg, Int8(), activation_mode="static")
+    with pytest.raises(ConfigError, match=r"option\(s\) \[.budget.\]"):
+        quantize(seg, Mixed(), budget="sqnr_db>=20")
     with pytest.raises(QuantizationError, match="'backbone.nope' is not a quantizable layer; expected the module name"):
         apply(seg, {"backbone.nope": Int8()})
     with pytest.raises(ConfigError, match="apply expects a mapping of layer names to configs, got list"):

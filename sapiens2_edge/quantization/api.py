@@ -27,10 +27,10 @@ SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens")
 
 def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> tuple[SchemeConfig, QuantRecipe]:
     """(config object, recipe to record) of a quantize call."""
-    budget = options.pop("budget", None)
-    if budget is not None and scheme != "mixed":
-        raise ConfigError(f"budget= chooses per-layer schemes, so it needs scheme='mixed' (got {scheme!r})")
     if isinstance(scheme, (str, QuantRecipe)):
+        budget = options.pop("budget", None)
+        if budget is not None and scheme != "mixed":
+            raise ConfigError(f"budget= chooses per-layer schemes, so it needs scheme='mixed' (got {scheme!r})")
         explicit = options.get("smoothquant_alpha") is not None or (
             isinstance(scheme, QuantRecipe) and scheme.smoothquant_alpha is not None)
         if budget is None:
