@@ -40,9 +40,10 @@ class TwoLayers(nn.Module):
         g = torch.Generator().manual_seed(seed)
         cfg = layer_config(scheme, activation_mode=mode)
         a, b = nn.Linear(64, 128), nn.Linear(128, 32)
-        for lin in (a, b):
+        for lin in (a, b):  # biases too: drawn from the global RNG, they made the test depend on test order
             with torch.no_grad():
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.1)
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
         self.a = QuantLinear.from_float(a, cfg, PREFIX, torch.tensor([0.02]))
         self.b = QuantLinear.from_float(b, cfg, PREFIX, torch.tensor([0.01]))
 

@@ -211,7 +211,7 @@ def test_already_quantized_error(seg):
     ({"estimator": "kl"}, ConfigError, "expected one of 'minmax', 'percentile', 'mse'"),
     ({"layer_schemes": {"backbone.blocks.0.attn.wq": "fp8"}}, ConfigError, "only accepted with scheme='mixed'"),
     ({"exclude": ("backbone.*",)}, QuantizationError, "no layer is left to quantize"),
-    ({"quantize_attention": True}, ConfigError, "not implemented"),
+    ({"quantize_attention": True}, ConfigError, r"unknown quantize option\(s\) \['quantize_attention'\]"),
     ({"kernel": "nope"}, ConfigError, "unknown kernel 'nope'"),
 ])
 def test_option_errors(seg, kwargs, err, match):

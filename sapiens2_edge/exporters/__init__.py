@@ -89,6 +89,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     """
     from ..loading import load_model
     from ..models.model import Sapiens2Model
+    from ..quantization.precision import export_precision
     from ..tasks import get_pipeline
 
     if format not in FORMATS:
@@ -101,8 +102,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
         raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
     if not isinstance(model, Sapiens2Model):
         model = load_model(model)
-    resolve = getattr(exporter, "resolve_precision", None)
-    precision = resolve(model, precision) if resolve else (precision or "fp32")
+    precision = export_precision(model, format, precision)
     fid_opts = {k: options.pop(k) for k in ("float_model", "fidelity_data", "fidelity_keypoints", "report")
                 if k in options}
     size = tuple(int(v) for v in (input_size or model.input_size))

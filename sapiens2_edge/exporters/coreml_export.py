@@ -13,12 +13,10 @@ Choices, and why:
 * Batch: fixed when ``max_batch`` is 1, otherwise an enumerated set {1, ..., max_batch}. The
   Neural Engine takes enumerated shapes but not ranges, and listing every batch size lets the
   runtime send any batch up to ``max_batch`` without padding.
-* Quantized layers are rebuilt from OUR tensors as ``quantized_decomposed`` ops, which the
-  converter turns into Core ML's own: an int8 weight with its per-channel scales becomes a
-  ``constexpr_blockwise_shift_scale`` (int8 data, fp16/fp32 scale; nothing is re-quantized), and a
-  static activation scale becomes a ``quantize``/``dequantize`` pair (W8A8). The prefix tokens,
-  which our recipe keeps on their own per-token scale, get that per-token rounding in plain ops.
-  Dynamic (per-token) activation quantization and fp8 do not exist in Core ML: refused.
+* Quantized layers are rebuilt from their decomposition (OUR tensors) as ``quantized_decomposed``
+  ops, which the converter turns into Core ML's own (see :mod:`.coreml_linear`): int8 weights
+  become ``constexpr_blockwise_shift_scale``, static activation scales ``quantize``/``dequantize``
+  pairs. Dynamic (per-token) activation quantization and fp8 do not exist in Core ML: refused.
 
 Core ML prediction needs macOS. On Linux nothing can run the program (coremltools has no MIL
 interpreter), so :func:`write` re-loads the saved package and checks what it can: inputs and
@@ -66,87 +64,23 @@ def _coremltools():
 
 
 # --- the torch program that gets converted ---------------------------------------------------------
-def _coreml_linear_class():
-    import torch
-    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
-    import torch.nn.functional as F
-    from torch import nn
-
-    qd = torch.ops.quantized_decomposed
-
-    class CoreMLLinear(nn.Module):
-        """A :class:`QuantLinear` re-expressed in ops coremltools maps onto Core ML quantization."""
-
-        def __init__(self, layer, name: str):
-            super().__init__()
-            cfg, act = layer.config, layer.config.activation
-            wd = cfg.weight.dtype
-            if wd == "fp8" or (act is not None and act.dtype != "int8"):
-                raise ConfigError(f"layer {name}: Core ML has no fp8 weights or activations; "
-                                  "export an int8-weight, int8 (static) or fp16 model to coreml")
-            if act is not None and act.mode != "static":
-                raise ConfigError(f"layer {name}: Core ML has no dynamic (per-token) activation quantization; "
-                                  "quantize with activation_mode='static' for a Core ML W8A8 export, "
-                                  "or use scheme 'int8-weight'")
-            self.int8 = wd == "int8"
-            self.per_channel = self.int8 and layer.weight_scale.numel() > 1
-            if self.int8:
-                self.register_buffer("qweight", layer.weight.detach().clone())
-                self.register_buffer("scale", layer.weight_scale.detach().float().clone())
-                self.register_buffer("zero", torch.zeros(self.scale.numel(), dtype=torch.int64))
-            else:  # fp16 storage: the float weight (Core ML's FLOAT16 compute stores it in fp16)
-                self.register_buffer("weight", layer.weight.detach().float().clone())
-            self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), False)
-            self.input_scale = None if act is None else float(layer.input_scale.item())
-            self.prefix_tokens = layer.prefix_tokens
-
-        def dequantized(self):
-            if not self.int8:
-                return self.weight
-            if self.per_channel:
-                return qd.dequantize_per_channel(self.qweight, self.scale, self.zero, 0, -127, 127, torch.int8)
-            return qd.dequantize_per_tensor(self.qweight, float(self.scale.item()), 0, -127, 127, torch.int8)
-
-        def quantize_input(self, x):
-            """Static per-tensor int8 rounding (a Core ML quantize/dequantize pair); prefix tokens
-            keep their per-token scale as in :func:`~sapiens2_edge.kernels.numerics.activation_scales`."""
-            s = self.input_scale
-            body = torch.clamp(x, -127 * s, 127 * s)  # our range is [-127, 127]; Core ML's int8 reaches -128
-            body = qd.dequantize_per_tensor(qd.quantize_per_tensor(body, s, 0, -127, 127, torch.int8),
-                                            s, 0, -127, 127, torch.int8)
-            if x.ndim != 3 or self.prefix_tokens <= 0:
-                return body
-            p = min(self.prefix_tokens, x.shape[1])
-            head = x[:, :p]
-            hs = torch.clamp(head.abs().amax(dim=-1, keepdim=True) / 127.0, min=1e-12)
-            head = torch.clamp(torch.round(head / hs), -127, 127) * hs
-            return torch.cat([head, body[:, p:]], dim=1)
-
-        def forward(self, x):
-            if self.input_scale is not None:
-                x = self.quantize_input(x)
-            return F.linear(x, self.dequantized(), self.bias)
-
-    return CoreMLLinear
-
-
 def coreml_source(model):
     """A copy of ``model`` ready for torch.export -> Core ML: fp32 RoPE, float periods buffer,
-    repeat-KV attention, quantized layers as :class:`CoreMLLinear`. ``model`` is not changed."""
+    repeat-KV attention, quantized layers as :class:`~.coreml_linear.CoreMLLinear`. ``model`` is not changed."""
     import torch
 
     from ..models.backbone import Attention
     from ..quantization.linear import QuantLinear
     from ..quantization.model import set_module
+    from .coreml_linear import CoreMLLinear
 
     src = copy.deepcopy(model).eval()
     src.set_rope_mode("fp32")
     rope = src.backbone.rope_embed
     rope.periods = rope.periods.to(torch.float32)  # Core ML has no bf16 (the frozen tables are used)
-    cls = _coreml_linear_class()
     for name, m in list(src.named_modules()):
         if isinstance(m, QuantLinear):
-            set_module(src, name, cls(m, name))
+            set_module(src, name, CoreMLLinear(m.decompose(), name))
         elif isinstance(m, Attention):
             m.repeat_kv = True
     return src
@@ -384,16 +318,6 @@ def _env(values: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def resolve_precision(model, precision: str | None) -> str:
-    """A float model exports as fp16 (FLOAT16 compute, the Neural Engine's) unless fp32 is asked
-    for; a QuantizedModel as its scheme (with FLOAT16 compute)."""
-    from .onnx_quant import resolve_precision as resolve
-
-    if precision is None and getattr(model, "recipe", None) is None:
-        return "fp16"
-    return resolve(model, precision)
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:

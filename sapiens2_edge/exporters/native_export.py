@@ -14,16 +14,26 @@ from pathlib import Path
 from ..errors import ConfigError
 
 WEIGHTS = "weights.safetensors"
-# Per-layer schemes the engine runs: weight-only storage with float activations.
-NATIVE_LAYER_SCHEMES = ("float", "fp16", "int8-weight")
 PRECISIONS = ("fp32", "fp16")
 
 
+def check_weight_only(model) -> None:
+    """The engine runs quantized layers whose decomposition has float activations (int8 / fp16
+    weights with their scales); a layer that quantizes its input is refused."""
+    from ..quantization.linear import QuantLinear
+
+    bad = sorted({m.scheme for m in model.modules() if isinstance(m, QuantLinear) and m.decompose().act_dtype})
+    if bad:
+        raise ConfigError(f"the native engine runs weight-only schemes (float, fp16, int8-weight); this model uses "
+                          f"{', '.join(bad)}, which quantize activations - export it to onnx or openvino")
+
+
 def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str, str]]:
-    """(tensors under their file names, safetensors metadata) for ``model``."""
+    """(tensors under their file names, safetensors metadata) for ``model``; ``precision`` applies
+    to float models (a quantized model is written as it is stored)."""
     import torch
 
-    from .. import __version__
+    from .._version import __version__
     from ..quantization.model import QuantizedModel
     from ..quantization.serialize import FORMAT, KEY_ARCH, KEY_FORMAT, KEY_HEAD, KEY_RECIPE, KEY_VERSION
 
@@ -34,13 +44,7 @@ def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str
         "sapiens2_edge.rope_mode": model.rope_mode,
     }
     if isinstance(model, QuantizedModel):
-        bad = sorted({s for s in model.layer_schemes.values() if s not in NATIVE_LAYER_SCHEMES})
-        if bad:
-            raise ConfigError(f"the native engine runs weight-only schemes ({', '.join(NATIVE_LAYER_SCHEMES)}); this model "
-                              f"uses {', '.join(bad)}, which quantize activations - export it to onnx or openvino")
-        if precision != "fp32":
-            raise ConfigError(f"precision={precision!r} applies to float models; this model is already quantized "
-                              f"({model.scheme})")
+        check_weight_only(model)
         meta.update({KEY_FORMAT: FORMAT, KEY_RECIPE: json.dumps(model.recipe_dict(), sort_keys=True)})
         sd = model.official_state_dict()
         return {k: v.detach().contiguous() for k, v in sd.items()}, meta

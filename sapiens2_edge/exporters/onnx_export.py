@@ -39,6 +39,7 @@ def frozen_rope(model, input_size) -> Iterator[None]:
 
 
 def output_names(task: str | None) -> list[str]:
+    """The graph's output names (the specification's, as a list)."""
     return list(spec.output_names(task))
 
 
@@ -92,13 +93,6 @@ def _convert_fp16(path: Path, external: bool) -> None:
     if data.exists():
         data.unlink()
     onnx.save(fp16, str(path), save_as_external_data=external, location=data.name if external else None)
-
-
-def resolve_precision(model, precision: str | None) -> str:
-    """A float model exports as fp32 (default) or fp16; a QuantizedModel as its scheme."""
-    from .onnx_quant import resolve_precision as resolve
-
-    return resolve(model, precision)
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Quantized ONNX graphs from OUR recipe's scales (no ONNX Runtime calibration).
 
 During export every :class:`~sapiens2_edge.quantization.QuantLinear` is swapped for an
-:class:`ExportQLinear` that calls one custom op, ``s2e_export::qlinear``; a custom translation
+:class:`ExportQLinear` built from its decomposition (:mod:`sapiens2_edge.quantization.decomposed`)
+that calls one custom op, ``s2e_export::qlinear``; a custom translation
 writes that op as standard ONNX:
 
 ================== =================================================================================
@@ -37,33 +38,20 @@ import torch
 from torch import nn
 
 from ..kernels import numerics as nx
+from ..quantization.decomposed import DecomposedLinear
 from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"
 INT8_MAX, FP8_MAX, EPS = nx.INT8_MAX, nx.FP8_MAX, nx.EPS_SCALE
 
 
-def _reference(x, w_t, w_scale, bias, in_scale, prefix: int, wdtype: str, amode: str) -> torch.Tensor:
-    """What the ONNX graph computes, in torch (the recipe's arithmetic)."""
-    w = w_t.float().t() * w_scale[:, None]
-    k = x.shape[-1]
-    if amode == "none":
-        y = x.float() @ w.t()
-    else:
-        act = "int8" if wdtype == "int8" else "fp8"
-        s = nx.activation_scales(x, act, in_scale if amode == "static" else None, prefix)
-        xq = nx.quantize_activation(x.reshape(-1, k).float(), s, act).float() * s
-        y = (xq @ w.t()).reshape(*x.shape[:-1], w.shape[0])
-    if bias is not None:
-        y = y + bias
-    return y.to(x.dtype)
-
-
 @torch.library.custom_op(f"{NAMESPACE}::qlinear", mutates_args=())
 def qlinear(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor,
             bias: Optional[torch.Tensor], in_scale: Optional[torch.Tensor], prefix: int, wdtype: str,
             amode: str) -> torch.Tensor:
-    return _reference(x, w_t, w_scale, bias, in_scale, prefix, wdtype, amode)
+    """What the ONNX graph computes, in torch: the decomposed layer's own arithmetic."""
+    return DecomposedLinear(w_t.t(), w_scale, bias, wdtype, None if amode == "none" else wdtype, amode, in_scale,
+                            prefix).forward(x)
 
 
 @qlinear.register_fake
@@ -72,37 +60,32 @@ def _(x, w_t, w_scale, w_zero, bias, in_scale, prefix, wdtype, amode):
 
 
 class ExportQLinear(nn.Module):
-    """Export-time stand-in for a QuantLinear: weight transposed to (K, N) as MatMul reads it,
-    per-tensor scale as a scalar, everything else as stored."""
+    """Export-time stand-in for an int8 / fp8 QuantLinear's decomposition: weight transposed to
+    (K, N) as MatMul reads it, per-channel scales (a per-tensor scale repeated), the static input
+    scale as a scalar."""
 
-    def __init__(self, layer: QuantLinear):
+    def __init__(self, d: DecomposedLinear):
         super().__init__()
-        cfg = layer.config
-        if cfg.weight.dtype not in ("int8", "fp8"):
-            raise ValueError(f"ExportQLinear takes int8/fp8 weights, not {cfg.weight.dtype}")
-        self.wdtype = cfg.weight.dtype
-        self.amode = "none" if cfg.activation is None else cfg.activation.mode
-        self.prefix = int(layer.prefix_tokens) if self.amode == "static" else 0
-        self.register_buffer("w_t", layer.weight.t().contiguous())
-        n = layer.out_features
-        self.register_buffer("w_scale", layer.weight_scale.float().reshape(-1).expand(n).contiguous())
-        self.register_buffer("w_zero", torch.zeros(n, dtype=layer.weight.dtype))  # DQ's zero point: its dtype
-        self.register_buffer("bias", None if layer.bias is None else layer.bias.float().clone())
-        s = None if layer.input_scale is None else layer.input_scale.float().reshape(())
-        self.register_buffer("in_scale", None if s is None else s.clone())
+        self.wdtype, self.amode, self.prefix = d.weight_dtype, d.act_mode, d.prefix_tokens
+        self.register_buffer("w_t", d.weight.t().contiguous())
+        self.register_buffer("w_scale", d.channel_scales())
+        self.register_buffer("w_zero", torch.zeros(d.weight.shape[0], dtype=d.weight.dtype))  # DQ's zero point
+        self.register_buffer("bias", None if d.bias is None else d.bias.float().clone())
+        self.register_buffer("in_scale", None if d.input_scale is None else d.input_scale.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return qlinear(x, self.w_t, self.w_scale, self.w_zero, self.bias, self.in_scale, self.prefix, self.wdtype, self.amode)
 
 
-def _float_linear(layer: QuantLinear) -> nn.Linear:
+def _float_linear(d: DecomposedLinear) -> nn.Linear:
     """fp16-stored weights export as a float Linear holding exactly those values (the fp16 ONNX
     conversion rounds them back to the same halves)."""
-    lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    out_features, in_features = d.weight.shape
+    lin = nn.Linear(in_features, out_features, bias=d.bias is not None)
     with torch.no_grad():
-        lin.weight.copy_(layer.dequantized_weight())
-        if layer.bias is not None:
-            lin.bias.copy_(layer.bias)
+        lin.weight.copy_(d.dequantized_weight())
+        if d.bias is not None:
+            lin.bias.copy_(d.bias)
     return lin
 
 
@@ -115,9 +98,9 @@ def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
     kinds = {}
     try:
         for n, m in swapped.items():
-            new = _float_linear(m) if m.config.weight.dtype == "fp16" else ExportQLinear(m)
-            kinds[n] = "fp16-weight" if isinstance(new, nn.Linear) else f"{new.wdtype}/{new.amode}"
-            set_module(model, n, new)
+            d = m.decompose()
+            kinds[n] = d.kind
+            set_module(model, n, _float_linear(d) if d.weight_dtype == "fp16" else ExportQLinear(d))
         yield kinds
     finally:
         for n, m in swapped.items():
@@ -216,27 +199,6 @@ def needed_opset(model: nn.Module, opset: int) -> int:
     return max(opset, 19) if fp8 else opset
 
 
-def resolve_precision(model: nn.Module, precision: str | None) -> str:
-    """The precision an ONNX/OpenVINO artifact of ``model`` has: fp32/fp16 for a float model, the
-    scheme for a QuantizedModel; a contradicting ``precision`` is a ConfigError."""
-    from ..errors import ConfigError
-
-    scheme = getattr(getattr(model, "recipe", None), "scheme", None)
-    if scheme is None:
-        if precision in (None, "fp32", "fp16"):
-            return precision or "fp32"
-        if precision in ("int8-weight", "int8", "fp8", "mixed"):
-            raise ConfigError(f"precision {precision!r} needs a quantized model: quantize first "
-                              f"(s2e.quantize(model, {precision!r}, calibration=...), or the CLI's --scheme "
-                              f"{precision} --calib DIR); a float model exports as 'fp32' or 'fp16'")
-        raise ConfigError(f"unknown precision {precision!r}; expected 'fp32' or 'fp16' for a float model")
-    if precision not in (None, scheme):
-        raise ConfigError(f"this model is quantized with scheme {scheme!r}, so it exports as precision {scheme!r}; "
-                          f"got precision={precision!r} (leave precision unset, or quantize the float model with "
-                          f"the scheme you want)")
-    return scheme
-
-
 NOTES = {
     "int8-weight/none": "int8 weight initializers, per-channel DequantizeLinear(axis=1) -> MatMul, float activations",
     "int8/static": "static activations: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (uint8, zero point 128 = the "
@@ -258,9 +220,7 @@ def describe(model: nn.Module, fmt: str, opset: int) -> dict:
     kinds: dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, QuantLinear):
-            act = m.config.activation
-            k = "fp16-weight" if m.config.weight.dtype == "fp16" else \
-                f"{m.config.weight.dtype}{'-weight' if act is None else ''}/{'none' if act is None else act.mode}"
+            k = m.decompose().kind
             kinds[k] = kinds.get(k, 0) + 1
     out = {"format": fmt, "opset": needed_opset(model, opset), "layers": kinds,
            "notes": [NOTES[k] for k in kinds if k in NOTES]}
@@ -270,5 +230,4 @@ def describe(model: nn.Module, fmt: str, opset: int) -> dict:
     return out
 
 
-__all__ = ["ExportQLinear", "export_modules", "translation_table", "needed_opset", "qlinear", "resolve_precision",
-           "describe"]
+__all__ = ["ExportQLinear", "export_modules", "translation_table", "needed_opset", "qlinear", "describe"]

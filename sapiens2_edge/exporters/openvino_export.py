@@ -50,12 +50,6 @@ def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch
     return {f"{IR_DIR}/model.xml": "model", f"{IR_DIR}/model.bin": "weights_ir"}
 
 
-def resolve_precision(model, precision: str | None) -> str:
-    from .onnx_quant import resolve_precision as resolve
-
-    return resolve(model, precision)
-
-
 def write(model, out_dir: Path, opts) -> dict[str, str]:
     files = export_openvino(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
     if hasattr(model, "recipe_dict"):

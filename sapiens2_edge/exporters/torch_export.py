@@ -17,7 +17,7 @@ import io
 import warnings
 from pathlib import Path
 
-from ..errors import ConfigError, ExportError
+from ..errors import ExportError
 
 PROGRAM_FILE = "model.pt2"
 AOTI_FILE = "model_aoti.pt2"
@@ -84,16 +84,6 @@ def build_aoti(model, path: Path, input_size, max_batch: int) -> dict:
         raise ExportError(f"the AOTInductor package does not match torch: relative L2 {result['rel_l2']:.3g} > "
                           f"{AOTI_TOLERANCE:g} ({result['outputs']})")
     return {"rel_l2": result["rel_l2"], "tolerance": AOTI_TOLERANCE, "device": "cuda"}
-
-
-def resolve_precision(model, precision: str | None) -> str:
-    """fp32 for a float model, the scheme for a QuantizedModel: the program keeps the model's numerics."""
-    from .onnx_quant import resolve_precision as resolve
-
-    if precision == "fp16" and getattr(model, "recipe", None) is None:
-        raise ConfigError("torch export precision 'fp16' is not supported; the program keeps the model's own "
-                          "precision: export the float model as 'fp32', or quantize it first (scheme 'fp16')")
-    return resolve(model, precision)
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:

@@ -94,8 +94,7 @@ class ActivationQuantConfig:
         _check_choice("activation dtype", self.dtype, ACT_DTYPES)
         _check_choice("activation_mode", self.mode, ACT_MODES)
         _check_choice("estimator", self.estimator, ESTIMATORS)
-        if not 50.0 < float(self.percentile) <= 100.0:
-            raise ConfigError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
+        check_percentile(self.percentile)
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,40 @@ def layer_config(scheme: str, *, weight_granularity: str = "per_channel", activa
     if scheme == "int8-weight":
         return LayerQuantConfig(scheme, WeightQuantConfig("int8", weight_granularity))
     dtype = "int8" if scheme == "int8" else "fp8"
+    if activation_mode == "dynamic":  # the estimator sets static ranges only: one config per dynamic scheme
+        estimator, percentile = "percentile", 99.99
     return LayerQuantConfig(scheme, WeightQuantConfig(dtype, weight_granularity),
                             ActivationQuantConfig(dtype, activation_mode, estimator, percentile))
+
+
+def check_count(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+
+
+def check_alpha(alpha: Any) -> None:
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"smoothquant_alpha={alpha!r} must be a number in [0, 1] (0.5 is typical) or None to turn it off")
+
+
+def check_percentile(percentile: Any) -> None:
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50.0 < float(percentile) <= 100.0:
+        raise ConfigError(f"percentile={percentile!r} must be in (50, 100], e.g. 99.99")
+
+
+def check_calibration_settings(size: Any, batch_size: Any, input_size: Any, report_samples: Any) -> None:
+    """The calibration settings a recipe records (see :class:`~.schemes.Calibration`)."""
+    check_count("calibration_size", size, 1)
+    check_count("batch_size", batch_size, 1)
+    check_count("report_samples", report_samples, 0)
+    if input_size is not None:
+        try:
+            h, w = input_size
+            ok = all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (h, w))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"input_size must be (H, W) positive integers, e.g. (1024, 768); got {input_size!r}")
 
 
 def check_scheme(scheme: Any) -> str:
@@ -171,7 +202,6 @@ class QuantRecipe:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     layer_schemes: dict[str, str] = field(default_factory=dict)
     quantize_tokenizer: bool = True
-    quantize_attention: bool = False
     prefix_tokens: int = DEFAULT_PREFIX_TOKENS
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     batch_size: int = 4
@@ -184,11 +214,8 @@ class QuantRecipe:
         _check_choice("weight_granularity", self.weight_granularity, GRANULARITIES)
         _check_choice("activation_mode", self.activation_mode, ACT_MODES)
         _check_choice("estimator", self.estimator, ESTIMATORS)
-        if not 50.0 < float(self.percentile) <= 100.0:
-            raise ConfigError(f"percentile={self.percentile!r} must be in (50, 100], e.g. 99.99")
-        a = self.smoothquant_alpha
-        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
-            raise ConfigError(f"smoothquant_alpha={a!r} must be a number in [0, 1] (0.5 is typical) or None to turn it off")
+        check_percentile(self.percentile)
+        check_alpha(self.smoothquant_alpha)
         if self.layer_schemes and self.scheme != "mixed":
             raise ConfigError(f"layer_schemes is only accepted with scheme='mixed', not {self.scheme!r}")
         if self.scheme != "mixed" and self.default_scheme != self.scheme:
@@ -203,22 +230,8 @@ class QuantRecipe:
             check_layer_scheme(v, f" for layer {k!r}")
         if isinstance(self.exclude, str) or not all(isinstance(p, str) for p in self.exclude):
             raise ConfigError(f"exclude must be a sequence of glob patterns, got {self.exclude!r}")
-        if self.quantize_attention:
-            raise ConfigError("quantize_attention=True (int8/fp8 attention matmuls) is not implemented yet; "
-                              "attention matmuls run in float (expected quantize_attention=False)")
-        for name in ("prefix_tokens", "calibration_size", "batch_size", "report_samples"):
-            v = getattr(self, name)
-            low = 0 if name in ("prefix_tokens", "report_samples") else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"{name}={v!r} must be an integer >= {low}")
-        if self.input_size is not None:
-            try:
-                h, w = self.input_size
-                ok = all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (h, w))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"input_size must be (H, W) positive integers, e.g. (1024, 768); got {self.input_size!r}")
+        check_count("prefix_tokens", self.prefix_tokens, 0)
+        check_calibration_settings(self.calibration_size, self.batch_size, self.input_size, self.report_samples)
 
     # -- per-layer ---------------------------------------------------------------------------------
     def layer_config(self, scheme: str) -> LayerQuantConfig | None:
@@ -231,24 +244,7 @@ class QuantRecipe:
 
     def select(self, candidates: Sequence[str]) -> dict[str, str]:
         """Per-layer scheme of every candidate linear that gets quantized (``float`` ones left out)."""
-        from ..errors import QuantizationError
-
-        chosen: dict[str, str] = {}
-        for name in candidates:
-            if not self.quantize_tokenizer and name.startswith("backbone.tokenizer."):
-                continue
-            if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
-                continue
-            chosen[name] = self.default_scheme
-        for pattern, scheme in self.layer_schemes.items():
-            hits = [n for n in candidates if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-            if not hits:
-                raise QuantizationError(
-                    f"layer_schemes entry {pattern!r} matches no quantizable layer; expected a name or glob of a "
-                    f"backbone nn.Linear such as {', '.join(repr(c) for c in candidates[:3])}")
-            for n in hits:
-                chosen[n] = scheme
-        return {n: s for n, s in chosen.items() if s != "float"}
+        return assign(candidates, self.default_scheme, self.layer_schemes, self.exclude, self.quantize_tokenizer)
 
     # -- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -267,6 +263,31 @@ class QuantRecipe:
         if kw.get("input_size") is not None:
             kw["input_size"] = tuple(kw["input_size"])
         return cls(**kw)
+
+
+def assign(candidates: Sequence[str], default: Any, patterns: Mapping[str, Any], exclude: Sequence[str] = DEFAULT_EXCLUDE,
+           quantize_tokenizer: bool = True) -> dict[str, Any]:
+    """Layer name -> what it gets: ``default`` for every candidate not excluded, then each
+    ``patterns`` entry (a module name or glob) for the layers it matches, later entries winning;
+    an explicit entry overrides ``exclude``. Layers assigned ``"float"`` or None are left out."""
+    from ..errors import QuantizationError
+
+    chosen: dict[str, Any] = {}
+    for name in candidates:
+        if not quantize_tokenizer and name.startswith("backbone.tokenizer."):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            continue
+        chosen[name] = default
+    for pattern, value in patterns.items():
+        hits = [n for n in candidates if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise QuantizationError(
+                f"layer_schemes entry {pattern!r} matches no quantizable layer; expected a name or glob of a "
+                f"backbone nn.Linear such as {', '.join(repr(c) for c in candidates[:3])}")
+        for n in hits:
+            chosen[n] = value
+    return {n: v for n, v in chosen.items() if v is not None and not (isinstance(v, str) and v == "float")}
 
 
 _SCHEME_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -308,5 +329,5 @@ def make_recipe(scheme: "str | QuantRecipe", **options: Any) -> QuantRecipe:
 __all__ = [
     "SCHEMES", "LAYER_SCHEMES", "DEFAULT_EXCLUDE", "DEFAULT_PREFIX_TOKENS", "DEFAULT_CALIBRATION_SIZE",
     "WeightQuantConfig", "ActivationQuantConfig", "LayerQuantConfig", "QuantRecipe", "make_recipe",
-    "layer_config", "check_scheme",
+    "layer_config", "check_scheme", "check_layer_scheme", "assign", "check_calibration_settings",
 ]

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..kernels import numerics as nx
 from .config import LayerQuantConfig
+from .decomposed import DecomposedLinear
 from .kernels import auto_kernel, check_kernel, get_kernel
 
 _STORE_DTYPES = {"int8": torch.int8, "fp8": nx.FP8_DTYPE, "fp16": torch.float16}
@@ -89,6 +90,17 @@ class QuantLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight this layer computes with (for reports and tests)."""
         return nx.dequantize_weight(self.weight, self.weight_scale)
+
+    def decompose(self) -> DecomposedLinear:
+        """The export form every exporter maps to its format's ops (see :mod:`.decomposed`)."""
+        act = self.config.activation
+        static = act is not None and act.mode == "static"
+        return DecomposedLinear(
+            weight=self.weight.detach(), weight_scale=None if self.weight_scale is None else self.weight_scale.detach(),
+            bias=None if self.bias is None else self.bias.detach(), weight_dtype=self.config.weight.dtype,
+            act_dtype=None if act is None else act.dtype, act_mode="none" if act is None else act.mode,
+            input_scale=self.input_scale.detach().float().reshape(()) if static else None,
+            prefix_tokens=int(self.prefix_tokens) if static else 0)
 
     def extra_repr(self) -> str:
         act = self.config.activation

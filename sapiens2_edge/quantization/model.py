@@ -40,8 +40,15 @@ class QuantizedModel(Sapiens2Model):
         return self
 
     def recipe_dict(self) -> dict:
-        """The recipe plus the per-layer scheme of every quantized layer (what the checkpoint stores)."""
-        return {**self.recipe.to_dict(), "layers": dict(self.layer_schemes)}
+        """The recipe plus the per-layer scheme of every quantized layer (what the checkpoint
+        stores), and under ``layer_configs`` the full config of each layer whose config is not the
+        one the recipe's settings give its scheme (layers quantized by :func:`~.convert.apply`)."""
+        d = {**self.recipe.to_dict(), "layers": dict(self.layer_schemes)}
+        own = {n: m.config.to_dict() for n, m in self.quantized_layers().items()
+               if m.config != self.recipe.layer_config(m.scheme)}
+        if own:
+            d["layer_configs"] = own
+        return d
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import operator
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from ..errors import ConfigError, QuantizationError
 from ..spec import NUM_PREFIX_TOKENS
+from .calibration import progress as progress_bar
+from .config import layer_config
+from .convert import apply, plan_layers
 from .evaluate import as_batches, run_outputs
-from .fidelity import task_fidelity
+from .fidelity import output_error, task_fidelity
+from .linear import QuantLinear
+from .model import candidate_linears, float_copy, set_module, state_bytes
+from .schemes import name_of
 
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt,
                                                     "<": operator.lt}
@@ -48,8 +54,6 @@ class Constraint:
 def parse_budget(text: str, task: str | None) -> list[Constraint]:
     """``"seg_agreement>=0.995, size<=0.3"`` -> constraints; metric names are those of
     :func:`.fidelity.task_fidelity` for the task plus ``size`` / ``size_mb``."""
-    from .fidelity import output_error
-
     allowed = set(SIZE_METRICS) | set(output_error((1.0,), (1.0,)))
     allowed |= {"seg": {"seg_agreement", "seg_miou"},
                 "pose": {"pose_mean_px", "pose_p95_px", "pose_max_px", "pose_pck_1px", "pose_pck_2px"},
@@ -80,17 +84,12 @@ def layer_sensitivity(model, batches, reference, scheme: str, layers: list[str],
                       show: bool | None = False) -> dict[str, dict]:
     """Fidelity of the model with only ``layer`` quantized (dynamic activations, no smoothing),
     for every layer: one forward pass over ``batches`` per layer, the layer swapped in place."""
-    from .calibration import progress
-    from .config import layer_config
-    from .linear import QuantLinear
-    from .model import float_copy, set_module
-
     base = float_copy(model).eval()
     modules = dict(base.named_modules())
     cfg = layer_config(scheme)
     size = tuple(batches.input_size)
     out = {}
-    for name in progress(layers, len(layers), "sensitivity", show):
+    for name in progress_bar(layers, len(layers), "sensitivity", show):
         original = modules[name]
         set_module(base, name, QuantLinear.from_float(original, cfg, prefix_tokens))
         try:
@@ -100,34 +99,29 @@ def layer_sensitivity(model, batches, reference, scheme: str, layers: list[str],
     return out
 
 
-def search_mixed(model, calibration, budget: str, *, scheme: str = "int8", fallback: str = "float",
-                 samples: int = 8, quantize_fn=None, **options: Any):
-    """Quantize with ``scheme`` everywhere the budget allows, ``fallback`` where it does not.
+def search_mixed(model, config, recipe, calibration, *, kernel: str = "auto", progress: bool | None = None):
+    """Quantize with ``config.default`` everywhere ``config.budget`` allows, ``config.fallback``
+    where it does not (``config``: a :class:`~.schemes.Mixed` with a budget; ``recipe``: the
+    request to record; ``calibration``: a :class:`~.schemes.Calibration`).
 
     Returns ``(qmodel, report)``; ``report.fidelity`` holds the measured metrics and
     ``report.recipe['search']`` the sensitivity ranking and the chosen k.
     """
-    from .api import quantize as quantize_fn_default
-    from .model import candidate_linears, state_bytes
-
-    quantize_fn = quantize_fn or quantize_fn_default
-    if calibration is None:
+    if calibration.data is None:
         raise QuantizationError("a budget-driven mixed search needs calibration data (calibration=...)")
+    budget, scheme, fallback = config.budget, config.default.name, name_of(config.fallback)
     constraints = parse_budget(budget, model.task)
     fidelity_c = [c for c in constraints if c.metric not in SIZE_METRICS]
     size_c = [c for c in constraints if c.metric in SIZE_METRICS]
-    input_size = tuple(options.get("input_size") or model.input_size)
-    batches = as_batches(calibration, model.task, input_size, samples, options.get("batch_size", 4))
+    input_size = tuple(calibration.input_size or model.input_size)
+    batches = as_batches(calibration.data, model.task, input_size, config.search_samples, calibration.batch_size)
     reference = run_outputs(model, batches, "float", False)
     float_bytes = state_bytes(model)
-    from .config import make_recipe
-
-    selection = {k: v for k, v in options.items() if k in ("exclude", "quantize_tokenizer")}
-    layers = list(make_recipe(scheme, **selection).select(candidate_linears(model)))
+    candidates = candidate_linears(model)
+    layers = list(plan_layers(replace(config, budget=None), recipe, candidates))
 
     primary = fidelity_c[0] if fidelity_c else Constraint("sqnr_db", ">=", float("-inf"))
-    sens = layer_sensitivity(model, batches, reference, scheme, layers, options.get("prefix_tokens", 9),
-                             options.get("progress"))
+    sens = layer_sensitivity(model, batches, reference, scheme, layers, recipe.prefix_tokens, progress)
     order = sorted(layers, key=lambda n: _score(sens[n], primary))  # most damaging first
 
     def build(k: int):
@@ -135,9 +129,10 @@ def search_mixed(model, calibration, budget: str, *, scheme: str = "int8", fallb
             fid = task_fidelity(model.task, reference, reference, input_size)
             fid.update(size=1.0, size_mb=float_bytes / 1e6)
             return None, None, fid
-        plan = {n: fallback for n in order[:k]}
-        qm, rep = quantize_fn(model, "mixed", calibration=batches, layer_schemes=plan, default_scheme=scheme,
-                              progress=False, **options)
+        mixed = replace(config, budget=None, layers={n: config.fallback for n in order[:k]})
+        record = replace(recipe, layer_schemes={n: fallback for n in order[:k]})
+        qm, rep = apply(model, plan_layers(mixed, record, candidates), replace(calibration, data=batches),
+                        recipe=record, kernel=kernel, progress=False)
         fid = task_fidelity(model.task, reference, run_outputs(qm, batches, show=False), input_size)
         fid["size"] = state_bytes(qm) / float_bytes
         fid["size_mb"] = state_bytes(qm) / 1e6

@@ -12,7 +12,8 @@ everything else                             as held by the model (F32; RoPE peri
 =========================================== ======= ==========================================
 
 ``__metadata__`` holds ``sapiens2_edge.format`` (``quantized/1``), ``sapiens2_edge.recipe`` (the
-recipe JSON plus ``layers``: module name -> per-layer scheme), ``sapiens2_edge.arch`` and
+recipe JSON plus ``layers``: module name -> per-layer scheme, and ``layer_configs`` for layers whose
+config differs from what the recipe's settings give their scheme), ``sapiens2_edge.arch`` and
 ``sapiens2_edge.head`` (``ArchSpec.to_dict`` / ``HeadSpec.to_dict`` JSON, ``null`` for no head)
 and ``sapiens2_edge.version``. Loading rebuilds the module tree from the metadata, checks every
 name, shape and dtype, and loads the tensors as stored, so a save/load round trip is bit-exact.
@@ -40,7 +41,7 @@ from ..models.checkpoint import (
 )
 from ..models.layout import check_shapes
 from ..models.model import Sapiens2Model
-from .config import QuantRecipe
+from .config import LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
 from .model import QuantizedModel, as_quantized, set_module
 
@@ -68,7 +69,7 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, report: Any 
     if not isinstance(qmodel, QuantizedModel):
         raise CheckpointError(f"save_quantized expects a QuantizedModel (from quantize()), got {type(qmodel).__name__}; "
                               "float models are saved with their own checkpoint writer")
-    from .. import __version__
+    from .._version import __version__
 
     names = _file_names(qmodel)
     tensors = {names[k]: v for k, v in qmodel.state_dict().items()}
@@ -131,6 +132,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
         recipe_d = _json(header, KEY_RECIPE)
         recipe = QuantRecipe.from_dict(recipe_d)
         layers = dict(recipe_d["layers"])
+        own = {n: LayerQuantConfig.from_dict(d) for n, d in recipe_d.get("layer_configs", {}).items()}
         arch = ArchSpec.from_dict(_json(header, KEY_ARCH))
         head_d = _json(header, KEY_HEAD)
         head = HeadSpec.from_dict(head_d) if head_d is not None else None
@@ -150,7 +152,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
         if type(lin) is not nn.Linear:
             raise StateDictMismatchError(f"{where}: the recipe quantizes {name!r}, which is not a linear layer of this "
                                          "architecture")
-        cfg = recipe.layer_config(scheme)
+        cfg = own[name] if name in own else recipe.layer_config(scheme)
         set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
                                             recipe.prefix_tokens_for(name)))
     expected = model.state_dict()
