@@ -75,6 +75,30 @@ def info(checkpoint: str = typer.Argument(..., help=".safetensors file, director
     console.print(table)
 
 
+# --- init-random ------------------------------------------------------------------------------------
+@app.command(name="init-random")
+def init_random(output: Path = typer.Argument(..., help="the .safetensors file to write"),
+                arch: str = typer.Option("0.1b", help="0.1b, 0.4b, 0.8b, 1b, 5b or 1b-4k"),
+                task: str = typer.Option("seg", help="pose, seg, normal, pointmap, albedo, or none (pretrain backbone)"),
+                input_size: Optional[str] = typer.Option(None, help="HxW the pointmap head is built for and the "
+                                                                    "model's default input (default 1024x768)"),
+                seed: int = typer.Option(0, help="random seed (the same seed writes the same weights)"),
+                dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
+                overwrite: bool = typer.Option(False, help="replace an existing file")) -> None:
+    """Write a randomly initialised checkpoint in the official layout, to try every command without
+    weights (its metadata marks it as random; overlays say RANDOM WEIGHTS)."""
+    from .models.random_init import write_random_checkpoint
+
+    try:
+        start = time.perf_counter()
+        path = write_random_checkpoint(output, arch, task, input_size=_parse_size(input_size), seed=seed,
+                                       dtype=dtype, overwrite=overwrite)
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    console.print(f"wrote RANDOM WEIGHTS {arch} {task} checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB, "
+                  f"seed {seed}, {dtype}) in {time.perf_counter() - start:.1f} s; predictions from it are noise")
+
+
 # --- predict ----------------------------------------------------------------------------------------
 @app.command()
 def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),

@@ -74,7 +74,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     """Run every stage, announcing each through ``say``; returns what each produced."""
     from . import load_model
     from .exporters import export
-    from .models.model import build_model
+    from .models.random_init import random_model
     from .runtime.outputs import run_predictions
     from .runtime.predictor import Predictor, default_checkpoint
     from .spec import DEFAULT_INPUT_SIZE
@@ -98,7 +98,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
         say(f"[1/5] load: real weights {source}")
     else:
         arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, DEFAULT_INPUT_SIZE))
-        model = build_model(arch, task, input_size=input_size or random_size)
+        model = random_model(arch, task, input_size=input_size or random_size)
         input_size = input_size or random_size
         arch = model.arch.name
         result = ChainResult(model_source=f"random {arch} {task}", real_weights=False)

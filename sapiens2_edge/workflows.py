@@ -20,6 +20,7 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
     from .models.arch import backbone_shapes, count_params, head_shapes
     from .models.checkpoint import header_summary, resolve_checkpoint
     from .models.layout import describe_checkpoint
+    from .models.random_init import is_random_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     header, layout, arch, head, _, _ = describe_checkpoint(path)
@@ -34,6 +35,7 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
         "parameters": summary["num_parameters"], "backbone_parameters": count_params(backbone_shapes(arch)),
         "head_parameters": count_params(head_shapes(head, arch.input_multiple)) if head else 0,
         "tensors": summary["num_tensors"], "dtypes": summary["dtypes"], "file_size": summary["file_size"],
+        "random_weights": is_random_checkpoint(header.metadata),
     }
 
 

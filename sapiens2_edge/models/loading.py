@@ -19,6 +19,7 @@ from ..spec import check_task
 from .arch import backbone_shapes, head_shapes
 from .layout import FLOAT_DTYPES, MAX_LISTED, check_shapes, describe_checkpoint, is_quantized_header
 from .model import Sapiens2Model
+from .random_init import is_random_checkpoint
 from .resolve import resolve_checkpoint
 from .safetensors_header import read_header
 from .safetensors_io import read_tensors
@@ -64,7 +65,8 @@ def load_model(source: str | os.PathLike, task: str | None = None, *, input_size
     state.update({f"decode_head.{k}": tensors[v] for k, v in head_files.items()})
     with torch.no_grad():
         model.load_state_dict(state, strict=True)  # copies cast into fp32 params / the bf16 periods buffer
-    model.source, model.pretrained = str(path), True
+    # a checkpoint from write_random_checkpoint says so in its metadata: its predictions are noise
+    model.source, model.pretrained = str(path), not is_random_checkpoint(header.metadata)
     model = model.to(device)
     if dtype != torch.float32:
         model = model.to(dtype)
