@@ -173,6 +173,8 @@ class Result(ABC):
     """
 
     task: str = ""
+    random_weights: bool = False
+    """True when the model that produced this result has random weights (its drawing says so)."""
 
     @abstractmethod
     def arrays(self) -> dict[str, np.ndarray]:

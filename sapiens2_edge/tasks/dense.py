@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InvalidTensorError
 from ..spec import OUTPUT_NAMES
 from .base import Pipeline, Result, channel_stats
-from .draw import draw_over
+from .draw import draw_over, finish
 from .image import load_image
 from .preprocess import Letterbox, normalize
 
@@ -95,6 +95,7 @@ class _MapResult(Result):
             "image_size": [int(v) for v in self.image_size],
             "shape": list(self._map.shape),
             "stats": channel_stats(self._map),
+            **({"random_weights": True} if self.random_weights else {}),
         }
 
 
@@ -111,9 +112,10 @@ class NormalResult(_MapResult):
         norms = np.linalg.norm(self.normal.reshape(-1, 3).astype(np.float64), axis=1)
         return {**super().to_dict(), "mean_norm": float(norms.mean()) if norms.size else 0.0}
 
-    def draw(self, image: Any, alpha: float = 1.0) -> np.ndarray:
-        """(n + 1) / 2 * 255 as RGB, blended over the image with weight ``alpha``."""
-        return draw_over(image, normal_to_rgb(self.normal), alpha)
+    def draw(self, image: Any, alpha: float = 1.0, random_weights: bool | None = None) -> np.ndarray:
+        """(n + 1) / 2 * 255 as RGB, blended over the image with weight ``alpha`` (a RANDOM WEIGHTS
+        banner on top when ``random_weights``; None follows ``self.random_weights``)."""
+        return finish(draw_over(image, normal_to_rgb(self.normal), alpha), self, random_weights)
 
 
 @dataclass(eq=False)
@@ -142,9 +144,11 @@ class PointmapResult(_MapResult):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "scale": float(self.scale), "focal_length_px": float(self.focal_length)}
 
-    def draw(self, image: Any, alpha: float = 1.0, colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
-        """Inverse depth through an OpenCV colormap, blended over the image with ``alpha``."""
-        return draw_over(image, depth_to_rgb(self.depth, colormap), alpha)
+    def draw(self, image: Any, alpha: float = 1.0, colormap: int = cv2.COLORMAP_INFERNO,
+             random_weights: bool | None = None) -> np.ndarray:
+        """Inverse depth through an OpenCV colormap, blended over the image with ``alpha`` (a RANDOM
+        WEIGHTS banner on top when ``random_weights``; None follows ``self.random_weights``)."""
+        return finish(draw_over(image, depth_to_rgb(self.depth, colormap), alpha), self, random_weights)
 
 
 @dataclass(eq=False)
@@ -155,9 +159,10 @@ class AlbedoResult(_MapResult):
     task = "albedo"
     map_name = "albedo"
 
-    def draw(self, image: Any, alpha: float = 1.0) -> np.ndarray:
-        """The albedo as an RGB image (albedo * 255), blended over the image with ``alpha``."""
-        return draw_over(image, albedo_to_rgb(self.albedo), alpha)
+    def draw(self, image: Any, alpha: float = 1.0, random_weights: bool | None = None) -> np.ndarray:
+        """The albedo as an RGB image (albedo * 255), blended over the image with ``alpha`` (a RANDOM
+        WEIGHTS banner on top when ``random_weights``; None follows ``self.random_weights``)."""
+        return finish(draw_over(image, albedo_to_rgb(self.albedo), alpha), self, random_weights)
 
 
 # -- pipelines ------------------------------------------------------------------------------------

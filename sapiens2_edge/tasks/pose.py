@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ConfigError, InvalidBoxError, InvalidImageError, InvalidTensorError
 from ..spec import OUTPUT_NAMES
 from .base import Pipeline, Result
-from .draw import image_for
+from .draw import finish, image_for, put_text
 from .heatmaps import BLUR_KERNEL_SIZE, decode_heatmaps, flip_heatmaps
 from .image import load_image
 from .keypoints import COCO17_SKELETON, FLIP_INDICES, KEYPOINT_GROUPS, NUM_KEYPOINTS, SKELETON, to_coco17
@@ -158,10 +158,11 @@ class PoseResult(Result):
             "image_size": [int(v) for v in self.image_size],
             "num_keypoints": self.num_keypoints,
             "instances": self.instances(),
+            **({"random_weights": True} if self.random_weights else {}),
         }
 
     def draw(self, image: Any, kpt_thr: float = 0.3, **kwargs: Any) -> np.ndarray:
-        """Boxes, skeleton links and keypoints whose score is above ``kpt_thr``."""
+        """Boxes, skeleton links and keypoints whose score is above ``kpt_thr`` (see :func:`draw_pose`)."""
         return draw_pose(image, self, kpt_thr=kpt_thr, **kwargs)
 
 
@@ -186,12 +187,19 @@ def _color_of(index: int, k: int) -> tuple[int, int, int]:
     return GROUP_COLORS["body"]
 
 
+OUTSIDE_MARKER = cv2.MARKER_TRIANGLE_UP
+
+
 def draw_pose(image: Any, result: PoseResult, kpt_thr: float = 0.3, radius: int | None = None,
-              thickness: int | None = None, boxes: bool = True) -> np.ndarray:
+              thickness: int | None = None, boxes: bool = True, random_weights: bool | None = None) -> np.ndarray:
     """Boxes, skeleton links and the keypoints scoring above ``kpt_thr``.
 
     308-keypoint results use :data:`~.keypoints.SKELETON`, 17-keypoint ones the COCO skeleton,
-    any other count only points. Sizes scale with the image unless given.
+    any other count only points. Sizes scale with the image unless given. A confident keypoint
+    outside the image is never drawn where it lies: it gets a hollow triangle clipped to the image
+    border (no links), and a note in the bottom-left corner counts them ("N keypoints outside");
+    non-finite ones are only counted. A RANDOM WEIGHTS banner goes on top when ``random_weights``
+    (None follows ``result.random_weights``).
     """
     canvas = image_for(image, result.image_size).copy()
     h, w = canvas.shape[:2]
@@ -200,19 +208,33 @@ def draw_pose(image: Any, result: PoseResult, kpt_thr: float = 0.3, radius: int 
     k = result.keypoints.shape[1] if result.keypoints.ndim == 3 else 0
     links = SKELETON if k == NUM_KEYPOINTS else COCO17_SKELETON if k == 17 else ()
     colors = [_color_of(i, k) for i in range(k)]
-    limit = 4 * max(h, w)  # points far outside cannot be drawn meaningfully
+    outside_count = 0
     for box, kps, scores in zip(result.boxes, result.keypoints, result.scores, strict=True):
         if boxes:
-            x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
+            x1, y1, x2, y2 = (int(round(float(v))) for v in np.clip(np.nan_to_num(box[:4]), -1e6, 1e6))
             cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_COLOR, thickness, cv2.LINE_AA)
-        visible = (scores > kpt_thr) & np.isfinite(kps).all(1) & (np.abs(kps) < limit).all(1)
-        pts = np.round(np.nan_to_num(kps)).astype(np.int64)
+        confident = scores > kpt_thr
+        finite = np.isfinite(kps).all(1)
+        safe = np.where(finite[:, None], kps, 0.0)
+        inside = confident & finite & (safe[:, 0] > -0.5) & (safe[:, 0] < w - 0.5) & (safe[:, 1] > -0.5) & (safe[:, 1] < h - 0.5)
+        outside = confident & ~inside
+        outside_count += int(outside.sum())
+        pts = np.round(np.clip(safe, -1e6, 1e6)).astype(np.int64)
         for a, b in links:
-            if visible[a] and visible[b]:
+            if inside[a] and inside[b]:
                 cv2.line(canvas, tuple(map(int, pts[a])), tuple(map(int, pts[b])), colors[b], thickness, cv2.LINE_AA)
-        for i in np.flatnonzero(visible):
+        for i in np.flatnonzero(inside):
             cv2.circle(canvas, tuple(map(int, pts[i])), radius, colors[i], -1, cv2.LINE_AA)
-    return canvas
+        size = max(6, 4 * radius)
+        for i in np.flatnonzero(outside & finite):
+            x = int(np.clip(pts[i, 0], size // 2, max(size // 2, w - 1 - size // 2)))
+            y = int(np.clip(pts[i, 1], size // 2, max(size // 2, h - 1 - size // 2)))
+            cv2.drawMarker(canvas, (x, y), colors[i], OUTSIDE_MARKER, size, max(1, thickness), cv2.LINE_AA)
+    if outside_count:
+        note_h = max(10, min(24, round(h * 0.04)))
+        put_text(canvas, f"{outside_count} keypoint{'s' if outside_count > 1 else ''} outside", 2, h - note_h - 2,
+                 w // 2, note_h)
+    return finish(canvas, result, random_weights)
 
 
 # -- pipeline ------------------------------------------------------------------------------------

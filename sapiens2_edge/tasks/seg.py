@@ -9,10 +9,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import InvalidTensorError
+from ..errors import ConfigError, InvalidTensorError
 from ..spec import OUTPUT_NAMES
 from .base import Pipeline, Result
-from .draw import draw_over
+from .draw import PANEL_COLOR, banner_height, draw_legend, draw_over, finish, legend_rows
 from .image import load_image
 from .preprocess import normalize, stretch_resize
 
@@ -77,9 +77,53 @@ def colorize_labels(labels: np.ndarray, palette: np.ndarray = SEG_PALETTE) -> np
     return palette[labels.astype(np.int64) % len(palette)]
 
 
-def draw_seg(image: Any, labels: np.ndarray, alpha: float = 0.5, palette: np.ndarray = SEG_PALETTE) -> np.ndarray:
-    """The image blended with the palette colour of each pixel's class."""
-    return draw_over(image, colorize_labels(labels, palette), alpha)
+LEGENDS = ("inside", "side", "none")
+
+
+def legend_entries(labels: np.ndarray, class_names: tuple[str, ...] = SEG_CLASSES,
+                   palette: np.ndarray = SEG_PALETTE) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, RGB colour) of each class present in ``labels`` but Background, most pixels first."""
+    palette = np.asarray(palette, dtype=np.uint8)
+    counts = np.bincount(labels.ravel(), minlength=len(class_names))
+    order = sorted((i for i in np.flatnonzero(counts) if i != 0), key=lambda i: (-counts[i], i))
+    return [(class_names[i] if i < len(class_names) else f"class_{i}",
+             tuple(int(c) for c in palette[i % len(palette)])) for i in order]
+
+
+def draw_seg(image: Any, labels: np.ndarray, alpha: float = 0.5, palette: np.ndarray = SEG_PALETTE,
+             legend: str = "inside", class_names: tuple[str, ...] = SEG_CLASSES, top: int = 0) -> np.ndarray:
+    """The image blended with the palette colour of each pixel's class, with a legend of the classes
+    present (colour swatch + name, most pixels first).
+
+    ``legend``: ``inside`` (default; the output keeps the image's shape) puts it in the image corner
+    that covers the fewest person pixels, and leaves it out when the image is too small for it to
+    be readable; ``side`` appends it as a panel on the right (the output is wider); ``none``.
+    ``top``: rows kept free at the top (for the random-weights banner).
+    """
+    if legend not in LEGENDS:
+        raise ConfigError(f"legend must be one of {', '.join(LEGENDS)}, got {legend!r}")
+    vis = draw_over(image, colorize_labels(labels, palette), alpha)
+    entries = legend_entries(labels, class_names, palette) if legend != "none" else []
+    if not entries:
+        return vis
+    h, w = vis.shape[:2]
+    row_h = max(16, min(28, round(h / 30)))
+    width, scale = legend_rows(entries, row_h)
+    rows = min(len(entries), (h - top - 4) // row_h)
+    if rows < 1 or scale < 0.25:
+        return vis
+    if legend == "side":
+        panel = np.empty((h, width, 3), np.uint8)
+        panel[:] = PANEL_COLOR
+        draw_legend(panel, entries, 0, top, row_h, rows, width, scale, opacity=1.0)
+        return np.concatenate([vis, panel], axis=1)
+    if width > w // 2:
+        return vis
+    box_h = rows * row_h + 4
+    corners = [(w - width, top), (0, top), (w - width, h - box_h), (0, h - box_h)]
+    x, y = min(corners, key=lambda c: int(np.count_nonzero(labels[c[1]:c[1] + box_h, c[0]:c[0] + width])))
+    draw_legend(vis, entries, x, y, row_h, rows, width, scale)
+    return vis
 
 
 @dataclass(eq=False)
@@ -120,11 +164,19 @@ class SegResult(Result):
             "num_classes": len(self.class_names),
             "class_pixel_counts": {n: int(c) for n, c in zip(self.class_names, counts, strict=False) if c},
             "foreground_fraction": float(counts[1:].sum() / total),
+            **({"random_weights": True} if self.random_weights else {}),
         }
 
-    def draw(self, image: Any, alpha: float = 0.5, **kwargs: Any) -> np.ndarray:
-        """The image blended with the class palette (``alpha`` = palette weight)."""
-        return draw_seg(image, self.labels, alpha=alpha, **kwargs)
+    def draw(self, image: Any, alpha: float = 0.5, legend: str = "inside", random_weights: bool | None = None,
+             **kwargs: Any) -> np.ndarray:
+        """The image blended with the class palette (``alpha`` = palette weight) and a legend of the
+        classes present (``legend``: inside, side or none; see :func:`draw_seg`); a RANDOM WEIGHTS
+        banner on top when the result came from random weights (``random_weights``: None follows
+        ``self.random_weights``)."""
+        marked = random_weights if random_weights is not None else self.random_weights
+        top = banner_height(self.image_size[0]) if marked else 0
+        vis = draw_seg(image, self.labels, alpha=alpha, legend=legend, class_names=self.class_names, top=top, **kwargs)
+        return finish(vis, self, marked)
 
 
 class SegPipeline(Pipeline):
