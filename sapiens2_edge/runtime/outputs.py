@@ -2,7 +2,9 @@
 
 Per image ``<stem>``: ``<stem>.png`` (the result drawn over the image), ``<stem>_<array>.npy``
 (each of ``result.arrays()``) and ``<stem>.json`` (``result.to_json()``); a pose run also writes
-``keypoints.json`` in the reference demo's layout for all images.
+``keypoints.json`` in the reference demo's layout for all images and ``coco_keypoints.json``, the
+COCO-17 keypoint results (image_id: the file name's number for COCO-style names such as
+``000000000139.jpg``, else the image's position in the list).
 """
 
 from __future__ import annotations
@@ -59,4 +61,7 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     if predictor.task == "pose":
         frames = pose_demo_json(results, [p.name for p in paths])
         (out_dir / "keypoints.json").write_text(json.dumps(frames, indent=1))
+        coco = [e for i, (r, p) in enumerate(zip(results, paths, strict=True))
+                for e in r.to_coco(int(p.stem) if p.stem.isdigit() else i)]
+        (out_dir / "coco_keypoints.json").write_text(json.dumps(coco))
     return results

@@ -194,3 +194,63 @@ def keypoint_group(index: int) -> str:
         if index in r:
             return name
     raise IndexError(f"keypoint index {index} is outside 0..{NUM_KEYPOINTS - 1}")
+
+
+# -- COCO-WholeBody (133 keypoints) ---------------------------------------------------------------
+# The spec gives no 133 mapping; this one is derived from the names (Appendix A) and documented per
+# group. Order: body 17, feet 6, face 68, left hand 21, right hand 21 (the COCO-WholeBody order).
+def _wb_hand(side: str) -> list[int | None]:
+    """COCO-WholeBody hand: root, then per finger 1 (base) .. 4 (tip). The 308 set names each
+    finger's points ``<finger>4`` (tip), ``3``, ``2`` and ``_third_joint`` (the base joint, third
+    from the tip); the numbered ones keep their number and ``_third_joint`` is COCO's 1."""
+    out: list[int | None] = [KEYPOINT_INDEX[f"{side}_wrist"]]
+    for finger in _FINGERS:
+        out += [KEYPOINT_INDEX[f"{side}_{finger}_third_joint"]] + [KEYPOINT_INDEX[f"{side}_{finger}{i}"] for i in (2, 3, 4)]
+    return out
+
+
+# Face: the 68 iBUG/300-W landmarks COCO-WholeBody uses (0-16 jaw, 17-21 and 22-26 eyebrows,
+# 27-30 nose bridge, 31-35 nose bottom, 36-41 and 42-47 eyes, 48-59 outer and 60-67 inner lips;
+# "right" is the person's right, on the image's left). Only landmarks with a same-meaning 308 point
+# are mapped: the jaw has only the chin, the 308 eyebrow and eyelid midpoints are not ordered along
+# the curve by name, and neither are the nose-bridge midpoints; the rest have no counterpart.
+_FACE68_FROM_NAME: dict[int, str] = {
+    8: "tip_of_chin",
+    27: "center_of_nose_root", 30: "tip_of_nose",
+    31: "r_outer_corner_of_nose", 33: "bottom_center_of_nose", 35: "l_outer_corner_of_nose",
+    36: "r_outer_end_of_upper_lash_line", 39: "r_inner_end_of_upper_lash_line",
+    42: "l_inner_end_of_upper_lash_line", 45: "l_outer_end_of_upper_lash_line",
+    48: "r_outer_corner_of_mouth", 51: "center_of_cupid_bow", 54: "l_outer_corner_of_mouth",
+    57: "center_of_lower_outer_lip",
+    60: "r_inner_corner_of_mouth", 62: "center_of_upper_inner_lip", 64: "l_inner_corner_of_mouth",
+    66: "center_of_lower_inner_lip",
+}
+
+WHOLEBODY_PARTS: dict[str, range] = {
+    "body": range(0, 17), "foot": range(17, 23), "face": range(23, 91),
+    "lefthand": range(91, 112), "righthand": range(112, 133),
+}
+"""The parts of the 133 set, as COCO-WholeBody results files split them (``<part>_kpts``; the
+body goes in ``keypoints``)."""
+
+WHOLEBODY133_FROM_308: tuple[int | None, ...] = tuple(
+    list(COCO17_FROM_308)
+    + [KEYPOINT_INDEX[n] for n in ("left_big_toe", "left_small_toe", "left_heel",
+                                   "right_big_toe", "right_small_toe", "right_heel")]
+    + [KEYPOINT_INDEX[_FACE68_FROM_NAME[i]] if i in _FACE68_FROM_NAME else None for i in range(68)]
+    + _wb_hand("left") + _wb_hand("right")
+)
+"""Index into the 308 set for each COCO-WholeBody keypoint, None where the 308 set has no
+counterpart (50 of the 68 face landmarks)."""
+
+COCO_FORMATS = {"coco17": COCO17_FROM_308, "wholebody133": WHOLEBODY133_FROM_308}
+
+
+def to_keypoint_set(keypoints: np.ndarray, scores: np.ndarray, mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(..., 308, 2), (..., 308) -> keypoints (..., M, 2), scores (..., M) and a (M,) bool mask of the
+    mapped ones; unmapped keypoints (None in ``mapping``) get coordinates 0 and score 0."""
+    mapped = np.array([i is not None for i in mapping])
+    idx = np.array([i if i is not None else 0 for i in mapping])
+    kps = np.where(mapped[:, None], np.asarray(keypoints)[..., idx, :], 0.0).astype(np.float32)
+    sc = np.where(mapped, np.asarray(scores)[..., idx], 0.0).astype(np.float32)
+    return kps, sc, mapped

@@ -19,7 +19,17 @@ from .base import Pipeline, Result
 from .draw import finish, image_for, put_text
 from .heatmaps import BLUR_KERNEL_SIZE, decode_heatmaps, flip_heatmaps
 from .image import load_image
-from .keypoints import COCO17_SKELETON, FLIP_INDICES, KEYPOINT_GROUPS, NUM_KEYPOINTS, SKELETON, to_coco17
+from .keypoints import (
+    COCO17_SKELETON,
+    COCO_FORMATS,
+    FLIP_INDICES,
+    KEYPOINT_GROUPS,
+    NUM_KEYPOINTS,
+    SKELETON,
+    WHOLEBODY_PARTS,
+    to_coco17,
+    to_keypoint_set,
+)
 from .preprocess import normalize
 
 BBOX_PADDING = 1.25
@@ -137,6 +147,45 @@ class PoseResult(Result):
     def to_coco17(self) -> tuple[np.ndarray, np.ndarray]:
         """(keypoints (N, 17, 2), scores (N, 17)) in COCO-17 order."""
         return to_coco17(self.keypoints, self.scores)
+
+    def to_coco(self, image_id: int, category_id: int = 1, format: str = "coco17") -> list[dict[str, Any]]:
+        """COCO keypoint *results* entries, one per person: ``image_id``, ``category_id``, ``bbox``
+        ([x, y, w, h] of the person box), ``keypoints`` as flat [x, y, v] triplets with v the
+        keypoint's score, and ``score`` = the mean keypoint score of the set (the detection score
+        COCO ranks results by).
+
+        ``format``: ``coco17`` (17 triplets) or ``wholebody133`` (COCO-WholeBody: ``keypoints``
+        holds the 17 body triplets and ``foot_kpts`` (6), ``face_kpts`` (68), ``lefthand_kpts``
+        (21), ``righthand_kpts`` (21) the rest, as its evaluation reads them; see
+        :data:`~.keypoints.WHOLEBODY133_FROM_308` for the mapping). A keypoint with no 308
+        counterpart is [0, 0, 0] and does not count in ``score``.
+        """
+        if format not in COCO_FORMATS:
+            raise ConfigError(f"unknown COCO format {format!r}; expected one of {', '.join(COCO_FORMATS)}")
+        for name, v in (("image_id", image_id), ("category_id", category_id)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise ConfigError(f"{name} must be an integer (COCO ids are integers), got {v!r}")
+        k = self.num_keypoints if self.keypoints.ndim == 3 else 0
+        if k == 17 and format == "coco17":
+            kps, scores, mapped = self.keypoints, self.scores, np.ones(17, bool)
+        elif k == NUM_KEYPOINTS:
+            kps, scores, mapped = to_keypoint_set(self.keypoints, self.scores, COCO_FORMATS[format])
+        else:
+            raise ConfigError(f"to_coco(format={format!r}) needs a {NUM_KEYPOINTS}-keypoint result"
+                              f"{' (or 17 for coco17)' if format == 'coco17' else ''}, this one has {k}")
+        entries = []
+        for box, kp, sc in zip(self.boxes, kps, scores, strict=True):
+            flat = np.concatenate([kp, sc[:, None]], axis=1).astype(np.float64)
+            entry = {"image_id": int(image_id), "category_id": int(category_id),
+                     "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]}
+            if format == "coco17":
+                entry["keypoints"] = [float(v) for v in flat.ravel()]
+            else:
+                for part, r in WHOLEBODY_PARTS.items():
+                    entry["keypoints" if part == "body" else f"{part}_kpts"] = [float(v) for v in flat[r.start:r.stop].ravel()]
+            entry["score"] = float(sc[mapped].mean()) if mapped.any() else 0.0
+            entries.append(entry)
+        return entries
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"boxes": self.boxes, "keypoints": self.keypoints, "scores": self.scores}
