@@ -302,7 +302,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                calib_size: int = typer.Option(32, help="calibration images to use"),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, help="largest batch the artifact accepts"),
-               opset: int = typer.Option(18, help="ONNX opset: 18 (portable) or 23"),
+               opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
     it first with --scheme int8-weight/int8/fp8)."""
@@ -323,10 +323,10 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
             extra = {"float_model": model, "report": rep, "fidelity_data": held_out}
             model, precision = qmodel, None
         root = export(model, output, format=format, precision=precision, input_size=size, max_batch=max_batch,
-                      opset=opset, overwrite=overwrite, **extra)
+                      overwrite=overwrite, **({"opset": opset} if opset is not None else {}), **extra)
     except Sapiens2EdgeError as e:
         _fail(e)
-    from .exporters.manifest import read_manifest
+    from .artifact import read_manifest
 
     m = read_manifest(root)
     size_mb = sum(f["size"] for f in m.files.values()) / 1e6

@@ -74,7 +74,8 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     from .models.loading import load_model
     from .models.model import build_model
     from .quantization import quantize, save_quantized
-    from .runtime.predictor import Predictor, default_checkpoint
+    from .runtime.predictor import Predictor
+    from .runtime.torch_backend import default_checkpoint
     from .tasks import load_image
 
     if task not in TASKS:
@@ -135,7 +136,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
                       overwrite=True)
     result.artifact = artifact
     timings["export_s"] = time.perf_counter() - t
-    from .exporters.manifest import read_manifest
+    from .artifact import read_manifest
 
     manifest = read_manifest(artifact, verify=False)
     say(f"[3/5] export: {fmt} {manifest.precision} -> {artifact} ({_dir_mb(artifact):.1f} MB), verified against "

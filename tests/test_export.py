@@ -87,7 +87,7 @@ def test_wrong_input_size_and_backend(seg_artifact, monkeypatch):
         s2e.Predictor(root, input_size=(1024, 768))
     with pytest.raises(ConfigError, match="onnx artifact cannot run on backend 'coreml'"):
         s2e.Predictor(root, backend="coreml")
-    import sapiens2_edge.runtime.artifact as art
+    import sapiens2_edge.runtime.opener as art
 
     monkeypatch.setattr(art, "installed", lambda name: False)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'sapiens2-edge\[onnx\]'"):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import sapiens2_edge as s2e
+from sapiens2_edge.artifact import Manifest
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, verify_artifact
-from sapiens2_edge.exporters.manifest import Manifest
-from sapiens2_edge.runtime import artifact as art
+from sapiens2_edge.runtime import opener as art
 from tests.fixtures.tiny import INPUT, tiny_model
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (150, 110, 3), dtype=np.uint8)

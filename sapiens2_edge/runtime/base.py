@@ -6,9 +6,6 @@ from typing import Protocol
 
 import numpy as np
 
-# Every backend name the Predictor knows; later issues add the exported-artifact runtimes.
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "coreml", "native")
-
 
 class Backend(Protocol):
     """Maps a normalised (B,3,H,W) float32 batch to the head's raw outputs as float32 arrays."""

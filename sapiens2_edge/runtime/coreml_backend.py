@@ -59,8 +59,6 @@ class CoreMLBackend:
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> CoreMLBackend:
-    from .artifact import model_file
-
     require_macos()
-    package = (root / model_file(manifest, root)).parent  # the role "model" file is the package's Manifest.json
+    package = (root / manifest.require_file("model", root)).parent  # the role "model" file is the package's Manifest.json
     return CoreMLBackend(package, outputs=list(manifest.outputs), device=device, max_batch=max_batch)

@@ -72,7 +72,5 @@ class OnnxRuntimeBackend:
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OnnxRuntimeBackend:
-    from .artifact import model_file
-
     providers = ["CPUExecutionProvider"] if device == "cpu" else list(PROVIDER_ORDER)
-    return OnnxRuntimeBackend(root / model_file(manifest, root), providers=providers, max_batch=max_batch)
+    return OnnxRuntimeBackend(root / manifest.require_file("model", root), providers=providers, max_batch=max_batch)

@@ -63,7 +63,5 @@ class OpenVINOBackend:
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBackend:
-    from .artifact import model_file
-
-    return OpenVINOBackend(root / model_file(manifest, root), device="CPU" if device in ("auto", "cpu")
+    return OpenVINOBackend(root / manifest.require_file("model", root), device="CPU" if device in ("auto", "cpu")
                            else device.upper(), max_batch=max_batch)
