@@ -191,15 +191,11 @@ def test_cli_predict_runs_an_artifact(seg_artifact, tmp_path):
 
 def test_runtime_path_imports_no_torch(seg_artifact):
     """Predictor on an ONNX artifact in a process where importing torch fails."""
-    import subprocess
-    import sys
+    from tests.fixtures.no_torch import run_without_torch
 
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import numpy as np, sapiens2_edge as s2e\n"
-            f"pred = s2e.Predictor({str(seg_artifact[1])!r}, backend='onnxruntime')\n"
-            "res = pred(np.zeros((70, 50, 3), np.uint8))\n"
-            "assert res.labels.shape == (70, 50), res.labels.shape\n"
-            "assert [m for m in sys.modules if m == 'torch' or m.startswith('torch.')] == ['torch'], 'torch used'\n"
-            "print('ok', pred.backend)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = run_without_torch("import numpy as np, sapiens2_edge as s2e\n"
+                             f"pred = s2e.Predictor({str(seg_artifact[1])!r}, backend='onnxruntime')\n"
+                             "res = pred(np.zeros((70, 50, 3), np.uint8))\n"
+                             "assert res.labels.shape == (70, 50), res.labels.shape\n"
+                             "print('ok', pred.backend)\n")
     assert proc.returncode == 0 and "ok onnxruntime" in proc.stdout, proc.stderr[-2000:]
