@@ -11,7 +11,7 @@ from sapiens2_edge.artifact import Manifest
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, verify_artifact
 from sapiens2_edge.runtime import opener as art
-from tests.fixtures.no_torch import run_without_torch
+from tests.fixtures.no_torch import predict_without_torch
 from tests.fixtures.tiny import INPUT, tiny_model
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (150, 110, 3), dtype=np.uint8)
@@ -82,11 +82,7 @@ def test_cli_export_native_then_verify(tmp_path):
 
 def test_runtime_path_imports_no_torch(seg_native):
     """Predictor(backend="auto") on a native artifact in a process where importing torch fails."""
-    proc = run_without_torch("import numpy as np, sapiens2_edge as s2e\n"
-                             f"pred = s2e.Predictor({str(seg_native[1])!r})\n"
-                             "res = pred(np.zeros((70, 50, 3), np.uint8))\n"
-                             "assert res.labels.shape == (70, 50), res.labels.shape\n"
-                             "print('ok', pred.backend)\n")
+    proc = predict_without_torch(seg_native[1])
     assert proc.returncode == 0 and "ok native" in proc.stdout, proc.stderr[-2000:]
 
 

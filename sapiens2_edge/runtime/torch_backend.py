@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ArtifactError, ConfigError, InputSizeError
+from ..errors import ArtifactError, ConfigError
 from ..models.model import Sapiens2Model
+from .base import batch_input
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -99,10 +100,7 @@ class _BatchLimit:
     max_batch: int | None = None
 
     def check_batch(self, batch: np.ndarray) -> torch.Tensor:
-        if self.max_batch is not None and len(batch) > self.max_batch:
-            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
-                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
-        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        return torch.from_numpy(batch_input(batch, self.max_batch))
 
 
 class ExportedProgramBackend(_BatchLimit):
@@ -159,7 +157,8 @@ def open_runner(root: Path, manifest, device: str, max_batch: int):
         return open_checkpoint(root / manifest.require_file("model", root), task=manifest.task, device=device,
                                batch_size=max_batch)
     if manifest.format != "torch":
-        raise ConfigError(f"the torch backend opens torch and native artifacts, not {manifest.format!r} ones")
+        raise ConfigError(f"the torch backend opens torch artifacts here, not {manifest.format!r} ones (and native "
+                          "artifacts, whose weights load as a checkpoint)")
     dev = select_device(device)
     aoti = manifest.file_for("aoti_package")
     if dev.type == "cuda" and aoti is not None:
