@@ -39,6 +39,8 @@ def test_formats_registry_is_the_one_source():
     assert set(ALL_SCHEMES) == set(SCHEMES)
     for f in FORMATS.values():
         assert set(f.schemes) <= set(SCHEMES) and f.default_precision in f.precisions and f.files
+    coreml = FORMATS["coreml"]
+    assert coreml.writes("model.mlpackage/Manifest.json") and not coreml.writes("model.mlpackage.bak")
 
 
 def test_unknown_export_option_is_named_with_the_allowed_ones(tmp_path):

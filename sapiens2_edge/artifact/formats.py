@@ -38,6 +38,10 @@ class Format:
     def export_options(self) -> tuple[str, ...]:
         return (*self.options, *FIDELITY_OPTIONS)
 
+    def writes(self, rel: str) -> bool:
+        """Whether ``rel`` (a path relative to the artifact) is one of this format's files or inside one."""
+        return any(rel == f or rel.startswith(f + "/") for f in self.files)
+
 
 ALL_SCHEMES = ("fp16", "int8-weight", "int8", "fp8", "mixed")
 _NO_FP8 = ("fp16", "int8-weight", "int8", "mixed")

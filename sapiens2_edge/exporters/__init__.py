@@ -123,6 +123,10 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
 
     def build(tmp: Path) -> dict[str, str]:
         files = exporter.write(model, tmp, opts)
+        strays = [f for f in files if not fmt.writes(f)]
+        if strays:
+            raise ExportError(f"the {format} exporter wrote {strays}, which FORMATS[{format!r}].files does not list "
+                              f"({', '.join(fmt.files)})")
         quant_notes = opts.notes.pop("quantization", None)
         if quant_notes and manifest.quantization is not None:
             manifest.quantization["export"] = quant_notes
