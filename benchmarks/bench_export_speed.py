@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from sapiens2_edge import bench as benchmod
+from sapiens2_edge.artifact import read_manifest
 from sapiens2_edge.exporters import export, verification_inputs
-from sapiens2_edge.exporters.manifest import read_manifest
 from sapiens2_edge.models.model import build_model
 from sapiens2_edge.quantization import quantize
 

@@ -55,8 +55,7 @@ def peak_rss_mb() -> float:
 
 def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -> dict[str, Any]:
     """One row, in this process: ``target`` is an artifact directory or BASELINE:<artifact>."""
-    from .exporters import verification_inputs
-    from .exporters.manifest import read_manifest
+    from .artifact import read_manifest, verification_inputs
 
     t0 = time.perf_counter()
     if target.startswith(BASELINE + ":"):
@@ -70,7 +69,7 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -
         runner, name, size_mb, fidelity, label = TorchBackend(model, "cpu"), "torch", \
             sum(p.numel() * 4 for p in model.parameters()) / 1e6, None, BASELINE
     else:
-        from .runtime.artifact import open_artifact
+        from .runtime.opener import open_artifact
 
         root = Path(target)
         m, runner, _ = open_artifact(root, backend, "cpu")
@@ -91,7 +90,7 @@ def run(artifacts: list[Path], backends: list[str], warmup: int = 1, runs: int =
     """All rows, each in a child process; the baseline first, speed-ups relative to it."""
     if not artifacts:
         raise ConfigError("bench needs at least one artifact directory")
-    from .exporters.manifest import read_manifest
+    from .artifact import read_manifest
 
     sizes = {tuple(read_manifest(a, verify=False).input_size) for a in artifacts}
     if len(sizes) > 1:

@@ -212,34 +212,42 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                calib_size: int = typer.Option(32, help="calibration images to use"),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, help="largest batch the artifact accepts"),
-               opset: int = typer.Option(18, help="ONNX opset: 18 (portable) or 23"),
+               opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
     it first with --scheme int8-weight/int8/fp8)."""
-    from . import load_model
+    from . import export, load_model
     from .runtime.inputs import split_images
     from .workflows import QUANT_SCHEMES
-    from .workflows import export_with_scheme as export  # -> `from . import export` once it takes scheme=
 
     try:
         start = time.perf_counter()
         _check_export_flags(scheme, calib, activations)
         size = _parse_size(input_size)
         model = load_model(checkpoint)
-        quantizing = scheme in QUANT_SCHEMES
-        calib_images, held_out = None, None
-        if quantizing and calib is not None:
-            calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
-            mode = activations if scheme != "int8-weight" else "weight-only"
-            console.print(f"{model.arch.name} {model.task}: {scheme} ({mode}) with {len(calib_images)} calibration images")
-        extra = {"calibration": calib_images, "calibration_size": calib_size, "fidelity_data": held_out} if quantizing else {}
-        if quantizing and scheme != "int8-weight":
-            extra["activation_mode"] = activations
-        root = export(model, output, format=format, scheme=scheme, input_size=size, max_batch=max_batch, opset=opset,
-                      overwrite=overwrite, **extra)
+        kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
+        if scheme in QUANT_SCHEMES:
+            calib_images, held_out = None, None
+            if calib is not None:
+                calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
+                mode = activations if scheme != "int8-weight" else "weight-only"
+                console.print(f"{model.arch.name} {model.task}: {scheme} ({mode}) with {len(calib_images)} "
+                              "calibration images")
+            quantize_options: dict = {"input_size": tuple(size or model.input_size)}
+            if calib_images is not None:
+                quantize_options["calibration_size"] = calib_size
+            else:
+                quantize_options["progress"] = False
+            if scheme != "int8-weight":
+                quantize_options["activation_mode"] = activations
+            kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
+            if held_out:
+                kwargs["fidelity_data"] = held_out
+        root = export(model, output, format=format, input_size=size, max_batch=max_batch, overwrite=overwrite,
+                      **({"opset": opset} if opset is not None else {}), **kwargs)
     except Sapiens2EdgeError as e:
         _fail(e)
-    from .exporters.manifest import read_manifest
+    from .artifact import read_manifest
 
     m = read_manifest(root)
     size_mb = sum(f["size"] for f in m.files.values()) / 1e6

@@ -76,7 +76,8 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     from .exporters import export
     from .models.random_init import random_model
     from .runtime.outputs import run_predictions
-    from .runtime.predictor import Predictor, default_checkpoint
+    from .runtime.predictor import Predictor
+    from .runtime.torch_backend import default_checkpoint
     from .spec import DEFAULT_INPUT_SIZE
     from .tasks import load_image
     from .workflows import quantize_and_save
@@ -135,7 +136,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
                       overwrite=True)
     result.artifact = artifact
     timings["export_s"] = time.perf_counter() - t
-    from .exporters.manifest import read_manifest
+    from .artifact import read_manifest
 
     manifest = read_manifest(artifact, verify=False)
     say(f"[3/5] export: {fmt} {manifest.precision} -> {artifact} ({_dir_mb(artifact):.1f} MB), verified against "

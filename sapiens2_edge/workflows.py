@@ -65,30 +65,3 @@ def quantize_and_save(model: Any, scheme: str, calibration: Any, path: str | os.
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(report.to_json())
     return qmodel, report
-
-
-def export_with_scheme(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, scheme: str | None = None,
-                       calibration: Any = None, calibration_size: int = 32, **options: Any) -> Path:
-    """``export`` that quantizes first when ``scheme`` is int8-weight, int8 or fp8.
-
-    A bridge with the signature ``sapiens2_edge.export`` is getting (``scheme=``, ``calibration=``):
-    once the exporters take them, callers use ``sapiens2_edge.export`` and this goes. Other schemes
-    (fp32, fp16, None) are the export precision. A quantized artifact's fidelity against the float
-    model goes into the manifest (on ``fidelity_data=``, when given); ``activation_mode=`` goes to
-    ``quantize``, which also refuses a model that is already quantized.
-    """
-    from . import load_model
-    from .exporters import export
-    from .quantization import quantize
-
-    model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    if scheme not in QUANT_SCHEMES:
-        return export(model, out_dir, format, precision=scheme, **options)
-    quant = {k: options.pop(k) for k in ("activation_mode",) if k in options}
-    size = tuple(options.get("input_size") or model.input_size)
-    if calibration is None:
-        qmodel, report = quantize(model, scheme, input_size=size, progress=False, **quant)
-    else:
-        qmodel, report = quantize(model, scheme, calibration=calibration, input_size=size,
-                                  calibration_size=calibration_size, **quant)
-    return export(qmodel, out_dir, format, float_model=model, report=report, **options)

@@ -198,7 +198,7 @@ def test_hf_lookup_with_default_cache_settings(tmp_path, monkeypatch):
     """No HF_* variables set: huggingface_hub's own defaults are read (a lazy submodule there)."""
     from sapiens2_edge.errors import CheckpointNotFoundError
     from sapiens2_edge.models.checkpoint import resolve_checkpoint
-    from sapiens2_edge.runtime.predictor import default_checkpoint
+    from sapiens2_edge.runtime.torch_backend import default_checkpoint
 
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
         monkeypatch.delenv(var, raising=False)

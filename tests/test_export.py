@@ -87,7 +87,7 @@ def test_wrong_input_size_and_backend(seg_artifact, monkeypatch):
         s2e.Predictor(root, input_size=(1024, 768))
     with pytest.raises(ConfigError, match="onnx artifact cannot run on backend 'coreml'"):
         s2e.Predictor(root, backend="coreml")
-    import sapiens2_edge.runtime.artifact as art
+    import sapiens2_edge.runtime.opener as art
 
     monkeypatch.setattr(art, "installed", lambda name: False)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'sapiens2-edge\[onnx\]'"):
@@ -191,15 +191,7 @@ def test_cli_predict_runs_an_artifact(seg_artifact, tmp_path):
 
 def test_runtime_path_imports_no_torch(seg_artifact):
     """Predictor on an ONNX artifact in a process where importing torch fails."""
-    import subprocess
-    import sys
+    from tests.fixtures.no_torch import predict_without_torch
 
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import numpy as np, sapiens2_edge as s2e\n"
-            f"pred = s2e.Predictor({str(seg_artifact[1])!r}, backend='onnxruntime')\n"
-            "res = pred(np.zeros((70, 50, 3), np.uint8))\n"
-            "assert res.labels.shape == (70, 50), res.labels.shape\n"
-            "assert [m for m in sys.modules if m == 'torch' or m.startswith('torch.')] == ['torch'], 'torch used'\n"
-            "print('ok', pred.backend)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = predict_without_torch(seg_artifact[1], backend="onnxruntime")
     assert proc.returncode == 0 and "ok onnxruntime" in proc.stdout, proc.stderr[-2000:]

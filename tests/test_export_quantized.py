@@ -182,7 +182,7 @@ def test_onnx_int8_static_matches_torch_and_meets_seg_target(seg_onnx_int8, seg_
     assert vs["artifact"]["rel_l2"] == pytest.approx(vs["torch_quantized"]["rel_l2"], rel=0.1)
     # and re-running it here agrees with the torch QuantizedModel on fresh inputs
     pred_in = torch.stack([torch.from_numpy(s2e.exporters.verification_inputs(SIZE, 1, seed=5)[0])]).numpy()
-    from sapiens2_edge.runtime.artifact import open_artifact
+    from sapiens2_edge.runtime import open_artifact
 
     runner = open_artifact(seg_onnx_int8, "onnxruntime")[1]
     assert compare(torch_outputs(seg_int8[0], pred_in), runner(pred_in), ["logits"])["rel_l2"] < 0.02

@@ -14,7 +14,7 @@ from sapiens2_edge.errors import ArtifactError, ChecksumError, ConfigError, Inpu
 from sapiens2_edge.exporters import export, read_manifest, verification_inputs  # noqa: E402
 from sapiens2_edge.models.arch import ArchSpec  # noqa: E402
 from sapiens2_edge.models.model import build_model  # noqa: E402
-from sapiens2_edge.runtime.artifact import open_artifact  # noqa: E402
+from sapiens2_edge.runtime import open_artifact  # noqa: E402
 from sapiens2_edge.runtime.torch_backend import ExportedProgramBackend, open_runner  # noqa: E402
 from tests.fixtures.tiny import HEADS, INPUT, save  # noqa: E402
 

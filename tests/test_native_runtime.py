@@ -3,17 +3,15 @@ the CLI's --format native, and a runtime path that imports no torch."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import sapiens2_edge as s2e
+from sapiens2_edge.artifact import Manifest
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, verify_artifact
-from sapiens2_edge.exporters.manifest import Manifest
-from sapiens2_edge.runtime import artifact as art
+from sapiens2_edge.runtime import opener as art
+from tests.fixtures.no_torch import predict_without_torch
 from tests.fixtures.tiny import INPUT, tiny_model
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (150, 110, 3), dtype=np.uint8)
@@ -84,12 +82,16 @@ def test_cli_export_native_then_verify(tmp_path):
 
 def test_runtime_path_imports_no_torch(seg_native):
     """Predictor(backend="auto") on a native artifact in a process where importing torch fails."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import numpy as np, sapiens2_edge as s2e\n"
-            f"pred = s2e.Predictor({str(seg_native[1])!r})\n"
-            "res = pred(np.zeros((70, 50, 3), np.uint8))\n"
-            "assert res.labels.shape == (70, 50), res.labels.shape\n"
-            "assert [m for m in sys.modules if m == 'torch' or m.startswith('torch.')] == ['torch'], 'torch used'\n"
-            "print('ok', pred.backend)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = predict_without_torch(seg_native[1])
     assert proc.returncode == 0 and "ok native" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_torch_backend_runs_native_weights(seg_native):
+    """A native artifact's weights are a self-describing checkpoint: the torch backend runs them too."""
+    model, root = seg_native
+    pred = s2e.Predictor(root, backend="torch", device="cpu")
+    assert pred.backend == "torch" and pred.backend_reason == "asked for"
+    want = s2e.Predictor(model, input_size=INPUT)(IMAGE)
+    assert np.mean(pred(IMAGE).labels == want.labels) > 0.999
+    result = verify_artifact(root, backend="torch")
+    assert result["passed"] and result["backend"] == "torch" and result["rel_l2"] <= 1e-5

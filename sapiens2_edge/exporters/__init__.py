@@ -1,7 +1,8 @@
 """``export(model, out_dir, format=...)``: one checkpoint in, an artifact directory per device out.
 
 Every export is verified against the torch model on fixed sample inputs before the artifact is
-put in place; the numbers go into the manifest, and a failed verification fails the export.
+put in place; the numbers go into the manifest, and a failed verification fails the export. What
+each format accepts comes from :data:`sapiens2_edge.artifact.FORMATS` and is checked first.
 """
 
 from __future__ import annotations
@@ -10,29 +11,42 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
+from ..artifact import (
+    FIDELITY_OPTIONS,
+    FORMATS,
+    MANIFEST,
+    REFERENCE,
+    TOLERANCE,
+    Manifest,
+    check_export_request,
+    compare,
+    fingerprint,
+    read_manifest,
+    reference_inputs,
+    save_reference,
+    tolerance_for,
+    verification_inputs,
+    write_artifact,
+)
+from ..errors import ConfigError, ExportError
+from ..runtime.verify import verify_artifact
+from ..spec import output_names
+from .fidelity import check_runner, float_fidelity, torch_outputs
 
-from ..errors import ArtifactError, ConfigError, ExportError
-from .manifest import FORMATS, MANIFEST, Manifest, read_manifest, write_artifact
-
-# Relative L2 a verification may reach per precision before the export is refused. Quantized
-# artifacts are compared with the torch QuantizedModel of the same recipe: weight-only is as exact
-# as fp32; with quantized activations a 1e-6 input change already flips roundings that grow
-# through the blocks (~1e-2 on the random tiny models), so the end-to-end bound is looser and the
-# per-layer exactness is tested separately (tests/test_export_quantized.py).
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8-weight": 1e-3, "int8": 5e-2, "fp8": 5e-2, "mixed": 5e-2}
-
-__all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "Manifest", "read_manifest", "verification_inputs",
-           "TOLERANCE", "ExportOptions", "EXPORTERS"]
+__all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Manifest", "read_manifest",
+           "verification_inputs", "TOLERANCE", "ExportOptions", "EXPORTERS", "compare", "fingerprint",
+           "torch_outputs"]
 
 # format -> module (under sapiens2_edge.exporters) that implements it. Each module provides
 #   write(model, out_dir: Path, opts: ExportOptions) -> {relative path: role}   (one role "model")
 #   verifier(out_dir: Path, files: dict[str, str]) -> Callable[[np.ndarray], tuple[np.ndarray, ...]] | None
+#   and optionally resolve_precision(model, precision: str | None) -> str
 # ``verifier`` returns the runtime that checks the fresh export on this machine, or None when the
 # format cannot run here (then ``write`` must have checked what it can and raised on failure).
-EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export", "coreml": "coreml_export", "torch": "torch_export", "native": "native_export"}
+EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export", "coreml": "coreml_export", "torch": "torch_export",
+             "native": "native_export"}
 
 
 @dataclass
@@ -43,81 +57,68 @@ class ExportOptions:
     max_batch: int = 8
     opset: int = 18
     precision: str = "fp32"
-    extra: dict[str, Any] = field(default_factory=dict)  # format-specific keyword options of export()
+    extra: dict[str, Any] = field(default_factory=dict)  # the format's keyword options (FORMATS[...].options)
     notes: dict[str, Any] = field(default_factory=dict)  # what write() checked/decided; -> manifest.options
 
 
-def verification_inputs(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:
-    """Normalised sample inputs: a smooth image-like pattern plus noise, reproducible by seed."""
-    rng = np.random.default_rng(seed)
-    h, w = input_size
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    base = np.stack([np.sin(6 * xx + c) + np.cos(4 * yy - c) for c in range(3)])
-    return (base[None] + 0.5 * rng.standard_normal((batch, 3, h, w))).astype(np.float32)
-
-
-def torch_outputs(model, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.from_numpy(x))
-    return tuple(o.float().numpy() for o in (out if isinstance(out, tuple) else (out,)))
-
-
-def compare(ref: Sequence[np.ndarray], test: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, Any]:
-    per = {}
-    for name, r, t in zip(names, ref, test, strict=True):
-        r64, t64 = r.astype(np.float64), np.asarray(t, np.float64)
-        per[name] = {"rel_l2": float(np.linalg.norm(r64 - t64) / max(np.linalg.norm(r64), 1e-30)),
-                     "max_abs": float(np.abs(r64 - t64).max())}
-    return {"outputs": per, "rel_l2": max(v["rel_l2"] for v in per.values())}
-
-
-def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, precision: str | None = None,
-           input_size: Sequence[int] | None = None, max_batch: int = 8, opset: int = 18, verify: bool = True,
+def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, scheme: Any = None,
+           calibration: Any = None, quantize_options: Mapping[str, Any] | None = None, precision: str | None = None,
+           input_size: Sequence[int] | None = None, max_batch: int = 8, verify: bool = True,
            tolerance: float | None = None, overwrite: bool = False, **options: Any) -> Path:
     """Export ``model`` (a loaded model or anything ``load_model`` accepts) to ``out_dir``.
 
     ``input_size`` (H, W) is fixed per artifact (default: the model's); the batch is dynamic up to
-    ``max_batch``. Format-specific ``options`` go to the exporter (``ExportOptions.extra``).
-    ``precision`` defaults to fp32, or for a QuantizedModel to what its scheme means for the format.
+    ``max_batch``. ``options`` are the format's own (``FORMATS[format].options``, e.g. ``opset``
+    for onnx/openvino) and the fidelity options below; any other name is a ConfigError.
+    ``scheme`` (a name such as ``"int8"`` or a scheme/recipe object of
+    :mod:`sapiens2_edge.quantization`) quantizes a float model first, with ``calibration`` and
+    ``quantize_options`` (keyword options of ``quantize``), and records its fidelity against the
+    float model. ``precision`` defaults to the format's for a float model, or for a QuantizedModel
+    to what its scheme means for the format.
     With ``float_model=`` (the float model a QuantizedModel came from) the artifact's task fidelity
     against it goes into the manifest next to the torch QuantizedModel's, on ``fidelity_data=``
     (images / folder / tensors; default the verification inputs), pose restricted to
     ``fidelity_keypoints=``; ``report=`` (its QuantReport) adds the report's fidelity.
     Returns the artifact directory.
     """
-    from ..loading import load_model
-    from ..models.model import Sapiens2Model
-    from ..quantization.precision import export_precision
-    from ..tasks import get_pipeline
-
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    if format not in EXPORTERS:
-        raise ConfigError(f"export format {format!r} is not available in this version; "
-                          f"use one of {', '.join(EXPORTERS)}")
-    exporter = importlib.import_module(f".{EXPORTERS[format]}", __name__)
+    fmt = check_export_request(format, options, precision, _scheme_name(scheme))
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
+    if scheme is None and (calibration is not None or quantize_options):
+        raise ConfigError("calibration= and quantize_options= configure the quantization that scheme= asks for; "
+                          "pass scheme= too (e.g. scheme='int8'), or quantize the model first with s2e.quantize")
+    if scheme is not None and precision is not None:
+        raise ConfigError(f"pass scheme= (quantize, then export as that scheme) or precision=, not both "
+                          f"(got scheme={_scheme_name(scheme)!r}, precision={precision!r})")
+    from .._version import __version__
+    from ..loading import load_model
+    from ..models.model import Sapiens2Model
+    from ..quantization.precision import export_precision, scheme_of
+    from ..tasks import get_pipeline
+
+    exporter = importlib.import_module(f".{EXPORTERS[format]}", __name__)
     if not isinstance(model, Sapiens2Model):
         model = load_model(model)
-    precision = export_precision(model, format, precision)
-    fid_opts = {k: options.pop(k) for k in ("float_model", "fidelity_data", "fidelity_keypoints", "report")
-                if k in options}
+    if scheme is not None:
+        model, options = _quantize_first(model, scheme, calibration, input_size, quantize_options, options)
+    precision = export_precision(model, format, precision if precision is not None or scheme_of(model)
+                                 else fmt.default_precision)
+    fid_opts = {k: options.pop(k) for k in FIDELITY_OPTIONS if k in options}
+    format_options = {**fmt.options, **options}
     size = tuple(int(v) for v in (input_size or model.input_size))
     model.check_input(_shape_probe(size))
-    from .onnx_export import output_names
-
-    names = output_names(model.task)
+    names = list(output_names(model.task))
     manifest = Manifest(
         format=format, task=model.task, arch=model.arch.to_dict(),
         head=model.head_spec.to_dict() if model.head_spec else None, input_size=list(size), max_batch=max_batch,
         precision=precision, rope_mode=model.rope_mode,
         preprocessing=get_pipeline(model.task, input_size=size).config() if model.task else {},
-        outputs=names, options={"opset": opset, **{k: _jsonable(v) for k, v in options.items()}})
-    opts = ExportOptions(input_size=size, max_batch=max_batch, opset=opset, precision=precision, extra=dict(options))
-    limit = TOLERANCE.get(precision, 1e-3) if tolerance is None else tolerance
+        outputs=names, options={k: _jsonable(v) for k, v in format_options.items()}, sdk_version=__version__)
+    opts = ExportOptions(input_size=size, max_batch=max_batch, opset=format_options.get("opset", 18),
+                         precision=precision, extra=format_options)
+    if not getattr(model, "pretrained", True):  # random weights: the runtime marks every overlay as noise
+        manifest.options["random_weights"] = True
+    limit = tolerance_for(precision) if tolerance is None else tolerance
     if hasattr(model, "recipe_dict"):
         manifest.quantization = {"scheme": model.scheme, "recipe": model.recipe_dict()}
         if getattr(fid_opts.get("report"), "fidelity", None):
@@ -125,21 +126,20 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
 
     def build(tmp: Path) -> dict[str, str]:
         files = exporter.write(model, tmp, opts)
+        strays = [f for f in files if not fmt.writes(f)]
+        if strays:
+            raise ExportError(f"the {format} exporter wrote {strays}, which FORMATS[{format!r}].files does not list "
+                              f"({', '.join(fmt.files)})")
         quant_notes = opts.notes.pop("quantization", None)
         if quant_notes and manifest.quantization is not None:
             manifest.quantization["export"] = quant_notes
         manifest.options.update(opts.notes)
-        x = verification_inputs(size, batch=min(2, max_batch))
+        x = reference_inputs(size, max_batch)
         ref = torch_outputs(model, x)
-        np.savez_compressed(tmp / REFERENCE, **{n: fingerprint(r) for n, r in zip(names, ref, strict=True)})
-        files[REFERENCE] = "reference"
+        files[save_reference(tmp, names, ref)] = "reference"
         runner = exporter.verifier(tmp, files) if verify else None
         if runner is not None:
-            got = runner(x)
-            result = compare(ref, got, names)
-            kind = f"torch {model.scheme} QuantizedModel (same recipe)" if hasattr(model, "recipe_dict") else "torch fp32"
-            result.update({"reference": f"{kind} eager, RoPE {model.rope_mode}", "tolerance": limit,
-                           "inputs": f"verification_inputs({list(size)}, batch={len(x)}, seed=0)"})
+            result = check_runner(model, runner, x, ref, names, limit)
             if fid_opts.get("float_model") is not None:
                 result["vs_float"] = float_fidelity(model, runner, size, max_batch, **fid_opts)
             manifest.fidelity = result
@@ -151,72 +151,30 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, prec
     return write_artifact(out_dir, manifest, build, overwrite=overwrite)
 
 
-def float_fidelity(model, runner, size, max_batch: int, float_model, fidelity_data=None, fidelity_keypoints=None,
-                   report=None) -> dict[str, Any]:
-    """Task fidelity against the float model of the artifact and of the torch QuantizedModel, on
-    the same inputs (the quantization report's metrics, see quantize.fidelity)."""
-    import torch
+def _scheme_name(scheme: Any) -> str | None:
+    """The scheme name of ``scheme=``: the string itself, or a scheme/recipe object's ``scheme``."""
+    if scheme is None or isinstance(scheme, str):
+        return scheme
+    name = getattr(scheme, "scheme", None) or getattr(scheme, "name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"scheme= takes a scheme name (e.g. 'int8') or a quantization scheme/recipe object "
+                          f"of sapiens2_edge.quantization, got {type(scheme).__name__}")
+    return name
 
-    from ..quantization.evaluate import as_batches
-    from ..quantization.fidelity import task_fidelity
 
-    if fidelity_data is None:
-        data = [torch.from_numpy(verification_inputs(size, batch=1, seed=s)) for s in range(4)]
-        where = f"verification_inputs({list(size)}, seed=0..3)"
-    else:
-        data, where = fidelity_data, "fidelity_data"
-    batches = as_batches(data, model.task, size, samples=64, batch_size=max_batch)
-    parts: dict[str, list] = {"float": [], "torch": [], "artifact": []}
-    for b in batches:
-        x = b.numpy()
-        parts["float"].append(torch_outputs(float_model, x))
-        parts["torch"].append(torch_outputs(model, x))
-        parts["artifact"].append(tuple(np.asarray(o) for o in runner(x)))
-    out = {k: tuple(np.concatenate(p) for p in zip(*v, strict=True)) for k, v in parts.items()}
-    kp = fidelity_keypoints
-    return {"artifact": task_fidelity(model.task, out["float"], out["artifact"], size, keypoints=kp),
-            "torch_quantized": task_fidelity(model.task, out["float"], out["torch"], size, keypoints=kp),
-            "inputs": where, "samples": batches.num_samples}
+def _quantize_first(model, scheme, calibration, input_size, quantize_options, options: dict) -> tuple[Any, dict]:
+    """(QuantizedModel, options with the float model and report for the fidelity check)."""
+    from ..quantization.api import quantize
+
+    qopts = dict(quantize_options or {})
+    if input_size is not None:
+        qopts.setdefault("input_size", tuple(input_size))
+    qmodel, report = quantize(model, scheme, calibration=calibration, **qopts)
+    return qmodel, {"float_model": model, "report": report, **options}
 
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
-
-
-REFERENCE = "reference.npz"
-
-
-def fingerprint(output: np.ndarray) -> np.ndarray:
-    """A small, fixed subsample of a reference output (every s-th pixel, at most ~64 per side),
-    stored with the artifact so ``verify`` can re-check numerics without the torch model."""
-    a = np.asarray(output, np.float32)
-    if a.ndim == 4:
-        s = max(1, a.shape[2] // 64, a.shape[3] // 64)
-        a = a[:, :, ::s, ::s]
-    return np.ascontiguousarray(a)
-
-
-def verify_artifact(root, backend: str = "auto", tolerance: float | None = None) -> dict[str, Any]:
-    """Re-check an artifact: checksums (via the manifest) and numerics on the sample inputs
-    against the torch reference outputs stored at export time."""
-    from ..runtime.artifact import open_artifact
-
-    manifest, runner, _ = open_artifact(root, backend)
-    if manifest.file_for("reference") is None:
-        raise ArtifactError(f"{root} carries no reference outputs ({REFERENCE}); re-export it to verify numerics")
-    stored = np.load(Path(root) / manifest.file_for("reference"))
-    x = verification_inputs(manifest.input_size, batch=min(2, manifest.max_batch))
-    got = [fingerprint(o) for o in runner(x)]
-    result = compare([stored[n] for n in manifest.outputs], got, manifest.outputs)
-    if tolerance is None:
-        tolerance = manifest.fidelity.get("tolerance", TOLERANCE.get(manifest.precision, 1e-3))
-    limit = tolerance
-    result.update({"backend": runner.name, "tolerance": limit, "passed": result["rel_l2"] <= limit})
-    return result
-
-
-def files_role(files: dict[str, str], role: str) -> str:
-    return next(k for k, v in files.items() if v == role)
 
 
 def _shape_probe(size):

@@ -41,6 +41,7 @@ from ..models.checkpoint import (
 )
 from ..models.layout import check_shapes
 from ..models.model import Sapiens2Model
+from ..models.random_init import RANDOM_WEIGHTS_KEY, is_random_checkpoint
 from .config import LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
 from .model import QuantizedModel, as_quantized, set_module
@@ -82,6 +83,8 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, report: Any 
     }
     if report is not None:
         meta[KEY_REPORT] = report.to_json(indent=None)
+    if not getattr(qmodel, "pretrained", True):  # quantized from random weights: its predictions are noise
+        meta[RANDOM_WEIGHTS_KEY] = "true"
     return write_tensors(tensors, path, metadata=meta)
 
 
@@ -171,7 +174,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
     with torch.no_grad():
         model.load_state_dict({k: tensors[names[k]] for k in expected}, strict=True)
     model = as_quantized(model, recipe, layers)
-    model.source, model.pretrained = str(path), True
+    model.source, model.pretrained = str(path), not is_random_checkpoint(header.metadata)
     model = model.to(device)
     if dtype != torch.float32:
         with torch.no_grad():

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError, InputSizeError
+from ..errors import BackendUnavailableError, ConfigError
+from .base import batch_input
 
 INPUT_NAME = "image"  # as written by sapiens2_edge.exporters.coreml_export
 
@@ -51,16 +52,11 @@ class CoreMLBackend:
         return f"coremltools {ct.__version__} Core ML ML Program, compute units {self.device}"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.max_batch is not None and len(batch) > self.max_batch:
-            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
-                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
-        out = self.model.predict({INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        out = self.model.predict({INPUT_NAME: batch_input(batch, self.max_batch)})
         return tuple(np.asarray(out[n], dtype=np.float32) for n in self.outputs)
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> CoreMLBackend:
-    from .artifact import model_file
-
     require_macos()
-    package = (root / model_file(manifest, root)).parent  # the role "model" file is the package's Manifest.json
+    package = (root / manifest.require_file("model", root)).parent  # the role "model" file is the package's Manifest.json
     return CoreMLBackend(package, outputs=list(manifest.outputs), device=device, max_batch=max_batch)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError, InputSizeError
+from ..errors import BackendUnavailableError, ConfigError
+from .base import batch_input
 
 
 def import_native():
@@ -55,10 +56,7 @@ class NativeBackend:
                 f"{self.threads} OpenMP threads) on the CPU")
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.max_batch is not None and len(batch) > self.max_batch:
-            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
-                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
-        return self.engine.run(np.ascontiguousarray(batch, dtype=np.float32))
+        return self.engine.run(batch_input(batch, self.max_batch))
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> NativeBackend:

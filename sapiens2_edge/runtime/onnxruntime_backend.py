@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputSizeError
+from ..errors import BackendUnavailableError
+from .base import batch_input
 
 # Preference order when the caller does not choose.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -64,15 +65,10 @@ class OnnxRuntimeBackend:
         return f"onnxruntime {ort.__version__} with {', '.join(self.providers)}"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.max_batch is not None and len(batch) > self.max_batch:
-            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
-                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = batch_input(batch, self.max_batch)
         return tuple(self.session.run(None, {self.input_name: x}))
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OnnxRuntimeBackend:
-    from .artifact import model_file
-
     providers = ["CPUExecutionProvider"] if device == "cpu" else list(PROVIDER_ORDER)
-    return OnnxRuntimeBackend(root / model_file(manifest, root), providers=providers, max_batch=max_batch)
+    return OnnxRuntimeBackend(root / manifest.require_file("model", root), providers=providers, max_batch=max_batch)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputSizeError
+from ..errors import BackendUnavailableError
+from .base import batch_input
 
 
 def import_openvino():
@@ -55,15 +56,10 @@ class OpenVINOBackend:
         return counts
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.max_batch is not None and len(batch) > self.max_batch:
-            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
-                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
-        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        result = self.request.infer({0: batch_input(batch, self.max_batch)})
         return tuple(np.array(result[out]) for out in self.compiled.outputs)
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBackend:
-    from .artifact import model_file
-
-    return OpenVINOBackend(root / model_file(manifest, root), device="CPU" if device in ("auto", "cpu")
+    return OpenVINOBackend(root / manifest.require_file("model", root), device="CPU" if device in ("auto", "cpu")
                            else device.upper(), max_batch=max_batch)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
+from ..artifact import is_artifact
 from ..errors import ConfigError, InputSizeError, TaskMismatchError
 from ..tasks import get_pipeline
-from .base import BACKENDS
+from .opener import BACKENDS, open_artifact
 
 log = logging.getLogger("sapiens2_edge")
 
@@ -31,8 +30,6 @@ class Predictor:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        from .artifact import is_artifact
-
         if is_artifact(model):
             self._open_artifact(model, backend, device, input_size, batch_size)
         else:
@@ -47,8 +44,6 @@ class Predictor:
         log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
 
     def _open_artifact(self, root, backend, device, input_size, batch_size) -> None:
-        from .artifact import open_artifact
-
         self.manifest, self.runner, self.backend_reason = open_artifact(root, backend, device, batch_size)
         self.backend = self.runner.name
         self.model = None
@@ -58,27 +53,22 @@ class Predictor:
             raise InputSizeError(f"the artifact {root} was exported for {self.input_size[0]}x{self.input_size[1]} "
                                  f"inputs, got input_size={tuple(input_size)}; re-export it for that size")
         self.max_batch = self.manifest.max_batch
+        self.random_weights = bool(self.manifest.options.get("random_weights", False))
 
     def _open_checkpoint(self, model, backend, device, input_size, batch_size, task) -> None:
         if backend not in ("auto", "torch"):
             raise ConfigError(f"backend {backend!r} runs exported artifacts; export the checkpoint first "
                               "(s2e.export / sapiens2-edge export) or use backend='torch'")
-        from ..loading import load_model
-        from ..models.model import Sapiens2Model
-        from .torch_backend import TorchBackend
+        from .torch_backend import open_checkpoint
 
-        if not isinstance(model, Sapiens2Model):
-            if not isinstance(model, (str, os.PathLike)):
-                raise ConfigError(f"expected an artifact directory, a Sapiens2Model, a checkpoint path or a "
-                                  f"Hugging Face id, got {type(model).__name__}")
-            model = load_model(model, task=task)
-        self.model, self.manifest = model, None
-        self.task = model.task
-        self.input_size = tuple(input_size) if input_size is not None else model.input_size
-        self.runner = TorchBackend(model, device=device, batch_size=batch_size)
+        self.runner = open_checkpoint(model, task=task, device=device, batch_size=batch_size)
+        self.model, self.manifest = self.runner.model, None
+        self.task = self.model.task
+        self.input_size = tuple(input_size) if input_size is not None else self.model.input_size
         self.backend = self.runner.name
         self.backend_reason = "asked for" if backend == "torch" else "auto: a checkpoint runs on torch"
         self.max_batch = batch_size
+        self.random_weights = not getattr(self.model, "pretrained", True)
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, backend={self.backend!r}, input_size={self.input_size})"
@@ -89,23 +79,7 @@ class Predictor:
             images, boxes = [images], [boxes]
         # One backend call for the whole list, or chunks of the artifact's / the caller's batch limit.
         results = self.pipeline(images, self.runner, boxes=boxes, batch_size=self.max_batch or 1 << 30)
+        for r in results:
+            r.random_weights = self.random_weights  # overlays then say the predictions are noise
         return results[0] if single else results
 
-
-def default_checkpoint(task: str, size: str = "0.4b") -> Path | None:
-    """The official checkpoint for ``task``/``size`` if it is on this machine (a path under
-    ``$SAPIENS_CHECKPOINT_ROOT`` or in the Hugging Face cache), else None. Never downloads."""
-    from ..errors import CheckpointError
-    from ..models.checkpoint import resolve_checkpoint
-
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        return resolve_checkpoint(f"facebook/sapiens2-{task}-{size}")
-    except (CheckpointError, FileNotFoundError):  # CheckpointNotFoundError is a FileNotFoundError
-        return None
-    finally:
-        if saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved

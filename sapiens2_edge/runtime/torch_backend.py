@@ -1,14 +1,17 @@
-"""The torch backend: runs a :class:`~sapiens2_edge.models.model.Sapiens2Model` in eager mode."""
+"""The torch backend: runs a :class:`~sapiens2_edge.models.model.Sapiens2Model` in eager mode, and
+exported torch programs. The one runtime module that may import models: it loads checkpoints."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ArtifactError, ConfigError, InputSizeError
+from ..errors import ArtifactError, ConfigError
 from ..models.model import Sapiens2Model
+from .base import batch_input
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -51,6 +54,37 @@ class TorchBackend:
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
+def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_size: int | None = None) -> TorchBackend:
+    """A :class:`TorchBackend` for a loaded model or anything ``load_model`` accepts."""
+    from ..models.loading import load_model  # sapiens2_edge.loading.load_model once that module exists
+
+    if not isinstance(model, Sapiens2Model):
+        if not isinstance(model, (str, os.PathLike)):
+            raise ConfigError(f"expected an artifact directory, a Sapiens2Model, a checkpoint path or a "
+                              f"Hugging Face id, got {type(model).__name__}")
+        model = load_model(model, task=task)
+    return TorchBackend(model, device=device, batch_size=batch_size)
+
+
+def default_checkpoint(task: str, size: str = "0.4b") -> Path | None:
+    """The official checkpoint for ``task``/``size`` if it is on this machine (a path under
+    ``$SAPIENS_CHECKPOINT_ROOT`` or in the Hugging Face cache), else None. Never downloads."""
+    from ..errors import CheckpointError
+    from ..models.checkpoint import resolve_checkpoint
+
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return resolve_checkpoint(f"facebook/sapiens2-{task}-{size}")
+    except (CheckpointError, FileNotFoundError):  # CheckpointNotFoundError is a FileNotFoundError
+        return None
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+
+
 # --- exported "torch" artifacts -------------------------------------------------------------------------
 def _register_custom_ops() -> None:
     """A program that carries our kernels' custom ops needs them registered before it loads."""
@@ -66,10 +100,7 @@ class _BatchLimit:
     max_batch: int | None = None
 
     def check_batch(self, batch: np.ndarray) -> torch.Tensor:
-        if self.max_batch is not None and len(batch) > self.max_batch:
-            raise InputSizeError(f"a batch of {len(batch)} is larger than the {self.max_batch} this artifact was "
-                                 "exported for; split it (the Predictor does) or re-export with a larger max_batch")
-        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        return torch.from_numpy(batch_input(batch, self.max_batch))
 
 
 class ExportedProgramBackend(_BatchLimit):
@@ -120,13 +151,16 @@ class AOTIBackend(_BatchLimit):
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int):
-    """A "torch" artifact: the AOTInductor package on CUDA when it was built, else the program."""
-    from .artifact import model_file
-
+    """A "torch" artifact: the AOTInductor package on CUDA when it was built, else the program. A
+    "native" artifact: its self-describing weights loaded as a checkpoint and run eagerly."""
+    if manifest.format == "native":
+        return open_checkpoint(root / manifest.require_file("model", root), task=manifest.task, device=device,
+                               batch_size=max_batch)
     if manifest.format != "torch":
-        raise ConfigError(f"the torch backend opens torch artifacts here, not {manifest.format!r} ones")
+        raise ConfigError(f"the torch backend opens torch artifacts here, not {manifest.format!r} ones (and native "
+                          "artifacts, whose weights load as a checkpoint)")
     dev = select_device(device)
     aoti = manifest.file_for("aoti_package")
     if dev.type == "cuda" and aoti is not None:
         return AOTIBackend(root / aoti, max_batch=max_batch)
-    return ExportedProgramBackend(root / model_file(manifest, root), device=dev, max_batch=max_batch)
+    return ExportedProgramBackend(root / manifest.require_file("model", root), device=dev, max_batch=max_batch)

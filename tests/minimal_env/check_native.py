@@ -24,7 +24,7 @@ def main(out: Path) -> None:
     for heavy in ("torch", "onnxruntime", "openvino"):
         assert importlib.util.find_spec(heavy) is None, f"{heavy} is installed: this is not a minimal environment"
     import sapiens2_edge as s2e
-    from sapiens2_edge.exporters import verify_artifact
+    from sapiens2_edge.runtime import verify_artifact
 
     expected = np.load(out / "expected.npz")
     pred = s2e.Predictor(out / "artifact")

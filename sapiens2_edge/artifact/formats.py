@@ -1,0 +1,99 @@
+"""The one registry of artifact formats: for each, what ``export`` accepts and writes and which
+runtime backends open it. Exporters validate requests against it before any work; the runtime
+picks its backends from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..errors import ConfigError, UnknownSchemeError
+
+#: Keyword options of ``export`` that every format takes: the task fidelity of a quantized model
+#: against its float model (see ``sapiens2_edge.exporters.export``).
+FIDELITY_OPTIONS: tuple[str, ...] = ("float_model", "fidelity_data", "fidelity_keypoints", "report")
+
+
+@dataclass(frozen=True)
+class Format:
+    """What one artifact format is.
+
+    precisions: the manifest precisions an artifact of this format can have (a float model's and
+    the schemes of quantized models it can carry). schemes: the quantization schemes
+    ``export(scheme=...)`` may quantize to for it. options: its format-specific keyword options
+    of ``export`` with their defaults. files: what its exporter writes besides ``manifest.json`` and
+    ``reference.npz`` (optional files included). backends: the runtime backends that open it,
+    best first (CUDA-capable runtimes first).
+    """
+
+    name: str
+    precisions: tuple[str, ...]
+    schemes: tuple[str, ...]
+    backends: tuple[str, ...]
+    files: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    default_precision: str = "fp32"
+
+    @property
+    def export_options(self) -> tuple[str, ...]:
+        return (*self.options, *FIDELITY_OPTIONS)
+
+    def writes(self, rel: str) -> bool:
+        """Whether ``rel`` (a path relative to the artifact) is one of this format's files or inside one."""
+        return any(rel == f or rel.startswith(f + "/") for f in self.files)
+
+
+ALL_SCHEMES = ("fp16", "int8-weight", "int8", "fp8", "mixed")
+_NO_FP8 = ("fp16", "int8-weight", "int8", "mixed")
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
+           files=("model.onnx", "model.onnx.data"), options={"opset": 18}),
+    Format("openvino", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("openvino",),
+           files=("openvino/model.xml", "openvino/model.bin"), options={"opset": 18}),
+    Format("coreml", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("coreml",),
+           files=("model.mlpackage",), default_precision="fp16"),
+    Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
+           files=("model.pt2", "model_aoti.pt2")),
+    # The engine runs weight-only storage (float, fp16 and int8-weight layers); its weights file is a
+    # self-describing checkpoint, so torch can run it too.
+    Format("native", precisions=("fp32", "fp16"), schemes=("fp16", "int8-weight", "mixed"), backends=("native", "torch"),
+           files=("weights.safetensors",)),
+)}
+
+#: What the native engine reads; any artifact carrying it runs on the native backend too.
+NATIVE_WEIGHTS = "weights.safetensors"
+
+
+def get_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise ConfigError(f"unknown export format {name!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def check_export_request(name: str, options: Iterable[str] = (), precision: str | None = None,
+                         scheme: str | None = None) -> Format:
+    """The format ``name``, after checking the names of the keyword ``options``, the precision and
+    the quantization scheme asked of it (before any work is done)."""
+    fmt = get_format(name)
+    unknown = [o for o in options if o not in fmt.export_options]
+    if unknown:
+        raise ConfigError(f"unknown export option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"for format {name!r}; its options are {', '.join(fmt.export_options)}")
+    if scheme is not None and scheme not in ALL_SCHEMES:
+        raise UnknownSchemeError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(ALL_SCHEMES)}")
+    if precision is not None and precision not in fmt.precisions:
+        raise ConfigError(f"{name} precision {precision!r} is not supported; expected one of "
+                          f"{', '.join(fmt.precisions)}")
+    if scheme is not None and scheme not in fmt.schemes:
+        raise ConfigError(f"a {name} artifact cannot carry quantization scheme {scheme!r}; {name} supports the "
+                          f"schemes {', '.join(fmt.schemes)}")
+    return fmt
+
+
+def backends_for(fmt: str, files=()) -> tuple[str, ...]:
+    """The backends that can open an artifact of format ``fmt`` holding ``files``, best first."""
+    backends = get_format(fmt).backends
+    if NATIVE_WEIGHTS in files and "native" not in backends:
+        backends = (*backends, "native")
+    return backends
