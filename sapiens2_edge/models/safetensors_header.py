@@ -72,7 +72,7 @@ def show_int(n: int) -> str:
     4,300 digits, and which say nothing anyway) become ``'a 5000-digit number'``."""
     if -(10**30) < n < 10**30:
         return str(n)
-    return f"a {n.bit_length() * 3 // 10 + 1}-digit number"
+    return f"a {int(math.log10(abs(n))) + 1}-digit number"
 
 
 def checked_numel(shape: Iterable[int], limit: int) -> int | None:

@@ -150,10 +150,6 @@ def _read_metadata(header: SafetensorsHeader, where: str) -> tuple:
             raise CorruptCheckpointError(f"{where}: the recipe gives layer {name!r:.80} the scheme "
                                          f"{getattr(cfg, 'scheme', 'float')!r:.40}; expected a quantized scheme "
                                          f"({', '.join(s for s in LAYER_SCHEMES if s != 'float')})")
-        p = prefix[name]
-        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 1 << 16:
-            raise CorruptCheckpointError(f"{where}: prefix_tokens={p!r:.40} for layer {name!r:.80}; expected an "
-                                         "integer in [0, 65536]")
     return recipe, layers, configs, prefix, arch, head
 
 
