@@ -464,7 +464,7 @@ def make_boxes(rng: random.Random) -> tuple[str, Any]:
         return "shape", rng.choice([[1, 2, 3], [[1, 2, 3]], [[[1, 2, 3, 4]]], [], [[]], [[1, 2, 3, 4, 5, 6]],
                                     [good[0], [1, 2, 3]]])
     if op == 5:
-        return "type", rng.choice(["1,2,3,4", {"x": 1}, [["a", "b", "c", "d"]], [[1 + 2j, 0, 3, 4]], object(),
+        return "type", rng.choice(["1,2,3,4", {"x": 1}, [["a", "b", "c", "d"]], [[1 + 2j, 0, 3, 4]], {1, 2, 3, 4},
                                    [[None, 1, 2, 3]], b"abcd", [[True, False, True, True]]])
     if op == 6:
         return "degenerate", [[10, 10, 10, 20]] if rng.random() < 0.5 else [[10, 10, 10 + 1e-12, 10 + 1e-12]]

@@ -238,18 +238,18 @@ def test_declared_model_larger_than_the_file(files, tmp_path):
 
 
 _PEAK = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 import torch, sapiens2_edge
 from sapiens2_edge.errors import CorruptCheckpointError
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-base = rss()
+def hwm():  # peak RSS of this process image (ru_maxrss would include the parent's, kept over exec)
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) / 1024
+base = hwm()
 try:
     sapiens2_edge.load_model({path!r})
 except CorruptCheckpointError as e:
     print("refused:", str(e)[:1000])
-print("grew", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+print("grew", hwm() - base)
 """
 
 

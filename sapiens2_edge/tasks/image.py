@@ -108,11 +108,11 @@ def _tiff_size(b: bytes) -> tuple[int, int] | None:
         if big:
             (off,) = struct.unpack(e + "Q", b[8:16])
             (n,) = struct.unpack(e + "Q", b[off:off + 8])
-            start, size, entry = off + 8, 20, e + "HHQQ"
+            start, size = off + 8, 20
         else:
             (off,) = struct.unpack(e + "I", b[4:8])
             (n,) = struct.unpack(e + "H", b[off:off + 2])
-            start, size, entry = off + 2, 12, e + "HHI4s"
+            start, size = off + 2, 12
         found: dict[int, int] = {}
         for i in range(min(n, 4096)):
             raw = b[start + i * size:start + (i + 1) * size]
