@@ -27,6 +27,22 @@ ROPE_BASE = 100.0
 
 Shape = tuple[int, ...]
 
+#: Largest value any width, depth or size in an architecture description may take (a guard
+#: against corrupt metadata: the largest preset width is 2432 and its FFN 9728).
+MAX_ARCH_VALUE = 2**20
+
+
+def _check_int(owner: str, name: str, value: object, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_ARCH_VALUE:
+        raise ConfigError(f"{owner}.{name}={value!r:.60} must be an integer in [{low}, {MAX_ARCH_VALUE}]")
+
+
+def _check_ints(owner: str, name: str, values: object, low: int = 1) -> None:
+    if not isinstance(values, tuple):
+        raise ConfigError(f"{owner}.{name} must be a sequence of integers, got {type(values).__name__}")
+    for v in values:
+        _check_int(owner, name, v, low)
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -41,6 +57,12 @@ class ArchSpec:
     name: str = "custom"
 
     def __post_init__(self) -> None:
+        for name in ("embed_dim", "depth", "num_heads", "ffn_hidden"):
+            _check_int("ArchSpec", name, getattr(self, name))
+        _check_int("ArchSpec", "tokenizer_depth", self.tokenizer_depth, low=0)
+        _check_ints("ArchSpec", "kv_heads", self.kv_heads)
+        if not isinstance(self.name, str):
+            raise ConfigError(f"ArchSpec.name must be a string, got {type(self.name).__name__}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 4:
@@ -77,6 +99,8 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ArchSpec":
+        if not isinstance(d, Mapping) or not isinstance(d.get("kv_heads"), (list, tuple)):
+            raise ConfigError(f"an ArchSpec is a mapping with a 'kv_heads' list, got {d!r:.100}")
         return cls(**{**d, "kv_heads": tuple(d["kv_heads"])})
 
 
@@ -143,11 +167,25 @@ class HeadSpec:
     scale_fc: tuple[int, ...] = ()
     input_size: tuple[int, int] | None = None
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"HeadSpec.task={self.task!r:.60} is not a task; expected one of {', '.join(TASKS)}")
+        for name in ("in_channels", "out_channels", "conv_kernel"):
+            _check_int("HeadSpec", name, getattr(self, name))
+        for name in ("deconv", "upsample", "conv", "scale_conv", "scale_fc"):
+            _check_ints("HeadSpec", name, getattr(self, name))
+        if self.input_size is not None:
+            _check_ints("HeadSpec", "input_size", self.input_size)
+            if len(self.input_size) != 2:
+                raise ConfigError(f"HeadSpec.input_size must be (H, W), got {self.input_size!r:.60}")
+
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "HeadSpec":
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a HeadSpec is a mapping of its fields, got {type(d).__name__}")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
@@ -274,34 +312,46 @@ def head_shapes(spec: HeadSpec, stride: int = PATCH_SIZE) -> dict[str, Shape]:
 
 
 # --- inference from a checkpoint ----------------------------------------------------------------------
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-_TOK_BLOCK = re.compile(r"^tokenizer\.blocks\.(\d+)\.")
+# Block indices of at most 6 digits: a longer index is no block (and int() of a 5000-digit string fails).
+_BLOCK = re.compile(r"^blocks\.(\d{1,6})\.")
+_TOK_BLOCK = re.compile(r"^tokenizer\.blocks\.(\d{1,6})\.")
 
 
-def _need(shapes: Mapping[str, Shape], key: str, what: str) -> Shape:
+def _need(shapes: Mapping[str, Shape], key: str, what: str, ndim: int = 1) -> Shape:
+    """The shape of ``key``, which must have ``ndim`` dims, each at least 1."""
     if key not in shapes:
         raise ArchInferenceError(f"cannot infer the {what}: tensor {key!r} is missing from the checkpoint")
-    return tuple(shapes[key])
+    return _dims(key, tuple(shapes[key]), what, ndim)
+
+
+def _dims(key: str, shape: Shape, what: str, ndim: int) -> Shape:
+    if len(shape) != ndim or not all(1 <= d <= MAX_ARCH_VALUE for d in shape[:2]):
+        raise ArchInferenceError(
+            f"cannot infer the {what}: tensor {key!r} has shape {shape}; expected {ndim} dimensions "
+            f"with leading sizes in [1, {MAX_ARCH_VALUE}]")
+    return shape
 
 
 def infer_arch(shapes: Mapping[str, Shape]) -> ArchSpec:
     """Work out the backbone from bare backbone tensor names and shapes (spec 1.8)."""
-    c = _need(shapes, "patch_embed.projection.weight", "embedding width")[0]
+    c = _need(shapes, "patch_embed.projection.weight", "embedding width", 4)[0]
     blocks = [int(m.group(1)) for k in shapes if (m := _BLOCK.match(k))]
     if not blocks:
         raise ArchInferenceError("cannot infer the depth: no 'blocks.{i}.' tensors in the checkpoint")
     depth = max(blocks) + 1
     d = _need(shapes, "blocks.0.attn.q_norm.weight", "head width")[0]
-    if d <= 0 or c % d:
+    if depth > len(shapes):
+        raise ArchInferenceError(f"block index {depth - 1} but only {len(shapes)} tensors: blocks are missing")
+    if c % d:
         raise ArchInferenceError(f"q_norm width {d} does not divide the embedding width {c}")
     heads = c // d
     kv = []
     for i in range(depth):
-        rows = _need(shapes, f"blocks.{i}.attn.wk.weight", f"kv heads of block {i}")[0]
+        rows = _need(shapes, f"blocks.{i}.attn.wk.weight", f"kv heads of block {i}", 2)[0]
         if rows % d:
             raise ArchInferenceError(f"blocks.{i}.attn.wk.weight has {rows} rows, not a multiple of head width {d}")
         kv.append(rows // d)
-    hidden2 = _need(shapes, "blocks.0.ffn.w12.weight", "FFN width")[0]
+    hidden2 = _need(shapes, "blocks.0.ffn.w12.weight", "FFN width", 2)[0]
     tok = [int(m.group(1)) for k in shapes if (m := _TOK_BLOCK.match(k))]
     has_tok = any(k.startswith("tokenizer.") for k in shapes)
     if has_tok and not tok:
@@ -323,10 +373,10 @@ def infer_task(head_names: Sequence[str]) -> str:
     return found[0]
 
 
-def _chain(shapes: Mapping[str, Shape], fmt: str, stride: int, start: int = 0) -> list[Shape]:
+def _chain(shapes: Mapping[str, Shape], fmt: str, stride: int, start: int = 0, ndim: int = 4) -> list[Shape]:
     out, i = [], start
     while fmt.format(i) in shapes:
-        out.append(tuple(shapes[fmt.format(i)]))
+        out.append(_dims(fmt.format(i), tuple(shapes[fmt.format(i)]), "head layout", ndim))
         i += stride
     return out
 
@@ -334,7 +384,14 @@ def _chain(shapes: Mapping[str, Shape], fmt: str, stride: int, start: int = 0) -
 def infer_head(shapes: Mapping[str, Shape], in_channels: int, stride: int = PATCH_SIZE) -> HeadSpec:
     """Work out a head from its tensor names (no ``decode_head.`` prefix) and shapes."""
     task = infer_task(list(shapes))
-    final = _need(shapes, f"conv_{task}.weight", "head output")
+    final = _need(shapes, f"conv_{task}.weight", "head output", 4)
+    try:
+        return _infer_head(shapes, task, final, in_channels, stride)
+    except ConfigError as e:
+        raise ArchInferenceError(f"inconsistent head shapes: {e}") from None
+
+
+def _infer_head(shapes: Mapping[str, Shape], task: str, final: Shape, in_channels: int, stride: int) -> HeadSpec:
     if task in ("pose", "seg"):
         deconv = tuple(s[1] for s in _chain(shapes, "deconv_layers.{}.weight", 3))
         convs = _chain(shapes, "conv_layers.{}.weight", 3)
@@ -345,7 +402,7 @@ def infer_head(shapes: Mapping[str, Shape], in_channels: int, stride: int = PATC
     if task != "pointmap":
         return HeadSpec(task, in_channels, final[0], upsample=upsample, conv=conv, conv_kernel=3)
     scale_conv = tuple(s[0] for s in _chain(shapes, "scale_conv_layers.{}.weight", 3))
-    fcs = _chain(shapes, "scale_final_layer.{}.weight", 2, start=1)
+    fcs = _chain(shapes, "scale_final_layer.{}.weight", 2, start=1, ndim=2)
     if not scale_conv or not fcs:
         raise ArchInferenceError("pointmap head without its scale branch ('scale_conv_layers', 'scale_final_layer')")
     size = _infer_scale_input(fcs[0][1] // scale_conv[-1], stride, len(scale_conv))

@@ -63,6 +63,31 @@ METADATA_KEY = "__metadata__"
 
 _INT64_MAX = 2**63 - 1
 
+#: Most dimensions a tensor may have (the native reader's limit too; Sapiens2 tensors have <= 4).
+MAX_DIMS = 8
+
+
+def show_int(n: int) -> str:
+    """An integer from a file for an error message: huge ones (which Python refuses to format past
+    4,300 digits, and which say nothing anyway) become ``'a 5000-digit number'``."""
+    if -(10**30) < n < 10**30:
+        return str(n)
+    return f"a {int(math.log10(abs(n))) + 1}-digit number"
+
+
+def checked_numel(shape: Iterable[int], limit: int) -> int | None:
+    """The product of ``shape``, or None as soon as it exceeds ``limit`` (a 0 dim gives 0): the
+    cost stays bounded however large the dims are."""
+    dims = list(shape)
+    if 0 in dims:
+        return 0
+    n = 1
+    for d in dims:
+        n *= d
+        if n > limit:
+            return None
+    return n
+
 
 def shorten(items: Iterable[str], limit: int = 5) -> str:
     """``'a', 'b', ... (3 more)``: the first ``limit`` items of a listing in an error message."""
@@ -249,7 +274,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _parse_entry(name: str, entry: Any, where: str) -> TensorInfo:
+def _parse_entry(name: str, entry: Any, where: str, data_len: int) -> TensorInfo:
     what = f"{where}, tensor {name!r}"
     if not isinstance(entry, dict):
         raise CorruptCheckpointError(
@@ -265,10 +290,16 @@ def _parse_entry(name: str, entry: Any, where: str) -> TensorInfo:
             f"{what}: unknown dtype {dtype!r}; expected one of {', '.join(SAFETENSORS_DTYPES)}"
         )
     shape = entry["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d <= _INT64_MAX for d in shape):
+    if isinstance(shape, list) and len(shape) > MAX_DIMS:
         raise CorruptCheckpointError(
-            f"{what}: invalid shape {shape!r:.100}; expected a list of non-negative integers "
-            "(each below 2**63)"
+            f"{what}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are accepted"
+        )
+    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d <= _INT64_MAX for d in shape):
+        shown = "[" + ", ".join(show_int(d) if _is_int(d) else repr(d)[:20] for d in shape) + "]" \
+            if isinstance(shape, list) else f"{shape!r:.100}"
+        raise CorruptCheckpointError(
+            f"{what}: invalid shape {shown}; expected a list of non-negative integers (each below "
+            f"2**63, at most {MAX_DIMS} of them)"
         )
     offsets = entry["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
@@ -278,10 +309,18 @@ def _parse_entry(name: str, entry: Any, where: str) -> TensorInfo:
     begin, end = offsets
     if begin < 0 or end < begin or end > _INT64_MAX:
         raise CorruptCheckpointError(
-            f"{what}: invalid data_offsets [{begin}, {end}]; expected 0 <= begin <= end < 2**63"
+            f"{what}: invalid data_offsets [{show_int(begin)}, {show_int(end)}]; expected "
+            "0 <= begin <= end < 2**63"
         )
     itemsize = SAFETENSORS_DTYPES[dtype]
-    numel = math.prod(shape)
+    # Checked multiplication: the product stops growing past what the data region (or 2**64,
+    # for the exact message below) could hold, however large the dims.
+    numel = checked_numel(shape, max(data_len // itemsize, 1 << 64))
+    if numel is None:
+        raise CorruptCheckpointError(
+            f"{what}: shape {tuple(shape)} of {dtype} needs more bytes than the whole data region "
+            f"holds ({data_len} bytes); the header is corrupt"
+        )
     expected = numel * itemsize
     if end - begin != expected:
         raise CorruptCheckpointError(
@@ -344,12 +383,12 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     raw, file_size = _read_raw_header(p, where)
     obj = _parse_json(raw, where)
     metadata = _parse_metadata(obj.get(METADATA_KEY), where)
+    data_start = 8 + len(raw)
     tensors = {
-        name: _parse_entry(name, entry, where)
+        name: _parse_entry(name, entry, where, file_size - data_start)
         for name, entry in obj.items()
         if name != METADATA_KEY
     }
-    data_start = 8 + len(raw)
     _check_coverage(tensors, where, data_start, file_size)
     return SafetensorsHeader(
         path=p, tensors=tensors, metadata=metadata, data_start=data_start, file_size=file_size
@@ -384,7 +423,7 @@ def header_summary(header: SafetensorsHeader | str | os.PathLike) -> dict[str, A
 
 
 __all__ = [
-    "DTYPE_TABLE", "SAFETENSORS_DTYPES", "MAX_HEADER_BYTES", "PICKLE_SUFFIXES", "METADATA_KEY",
+    "DTYPE_TABLE", "SAFETENSORS_DTYPES", "MAX_HEADER_BYTES", "MAX_DIMS", "show_int", "checked_numel", "PICKLE_SUFFIXES", "METADATA_KEY",
     "TensorInfo", "SafetensorsHeader", "read_header", "header_summary", "shorten",
     "pickle_refusal",
 ]

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, CorruptCheckpointError, StateDictMismatchError, TaskMismatchError
-from ..models.arch import TASKS, ArchSpec, HeadSpec
+from ..models.arch import TASKS, ArchSpec, HeadSpec, backbone_shapes, count_params, head_shapes
 from ..models.checkpoint import (
     SafetensorsHeader,
     _torch_dtype,
@@ -42,7 +42,7 @@ from ..models.checkpoint import (
 from ..models.layout import check_shapes
 from ..models.model import Sapiens2Model
 from ..models.random_init import RANDOM_WEIGHTS_KEY, is_random_checkpoint
-from .config import LayerQuantConfig, QuantRecipe
+from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
 from .model import QuantizedModel, as_quantized, set_module
 
@@ -90,8 +90,15 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, report: Any 
 
 def read_report(path: str | os.PathLike) -> dict | None:
     """The QuantReport stored in a quantized checkpoint, or None."""
-    raw = read_header(path).metadata.get(KEY_REPORT)
-    return None if raw is None else json.loads(raw)
+    header = read_header(path)
+    raw = header.metadata.get(KEY_REPORT)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise CorruptCheckpointError(f"quantized checkpoint {str(header.path)!r}: metadata {KEY_REPORT!r} is not "
+                                     f"valid JSON ({str(e)[:100]}); expected the QuantReport JSON") from None
 
 
 def is_quantized_checkpoint(header: SafetensorsHeader | str | os.PathLike) -> bool:
@@ -108,9 +115,74 @@ def _json(header: SafetensorsHeader, key: str) -> Any:
                                      f"expected {KEY_RECIPE}, {KEY_ARCH} and {KEY_HEAD}")
     try:
         return json.loads(raw)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # also a >4300-digit integer, or nesting too deep
         raise CorruptCheckpointError(f"quantized checkpoint {str(header.path)!r}: metadata {key!r} is not valid JSON "
-                                     f"({e})") from None
+                                     f"({str(e)[:100]})") from None
+
+
+#: Fewest tensors one transformer block stores (norms, q/k/v/proj and FFN weights and biases).
+_TENSORS_PER_BLOCK = 14
+
+
+def _read_metadata(header: SafetensorsHeader, where: str) -> tuple:
+    """(recipe, {layer: scheme}, {layer: config}, {layer: prefix tokens}, arch, head) from the metadata, every field
+    type-checked: anything malformed is a CorruptCheckpointError naming the entry."""
+    recipe_d, arch_d, head_d = (_json(header, k) for k in (KEY_RECIPE, KEY_ARCH, KEY_HEAD))
+    if not isinstance(recipe_d, dict):
+        raise CorruptCheckpointError(f"{where}: metadata {KEY_RECIPE!r} is a JSON {type(recipe_d).__name__}, "
+                                     "expected an object")
+    layers, own_d = recipe_d.get("layers"), recipe_d.get("layer_configs", {})
+    if not isinstance(layers, dict) or not all(isinstance(v, str) for v in layers.values()):
+        raise CorruptCheckpointError(f"{where}: the recipe's 'layers' must map layer names to scheme names, got "
+                                     f"{layers!r:.100}")
+    if not isinstance(own_d, dict) or not all(isinstance(v, dict) for v in own_d.values()):
+        raise CorruptCheckpointError(f"{where}: the recipe's 'layer_configs' must map layer names to objects, got "
+                                     f"{own_d!r:.100}")
+    try:
+        recipe = QuantRecipe.from_dict(recipe_d)
+        own = {n: LayerQuantConfig.from_dict(d) for n, d in own_d.items()}
+        configs = {name: own[name] if name in own else recipe.layer_config(scheme) for name, scheme in layers.items()}
+        prefix = {name: recipe.prefix_tokens_for(name) for name in layers}
+        arch = ArchSpec.from_dict(arch_d)
+        head = HeadSpec.from_dict(head_d) if head_d is not None else None
+    except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise CorruptCheckpointError(f"{where}: the recipe/arch/head metadata is malformed ({type(e).__name__}: "
+                                     f"{str(e)[:200]})") from None
+    for name, cfg in configs.items():
+        if cfg is None or cfg.scheme not in LAYER_SCHEMES or cfg.scheme == "float":
+            raise CorruptCheckpointError(f"{where}: the recipe gives layer {name!r:.80} the scheme "
+                                         f"{getattr(cfg, 'scheme', 'float')!r:.40}; expected a quantized scheme "
+                                         f"({', '.join(s for s in LAYER_SCHEMES if s != 'float')})")
+    return recipe, layers, configs, prefix, arch, head
+
+
+def _check_declared_size(header: SafetensorsHeader, arch: ArchSpec, head: HeadSpec | None, where: str) -> None:
+    """Refuse metadata that declares a model the file cannot hold, before a byte of it is allocated:
+    block and layer counts against the tensor count, the parameter count against the data bytes
+    (one byte per parameter at the least), then every float-layout tensor's name and shape."""
+    n = len(header.tensors)
+    blocks = arch.depth + arch.tokenizer_depth
+    layers = 0 if head is None else sum(len(v) for v in (head.deconv, head.upsample, head.conv, head.scale_conv,
+                                                          head.scale_fc))
+    if _TENSORS_PER_BLOCK * blocks + layers > n:
+        raise CorruptCheckpointError(f"{where}: the metadata declares {blocks} transformer blocks and {layers} head "
+                                     f"layers, but the file holds only {n} tensors; the metadata does not describe "
+                                     "this file")
+    prefix = ("backbone.", "decode_head.") if head is not None else ("", "")
+    expected = {prefix[0] + k: v for k, v in backbone_shapes(arch).items()}
+    if head is not None:
+        expected.update({prefix[1] + k: v for k, v in head_shapes(head, arch.input_multiple).items()})
+    params, data = count_params(expected), header.file_size - header.data_start
+    if params > data:
+        raise CorruptCheckpointError(
+            f"{where}: the metadata declares a model of {params:,} parameters ({arch.name}, embed_dim "
+            f"{arch.embed_dim}, depth {arch.depth}), at least {params:,} bytes even at one byte each, but the file "
+            f"holds {data:,} bytes of tensor data; refusing to build it")
+    wrong = [f"{k} (file: {header.tensors[k].shape if k in header.tensors else 'missing'}, expected {v})"
+             for k, v in expected.items() if k not in header.tensors or header.tensors[k].shape != v]
+    if wrong:
+        raise StateDictMismatchError(f"{where}: {len(wrong)} tensors do not match the architecture in the metadata: "
+                                     + "; ".join(wrong[:8]))
 
 
 def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_mode: str = "bf16",
@@ -131,33 +203,22 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
     fmt = header.metadata.get(KEY_FORMAT)
     if fmt != FORMAT:
         raise CheckpointError(f"{where} has format {fmt!r}; this version reads {FORMAT!r}")
-    try:
-        recipe_d = _json(header, KEY_RECIPE)
-        recipe = QuantRecipe.from_dict(recipe_d)
-        layers = dict(recipe_d["layers"])
-        own = {n: LayerQuantConfig.from_dict(d) for n, d in recipe_d.get("layer_configs", {}).items()}
-        arch = ArchSpec.from_dict(_json(header, KEY_ARCH))
-        head_d = _json(header, KEY_HEAD)
-        head = HeadSpec.from_dict(head_d) if head_d is not None else None
-    except CorruptCheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{where}: the recipe/arch/head metadata is malformed ({type(e).__name__}: {e})") from None
+    recipe, layers, configs, prefix, arch, head = _read_metadata(header, where)
     found_task = head.task if head is not None else None
     if task is not None and task != found_task:
         what = f"a {found_task} checkpoint" if found_task else "a pretrain (backbone-only) checkpoint"
         raise TaskMismatchError(f"{path} is {what}, but task={task!r} was asked for")
+    _check_declared_size(header, arch, head, where)
 
     model = Sapiens2Model(arch, head, rope_mode)
     modules = dict(model.named_modules())
-    for name, scheme in layers.items():
+    for name, cfg in configs.items():
         lin = modules.get(name)
         if type(lin) is not nn.Linear:
-            raise StateDictMismatchError(f"{where}: the recipe quantizes {name!r}, which is not a linear layer of this "
-                                         "architecture")
-        cfg = own[name] if name in own else recipe.layer_config(scheme)
+            raise StateDictMismatchError(f"{where}: the recipe quantizes {name!r:.100}, which is not a linear layer of "
+                                         "this architecture")
         set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
-                                            recipe.prefix_tokens_for(name)))
+                                            prefix[name]))
     expected = model.state_dict()
     names = _file_names(model)
     found = {k: header.tensors[k].shape for k in header.tensors}
@@ -173,7 +234,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
     tensors = read_tensors(path)
     with torch.no_grad():
         model.load_state_dict({k: tensors[names[k]] for k in expected}, strict=True)
-    model = as_quantized(model, recipe, layers)
+    model = as_quantized(model, recipe, dict(layers))
     model.source, model.pretrained = str(path), not is_random_checkpoint(header.metadata)
     model = model.to(device)
     if dtype != torch.float32:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from ..artifact import is_artifact
 from ..errors import ConfigError, InputSizeError, TaskMismatchError
 from ..tasks import get_pipeline
+from ..tasks.pose import MAX_BOXES
 from .opener import BACKENDS, open_artifact
 
 log = logging.getLogger("sapiens2_edge")
@@ -20,12 +21,16 @@ class Predictor:
     accepts (a ``.safetensors`` path, a directory, a Hugging Face id), run by torch.
     ``pred(image, boxes=None)`` takes an RGB uint8 array, a PIL image or a path and returns one
     result; a list of images runs as one batch and returns a list. ``boxes`` (pose only) are person
-    boxes ``(n, 4)`` as ``x1, y1, x2, y2`` in image pixels; for a list, one entry per image.
+    boxes ``(n, 4)`` as ``x1, y1, x2, y2`` in image pixels; for a list, one entry per image. At most
+    ``max_boxes`` boxes per image are accepted (default 100; more raise an ``InvalidBoxError`` naming
+    the limit); their crops run in chunks of the backend's batch limit (at most 16 crops per call),
+    so memory stays flat however many boxes there are.
     ``pred.backend`` and ``pred.backend_reason`` say what runs the model and why.
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
-                 input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None):
+                 input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None,
+                 max_boxes: int = MAX_BOXES):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -39,7 +44,7 @@ class Predictor:
                               "(pose, seg, normal, pointmap or albedo); call the model directly for features")
         if task is not None and task != self.task:
             raise TaskMismatchError(f"the model is a {self.task} model, but task={task!r} was asked for")
-        options = {"flip_test": flip_test} if self.task == "pose" else {}
+        options = {"flip_test": flip_test, "max_boxes": max_boxes} if self.task == "pose" else {}
         self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
         log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
 

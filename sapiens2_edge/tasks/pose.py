@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, InvalidBoxError, InvalidImageError, InvalidTensorError
-from ..spec import OUTPUT_NAMES
-from .base import Pipeline, Result
+from ..spec import DEFAULT_INPUT_SIZE, OUTPUT_NAMES
+from .base import Pipeline, Result, _as_image_list
 from .draw import finish, image_for, put_text
 from .heatmaps import BLUR_KERNEL_SIZE, decode_heatmaps, flip_heatmaps
 from .image import load_image
@@ -33,20 +33,32 @@ from .keypoints import (
 from .preprocess import normalize
 
 BBOX_PADDING = 1.25
+MAX_BOXES = 100
+"""Default limit on person boxes per image (``Predictor(..., max_boxes=N)`` / ``get_pipeline("pose",
+max_boxes=N)`` change it). Crops run in chunks, so memory does not grow with the limit; time does."""
+CROP_BATCH = 16
+"""Most crops (flipped ones included) per network call: with ``flip_test`` 8 boxes per call."""
+MAX_BOX_COORD = float(2**24)
+"""Box coordinates must lie within +-this many pixels (far beyond any accepted image side): larger
+ones would overflow the crop arithmetic into inf / NaN keypoints."""
+MIN_BOX_SIDE = 1e-3
+"""Smallest box width and height in pixels (a smaller box overflows the crop's scale factor)."""
 
 
 # -- boxes and crops ----------------------------------------------------------------------------
-def validate_boxes(boxes: Any, image_size: tuple[int, int]) -> np.ndarray:
+def validate_boxes(boxes: Any, image_size: tuple[int, int], max_boxes: int = MAX_BOXES) -> np.ndarray:
     """Check person boxes against an image of ``image_size`` = (H, W); return (n, 4) float64.
 
     Accepts an (n, 4) array-like of [x1, y1, x2, y2] in pixels (a single box of 4 numbers is
     taken as n = 1); an optional 5th column (a detector score) is ignored. A box may stick out
-    of the image (the crop pads with zeros) but must overlap it.
+    of the image (the crop pads with zeros) but must overlap it, have coordinates within
+    +-:data:`MAX_BOX_COORD` and sides of at least :data:`MIN_BOX_SIDE`; at most ``max_boxes``
+    boxes are accepted.
     """
     h0, w0 = image_size
     try:
         b = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an int beyond float range
         raise InvalidBoxError(f"boxes must be numbers in an (n, 4) array of [x1, y1, x2, y2]; {e}") from None
     if b.ndim == 1 and b.shape[0] in (4, 5):
         b = b[None]
@@ -56,14 +68,26 @@ def validate_boxes(boxes: Any, image_size: tuple[int, int]) -> np.ndarray:
         raise InvalidBoxError(
             f"boxes must be an (n, 4) array of [x1, y1, x2, y2] (or (n, 5) with a score column), got shape {b.shape}"
         )
+    if len(b) > max_boxes:
+        raise InvalidBoxError(
+            f"got {len(b)} boxes for one image; at most max_boxes={max_boxes} are accepted per image. Raise the "
+            "limit with Predictor(..., max_boxes=N) or get_pipeline('pose', max_boxes=N) (crops run in chunks, so "
+            "memory stays flat; time grows with the number of boxes)"
+        )
     b = b[:, :4]
     for i, box in enumerate(b):
         x1, y1, x2, y2 = box
         shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"
         if not np.isfinite(box).all():
             raise InvalidBoxError(f"box {i} = {shown} contains NaN or inf; expected finite pixel coordinates [x1, y1, x2, y2]")
+        if np.abs(box).max() > MAX_BOX_COORD:
+            raise InvalidBoxError(f"box {i} = {shown} has a coordinate beyond +-{MAX_BOX_COORD:g} pixels; expected "
+                                  f"pixel coordinates of the {w0} x {h0} (W x H) image")
         if x2 <= x1 or y2 <= y1:
             raise InvalidBoxError(f"box {i} = {shown} is degenerate; expected x2 > x1 and y2 > y1 ([x1, y1, x2, y2] order)")
+        if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
+            raise InvalidBoxError(f"box {i} = {shown} is {x2 - x1:g} x {y2 - y1:g} pixels; expected a width and "
+                                  f"height of at least {MIN_BOX_SIDE:g} pixels")
         if x2 < 0 or y2 < 0 or x1 > w0 - 1 or y1 > h0 - 1:
             raise InvalidBoxError(
                 f"box {i} = {shown} lies entirely outside the {w0} x {h0} (W x H) image; expected it to "
@@ -292,11 +316,49 @@ class PosePipeline(Pipeline):
 
     With ``flip_test`` (default, as the reference) ``preprocess`` returns 2n crops: the n crops
     followed by their horizontal mirrors; ``postprocess`` expects heatmaps for all 2n.
+    ``max_boxes`` (default :data:`MAX_BOXES`) limits the boxes per image; calling the pipeline runs
+    the crops in network calls of at most ``min(batch_size, crop_batch)`` samples
+    (:data:`CROP_BATCH`), so memory stays flat in the number of boxes.
     """
 
     task = "pose"
     output_names = OUTPUT_NAMES["pose"]
     options = {"flip_test": True, "bbox_padding": BBOX_PADDING, "blur_kernel_size": BLUR_KERNEL_SIZE}
+
+    def __init__(self, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, *, max_boxes: int = MAX_BOXES,
+                 crop_batch: int = CROP_BATCH, **options: Any) -> None:
+        for name, value in (("max_boxes", max_boxes), ("crop_batch", crop_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.max_boxes, self.crop_batch = max_boxes, crop_batch
+        super().__init__(input_size, **options)
+
+    def __call__(self, images: Any, infer: Any, boxes: Any = None, batch_size: int | None = None) -> list:
+        """As :meth:`Pipeline.__call__`, with each image's boxes split into chunks so that no network
+        call gets more than ``min(batch_size, crop_batch)`` crops; the chunks' results are merged."""
+        images = _as_image_list(images)
+        ok_size = batch_size is None or (isinstance(batch_size, int) and not isinstance(batch_size, bool)
+                                         and batch_size >= 1)
+        if not ok_size or not isinstance(boxes, (list, tuple)) or len(boxes) != len(images):
+            return super().__call__(images, infer, boxes, batch_size)  # says what is wrong, or no boxes
+        step = min(batch_size or self.crop_batch, self.crop_batch)
+        per = max(1, step // (2 if self.flip_test else 1))
+        items: list[tuple[Any, Any]] = []
+        owners: list[int] = []
+        for i, (image, box) in enumerate(zip(images, boxes, strict=True)):
+            if box is not None:
+                image = load_image(image)
+                box = validate_boxes(box, image.shape[:2], self.max_boxes)
+            for start in range(0, max(len(box), 1) if box is not None else 1, per):
+                items.append((image, None if box is None else box[start:start + per]))
+                owners.append(i)
+        parts = super().__call__([im for im, _ in items], infer, [bx for _, bx in items], step)
+        merged: list[list[PoseResult]] = [[] for _ in images]
+        for owner, part in zip(owners, parts, strict=True):
+            merged[owner].append(part)
+        return [ps[0] if len(ps) == 1 else PoseResult(
+            np.concatenate([p.boxes for p in ps]), np.concatenate([p.keypoints for p in ps]),
+            np.concatenate([p.scores for p in ps]), ps[0].image_size) for ps in merged]
 
     def _validate_options(self) -> None:
         if not self.bbox_padding > 0:
@@ -312,7 +374,7 @@ class PosePipeline(Pipeline):
                 raise InvalidImageError(f"a {h0} x {w0} image is too small for pose; expected at least 2 pixels on one side")
             boxes = np.array([[0.0, 0.0, w0 - 1.0, h0 - 1.0]])
         else:
-            boxes = validate_boxes(boxes, (h0, w0))
+            boxes = validate_boxes(boxes, (h0, w0), self.max_boxes)
         H, W = self.input_size
         centers, sizes = box_to_center_size(boxes, W / H, self.bbox_padding)
         batch = np.empty((len(boxes), 3, H, W), dtype=np.float32)
