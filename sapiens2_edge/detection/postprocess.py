@@ -3,7 +3,8 @@
 1. :func:`decode_detections` (mmdet ``predict_by_feat`` with the person config): per level, sigmoid
    scores, keep scores > 0.05, the top 1000 of them, decode (left, top, right, bottom) distances
    around the level's point priors (x = column * stride, y = row * stride), clamp to the 640 x 640
-   input, scale back to the original image, drop boxes without positive width and height, sort all
+   input (mmdet's ``img_shape`` after Pad, so a box may reach into the padding beyond the image,
+   as in the reference), scale back to the original image, drop boxes without positive width and height, sort all
    by score and keep 100. No NMS here.
 2. :func:`select_people` (the demo): label 0 and score > 0.3, greedy NMS at IoU 0.3 with "+1" areas
    (a box is kept when its IoU with every kept box is <= the threshold), and the whole image
