@@ -21,6 +21,7 @@ from ._version import __version__
 
 _LAZY = {
     "load_model": "sapiens2_edge.loading",
+    "load_detector": "sapiens2_edge.detection.checkpoint",
     "Sapiens2Model": "sapiens2_edge.models.model",
     "ArchSpec": "sapiens2_edge.models.arch",
     "Predictor": "sapiens2_edge.runtime.predictor",

@@ -1,4 +1,4 @@
-"""``sapiens2-edge`` command line: info, predict, quantize, export, verify, bench, demo.
+"""``sapiens2-edge`` command line: info, convert, predict, quantize, export, verify, bench, demo.
 
 Parsing and printing only: every command calls the library (``workflows``, ``runtime``,
 ``exporters``, ``bench``, ``demo``) and prints what it returns.
@@ -97,6 +97,23 @@ def init_random(output: Path = typer.Argument(..., help="the .safetensors file t
         _fail(e)
     console.print(f"wrote RANDOM WEIGHTS {arch} {task} checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB, "
                   f"seed {seed}, {dtype}) in {time.perf_counter() - start:.1f} s; predictions from it are noise")
+
+
+# --- convert ----------------------------------------------------------------------------------------
+@app.command()
+def convert(source: Path = typer.Argument(..., help="the official detector checkpoint, e.g. detector/rtmdet_m.pth"),
+            output: Path = typer.Argument(..., help="the .safetensors file to write"),
+            overwrite: bool = typer.Option(False, help="replace an existing file")) -> None:
+    """Convert the RTMDet-m person detector's .pth to safetensors, once (read with torch's restricted
+    unpickler; every other command reads safetensors only)."""
+    from .detection.checkpoint import convert_checkpoint
+
+    try:
+        path = convert_checkpoint(source, output, overwrite=overwrite)
+    except Sapiens2EdgeError as e:
+        _fail(e)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): RTMDet-m person detector, load it with "
+                  "sapiens2_edge.load_detector")
 
 
 # --- predict ----------------------------------------------------------------------------------------

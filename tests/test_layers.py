@@ -16,7 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sapiens2_edge"
 
 BOTTOM = {"errors", "spec", "_version", "_native"}
-TORCH_SIDE = BOTTOM | {"tasks", "artifact", "kernels", "models", "quantization", "runtime", "loading", "exporters"}
+TORCH_SIDE = BOTTOM | {"tasks", "artifact", "kernels", "models", "quantization", "runtime", "loading", "exporters",
+                       "detection"}
 # layer -> the layers it may import (itself always allowed)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
@@ -28,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "kernels": BOTTOM,
     "models": BOTTOM | {"tasks", "kernels"},
     "quantization": BOTTOM | {"tasks", "kernels", "models"},
+    # the person detector (RTMDet-m): its own network, checkpoint conversion and pre/post-processing
+    "detection": BOTTOM | {"tasks", "kernels", "models"},
     "runtime": BOTTOM | {"tasks", "artifact"},
     # the torch backend loads checkpoints (float or quantized) for the Predictor
     "runtime.torch_backend": BOTTOM | {"tasks", "artifact", "runtime", "models", "quantization", "loading"},
