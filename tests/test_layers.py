@@ -32,8 +32,9 @@ ALLOWED: dict[str, set[str]] = {
     # the person detector (RTMDet-m): its own network, checkpoint conversion and pre/post-processing
     "detection": BOTTOM | {"tasks", "kernels", "models"},
     "runtime": BOTTOM | {"tasks", "artifact"},
-    # the torch backend loads checkpoints (float or quantized) for the Predictor
-    "runtime.torch_backend": BOTTOM | {"tasks", "artifact", "runtime", "models", "quantization", "loading"},
+    # the torch backend loads checkpoints (float or quantized) and the person detector for the Predictor
+    "runtime.torch_backend": BOTTOM | {"tasks", "artifact", "runtime", "models", "quantization", "loading",
+                                       "detection"},
     "loading": BOTTOM | {"tasks", "kernels", "models", "quantization"},
     "exporters": BOTTOM | {"tasks", "artifact", "kernels", "models", "quantization", "runtime", "loading"},
     # the top: library workflows that chain several steps, the bench table, the main job, the CLI

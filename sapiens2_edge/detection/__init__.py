@@ -4,8 +4,8 @@ checkpoint layout, with the demo's pre- and post-processing.
 * :func:`rtmdet_m` builds the network (random weights), :func:`load_detector` loads it from
   safetensors, :func:`convert_checkpoint` turns the official ``.pth`` into safetensors once.
 * :class:`RTMDetPersonDetector` runs image -> person boxes; :class:`PersonDetector` is the protocol.
-* ``preprocess`` / ``postprocess`` are numpy + OpenCV only; torch is imported only by the names
-  that need it (resolved lazily here).
+* the pre/post-processing is numpy + OpenCV (:mod:`sapiens2_edge.tasks.detection_processing`);
+  torch is imported only by the names that need it (resolved lazily here).
 """
 
 from __future__ import annotations
@@ -13,8 +13,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .postprocess import Detections, decode_detections, nms_plus_one, select_people, whole_image
-from .preprocess import Letterbox, letterbox_geometry, prepare_input
+from ..tasks.detection_processing import (
+    Detections,
+    Letterbox,
+    decode_detections,
+    letterbox_geometry,
+    nms_plus_one,
+    prepare_input,
+    select_people,
+    whole_image,
+)
 
 _LAZY = {
     "RTMDet": "model", "rtmdet_m": "model", "RTMDetConfig": "config",

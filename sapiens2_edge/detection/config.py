@@ -11,6 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..tasks.detection_processing import (  # noqa: F401 - re-exported
+    BBOX_THR,
+    INPUT_SIZE,
+    MAX_PER_IMG,
+    MEAN_BGR,
+    MIN_BBOX_SIZE,
+    NMS_PRE,
+    NMS_THR,
+    PAD_VALUE,
+    PERSON_LABEL,
+    SCORE_THR,
+    STD_BGR,
+)
+
 
 @dataclass(frozen=True)
 class RTMDetConfig:
@@ -40,24 +54,7 @@ class RTMDetConfig:
     bn_momentum: float = 0.1
 
 
-#: Network input (H, W): keep-ratio resize into it, then pad (bottom / right).
-INPUT_SIZE: tuple[int, int] = (640, 640)
-PAD_VALUE = 114
-#: Applied to the BGR image (mmdet's data preprocessor with bgr_to_rgb=False).
-MEAN_BGR: tuple[float, float, float] = (103.53, 116.28, 123.675)
-STD_BGR: tuple[float, float, float] = (57.375, 57.12, 58.395)
-
-#: Detector test settings (the demo's person config).
-NMS_PRE = 1000
-SCORE_THR = 0.05
-MAX_PER_IMG = 100
-MIN_BBOX_SIZE = 0.0  # boxes need width and height > this (after rescaling to the original image)
-
-#: The demo's own filtering (``--bbox-thr``, ``--nms-thr``) and the person class id.
-BBOX_THR = 0.3
-NMS_THR = 0.3
-PERSON_LABEL = 0
-
+# The pre/post-processing settings live with the torch-free processing (tasks.detection_processing).
 #: safetensors metadata written by ``convert``: which detector a file holds.
 DETECTOR_METADATA_KEY = "sapiens2_edge.detector"
 DETECTOR_NAME = "rtmdet_m"

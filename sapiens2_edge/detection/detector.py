@@ -1,8 +1,8 @@
 """The person detector interface and the official RTMDet-m implementation of it.
 
 ``PersonDetector`` is what the top-down pose path needs: an RGB image in, person boxes and scores
-out. ``RTMDetPersonDetector`` runs the whole official chain: pre-processing (preprocess.py), the
-network (torch), the detector's decoding and the demo's filtering (postprocess.py).
+out. ``RTMDetPersonDetector`` runs the whole official chain: pre-processing, the
+network (torch), the detector's decoding and the demo's filtering (both in ``tasks/detection_processing.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..tasks.detection_processing import Detections, decode_detections, prepare_input, select_people
 from ..tasks.image import load_image
 from .config import BBOX_THR, NMS_THR
 from .model import RTMDet
-from .postprocess import Detections, decode_detections, select_people
-from .preprocess import prepare_input
 
 
 @runtime_checkable

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 from ..artifact import is_artifact
 from ..errors import ConfigError, InputSizeError, TaskMismatchError
 from ..tasks import get_pipeline
+from ..tasks.image import load_image
 from ..tasks.pose import MAX_BOXES
+from .detectors import detect
 from .opener import BACKENDS, open_artifact
 
 log = logging.getLogger("sapiens2_edge")
@@ -26,11 +29,18 @@ class Predictor:
     the limit); their crops run in chunks of the backend's batch limit (at most 16 crops per call),
     so memory stays flat however many boxes there are.
     ``pred.backend`` and ``pred.backend_reason`` say what runs the model and why.
+
+    ``detector`` (pose): finds the people when no ``boxes`` are given: a callable image ->
+    ``Detections(boxes, scores)`` / ``(boxes, scores)`` (e.g. :class:`~.detectors.FixedBoxes`,
+    :class:`~.detectors.OnnxDetector`), or the path of the RTMDet-m safetensors file (run by torch).
+    All of an image's people then run as one batch of crops. ``None``: pose runs on the whole image
+    (announced once with a log warning). ``pred.stream(...)`` runs a video or camera (see
+    :mod:`.stream`).
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
                  input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None,
-                 max_boxes: int = MAX_BOXES):
+                 max_boxes: int = MAX_BOXES, detector: Any = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -47,6 +57,24 @@ class Predictor:
         options = {"flip_test": flip_test, "max_boxes": max_boxes} if self.task == "pose" else {}
         self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
         log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
+        self.detector = self._open_detector(detector, device)
+
+    def _open_detector(self, detector: Any, device: str) -> Any:
+        if detector is not None and self.task != "pose":
+            raise ConfigError(f"a person detector only serves pose models; this is a {self.task} model (drop detector=)")
+        if detector is None:
+            if self.task == "pose":
+                log.warning("sapiens2_edge: no person detector: pose runs on the whole image (one person); pass "
+                            "detector=PATH (RTMDet-m safetensors) or a detector object for several people")
+            return None
+        if isinstance(detector, (str, os.PathLike)):
+            from .torch_backend import open_detector
+
+            return open_detector(detector, device=device)
+        if not callable(detector):
+            raise ConfigError(f"detector must be a callable image -> Detections, a detector checkpoint path or None, "
+                              f"got {type(detector).__name__}")
+        return detector
 
     def _open_artifact(self, root, backend, device, input_size, batch_size) -> None:
         self.manifest, self.runner, self.backend_reason = open_artifact(root, backend, device, batch_size)
@@ -82,9 +110,16 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         if single:
             images, boxes = [images], [boxes]
+        found = None
+        if self.detector is not None and (boxes is None or all(b is None for b in boxes)):
+            images = [load_image(im) for im in images]
+            found = [detect(self.detector, im) for im in images]
+            boxes = [f.boxes for f in found]
         # One backend call for the whole list, or chunks of the artifact's / the caller's batch limit.
         results = self.pipeline(images, self.runner, boxes=boxes, batch_size=self.max_batch or 1 << 30)
-        for r in results:
+        for i, r in enumerate(results):
             r.random_weights = self.random_weights  # overlays then say the predictions are noise
+            if found is not None:
+                r.detection_scores = found[i].scores  # the detector's score of each instance
         return results[0] if single else results
 

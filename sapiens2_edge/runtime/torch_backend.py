@@ -66,6 +66,18 @@ def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_
     return TorchBackend(model, device=device, batch_size=batch_size)
 
 
+def open_detector(path: str | os.PathLike, device: str = "auto", **options):
+    """The official person detector (RTMDet-m) from its safetensors file, as a callable
+    image -> ``Detections`` (:class:`~sapiens2_edge.detection.RTMDetPersonDetector`)."""
+    from ..detection.detector import RTMDetPersonDetector
+    from ..errors import CheckpointNotFoundError
+
+    if not Path(path).is_file():
+        raise CheckpointNotFoundError(f"no person detector at {path}; expected the RTMDet-m safetensors file "
+                                      "(sapiens2-edge convert turns the official .pth into one)")
+    return RTMDetPersonDetector(path, device=select_device(device), **options)
+
+
 def default_checkpoint(task: str, size: str = "0.4b") -> Path | None:
     """The official checkpoint for ``task``/``size`` if it is on this machine (a path under
     ``$SAPIENS_CHECKPOINT_ROOT`` or in the Hugging Face cache), else None. Never downloads."""
