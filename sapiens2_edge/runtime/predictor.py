@@ -103,6 +103,18 @@ class Predictor:
         self.max_batch = batch_size
         self.random_weights = not getattr(self.model, "pretrained", True)
 
+    def stream(self, source: Any, detect_every: int = 1, smooth: Any = None, max_queue: int = 4, **options: Any):
+        """One result per frame of a video file, camera index, URL or iterable of RGB frames (pose:
+        detection every ``detect_every`` frames, tracking, optional ``OneEuro`` smoothing; see
+        :class:`~.stream.Stream` for the options and counters)."""
+        from .stream import Stream
+
+        return Stream(self, source, detect_every=detect_every, smooth=smooth, max_queue=max_queue, **options)
+
+    def empty_pose(self, image: Any):
+        """A pose result with no people for ``image`` (a frame where nobody was found)."""
+        return self.pipeline.postprocess((), {"num_instances": 0, "image_size": load_image(image).shape[:2]})
+
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, backend={self.backend!r}, input_size={self.input_size})"
 
