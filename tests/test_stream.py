@@ -204,3 +204,53 @@ def test_smoothing_in_a_stream_damps_jitter(video, pose_model):
     for r, s in zip(raw, smooth, strict=True):
         want = ref(r.keypoints[list(r.track_ids).index(0)], r.frame_index)
         np.testing.assert_allclose(s.keypoints[list(s.track_ids).index(0)], want, atol=1e-3)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def count_frames(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def test_annotated_video_and_jsonl(tmp_path, video, pose_model):
+    import json
+
+    from sapiens2_edge.runtime.video import write_stream
+
+    pred = s2e.Predictor(pose_model, input_size=INPUT, detector=RectangleDetector())
+    out, lines = tmp_path / "out.avi", tmp_path / "out.jsonl"
+    done = write_stream(pred.stream(video, detect_every=2), out, lines)
+    assert done == {"frames": N_FRAMES, "written": N_FRAMES, "dropped": 0, "truncated": False}
+    assert count_frames(out) == N_FRAMES
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [r["frame_index"] for r in records] == list(range(N_FRAMES))
+    first = records[0]["instances"]
+    assert [i["track_id"] for i in first] == [0, 1, 2]
+    assert len(first[0]["keypoints"]) == 308 and len(first[0]["keypoint_scores"]) == 308 and len(first[0]["bbox"]) == 4
+    np.testing.assert_allclose([i["bbox"] for i in first], person_boxes(0), atol=3)
+    drawn = cv2.VideoCapture(str(out)).read()[1]
+    assert drawn.shape == (H, W, 3) and not np.array_equal(drawn, cv2.cvtColor(frame_at(0), cv2.COLOR_RGB2BGR))
+
+
+def test_writing_dense_and_truncated_streams(tmp_path, video):
+    import json
+
+    from sapiens2_edge.runtime.video import write_stream
+
+    data = open(video, "rb").read()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    pred = s2e.Predictor(tiny_model("seg"), input_size=INPUT)
+    done = write_stream(pred.stream(cut), tmp_path / "seg.avi", tmp_path / "seg.jsonl")
+    assert done["truncated"] and done["written"] == done["frames"] < N_FRAMES
+    assert count_frames(tmp_path / "seg.avi") == done["frames"]
+    records = [json.loads(line) for line in (tmp_path / "seg.jsonl").read_text().splitlines()]
+    assert len(records) == done["frames"] and records[0]["task"] == "seg"
+    with pytest.raises(ConfigError, match="expected a suffix among .avi, .mp4, .mkv"):
+        write_stream(pred.stream(video), tmp_path / "out.gif")
+    with pytest.raises(ConfigError, match="needs a video path, a .jsonl path or both"):
+        write_stream(pred.stream(video), None)

@@ -123,6 +123,7 @@ class Stream:
         self.expected_frames = self.source.expected
         self.frames = self.results = self.dropped = self.detections = 0
         self.filters: dict[int, OneEuroFilter] = {}
+        self.keep_frames = False  # True: each result carries its RGB frame as ``result.frame`` (for drawing)
         self._prev: tuple[np.ndarray, np.ndarray] | None = None  # last frame's keypoints and scores
 
     @property
@@ -218,9 +219,15 @@ class Stream:
                 now = time.perf_counter()
                 result.frame_index, result.latency_s = index, now - read_at
                 result.fps = self.results / max(now - start, 1e-9)
+                if self.keep_frames:
+                    result.frame = frame
                 yield result
         finally:
             self.source.close()
+
+    def close(self) -> None:
+        """Release the video source (done at the end of iteration)."""
+        self.source.close()
 
     def __repr__(self) -> str:
         return (f"Stream({self.source.name!r}: {self.frames} frames read, {self.results} results, {self.dropped} "
