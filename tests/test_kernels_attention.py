@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_attention_kernels_under_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     env.pop("SAPIENS2_EDGE_KERNELS", None)
