@@ -152,7 +152,7 @@ def test_calibration_views_are_distinct_rgb_crops():
 
 def test_demo_unknown_task(tmp_path):
     res = runner.invoke(app, ["demo", "--task", "depth", "--output", str(tmp_path)])
-    assert res.exit_code == 2 and "unknown task 'depth'" in res.output
+    assert res.exit_code == 2 and "'depth' is not one of 'pose', 'seg', 'normal', 'pointmap', 'albedo'" in res.output
 
 
 def test_console_script_runs(ckpts):
