@@ -62,7 +62,7 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 
 def _echo_error(text: str) -> None:
-    typer.echo(text)
+    typer.echo(text, err=True)
 
 
 class _Group(TyperGroup):
@@ -323,7 +323,8 @@ def _check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) 
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
                           "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
                           "which needs none")
-    require("torch", "export")
+    extra = {"onnx": "export", "openvino": "export", "coreml": "coreml"}.get(fmt, "torch")
+    require("torch", "export", extra)
     for package, formats in (("onnx", ("onnx", "openvino")), ("openvino", ("openvino",)), ("coremltools", ("coreml",))):
         if fmt in formats:
             require(package, f"export --format {fmt}")

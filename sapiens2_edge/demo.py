@@ -82,15 +82,14 @@ def default_format() -> str:
 
 
 # --- the estimate ---------------------------------------------------------------------------------
-def forward_gflop(arch: Any, input_size: tuple[int, int]) -> float:
+def forward_gflop(arch: Any, input_size: tuple[int, int], attention: bool = True) -> float:
     """Approximate GFLOP of one forward pass: 2 x backbone weights x tokens for the linears plus
-    4 x depth x tokens^2 x width for attention (heads and normalisation left out)."""
+    (``attention``) 4 x depth x tokens^2 x width for attention (heads and normalisation left out)."""
     from .models.arch import backbone_shapes, count_params
 
     tokens = (input_size[0] // PATCH_SIZE) * (input_size[1] // PATCH_SIZE) + NUM_PREFIX_TOKENS
     linear = 2.0 * count_params(backbone_shapes(arch)) * tokens
-    attention = 4.0 * arch.depth * tokens**2 * arch.embed_dim
-    return (linear + attention) / 1e9
+    return (linear + (4.0 * arch.depth * tokens**2 * arch.embed_dim if attention else 0.0)) / 1e9
 
 
 def machine_gflops(seconds: float = 0.3) -> float:
@@ -148,7 +147,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
         raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
     fmt = default_format() if format == "auto" else format
     check_scheme_format(scheme, fmt)  # before minutes of quantizing
-    require("torch", "the demo (it loads, quantizes and exports a torch model)")
+    require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
     from .tasks import load_image
 
     image_path = Path(image) if image is not None else SAMPLE_IMAGE

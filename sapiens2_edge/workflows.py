@@ -75,16 +75,17 @@ EXTRA_OF = {"torch": "torch", "huggingface_hub": "torch", "onnx": "export", "onn
             "onnxruntime": "onnx", "openvino": "openvino", "coremltools": "coreml", "triton": "triton"}
 
 
-def missing_package_error(package: str, what: str):
-    """The typed error for ``what`` needing ``package``, which is not installed: names the extra."""
+def missing_package_error(package: str, what: str, extra: str | None = None):
+    """The typed error for ``what`` needing ``package``, which is not installed: names the extra
+    (``extra``, default: the one that installs ``package``)."""
     from .errors import BackendUnavailableError
 
-    extra = EXTRA_OF.get(package.split(".")[0], "all")
+    extra = extra or EXTRA_OF.get(package.split(".")[0], "all")
     return BackendUnavailableError(f"{what} needs {package.split('.')[0]}, which is not installed: "
                                    f'pip install "sapiens2-edge[{extra}]"')
 
 
-def require(package: str, what: str) -> None:
+def require(package: str, what: str, extra: str | None = None) -> None:
     """Raise :func:`missing_package_error` unless ``package`` can be imported."""
     import importlib.util
 
@@ -93,7 +94,7 @@ def require(package: str, what: str) -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise missing_package_error(package, what)
+        raise missing_package_error(package, what, extra)
 
 
 def check_scheme_format(scheme: str, fmt: str) -> None:
@@ -178,7 +179,7 @@ class Talk:
         def manage():
             start = last = time.monotonic()
             done = [0]
-            self.write(f"      {desc}: 0/{total if total is not None else '?'} {plural(unit)}")
+            self.write(f"      {desc}: 0/{total if total is not None else '?'} {plural(unit, total)}")
 
             def advance(n: int = 1) -> None:
                 nonlocal last
@@ -188,7 +189,7 @@ class Talk:
                     last = now
                     self.write(f"      {desc}: {_counted(done[0], total, unit, now - start)}")
             yield advance
-            self.write(f"      {desc}: {done[0]} {plural(unit)} in {time.monotonic() - start:.1f} s")
+            self.write(f"      {desc}: {done[0]} {plural(unit, done[0])} in {time.monotonic() - start:.1f} s")
         return manage()
 
     def timer(self, desc: str, estimate_s: float):
@@ -224,8 +225,9 @@ class Talk:
                 advance()
 
 
-def plural(unit: str) -> str:
-    return unit + ("es" if unit.endswith(("s", "ch")) else "s")
+def plural(unit: str, count: int | None = None) -> str:
+    """``unit`` for ``count`` of it: batch, batches."""
+    return unit if count == 1 else unit + ("es" if unit.endswith(("s", "ch")) else "s")
 
 
 def duration_text(seconds: float) -> str:
@@ -235,9 +237,9 @@ def duration_text(seconds: float) -> str:
 
 def _counted(done: int, total: int | None, unit: str, elapsed: float) -> str:
     if not total or not done:
-        return f"{done} {plural(unit)}, {elapsed:.0f} s elapsed"
+        return f"{done} {plural(unit, done)}, {elapsed:.0f} s elapsed"
     left = elapsed / done * (total - done)
-    return f"{done}/{total} {plural(unit)}, {elapsed:.0f} s elapsed, about {duration_text(left)} left"
+    return f"{done}/{total} {plural(unit, total)}, {elapsed:.0f} s elapsed, about {duration_text(left)} left"
 
 
 class RichTalk(Talk):
