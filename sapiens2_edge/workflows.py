@@ -170,52 +170,36 @@ class Talk:
     def say(self, text: str) -> None:
         self.write(text)
 
+    @_contextmanager
     def bar(self, desc: str, total: int | None, unit: str = "step"):
         """A context manager yielding ``advance(n=1)``."""
-        import contextlib
         import time
 
-        @contextlib.contextmanager
-        def manage():
-            start = last = time.monotonic()
-            done = [0]
-            self.write(f"      {desc}: 0/{total if total is not None else '?'} {plural(unit, total)}")
+        start = last = time.monotonic()
+        done = 0
+        self.write(f"      {desc}: 0/{total if total is not None else '?'} {plural(unit, total)}")
 
-            def advance(n: int = 1) -> None:
-                nonlocal last
-                done[0] += n
-                now = time.monotonic()
-                if now - last >= self.every and done[0] != total:
-                    last = now
-                    self.write(f"      {desc}: {_counted(done[0], total, unit, now - start)}")
-            yield advance
-            self.write(f"      {desc}: {done[0]} {plural(unit, done[0])} in {time.monotonic() - start:.1f} s")
-        return manage()
+        def advance(n: int = 1) -> None:
+            nonlocal last, done
+            done += n
+            now = time.monotonic()
+            if now - last >= self.every and done != total:
+                last = now
+                self.write(f"      {desc}: {_counted(done, total, unit, now - start)}")
+        yield advance
+        self.write(f"      {desc}: {done} {plural(unit, done)} in {time.monotonic() - start:.1f} s")
 
+    @_contextmanager
     def timer(self, desc: str, estimate_s: float):
         """A context manager around one step that reports nothing itself: elapsed time against an estimate."""
-        import contextlib
-        import threading
         import time
 
-        @contextlib.contextmanager
-        def manage():
-            start, stop = time.monotonic(), threading.Event()
-            self.write(f"      {desc}: started, about {duration_text(estimate_s)} (estimate)")
-
-            def tick() -> None:
-                while not stop.wait(self.every):
-                    self.write(f"      {desc}: {time.monotonic() - start:.0f} s elapsed of about "
-                               f"{duration_text(estimate_s)} (estimate)")
-            thread = threading.Thread(target=tick, daemon=True)
-            thread.start()
-            try:
-                yield
-            finally:
-                stop.set()
-                thread.join()
-            self.write(f"      {desc}: done in {time.monotonic() - start:.1f} s")
-        return manage()
+        start = time.monotonic()
+        self.write(f"      {desc}: started, about {duration_text(estimate_s)} (estimate)")
+        with ticking(self.every, lambda: self.write(f"      {desc}: {time.monotonic() - start:.0f} s elapsed of about "
+                                                    f"{duration_text(estimate_s)} (estimate)")):
+            yield
+        self.write(f"      {desc}: done in {time.monotonic() - start:.1f} s")
 
     def iterate(self, iterable: Any, total: int | None, desc: str):
         """``iterable`` with a bar (the ``progress=`` hook of ``quantize`` and ``evaluate``)."""
@@ -223,6 +207,25 @@ class Talk:
             for item in iterable:
                 yield item
                 advance()
+
+
+@_contextmanager
+def ticking(every: float, fn: Any):
+    """Call ``fn()`` every ``every`` seconds from a thread while the block runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            fn()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def plural(unit: str, count: int | None = None) -> str:
@@ -270,24 +273,16 @@ class RichTalk(Talk):
 
     @_contextmanager
     def timer(self, desc, estimate_s):
-        import threading
         import time
 
         with self._progress() as p:
             task = p.add_task(f"{desc} (seconds, estimated)", total=max(round(estimate_s), 1))
-            start, stop = time.monotonic(), threading.Event()
-
-            def tick() -> None:
-                while not stop.wait(0.5):
-                    p.update(task, completed=min(time.monotonic() - start, 0.99 * max(estimate_s, 1)))
-            thread = threading.Thread(target=tick, daemon=True)
-            thread.start()
-            try:
+            start = time.monotonic()
+            with ticking(0.5, lambda: p.update(task, completed=min(time.monotonic() - start,
+                                                                   0.99 * max(estimate_s, 1)))):
                 yield
-            finally:
-                stop.set()
-                thread.join()
-            p.update(task, total=max(round(time.monotonic() - start), 1), completed=max(round(time.monotonic() - start), 1))
+            took = max(round(time.monotonic() - start), 1)
+            p.update(task, total=took, completed=took)
 
 
 def artifact_info(root: str | os.PathLike) -> dict[str, Any]:

@@ -148,3 +148,19 @@ def test_bench_progress_counts_every_call_of_the_child(tmp_path):
     assert lines[0] == "      bench: 1 rows x (load + 1 warm-up + 2 timed): 0/4 steps"
     assert lines[-1].startswith("      bench: 1 rows x (load + 1 warm-up + 2 timed): 4 steps in ")
     assert rows[0]["count"] == 2 and json.loads(json.dumps(rows))[0]["artifact"] == "n (native int8-weight)"
+
+
+def test_the_terminal_talk_draws_bars_with_an_eta():
+    import io
+
+    from sapiens2_edge.workflows import RichTalk
+
+    buf = io.StringIO()
+    talk = RichTalk(Console(file=buf, force_terminal=True, width=80, color_system=None))
+    assert list(talk.iterate(iter(range(3)), 3, "calibrate")) == [0, 1, 2]
+    with talk.timer("export", 0.2):
+        time.sleep(0.6)
+    talk.say("[2/5] quantize: [bold]not markup[/bold]")
+    text = buf.getvalue()
+    assert "calibrate (batches)" in text and "3/3" in text and "eta" in text
+    assert "export (seconds, estimated)" in text and "[2/5] quantize: [bold]not markup[/bold]" in text
