@@ -53,10 +53,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -> dict[str, Any]:
-    """One row, in this process: ``target`` is an artifact directory or BASELINE:<artifact>."""
+def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int, tick=None) -> dict[str, Any]:
+    """One row, in this process: ``target`` is an artifact directory or BASELINE:<artifact>.
+    ``tick()`` is called after loading and after each call (the parent's progress bar)."""
     from .artifact import read_manifest, verification_inputs
+    from .workflows import artifact_label
 
+    tick = tick or (lambda: None)
     t0 = time.perf_counter()
     if target.startswith(BASELINE + ":"):
         root = Path(target.split(":", 1)[1])
@@ -68,26 +71,46 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int) -
         model = build_model(ArchSpec.from_dict(m.arch), head=HeadSpec.from_dict(m.head) if m.head else None)
         runner, name, size_mb, fidelity, label = TorchBackend(model, "cpu"), "torch", \
             sum(p.numel() * 4 for p in model.parameters()) / 1e6, None, BASELINE
+        reference = None
     else:
         from .runtime.opener import open_artifact
 
         root = Path(target)
         m, runner, _ = open_artifact(root, backend, "cpu")
-        name, label = runner.name, f"{root.name} ({m.format} {m.precision})"
+        name, label = runner.name, f"{root.name} ({artifact_label(m)})"
         size_mb = sum(f["size"] for f in m.files.values() if f["role"] != "reference") / 1e6
-        fidelity = m.fidelity.get("rel_l2")
+        fidelity, reference = m.fidelity.get("rel_l2"), m.fidelity.get("reference")
     load_s = time.perf_counter() - t0
+    tick()
     x = verification_inputs(m.input_size, batch=min(batch, m.max_batch))
-    stats = latency_stats(time_calls(lambda: runner(x), warmup, runs))
+
+    def call():
+        runner(x)
+        tick()
+    stats = latency_stats(time_calls(call, warmup, runs))
     return {"artifact": label, "backend": name, "input": f"{m.input_size[0]}x{m.input_size[1]}", "batch": len(x),
             "load_s": load_s, **stats, "throughput_img_s": len(x) / stats["median_s"],
             "peak_rss_mb": peak_rss_mb(), "size_mb": size_mb,
-            "fidelity_rel_l2": fidelity}
+            "fidelity_rel_l2": fidelity, "fidelity_reference": reference}
+
+
+TICK = "sapiens2-edge-bench-tick"
+
+
+def check_counts(warmup: int, runs: int, batch: int) -> None:
+    if runs < 1:
+        raise ConfigError(f"--runs must be at least 1 (the timed runs per row), got {runs}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
+    if batch < 1:
+        raise ConfigError(f"--batch must be at least 1, got {batch}")
 
 
 def run(artifacts: list[Path], backends: list[str], warmup: int = 1, runs: int = 5, batch: int = 1,
-        baseline: bool = True) -> list[dict[str, Any]]:
-    """All rows, each in a child process; the baseline first, speed-ups relative to it."""
+        baseline: bool = True, talk: Any = None) -> list[dict[str, Any]]:
+    """All rows, each in a child process; the baseline first, speed-ups relative to it.
+    ``talk`` (a :class:`~sapiens2_edge.workflows.Talk`) shows a bar over every load and timed call."""
+    check_counts(warmup, runs, batch)
     if not artifacts:
         raise ConfigError("bench needs at least one artifact directory")
     from .artifact import read_manifest
@@ -99,32 +122,79 @@ def run(artifacts: list[Path], backends: list[str], warmup: int = 1, runs: int =
     jobs = ([(f"{BASELINE}:{artifacts[0]}", "torch")] if baseline else [])
     jobs += [(str(a), b) for a in artifacts for b in backends]
     rows = []
-    for target, backend in jobs:
-        cmd = [sys.executable, "-m", "sapiens2_edge.bench", target, backend, str(warmup), str(runs), str(batch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ConfigError(f"bench of {target} on {backend} failed: {proc.stderr.strip().splitlines()[-1:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    import contextlib
+
+    bar = talk.bar(f"bench: {len(jobs)} rows x (load + {warmup} warm-up + {runs} timed)", len(jobs) * (1 + warmup + runs),
+                   "step") if talk else contextlib.nullcontext(lambda n=1: None)
+    with bar as advance:
+        for target, backend in jobs:
+            rows.append(_child_row(target, backend, warmup, runs, batch, advance))
     base = rows[0]["median_s"] if baseline else None
     for r in rows:
         r["speedup"] = base / r["median_s"] if base else None
     return rows
 
 
+def _child_row(target: str, backend: str, warmup: int, runs: int, batch: int, advance) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "sapiens2_edge.bench", target, backend, str(warmup), str(runs), str(batch)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = []
+    for line in proc.stderr:
+        if line.strip() == TICK:
+            advance()
+        elif line.strip():
+            errors.append(line.strip())
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise ConfigError(f"bench of {target} on {backend} failed: {errors[-1] if errors else 'no message'}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+COLUMNS = (("#", "row (see the legend below)"), ("backend", "the runtime that ran the row"),
+           ("load s", "seconds to open the artifact / build the model"), ("median s", "median latency of one call (min, p90 "
+                                                                             "and max are in bench.md)"),
+           ("img/s", "images per second at the median"),
+           ("RSS MB", "peak resident memory of the row's own process"),
+           ("MB", "size of the model files"), ("rel L2", "relative L2 error of the artifact's outputs vs the "
+                                                 "torch model it was exported from, on the same input"),
+           ("speed-up", "median latency of row 1 / this row"))
+
+
 def bench_table(rows: list[dict[str, Any]]):
-    """The rows as a rich Table (what ``sapiens2-edge bench`` and the demo print)."""
+    """The rows as a rich Table that fits 80 columns (what ``sapiens2-edge bench`` and the demo
+    print), rows numbered; :func:`bench_legend` names them and says what each column measures."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="sapiens2-edge bench")
-    for col in ("artifact", "backend", "load s", "median s", "p90 s", "img/s", "peak RSS MB", "size MB", "rel L2",
-                "speed-up"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["artifact"], r["backend"], f"{r['load_s']:.2f}", f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
+    table = Table(title="sapiens2-edge bench", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    for col, _ in COLUMNS:
+        table.add_column(col, justify="left" if col in ("#", "backend") else "right", no_wrap=True,
+                         min_width=len(col))
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), r["backend"], f"{r['load_s']:.2f}", f"{r['median_s']:.3f}",
                       f"{r['throughput_img_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}",
                       "-" if r["fidelity_rel_l2"] is None else f"{r['fidelity_rel_l2']:.1e}",
                       "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
     return table
+
+
+def bench_legend(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
+    """Lines of at most ``width`` characters: what each row is and what each column measures."""
+    import textwrap
+
+    lines = []
+    for i, r in enumerate(rows, 1):
+        what = "torch fp32 eager, same architecture and input (the baseline)" if r["artifact"] == BASELINE \
+            else r["artifact"]
+        lines += textwrap.wrap(f"{i}: {what}, input {r['input']}, batch {r['batch']}, {r['count']} timed runs",
+                               width, subsequent_indent="   ")
+    refs = {r.get("fidelity_reference") for r in rows} - {None}
+    for col, meaning in COLUMNS[2:]:
+        if col == "rel L2" and len(refs) == 1:
+            meaning = f"relative L2 error of the artifact's outputs vs {refs.pop()}, on the same input"
+        lines += textwrap.wrap(f"{col}: {meaning}", width, subsequent_indent="   ")
+    return lines
 
 
 def write_reports(rows: list[dict[str, Any]], out_dir: Path, command: str) -> list[Path]:
@@ -137,7 +207,8 @@ def write_reports(rows: list[dict[str, Any]], out_dir: Path, command: str) -> li
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    head = "| artifact | backend | input | load (s) | count | min | median | p90 | max (s) | img/s | peak RSS (MB) | size (MB) | rel L2 vs torch | speed-up |"
+    head = ("| artifact | backend | input | load (s) | count | min | median | p90 | max (s) | img/s | peak RSS (MB) | "
+            "size (MB) | rel L2 vs the exported torch model | speed-up |")
     lines = [f"`{command}`", "", head, "|" + "---|" * 14]
     for r in rows:
         fid = "-" if r["fidelity_rel_l2"] is None else f"{r['fidelity_rel_l2']:.2e}"
@@ -151,4 +222,6 @@ def write_reports(rows: list[dict[str, Any]], out_dir: Path, command: str) -> li
 
 if __name__ == "__main__":  # child process: one row as JSON on stdout
     target, backend, warmup, runs, batch = sys.argv[1:6]
-    print(json.dumps(measure_row(target, backend, int(warmup), int(runs), int(batch))))
+    row = measure_row(target, backend, int(warmup), int(runs), int(batch),
+                      tick=lambda: print(TICK, file=sys.stderr, flush=True))
+    print(json.dumps(row))

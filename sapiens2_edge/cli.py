@@ -1,33 +1,132 @@
-"""``sapiens2-edge`` command line: info, convert, predict, quantize, export, verify, bench, demo.
+"""``sapiens2-edge`` command line: info, init-random, convert, predict, quantize, export, verify, bench, demo.
 
 Parsing and printing only: every command calls the library (``workflows``, ``runtime``,
-``exporters``, ``bench``, ``demo``) and prints what it returns.
+``exporters``, ``bench``, ``demo``) and prints what it returns. Option choices come from the
+registries the library uses (formats, schemes, tasks, backends), so help cannot drift from the
+code; every failure prints one line ``error: <TypedError>: <what was wrong and what was expected>``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
+from ._version import __version__
+from .artifact.formats import ALL_SCHEMES, FORMATS
+from .demo import DEMO_SCHEMES
 from .errors import ConfigError, Sapiens2EdgeError
+from .runtime.opener import BACKENDS
+from .spec import RELEASED_PRETRAIN_SIZES, TASKS
+from .workflows import FLOAT_SCHEMES, QUANT_SCHEMES, RichTalk, Talk, artifact_info, missing_package_error, require
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+DEBUG_ENV = "SAPIENS2_EDGE_DEBUG"
+
+
+def _choices(name: str, values) -> type[StrEnum]:
+    """A str enum of ``values``: typer turns it into a choice, listed in --help."""
+    return StrEnum(name, [(v, v) for v in values])
+
+
+Scheme = _choices("Scheme", ALL_SCHEMES)
+ExportScheme = _choices("ExportScheme", (*FLOAT_SCHEMES, *QUANT_SCHEMES))
+DemoScheme = _choices("DemoScheme", DEMO_SCHEMES)
+Format = _choices("Format", FORMATS)
+DemoFormat = _choices("DemoFormat", ("auto", *FORMATS))
+Task = _choices("Task", TASKS)
+TaskOrNone = _choices("TaskOrNone", (*TASKS, "none"))
+Backend = _choices("Backend", BACKENDS)
+Arch = _choices("Arch", RELEASED_PRETRAIN_SIZES)
+DemoSize = _choices("DemoSize", ("auto", *RELEASED_PRETRAIN_SIZES))
+Activations = _choices("Activations", ("static", "dynamic"))
+Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <Type>: <message>`` on one line (whitespace folded)."""
+    return f"error: {type(e).__name__}: {' '.join(str(e).split())}"
+
+
+# The click exception base class typer raises (typer >= 0.2x vendors its own click).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _echo_error(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+class _Group(TyperGroup):
+    """Runs a command and turns every failure into one printed line and an exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra) or 0
+        except _ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as asked for
+                e.show()
+                code = 0
+            else:
+                hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
+                message = " ".join(e.format_message().replace("Value error, ", "").split())
+                _echo_error(f"error: {type(e).__name__}: {message}{hint}")
+                code = e.exit_code
+        except typer.Abort:
+            _echo_error("error: aborted")
+            code = 1
+        except KeyboardInterrupt:
+            _echo_error("error: interrupted")
+            code = 130
+        except Sapiens2EdgeError as e:
+            _echo_error(error_line(e))
+            code = 2
+        except ModuleNotFoundError as e:
+            if os.environ.get(DEBUG_ENV) or not e.name:
+                raise
+            _echo_error(error_line(missing_package_error(e.name, "this command")))
+            code = 2
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _echo_error(error_line(e) + f" (an unexpected failure; {DEBUG_ENV}=1 shows the traceback)")
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Edge inference for Meta's Sapiens2 models: inspect, quantize, export, predict, bench.")
 console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 
-def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {type(e).__name__}: {e}")
-    raise typer.Exit(code=2)
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sapiens2-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Edge inference for Meta's Sapiens2 models: inspect, quantize, export, predict, bench."""
+
+
+def say(text: str) -> None:
+    console.print(text, markup=False, highlight=False)
+
+
+def _talk() -> Talk:
+    return RichTalk(console) if console.is_terminal else Talk(write=say)
 
 
 def _progress_bar(desc: str):
@@ -47,19 +146,28 @@ def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     return h, w
 
 
+def _json(data) -> None:
+    typer.echo(json.dumps(data, indent=1, default=str))
+
+
 # --- info -------------------------------------------------------------------------------------------
 @app.command()
-def info(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),
+def info(checkpoint: str = typer.Argument(..., help=".safetensors file, directory, Hugging Face id, or an "
+                                                    "exported artifact directory"),
          as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-    """Describe a checkpoint from its safetensors header alone (no weights are read)."""
-    from .workflows import checkpoint_info
+    """Describe a checkpoint from its safetensors header alone (no weights are read), or an
+    artifact from its manifest."""
+    from .artifact import is_artifact
 
-    try:
+    if is_artifact(checkpoint):
+        data = artifact_info(checkpoint)
+    else:
+        require("torch", "info on a checkpoint")
+        from .workflows import checkpoint_info
+
         data = checkpoint_info(checkpoint)
-    except Sapiens2EdgeError as e:
-        _fail(e)
     if as_json:
-        console.print_json(json.dumps(data))
+        _json(data)
         return
     table = Table(title=Path(data["path"]).name, show_header=False)
     table.add_column("field", style="bold")
@@ -78,25 +186,23 @@ def info(checkpoint: str = typer.Argument(..., help=".safetensors file, director
 # --- init-random ------------------------------------------------------------------------------------
 @app.command(name="init-random")
 def init_random(output: Path = typer.Argument(..., help="the .safetensors file to write"),
-                arch: str = typer.Option("0.1b", help="0.1b, 0.4b, 0.8b, 1b, 5b or 1b-4k"),
-                task: str = typer.Option("seg", help="pose, seg, normal, pointmap, albedo, or none (pretrain backbone)"),
+                arch: Arch = typer.Option("0.1b", help="architecture"),
+                task: TaskOrNone = typer.Option("seg", help="head (none: a pretrain backbone)"),
                 input_size: Optional[str] = typer.Option(None, help="HxW the pointmap head is built for and the "
                                                                     "model's default input (default 1024x768)"),
                 seed: int = typer.Option(0, help="random seed (the same seed writes the same weights)"),
-                dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
+                dtype: Dtype = typer.Option("fp32", help="dtype of the stored weights"),
                 overwrite: bool = typer.Option(False, help="replace an existing file")) -> None:
     """Write a randomly initialised checkpoint in the official layout, to try every command without
     weights (its metadata marks it as random; overlays say RANDOM WEIGHTS)."""
+    require("torch", "init-random")
     from .models.random_init import write_random_checkpoint
 
-    try:
-        start = time.perf_counter()
-        path = write_random_checkpoint(output, arch, task, input_size=_parse_size(input_size), seed=seed,
-                                       dtype=dtype, overwrite=overwrite)
-    except Sapiens2EdgeError as e:
-        _fail(e)
-    console.print(f"wrote RANDOM WEIGHTS {arch} {task} checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB, "
-                  f"seed {seed}, {dtype}) in {time.perf_counter() - start:.1f} s; predictions from it are noise")
+    start = time.perf_counter()
+    path = write_random_checkpoint(output, str(arch), str(task), input_size=_parse_size(input_size), seed=seed,
+                                   dtype=str(dtype), overwrite=overwrite)
+    say(f"wrote RANDOM WEIGHTS {arch} {task} checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB, "
+        f"seed {seed}, {dtype}) in {time.perf_counter() - start:.1f} s; predictions from it are noise")
 
 
 # --- convert ----------------------------------------------------------------------------------------
@@ -108,41 +214,61 @@ def convert(source: Path = typer.Argument(..., help="the official detector check
     unpickler; every other command reads safetensors only)."""
     from .detection.checkpoint import convert_checkpoint
 
-    try:
-        path = convert_checkpoint(source, output, overwrite=overwrite)
-    except Sapiens2EdgeError as e:
-        _fail(e)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): RTMDet-m person detector, load it with "
-                  "sapiens2_edge.load_detector")
+    path = convert_checkpoint(source, output, overwrite=overwrite)
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): RTMDet-m person detector, load it with "
+        "sapiens2_edge.load_detector")
 
 
 # --- predict ----------------------------------------------------------------------------------------
 @app.command()
-def predict(checkpoint: str = typer.Argument(..., help=".safetensors file, directory or Hugging Face id"),
+def predict(checkpoint: str = typer.Argument(..., help="an exported artifact directory, or a checkpoint "
+                                                       "(.safetensors file, directory or Hugging Face id; needs torch)"),
             input: Path = typer.Option(..., "--input", "-i", help="an image or a folder of images"),
             output: Path = typer.Option(..., "--output", "-o", help="folder for overlays and raw results"),
             boxes: Optional[Path] = typer.Option(None, "--boxes", help="pose: JSON {image name: [[x1,y1,x2,y2], ...]}"),
-            device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+            device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
             input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
             no_flip: bool = typer.Option(False, "--no-flip", help="pose: skip the flip test"),
-            backend: str = typer.Option("auto", help="auto, torch, onnxruntime, openvino (artifacts)")) -> None:
-    """Run a task checkpoint or an exported artifact on an image or a folder; write overlay PNGs,
+            backend: Backend = typer.Option("auto", help="runtime for an artifact (auto: the best installed one)"),
+            skip_errors: bool = typer.Option(True, "--skip-errors/--fail-fast",
+                                             help="on a bad image: report it and go on (default), or stop"),
+            as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of text")) -> None:
+    """Run an exported artifact or a task checkpoint on an image or a folder; write overlay PNGs,
     .npy arrays and JSON."""
+    from .artifact import is_artifact
     from .runtime.inputs import list_images, load_boxes
     from .runtime.outputs import run_predictions
     from .runtime.predictor import Predictor
+    from .workflows import check_device
 
-    try:
-        inputs = list_images(input)
-        box_map = load_boxes(boxes, [p.name for p in inputs])
-        pred = Predictor(checkpoint, backend=backend, device=device, input_size=_parse_size(input_size),
-                         flip_test=not no_flip)
-        console.print(f"{pred.task} model, backend {pred.runner.describe()} ({pred.backend_reason})")
-        start = time.perf_counter()
-        run_predictions(pred, inputs, output, box_map, progress=_progress_bar("predict"))
-    except Sapiens2EdgeError as e:
-        _fail(e)
-    console.print(f"wrote results for {len(inputs)} image(s) to {output} in {time.perf_counter() - start:.1f} s")
+    inputs = list_images(input)
+    box_map = load_boxes(boxes, [p.name for p in inputs])
+    check_device(device)
+    if not is_artifact(checkpoint):
+        require("torch", "predict with a checkpoint (it runs in PyTorch; an exported artifact runs without it)")
+    pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=_parse_size(input_size),
+                     flip_test=not no_flip)
+    if not as_json:
+        say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
+    failed: list[tuple[Path, Exception]] = []
+
+    def on_error(path: Path, e: Exception) -> None:
+        failed.append((path, e))
+        if not as_json:
+            say(f"skipped {path.name}: {error_line(e).removeprefix('error: ')}")
+    start = time.perf_counter()
+    results = run_predictions(pred, inputs, output, box_map, progress=_progress_bar("predict"),
+                              on_error=on_error if skip_errors else None)
+    seconds = time.perf_counter() - start
+    if as_json:
+        _json({"task": pred.task, "backend": pred.backend, "output": str(output), "seconds": seconds,
+               "ok": len(results), "failed": [{"image": str(p), "error": error_line(e)} for p, e in failed]})
+    else:
+        say(f"{len(results)} image(s) ok, {len(failed)} failed; results in {output} ({seconds:.1f} s)")
+        for p, e in failed:
+            say(f"  failed: {p}: {error_line(e).removeprefix('error: ')}")
+    if failed and not results:
+        raise typer.Exit(code=1)
 
 
 # --- quantize ---------------------------------------------------------------------------------------
@@ -170,198 +296,205 @@ def report_table(report) -> Table:
 
 @app.command(name="quantize")
 def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.safetensors, directory or HF id)"),
-                 scheme: str = typer.Option("int8", help="fp16, int8-weight, int8, fp8 or mixed"),
+                 scheme: Scheme = typer.Option("int8", help="quantization scheme"),
                  calib: Path = typer.Option(..., "--calib", help="folder of calibration images of the task's domain"),
                  output: Path = typer.Option(..., "--output", "-o", help="output .safetensors file or folder"),
                  budget: Optional[str] = typer.Option(None, help="mixed: e.g. 'seg_agreement>=0.995' or 'size<=0.3'"),
                  report: Optional[Path] = typer.Option(None, "--report", help="also write the report JSON here"),
                  holdout: Optional[Path] = typer.Option(None, help="held-out images for the fidelity report"),
-                 calib_size: int = typer.Option(32, help="calibration images to use"),
-                 eval_samples: int = typer.Option(16, help="held-out images to evaluate"),
-                 activation_mode: str = typer.Option("dynamic", help="int8/fp8 activations: dynamic or static"),
+                 calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
+                 eval_samples: int = typer.Option(16, min=1, help="held-out images to evaluate"),
+                 activation_mode: Activations = typer.Option("dynamic", help="int8/fp8 activations"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
+    require("torch", "quantize")
     from . import load_model
     from .runtime.inputs import split_images
     from .workflows import quantize_and_save
 
-    try:
-        model = load_model(checkpoint)
-        calib_images, eval_images, eval_source = split_images(calib, holdout, calib_size, eval_samples)
-        options = {} if scheme == "mixed" and budget is not None else {"activation_mode": activation_mode}
-        if budget is not None:
-            options["budget"] = budget
-        path = output if output.suffix == ".safetensors" else output / f"{Path(str(checkpoint)).stem}_{scheme}.safetensors"
-        console.print(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
-        _, rep = quantize_and_save(model, scheme, calib_images, path, held_out=eval_images, held_out_source=eval_source,
-                                   input_size=_parse_size(input_size), calibration_size=calib_size,
-                                   eval_samples=eval_samples, report_path=report, **options)
-    except Sapiens2EdgeError as e:
-        _fail(e)
+    scheme = str(scheme)
+    calib_images, eval_images, eval_source = split_images(calib, holdout, calib_size, eval_samples)
+    model = load_model(checkpoint)
+    options = {} if scheme == "mixed" and budget is not None else {"activation_mode": str(activation_mode)}
+    if budget is not None:
+        options["budget"] = budget
+    path = output if output.suffix == ".safetensors" else output / f"{Path(str(checkpoint)).stem}_{scheme}.safetensors"
+    talk = _talk()
+    talk.say(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
+    _, rep = quantize_and_save(model, scheme, calib_images, path, held_out=eval_images, held_out_source=eval_source,
+                               input_size=_parse_size(input_size), calibration_size=calib_size,
+                               eval_samples=eval_samples, report_path=report, progress=talk.iterate, **options)
     console.print(report_table(rep))
-    console.print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)" + (f" and {report}" if report else ""))
+    say(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)" + (f" and {report}" if report else ""))
 
 
 # --- export / verify --------------------------------------------------------------------------------
-def _check_export_flags(scheme: Optional[str], calib: Optional[Path], activations: str) -> None:
-    from .workflows import FLOAT_SCHEMES, QUANT_SCHEMES
+def _check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -> None:
+    from .workflows import check_scheme_format
 
-    if scheme is not None and scheme not in FLOAT_SCHEMES + QUANT_SCHEMES:
-        raise ConfigError(f"unknown --scheme {scheme!r}; expected fp32, fp16 or one of {', '.join(QUANT_SCHEMES)}")
-    if activations not in ("static", "dynamic"):
-        raise ConfigError(f"--activations must be 'static' or 'dynamic', got {activations!r}")
+    check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt)
     if scheme in QUANT_SCHEMES and scheme != "int8-weight" and calib is None:
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
                           "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
                           "which needs none")
+    extra = {"onnx": "export", "openvino": "export", "coreml": "coreml"}.get(fmt, "torch")
+    require("torch", "export", extra)
+    for package, formats in (("onnx", ("onnx", "openvino")), ("openvino", ("openvino",)), ("coremltools", ("coreml",))):
+        if fmt in formats:
+            require(package, f"export --format {fmt}")
 
 
 @app.command(name="export")
 def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.safetensors, directory or HF id)"),
-               format: str = typer.Option("onnx", "--format", "-f", help="onnx or openvino"),
+               format: Format = typer.Option("onnx", "--format", "-f", help="artifact format"),
                output: Path = typer.Option(..., "--output", "-o", help="artifact directory to create"),
-               scheme: Optional[str] = typer.Option(
-                   None, help="fp32 or fp16 (float), or int8-weight, int8, fp8 to quantize on the fly; default: fp32, "
-                   "or the scheme of a quantized checkpoint"),
+               scheme: Optional[ExportScheme] = typer.Option(
+                   None, help="fp32 or fp16 (float), or a scheme to quantize with on the fly; default: the format's "
+                   "float precision, or the scheme of a quantized checkpoint"),
                calib: Optional[Path] = typer.Option(None, "--calib", help="calibration images (int8/fp8 schemes)"),
-               activations: str = typer.Option("static", help="int8/fp8 activations: static (int8 kernels in ONNX "
-                                                "Runtime and OpenVINO) or dynamic (per token)"),
-               calib_size: int = typer.Option(32, help="calibration images to use"),
+               activations: Activations = typer.Option("static", help="int8/fp8 activations: static (int8 kernels in "
+                                                       "ONNX Runtime and OpenVINO) or dynamic (per token)"),
+               calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
-               max_batch: int = typer.Option(8, help="largest batch the artifact accepts"),
+               max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
     it first with --scheme int8-weight/int8/fp8)."""
+    fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
+    _check_export_flags(scheme, fmt, calib)
     from . import export, load_model
     from .runtime.inputs import split_images
-    from .workflows import QUANT_SCHEMES
 
-    try:
-        start = time.perf_counter()
-        _check_export_flags(scheme, calib, activations)
-        size = _parse_size(input_size)
-        model = load_model(checkpoint)
-        kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
-        if scheme in QUANT_SCHEMES:
-            calib_images, held_out = None, None
-            if calib is not None:
-                calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
-                mode = activations if scheme != "int8-weight" else "weight-only"
-                console.print(f"{model.arch.name} {model.task}: {scheme} ({mode}) with {len(calib_images)} "
-                              "calibration images")
-            quantize_options: dict = {"input_size": tuple(size or model.input_size)}
-            if calib_images is not None:
-                quantize_options["calibration_size"] = calib_size
-            else:
-                quantize_options["progress"] = False
-            if scheme != "int8-weight":
-                quantize_options["activation_mode"] = activations
-            kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
-            if held_out:
-                kwargs["fidelity_data"] = held_out
-        root = export(model, output, format=format, input_size=size, max_batch=max_batch, overwrite=overwrite,
+    start = time.perf_counter()
+    size = _parse_size(input_size)
+    talk = _talk()
+    model = load_model(checkpoint)
+    kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
+    if scheme in QUANT_SCHEMES:
+        calib_images, held_out = None, None
+        if calib is not None and scheme != "int8-weight":
+            calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
+            talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
+                     f"{len(calib_images)} calibration images")
+        quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate}
+        if calib_images is not None:
+            quantize_options["calibration_size"] = calib_size
+        if scheme != "int8-weight":
+            quantize_options["activation_mode"] = str(activations)
+        kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
+        if held_out:
+            kwargs["fidelity_data"] = held_out
+    talk.say(f"exporting {model.arch.name} {model.task} to {fmt}, then verifying it against the torch model")
+    with talk.bar(f"export {fmt} + verify", 1, "step") as advance:
+        root = export(model, output, format=fmt, input_size=size, max_batch=max_batch, overwrite=overwrite,
                       **({"opset": opset} if opset is not None else {}), **kwargs)
-    except Sapiens2EdgeError as e:
-        _fail(e)
+        advance()
     from .artifact import read_manifest
+    from .workflows import artifact_label
 
     m = read_manifest(root)
     size_mb = sum(f["size"] for f in m.files.values()) / 1e6
-    console.print(f"exported {m.task} {m.arch.get('name')} to {root} ({m.format}, {m.precision}, "
-                  f"{m.input_size[0]}x{m.input_size[1]}, batch <= {m.max_batch}) in {time.perf_counter() - start:.1f} s; "
-                  f"{size_mb:.1f} MB; verified relative L2 {m.fidelity.get('rel_l2', float('nan')):.2e} against "
-                  f"{m.fidelity.get('reference', 'torch')}")
+    say(f"exported {m.task} {m.arch.get('name')} to {root} ({artifact_label(m)}, {m.input_size[0]}x{m.input_size[1]}, "
+        f"batch <= {m.max_batch}, {size_mb:.1f} MB) in {time.perf_counter() - start:.1f} s; its outputs vs "
+        f"{m.fidelity.get('reference', 'the torch model')} on the same input: rel L2 "
+        f"{m.fidelity.get('rel_l2', float('nan')):.2e}")
     vs_float = m.fidelity.get("vs_float")
     if vs_float:
         art, ref = vs_float["artifact"], vs_float["torch_quantized"]
         keys = [k for k in ("seg_agreement", "pose_mean_px", "normal_mean_deg", "sqnr_db", "rel_l2") if k in art]
-        console.print("fidelity vs float (" + vs_float["inputs"] + "): " + ", ".join(
-            f"{k} {art[k]:.4g} (torch {ref[k]:.4g})" for k in keys))
+        say("fidelity vs the torch fp32 model (" + vs_float["inputs"] + "): " + ", ".join(
+            f"{k} {art[k]:.4g} (torch quantized {ref[k]:.4g})" for k in keys))
 
 
 @app.command()
 def verify(artifact: Path = typer.Argument(..., help="artifact directory"),
-           backend: str = typer.Option("auto", help="runtime to verify with")) -> None:
+           backend: Backend = typer.Option("auto", help="runtime to verify with"),
+           as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Re-check an artifact's checksums and its numerics against the stored reference outputs."""
-    from .exporters import verify_artifact
+    from .runtime import verify_artifact
 
-    try:
-        result = verify_artifact(artifact, backend)
-    except Sapiens2EdgeError as e:
-        _fail(e)
-    table = Table(title=f"verify {artifact}")
-    for col in ("output", "relative L2", "max abs"):
-        table.add_column(col)
-    for name, r in result["outputs"].items():
-        table.add_row(name, f"{r['rel_l2']:.3e}", f"{r['max_abs']:.3e}")
-    console.print("checksums: ok")
-    console.print(table)
-    verdict = "[green]passed[/]" if result["passed"] else "[red]FAILED[/]"
-    console.print(f"numerics on {result['backend']}: {verdict} (tolerance {result['tolerance']:g})")
+    result = verify_artifact(artifact, str(backend))
+    if as_json:
+        _json(result)
+    else:
+        table = Table(title=f"verify {artifact}")
+        for col in ("output", "rel L2 vs stored torch outputs", "max abs"):
+            table.add_column(col)
+        for name, r in result["outputs"].items():
+            table.add_row(name, f"{r['rel_l2']:.3e}", f"{r['max_abs']:.3e}")
+        say("checksums: ok")
+        console.print(table)
+        say(f"numerics on {result['backend']}: {'passed' if result['passed'] else 'FAILED'} "
+            f"(tolerance {result['tolerance']:g})")
     if not result["passed"]:
         raise typer.Exit(code=1)
 
 
 @app.command()
 def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories"),
-          backend: list[str] = typer.Option(["auto"], help="runtime(s) per artifact; repeat the option"),
-          runs: int = typer.Option(5, help="timed runs per row"),
+          backend: list[Backend] = typer.Option(["auto"], help="runtime(s) per artifact; repeat the option"),
+          runs: int = typer.Option(5, help="timed runs per row (at least 1)"),
           warmup: int = typer.Option(1, help="untimed runs first"),
           batch: int = typer.Option(1, help="batch size"),
           output_dir: Path = typer.Option(Path("bench_results"), help="where bench.md/.csv/.json go"),
-          no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the torch fp32 eager row")) -> None:
+          no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the torch fp32 eager row"),
+          as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
     """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process)."""
     from . import bench as benchmod
+    from .runtime.opener import installed
 
-    command = (f"sapiens2-edge bench {' '.join(map(str, artifacts))} " + " ".join(f"--backend {b}" for b in backend)
-               + f" --runs {runs} --warmup {warmup} --batch {batch}" + (" --no-baseline" if no_baseline else ""))
-    try:
-        rows = benchmod.run(list(artifacts), backend, warmup, runs, batch, baseline=not no_baseline)
-    except Sapiens2EdgeError as e:
-        _fail(e)
-    console.print(benchmod.bench_table(rows))
+    benchmod.check_counts(warmup, runs, batch)
+    backends = [str(b) for b in backend]
+    baseline = not no_baseline
+    if baseline and not installed("torch"):
+        baseline = False
+        _echo_error("note: torch is not installed, so there is no torch fp32 eager baseline row "
+                   '(pip install "sapiens2-edge[torch]" to add it)')
+    command = (f"sapiens2-edge bench {' '.join(map(str, artifacts))} " + " ".join(f"--backend {b}" for b in backends)
+               + f" --runs {runs} --warmup {warmup} --batch {batch}" + ("" if baseline else " --no-baseline"))
+    rows = benchmod.run(list(artifacts), backends, warmup, runs, batch, baseline=baseline,
+                        talk=None if as_json else _talk())
     files = benchmod.write_reports(rows, output_dir, command)
-    console.print("wrote " + ", ".join(str(f) for f in files))
+    if as_json:
+        _json({"command": command, "rows": rows, "files": [str(f) for f in files]})
+        return
+    console.print(benchmod.bench_table(rows))
+    for line in benchmod.bench_legend(rows):
+        say(line)
+    say("wrote " + ", ".join(str(f) for f in files))
 
 
 # --- demo (the README's main job) ---------------------------------------------------------------------
 @app.command()
 def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint; default: look for the official one"),
-         task: str = typer.Option("seg", help="pose, seg, normal, pointmap or albedo"),
-         size: str = typer.Option("auto", help="auto (the official 0.4b if present, else a random 0.1b at 512x384), "
-                                               "or 0.1b, 0.4b, 0.8b, 1b, 5b"),
+         task: Task = typer.Option("seg", help="task of the model"),
+         size: DemoSize = typer.Option("auto", help="auto: the official 0.4b if present, else a random 0.1b at "
+                                                    "512x384"),
          image: Optional[Path] = typer.Option(None, help="input image (default: the bundled sample photo)"),
          output: Path = typer.Option(Path("sapiens2_demo"), help="output folder"),
-         scheme: str = typer.Option("int8", help="quantization: fp16, int8-weight, int8 or fp8"),
-         format: str = typer.Option("auto", "--format", help="artifact: auto (openvino if installed, else onnx), "
-                                                            "onnx, openvino, coreml, torch, native"),
+         scheme: DemoScheme = typer.Option("int8", help="quantization (int8-weight and fp16 need no calibration)"),
+         format: DemoFormat = typer.Option("auto", "--format", help="artifact (auto: openvino if installed, else onnx)"),
          input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
-         runs: int = typer.Option(3, help="timed runs per bench row"),
+         runs: int = typer.Option(3, help="timed runs per bench row (at least 1)"),
          no_bench: bool = typer.Option(False, "--no-bench", help="stop after predict")) -> None:
     """The whole chain on a sample image, offline: load -> quantize -> export -> predict -> bench.
 
     Uses real weights when you have them (--checkpoint, $SAPIENS_CHECKPOINT_ROOT or the Hugging Face
     cache); otherwise a randomly initialised model in the official layout, announced as such.
     """
-    from .bench import bench_table
-    from .demo import run_chain
+    from .bench import bench_legend, bench_table
+    from .demo import run_chain, summary_lines
 
-    try:
-        res = run_chain(task=task, size=size, checkpoint=checkpoint, image=image, output=output, scheme=scheme,
-                        format=format, input_size=_parse_size(input_size), bench_runs=runs, bench=not no_bench,
-                        say=console.print)
-    except Sapiens2EdgeError as e:
-        _fail(e)
-    console.print(report_table(res.report))
-    console.print(f"summary: {res.results[0].to_json()[:300]}")
+    res = run_chain(task=str(task), size=str(size), checkpoint=checkpoint, image=image, output=output,
+                    scheme=str(scheme), format=str(format), input_size=_parse_size(input_size), bench_runs=runs,
+                    bench=not no_bench, talk=_talk())
     if res.bench_rows:
         console.print(bench_table(res.bench_rows))
-        base, art = res.bench_rows[0], res.bench_rows[-1]
-        console.print(f"speed-up of {art['artifact']} on {art['backend']} over torch fp32 eager: {art['speedup']:.2f}x "
-                      f"({art['median_s']:.3f} s vs {base['median_s']:.3f} s median), peak RSS "
-                      f"{art['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
-    console.print(f"outputs in {output}/: " + ", ".join(sorted(p.name for p in output.iterdir())))
+        for line in bench_legend(res.bench_rows, width=min(console.width, 100)):
+            say(line)
+    for line in summary_lines(res, output, width=min(console.width, 100)):
+        say(line)
 
 
 def main() -> None:

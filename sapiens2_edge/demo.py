@@ -4,19 +4,25 @@ Real weights are used when an official checkpoint is on this machine; otherwise 
 initialised model in the official layout (announced as such), so the whole chain - shapes,
 speed, artifact, runtime - is real and only the predictions are noise. Calibration images are
 augmented views of the input image (the only images that are certain to be present offline).
+
+The chain talks through a :class:`~sapiens2_edge.workflows.Talk`: each stage says what it is about
+to do before doing it, long stages show progress with an ETA, and :func:`summary_lines` says at
+the end what ran, where the files are and what each number is measured against.
 """
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
-from .spec import TASKS
+from .spec import NUM_PREFIX_TOKENS, PATCH_SIZE, TASKS
+from .workflows import Talk, artifact_label, check_scheme_format, duration_text
 
 SAMPLE_IMAGE = Path(__file__).parent / "assets" / "astronaut.jpg"
 """The photo the demo runs on when no image is given (bundled: the demo works offline)."""
@@ -24,6 +30,11 @@ SAMPLE_IMAGE = Path(__file__).parent / "assets" / "astronaut.jpg"
 # Without real weights the chain runs a small model so the demo takes minutes, not an hour.
 RANDOM_DEFAULT = ("0.1b", (512, 384))
 REAL_DEFAULT_SIZE = "0.4b"
+#: Schemes that quantize activations from calibration data; the others need none.
+CALIBRATED_SCHEMES = ("int8", "fp8")
+#: Schemes the demo offers (``mixed`` needs a budget, which the quantize command takes).
+DEMO_SCHEMES = ("fp16", "int8-weight", "int8", "fp8")
+HELD_OUT_VIEWS = 3
 
 
 @dataclass
@@ -37,6 +48,9 @@ class ChainResult:
     results: list = field(default_factory=list)
     bench_rows: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    estimate: dict[str, float] = field(default_factory=dict)
+    manifest: Any = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def calibration_views(image: np.ndarray, count: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -67,108 +81,242 @@ def default_format() -> str:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
 
 
+# --- the estimate ---------------------------------------------------------------------------------
+def forward_gflop(arch: Any, input_size: tuple[int, int], attention: bool = True) -> float:
+    """Approximate GFLOP of one forward pass: 2 x backbone weights x tokens for the linears plus
+    (``attention``) 4 x depth x tokens^2 x width for attention (heads and normalisation left out)."""
+    from .models.arch import backbone_shapes, count_params
+
+    tokens = (input_size[0] // PATCH_SIZE) * (input_size[1] // PATCH_SIZE) + NUM_PREFIX_TOKENS
+    linear = 2.0 * count_params(backbone_shapes(arch)) * tokens
+    return (linear + (4.0 * arch.depth * tokens**2 * arch.embed_dim if attention else 0.0)) / 1e9
+
+
+def machine_gflops(seconds: float = 0.3) -> float:
+    """fp32 matmul GFLOP/s of this machine now (torch, its current thread count), measured for
+    about ``seconds``."""
+    import torch
+
+    n = 1024  # about the size of the model's GEMMs (smaller ones run at a fraction of the rate)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        calls += 1
+    return 2.0 * n**3 * calls / (time.perf_counter() - start) / 1e9
+
+
+# Forward passes each stage runs, in units of one float forward; a fake-quantized torch forward
+# costs about two. Export traces and verifies (about two forwards) plus a fixed cost of the
+# format's converters (tracing and graph passes do not scale with FLOPs); bench runs the torch
+# baseline and the (faster) artifact. Calibrated on the default demo (0.1b at 512x384, openvino
+# int8) on a busy 2-core machine: 385 s quantize, 99 s export, 39 s bench.
+MODEL_EFFICIENCY = 0.7  # a transformer forward reaches about 70 % of the 1024^3 matmul rate
+QUANT_FORWARD = 2.0
+EXPORT_FORWARDS = 2.0
+EXPORT_FIXED_S = {"onnx": 50.0, "openvino": 80.0, "torch": 60.0, "coreml": 100.0, "native": 5.0}
+BENCH_FORWARDS_PER_RUN = 1.3  # the fp32 baseline's call plus the artifact's
+
+
+def estimate_stages(arch: Any, input_size: tuple[int, int], scheme: str, fmt: str, calib_count: int,
+                    bench_runs: int, bench: bool, gflops: float | None = None) -> dict[str, float]:
+    """Seconds each stage should take on this machine (a rough estimate from FLOPs, not a promise)."""
+    forward_s = forward_gflop(arch, input_size) / ((gflops or machine_gflops()) * MODEL_EFFICIENCY)
+    evaluate = HELD_OUT_VIEWS * (1 + QUANT_FORWARD)
+    calibrate = calib_count * (2 + 1 + QUANT_FORWARD) if scheme in CALIBRATED_SCHEMES else 0
+    stages = {"quantize": forward_s * (calibrate + evaluate),
+              "export": forward_s * EXPORT_FORWARDS + EXPORT_FIXED_S[fmt],
+              "predict": forward_s * 2}
+    if bench:
+        stages["bench"] = forward_s * BENCH_FORWARDS_PER_RUN * (1 + bench_runs) + 10.0
+    return stages
+
+
+# --- the chain ------------------------------------------------------------------------------------
 def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = None, image: Path | None = None,
               output: Path = Path("sapiens2_demo"), scheme: str = "int8", format: str = "auto",
               input_size: tuple[int, int] | None = None, calib_count: int = 8, bench_runs: int = 3,
-              bench: bool = True, say: Callable[[str], None] = print) -> ChainResult:
-    """Run every stage, announcing each through ``say``; returns what each produced."""
-    from . import load_model
-    from .exporters import export
-    from .models.random_init import random_model
-    from .runtime.outputs import run_predictions
-    from .runtime.predictor import Predictor
-    from .runtime.torch_backend import default_checkpoint
-    from .spec import DEFAULT_INPUT_SIZE
-    from .tasks import load_image
-    from .workflows import quantize_and_save
+              bench: bool = True, talk: Talk | None = None) -> ChainResult:
+    """Run every stage, announcing each through ``talk`` before it starts; returns what each produced."""
+    from .workflows import require
 
+    talk = talk or Talk()
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if scheme not in DEMO_SCHEMES:
+        raise ConfigError(f"the demo quantizes with {', '.join(DEMO_SCHEMES)}, got --scheme {scheme!r}")
+    if bench_runs < 1:
+        raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
     fmt = default_format() if format == "auto" else format
+    check_scheme_format(scheme, fmt)  # before minutes of quantizing
+    require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
+    from .tasks import load_image
+
     image_path = Path(image) if image is not None else SAMPLE_IMAGE
     picture = load_image(image_path)
     output = Path(output)
-    timings: dict[str, float] = {}
-
-    # 1. load
-    t = time.perf_counter()
-    source = checkpoint or default_checkpoint(task, REAL_DEFAULT_SIZE if size == "auto" else size)
-    if source is not None:
-        model = load_model(source, task=task)
-        result = ChainResult(model_source=str(source), real_weights=True)
-        say(f"[1/5] load: real weights {source}")
-    else:
-        arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, DEFAULT_INPUT_SIZE))
-        model = random_model(arch, task, input_size=input_size or random_size)
-        input_size = input_size or random_size
-        arch = model.arch.name
-        result = ChainResult(model_source=f"random {arch} {task}", real_weights=False)
-        say(f"[1/5] load: RANDOM WEIGHTS - no {task} checkpoint found on this machine (looked for "
-            f"facebook/sapiens2-{task}-{REAL_DEFAULT_SIZE if size == 'auto' else size} under "
-            "$SAPIENS_CHECKPOINT_ROOT and in the Hugging Face cache). A randomly initialised "
-            f"{arch} model in the official layout: shapes, speed and every stage are real, the predictions are noise.")
-    size_hw = tuple(input_size or model.input_size)
-    n_params = sum(p.numel() for p in model.parameters())
-    timings["load_s"] = time.perf_counter() - t
-    say(f"      {model.arch.name} {model.task}, {n_params / 1e6:.1f} M parameters, input {size_hw[0]}x{size_hw[1]}, "
-        f"{timings['load_s']:.1f} s")
-
-    # 2. quantize
-    t = time.perf_counter()
-    views = calibration_views(picture, calib_count)
-    held_out = calibration_views(picture, 4, seed=1)[1:]  # other crops than the calibration ones
-    # Static activation scales: the form ONNX Runtime and OpenVINO run with int8 kernels.
-    extra = {"activation_mode": "static"} if scheme in ("int8", "fp8") else {}
-    output.mkdir(parents=True, exist_ok=True)
-    qmodel, report = quantize_and_save(
-        model, scheme, views, output / f"model_{scheme}.safetensors", held_out=held_out,
-        held_out_source=f"{len(held_out)} other augmented views of {image_path.name}", input_size=size_hw,
-        calibration_size=calib_count, eval_samples=len(held_out), progress=False, **extra)
-    result.report = report
-    timings["quantize_s"] = time.perf_counter() - t
-    say(f"[2/5] quantize: {scheme} with {len(views)} calibration views of {image_path.name}, "
-        f"{timings['quantize_s']:.1f} s -> {output / f'model_{scheme}.safetensors'}")
-    say("      " + _fidelity_line(report))
-
-    # 3. export
-    t = time.perf_counter()
-    artifact = export(qmodel, output / f"{fmt}-{scheme}", format=fmt, input_size=size_hw, max_batch=1,
-                      overwrite=True)
-    result.artifact = artifact
-    timings["export_s"] = time.perf_counter() - t
-    from .artifact import read_manifest
-
-    manifest = read_manifest(artifact, verify=False)
-    say(f"[3/5] export: {fmt} {manifest.precision} -> {artifact} ({_dir_mb(artifact):.1f} MB), verified against "
-        f"torch: rel L2 {manifest.fidelity.get('rel_l2', float('nan')):.2e}, {timings['export_s']:.1f} s")
-
-    # 4. predict through the runtime, from the artifact
-    t = time.perf_counter()
-    pred = Predictor(artifact)
-    result.results = run_predictions(pred, [image_path], output / "predictions")
-    timings["predict_s"] = time.perf_counter() - t
-    say(f"[4/5] predict: {pred.runner.describe()} ({pred.backend_reason}), {timings['predict_s']:.1f} s -> "
-        f"{output / 'predictions'}")
-
-    # 5. bench: the artifact against torch fp32 eager, each in its own process
+    start = time.perf_counter()
+    model, result = _load(task, size, checkpoint, input_size, talk)
+    size_hw = result.facts["input_size"]
+    result.estimate = estimate_stages(model.arch, size_hw, scheme, fmt, calib_count, bench_runs, bench)
+    total = sum(result.estimate.values())
+    talk.say(f"      estimate for the rest: about {duration_text(total)} on this machine (from the model's FLOPs "
+             f"and a matmul test; {', '.join(f'{k} ~{duration_text(v)}' for k, v in result.estimate.items())})")
+    qmodel = _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk)
+    _export(qmodel, fmt, scheme, output, size_hw, result, talk)
+    _predict(image_path, output, result, talk)
     if bench:
-        from . import bench as benchmod
-
-        t = time.perf_counter()
-        result.bench_rows = benchmod.run([artifact], ["auto"], warmup=1, runs=bench_runs)
-        benchmod.write_reports(result.bench_rows, output / "bench",
-                               f"sapiens2-edge bench {artifact} --runs {bench_runs} --warmup 1")
-        timings["bench_s"] = time.perf_counter() - t
-        say(f"[5/5] bench: {len(result.bench_rows)} rows in {timings['bench_s']:.1f} s -> {output / 'bench'}")
-    result.timings = timings
+        _bench(output, bench_runs, result, talk)
+    result.timings["total_s"] = time.perf_counter() - start
     return result
 
 
-def _fidelity_line(report) -> str:
+def _load(task, size, checkpoint, input_size, talk):
+    from . import load_model
+    from .models.random_init import random_model
+    from .runtime.torch_backend import default_checkpoint
+    from .spec import DEFAULT_INPUT_SIZE
+
+    t = time.perf_counter()
+    wanted = REAL_DEFAULT_SIZE if size == "auto" else size
+    source = checkpoint or default_checkpoint(task, wanted)
+    if source is not None:
+        talk.say(f"[1/5] load: real weights {source}")
+        model = load_model(source, task=task)
+        result = ChainResult(model_source=str(source), real_weights=True)
+    else:
+        arch, random_size = (RANDOM_DEFAULT if size == "auto" else (size, DEFAULT_INPUT_SIZE))
+        talk.say(f"[1/5] load: RANDOM WEIGHTS - no {task} checkpoint found on this machine (looked for "
+                 f"facebook/sapiens2-{task}-{wanted} under $SAPIENS_CHECKPOINT_ROOT and in the Hugging Face cache). "
+                 f"Building a randomly initialised {arch} model in the official layout: shapes, speed and every "
+                 "stage are real, the predictions are noise.")
+        input_size = input_size or random_size
+        model = random_model(arch, task, input_size=input_size)
+        result = ChainResult(model_source=f"random {model.arch.name} {task}", real_weights=False)
+    size_hw = tuple(input_size or model.input_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    result.timings["load_s"] = time.perf_counter() - t
+    result.facts.update(arch=model.arch.name, task=model.task, parameters=n_params, input_size=size_hw)
+    talk.say(f"      {model.arch.name} {model.task}, {n_params / 1e6:.1f} M parameters, input "
+             f"{size_hw[0]}x{size_hw[1]}, loaded in {result.timings['load_s']:.1f} s")
+    return model, result
+
+
+def _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk):
+    from .workflows import quantize_and_save
+
+    t = time.perf_counter()
+    calibrated = scheme in CALIBRATED_SCHEMES
+    held_out = calibration_views(picture, HELD_OUT_VIEWS + 1, seed=1)[1:]  # other crops than the calibration ones
+    path = output / f"model_{scheme}.safetensors"
+    how = (f"static activations calibrated on {calib_count} augmented views of {image_path.name}" if calibrated
+           else "weights only: no calibration data needed")
+    talk.say(f"[2/5] quantize: {scheme} ({how}), then compare with the fp32 model on {len(held_out)} other views "
+             f"(about {duration_text(result.estimate['quantize'])}, estimate)")
+    # Static activation scales: the form ONNX Runtime and OpenVINO run with int8 kernels.
+    extra = {"activation_mode": "static", "calibration_size": calib_count} if calibrated else {}
+    output.mkdir(parents=True, exist_ok=True)
+    qmodel, report = quantize_and_save(
+        model, scheme, calibration_views(picture, calib_count) if calibrated else None, path, held_out=held_out,
+        held_out_source=f"{len(held_out)} other augmented views of {image_path.name}", input_size=size_hw,
+        eval_samples=len(held_out), progress=talk.iterate, **extra)
+    result.report = report
+    result.timings["quantize_s"] = time.perf_counter() - t
+    result.facts.update(quantized=path, calibrated=calibrated, calib_count=calib_count if calibrated else 0,
+                        image=image_path)
+    talk.say(f"      {scheme} checkpoint {path} in {result.timings['quantize_s']:.1f} s; {fidelity_text(report)}")
+    return qmodel
+
+
+def _export(qmodel, fmt, scheme, output, size_hw, result, talk):
+    from .artifact import read_manifest
+    from .exporters import export
+
+    t = time.perf_counter()
+    talk.say(f"[3/5] export: {fmt} {scheme} artifact, then verify it against the torch model it comes from")
+    with talk.timer(f"export {fmt} + verify", result.estimate["export"]):
+        artifact = export(qmodel, output / f"{fmt}-{scheme}", format=fmt, input_size=size_hw, max_batch=1,
+                          overwrite=True)
+    result.artifact = artifact
+    result.timings["export_s"] = time.perf_counter() - t
+    m = result.manifest = read_manifest(artifact, verify=False)
+    talk.say(f"      {artifact} ({artifact_label(m)}, {_dir_mb(artifact):.1f} MB) in {result.timings['export_s']:.1f} s; "
+             f"rel L2 {m.fidelity.get('rel_l2', float('nan')):.1e} vs {m.fidelity.get('reference', 'torch')}")
+
+
+def _predict(image_path, output, result, talk):
+    from .runtime.outputs import describe_result, run_predictions
+    from .runtime.predictor import Predictor
+
+    t = time.perf_counter()
+    talk.say(f"[4/5] predict: {image_path.name} through the runtime, from the artifact")
+    pred = Predictor(result.artifact)
+    result.results = run_predictions(pred, [image_path], output / "predictions")
+    result.timings["predict_s"] = time.perf_counter() - t
+    result.facts["backend"] = pred.backend
+    talk.say(f"      on {pred.backend} in {result.timings['predict_s']:.1f} s: {describe_result(result.results[0])}")
+
+
+def _bench(output, bench_runs, result, talk):
+    from . import bench as benchmod
+
+    t = time.perf_counter()
+    talk.say(f"[5/5] bench: the artifact against torch fp32 eager, each in its own process, 1 warm-up + "
+             f"{bench_runs} timed runs (about {duration_text(result.estimate['bench'])}, estimate)")
+    result.bench_rows = benchmod.run([result.artifact], ["auto"], warmup=1, runs=bench_runs, talk=talk)
+    benchmod.write_reports(result.bench_rows, output / "bench",
+                           f"sapiens2-edge bench {result.artifact} --runs {bench_runs} --warmup 1")
+    result.timings["bench_s"] = time.perf_counter() - t
+
+
+# --- what it says at the end ----------------------------------------------------------------------
+METRICS = {"seg_agreement": "pixels with the same class", "seg_miou": "mean IoU",
+           "pose_mean_px": "mean keypoint shift (px)", "normal_mean_deg": "mean normal angle (deg)",
+           "pointmap_rel_l1": "pointmap rel L1", "albedo_psnr_db": "albedo PSNR (dB)",
+           "sqnr_db": "output SQNR (dB)", "rel_l2": "output rel L2"}
+
+
+def fidelity_text(report) -> str:
+    """The quantized model's task fidelity, saying what it was measured against."""
     fid = dict(report.fidelity or {})
-    keys = [k for k in fid if isinstance(fid[k], float) and not k.endswith(("_max_px", "_p95_px"))][:4]
-    parts = [f"{k} {fid[k]:.4g}" for k in keys]
-    return "fidelity vs float: " + (", ".join(parts) if parts else "n/a")
+    parts = [f"{words} {fid[k]:.4g}" for k, words in METRICS.items() if isinstance(fid.get(k), float)][:3]
+    where = fid.get("evaluated_on", "held-out inputs")
+    return f"vs the torch fp32 model on {where}: " + (", ".join(parts) if parts else "n/a")
+
+
+def summary_lines(res: ChainResult, output: Path, width: int = 80) -> list[str]:
+    """What ran, where the files are and what each number is measured against, wrapped to ``width``."""
+    from .runtime.outputs import describe_result
+
+    f, rep, m = res.facts, res.report, res.manifest
+    h, w = f["input_size"]
+    items = [("model", f"{res.model_source}, {f['parameters'] / 1e6:.1f} M parameters, input {h}x{w}"
+              + ("" if res.real_weights else " - RANDOM WEIGHTS: the predictions are noise"))]
+    items.append(("quantized", f"{rep.scheme}"
+                  + (f", calibrated on {f['calib_count']} views of {f['image'].name}" if f["calibrated"]
+                     else ", weights only (no calibration)")
+                  + f"; {rep.size_before_bytes / 1e6:.1f} MB -> {rep.size_after_bytes / 1e6:.1f} MB; "
+                  f"{fidelity_text(rep)}; saved as {f['quantized']}"))
+    items.append(("artifact", f"{res.artifact} ({artifact_label(m)}, {_dir_mb(res.artifact):.1f} MB); its outputs "
+                  f"vs {m.fidelity.get('reference', 'the torch model')} on the same input: rel L2 "
+                  f"{m.fidelity.get('rel_l2', float('nan')):.1e} (tolerance {m.fidelity.get('tolerance', 0):g})"))
+    items.append(("predicted", f"{f['image'].name} on {f['backend']}: {describe_result(res.results[0])}; "
+                  f"overlay, arrays and JSON in {output / 'predictions'}"))
+    if res.bench_rows:
+        base, art = res.bench_rows[0], res.bench_rows[-1]
+        items.append(("bench", f"{artifact_label(m)} on {art['backend']}: {art['median_s']:.3f} s median per image vs "
+                      f"{base['median_s']:.3f} s for torch fp32 eager = {art['speedup']:.2f}x the speed; peak memory "
+                      f"{art['peak_rss_mb']:.0f} MB vs {base['peak_rss_mb']:.0f} MB; tables in {output / 'bench'}"))
+    estimate = sum(res.estimate.values())
+    items.append(("time", f"{duration_text(res.timings.get('total_s', 0))} in all ("
+                  + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in res.timings.items() if k != "total_s")
+                  + f"); estimated {duration_text(estimate)} after loading"))
+    lines = ["summary"]
+    for key, text in items:
+        lines += textwrap.wrap(text, width, initial_indent=f"  {key + ':':<11}", subsequent_indent=" " * 13,
+                               break_on_hyphens=False)
+    return lines
 
 
 def _dir_mb(root: Path) -> float:

@@ -102,6 +102,7 @@ def test_predict_errors(ckpts, images, tmp_path, args, msg):
     assert res.exit_code == 2 and msg in res.output, res.output
 
 
+@pytest.mark.slow  # onnx export and two bench processes: minutes on a small machine
 def test_demo_runs_the_whole_chain_on_real_weights(tmp_path, monkeypatch):
     root = tmp_path / "host"
     save(tiny_model("seg"), root / "seg" / "sapiens2_0.4b_seg.safetensors")
@@ -118,9 +119,10 @@ def test_demo_runs_the_whole_chain_on_real_weights(tmp_path, monkeypatch):
     assert manifest["precision"] == "int8" and manifest["input_size"] == [128, 96]
     rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
     assert [r["artifact"] for r in rows][0] == "torch-fp32-eager" and len(rows) == 2
-    assert rows[1]["speedup"] > 0 and f"over torch fp32 eager: {rows[1]['speedup']:.2f}x" in text
+    assert rows[1]["speedup"] > 0 and f"for torch fp32 eager = {rows[1]['speedup']:.2f}x the speed" in text
 
 
+@pytest.mark.slow  # onnx export: a minute or more on a small machine
 def test_demo_random_weights_announced(tmp_path, monkeypatch):
     import sapiens2_edge.demo as demo
 
@@ -152,7 +154,7 @@ def test_calibration_views_are_distinct_rgb_crops():
 
 def test_demo_unknown_task(tmp_path):
     res = runner.invoke(app, ["demo", "--task", "depth", "--output", str(tmp_path)])
-    assert res.exit_code == 2 and "unknown task 'depth'" in res.output
+    assert res.exit_code == 2 and "'depth' is not one of 'pose', 'seg', 'normal', 'pointmap', 'albedo'" in res.output
 
 
 def test_console_script_runs(ckpts):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from sapiens2_edge.cli import app
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sapiens2_edge"
-COMMANDS = ("info", "predict", "quantize", "export", "verify", "bench", "demo", "init-random", "convert")
+COMMANDS = ("info", "init-random", "convert", "predict", "quantize", "export", "verify", "bench", "demo")
 
 
 def _imported_modules(path: Path) -> set[str]:

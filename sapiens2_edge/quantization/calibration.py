@@ -28,8 +28,11 @@ from ..errors import CalibrationError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool | None = None) -> Iterable:
-    """A tqdm bar on a terminal, nothing otherwise (``enabled`` None = auto)."""
+def progress(iterable: Iterable, total: int | None, desc: str, enabled: Any = None) -> Iterable:
+    """A tqdm bar on a terminal, nothing otherwise (``enabled`` None = auto); a callable ``enabled``
+    is the caller's own ``(iterable, total, desc) -> iterable`` progress display."""
+    if callable(enabled):
+        return enabled(iterable, total, desc)
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:

@@ -45,7 +45,7 @@ def choose_backend(manifest: Manifest, requested: str) -> tuple[str, str]:
     for name in runners:
         if installed(name):
             skipped = runners[: runners.index(name)]
-            why = f"auto: first installed runtime for a {manifest.format} artifact"
+            why = f"auto: first installed runtime for {manifest.format} artifacts"
             return name, why + (f" ({', '.join(skipped)} not installed)" if skipped else "")
     hint = " or ".join(f"pip install 'sapiens2-edge[{EXTRAS[r]}]'" for r in runners)
     raise BackendUnavailableError(f"no runtime for this {manifest.format} artifact is installed; {hint}")

@@ -42,6 +42,7 @@ class OpenVINOBackend:
 
     def describe(self) -> str:
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        precision = precision.get_type_name() if hasattr(precision, "get_type_name") else precision  # "f32"
         return f"openvino {self.version} on {self.device.upper()} ({precision})"
 
     def matmul_precisions(self) -> dict[str, int]:

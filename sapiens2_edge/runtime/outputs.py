@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from ..errors import InvalidBoxError
+from ..errors import InvalidBoxError, Sapiens2EdgeError
 from ..tasks import Result, load_image, pose_demo_json
 
 Progress = Callable[[Sequence[Path]], Iterable[Path]]
@@ -40,11 +40,15 @@ def write_outputs(result: Result, image: np.ndarray, out_dir: str | Path, stem: 
 
 
 def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str | Path,
-                    boxes: dict[str, Any] | None = None, progress: Progress | None = None) -> list[Result]:
+                    boxes: dict[str, Any] | None = None, progress: Progress | None = None,
+                    on_error: Callable[[Path, Exception], None] | None = None) -> list[Result]:
     """Predict each image file with ``predictor`` and write its outputs to ``out_dir``.
 
     ``boxes``: pose person boxes per image file name (images without an entry use the whole
-    image). ``progress`` wraps the list of inputs (e.g. a tqdm bar). Returns the results in order.
+    image). ``progress`` wraps the list of inputs (e.g. a tqdm bar). ``on_error``: when given, an
+    image that cannot be read or predicted (a typed error or an OS error) is passed to it with the
+    error and the run goes on with the next image; without it the error is raised. Returns the
+    results of the images that succeeded, in order.
     """
     boxes = boxes or {}
     if boxes and predictor.task != "pose":
@@ -52,16 +56,49 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in inputs]
-    results = []
+    results, done = [], []
     for path in progress(paths) if progress else paths:
-        image = load_image(path)
-        result = predictor(image, boxes=boxes.get(path.name))
-        write_outputs(result, image, out_dir, path.stem)
+        try:
+            image = load_image(path)
+            result = predictor(image, boxes=boxes.get(path.name))
+            write_outputs(result, image, out_dir, path.stem)
+        except (Sapiens2EdgeError, OSError) as e:
+            if on_error is None:
+                raise
+            on_error(path, e)
+            continue
         results.append(result)
+        done.append(path)
     if predictor.task == "pose":
-        frames = pose_demo_json(results, [p.name for p in paths])
+        frames = pose_demo_json(results, [p.name for p in done])
         (out_dir / "keypoints.json").write_text(json.dumps(frames, indent=1))
-        coco = [e for i, (r, p) in enumerate(zip(results, paths, strict=True))
+        coco = [e for i, (r, p) in enumerate(zip(results, done, strict=True))
                 for e in r.to_coco(int(p.stem) if p.stem.isdigit() else i)]
         (out_dir / "coco_keypoints.json").write_text(json.dumps(coco))
     return results
+
+
+def describe_result(result: Result, top: int = 3) -> str:
+    """One line for people about a result (its JSON summary, in words)."""
+    d = result.to_dict()
+    if d["task"] == "seg":
+        counts = d["class_pixel_counts"]
+        total = max(sum(counts.values()), 1)
+        largest = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return (f"seg, {d['num_classes']} classes: foreground {100 * d['foreground_fraction']:.0f} % of the pixels; "
+                "largest " + ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in largest))
+    if d["task"] == "pose":
+        people = d["instances"]
+        scores = [s for p in people for s in p["keypoint_scores"]]
+        confident = sum(s >= 0.3 for s in scores)
+        mean = sum(scores) / len(scores) if scores else 0.0
+        return (f"pose, {len(people)} person box(es) x {d['num_keypoints']} keypoints: {confident} with score >= 0.3 "
+                f"(mean score {mean:.2f})")
+    stats = d.get("stats", {})
+    mean = stats.get("mean")
+    text = f"{d['task']} map {'x'.join(str(v) for v in d['shape'])}"
+    if mean is not None:
+        text += ", channel means " + ", ".join(f"{v:.3g}" for v in np.ravel(mean))
+    if "scale" in d:
+        text += f", scale {d['scale']:.3g}, focal length {d['focal_length_px']:.0f} px"
+    return text
