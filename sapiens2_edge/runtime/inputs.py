@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,12 @@ def split_images(calib: str | Path, holdout: str | Path | None, calib_size: int,
     if rest:
         return images[:calib_size], rest, f"{len(rest)} images of {calib} not used for calibration"
     return images[:calib_size], images[:eval_samples], "the calibration images (no held-out images were left)"
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+def is_video(source: str | os.PathLike) -> bool:
+    """A stream URL or a video file (by suffix): predicted frame by frame, not as images."""
+    text = str(source)
+    return "://" in text or Path(text).suffix.lower() in VIDEO_SUFFIXES

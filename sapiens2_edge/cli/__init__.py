@@ -10,99 +10,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-from ._version import __version__
-from .artifact.formats import ALL_SCHEMES, FORMATS
-from .demo import DEMO_SCHEMES
-from .errors import ConfigError, Sapiens2EdgeError
-from .runtime.opener import BACKENDS
-from .spec import RELEASED_PRETRAIN_SIZES, TASKS
-from .workflows import FLOAT_SCHEMES, QUANT_SCHEMES, RichTalk, Talk, artifact_info, missing_package_error, require
-
-DEBUG_ENV = "SAPIENS2_EDGE_DEBUG"
-
-
-def _choices(name: str, values) -> type[StrEnum]:
-    """A str enum of ``values``: typer turns it into a choice, listed in --help."""
-    return StrEnum(name, [(v, v) for v in values])
-
-
-Scheme = _choices("Scheme", ALL_SCHEMES)
-ExportScheme = _choices("ExportScheme", (*FLOAT_SCHEMES, *QUANT_SCHEMES))
-DemoScheme = _choices("DemoScheme", DEMO_SCHEMES)
-Format = _choices("Format", FORMATS)
-DemoFormat = _choices("DemoFormat", ("auto", *FORMATS))
-Task = _choices("Task", TASKS)
-TaskOrNone = _choices("TaskOrNone", (*TASKS, "none"))
-Backend = _choices("Backend", BACKENDS)
-Arch = _choices("Arch", RELEASED_PRETRAIN_SIZES)
-DemoSize = _choices("DemoSize", ("auto", *RELEASED_PRETRAIN_SIZES))
-Activations = _choices("Activations", ("static", "dynamic"))
-Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
-
-
-def error_line(e: BaseException) -> str:
-    """``error: <Type>: <message>`` on one line (whitespace folded)."""
-    return f"error: {type(e).__name__}: {' '.join(str(e).split())}"
-
-
-# The click exception base class typer raises (typer >= 0.2x vendors its own click).
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-def _echo_error(text: str) -> None:
-    typer.echo(text, err=True)
-
-
-class _Group(TyperGroup):
-    """Runs a command and turns every failure into one printed line and an exit code."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra) or 0
-        except _ClickException as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as asked for
-                e.show()
-                code = 0
-            else:
-                hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
-                message = " ".join(e.format_message().replace("Value error, ", "").split())
-                _echo_error(f"error: {type(e).__name__}: {message}{hint}")
-                code = e.exit_code
-        except typer.Abort:
-            _echo_error("error: aborted")
-            code = 1
-        except KeyboardInterrupt:
-            _echo_error("error: interrupted")
-            code = 130
-        except Sapiens2EdgeError as e:
-            _echo_error(error_line(e))
-            code = 2
-        except ModuleNotFoundError as e:
-            if os.environ.get(DEBUG_ENV) or not e.name:
-                raise
-            _echo_error(error_line(missing_package_error(e.name, "this command")))
-            code = 2
-        except Exception as e:
-            if os.environ.get(DEBUG_ENV):
-                raise
-            _echo_error(error_line(e) + f" (an unexpected failure; {DEBUG_ENV}=1 shows the traceback)")
-            code = 1
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
+from .._version import __version__
+from ..artifact.formats import FORMATS
+from ..errors import ConfigError
+from ..runtime.inputs import VIDEO_SUFFIXES, is_video
+from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
+from .options import (
+    Activations,
+    Arch,
+    Backend,
+    DemoFormat,
+    DemoScheme,
+    DemoSize,
+    Dtype,
+    ExportScheme,
+    Format,
+    Scheme,
+    Task,
+    TaskOrNone,
+    _echo_error,
+    _Group,
+    error_line,
+    parse_size,
+)
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Edge inference for Meta's Sapiens2 models: inspect, quantize, export, predict, bench.")
@@ -136,16 +75,6 @@ def _progress_bar(desc: str):
     return lambda items: tqdm(items, desc=desc, unit="img", disable=not sys.stderr.isatty())
 
 
-def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise ConfigError(f"--input-size must look like 1024x768 (H x W), got {text!r}") from None
-    return h, w
-
-
 def _json(data) -> None:
     typer.echo(json.dumps(data, indent=1, default=str))
 
@@ -157,13 +86,13 @@ def info(checkpoint: str = typer.Argument(..., help=".safetensors file, director
          as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """Describe a checkpoint from its safetensors header alone (no weights are read), or an
     artifact from its manifest."""
-    from .artifact import is_artifact
+    from ..artifact import is_artifact
 
     if is_artifact(checkpoint):
         data = artifact_info(checkpoint)
     else:
         require("torch", "info on a checkpoint")
-        from .workflows import checkpoint_info
+        from ..workflows import checkpoint_info
 
         data = checkpoint_info(checkpoint)
     if as_json:
@@ -196,10 +125,10 @@ def init_random(output: Path = typer.Argument(..., help="the .safetensors file t
     """Write a randomly initialised checkpoint in the official layout, to try every command without
     weights (its metadata marks it as random; overlays say RANDOM WEIGHTS)."""
     require("torch", "init-random")
-    from .models.random_init import write_random_checkpoint
+    from ..models.random_init import write_random_checkpoint
 
     start = time.perf_counter()
-    path = write_random_checkpoint(output, str(arch), str(task), input_size=_parse_size(input_size), seed=seed,
+    path = write_random_checkpoint(output, str(arch), str(task), input_size=parse_size(input_size), seed=seed,
                                    dtype=str(dtype), overwrite=overwrite)
     say(f"wrote RANDOM WEIGHTS {arch} {task} checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB, "
         f"seed {seed}, {dtype}) in {time.perf_counter() - start:.1f} s; predictions from it are noise")
@@ -212,7 +141,7 @@ def convert(source: Path = typer.Argument(..., help="the official detector check
             overwrite: bool = typer.Option(False, help="replace an existing file")) -> None:
     """Convert the RTMDet-m person detector's .pth to safetensors, once (read with torch's restricted
     unpickler; every other command reads safetensors only)."""
-    from .detection.checkpoint import convert_checkpoint
+    from ..detection.checkpoint import convert_checkpoint
 
     path = convert_checkpoint(source, output, overwrite=overwrite)
     say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): RTMDet-m person detector, load it with "
@@ -223,8 +152,16 @@ def convert(source: Path = typer.Argument(..., help="the official detector check
 @app.command()
 def predict(checkpoint: str = typer.Argument(..., help="an exported artifact directory, or a checkpoint "
                                                        "(.safetensors file, directory or Hugging Face id; needs torch)"),
-            input: Path = typer.Option(..., "--input", "-i", help="an image or a folder of images"),
+            input: Optional[str] = typer.Option(None, "--input", "-i", help="an image, a folder of images, a video "
+                                                "file (" + ", ".join(VIDEO_SUFFIXES) + ") or a stream URL"),
             output: Path = typer.Option(..., "--output", "-o", help="folder for overlays and raw results"),
+            camera: Optional[int] = typer.Option(None, "--camera", help="run live on this camera index instead"),
+            detector: Optional[str] = typer.Option(None, "--detector", help="pose: person detector (RTMDet-m "
+                                                   ".safetensors from `convert`, or an exported .onnx); none: "
+                                                   "the whole image is one person"),
+            detect_every: int = typer.Option(1, "--detect-every", help="video/camera pose: run the detector "
+                                             "every N frames, track in between"),
+            smooth: bool = typer.Option(False, "--smooth", help="video/camera pose: One-Euro keypoint smoothing"),
             boxes: Optional[Path] = typer.Option(None, "--boxes", help="pose: JSON {image name: [[x1,y1,x2,y2], ...]}"),
             device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
             input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
@@ -235,21 +172,29 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
             as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of text")) -> None:
     """Run an exported artifact or a task checkpoint on an image or a folder; write overlay PNGs,
     .npy arrays and JSON."""
-    from .artifact import is_artifact
-    from .runtime.inputs import list_images, load_boxes
-    from .runtime.outputs import run_predictions
-    from .runtime.predictor import Predictor
-    from .workflows import check_device
+    from ..artifact import is_artifact
+    from ..runtime.inputs import list_images, load_boxes
+    from ..runtime.outputs import run_predictions
+    from ..runtime.predictor import Predictor
+    from ..workflows import check_device
 
-    inputs = list_images(input)
-    box_map = load_boxes(boxes, [p.name for p in inputs])
+    if (input is None) == (camera is None):
+        raise ConfigError("pass exactly one of --input (image, folder, video or URL) and --camera INDEX")
+    streaming = camera is not None or is_video(input)
+    if streaming and boxes is not None:
+        raise ConfigError("--boxes names images of a folder; for a video or camera use --detector")
+    inputs = [] if streaming else list_images(Path(input))
+    box_map = None if streaming else load_boxes(boxes, [p.name for p in inputs])
     check_device(device)
     if not is_artifact(checkpoint):
         require("torch", "predict with a checkpoint (it runs in PyTorch; an exported artifact runs without it)")
-    pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=_parse_size(input_size),
-                     flip_test=not no_flip)
+    pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=parse_size(input_size),
+                     flip_test=not no_flip, detector=_detector(detector))
     if not as_json:
         say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
+    if streaming:
+        _predict_stream(pred, camera if camera is not None else input, output, detect_every, smooth, as_json)
+        return
     failed: list[tuple[Path, Exception]] = []
 
     def on_error(path: Path, e: Exception) -> None:
@@ -269,6 +214,39 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
             say(f"  failed: {p}: {error_line(e).removeprefix('error: ')}")
     if failed and not results:
         raise typer.Exit(code=1)
+
+
+def _detector(spec: Optional[str]):
+    """``--detector``: none, an exported .onnx (onnxruntime), or an RTMDet-m safetensors file."""
+    if spec is None or spec.lower() == "none":
+        return None
+    if spec.lower().endswith(".onnx"):
+        from ..runtime.detectors import OnnxDetector
+
+        return OnnxDetector(spec)
+    return spec
+
+
+def _predict_stream(pred, source, output: Path, detect_every: int, smooth: bool, as_json: bool) -> None:
+    """A video, URL or camera: an annotated video and one JSON line per frame."""
+    from ..runtime.tracking import OneEuro
+    from ..runtime.video import write_stream
+
+    name = f"camera{source}" if isinstance(source, int) else Path(str(source).rstrip("/")).stem or "stream"
+    output.mkdir(parents=True, exist_ok=True)
+    video, jsonl = output / f"{name}.annotated.mp4", output / f"{name}.jsonl"
+    start = time.perf_counter()
+    stream = pred.stream(source, detect_every=detect_every, smooth=OneEuro() if smooth else None)
+    counts = write_stream(stream, video, jsonl)
+    seconds = time.perf_counter() - start
+    if as_json:
+        _json({"task": pred.task, "backend": pred.backend, "video": str(video), "jsonl": str(jsonl),
+               "seconds": seconds, **counts})
+        return
+    fps = counts["written"] / seconds if seconds > 0 else 0.0
+    say(f"{counts['written']} frame(s) written ({counts['frames']} read, {counts['dropped']} dropped"
+        f"{', the source ended early' if counts.get('truncated') else ''}) at {fps:.1f} FPS; "
+        f"{video} and {jsonl}")
 
 
 # --- quantize ---------------------------------------------------------------------------------------
@@ -308,9 +286,9 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
     require("torch", "quantize")
-    from . import load_model
-    from .runtime.inputs import split_images
-    from .workflows import quantize_and_save
+    from .. import load_model
+    from ..runtime.inputs import split_images
+    from ..workflows import quantize_and_save
 
     scheme = str(scheme)
     calib_images, eval_images, eval_source = split_images(calib, holdout, calib_size, eval_samples)
@@ -322,7 +300,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
     talk = _talk()
     talk.say(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
     _, rep = quantize_and_save(model, scheme, calib_images, path, held_out=eval_images, held_out_source=eval_source,
-                               input_size=_parse_size(input_size), calibration_size=calib_size,
+                               input_size=parse_size(input_size), calibration_size=calib_size,
                                eval_samples=eval_samples, report_path=report, progress=talk.iterate, **options)
     console.print(report_table(rep))
     say(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)" + (f" and {report}" if report else ""))
@@ -330,7 +308,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
 
 # --- export / verify --------------------------------------------------------------------------------
 def _check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -> None:
-    from .workflows import check_scheme_format
+    from ..workflows import check_scheme_format
 
     check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt)
     if scheme in QUANT_SCHEMES and scheme != "int8-weight" and calib is None:
@@ -363,11 +341,11 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int8/fp8)."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
     _check_export_flags(scheme, fmt, calib)
-    from . import export, load_model
-    from .runtime.inputs import split_images
+    from .. import export, load_model
+    from ..runtime.inputs import split_images
 
     start = time.perf_counter()
-    size = _parse_size(input_size)
+    size = parse_size(input_size)
     talk = _talk()
     model = load_model(checkpoint)
     kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
@@ -390,8 +368,8 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
         root = export(model, output, format=fmt, input_size=size, max_batch=max_batch, overwrite=overwrite,
                       **({"opset": opset} if opset is not None else {}), **kwargs)
         advance()
-    from .artifact import read_manifest
-    from .workflows import artifact_label
+    from ..artifact import read_manifest
+    from ..workflows import artifact_label
 
     m = read_manifest(root)
     size_mb = sum(f["size"] for f in m.files.values()) / 1e6
@@ -412,7 +390,7 @@ def verify(artifact: Path = typer.Argument(..., help="artifact directory"),
            backend: Backend = typer.Option("auto", help="runtime to verify with"),
            as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Re-check an artifact's checksums and its numerics against the stored reference outputs."""
-    from .runtime import verify_artifact
+    from ..runtime import verify_artifact
 
     result = verify_artifact(artifact, str(backend))
     if as_json:
@@ -441,8 +419,8 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
           no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the torch fp32 eager row"),
           as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
     """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process)."""
-    from . import bench as benchmod
-    from .runtime.opener import installed
+    from .. import bench as benchmod
+    from ..runtime.opener import installed
 
     benchmod.check_counts(warmup, runs, batch)
     backends = [str(b) for b in backend]
@@ -483,11 +461,11 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
     Uses real weights when you have them (--checkpoint, $SAPIENS_CHECKPOINT_ROOT or the Hugging Face
     cache); otherwise a randomly initialised model in the official layout, announced as such.
     """
-    from .bench import bench_legend, bench_table
-    from .demo import run_chain, summary_lines
+    from ..bench import bench_legend, bench_table
+    from ..demo import run_chain, summary_lines
 
     res = run_chain(task=str(task), size=str(size), checkpoint=checkpoint, image=image, output=output,
-                    scheme=str(scheme), format=str(format), input_size=_parse_size(input_size), bench_runs=runs,
+                    scheme=str(scheme), format=str(format), input_size=parse_size(input_size), bench_runs=runs,
                     bench=not no_bench, talk=_talk())
     if res.bench_rows:
         console.print(bench_table(res.bench_rows))

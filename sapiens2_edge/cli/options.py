@@ -1,0 +1,103 @@
+"""The command line's plumbing: option choices generated from the library's registries, and the
+click group that turns every failure into one printed line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from ..artifact.formats import ALL_SCHEMES, FORMATS
+from ..demo import DEMO_SCHEMES
+from ..errors import ConfigError, Sapiens2EdgeError
+from ..runtime.opener import BACKENDS
+from ..spec import RELEASED_PRETRAIN_SIZES, TASKS
+from ..workflows import FLOAT_SCHEMES, QUANT_SCHEMES, missing_package_error
+
+DEBUG_ENV = "SAPIENS2_EDGE_DEBUG"
+
+
+def _choices(name: str, values) -> type[StrEnum]:
+    """A str enum of ``values``: typer turns it into a choice, listed in --help."""
+    return StrEnum(name, [(v, v) for v in values])
+
+
+Scheme = _choices("Scheme", ALL_SCHEMES)
+ExportScheme = _choices("ExportScheme", (*FLOAT_SCHEMES, *QUANT_SCHEMES))
+DemoScheme = _choices("DemoScheme", DEMO_SCHEMES)
+Format = _choices("Format", FORMATS)
+DemoFormat = _choices("DemoFormat", ("auto", *FORMATS))
+Task = _choices("Task", TASKS)
+TaskOrNone = _choices("TaskOrNone", (*TASKS, "none"))
+Backend = _choices("Backend", BACKENDS)
+Arch = _choices("Arch", RELEASED_PRETRAIN_SIZES)
+DemoSize = _choices("DemoSize", ("auto", *RELEASED_PRETRAIN_SIZES))
+Activations = _choices("Activations", ("static", "dynamic"))
+Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <Type>: <message>`` on one line (whitespace folded)."""
+    return f"error: {type(e).__name__}: {' '.join(str(e).split())}"
+
+
+# The click exception base class typer raises (typer >= 0.2x vendors its own click).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _echo_error(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+class _Group(TyperGroup):
+    """Runs a command and turns every failure into one printed line and an exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra) or 0
+        except _ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as asked for
+                e.show()
+                code = 0
+            else:
+                hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
+                message = " ".join(e.format_message().replace("Value error, ", "").split())
+                _echo_error(f"error: {type(e).__name__}: {message}{hint}")
+                code = e.exit_code
+        except typer.Abort:
+            _echo_error("error: aborted")
+            code = 1
+        except KeyboardInterrupt:
+            _echo_error("error: interrupted")
+            code = 130
+        except Sapiens2EdgeError as e:
+            _echo_error(error_line(e))
+            code = 2
+        except ModuleNotFoundError as e:
+            if os.environ.get(DEBUG_ENV) or not e.name:
+                raise
+            _echo_error(error_line(missing_package_error(e.name, "this command")))
+            code = 2
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _echo_error(error_line(e) + f" (an unexpected failure; {DEBUG_ENV}=1 shows the traceback)")
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``--input-size 1024x768`` -> (H, W)."""
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-size must look like 1024x768 (H x W), got {text!r}") from None
+    return h, w
