@@ -97,8 +97,9 @@ def validate(data: Any, where: str) -> None:
     _check_input_size(data["input_size"], data["arch"], where)
     if not is_int(data["max_batch"], 1, MAX_BATCH):
         bad("max_batch", f"an integer in 1..{MAX_BATCH}")
-    if not isinstance(data["precision"], str) or data["precision"] not in FORMATS[fmt].precisions:
-        bad("precision", f"one of {', '.join(FORMATS[fmt].precisions)} (for a {fmt} artifact)")
+    precisions = dict.fromkeys((*FORMATS[fmt].precisions, *FORMATS[fmt].schemes))
+    if not isinstance(data["precision"], str) or data["precision"] not in precisions:
+        bad("precision", f"one of {', '.join(precisions)} (for a {fmt} artifact)")
     if data["rope_mode"] not in ROPE_MODES:
         bad("rope_mode", "'bf16' or 'fp32'")
     if not isinstance(data["outputs"], list) or data["outputs"] != list(output_names(task)):
@@ -128,14 +129,26 @@ def _check_arch(arch: Any, where: str) -> None:
         raise ArtifactError(f"{where}: arch.kv_heads must be a list of integers in 1..4096, got {_show(kv)}")
 
 
-def _check_input_size(size: Any, arch: dict, where: str) -> None:
+def input_size_problem(arch: dict, h: int, w: int) -> str | None:
+    """Why an H x W input does not suit ``arch`` (None when it does), worded as the C++ engine's."""
     four_k = bool(arch.get("tokenizer_depth", 0))
     step = PATCH_SIZE * (WINDOW_SIZE if four_k else 1)
     side, pixels = (MAX_SIDE_4K, MAX_PIXELS_4K) if four_k else (MAX_SIDE, MAX_PIXELS)
-    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v, step, side) and v % step == 0 for v in size)
-            and size[0] * size[1] <= pixels):
-        raise ArtifactError(f"{where}: input_size must be [H, W] with sides multiples of {step} up to {side} and at "
-                            f"most {pixels} pixels, got {_show(size)}")
+    if h < step or w < step or h % step or w % step:
+        return (f"input size {h}x{w} is not a positive multiple of {step} in both sides"
+                + (" (the 4K tokenizer needs 64)" if four_k else ""))
+    if h > side or w > side or h * w > pixels:
+        why = "4096x3072, the 4K model's training size" if four_k else "2048x1536, the largest size of the reference export"
+        return f"input size {h}x{w} is larger than the engine takes: at most {side} a side and {pixels} pixels ({why})"
+    return None
+
+
+def _check_input_size(size: Any, arch: dict, where: str) -> None:
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v, -(1 << 62), 1 << 62) for v in size)):
+        raise ArtifactError(f"{where}: input_size must be [H, W] (two integers), got {_show(size)}")
+    problem = input_size_problem(arch, *size)
+    if problem:
+        raise ArtifactError(f"{where}.input_size: {problem}")
 
 
 def _check_files(files: dict, where: str) -> None:

@@ -28,9 +28,12 @@ _FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".d
           f"data/constants/{MODEL}_constants_config.json", f"data/sample_inputs/{MODEL}.pt"}
 _TARGET = re.compile(r"torch\.ops\.(aten|prims|sapiens2_edge)\.\w+\.\w+|_operator\.getitem")
 # a symbolic shape expression: shape symbols, integers and sympy's arithmetic, nothing callable else
-_EXPR_TOKEN = re.compile(r"\s*(?:(Symbol|Integer|Rational|Mod|FloorDiv|CeilDiv|CleanDiv|Max|Min|Eq|Ne|Le|Lt|Ge|Gt|"
-                         r"And|Or|Not|positive|integer|nonnegative|True|False|[su]\d+)\b|'[su]\d+'|\d+|"
-                         r"\*\*|//|[-+*/%(),=<>!])")
+_SYMPY_NAMES = ("Symbol|Integer|Rational|Float|Add|Mul|Pow|Max|Min|Abs|Eq|Ne|Le|Lt|Ge|Gt|And|Or|Not|"
+                "FloorDiv|ModularIndexing|Where|PythonMod|Mod|CleanDiv|CeilToInt|FloorToInt|CeilDiv|LShift|RShift|"
+                "PowByNatural|FloatPow|FloatTrueDiv|IntTrueDiv|TruncToFloat|TruncToInt|RoundToInt|RoundDecimal|"
+                "ToFloat|Identity|positive|negative|integer|nonnegative|real|finite|True|False|oo|zoo|nan")
+_EXPR_TOKEN = re.compile(rf"\s*(?:(?:{_SYMPY_NAMES}|[su]\d+)\b|'[su]\d+'|\d+(?:\.\d+)?(?:e-?\d+)?|\*\*|//|"
+                         r"[-+*/%(),=<>!])")
 MAX_JSON = 256 << 20
 
 
@@ -91,7 +94,7 @@ def check_program_archive(path: str | Path) -> None:
     try:
         z = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile, ValueError) as e:
-        raise ArtifactError(f"{path} is not a torch.export archive (zip): {e}") from None
+        raise ArtifactError(f"cannot load the torch.export program {path}: it is not a zip archive ({e})") from None
     with z:
         names = z.namelist()
         roots = {n.split("/", 1)[0] for n in names}
