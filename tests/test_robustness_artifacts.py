@@ -185,6 +185,27 @@ def test_model_outside_the_artifact_is_refused(bases, tmp_path, fmt, rel):
         s2e.Predictor(root)
 
 
+def test_onnx_external_data_outside_the_artifact_is_refused(bases, tmp_path):
+    """A graph whose weights point out of the artifact ('../secret.bin'): the runtime refuses, typed."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    root = copy_of(bases["onnx"], tmp_path / "a")
+    model = onnx.load(root / "model.onnx")
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="data.bin", size_threshold=4096)
+    onnx.save(model, root / "model.onnx")
+    os.rename(root / "data.bin", tmp_path / "secret.bin")
+    model = onnx.load(root / "model.onnx", load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../secret.bin"
+    (root / "model.onnx").write_bytes(model.SerializeToString())
+    rehash(root, "model.onnx")
+    with pytest.raises(ArtifactError, match="cannot load .*model.onnx as an ONNX model: .*escapes model directory"):
+        s2e.Predictor(root, backend="onnxruntime")
+
+
 def test_listed_system_file_is_neither_read_nor_sized(bases, tmp_path):
     root = copy_of(bases["onnx"], tmp_path / "a")
     _list_model_as(root, "/etc/passwd")
