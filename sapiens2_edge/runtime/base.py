@@ -32,17 +32,26 @@ def batch_input(batch: np.ndarray, max_batch: int | None) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def load_errors(path, what: str) -> Iterator[None]:
-    """Turn whatever a runtime library raises while loading ``path`` (a corrupt or foreign file)
-    into an ArtifactError naming it; the SDK's own typed errors pass through."""
+def _typed(what: str) -> Iterator[None]:
     try:
         yield
     except Sapiens2EdgeError:
         raise
     except Exception as e:  # noqa: BLE001 - ONNX Runtime, OpenVINO and torch raise their own types
         text = " ".join(str(e).split())[:300] or type(e).__name__
-        raise ArtifactError(f"cannot load {path} as {what}: {type(e).__name__}: {text}; the file is corrupt or "
-                            "not what the manifest says - re-export the artifact") from None
+        raise ArtifactError(f"{what}: {type(e).__name__}: {text}; the file is corrupt or not what the manifest "
+                            "says - re-export the artifact") from None
+
+
+def load_errors(path, what: str):
+    """Turn whatever a runtime library raises while loading ``path`` (a corrupt or foreign file)
+    into an ArtifactError naming it; the SDK's own typed errors pass through."""
+    return _typed(f"cannot load {path} as {what}")
+
+
+def run_errors(path):
+    """As :func:`load_errors`, for running a loaded model (a graph that loads but cannot run)."""
+    return _typed(f"running the model {path} failed")
 
 
 def check_input_size(path, dims: Sequence, manifest) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..artifact.paths import inside
 from ..errors import ArtifactError, BackendUnavailableError
-from .base import batch_input, check_input_size, load_errors
+from .base import batch_input, check_input_size, load_errors, run_errors
 
 # Preference order when the caller does not choose.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -54,6 +54,7 @@ class OnnxRuntimeBackend:
         opts = session_options(threads)
         if optimized_path is not None:  # where ORT saves the graph it runs (to check which kernels it picked)
             opts.optimized_model_filepath = str(optimized_path)
+        self.path = Path(model_path)
         self.session = ort.InferenceSession(str(Path(model_path)), sess_options=opts,
                                             providers=chosen)
         self.providers = self.session.get_providers()
@@ -67,7 +68,8 @@ class OnnxRuntimeBackend:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         x = batch_input(batch, self.max_batch)
-        return tuple(self.session.run(None, {self.input_name: x}))
+        with run_errors(self.path):
+            return tuple(self.session.run(None, {self.input_name: x}))
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OnnxRuntimeBackend:

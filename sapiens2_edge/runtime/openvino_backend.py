@@ -10,7 +10,7 @@ import numpy as np
 
 from ..artifact.paths import inside
 from ..errors import ArtifactError, BackendUnavailableError
-from .base import batch_input, check_input_size, load_errors
+from .base import batch_input, check_input_size, load_errors, run_errors
 
 
 def import_openvino():
@@ -35,6 +35,7 @@ class OpenVINOBackend:
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.path = Path(model_path)
         self.compiled = core.compile_model(str(Path(model_path)), device, config)
         self.request = self.compiled.create_infer_request()
         self.device = device.lower()
@@ -57,8 +58,10 @@ class OpenVINOBackend:
         return counts
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        result = self.request.infer({0: batch_input(batch, self.max_batch)})
-        return tuple(np.array(result[out]) for out in self.compiled.outputs)
+        x = batch_input(batch, self.max_batch)
+        with run_errors(self.path):
+            result = self.request.infer({0: x})
+            return tuple(np.array(result[out]) for out in self.compiled.outputs)
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBackend:

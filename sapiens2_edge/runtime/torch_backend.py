@@ -13,7 +13,7 @@ from ..artifact import looks_like_artifact
 from ..artifact.paths import inside
 from ..errors import ArtifactError, ConfigError
 from ..models.model import Sapiens2Model
-from .base import batch_input, check_input_size, load_errors
+from .base import batch_input, check_input_size, load_errors, run_errors
 from .pt2_check import check_program_archive
 
 #: AOTInductor packages are compiled shared libraries: loading one runs its code. They are run
@@ -140,8 +140,10 @@ class ExportedProgramBackend(_BatchLimit):
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        out = self.module(self.check_batch(batch).to(self.torch_device))
-        return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
+        x = self.check_batch(batch).to(self.torch_device)
+        with run_errors(self.path):
+            out = self.module(x)
+            return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
 
 
 class AOTIBackend(_BatchLimit):
