@@ -140,6 +140,26 @@ EngineConfig parse_engine_config(const Json& j, const std::string& where) {
     return c;
 }
 
+void check_manifest(const Json& m, const std::string& where) {
+    m.as_object(where);
+    const Json* v = m.find("schema_version");
+    if (!v || !v->is_integer() || v->as_int(where + ".schema_version") < 1)
+        throw ManifestError(where + ": schema_version must be an integer from 1");
+    if (v->as_int(where + ".schema_version") > kSchemaVersion)
+        throw ManifestError(where + " uses manifest schema " + std::to_string(v->as_int("schema_version")) +
+                            ", newer than this engine's " + std::to_string(kSchemaVersion) + "; upgrade sapiens2-edge");
+    static const char* kFormats[] = {"onnx", "openvino", "coreml", "torch", "native"};
+    const Json* f = m.find("format");
+    bool known = false;
+    if (f && f->is_string())
+        for (const char* name : kFormats) known = known || f->as_string("format") == name;
+    if (!known) throw ManifestError(where + ": format must be one of onnx, openvino, coreml, torch, native");
+    for (const char* key : {"input_size", "max_batch"}) {
+        const Json* x = m.find(key);
+        if (!x || x->is_null()) throw ManifestError(where + " lacks the field " + key);
+    }
+}
+
 std::vector<std::string> EngineConfig::output_names() const {
     if (!has_head) return {kPretrainOutput};
     const TaskSpec* t = find_task(head.task);

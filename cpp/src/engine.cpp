@@ -126,10 +126,12 @@ Engine::Engine(const std::string& path, const std::string& config_json) {
     if (is_dir(path)) {
         const std::string mpath = path + "/manifest.json";
         Json m = parse_json(read_text(mpath, kMaxManifest), mpath);
+        check_manifest(m, mpath);
         cfg_ = parse_engine_config(m, mpath);
         std::string rel;
         if (const Json* files = m.find("files")) {
             for (const auto& kv : files->as_object(mpath + ".files")) {
+                kv.second.as_object(mpath + ".files['" + kv.first + "'] (an object with sha256, size and role)");
                 const Json* role = kv.second.find("role");
                 const std::string& name = kv.first;
                 bool st = name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;

@@ -1,15 +1,12 @@
-"""Artifact files on disk: sha256 checks and the atomic write of a whole directory."""
+"""Artifact files on disk: sizes and sha256 checks (the atomic write is in ``destination.py``)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ArtifactError, ChecksumError
+from .paths import inside, no_links
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -27,37 +24,18 @@ def describe_files(root: Path, roles: dict[str, str]) -> dict[str, dict]:
 
 
 def check_files(root: Path, files: dict[str, dict]) -> None:
-    """Every file of ``files`` (as :func:`describe_files` lists them) exists with its size and sha256."""
+    """Every file of ``files`` (as :func:`describe_files` lists them) exists inside ``root`` (no
+    symbolic link anywhere in the artifact) with its size and sha256."""
+    no_links(root)
     for rel, info in files.items():
-        p = root / rel
-        if not p.is_file():
-            raise ArtifactError(f"artifact {root} is missing {rel} (listed in its manifest)")
+        p = inside(root, rel)
         if p.stat().st_size != info.get("size"):
             raise ChecksumError(f"{p} has {p.stat().st_size} bytes, the manifest says {info.get('size')}: "
                                 "the file was altered or truncated; re-export the artifact")
-        if sha256(p) != info.get("sha256"):
+        try:
+            digest = sha256(p)
+        except OSError as e:
+            raise ArtifactError(f"cannot read {p}: {e.strerror}") from None
+        if digest != info.get("sha256"):
             raise ChecksumError(f"{p} does not match its sha256 in the manifest: the file was altered; "
                                 "re-export the artifact")
-
-
-def write_directory(out_dir: str | os.PathLike, build: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """Write a directory atomically: ``build(tmp)`` fills a temporary sibling directory, which is then
-    renamed into place, so a failed build never leaves a half-written directory (nor its temp dir)."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ArtifactError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        build(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ArtifactError
-from .files import check_files, describe_files, write_directory
+from .destination import write_directory
+from .files import check_files, describe_files
 from .formats import FORMATS
+from .paths import check_relative
+from .reference import REFERENCE
+from .schema import MAX_MANIFEST_BYTES, SCHEMA_VERSION, parse_json, validate
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-REQUIRED = ("format", "task", "arch", "head", "input_size", "max_batch", "precision", "rope_mode", "preprocessing",
-            "outputs")
 
 
 @dataclass
@@ -46,19 +48,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "manifest") -> "Manifest":
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{where} must hold a JSON object")
-        version = data.get("schema_version")
-        if not isinstance(version, int):
-            raise ArtifactError(f"{where} has no integer schema_version")
-        if version > SCHEMA_VERSION:
-            raise ArtifactError(f"{where} uses manifest schema {version}, newer than this SDK's {SCHEMA_VERSION}; "
-                                "upgrade sapiens2-edge (pip install -U sapiens2-edge) to read it")
-        missing = [k for k in REQUIRED if k not in data]
-        if missing:
-            raise ArtifactError(f"{where} lacks the fields {missing}")
-        if data["format"] not in FORMATS:
-            raise ArtifactError(f"{where} has unknown format {data['format']!r}; expected one of {tuple(FORMATS)}")
+        validate(data, where)  # every field's type and range (artifact/schema.py)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -74,7 +64,7 @@ class Manifest:
         rel = self.file_for(role)
         if rel is None:
             raise ArtifactError(f"the manifest of {root} lists no {role} file")
-        return rel
+        return check_relative(rel, f"the manifest of {root}")
 
 
 def is_artifact(path) -> bool:
@@ -84,17 +74,38 @@ def is_artifact(path) -> bool:
         return False
 
 
+def looks_like_artifact(path) -> bool:
+    """Whether ``path`` is a directory holding files an export writes (a model file of some format
+    or the reference outputs): with or without its manifest, it is treated as an artifact."""
+    try:
+        names = set(os.listdir(path))
+    except (OSError, TypeError, ValueError):
+        return False
+    tops = {f.split("/")[0] for fmt in FORMATS.values() for f in fmt.files} | {REFERENCE, MANIFEST}
+    return bool(names & tops)
+
+
 def read_manifest(root: str | os.PathLike, verify: bool = True) -> Manifest:
     """The validated manifest of the artifact at ``root`` (``verify``: check every file's sha256)."""
     root = Path(root)
     path = root / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{root} is not an artifact directory: it has no {MANIFEST}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        what = "holds artifact files but" if looks_like_artifact(root) else "is not an artifact directory: it"
+        raise ArtifactError(f"{root} {what} has no {MANIFEST}; an artifact is the complete directory an export "
+                            "wrote - re-export it (a checkpoint is a .safetensors file, not such a directory)")
+    if stat.S_ISLNK(st.st_mode):
+        raise ArtifactError(f"{path} is a symbolic link; the manifest must be a file inside the artifact")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is larger than the {MAX_MANIFEST_BYTES}-byte limit for a manifest")
+    try:
+        text = path.read_bytes()[: MAX_MANIFEST_BYTES + 1].decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ArtifactError(f"cannot read {path}: {e}") from None
-    manifest = Manifest.from_dict(data, str(path))
+    manifest = Manifest.from_dict(parse_json(text, str(path)), str(path))
     if verify:
         manifest.verify_files(root)
     return manifest
@@ -111,4 +122,27 @@ def write_artifact(out_dir: str | os.PathLike, manifest: Manifest, build: Callab
         manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (tmp / MANIFEST).write_text(manifest.to_json())
 
-    return write_directory(out_dir, fill, overwrite)
+    return write_directory(out_dir, fill, overwrite, replaceable=replace_problem)
+
+
+def replace_problem(out: Path) -> str | None:
+    """Why ``overwrite=True`` must not replace the existing ``out`` (None: it is an artifact whose
+    every file its manifest or format accounts for, so replacing it loses nothing else)."""
+    if out.is_symlink():
+        return "is a symbolic link"
+    if not out.is_dir():
+        return "is not a directory"
+    try:
+        manifest = read_manifest(out, verify=False)
+    except ArtifactError as e:
+        return f"is not a valid artifact ({e})"
+    fmt = FORMATS[manifest.format]
+    extra = []
+    for dirpath, _, filenames in os.walk(out):
+        for name in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), out).replace(os.sep, "/")
+            if rel != MANIFEST and rel not in manifest.files and not fmt.writes(rel):
+                extra.append(rel)
+    if extra:
+        return f"holds files its manifest does not list ({', '.join(sorted(extra)[:5])}), which would be lost"
+    return None

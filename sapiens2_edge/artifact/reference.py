@@ -6,12 +6,15 @@ At export the torch model's outputs on :func:`verification_inputs` are stored, s
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import ArtifactError
+from .paths import inside
 
 REFERENCE = "reference.npz"
 
@@ -20,6 +23,7 @@ REFERENCE = "reference.npz"
 # as fp32; with quantized activations a 1e-6 input change already flips roundings that grow
 # through the blocks (~1e-2 on the random tiny models), so the end-to-end bound is looser and the
 # per-layer exactness is tested separately (tests/test_export_quantized.py).
+MAX_REFERENCE_BYTES = 256 << 20  # uncompressed: fingerprints are at most ~64x64 pixels per output
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8-weight": 1e-3, "int8": 5e-2, "fp8": 5e-2, "mixed": 5e-2}
 DEFAULT_TOLERANCE = 1e-3
 
@@ -62,11 +66,27 @@ def load_reference(root: Path, rel: str | None, names: Sequence[str]) -> list[np
     """The stored fingerprints of ``names`` (``rel``: the manifest's reference file, None if absent)."""
     if rel is None:
         raise ArtifactError(f"{root} carries no reference outputs ({REFERENCE}); re-export it to verify numerics")
-    stored = np.load(Path(root) / rel)
-    missing = [n for n in names if n not in stored.files]
-    if missing:
-        raise ArtifactError(f"{Path(root) / rel} lacks reference outputs {missing}; re-export the artifact")
-    return [stored[n] for n in names]
+    path = inside(root, rel)
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+        if total > MAX_REFERENCE_BYTES:
+            raise ArtifactError(f"{path} unpacks to {total} bytes, more than the {MAX_REFERENCE_BYTES} reference "
+                                "outputs take; re-export the artifact")
+        with np.load(path, allow_pickle=False) as stored:
+            missing = [n for n in names if n not in stored.files]
+            if missing:
+                raise ArtifactError(f"{path} lacks reference outputs {missing}; re-export the artifact")
+            arrays = [stored[n] for n in names]
+    except ArtifactError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise ArtifactError(f"cannot read the reference outputs {path}: {str(e)[:200] or type(e).__name__}; "
+                            "re-export the artifact") from None
+    bad = [n for n, a in zip(names, arrays, strict=True) if a.dtype.kind != "f"]
+    if bad:
+        raise ArtifactError(f"{path}: reference outputs {bad} are not floating-point arrays; re-export the artifact")
+    return arrays
 
 
 def compare(ref: Sequence[np.ndarray], test: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, Any]:
@@ -82,6 +102,11 @@ def compare(ref: Sequence[np.ndarray], test: Sequence[np.ndarray], names: Sequen
 def compare_fingerprints(stored: Sequence[np.ndarray], outputs: Sequence[np.ndarray], names: Sequence[str],
                          tolerance: float) -> dict[str, Any]:
     """:func:`compare` of fresh outputs (fingerprinted here) with stored fingerprints, plus the verdict."""
-    result = compare(stored, [fingerprint(o) for o in outputs], names)
+    prints = [fingerprint(o) for o in outputs]
+    for name, s, p in zip(names, stored, prints, strict=True):
+        if s.shape != p.shape:
+            raise ArtifactError(f"the stored reference output {name!r} has shape {s.shape}, the runtime's fingerprint "
+                                f"{p.shape}: the reference does not belong to this model; re-export the artifact")
+    result = compare(stored, prints, names)
     result.update({"tolerance": tolerance, "passed": result["rel_l2"] <= tolerance})
     return result

@@ -20,11 +20,13 @@ from ..artifact import (
     REFERENCE,
     TOLERANCE,
     Manifest,
+    check_destination,
     check_export_request,
     compare,
     fingerprint,
     read_manifest,
     reference_inputs,
+    replace_problem,
     save_reference,
     tolerance_for,
     verification_inputs,
@@ -90,6 +92,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     if scheme is not None and precision is not None:
         raise ConfigError(f"pass scheme= (quantize, then export as that scheme) or precision=, not both "
                           f"(got scheme={_scheme_name(scheme)!r}, precision={precision!r})")
+    check_destination(out_dir, overwrite, replace_problem)  # before any work; again under the lock at the end
     from .._version import __version__
     from ..loading import load_model
     from ..models.model import Sapiens2Model

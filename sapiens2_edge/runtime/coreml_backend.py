@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.paths import inside
 from ..errors import BackendUnavailableError, ConfigError
-from .base import batch_input
+from .base import batch_input, load_errors
 
 INPUT_NAME = "image"  # as written by sapiens2_edge.exporters.coreml_export
 
@@ -58,5 +59,6 @@ class CoreMLBackend:
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> CoreMLBackend:
     require_macos()
-    package = (root / manifest.require_file("model", root)).parent  # the role "model" file is the package's Manifest.json
-    return CoreMLBackend(package, outputs=list(manifest.outputs), device=device, max_batch=max_batch)
+    package = inside(root, manifest.require_file("model", root)).parent  # the "model" file: the package's Manifest.json
+    with load_errors(package, "a Core ML package"):
+        return CoreMLBackend(package, outputs=list(manifest.outputs), device=device, max_batch=max_batch)

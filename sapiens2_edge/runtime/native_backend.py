@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
-from .base import batch_input
+from .base import batch_input, load_errors
 
 
 def import_native():
@@ -62,4 +62,5 @@ class NativeBackend:
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> NativeBackend:
     if device not in ("auto", "cpu"):
         raise ConfigError(f"the native engine runs on the CPU; device={device!r} is not available to it")
-    return NativeBackend(root, max_batch=max_batch)
+    with load_errors(root, "a native artifact"):
+        return NativeBackend(root, max_batch=max_batch)

@@ -8,8 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
-from .base import batch_input
+from ..artifact.paths import inside
+from ..errors import ArtifactError, BackendUnavailableError
+from .base import batch_input, check_input_size, load_errors, run_errors
 
 # Preference order when the caller does not choose.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -53,6 +54,7 @@ class OnnxRuntimeBackend:
         opts = session_options(threads)
         if optimized_path is not None:  # where ORT saves the graph it runs (to check which kernels it picked)
             opts.optimized_model_filepath = str(optimized_path)
+        self.path = Path(model_path)
         self.session = ort.InferenceSession(str(Path(model_path)), sess_options=opts,
                                             providers=chosen)
         self.providers = self.session.get_providers()
@@ -66,9 +68,18 @@ class OnnxRuntimeBackend:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         x = batch_input(batch, self.max_batch)
-        return tuple(self.session.run(None, {self.input_name: x}))
+        with run_errors(self.path):
+            return tuple(self.session.run(None, {self.input_name: x}))
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OnnxRuntimeBackend:
     providers = ["CPUExecutionProvider"] if device == "cpu" else list(PROVIDER_ORDER)
-    return OnnxRuntimeBackend(root / manifest.require_file("model", root), providers=providers, max_batch=max_batch)
+    path = inside(root, manifest.require_file("model", root))
+    with load_errors(path, "an ONNX model"):
+        backend = OnnxRuntimeBackend(path, providers=providers, max_batch=max_batch)
+        inputs = backend.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ArtifactError(f"{path} takes {len(inputs)} inputs of shape "
+                                f"{[i.shape for i in inputs]}; an artifact's model takes one (B, 3, H, W) image batch")
+    check_input_size(path, inputs[0].shape, manifest)
+    return backend

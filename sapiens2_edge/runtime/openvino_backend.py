@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
-from .base import batch_input
+from ..artifact.paths import inside
+from ..errors import ArtifactError, BackendUnavailableError
+from .base import batch_input, check_input_size, load_errors, run_errors
 
 
 def import_openvino():
@@ -34,6 +35,7 @@ class OpenVINOBackend:
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.path = Path(model_path)
         self.compiled = core.compile_model(str(Path(model_path)), device, config)
         self.request = self.compiled.create_infer_request()
         self.device = device.lower()
@@ -57,10 +59,22 @@ class OpenVINOBackend:
         return counts
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        result = self.request.infer({0: batch_input(batch, self.max_batch)})
-        return tuple(np.array(result[out]) for out in self.compiled.outputs)
+        x = batch_input(batch, self.max_batch)
+        with run_errors(self.path):
+            result = self.request.infer({0: x})
+            return tuple(np.array(result[out]) for out in self.compiled.outputs)
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBackend:
-    return OpenVINOBackend(root / manifest.require_file("model", root), device="CPU" if device in ("auto", "cpu")
-                           else device.upper(), max_batch=max_batch)
+    path = inside(root, manifest.require_file("model", root))
+    if path.suffix == ".xml":  # the IR's weights: the .bin beside it, which OpenVINO reads by that name
+        inside(root, str(Path(manifest.require_file("model", root)).with_suffix(".bin")))
+    with load_errors(path, "an OpenVINO model"):
+        backend = OpenVINOBackend(path, device="CPU" if device in ("auto", "cpu") else device.upper(),
+                                  max_batch=max_batch)
+        inputs = backend.compiled.inputs
+        if len(inputs) != 1 or inputs[0].get_partial_shape().rank.get_length() != 4:
+            raise ArtifactError(f"{path} does not take one (B, 3, H, W) image batch")
+        dims = [d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape()]
+    check_input_size(path, dims, manifest)
+    return backend

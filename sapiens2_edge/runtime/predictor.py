@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any, Sequence
 
-from ..artifact import is_artifact
+from ..artifact import is_artifact, looks_like_artifact
 from ..errors import ConfigError, InputSizeError, TaskMismatchError
 from ..tasks import get_pipeline
 from ..tasks.image import load_image
@@ -45,7 +45,7 @@ class Predictor:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if is_artifact(model):
+        if is_artifact(model) or looks_like_artifact(model):  # the latter: refused, it lacks its manifest
             self._open_artifact(model, backend, device, input_size, batch_size)
         else:
             self._open_checkpoint(model, backend, device, input_size, batch_size, task)

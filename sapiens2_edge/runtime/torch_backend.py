@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifact import looks_like_artifact
+from ..artifact.paths import inside
 from ..errors import ArtifactError, ConfigError
 from ..models.model import Sapiens2Model
-from .base import batch_input
+from .base import batch_input, check_input_size, load_errors, run_errors
+from .pt2_check import check_program_archive
+
+#: AOTInductor packages are compiled shared libraries: loading one runs its code. They are run
+#: only when this environment variable is 1 (the artifact is trusted); otherwise the program runs.
+TRUST_COMPILED = "SAPIENS2_EDGE_TRUST_COMPILED"
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -62,6 +69,10 @@ def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_
         if not isinstance(model, (str, os.PathLike)):
             raise ConfigError(f"expected an artifact directory, a Sapiens2Model, a checkpoint path or a "
                               f"Hugging Face id, got {type(model).__name__}")
+        if looks_like_artifact(model):  # an artifact without its manifest is not a checkpoint
+            from ..artifact import read_manifest
+
+            read_manifest(model)
         model = load_model(model, task=task)
     return TorchBackend(model, device=device, batch_size=batch_size)
 
@@ -125,11 +136,15 @@ class ExportedProgramBackend(_BatchLimit):
         self.torch_device = select_device(device)
         self.device = str(self.torch_device)
         self.path = Path(path)
-        try:
+        check_program_archive(self.path)  # nothing pickled, no code: before torch reads it
+        with load_errors(self.path, "a torch.export program"):
             program = torch.export.load(str(self.path))
-        except Exception as e:  # noqa: BLE001 - a corrupt or incompatible file
-            raise ArtifactError(f"cannot load the torch.export program {self.path}: {e}") from None
-        self.module = program.module().to(self.torch_device)
+            self.module = program.module().to(self.torch_device)
+            sig = program.graph_signature.user_inputs
+            shapes = [n.meta["val"].shape for n in program.graph.nodes if n.op == "placeholder" and n.name in sig]
+        if len(shapes) != 1 or len(shapes[0]) != 4:
+            raise ArtifactError(f"{self.path} does not take one (B, 3, H, W) image batch")
+        self.input_dims = [int(d) if isinstance(d, int) else None for d in shapes[0]]
         self.max_batch = max_batch
 
     def describe(self) -> str:
@@ -137,8 +152,10 @@ class ExportedProgramBackend(_BatchLimit):
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        out = self.module(self.check_batch(batch).to(self.torch_device))
-        return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
+        x = self.check_batch(batch).to(self.torch_device)
+        with run_errors(self.path):
+            out = self.module(x)
+            return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
 
 
 class AOTIBackend(_BatchLimit):
@@ -163,16 +180,23 @@ class AOTIBackend(_BatchLimit):
 
 
 def open_runner(root: Path, manifest, device: str, max_batch: int):
-    """A "torch" artifact: the AOTInductor package on CUDA when it was built, else the program. A
+    """A "torch" artifact: the program (the AOTInductor package on CUDA when it was built and
+    $SAPIENS2_EDGE_TRUST_COMPILED is 1: a compiled library runs code when loaded). A
     "native" artifact: its self-describing weights loaded as a checkpoint and run eagerly."""
     if manifest.format == "native":
-        return open_checkpoint(root / manifest.require_file("model", root), task=manifest.task, device=device,
-                               batch_size=max_batch)
+        path = inside(root, manifest.require_file("model", root))
+        with load_errors(path, "native weights"):
+            return open_checkpoint(path, task=manifest.task, device=device, batch_size=max_batch)
     if manifest.format != "torch":
         raise ConfigError(f"the torch backend opens torch artifacts here, not {manifest.format!r} ones (and native "
                           "artifacts, whose weights load as a checkpoint)")
     dev = select_device(device)
     aoti = manifest.file_for("aoti_package")
-    if dev.type == "cuda" and aoti is not None:
-        return AOTIBackend(root / aoti, max_batch=max_batch)
-    return ExportedProgramBackend(root / manifest.require_file("model", root), device=dev, max_batch=max_batch)
+    if dev.type == "cuda" and aoti is not None and os.environ.get(TRUST_COMPILED) == "1":
+        path = inside(root, aoti)
+        with load_errors(path, "an AOTInductor package"):
+            return AOTIBackend(path, max_batch=max_batch)
+    path = inside(root, manifest.require_file("model", root))
+    backend = ExportedProgramBackend(path, device=dev, max_batch=max_batch)
+    check_input_size(path, backend.input_dims, manifest)
+    return backend

@@ -52,4 +52,11 @@ HeadConfig parse_head(const Json& j, const ArchConfig& arch, const std::string& 
 // From a manifest-like object: arch, head (object or null), rope_mode, optional input_size and max_batch.
 EngineConfig parse_engine_config(const Json& j, const std::string& where);
 
+// The manifest schema version this engine reads (sapiens2_edge.artifact.schema.SCHEMA_VERSION).
+constexpr int64_t kSchemaVersion = 1;
+// The fields of an artifact manifest the engine relies on beyond parse_engine_config, with the
+// bounds of the Python validator (sapiens2_edge/artifact/schema.py): schema_version, format,
+// and input_size / max_batch present.
+void check_manifest(const Json& m, const std::string& where);
+
 }  // namespace s2e
