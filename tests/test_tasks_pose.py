@@ -41,30 +41,36 @@ def expected_center_size(box, aspect, padding=1.25):
 
 
 def reference_decode(hm, W, H):
-    """Spec 2.1 decoding steps 1-3 written per channel with numpy only (no OpenCV)."""
+    """Spec 2.1 decoding steps 1-3 written per channel with numpy only (no OpenCV). As in the reference
+    decoder, the seven log values are read from the flattened edge-padded log maps of all channels, so a
+    channel without a positive peak is stepped from (-1, -1) with values of the previous channel."""
     g = np.exp(-np.arange(-5, 6) ** 2 / (2 * 2.0**2))
     g /= g.sum()
     K, h, w = hm.shape
-    kps, scores = np.zeros((K, 2)), np.zeros(K)
+    kps, scores, logs = np.zeros((K, 2)), np.zeros(K), []
     for k in range(K):
         m = hm[k].astype(np.float64)
-        y, x = np.unravel_index(np.argmax(m), m.shape)
-        scores[k] = m[y, x]
-        if m[y, x] <= 0:
-            kps[k] = (-1, -1)
-            continue
         p = np.pad(m, 5)
         p = np.apply_along_axis(lambda r: np.convolve(r, g, mode="same"), 0, p)
         p = np.apply_along_axis(lambda r: np.convolve(r, g, mode="same"), 1, p)[5:-5, 5:-5]
         p *= m.max() / p.max()
-        L = np.pad(np.log(np.clip(p, 0.001, 50)), 1, mode="edge")
-        cy, cx = y + 1, x + 1
-        c = L[cy, cx]
-        gx, gy = (L[cy, cx + 1] - L[cy, cx - 1]) / 2, (L[cy + 1, cx] - L[cy - 1, cx]) / 2
-        dxx = L[cy, cx + 1] - 2 * c + L[cy, cx - 1]
-        dyy = L[cy + 1, cx] - 2 * c + L[cy - 1, cx]
-        dxy = (L[cy + 1, cx + 1] - L[cy, cx + 1] - L[cy + 1, cx] + 2 * c - L[cy, cx - 1] - L[cy - 1, cx]
-               + L[cy - 1, cx - 1]) / 2
+        logs.append(np.pad(np.log(np.clip(p, 0.001, 50)), 1, mode="edge"))
+    flat = np.stack(logs).ravel()
+    for k in range(K):
+        m = hm[k]
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        scores[k] = m[y, x]
+        if m[y, x] <= 0:
+            x = y = -1
+
+        def L(dy, dx, k=k, y=y, x=x):  # numpy's negative index wraps to the last channel
+            return flat[k * (h + 2) * (w + 2) + (y + 1 + dy) * (w + 2) + x + 1 + dx]
+
+        c = L(0, 0)
+        gx, gy = (L(0, 1) - L(0, -1)) / 2, (L(1, 0) - L(-1, 0)) / 2
+        dxx = L(0, 1) - 2 * c + L(0, -1)
+        dyy = L(1, 0) - 2 * c + L(-1, 0)
+        dxy = (L(1, 1) - L(0, 1) - L(1, 0) + 2 * c - L(0, -1) - L(-1, 0) + L(-1, -1)) / 2
         step = np.linalg.solve(np.array([[dxx, dxy], [dxy, dyy]]) + EPS32 * np.eye(2), [gx, gy])
         kps[k] = (x - step[0], y - step[1])
     return kps * [W / (w - 1), H / (h - 1)], scores
@@ -142,9 +148,33 @@ def test_decode_matches_independent_reference():
     ref_kps, ref_scores = reference_decode(hm, 96, 128)
     np.testing.assert_allclose(kps, ref_kps, atol=1e-4)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
-    # no positive maximum: (-1, -1) heatmap px, i.e. -(W / (w-1), H / (h-1)) input px
-    np.testing.assert_allclose(kps[3], [-96 / 23, -128 / 31], rtol=1e-6)
-    assert scores[3] <= 0
+    assert scores[3] <= 0  # no positive maximum: stepped from (-1, -1) heatmap px, as in the reference
+
+
+def test_decode_all_negative_channel_is_stepped_from_minus_one_as_the_reference():
+    """A channel whose values are all negative starts at (-1, -1) and still takes the Newton step. Its own
+    log map is the constant log(0.001) (negative values clip), so only the reads left of and above the
+    padded corner matter, and they come from the previous channel's last row: I(x-1) = I(x-1, y-1) =
+    its (h-1, w-1) value a, I(y-1) = its (h-1, 0) value b, the rest c0 = log(0.001).
+    With b = c0: gx = (c0 - a) / 2, dxx = a - c0, gy = dxy = dyy = 0, so x = -1 + 1/2, y = -1."""
+    h, w = 6, 8
+    prev = np.full((h, w), 1e-4, np.float32)
+    prev[2, 3] = 1.0  # the peak
+    prev[h - 1, w - 1] = 0.5  # a = log(0.5); b = log(1e-4 clipped to 0.001) = c0
+    neg = -np.random.default_rng(0).uniform(0.1, 1.0, (h, w)).astype(np.float32)
+    kps, scores = decode_heatmaps(np.stack([prev, neg]), (h - 1, w - 1), blur_kernel_size=1)  # no blur, unit scale
+    a, c0 = np.log(0.5), np.log(0.001)
+    assert scores[1] == neg.max()
+    np.testing.assert_allclose(kps[1], [-1 + 0.5 * (a - c0) / (a - c0 + EPS32), -1.0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(kps[1], [-0.5, -1.0], atol=1e-6)
+    # The blurred default: a constant channel blurs symmetrically, so a = b = c0 + d with d > 0, and the
+    # step solves [[d, -d/2], [-d/2, d]] s = (-d/2, -d/2): s = (-1, -1), whatever d is: the all-negative
+    # channel lands on (0, 0). Channel 0 reads from the last channel (numpy's wrap-around).
+    kps, _ = decode_heatmaps(np.stack([neg, np.ones((h, w), np.float32)]), (4 * h, 4 * w))
+    np.testing.assert_allclose(kps[0], [0.0, 0.0], atol=1e-5)
+    # With nothing but the all-negative channel, every read is log(0.001): no step, (-1, -1) heatmap px.
+    kps, _ = decode_heatmaps(neg[None], (h - 1, 2 * (w - 1)))
+    np.testing.assert_allclose(kps[0], [-2.0, -1.0])
 
 
 def test_decode_batched_and_zero_maps():

@@ -49,7 +49,9 @@ _NO_FP8 = ("fp16", "int8-weight", "int8", "mixed")
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
            files=("model.onnx", "model.onnx.data"), options={"opset": 18}),
-    Format("openvino", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("openvino",),
+    # bf16: OpenVINO computes in bf16 on CPUs with native bf16 (ONNX Runtime's CPU provider has no bf16
+    # MatMul/Add kernels, so onnx offers none).
+    Format("openvino", precisions=("fp32", "bf16", *_NO_FP8), schemes=_NO_FP8, backends=("openvino",),
            files=("openvino/model.xml", "openvino/model.bin"), options={"opset": 18}),
     Format("coreml", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("coreml",),
            files=("model.mlpackage",), default_precision="fp16"),

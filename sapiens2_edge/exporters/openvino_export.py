@@ -1,7 +1,12 @@
 """OpenVINO IR export: the verified ONNX graph converted with ``openvino.convert_model``.
 
-fp16 stores the weights in fp16 (``compress_to_fp16``); OpenVINO's CPU plugin decompresses them
-and picks its own inference precision.
+fp16 stores the weights in fp16 (``compress_to_fp16``); OpenVINO's CPU plugin decompresses them.
+bf16 stores fp32 weights and computes in bf16 on CPUs with native bf16 (avx512_bf16 or AMX).
+How the runtime compiles each artifact is recorded in the manifest
+(``options["inference_precision"]``, see :mod:`sapiens2_edge.runtime.openvino_backend`): fp32 and
+fp16 in f32 with OpenVINO's accuracy mode, bf16 in bf16. A quantized artifact keeps attention,
+norms and the head in float; that float precision is chosen per CPU at load (bf16 where native,
+else f32), so both are checked here against the torch QuantizedModel and recorded in the manifest.
 
 Quantized models go through the Q/DQ ONNX of :mod:`.onnx_quant`: ``convert_model`` turns the
 weight DequantizeLinear into int8 constants + decompression and activation Q/DQ pairs into
@@ -15,12 +20,14 @@ TensorRT: export it as ONNX.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import ConfigError, ExportError
 from .onnx_export import MODEL_FILE, export_onnx
 
 IR_DIR = "openvino"
+_POLICIES: dict[Path, dict] = {}  # artifact directory being written -> its policy, for ``verifier``
 
 
 def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
@@ -31,12 +38,12 @@ def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch
     if precision == "fp8" or (precision == "mixed" and "fp8" in getattr(model, "layer_schemes", {}).values()):
         raise ConfigError("fp8 artifacts target TensorRT, which OpenVINO is not: export fp8 with format='onnx', "
                           "or quantize with scheme 'int8' for OpenVINO")
-    if precision not in ("fp32", "fp16", "int8-weight", "int8", "mixed"):
-        raise ConfigError(f"OpenVINO precision {precision!r} is not supported; expected fp32, fp16, int8-weight, "
-                          "int8 or mixed")
+    if precision not in ("fp32", "fp16", "bf16", "int8-weight", "int8", "mixed"):
+        raise ConfigError(f"OpenVINO precision {precision!r} is not supported; expected fp32, fp16, bf16, "
+                          "int8-weight, int8 or mixed")
     staging = out_dir / ".onnx"
     staging.mkdir()
-    export_onnx(model, staging, input_size, max_batch, opset, "fp32" if precision == "fp16" else precision)
+    export_onnx(model, staging, input_size, max_batch, opset, "fp32" if precision in ("fp16", "bf16") else precision)
     try:
         converted = ov.convert_model(str(staging / MODEL_FILE))
         (out_dir / IR_DIR).mkdir()
@@ -51,18 +58,64 @@ def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
+    from ..runtime.openvino_backend import precision_policy
+
     files = export_openvino(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
+    xml = out_dir / IR_DIR / "model.xml"
     if hasattr(model, "recipe_dict"):
-        from ..runtime.openvino_backend import OpenVINOBackend
         from .onnx_quant import describe
 
+        policy = precision_policy(opts.precision, _check_float_precisions(model, xml, opts))
         info = describe(model, "openvino", opts.opset)
-        info["runtime_precisions"] = OpenVINOBackend(out_dir / IR_DIR / "model.xml").matmul_precisions()
+        info["runtime_precisions"] = _runner(xml, policy, opts.precision).matmul_precisions()
+        info["float_precision"] = {k: v for k, v in policy.items() if k != "fidelity"}
         opts.notes["quantization"] = info
+    else:
+        policy = precision_policy(opts.precision)
+    opts.notes["inference_precision"] = policy
+    _POLICIES[out_dir] = (policy, opts.precision)
     return files
 
 
-def verifier(out_dir: Path, files: dict[str, str]):
-    from ..runtime.openvino_backend import OpenVINOBackend
+def _runner(xml: Path, policy: dict, precision: str):
+    from ..runtime.openvino_backend import OpenVINOBackend, resolve_precision
 
-    return OpenVINOBackend(out_dir / IR_DIR / "model.xml")
+    hint, mode, why = resolve_precision(policy, precision)
+    return OpenVINOBackend(xml, inference_precision=hint, execution_mode=mode, reason=why)
+
+
+def _check_float_precisions(model, xml: Path, opts) -> dict[str, dict]:
+    """{inference precision: fidelity} of the quantized IR against the torch QuantizedModel, for f32
+    and (where this CPU computes it natively) bf16, the latter within the recipe's and bf16's
+    tolerances added in quadrature. f32 beyond the tolerance fails the export; bf16
+    beyond it (or not checked here) is recorded as such and the runtime then keeps f32."""
+    from ..artifact import compare, reference_inputs, tolerance_for
+    from ..runtime.openvino_backend import BF16, F32, OpenVINOBackend, native_bf16
+    from ..spec import output_names
+    from .fidelity import torch_outputs
+
+    x = reference_inputs(opts.input_size, opts.max_batch)
+    ref = torch_outputs(model, x)
+    has, evidence = native_bf16()
+    checked: dict[str, dict] = {}
+    for hint in (F32, BF16) if has else (F32,):
+        runner = OpenVINOBackend(xml, inference_precision=hint, execution_mode=None)
+        if runner.inference_precision != hint:  # OpenVINO declined the hint: nothing to verify
+            continue
+        # bf16 float ops add their own rounding error (bounded by TOLERANCE["bf16"]), independent of the
+        # recipe's: the two bounds add in quadrature
+        limit = tolerance_for(opts.precision)
+        limit = math.hypot(limit, tolerance_for(BF16)) if hint == BF16 else limit
+        result = compare(ref, runner(x), list(output_names(model.task)))
+        entry = {"rel_l2": result["rel_l2"], "tolerance": limit, "passed": result["rel_l2"] <= limit}
+        if hint == F32 and not entry["passed"]:
+            raise ExportError(f"openvino {opts.precision} export does not match the torch QuantizedModel with f32 "
+                              f"float ops: relative L2 {result['rel_l2']:.3g} > {limit:g} ({result['outputs']})")
+        checked[hint] = entry
+    checked.setdefault(BF16, {"passed": False, "not_checked": evidence if not has else "OpenVINO declined bf16"})
+    return checked
+
+
+def verifier(out_dir: Path, files: dict[str, str]):
+    policy, precision = _POLICIES.pop(out_dir)
+    return _runner(out_dir / IR_DIR / "model.xml", policy, precision)

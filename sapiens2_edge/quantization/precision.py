@@ -18,7 +18,7 @@ from .config import SCHEMES
 #: format -> float precisions a float model may export as (first = default)
 FLOAT_PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "fp16"),
-    "openvino": ("fp32", "fp16"),
+    "openvino": ("fp32", "fp16", "bf16"),  # bf16: computed in bf16 where the CPU has it natively
     "coreml": ("fp16", "fp32"),  # FLOAT16 compute, the Neural Engine's, unless fp32 is asked for
     "torch": ("fp32",),  # the program keeps the model's own numerics
     "native": ("fp32", "fp16"),

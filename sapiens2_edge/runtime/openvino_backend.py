@@ -1,5 +1,22 @@
 """OpenVINO backend: runs an OpenVINO IR (``openvino/model.xml``) or an ONNX file on the CPU (or any
-device OpenVINO offers)."""
+device OpenVINO offers).
+
+Inference precision (what OpenVINO computes the float parts of a graph in) follows the artifact's
+policy, ``manifest.options["inference_precision"]`` (written at export, see
+:func:`precision_policy`):
+
+* ``{"mode": "f32"}`` (fp32 and fp16 artifacts): ``INFERENCE_PRECISION_HINT=f32`` and
+  ``EXECUTION_MODE_HINT=ACCURACY``. Without the hint OpenVINO's CPU plugin computes float graphs
+  in bf16 wherever the CPU has native bf16 (avx512_bf16 or AMX), which an fp32 artifact must not;
+  the accuracy mode also keeps its other lossy options off (dynamic quantization of activations).
+* ``{"mode": "bf16"}`` (bf16 artifacts): bf16 where the CPU has native bf16, else f32 (OpenVINO
+  would emulate bf16 slowly, or ignore the hint).
+* ``{"mode": "auto", "verified": [...]}`` (quantized artifacts: what stays float - attention,
+  norms, the head - around the int8 layers): bf16 where the CPU has native bf16 and the export
+  verified bf16, else f32.
+
+Artifacts without a policy (older exports) run as they were verified: f32.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.paths import inside
-from ..errors import ArtifactError, BackendUnavailableError
+from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from .base import batch_input, check_input_size, load_errors, run_errors
+
+F32, BF16 = "f32", "bf16"
+#: artifact precision -> policy mode
+_MODES = {"fp32": F32, "fp16": F32, "bf16": BF16}
+_NATIVE_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def import_openvino():
@@ -21,15 +43,73 @@ def import_openvino():
     return openvino
 
 
+def native_bf16(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """(whether this CPU computes bf16 natively, the evidence): its avx512_bf16 / amx_bf16 flags in
+    ``cpuinfo`` (default: /proc/cpuinfo), or where there is none, whether OpenVINO lists BF16 among
+    the CPU's capabilities."""
+    text = cpuinfo
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if flags:
+        found = [f for f in _NATIVE_FLAGS if f in flags]
+        return (True, f"this CPU has {' and '.join(found)}") if found else (False, "this CPU has no native bf16 "
+                                                                             "(neither avx512_bf16 nor amx_bf16)")
+    caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ("BF16" in caps, f"OpenVINO's CPU capabilities {'include' if 'BF16' in caps else 'lack'} BF16")
+
+
+def precision_policy(precision: str, fidelity: dict[str, dict] | None = None) -> dict:
+    """The manifest's ``inference_precision`` entry for an artifact of ``precision``; ``fidelity``
+    (quantized artifacts): {inference precision: its check at export, with ``passed``}."""
+    if precision in _MODES:
+        return {"mode": _MODES[precision]}
+    verified = sorted(k for k, v in (fidelity or {}).items() if v.get("passed")) if fidelity else [F32]
+    return {"mode": "auto", "verified": verified, "rule": "bf16 on CPUs with native bf16 (avx512_bf16 or AMX), "
+            "else f32", **({"fidelity": fidelity} if fidelity else {})}
+
+
+def resolve_precision(policy: dict | None, precision: str, native: tuple[bool, str] | None = None
+                      ) -> tuple[str, str | None, str]:
+    """(INFERENCE_PRECISION_HINT, EXECUTION_MODE_HINT or None, why) for an artifact of ``precision``
+    with manifest policy ``policy`` on this CPU (``native``: :func:`native_bf16`, found if None)."""
+    if policy is None:  # exported before the policy was recorded: run as verified then
+        if precision in ("fp32", "fp16"):
+            return F32, "ACCURACY", f"{precision} artifact: f32 in accuracy mode"
+        return F32, None, "the artifact records no inference precision; f32, as it was verified"
+    mode = policy.get("mode") if isinstance(policy, dict) else None
+    if mode == F32:
+        return F32, "ACCURACY", f"{precision} artifact: f32 in accuracy mode"
+    if mode not in (BF16, "auto"):
+        raise ConfigError(f"the artifact's inference_precision policy {policy!r} is not one this SDK knows; "
+                          "expected mode 'f32', 'bf16' or 'auto' (re-export it, or upgrade sapiens2-edge)")
+    has, evidence = native if native is not None else native_bf16()
+    if mode == "auto" and BF16 not in policy.get("verified", ()):
+        return F32, None, "the export verified f32 only"
+    what = "the artifact's precision" if mode == BF16 else "what the int8 artifact keeps in float"
+    if has:
+        return BF16, None, f"{what} in bf16: {evidence}"
+    return F32, None, f"{what} in f32: {evidence}"
+
+
 class OpenVINOBackend:
     name = "openvino"
 
     def __init__(self, model_path: str | os.PathLike, device: str = "CPU", max_batch: int | None = None,
-                 threads: int | None = None, inference_precision: str = "f32"):
+                 threads: int | None = None, inference_precision: str = F32, execution_mode: str | None = "ACCURACY",
+                 reason: str = ""):
         ov = import_openvino()
         core = ov.Core()
-        # OpenVINO's CPU plugin silently runs in bf16 on CPUs that have it; an fp32 artifact must not.
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
+        if execution_mode:
+            config["EXECUTION_MODE_HINT"] = execution_mode
         # Its CPU plugin also quantizes the activations of int8-weight MatMuls on the fly (groups of
         # 32); an artifact's quantization is in its graph (int8 kernels come from its FakeQuantize).
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
@@ -41,11 +121,17 @@ class OpenVINOBackend:
         self.device = device.lower()
         self.max_batch = max_batch
         self.version = ov.__version__
+        self.reason = reason
+
+    @property
+    def inference_precision(self) -> str:
+        """What the compiled model computes float ops in (``f32``/``bf16``), as OpenVINO reports it."""
+        return _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def describe(self) -> str:
-        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        precision = precision.get_type_name() if hasattr(precision, "get_type_name") else precision  # "f32"
-        return f"openvino {self.version} on {self.device.upper()} ({precision})"
+        mode = str(self.compiled.get_property("EXECUTION_MODE_HINT")).rsplit(".", 1)[-1]
+        why = f": {self.reason}" if self.reason else ""
+        return f"openvino {self.version} on {self.device.upper()} ({self.inference_precision}, {mode.lower()} mode{why})"
 
     def matmul_precisions(self) -> dict[str, int]:
         """{"FullyConnected i8": n, ...}: the precision each compiled GEMM/conv actually runs in."""
@@ -65,13 +151,20 @@ class OpenVINOBackend:
             return tuple(np.array(result[out]) for out in self.compiled.outputs)
 
 
+def _type_name(t) -> str:
+    """OpenVINO's element type as the hint's short name (``f32``, ``bf16``, ``dynamic``)."""
+    return getattr(t, "get_type_name", lambda: str(t))()
+
+
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBackend:
     path = inside(root, manifest.require_file("model", root))
     if path.suffix == ".xml":  # the IR's weights: the .bin beside it, which OpenVINO reads by that name
         inside(root, str(Path(manifest.require_file("model", root)).with_suffix(".bin")))
+    target = "CPU" if device in ("auto", "cpu") else device.upper()
+    hint, mode, why = resolve_precision(manifest.options.get("inference_precision"), manifest.precision)
     with load_errors(path, "an OpenVINO model"):
-        backend = OpenVINOBackend(path, device="CPU" if device in ("auto", "cpu") else device.upper(),
-                                  max_batch=max_batch)
+        backend = OpenVINOBackend(path, device=target, max_batch=max_batch, inference_precision=hint,
+                                  execution_mode=mode, reason=why)
         inputs = backend.compiled.inputs
         if len(inputs) != 1 or inputs[0].get_partial_shape().rank.get_length() != 4:
             raise ArtifactError(f"{path} does not take one (B, 3, H, W) image batch")

@@ -29,10 +29,15 @@ def flip_heatmaps(heatmaps: np.ndarray, flip_indices: Sequence[int] = FLIP_INDIC
 
 
 def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray:
-    """One Newton step on the log of blurred heatmaps at integer peaks ``locs`` (k, 2).
+    """One Newton step on the log of blurred heatmaps at integer peaks ``locs`` (k, 2), for every channel.
 
-    Only the 3 x 3 neighbourhood of each peak enters the step, so the clip and log are applied
-    there alone; clamping the neighbour indices to the map is the same as edge-padding by one.
+    The reference (mmpose ``refine_keypoints_dark_udp``) reads the seven log values around each
+    peak from the flattened, edge-padded (k, h + 2, w + 2) log maps at flat offsets from
+    ``(x + 1) + (y + 1) * (w + 2)``. Channels without a positive maximum keep (-1, -1) and are still
+    stepped: their offsets land on the padded corner, and those left of or above it on the last
+    padded row of the previous channel (the last channel for channel 0, numpy's wrap-around). The
+    same offsets are followed here, so such channels move exactly as in the reference. Only those
+    seven values enter the step, so the clip and log are applied there alone.
     """
     k, h, w = heatmaps.shape
     r = (kernel - 1) // 2
@@ -44,19 +49,21 @@ def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray
     blurred = blurred.reshape(k, h + 2 * r, w + 2 * r)[:, r:r + h, r:r + w]
     before = heatmaps.reshape(k, -1).max(axis=1)
     after = blurred.max(axis=(1, 2))
-    usable = after != 0  # an all-non-positive blur cannot be rescaled; keep the integer peak
+    # An all-zero blur cannot be rescaled (the reference divides 0 by 0 and returns NaN); keep it unscaled.
+    usable = after != 0
     ratio = np.where(usable, before / np.where(usable, after, 1), 1).astype(np.float32)
 
-    x = locs[:, 0].astype(np.int64)
-    y = locs[:, 1].astype(np.int64)
-    xs = np.clip(x[:, None] + np.arange(-1, 2), 0, w - 1)  # (k, 3): x-1, x, x+1
-    ys = np.clip(y[:, None] + np.arange(-1, 2), 0, h - 1)
-    patch = blurred[np.arange(k)[:, None, None], ys[:, :, None], xs[:, None, :]]  # (k, 3 rows, 3 cols)
-    lp = np.log(np.clip(patch * ratio[:, None, None], np.float32(0.001), np.float32(50.0)))
+    wp, plane = w + 2, (h + 2) * (w + 2)
+    # Offsets of I, I(x+1), I(y+1), I(x+1, y+1), I(x-1, y-1), I(x-1), I(y-1) in the padded flat maps.
+    offsets = np.array([0, 1, wp, wp + 1, -wp - 1, -1, -wp])
+    base = (locs[:, 0] + 1 + (locs[:, 1] + 1) * wp).astype(np.int64) + plane * np.arange(k)
+    flat = base[:, None] + offsets  # (k, 7)
+    ch, rest = flat // plane % k, flat % plane  # floor division: -1 is the previous channel's last element
+    ys = np.clip(rest // wp - 1, 0, h - 1)  # padded row/col -> map row/col (the edge padding)
+    xs = np.clip(rest % wp - 1, 0, w - 1)
+    v = np.log(np.clip(blurred[ch, ys, xs] * ratio[ch], np.float32(0.001), np.float32(50.0)))
+    c, xp, yp, xpyp, xmym, xm, ym = v.T
 
-    c = lp[:, 1, 1]
-    xp, xm, yp, ym = lp[:, 1, 2], lp[:, 1, 0], lp[:, 2, 1], lp[:, 0, 1]
-    xpyp, xmym = lp[:, 2, 2], lp[:, 0, 0]
     gx, gy = 0.5 * (xp - xm), 0.5 * (yp - ym)
     dxx, dyy = xp - 2 * c + xm, yp - 2 * c + ym
     dxy = 0.5 * (xpyp - xp - yp + c + c - xm - ym + xmym)
@@ -64,7 +71,7 @@ def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray
     # inverse(Hessian + eps * I) . gradient, written out for 2 x 2
     a, b, d = dxx.astype(np.float64) + _EPS, dxy.astype(np.float64), dyy.astype(np.float64) + _EPS
     det = a * d - b * b
-    ok = usable & (det != 0)
+    ok = det != 0  # the reference's inverse would raise on a singular matrix
     det = np.where(ok, det, 1.0)
     step_x = np.where(ok, (d * gx - b * gy) / det, 0.0)
     step_y = np.where(ok, (a * gy - b * gx) / det, 0.0)
@@ -79,9 +86,10 @@ def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = DEFAULT_
     """UDP-DARK decoding of (K, h, w) heatmaps (or (N, K, h, w)); ``input_size`` is the network input (H, W).
 
     Returns keypoints (K, 2) float32 in network-input pixels and scores (K,) float32 (the
-    heatmap maximum). Per channel: integer argmax; if the maximum is <= 0 the location is
-    (-1, -1) heatmap pixels and is not refined; otherwise one Newton step on the log of the
-    blurred heatmap (spec 2.1, decoding steps 1-2). Then x * W / (w - 1), y * H / (h - 1).
+    heatmap maximum). Per channel: integer argmax, (-1, -1) heatmap pixels where the maximum is
+    <= 0; then, as in the reference decoder, one Newton step on the log of the blurred heatmap for
+    every channel, those at (-1, -1) included (spec 2.1, decoding steps 1-2; see ``_dark_udp``
+    for what the step reads there). Then x * W / (w - 1), y * H / (h - 1).
     """
     hm = np.asarray(heatmaps, dtype=np.float32)
     if hm.ndim == 4:
@@ -96,10 +104,9 @@ def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = DEFAULT_
     idx = flat.argmax(axis=1)
     scores = flat[np.arange(k), idx]
     locs = np.stack([idx % w, idx // w], axis=1).astype(np.float64)
-    valid = scores > 0
-    locs[~valid] = -1.0
-    if valid.any():
-        locs[valid] = _dark_udp(hm[valid], locs[valid], blur_kernel_size)
+    locs[scores <= 0] = -1.0
+    if k:
+        locs = _dark_udp(hm, locs, blur_kernel_size)
     H, W = input_size
     keypoints = locs * np.array([W / (w - 1), H / (h - 1)])
     return keypoints.astype(np.float32), scores.astype(np.float32)

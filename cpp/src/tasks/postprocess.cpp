@@ -70,7 +70,18 @@ void decode_heatmaps(const float* hm, int k, int h, int w, int input_w, int inpu
     const float eps = std::numeric_limits<float>::epsilon();
 #pragma omp parallel
     {
-        std::vector<float> tmp(plane), blurred(plane);
+        std::vector<float> tmp(plane), blurred(plane), prev(plane);
+        // The blurred plane of channel ch rescaled to its maximum before the blur (the ratio).
+        auto blur_scaled = [&](int ch, std::vector<float>& out) {
+            const float* p = hm + size_t(ch) * plane;
+            blur_zero_border(p, h, w, kf, tmp.data(), out.data());
+            const float before = *std::max_element(p, p + plane);
+            const float after = *std::max_element(out.begin(), out.end());
+            return after != 0 ? before / after : 1.f;  // an all-zero blur is kept unscaled
+        };
+        auto log_at = [](const std::vector<float>& b, float ratio, size_t i) {
+            return std::log(std::min(std::max(b[i] * ratio, 0.001f), 50.0f));
+        };
 #pragma omp for schedule(dynamic, 4)
         for (int c = 0; c < k; ++c) {
             const float* p = hm + size_t(c) * plane;
@@ -80,21 +91,28 @@ void decode_heatmaps(const float* hm, int k, int h, int w, int input_w, int inpu
             const float score = p[idx];
             scores[c] = score;
             double lx = -1.0, ly = -1.0;
+            const float ratio = blur_scaled(c, blurred);
+            float lp[3][3];
             if (score > 0) {
                 const int x = int(idx % size_t(w)), y = int(idx / size_t(w));
                 lx = x;
                 ly = y;
-                blur_zero_border(p, h, w, kf, tmp.data(), blurred.data());
-                const float after = *std::max_element(blurred.begin(), blurred.end());
-                const bool usable = after != 0;
-                const float ratio = usable ? score / after : 1.f;
-                float lp[3][3];
                 for (int dy = -1; dy <= 1; ++dy)
                     for (int dx = -1; dx <= 1; ++dx) {
                         const int yy = std::min(std::max(y + dy, 0), h - 1), xx = std::min(std::max(x + dx, 0), w - 1);
-                        const float v = blurred[size_t(yy) * w + xx] * ratio;
-                        lp[dy + 1][dx + 1] = std::log(std::min(std::max(v, 0.001f), 50.0f));
+                        lp[dy + 1][dx + 1] = log_at(blurred, ratio, size_t(yy) * w + xx);
                     }
+            } else {
+                // As the reference, which still steps from (-1, -1): its flat reads land on this channel's
+                // padded corner and, left of and above it, on the last padded row of the previous channel
+                // (the last channel for channel 0). See sapiens2_edge/tasks/heatmaps.py.
+                const float rp = blur_scaled((c + k - 1) % k, prev);
+                const float own = log_at(blurred, ratio, 0);
+                lp[1][1] = lp[1][2] = lp[2][1] = lp[2][2] = own;
+                lp[1][0] = lp[0][0] = log_at(prev, rp, plane - 1);       // (h-1, w-1)
+                lp[0][1] = log_at(prev, rp, plane - size_t(w));          // (h-1, 0)
+            }
+            {
                 const float cc = lp[1][1], xp = lp[1][2], xm = lp[1][0], yp = lp[2][1], ym = lp[0][1];
                 const float xpyp = lp[2][2], xmym = lp[0][0];
                 const float gx = 0.5f * (xp - xm), gy = 0.5f * (yp - ym);
@@ -102,7 +120,7 @@ void decode_heatmaps(const float* hm, int k, int h, int w, int input_w, int inpu
                 const float dxy = 0.5f * (xpyp - xp - yp + cc + cc - xm - ym + xmym);
                 const double a = double(dxx) + eps, b = dxy, d = double(dyy) + eps;
                 const double det = a * d - b * b;
-                if (usable && det != 0) {
+                if (det != 0) {
                     lx -= (d * gx - b * gy) / det;
                     ly -= (a * gy - b * gx) / det;
                 }

@@ -1,0 +1,269 @@
+"""CPU latency of our artifacts against what a user could do without us, on one model and input size.
+
+Rows (each timed in its own process, so peak RSS is the row's own; artifacts are made first, in
+other processes, and cached under --work):
+
+    torch-fp32         torch eager, float32 (the baseline and the reference outputs)
+    torch-bf16         torch eager under torch.autocast("cpu", bfloat16)
+    ov-plain           OpenVINO IR of the float model compiled with OpenVINO's defaults
+                       (its default precision: bf16 on CPUs with native bf16)
+    nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
+    ort-qstatic        onnxruntime.quantization.quantize_static with its defaults on --calib samples
+    ours-ov-int8       s2e int8 (static) OpenVINO artifact, run as the Predictor runs it (its precision policy)
+    ours-ov-bf16       s2e OpenVINO bf16 artifact
+    ours-ov-fp32       s2e OpenVINO fp32 artifact (f32, accuracy mode)
+    ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
+    ours-native-fp32   s2e native engine, float weights
+    ours-native-w8     s2e native engine, int8-weight
+
+Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
+(verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
+and seg agreement (argmax of the logits) against torch fp32 on --eval inputs. A row that fails
+(out of memory, a missing package) is reported as such.
+
+    python benchmarks/bench_cpu_peers.py --arch 0.1b --size 512x384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-bf16",
+        "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8")
+TASK = "seg"
+
+
+def inputs(size, seeds) -> list[np.ndarray]:
+    from sapiens2_edge.artifact import verification_inputs
+
+    return [verification_inputs(size, 1, seed=s) for s in seeds]
+
+
+def calib_inputs(a) -> list[np.ndarray]:
+    return inputs(a.size, range(1000, 1000 + a.calib))
+
+
+def eval_inputs(a) -> list[np.ndarray]:
+    return inputs(a.size, range(a.eval))
+
+
+def model(a):
+    from sapiens2_edge.models.model import build_model
+
+    return build_model(a.arch, TASK, input_size=a.size, seed=0)
+
+
+# -- preparing each row's artifact (in its own process) -----------------------------------------------
+def prepare(row: str, a) -> None:
+    import torch
+
+    import sapiens2_edge as s2e
+
+    w = a.work
+    target = w / {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32"}.get(row, row)
+    if row != "torch-fp32" and row != "torch-bf16" and target.exists():
+        return  # made by an earlier run
+    if row in ("ov-plain", "nncf-int8", "ours-ov-fp32") and not (w / "ov-fp32").exists():
+        s2e.export(model(a), w / "ov-fp32", format="openvino", input_size=a.size, max_batch=1, verify=False)
+    if row == "ours-ov-bf16":
+        s2e.export(model(a), w / "ov-bf16", format="openvino", precision="bf16", input_size=a.size, max_batch=1)
+    if row == "ort-qstatic" and not (w / "onnx-fp32").exists():
+        s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
+    if row in ("ours-ov-int8", "ours-ort-int8"):
+        calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
+        q, _ = s2e.quantize(model(a), "int8", calibration=calib, input_size=a.size, activation_mode="static",
+                            progress=False)
+        fmt = "openvino" if row == "ours-ov-int8" else "onnx"
+        s2e.export(q, w / row, format=fmt, input_size=a.size, max_batch=1)
+    if row in ("ours-native-fp32", "ours-native-w8"):
+        m = model(a)
+        if row == "ours-native-w8":
+            m, _ = s2e.quantize(m, "int8-weight", progress=False)
+        s2e.export(m, w / row, format="native", input_size=a.size, max_batch=1)
+    if row == "nncf-int8":
+        import nncf
+        import openvino as ov
+
+        core = ov.Core()
+        ir = core.read_model(str(w / "ov-fp32" / "openvino" / "model.xml"))
+        qm = nncf.quantize(ir, nncf.Dataset(calib_inputs(a)), subset_size=a.calib)
+        (w / "nncf-int8").mkdir(exist_ok=True)
+        ov.save_model(qm, str(w / "nncf-int8" / "model.xml"))
+    if row == "ort-qstatic":
+        import onnx
+        from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+        name = onnx.load(str(w / "onnx-fp32" / "model.onnx"), load_external_data=False).graph.input[0].name
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter([{name: x} for x in calib_inputs(a)])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        (w / "ort-qstatic").mkdir(exist_ok=True)
+        quantize_static(str(w / "onnx-fp32" / "model.onnx"), str(w / "ort-qstatic" / "model.onnx"), Reader(),
+                        use_external_data_format=True)
+
+
+# -- timing one row (in its own process) -------------------------------------------------------------
+def runner_for(row: str, a):
+    """(callable batch -> first output, size in bytes, what runs)."""
+    w = a.work
+    if row.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        m = model(a).eval()
+        size = sum(p.numel() * p.element_size() for p in m.parameters())
+
+        def run(x):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=row == "torch-bf16"):
+                out = m(torch.from_numpy(x))
+            return (out[0] if isinstance(out, tuple) else out).float().numpy()
+        return run, size, f"torch {torch.__version__}"
+    if row in ("ov-plain", "nncf-int8"):
+        import openvino as ov
+
+        xml = w / ("ov-fp32/openvino" if row == "ov-plain" else "nncf-int8") / "model.xml"
+        c = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        req = c.create_infer_request()
+        prec = c.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return (lambda x: np.array(req.infer({0: x})[c.outputs[0]]), _bytes(xml.parent),
+                f"openvino {ov.__version__} defaults ({prec})")
+    if row == "ort-qstatic":
+        from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        r = OnnxRuntimeBackend(w / "ort-qstatic" / "model.onnx", providers=["CPUExecutionProvider"])
+        return (lambda x: r(x)[0]), _bytes(w / "ort-qstatic"), r.describe()
+    from sapiens2_edge.runtime import open_artifact
+
+    root = w / {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32"}.get(row, row)
+    backend = {"ours-ov-int8": "openvino", "ours-ov-bf16": "openvino", "ours-ov-fp32": "openvino",
+               "ours-ort-int8": "onnxruntime"}.get(row, "native")
+    m, r, _ = open_artifact(root, backend, "cpu")
+    size = sum(f["size"] for f in m.files.values() if f["role"] != "reference")
+    return (lambda x: r(x)[0]), size, r.describe()
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def time_row(row: str, a) -> dict:
+    from sapiens2_edge.bench import latency_stats, peak_rss_mb, time_calls
+
+    t0 = time.perf_counter()
+    run, size, what = runner_for(row, a)
+    load_s = time.perf_counter() - t0
+    outs = [run(x) for x in eval_inputs(a)]
+    np.save(a.work / f"out-{row}.npy", np.concatenate(outs))
+    x = eval_inputs(a)[0]
+    stats = latency_stats(time_calls(lambda: run(x), a.warmup, a.runs))
+    return {"row": row, "what": what, "load_s": load_s, **stats, "peak_rss_mb": peak_rss_mb(), "size_mb": size / 1e6}
+
+
+# -- the parent: every row in child processes, then the table -----------------------------------------
+def child(mode: str, row: str, a) -> tuple[dict | None, str]:
+    cmd = [sys.executable, __file__, "--arch", a.arch, "--size", f"{a.size[0]}x{a.size[1]}", "--work", str(a.work),
+           "--runs", str(a.runs), "--warmup", str(a.warmup), "--calib", str(a.calib), "--eval", str(a.eval),
+           f"--{mode}", row]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        killed = proc.returncode in (-9, 137)
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return None, "out of memory (killed)" if killed or "MemoryError" in tail else f"failed: {tail[:160]}"
+    return (json.loads(proc.stdout.strip().splitlines()[-1]) if mode == "time" else None), ""
+
+
+def fidelity(row: str, a) -> tuple[float, float]:
+    ref, got = np.load(a.work / "out-torch-fp32.npy").astype(np.float64), np.load(a.work / f"out-{row}.npy")
+    rel = float(np.linalg.norm(ref - got) / np.linalg.norm(ref))
+    return rel, float((ref.argmax(1) == got.argmax(1)).mean())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="0.1b")
+    p.add_argument("--size", default="512x384")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ", ".join(ROWS))
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--calib", type=int, default=32, help="calibration samples for the int8 rows")
+    p.add_argument("--eval", type=int, default=4, help="inputs for rel L2 / seg agreement")
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_cpu_peers"))
+    p.add_argument("--out", type=Path, default=None, help="Markdown report to write")
+    p.add_argument("--prepare", help=argparse.SUPPRESS)
+    p.add_argument("--time", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.size = tuple(int(v) for v in a.size.split("x"))
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.prepare:
+        return prepare(a.prepare, a)
+    if a.time:
+        print(json.dumps(time_row(a.time, a)))
+        return None
+    rows = [r.strip() for r in a.rows.split(",")]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; expected some of {', '.join(ROWS)}")
+    if "torch-fp32" not in rows:
+        rows.insert(0, "torch-fp32")
+    load = [os.getloadavg()]
+    results = []
+    for row in rows:
+        t0 = time.perf_counter()
+        _, err = child("prepare", row, a)
+        prep_s = time.perf_counter() - t0
+        res, err = (None, err) if err else child("time", row, a)
+        if res:
+            res["rel_l2"], res["seg_agreement"] = fidelity(row, a)
+        results.append(res or {"row": row, "error": err})
+        results[-1]["prepare_s"] = prep_s
+        print(row, json.dumps(results[-1]), flush=True)
+    load.append(os.getloadavg())
+    report(results, a, load, " ".join(["python", "benchmarks/bench_cpu_peers.py", *(argv or sys.argv[1:])]))
+
+
+def report(results: list[dict], a, load, command: str) -> None:
+    import openvino
+    import torch
+
+    base = next(r["median_s"] for r in results if r["row"] == "torch-fp32" and "median_s" in r)
+    lines = [f"# CPU peers: {a.arch} {TASK} at {a.size[0]}x{a.size[1]} (random weights, batch 1)", "",
+             f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}, openvino {openvino.__version__}; load average (1/5/15 min) "
+             f"{' / '.join(f'{v:.2f}' for v in load[0])} at the start, "
+             f"{' / '.join(f'{v:.2f}' for v in load[1])} at the end.", "", f"`{command}`", "",
+             "| row | runs as | median (s) | p90 (s) | speed-up vs torch fp32 | peak RSS (MB) | size (MB) | "
+             "rel L2 vs torch fp32 | seg agreement |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['row']} | {r['error']} | - | - | - | - | - | - | - |")
+            continue
+        lines.append(f"| {r['row']} | {r['what']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
+                     f"{base / r['median_s']:.2f}x | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} | "
+                     f"{r['rel_l2']:.2e} | {100 * r['seg_agreement']:.1f} % |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
