@@ -316,6 +316,13 @@ def test_bad_reference_is_a_typed_error(bases, tmp_path):
     with pytest.raises(ArtifactError, match="cannot read the reference outputs .*reference.npz"):
         verify_artifact(root)
     buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:  # a .npy whose header numpy's parser chokes on
+        z.writestr("logits.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4', (" + b" " * 5 + b"\n")
+    (root / "reference.npz").write_bytes(buf.getvalue())
+    rehash(root, "reference.npz")
+    with pytest.raises(ArtifactError, match="cannot read the reference outputs .*reference.npz"):
+        verify_artifact(root)
+    buf = io.BytesIO()
     np.savez(buf, logits=np.zeros((1, 2, 3, 4), np.float32))
     (root / "reference.npz").write_bytes(buf.getvalue())
     rehash(root, "reference.npz")
