@@ -183,6 +183,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="first case index (to replay cases of a longer run)")
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--formats", default=",".join(FORMATS))
     args = ap.parse_args(argv)
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     built = time.time() - t0
     image = np.random.default_rng(0).integers(0, 255, (150, 110, 3), dtype=np.uint8)
     outcomes, per_format, per_kind, untyped = Counter(), Counter(), Counter(), []
-    for i in range(args.cases):
+    for i in range(args.start, args.start + args.cases):
         rng = random.Random(args.seed * 1_000_003 + i)
         fmt = formats[i % len(formats)]
         case = args.work / "case" / "artifact"
