@@ -143,7 +143,7 @@ def test_runtime_and_artifact_import_no_exporters_or_models(layer):
     allowed = {"artifact": ("errors", "spec", "artifact"),
                "runtime": ("errors", "spec", "tasks", "artifact", "runtime", "_native")}  # _native: the C++ engine
     for path in sorted((PACKAGE / layer).glob("*.py")):
-        extra = ("models", "quantization", "loading") if path.name == "torch_backend.py" else ()
+        extra = ("models", "quantization", "loading", "detection") if path.name == "torch_backend.py" else ()
         for module in _imports(path):
             top = module.split(".")[1] if module.count(".") else ""
             assert top in (*allowed[layer], *extra), f"{path.name} imports {module}"

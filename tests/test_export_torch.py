@@ -102,7 +102,7 @@ def test_cli_export_and_verify(model, tmp_path):
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "torch", "--output", str(out),
                                    "--input-size", "128x96", "--max-batch", "2"])
     assert res.exit_code == 0, res.output
-    assert "torch, fp32, 128x96" in " ".join(res.output.split())
+    assert "(torch fp32, 128x96" in " ".join(res.output.split())
     res = CliRunner().invoke(app, ["verify", str(out)])
     assert res.exit_code == 0 and "passed" in res.output, res.output
 

@@ -106,4 +106,4 @@ def test_cli_init_random_then_info(tmp_path):
     assert data["arch"] == "sapiens2_0.1b" and data["task"] == "seg" and data["random_weights"] is True
     assert data["parameters"] == sum(t.numel() for t in read_tensors(out).values())
     res = runner.invoke(app, ["init-random", str(tmp_path / "p.safetensors"), "--task", "depth"])
-    assert res.exit_code == 2 and "unknown task 'depth'" in res.output
+    assert res.exit_code == 2 and "'--task': 'depth' is not one of" in res.output
