@@ -20,8 +20,7 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """What a checkpoint holds, from its safetensors header alone (no weights are read)."""
     from .models.arch import backbone_shapes, count_params, head_shapes
     from .models.checkpoint import header_summary, resolve_checkpoint
-    from .models.layout import describe_checkpoint
-    from .models.random_init import is_random_checkpoint
+    from .models.layout import describe_checkpoint, is_random_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     header, layout, arch, head, _, _ = describe_checkpoint(path)

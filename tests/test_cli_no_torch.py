@@ -86,3 +86,12 @@ def test_torch_commands_name_the_extra(files):
     assert 'load_model builds a PyTorch model and needs torch, which is not installed: pip install "sapiens2-edge[torch]"' \
         in _sections(res.stdout)["load_model"][0]
     assert "Traceback" not in res.stderr
+
+
+def test_checkpoint_info_works_without_torch(files):
+    """info reads the safetensors header alone, so the core install describes checkpoints too."""
+    ckpt = str(files["ckpt"])
+    res = run_without_torch(RUN + f"run('info', {ckpt!r}, '--json')\n")
+    assert res.returncode == 0, res.stderr
+    out, code = _sections(res.stdout)["info"]
+    assert code == 0 and json.loads(out)["parameters"] > 0

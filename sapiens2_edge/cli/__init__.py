@@ -91,7 +91,6 @@ def info(checkpoint: str = typer.Argument(..., help=".safetensors file, director
     if is_artifact(checkpoint):
         data = artifact_info(checkpoint)
     else:
-        require("torch", "info on a checkpoint")
         from ..workflows import checkpoint_info
 
         data = checkpoint_info(checkpoint)

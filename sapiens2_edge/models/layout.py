@@ -11,6 +11,14 @@ from ..errors import CheckpointError, StateDictMismatchError
 from .arch import HeadSpec, infer_arch, infer_head
 from .safetensors_header import SafetensorsHeader, read_header, shorten
 
+# metadata of a checkpoint written by models.random_init: its predictions are noise
+RANDOM_WEIGHTS_KEY = "sapiens2_edge.random_weights"
+
+
+def is_random_checkpoint(metadata: dict[str, str]) -> bool:
+    """Whether a checkpoint's safetensors metadata marks its weights as random."""
+    return metadata.get(RANDOM_WEIGHTS_KEY) == "true"
+
 #: Wrapper prefixes that training / compile / DDP wrappers put in front of every key.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 

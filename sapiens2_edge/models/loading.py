@@ -17,9 +17,15 @@ import torch
 from ..errors import ConfigError, StateDictMismatchError, TaskMismatchError
 from ..spec import check_task
 from .arch import backbone_shapes, head_shapes
-from .layout import FLOAT_DTYPES, MAX_LISTED, check_shapes, describe_checkpoint, is_quantized_header
+from .layout import (
+    FLOAT_DTYPES,
+    MAX_LISTED,
+    check_shapes,
+    describe_checkpoint,
+    is_quantized_header,
+    is_random_checkpoint,
+)
 from .model import Sapiens2Model
-from .random_init import is_random_checkpoint
 from .resolve import resolve_checkpoint
 from .safetensors_header import read_header
 from .safetensors_io import read_tensors

@@ -20,10 +20,10 @@ from ..errors import ConfigError, InputSizeError
 from ..spec import DEFAULT_INPUT_SIZE, TASKS
 from ..tasks.base import check_input_size
 from .arch import ArchSpec, get_preset
+from .layout import RANDOM_WEIGHTS_KEY, is_random_checkpoint  # noqa: F401 - re-exported
 from .model import Sapiens2Model, build_model
 from .safetensors_io import write_tensors
 
-RANDOM_WEIGHTS_KEY = "sapiens2_edge.random_weights"
 """Safetensors metadata entry marking a checkpoint whose weights are random (value ``"true"``)."""
 RANDOM_SEED_KEY = "sapiens2_edge.seed"
 
@@ -95,9 +95,6 @@ def write_random_checkpoint(path: str | os.PathLike, arch: str | ArchSpec = "0.1
     return write_tensors(random_checkpoint_tensors(model, dtype), p, metadata=metadata)
 
 
-def is_random_checkpoint(metadata: dict[str, str]) -> bool:
-    """Whether a checkpoint's safetensors metadata marks its weights as random."""
-    return metadata.get(RANDOM_WEIGHTS_KEY) == "true"
 
 
 __all__ = ["RANDOM_WEIGHTS_KEY", "CHECKPOINT_DTYPES", "random_model", "random_checkpoint_tensors",

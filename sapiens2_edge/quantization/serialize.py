@@ -39,9 +39,8 @@ from ..models.checkpoint import (
     resolve_checkpoint,
     write_tensors,
 )
-from ..models.layout import check_shapes
+from ..models.layout import RANDOM_WEIGHTS_KEY, check_shapes, is_random_checkpoint
 from ..models.model import Sapiens2Model
-from ..models.random_init import RANDOM_WEIGHTS_KEY, is_random_checkpoint
 from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
 from .model import QuantizedModel, as_quantized, set_module
