@@ -84,10 +84,11 @@ def prepare(row: str, a) -> None:
         s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
     if row in ("ours-ov-int8", "ours-ort-int8"):
         calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
-        q, _ = s2e.quantize(model(a), "int8", calibration=calib, input_size=a.size, activation_mode="static",
+        float_model = model(a)
+        q, _ = s2e.quantize(float_model, "int8", calibration=calib, input_size=a.size, activation_mode="static",
                             progress=False)
         fmt = "openvino" if row == "ours-ov-int8" else "onnx"
-        s2e.export(q, w / row, format=fmt, input_size=a.size, max_batch=1)
+        s2e.export(q, w / row, format=fmt, input_size=a.size, max_batch=1, float_model=float_model)
     if row in ("ours-native-fp32", "ours-native-w8"):
         m = model(a)
         if row == "ours-native-w8":

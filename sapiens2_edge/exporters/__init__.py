@@ -61,6 +61,7 @@ class ExportOptions:
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # the format's keyword options (FORMATS[...].options)
     notes: dict[str, Any] = field(default_factory=dict)  # what write() checked/decided; -> manifest.options
+    float_model: Any = None  # the float model a QuantizedModel came from, when export was given it
 
 
 def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, scheme: Any = None,
@@ -118,7 +119,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
         preprocessing=get_pipeline(model.task, input_size=size).config() if model.task else {},
         outputs=names, options={k: _jsonable(v) for k, v in format_options.items()}, sdk_version=__version__)
     opts = ExportOptions(input_size=size, max_batch=max_batch, opset=format_options.get("opset", 18),
-                         precision=precision, extra=format_options)
+                         precision=precision, extra=format_options, float_model=fid_opts.get("float_model"))
     if not getattr(model, "pretrained", True):  # random weights: the runtime marks every overlay as noise
         manifest.options["random_weights"] = True
     limit = tolerance_for(precision) if tolerance is None else tolerance
