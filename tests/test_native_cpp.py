@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,10 @@ def engine_cases(tmp_path_factory) -> Path:
 
 def build_and_test(build: Path, cases: Path, *options: str, env: dict | None = None) -> str:
     env = {**os.environ, "S2E_ENGINE_CASES": str(cases), "OMP_NUM_THREADS": "2", **(env or {})}
-    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *options], check=True, capture_output=True, env=env)
+    # the BLAS comes from the scipy-openblas32 wheel of the Python running the tests (a venv's, in CI)
+    python = f"-DPython3_EXECUTABLE={sys.executable}"
+    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), python, *options], check=True, capture_output=True,
+                   env=env)
     proc = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     proc = subprocess.run(["ctest", "--test-dir", str(build), "--output-on-failure", "-V"], capture_output=True,
