@@ -13,7 +13,7 @@ import sapiens2_edge as s2e
 from sapiens2_edge.artifact import TOLERANCE, Manifest, read_manifest
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import compare, torch_outputs, verification_inputs
-from sapiens2_edge.runtime import open_artifact
+from sapiens2_edge.runtime import open_artifact, verify_artifact
 from sapiens2_edge.runtime import openvino_backend as ovb
 from tests.fixtures.tiny import INPUT, tiny_model
 
@@ -179,6 +179,9 @@ def test_int8_records_and_honours_its_float_precision(tmp_path, monkeypatch):
     _, runner, _ = open_artifact(root, "openvino")
     assert hints(runner)[0] == ovb.resolve_precision(policy, "int8")[0] == ("bf16" if NATIVE[0] else "f32")
     assert runner.matmul_precisions().get("FullyConnected i8", 0) > 0
+    # the stored reference (torch QuantizedModel) is re-checked as the export checked it: float ops in f32
+    assert hints(runner.as_verified())[0] == "f32" and m.fidelity["rel_l2"] == fid["f32"]["rel_l2"]
+    assert verify_artifact(root, "openvino")["passed"]
     monkeypatch.setattr(ovb, "native_bf16", lambda cpuinfo=None: (False, "no bf16 here (test)"))
     _, runner, _ = open_artifact(root, "openvino")
     assert hints(runner)[0] == "f32" and "no bf16 here (test)" in runner.describe()

@@ -78,10 +78,11 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
 
 
 def _runner(xml: Path, policy: dict, precision: str):
-    from ..runtime.openvino_backend import OpenVINOBackend, resolve_precision
+    from ..runtime.openvino_backend import F32, OpenVINOBackend, resolve_precision
 
     hint, mode, why = resolve_precision(policy, precision)
-    return OpenVINOBackend(xml, inference_precision=hint, execution_mode=mode, reason=why)
+    return OpenVINOBackend(xml, inference_precision=hint, execution_mode=mode, reason=why,
+                           verified_as=F32 if policy.get("mode") == "auto" else None)
 
 
 def _check_float_precisions(model, xml: Path, opts) -> dict[str, dict]:
@@ -131,4 +132,6 @@ def _check_float_precisions(model, xml: Path, opts) -> dict[str, dict]:
 
 def verifier(out_dir: Path, files: dict[str, str]):
     policy, precision = _POLICIES.pop(out_dir)
-    return _runner(out_dir / IR_DIR / "model.xml", policy, precision)
+    # a quantized artifact is checked against the torch QuantizedModel with its float ops in f32 (its
+    # bf16 was checked in write())
+    return _runner(out_dir / IR_DIR / "model.xml", policy, precision).as_verified()

@@ -104,7 +104,7 @@ class OpenVINOBackend:
 
     def __init__(self, model_path: str | os.PathLike, device: str = "CPU", max_batch: int | None = None,
                  threads: int | None = None, inference_precision: str = F32, execution_mode: str | None = "ACCURACY",
-                 reason: str = ""):
+                 reason: str = "", verified_as: str | None = None):
         ov = import_openvino()
         core = ov.Core()
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
@@ -122,6 +122,17 @@ class OpenVINOBackend:
         self.max_batch = max_batch
         self.version = ov.__version__
         self.reason = reason
+        self._args = (model_path, device, max_batch, threads)
+        self.verified_as = verified_as  # the precision its stored reference was checked in, if it differs
+
+    def as_verified(self) -> "OpenVINOBackend":
+        """This model compiled as its stored reference was checked. A quantized artifact's reference
+        is the torch QuantizedModel's, checked with float ops in f32; bf16 float ops move it away
+        from that (its bf16 check at export is against the float model, see the exporter)."""
+        if self.verified_as in (None, self.inference_precision):
+            return self
+        path, device, max_batch, threads = self._args
+        return OpenVINOBackend(path, device, max_batch, threads, self.verified_as, None, "as verified at export")
 
     @property
     def inference_precision(self) -> str:
@@ -162,9 +173,10 @@ def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBa
         inside(root, str(Path(manifest.require_file("model", root)).with_suffix(".bin")))
     target = "CPU" if device in ("auto", "cpu") else device.upper()
     hint, mode, why = resolve_precision(manifest.options.get("inference_precision"), manifest.precision)
+    quantized = manifest.precision not in _MODES
     with load_errors(path, "an OpenVINO model"):
         backend = OpenVINOBackend(path, device=target, max_batch=max_batch, inference_precision=hint,
-                                  execution_mode=mode, reason=why)
+                                  execution_mode=mode, reason=why, verified_as=F32 if quantized else None)
         inputs = backend.compiled.inputs
         if len(inputs) != 1 or inputs[0].get_partial_shape().rank.get_length() != 4:
             raise ArtifactError(f"{path} does not take one (B, 3, H, W) image batch")
