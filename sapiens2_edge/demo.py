@@ -115,7 +115,7 @@ def machine_gflops(seconds: float = 0.3) -> float:
 MODEL_EFFICIENCY = 0.7  # a transformer forward reaches about 70 % of the 1024^3 matmul rate
 QUANT_FORWARD = 2.0
 EXPORT_FORWARDS = 2.0
-EXPORT_FIXED_S = {"onnx": 50.0, "openvino": 80.0, "torch": 60.0, "coreml": 100.0, "native": 5.0}
+EXPORT_FIXED_S = {"onnx": 50.0, "openvino": 80.0, "torch": 60.0, "coreml": 100.0, "native": 5.0, "litert": 120.0}
 BENCH_FORWARDS_PER_RUN = 1.3  # the fp32 baseline's call plus the artifact's
 
 

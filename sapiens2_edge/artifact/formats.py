@@ -61,6 +61,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # self-describing checkpoint, so torch can run it too.
     Format("native", precisions=("fp32", "fp16"), schemes=("fp16", "int8-weight", "mixed"), backends=("native", "torch"),
            files=("weights.safetensors",)),
+    # LiteRT / TFLite: float activations only (int8 weights from our scales, fp16 weights); a
+    # batch-1 graph, run here by the LiteRT interpreter (CPU, XNNPACK).
+    Format("litert", precisions=("fp32", "fp16", "int8-weight", "mixed"), schemes=("fp16", "int8-weight", "mixed"),
+           backends=("litert",), files=("model.tflite",)),
 )}
 
 #: What the native engine reads; any artifact carrying it runs on the native backend too.
