@@ -216,3 +216,10 @@ def test_two_outputs_in_order(tmp_path):
     got, want = open_artifact(root)[1](x), torch_run(pm, x)
     assert [g.shape for g in got] == [w.shape for w in want]
     assert all(rel_l2(w, g) <= 1e-4 for w, g in zip(want, got, strict=True))
+
+
+def test_cli_bench_runs_it(fp32, tmp_path):
+    res = cli.invoke(app, ["bench", str(fp32), "--runs", "1", "--no-baseline", "--output-dir", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert row["backend"] == "litert" and row["median_s"] > 0 and row["fidelity_rel_l2"] <= 1e-5

@@ -231,10 +231,10 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
     from ..quantization.linear import QuantLinear
     from .litert_linear import SCOPES
 
+    src = litert_source(model)  # first: a layer it cannot carry is named
     if opts.precision not in PRECISIONS:
         raise ConfigError(f"LiteRT precision {opts.precision!r} is not supported; expected one of "
                           f"{', '.join(PRECISIONS)}")
-    src = litert_source(model)
     kinds = [m.decompose().weight_dtype for m in model.modules() if isinstance(m, QuantLinear)]
     path = Path(out_dir) / MODEL_FILE
     convert(src, opts.input_size).export(str(path))
