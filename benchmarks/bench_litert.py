@@ -125,11 +125,11 @@ def main() -> None:
 def write_section(section: str, key: str) -> None:
     """Put ``section`` under "## LiteRT" in mobile.md: one table per model/size, the others kept."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Mobile formats on this CPU\n\n"
-    marker = f"<!-- litert {key} -->"
-    block = f"{marker}\n{section.split(chr(10), 2)[2]}{marker} end -->\n"
+    marker, closing = f"<!-- litert {key} -->", f"<!-- /litert {key} -->\n"
+    block = f"{marker}\n{section.split(chr(10), 2)[2]}{closing}"
     if marker in text:
         start = text.index(marker)
-        end = text.index(f"{marker} end -->\n", start) + len(f"{marker} end -->\n")
+        end = text.index(closing, start) + len(closing)
         text = text[:start] + block + text[end:]
     elif "## LiteRT\n" in text:
         i = text.index("## LiteRT\n") + len("## LiteRT\n")
