@@ -128,3 +128,32 @@ def test_without_ray_the_error_names_the_extra(monkeypatch, data):
     _, folder, arts = data
     with pytest.raises(BackendUnavailableError, match=r"pip install 'sapiens2-edge\[ray\]'"):
         predict_dataset(folder, arts["seg"], data[0] / "out")
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--address", "auto"], "--address configure the Ray path; add --ray (or drop them)"),
+    (["--concurrency", "2", "--gpus-per-actor", "1"], "--concurrency, --gpus-per-actor configure the Ray path"),
+    (["--ray", "--fail-fast"], "--fail-fast does not apply to --ray: every failure is recorded as a row"),
+    (["--ray", "--boxes", "b.json"], "--boxes is not read on the Ray path; use --detector"),
+    (["--ray", "--concurrency", "0"], "--concurrency must be a positive integer, got 0"),
+])
+def test_predict_ray_option_mistakes(data, args, text, tmp_path):
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+
+    _, folder, arts = data
+    res = CliRunner().invoke(app, ["predict", arts["seg"], "-i", str(folder), "-o", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    line = " ".join(res.output.split())
+    assert line.startswith("error: ConfigError: ") and text in line, line
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_predict_ray_refuses_a_camera(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+
+    res = CliRunner().invoke(app, ["predict", data[2]["seg"], "--camera", "0", "-o", str(tmp_path), "--ray"])
+    assert res.exit_code == 2 and "error: ConfigError: --ray predicts files" in " ".join(res.output.split())

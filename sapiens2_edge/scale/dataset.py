@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, ConfigError
+from ..runtime.inputs import is_video
 from .batch import PredictorFactory, RayBatchPredictor
 from .sources import list_inputs, plan, written_keys
 
@@ -102,7 +103,9 @@ def predict_dataset(source: Any, artifact: str | os.PathLike, output: str | os.P
     frames are read but not predicted again. ``concurrency`` actors each load the model once and
     take ``num_gpus_per_actor`` GPUs (fractions share one) and ``num_cpus_per_actor`` CPUs.
     ``address``: a running cluster ("auto", "ray://host:10001"); None: the one this process is
-    connected to, else a new local one. Returns a :class:`Summary` of this run.
+    connected to, else a new local one. ``rows_per_block``: image paths per actor call (default:
+    a few batches, at least 4 calls per actor); a video is always one call. ``progress``: Ray
+    Data's progress bars. Returns a :class:`Summary` of this run.
     """
     ray = import_ray()
     for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
@@ -129,13 +132,21 @@ def predict_dataset(source: Any, artifact: str | os.PathLike, output: str | os.P
         log.info("sapiens2_edge: Ray is already initialised in this process; address=%s is not used", address)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
-    per_block = rows_per_block or max(1, min(batch_size * 4, math.ceil(len(rows) / (4 * concurrency))))
-    ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
-    ds = ds.map_batches(RayBatchPredictor, fn_constructor_args=(factory,), batch_size=per_block,
+    # One block = one actor call: images in blocks of a few Predictor batches (at least 4 blocks per
+    # actor to balance the pool), each video a block of its own (its frames are read in order).
+    images = [r for r in rows if not is_video(r["path"])]
+    videos = [r for r in rows if is_video(r["path"])]
+    per_block = rows_per_block or max(1, min(batch_size * 4, math.ceil(len(images) / (4 * concurrency))))
+    parts = ([ray.data.from_items(images, override_num_blocks=math.ceil(len(images) / per_block))] if images else []) \
+        + ([ray.data.from_items(videos, override_num_blocks=len(videos))] if videos else [])
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    ds = ds.map_batches(RayBatchPredictor, fn_constructor_args=(factory,), batch_size=None,
                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
                         num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
     out.mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(str(out))
+    # Writes take no CPU slot: with every CPU held by actors they still run as rows come out (a
+    # killed job keeps what was written; the object store does not fill up).
+    ds.write_parquet(str(out), ray_remote_args={"num_cpus": 0})
     summary.seconds = time.perf_counter() - start
     return _summarise(summary, sorted(set(out.rglob("*.parquet")) - before))
 
