@@ -88,7 +88,7 @@ def test_pose_200_images_and_a_video_bit_for_bit(cluster, big):
                               progress=False)
     bad = str(folder.resolve() / "bad.jpg")
     assert (summary.inputs, summary.skipped, summary.rows, summary.ok) == (202, 0, 201 + VIDEO_FRAMES, 200 + VIDEO_FRAMES)
-    assert [(p, f) for p, f, _ in summary.failures] == [(bad, 0)]
+    assert [(p, f) for p, f, _ in summary.failures] == [(bad, 0)] and summary.duplicates == 0
     assert len(summary.workers) == 1 and sum(n for n, _ in summary.workers.values()) == summary.rows
     check_against_reference(read_rows(out), "pose", ref, bad)
 

@@ -41,7 +41,8 @@ def import_ray():
 class Summary:
     """What a run did: ``inputs`` (files found), ``skipped`` (already written), ``rows`` written
     by this run (``ok`` + failures), ``seconds`` (wall), ``workers`` {name: (rows, busy seconds)},
-    ``failures`` [(path, frame, error)]."""
+    ``failures`` [(path, frame, error)], ``duplicates`` (rows whose (path, frame) this run wrote
+    twice: possible when Ray retries a task after a worker died mid-way; readers keep one)."""
 
     output: str
     inputs: int
@@ -51,6 +52,7 @@ class Summary:
     seconds: float = 0.0
     workers: dict[str, tuple[int, float]] = field(default_factory=dict)
     failures: list[tuple[str, int, str]] = field(default_factory=list)
+    duplicates: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -58,7 +60,7 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "inputs": self.inputs, "skipped": self.skipped, "rows": self.rows,
-                "ok": self.ok, "failed": len(self.failures), "seconds": self.seconds, "rows_per_s": self.rows_per_s,
+                "ok": self.ok, "failed": len(self.failures), "duplicates": self.duplicates, "seconds": self.seconds, "rows_per_s": self.rows_per_s,
                 "workers": {k: {"rows": n, "busy_s": s, "rows_per_s": n / s if s > 0 else 0.0}
                             for k, (n, s) in self.workers.items()},
                 "failures": [{"path": p, "frame": f, "error": e} for p, f, e in self.failures]}
@@ -69,6 +71,8 @@ class Summary:
                f"results in {self.output}"]
         for name, (n, s) in sorted(self.workers.items()):
             out.append(f"  {name}: {n} row(s), {n / s if s > 0 else 0.0:.2f} rows/s while predicting ({s:.1f} s busy)")
+        if self.duplicates:
+            out.append(f"  {self.duplicates} row(s) written twice (a task retried after a worker died)")
         out += [f"  failed: {p} frame {f}: {e}" for p, f, e in self.failures]
         return out
 
@@ -76,9 +80,12 @@ class Summary:
 def _summarise(summary: Summary, files: list[Path]) -> Summary:
     import pyarrow.parquet as pq
 
+    seen: set[tuple[str, int]] = set()
     for file in files:
         table = pq.read_table(file, columns=["path", "frame", "error", "worker", "seconds"]).to_pydict()
         for path, frame, error, worker, seconds in zip(*table.values(), strict=True):
+            summary.duplicates += (path, frame) in seen
+            seen.add((path, frame))
             summary.rows += 1
             n, s = summary.workers.get(worker, (0, 0.0))
             summary.workers[worker] = (n + 1, s + seconds)
