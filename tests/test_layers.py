@@ -41,7 +41,9 @@ ALLOWED: dict[str, set[str]] = {
     "workflows": TORCH_SIDE | {""},  # "": the public face (load_model, export, ...)
     "bench": TORCH_SIDE | {"", "workflows"},
     "demo": TORCH_SIDE | {"", "workflows", "bench"},
-    "cli": TORCH_SIDE | {"", "workflows", "bench", "demo"},
+    # scale-out batch inference (Ray Data): the runtime's Predictor per worker
+    "scale": TORCH_SIDE,
+    "cli": TORCH_SIDE | {"", "workflows", "bench", "demo", "scale"},
     "": BOTTOM,  # the package root exposes everything else lazily through importlib
 }
 

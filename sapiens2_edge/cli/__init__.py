@@ -168,9 +168,21 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
             backend: Backend = typer.Option("auto", help="runtime for an artifact (auto: the best installed one)"),
             skip_errors: bool = typer.Option(True, "--skip-errors/--fail-fast",
                                              help="on a bad image: report it and go on (default), or stop"),
-            as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of text")) -> None:
+            as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of text"),
+            ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster: a folder / glob of images and "
+                                     "videos to resumable Parquet rows (pip install 'sapiens2-edge[ray]')"),
+            address: Optional[str] = typer.Option(None, help="--ray: a running cluster (auto, ray://host:port)"),
+            concurrency: Optional[int] = typer.Option(None, help="--ray: actors, each with its own model (default 1)"),
+            gpus: Optional[float] = typer.Option(None, "--gpus-per-actor", help="--ray: GPUs per actor (0.5 shares)")
+            ) -> None:
     """Run an exported artifact or a task checkpoint on an image or a folder; write overlay PNGs,
-    .npy arrays and JSON."""
+    .npy arrays and JSON (--ray: Parquet rows, see the README's scale-out section)."""
+    from .ray_predict import check_options, run_ray
+
+    check_options(ray, address, concurrency, gpus)
+    if ray:
+        raise typer.Exit(run_ray(checkpoint, input, output, camera, boxes, skip_errors, detector, address, concurrency,
+                                 gpus, str(backend), device, parse_size(input_size), not no_flip, as_json, say))
     from ..artifact import is_artifact
     from ..runtime.inputs import list_images, load_boxes
     from ..runtime.outputs import run_predictions
