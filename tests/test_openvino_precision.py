@@ -185,3 +185,26 @@ def test_int8_records_and_honours_its_float_precision(tmp_path, monkeypatch):
     monkeypatch.setattr(ovb, "native_bf16", lambda cpuinfo=None: (False, "no bf16 here (test)"))
     _, runner, _ = open_artifact(root, "openvino")
     assert hints(runner)[0] == "f32" and "no bf16 here (test)" in runner.describe()
+
+
+def test_cli_exports_bf16_and_the_predictor_says_why(seg, tmp_path):
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+    from tests.fixtures.tiny import save
+
+    ckpt = save(seg, tmp_path / "seg.safetensors")
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "openvino", "--scheme", "bf16", "--input-size",
+                                   f"{INPUT[0]}x{INPUT[1]}", "--max-batch", "1", "--output", str(tmp_path / "bf16")])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(tmp_path / "bf16")
+    assert m.precision == "bf16" and m.options["inference_precision"] == {"mode": "bf16"}
+    assert m.fidelity["rel_l2"] <= TOLERANCE["bf16"] == m.fidelity["tolerance"]
+    pred = s2e.Predictor(tmp_path / "bf16")
+    assert pred.backend_reason.startswith("auto: ")
+    expected = "bf16, performance mode: the artifact's precision in bf16" if NATIVE[0] else "f32, performance mode"
+    assert expected in pred.runner.describe() and NATIVE[1] in pred.runner.describe()
+    # a format without bf16 refuses it before any work, naming the one that takes it
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--scheme", "bf16", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "or --format openvino for bf16" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "o").exists()
