@@ -124,7 +124,35 @@ def test_fp32_compiles_f32_in_accuracy_mode(fp32_and_bf16):
     manifest, runner, _ = open_artifact(root, "openvino")
     assert hints(runner) == ("f32", "ACCURACY")
     assert "f32, accuracy mode: fp32 artifact" in runner.describe()
-    assert m.fidelity["rel_l2"] < 1e-4  # exact but for summation order and the model's own bf16 RoPE rounding
+    assert m.fidelity["rel_l2"] < 1e-4 and m.rope_mode == "fp32"  # exact but for summation order
+
+
+def test_fp32_ir_has_no_bf16_and_torchs_rope_tables(seg, tmp_path):
+    """An fp32 IR is a pure f32 graph (no bf16 Converts, which OpenVINO rounds differently per CPU),
+    its RoPE tables are torch's fp32 tables bit for bit, and its reference is torch with fp32 RoPE."""
+    import openvino as ov
+
+    trained = s2e.load_model(DATA / "trained_tiny_seg.safetensors")  # trained: the RoPE rounding shows
+    root = s2e.export(trained, tmp_path / "fp32", format="openvino", input_size=INPUT, max_batch=1)
+    assert trained.rope_mode == "bf16"  # the model gets its own mode back
+    m = read_manifest(root)
+    assert m.rope_mode == "fp32" and m.fidelity["reference"] == "torch fp32 eager, RoPE fp32"
+    assert m.fidelity["rel_l2"] <= 1e-4  # the fp32 target, on any CPU
+    # what fp32 RoPE moves the outputs by, against the model's own bf16 RoPE (torch against torch)
+    assert 1e-4 < m.fidelity["vs_rope_bf16"] < 1e-2
+    graph = ov.Core().read_model(str(root / "openvino" / "model.xml"))
+    types = {str(t) for op in graph.get_ordered_ops() for t in
+             [op.get_output_element_type(i) for i in range(op.get_output_size())]}
+    assert not any("bf16" in t or "bfloat16" in t for t in types), types
+    trained.backbone.rope_embed.mode = "fp32"
+    try:
+        tables = [t.numpy() for t in trained.backbone.rope_embed.tables(*trained.arch.grid(INPUT))]
+    finally:
+        trained.backbone.rope_embed.mode = "bf16"
+    consts = [op.get_data() for op in graph.get_ordered_ops() if op.get_type_name() == "Constant"]
+    for table in tables:
+        assert any(c.size == table.size and c.dtype == np.float32 and
+                   np.array_equal(c.reshape(table.shape).view(np.uint32), table.view(np.uint32)) for c in consts)
 
 
 @pytest.mark.slow
