@@ -144,11 +144,23 @@ def test_fp32_ir_has_no_bf16_and_torchs_rope_tables(seg, tmp_path):
     types = {str(t) for op in graph.get_ordered_ops() for t in
              [op.get_output_element_type(i) for i in range(op.get_output_size())]}
     assert not any("bf16" in t or "bfloat16" in t for t in types), types
+    from sapiens2_edge.models.backbone import _rotation_tables
+    from sapiens2_edge.spec import NUM_PREFIX_TOKENS
+
     trained.backbone.rope_embed.mode = "fp32"
     try:
-        tables = [t.numpy() for t in trained.backbone.rope_embed.tables(*trained.arch.grid(INPUT))]
+        sin, cos = trained.backbone.rope_embed.tables(*trained.arch.grid(INPUT))
     finally:
         trained.backbone.rope_embed.mode = "bf16"
+    # the constants the rotation multiplies by: torch's fp32 tables, padded for the prefix, sin signed
+    _, sin, cos = _rotation_tables(sin, cos, len(sin) + NUM_PREFIX_TOKENS, sin.shape[-1])
+    tables = [sin.numpy(), cos.numpy()]
+    # RoPE runs over the whole sequence: no prefix slicing and concatenating back per q/k, and
+    # rotate_half is one Gather (OpenVINO ran those Slice/Split/Concat as reference kernels)
+    kinds = [op.get_type_name() for op in graph.get_ordered_ops()]
+    depth = trained.arch.depth
+    assert kinds.count("Concat") <= 1 and kinds.count("VariadicSplit") == 0 and kinds.count("Slice") <= 1, kinds
+    assert kinds.count("Split") == depth and kinds.count("Gather") == 2 * depth  # the FFN's gate/up; q and k
     consts = [op.get_data() for op in graph.get_ordered_ops() if op.get_type_name() == "Constant"]
     for table in tables:
         assert any(c.size == table.size and c.dtype == np.float32 and
