@@ -103,8 +103,9 @@ def _rotation_tables(sin: torch.Tensor, cos: torch.Tensor, tokens: int, d: int):
     sign = torch.cat([-torch.ones(half, device=sin.device), torch.ones(half, device=sin.device)])
     prefix = tokens - sin.shape[-2]
     if prefix:
-        sin = torch.cat([sin.new_zeros(prefix, d), sin], dim=-2)
-        cos = torch.cat([cos.new_ones(prefix, d), cos], dim=-2)
+        dd = {"dtype": sin.dtype, "device": sin.device}  # not new_zeros/new_ones: Core ML's converter lacks them
+        sin = torch.cat([torch.zeros(prefix, d, **dd), sin], dim=-2)
+        cos = torch.cat([torch.ones(prefix, d, **dd), cos], dim=-2)
     return swap, sin * sign, cos
 
 
