@@ -81,6 +81,16 @@ def default_format() -> str:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
 
 
+def format_reason(format: str) -> tuple[str, str]:
+    """(the artifact format the demo exports, why): ``auto`` is :func:`default_format`."""
+    if format != "auto":
+        return format, "asked for"
+    fmt = default_format()
+    if fmt == "openvino":
+        return fmt, "auto: OpenVINO is installed (int8 kernels with VNNI/AMX, bf16 float ops where the CPU has them)"
+    return fmt, "auto: OpenVINO is not installed, ONNX Runtime runs ONNX"
+
+
 # --- the estimate ---------------------------------------------------------------------------------
 def forward_gflop(arch: Any, input_size: tuple[int, int], attention: bool = True) -> float:
     """Approximate GFLOP of one forward pass: 2 x backbone weights x tokens for the linears plus
@@ -148,7 +158,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
         raise ConfigError(f"the demo quantizes with {', '.join(DEMO_SCHEMES)}, got --scheme {scheme!r}")
     if bench_runs < 1:
         raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
-    fmt = default_format() if format == "auto" else format
+    fmt, why = format_reason(format)
     check_scheme_format(scheme, fmt)  # before minutes of quantizing
     require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
     from .tasks import load_image
@@ -158,6 +168,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     output = Path(output)
     start = time.perf_counter()
     model, result = _load(task, size, checkpoint, input_size, talk)
+    result.facts["format_reason"] = why
     size_hw = result.facts["input_size"]
     result.estimate = estimate_stages(model.arch, size_hw, scheme, fmt, calib_count, bench_runs, bench)
     total = sum(result.estimate.values())
@@ -235,6 +246,7 @@ def _export(qmodel, fmt, scheme, output, size_hw, result, talk):
 
     t = time.perf_counter()
     talk.say(f"[3/5] export: {fmt} {scheme} artifact, then verify it against the torch model it comes from")
+    talk.say(f"      {fmt}: {result.facts.get('format_reason', 'asked for')}")
     with talk.timer(f"export {fmt} + verify", result.estimate["export"]):
         artifact = export(qmodel, output / f"{fmt}-{scheme}", format=fmt, input_size=size_hw, max_batch=1,
                           overwrite=True)
@@ -255,6 +267,7 @@ def _predict(image_path, output, result, talk):
     result.results = run_predictions(pred, [image_path], output / "predictions")
     result.timings["predict_s"] = time.perf_counter() - t
     result.facts["backend"] = pred.backend
+    talk.say(f"      backend {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
     talk.say(f"      on {pred.backend} in {result.timings['predict_s']:.1f} s: {describe_result(result.results[0])}")
 
 

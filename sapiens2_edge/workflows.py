@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 QUANT_SCHEMES = ("int8-weight", "int8", "fp8")
 """The schemes ``export(scheme=...)`` quantizes with before exporting."""
-FLOAT_SCHEMES = ("fp32", "fp16")
+FLOAT_SCHEMES = ("fp32", "bf16", "fp16")
+"""Float precisions ``export(precision=...)`` writes (bf16: OpenVINO only, computed in bf16 where the CPU has it)."""
 
 
 def checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:

@@ -200,7 +200,7 @@ def test_cli_registries_match_the_library():
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("scheme", ["fp32", *ALL_SCHEMES])
+@pytest.mark.parametrize("scheme", [*FLOAT_SCHEMES, *ALL_SCHEMES])
 def test_scheme_format_check_follows_the_registry(scheme, fmt):
     f = FORMATS[fmt]
     takes = f.precisions if scheme in FLOAT_SCHEMES else f.schemes

@@ -124,7 +124,47 @@ def test_fp32_compiles_f32_in_accuracy_mode(fp32_and_bf16):
     manifest, runner, _ = open_artifact(root, "openvino")
     assert hints(runner) == ("f32", "ACCURACY")
     assert "f32, accuracy mode: fp32 artifact" in runner.describe()
-    assert m.fidelity["rel_l2"] < 1e-4  # exact but for summation order and the model's own bf16 RoPE rounding
+    assert m.fidelity["rel_l2"] < 1e-4 and m.rope_mode == "fp32"  # exact but for summation order
+
+
+def test_fp32_ir_has_no_bf16_and_torchs_rope_tables(seg, tmp_path):
+    """An fp32 IR is a pure f32 graph (no bf16 Converts, which OpenVINO rounds differently per CPU),
+    its RoPE tables are torch's fp32 tables bit for bit, and its reference is torch with fp32 RoPE."""
+    import openvino as ov
+
+    trained = s2e.load_model(DATA / "trained_tiny_seg.safetensors")  # trained: the RoPE rounding shows
+    root = s2e.export(trained, tmp_path / "fp32", format="openvino", input_size=INPUT, max_batch=1)
+    assert trained.rope_mode == "bf16"  # the model gets its own mode back
+    m = read_manifest(root)
+    assert m.rope_mode == "fp32" and m.fidelity["reference"] == "torch fp32 eager, RoPE fp32"
+    assert m.fidelity["rel_l2"] <= 1e-4  # the fp32 target, on any CPU
+    # what fp32 RoPE moves the outputs by, against the model's own bf16 RoPE (torch against torch)
+    assert 1e-4 < m.fidelity["vs_rope_bf16"] < 1e-2
+    graph = ov.Core().read_model(str(root / "openvino" / "model.xml"))
+    types = {str(t) for op in graph.get_ordered_ops() for t in
+             [op.get_output_element_type(i) for i in range(op.get_output_size())]}
+    assert not any("bf16" in t or "bfloat16" in t for t in types), types
+    from sapiens2_edge.models.backbone import _rotation_tables
+    from sapiens2_edge.spec import NUM_PREFIX_TOKENS
+
+    trained.backbone.rope_embed.mode = "fp32"
+    try:
+        sin, cos = trained.backbone.rope_embed.tables(*trained.arch.grid(INPUT))
+    finally:
+        trained.backbone.rope_embed.mode = "bf16"
+    # the constants the rotation multiplies by: torch's fp32 tables, padded for the prefix, sin signed
+    _, sin, cos = _rotation_tables(sin, cos, len(sin) + NUM_PREFIX_TOKENS, sin.shape[-1])
+    tables = [sin.numpy(), cos.numpy()]
+    # RoPE runs over the whole sequence: no prefix slicing and concatenating back per q/k, and
+    # rotate_half is one Gather (OpenVINO ran those Slice/Split/Concat as reference kernels)
+    kinds = [op.get_type_name() for op in graph.get_ordered_ops()]
+    depth = trained.arch.depth
+    assert kinds.count("Concat") <= 1 and kinds.count("VariadicSplit") == 0 and kinds.count("Slice") <= 1, kinds
+    assert kinds.count("Split") == depth and kinds.count("Gather") == 2 * depth  # the FFN's gate/up; q and k
+    consts = [op.get_data() for op in graph.get_ordered_ops() if op.get_type_name() == "Constant"]
+    for table in tables:
+        assert any(c.size == table.size and c.dtype == np.float32 and
+                   np.array_equal(c.reshape(table.shape).view(np.uint32), table.view(np.uint32)) for c in consts)
 
 
 @pytest.mark.slow
@@ -185,3 +225,26 @@ def test_int8_records_and_honours_its_float_precision(tmp_path, monkeypatch):
     monkeypatch.setattr(ovb, "native_bf16", lambda cpuinfo=None: (False, "no bf16 here (test)"))
     _, runner, _ = open_artifact(root, "openvino")
     assert hints(runner)[0] == "f32" and "no bf16 here (test)" in runner.describe()
+
+
+def test_cli_exports_bf16_and_the_predictor_says_why(seg, tmp_path):
+    from typer.testing import CliRunner
+
+    from sapiens2_edge.cli import app
+    from tests.fixtures.tiny import save
+
+    ckpt = save(seg, tmp_path / "seg.safetensors")
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "openvino", "--scheme", "bf16", "--input-size",
+                                   f"{INPUT[0]}x{INPUT[1]}", "--max-batch", "1", "--output", str(tmp_path / "bf16")])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(tmp_path / "bf16")
+    assert m.precision == "bf16" and m.options["inference_precision"] == {"mode": "bf16"}
+    assert m.fidelity["rel_l2"] <= TOLERANCE["bf16"] == m.fidelity["tolerance"]
+    pred = s2e.Predictor(tmp_path / "bf16")
+    assert pred.backend_reason.startswith("auto: ")
+    expected = "bf16, performance mode: the artifact's precision in bf16" if NATIVE[0] else "f32, performance mode"
+    assert expected in pred.runner.describe() and NATIVE[1] in pred.runner.describe()
+    # a format without bf16 refuses it before any work, naming the one that takes it
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--scheme", "bf16", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "or --format openvino for bf16" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "o").exists()

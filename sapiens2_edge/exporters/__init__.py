@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,6 +46,8 @@ __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Man
 #   write(model, out_dir: Path, opts: ExportOptions) -> {relative path: role}   (one role "model")
 #   verifier(out_dir: Path, files: dict[str, str]) -> Callable[[np.ndarray], tuple[np.ndarray, ...]] | None
 #   and optionally resolve_precision(model, precision: str | None) -> str
+#   and optionally rope_mode(model, precision: str) -> str: the RoPE mode the artifact computes (and is
+#   verified against torch in); the model runs in it for the export and gets its own mode back after
 # ``verifier`` returns the runtime that checks the fresh export on this machine, or None when the
 # format cannot run here (then ``write`` must have checked what it can and raised on failure).
 EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export", "coreml": "coreml_export", "torch": "torch_export",
@@ -94,11 +97,9 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
         raise ConfigError(f"pass scheme= (quantize, then export as that scheme) or precision=, not both "
                           f"(got scheme={_scheme_name(scheme)!r}, precision={precision!r})")
     check_destination(out_dir, overwrite, replace_problem)  # before any work; again under the lock at the end
-    from .._version import __version__
     from ..loading import load_model
     from ..models.model import Sapiens2Model
     from ..quantization.precision import export_precision, scheme_of
-    from ..tasks import get_pipeline
 
     exporter = importlib.import_module(f".{EXPORTERS[format]}", __name__)
     if not isinstance(model, Sapiens2Model):
@@ -112,6 +113,17 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     size = tuple(int(v) for v in (input_size or model.input_size))
     model.check_input(_shape_probe(size))
     names = list(output_names(model.task))
+    rope = getattr(exporter, "rope_mode", lambda m, p: m.rope_mode)(model, precision)
+    with _rope_mode(model, rope) as official:
+        return _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options,
+                       fid_opts, tolerance, verify, overwrite, official)
+
+
+def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options, fid_opts,
+            tolerance, verify, overwrite, official) -> Path:
+    from .._version import __version__
+    from ..tasks import get_pipeline
+
     manifest = Manifest(
         format=format, task=model.task, arch=model.arch.to_dict(),
         head=model.head_spec.to_dict() if model.head_spec else None, input_size=list(size), max_batch=max_batch,
@@ -146,6 +158,9 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
             result = check_runner(model, runner, x, ref, names, limit)
             if fid_opts.get("float_model") is not None:
                 result["vs_float"] = float_fidelity(model, runner, size, max_batch, **fid_opts)
+            if official is not None:  # how far this RoPE mode is from the model's own (torch against torch)
+                with _rope_mode(model, official):
+                    result["vs_rope_" + official] = compare(torch_outputs(model, x), ref, names)["rel_l2"]
             manifest.fidelity = result
             if result["rel_l2"] > limit:
                 raise ExportError(f"{format} {precision} export does not match torch: relative L2 "
@@ -153,6 +168,20 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
         return files
 
     return write_artifact(out_dir, manifest, build, overwrite=overwrite)
+
+
+@contextmanager
+def _rope_mode(model, mode: str):
+    """Run ``model`` with RoPE ``mode`` inside the block; yields its own mode when that differs, else None."""
+    own = model.rope_mode
+    if mode == own:
+        yield None
+        return
+    model.set_rope_mode(mode)
+    try:
+        yield own
+    finally:
+        model.set_rope_mode(own)
 
 
 def _scheme_name(scheme: Any) -> str | None:

@@ -88,13 +88,25 @@ class RopeEmbedding(nn.Module):
         return self.tables(hp, wp)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 def _round_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(torch.float32)
+
+
+def _rotation_tables(sin: torch.Tensor, cos: torch.Tensor, tokens: int, d: int):
+    """(half-swap index, sign-folded sin, cos) over all ``tokens``: the prefix rows get cos 1 and
+    sin 0, which leave them as they are, and ``rotate_half(x) * sin == x[..., swap] * signed_sin``
+    bit for bit (``swap`` exchanges the halves). In an exported graph: one Gather and elementwise
+    ops instead of slicing the prefix off, a Split, a Neg and two Concats per q/k, which OpenVINO
+    runs as reference (slow-path) kernels; the tables and the index are constants there."""
+    half = d // 2
+    swap = torch.cat([torch.arange(half, d, device=sin.device), torch.arange(0, half, device=sin.device)])
+    sign = torch.cat([-torch.ones(half, device=sin.device), torch.ones(half, device=sin.device)])
+    prefix = tokens - sin.shape[-2]
+    if prefix:
+        dd = {"dtype": sin.dtype, "device": sin.device}  # not new_zeros/new_ones: Core ML's converter lacks them
+        sin = torch.cat([torch.zeros(prefix, d, **dd), sin], dim=-2)
+        cos = torch.cat([torch.ones(prefix, d, **dd), cos], dim=-2)
+    return swap, sin * sign, cos
 
 
 def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16: bool = True) -> torch.Tensor:
@@ -103,19 +115,21 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16
     With ``round_bf16`` it reproduces the reference, which casts the whole of q/k (prefix included)
     to bf16 and rotates in bf16: here every step runs in float32 and is rounded to bf16, which is
     bit-identical to torch's bf16 arithmetic (computed in float32, then rounded) and exports as
-    plain Cast nodes.
+    plain Cast nodes. The prefix rows come out exactly as they went in (x * 1 + x' * 0).
     """
     dtype = x.dtype
     x = x.float()
     if round_bf16:
         x = _round_bf16(x)
-    prefix = x.shape[-2] - sin.shape[-2]
-    body = x[..., prefix:, :]
+    swap, sin, cos = _rotation_tables(sin, cos, x.shape[-2], x.shape[-1])
+    # the same halves swapped either way: a Gather in exported graphs, two views concatenated in
+    # torch (whose index_select on the last dim is 10-70x slower than that)
+    rotated = x.index_select(-1, swap) if switch.exporting() else torch.cat(x.chunk(2, dim=-1)[::-1], dim=-1)
     if round_bf16:
-        body = _round_bf16(_round_bf16(body * cos) + _round_bf16(_rotate_half(body) * sin))
+        x = _round_bf16(_round_bf16(x * cos) + _round_bf16(rotated * sin))
     else:
-        body = body * cos + _rotate_half(body) * sin
-    return torch.cat([x[..., :prefix, :], body], dim=-2).to(dtype)
+        x = x * cos + rotated * sin
+    return x.to(dtype)
 
 
 class Attention(nn.Module):
