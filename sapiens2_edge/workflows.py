@@ -11,7 +11,7 @@ from contextlib import contextmanager as _contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
-QUANT_SCHEMES = ("int8-weight", "int8", "fp8")
+QUANT_SCHEMES = ("int8-weight", "int4-weight", "int8", "fp8")
 """The schemes ``export(scheme=...)`` quantizes with before exporting."""
 FLOAT_SCHEMES = ("fp32", "fp16")
 
