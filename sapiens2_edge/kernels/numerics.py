@@ -101,6 +101,27 @@ def _int4_round(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(w / s), INT4_MIN, INT4_MAX)
 
 
+def _int4_scale(amax: torch.Tensor, r: float) -> torch.Tensor:
+    return torch.clamp(amax * r / INT4_MAX, min=INT4_MIN_SCALE).half().float()
+
+
+def _search_scales(g: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Per group (last dim of ``g``) the candidate scale with the least squared error."""
+    buf = torch.empty_like(g)
+    best = err = None
+    for r in INT4_SEARCH_GRID:
+        s = _int4_scale(amax, r)
+        torch.div(g, s, out=buf)
+        buf.round_().clamp_(INT4_MIN, INT4_MAX).mul_(s).sub_(g).square_()
+        e = buf.sum(dim=-1, keepdim=True)
+        if best is None:
+            best, err = s, e
+        else:
+            better = e < err
+            best, err = torch.where(better, s, best), torch.minimum(e, err)
+    return best
+
+
 def quantize_int4(w: torch.Tensor, group_size: int, search: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float weight -> (packed uint8 (N, K/2), float16 scales (N, K/group_size)).
 
@@ -110,18 +131,11 @@ def quantize_int4(w: torch.Tensor, group_size: int, search: bool = True) -> tupl
     n, k = w.shape
     g = w.detach().float().reshape(n, k // group_size, group_size)
     amax = g.abs().amax(dim=-1, keepdim=True)
-
-    def scale_of(r: float) -> torch.Tensor:
-        return torch.clamp(amax * r / INT4_MAX, min=INT4_MIN_SCALE).half().float()
-
-    best = scale_of(1.0)
+    best = _int4_scale(amax, 1.0)
     if search:
-        err = ((_int4_round(g, best) * best - g) ** 2).sum(dim=-1, keepdim=True)
-        for r in INT4_SEARCH_GRID[1:]:
-            s = scale_of(r)
-            e = ((_int4_round(g, s) * s - g) ** 2).sum(dim=-1, keepdim=True)
-            better = e < err
-            best, err = torch.where(better, s, best), torch.where(better, e, err)
+        rows = max(1, (1 << 18) // k)  # chunks of ~1 MB stay in cache through the candidates
+        for i in range(0, n, rows):
+            best[i:i + rows] = _search_scales(g[i:i + rows], amax[i:i + rows])
     q = _int4_round(g, best).reshape(n, k)
     return pack_int4(q), best.reshape(n, k // group_size).half()
 

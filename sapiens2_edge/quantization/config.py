@@ -33,6 +33,9 @@ ESTIMATORS = ("minmax", "percentile", "mse")
 GROUP_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32
 INT4_SCALE_METHODS = ("mse", "absmax")
+#: How the tensors that stay float (head, patch embedding, norms, tokens) are stored: ``fp16``
+#: rounds them to float16 when quantizing (the model then computes with those values, in fp32)
+FLOAT_STORAGE = ("fp32", "fp16")
 
 #: Default exclusions (glob patterns over module names). Only ``nn.Linear`` modules inside the
 #: backbone are ever quantized, so these are documentation as much as filters: the patch
@@ -218,7 +221,8 @@ class QuantRecipe:
     calibration_size / batch_size / input_size: calibration set size, forward batch size, and
     network input (H, W) (None = the model's). report_samples: calibration inputs used for the
     per-layer output SQNR. group_size / scale_method: the int4 weights' group size and scale
-    choice (``int4-weight`` layers only).
+    choice (``int4-weight`` layers only). float_storage: ``fp32``, or ``fp16`` to round the float
+    tensors that are not quantized (head, patch embedding, norms) to float16 and store them so.
     """
 
     scheme: str
@@ -238,9 +242,11 @@ class QuantRecipe:
     report_samples: int = 8
     group_size: int = DEFAULT_GROUP_SIZE
     scale_method: str = "mse"
+    float_storage: str = "fp32"
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
+        _check_choice("float_storage", self.float_storage, FLOAT_STORAGE)
         check_group_size(self.group_size)
         _check_choice("scale_method", self.scale_method, INT4_SCALE_METHODS)
         check_layer_scheme(self.default_scheme, " (default_scheme)")

@@ -10,7 +10,8 @@ pretrain checkpoints do):
 ``backbone.blocks.0.attn.wq.weight_scale``  F32     (N,) per channel or (1,) per tensor
                                             F16 (N, K/G) for int4 layers, one per group
 ``backbone.blocks.0.attn.wq.input_scale``   F32     (1,), static activations only
-everything else                             as held by the model (F32; RoPE periods BF16)
+everything else                             as held by the model (F32; RoPE periods BF16), F16 with
+                                            the recipe's ``float_storage="fp16"`` (values rounded so)
 =========================================== ======= ==========================================
 
 ``__metadata__`` holds ``sapiens2_edge.format`` (``quantized/1``), ``sapiens2_edge.recipe`` (the
@@ -45,7 +46,7 @@ from ..models.layout import RANDOM_WEIGHTS_KEY, check_shapes, is_random_checkpoi
 from ..models.model import Sapiens2Model
 from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
-from .model import QuantizedModel, as_quantized, set_module
+from .model import QuantizedModel, as_quantized, float_keys, set_module
 
 FORMAT = "quantized/1"
 KEY_FORMAT = "sapiens2_edge.format"
@@ -74,7 +75,8 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, report: Any 
     from .._version import __version__
 
     names = _file_names(qmodel)
-    tensors = {names[k]: v for k, v in qmodel.state_dict().items()}
+    half = set(float_keys(qmodel)) if qmodel.recipe.float_storage == "fp16" else set()
+    tensors = {names[k]: v.half() if k in half else v for k, v in qmodel.state_dict().items()}
     meta = {
         KEY_FORMAT: FORMAT,
         KEY_RECIPE: json.dumps(qmodel.recipe_dict(), sort_keys=True),
