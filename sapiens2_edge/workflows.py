@@ -11,7 +11,7 @@ from contextlib import contextmanager as _contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
-QUANT_SCHEMES = ("int8-weight", "int8", "fp8")
+QUANT_SCHEMES = ("int8-weight", "int4-weight", "int8", "fp8")
 """The schemes ``export(scheme=...)`` quantizes with before exporting."""
 FLOAT_SCHEMES = ("fp32", "bf16", "fp16")
 """Float precisions ``export(precision=...)`` writes (bf16: OpenVINO only, computed in bf16 where the CPU has it)."""

@@ -62,7 +62,7 @@ def test_precision_and_scheme_checked_against_the_format(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="native precision 'int8' is not supported; expected one of fp32, fp16"):
         s2e.export(model, tmp_path / "a", format="native", precision="int8")
     with pytest.raises(ConfigError, match="a openvino artifact cannot carry quantization scheme 'fp8'; openvino "
-                                          "supports the schemes fp16, int8-weight, int8, mixed"):
+                                          "supports the schemes fp16, int8-weight, int4-weight, int8, mixed"):
         s2e.export(model, tmp_path / "b", format="openvino", scheme="fp8")
     with pytest.raises(ConfigError, match="native supports the schemes fp16, int8-weight, mixed"):
         s2e.export(model, tmp_path / "c", format="native", scheme="int8")

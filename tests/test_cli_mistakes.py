@@ -172,7 +172,8 @@ def test_version():
 
 
 @pytest.mark.parametrize("command,option,names", [
-    ("export", "format", list(FORMATS)), ("export", "scheme", [*FLOAT_SCHEMES, "int8-weight", "int8", "fp8"]),
+    ("export", "format", list(FORMATS)),
+    ("export", "scheme", [*FLOAT_SCHEMES, "int8-weight", "int4-weight", "int8", "fp8"]),
     ("predict", "backend", list(BACKENDS)), ("verify", "backend", list(BACKENDS)), ("bench", "backend", list(BACKENDS)),
     ("quantize", "scheme", list(ALL_SCHEMES)), ("demo", "task", list(TASKS)), ("demo", "format", ["auto", *FORMATS]),
     ("init-random", "task", [*TASKS, "none"]),

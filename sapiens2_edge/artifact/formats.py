@@ -43,8 +43,8 @@ class Format:
         return any(rel == f or rel.startswith(f + "/") for f in self.files)
 
 
-ALL_SCHEMES = ("fp16", "int8-weight", "int8", "fp8", "mixed")
-_NO_FP8 = ("fp16", "int8-weight", "int8", "mixed")
+ALL_SCHEMES = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
+_NO_FP8 = ("fp16", "int8-weight", "int4-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
@@ -57,8 +57,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            files=("model.mlpackage",), default_precision="fp16"),
     Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
            files=("model.pt2", "model_aoti.pt2")),
-    # The engine runs weight-only storage (float, fp16 and int8-weight layers); its weights file is a
-    # self-describing checkpoint, so torch can run it too.
+    # The engine runs weight-only storage (float, fp16 and int8-weight layers, not int4); its weights file
+    # is a self-describing checkpoint, so torch can run it too.
     Format("native", precisions=("fp32", "fp16"), schemes=("fp16", "int8-weight", "mixed"), backends=("native", "torch"),
            files=("weights.safetensors",)),
     # LiteRT / TFLite: float activations only (int8 weights from our scales, fp16 weights); a

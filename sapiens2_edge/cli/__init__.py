@@ -43,6 +43,8 @@ from .options import (
     parse_size,
 )
 
+DEFAULT_GROUP_SIZE = 32  # = quantization.config.DEFAULT_GROUP_SIZE (tested); the CLI imports no torch
+
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Edge inference for Meta's Sapiens2 models: inspect, quantize, export, predict, bench.")
 console = Console(stderr=False, highlight=False)
@@ -294,6 +296,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
                  eval_samples: int = typer.Option(16, min=1, help="held-out images to evaluate"),
                  activation_mode: Activations = typer.Option("dynamic", help="int8/fp8 activations"),
+                 group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale "
+                                                "(16, 32, 64, 128 or 256)"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
     require("torch", "quantize")
@@ -305,6 +309,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
     calib_images, eval_images, eval_source = split_images(calib, holdout, calib_size, eval_samples)
     model = load_model(checkpoint)
     options = {} if scheme == "mixed" and budget is not None else {"activation_mode": str(activation_mode)}
+    if scheme == "int4-weight":
+        options = {"group_size": group_size}
     if budget is not None:
         options["budget"] = budget
     path = output if output.suffix == ".safetensors" else output / f"{Path(str(checkpoint)).stem}_{scheme}.safetensors"
@@ -318,14 +324,17 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
 
 
 # --- export / verify --------------------------------------------------------------------------------
+_WEIGHT_ONLY = ("int8-weight", "int4-weight")  # quantized export schemes that need no calibration images
+
+
 def _check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -> None:
     from ..workflows import check_scheme_format
 
     check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt)
-    if scheme in QUANT_SCHEMES and scheme != "int8-weight" and calib is None:
+    if scheme in QUANT_SCHEMES and scheme not in _WEIGHT_ONLY and calib is None:
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
-                          "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
-                          "which needs none")
+                          "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight "
+                          "(or int4-weight), which needs none")
     extra = {"onnx": "export", "openvino": "export", "coreml": "coreml", "litert": "litert-export"}.get(fmt, "torch")
     require("torch", "export", extra)
     for package, formats in (("onnx", ("onnx", "openvino")), ("openvino", ("openvino",)), ("coremltools", ("coreml",)),
@@ -345,12 +354,13 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                activations: Activations = typer.Option("static", help="int8/fp8 activations: static (int8 kernels in "
                                                        "ONNX Runtime and OpenVINO) or dynamic (per token)"),
                calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
+               group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale"),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
-    it first with --scheme int8-weight/int8/fp8)."""
+    it first with --scheme int8-weight/int4-weight/int8/fp8)."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
     _check_export_flags(scheme, fmt, calib)
     from .. import export, load_model
@@ -363,14 +373,16 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
-        if calib is not None and scheme != "int8-weight":
+        if calib is not None and scheme not in _WEIGHT_ONLY:
             calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
             talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
                      f"{len(calib_images)} calibration images")
         quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate}
         if calib_images is not None:
             quantize_options["calibration_size"] = calib_size
-        if scheme != "int8-weight":
+        if scheme == "int4-weight":
+            quantize_options["group_size"] = group_size
+        if scheme not in _WEIGHT_ONLY:
             quantize_options["activation_mode"] = str(activations)
         kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
         if held_out:

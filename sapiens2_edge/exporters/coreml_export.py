@@ -159,15 +159,26 @@ def inspect_package(path: Path) -> dict[str, Any]:
     weights: Counter = Counter()
     for op in ops:
         if op.op_type == "const" and op.outputs[0].val is not None and np.size(op.outputs[0].val) >= WEIGHT_MIN_ELEMENTS:
-            weights[str(np.asarray(op.outputs[0].val).dtype)] += 1
-    int8 = [op for op in ops if op.op_type.startswith("constexpr_") and str(op.data.val.dtype) == "int8"]
+            kind = str(np.asarray(op.outputs[0].val).dtype)
+            weights["int4" if _builtin_name(op.outputs[0].dtype) == "int4" else kind] += 1
+    constexprs = [op for op in ops if op.op_type.startswith("constexpr_") and hasattr(op, "data")]
+    # the MIL type says int4 (the loaded values are held as int8 numpy arrays)
+    int8 = [op for op in constexprs if _builtin_name(op.data.dtype) == "int8"]
+    int4 = [op for op in constexprs if _builtin_name(op.data.dtype) == "int4"]
     size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
     return {
         "inputs": _features(spec.description.input), "outputs": _features(spec.description.output),
         "opset": getattr(opset, "name", str(opset)), "op_types": dict(sorted(op_types.items())), "unsupported_ops": unsupported,
         "attention": _attention_kind(op_types), "weight_dtypes": dict(sorted(weights.items())),
-        "int8_weights": len(int8), "size_bytes": size, "_int8_ops": int8,
+        "int8_weights": len(int8), "int4_weights": len(int4), "size_bytes": size, "_int8_ops": int8,
+        "_int4_ops": int4,
     }
+
+
+def _builtin_name(dtype) -> str:
+    from coremltools.converters.mil.mil.types import builtin_to_string
+
+    return builtin_to_string(dtype) or ""
 
 
 def _is_core_op(registry, op_type: str, opset) -> bool:
@@ -213,10 +224,41 @@ def check_int8_weights(int8_ops, model) -> dict[str, Any]:
     return {"int8_weights_equal_ours": matched, "int8_scale_max_rel_diff": worst}
 
 
+def check_int4_weights(int4_ops, model) -> dict[str, Any]:
+    """Every int4 constexpr weight of the program must be one of our int4 weights (unpacked), bit
+    for bit, with exactly our float16 group scales, and every one of ours must be there."""
+    from ..kernels.numerics import unpack_int4
+    from ..quantization.linear import QuantLinear
+
+    ours = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear) and m.config.weight.dtype == "int4":
+            q = unpack_int4(m.weight).numpy()
+            ours.setdefault((q.shape, q.tobytes()), []).append((name, m.weight_scale.numpy()))
+    matched = 0
+    for op in int4_ops:
+        data = np.asarray(op.data.val).astype(np.int8)
+        hits = ours.get((data.shape, data.tobytes()))
+        if not hits:
+            raise ExportError(f"Core ML int4 weight {op.name} {data.shape} equals none of the model's int4 weights")
+        name, scale = hits[0]
+        theirs = np.asarray(op.scale.val)
+        if theirs.dtype != np.float16 or theirs.shape != scale.shape or not np.array_equal(theirs, scale):
+            raise ExportError(f"Core ML scales of {name} ({theirs.dtype} {theirs.shape}) are not our float16 group "
+                              f"scales {scale.shape}")
+        if getattr(op, "offset", None) is not None and op.offset.val is not None and np.any(op.offset.val != 0):
+            raise ExportError(f"Core ML int4 weight of {name} has a nonzero offset; ours is symmetric")
+        matched += 1
+    expected = sum(len(v) for v in ours.values())
+    if matched != expected:
+        raise ExportError(f"the Core ML program carries {matched} int4 weights, the model {expected}")
+    return {"int4_weights_equal_ours": matched}
+
+
 def check_package(path: Path, model, input_size, max_batch: int, names: list[str]) -> dict[str, Any]:
     """Inspect the saved package and raise ExportError on anything wrong; returns the findings."""
     info = inspect_package(path)
-    int8_ops = info.pop("_int8_ops")
+    int8_ops, int4_ops = info.pop("_int8_ops"), info.pop("_int4_ops")
     h, w = input_size
     want_in = [(INPUT_NAME, [b, 3, h, w]) for b in range(1, max_batch + 1)]
     got_in = info["inputs"]
@@ -235,6 +277,7 @@ def check_package(path: Path, model, input_size, max_batch: int, names: list[str
         raise ExportError("the Core ML program has no attention (neither scaled_dot_product_attention "
                           "nor matmul + softmax)")
     info.update(check_int8_weights(int8_ops, model))
+    info.update(check_int4_weights(int4_ops, model))
     return info
 
 
@@ -250,6 +293,9 @@ def export_coreml(model, out_dir: Path, input_size, max_batch: int, precision: s
     from .onnx_export import output_names
 
     ct = _coremltools()
+    from .coreml_linear import register_int4
+
+    register_int4()
     names = output_names(model.task)
     shapes = batch_shapes(ct, input_size, max_batch)  # refuses a max_batch too large before any work
     src = coreml_source(model)

@@ -4,13 +4,17 @@ From :class:`~sapiens2_edge.quantization.decomposed.DecomposedLinear`: an int8 w
 scales becomes ``quantized_decomposed.dequantize_per_channel`` (per tensor: ``_per_tensor``),
 which the converter turns into a ``constexpr_blockwise_shift_scale`` (int8 data, our scales;
 nothing is re-quantized); a static input scale becomes a ``quantize``/``dequantize`` pair (W8A8),
-and the prefix tokens, which keep their own per-token scale, get that rounding in plain ops. fp16
+and the prefix tokens, which keep their own per-token scale, get that rounding in plain ops. int4
+weights become ``s2e_coreml::dequantize_int4`` (our packed nibbles and float16 group scales), which
+:func:`register_int4` teaches the converter to write as a ``constexpr_blockwise_shift_scale`` of
+int4 data with (N, K/G) scales: Core ML's blockwise int4, nothing re-quantized. fp16
 weights stay float (FLOAT16 compute stores them in fp16). Dynamic (per-token) activations and fp8
 do not exist in Core ML: refused with a :class:`~sapiens2_edge.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
 import torch.nn.functional as F
@@ -22,6 +26,45 @@ from ..quantization.decomposed import DecomposedLinear, fake_quantize_tokens
 
 qd = torch.ops.quantized_decomposed
 Q = int(nx.INT8_MAX)
+
+
+@torch.library.custom_op("s2e_coreml::dequantize_int4", mutates_args=())
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """float32 (N, K) from packed int4 (N, K/2) and float16 (N, K/G) scales."""
+    return nx.dequantize_int4(packed, scales)
+
+
+@dequantize_int4.register_fake
+def _(packed, scales):
+    return packed.new_empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.float32)
+
+
+_REGISTERED: list[bool] = []
+
+
+def register_int4() -> None:
+    """Teach coremltools' torch frontend ``s2e_coreml::dequantize_int4``: a blockwise int4 constexpr."""
+    if _REGISTERED:
+        return
+    from coremltools.converters.mil.frontend import _utils
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
+    from coremltools.converters.mil.mil import types
+
+    int4 = types.nptype_from_builtin(types.string_to_builtin("int4"))
+
+    def s2e_dequantize_int4(context, node):
+        packed, scales = _get_inputs(context, node, expected=2)
+        if packed.val is None or scales.val is None:
+            raise ConfigError(f"{node.name}: int4 weights must be constants to become a Core ML constexpr")
+        q = nx.unpack_int4(torch.from_numpy(np.asarray(packed.val, dtype=np.uint8))).numpy()
+        out = _utils._construct_constexpr_dequant_op(q.astype(int4), None, np.asarray(scales.val, np.float16),
+                                                     axis=None, name=node.name)
+        context.add(out, node.name)
+
+    register_torch_op(s2e_dequantize_int4, torch_alias=["s2e_coreml::dequantize_int4", "s2e_coreml.dequantize_int4"],
+                      override=True)
+    _REGISTERED.append(True)
 
 
 def check_coreml(d: DecomposedLinear, name: str) -> None:
@@ -41,8 +84,12 @@ class CoreMLLinear(nn.Module):
         super().__init__()
         check_coreml(d, name)
         self.int8 = d.weight_dtype == "int8"
+        self.int4 = d.weight_dtype == "int4"
         self.per_channel = d.per_channel
-        if self.int8:
+        if self.int4:
+            self.register_buffer("packed", d.weight.clone())
+            self.register_buffer("scales", d.weight_scale.clone())
+        elif self.int8:
             self.register_buffer("qweight", d.weight.clone())
             self.register_buffer("scale", d.weight_scale.float().clone())
             self.register_buffer("zero", torch.zeros(self.scale.numel(), dtype=torch.int64))
@@ -53,6 +100,8 @@ class CoreMLLinear(nn.Module):
         self.prefix_tokens = d.prefix_tokens
 
     def dequantized(self) -> torch.Tensor:
+        if self.int4:
+            return dequantize_int4(self.packed, self.scales)
         if not self.int8:
             return self.weight
         if self.per_channel:
@@ -76,4 +125,4 @@ class CoreMLLinear(nn.Module):
         return F.linear(x, self.dequantized(), self.bias)
 
 
-__all__ = ["CoreMLLinear", "check_coreml"]
+__all__ = ["CoreMLLinear", "check_coreml", "register_int4", "dequantize_int4"]

@@ -20,7 +20,7 @@ from .. import spec
 from ..errors import ConfigError, ExportError
 
 OPSETS = (18, 23)
-PRECISIONS = ("fp32", "fp16", "int8-weight", "int8", "fp8", "mixed")
+PRECISIONS = ("fp32", "fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph
 

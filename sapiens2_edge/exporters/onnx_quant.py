@@ -22,6 +22,11 @@ int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are 
                    range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip -> +128 ->
                    Cast(uint8) -> MatMulInteger(zero point 128) -> Cast -> * s_token * s_weight``
                    (u8 x s8 -> int32, run by ONNX Runtime's int8 GEMM; its s8 x s8 is 15x slower).
+int4-weight        ``com.microsoft`` ``MatMulNBits`` (bits 4, block_size = the group size, default zero
+                   point 8): B is our packed (N, K/2) bytes reshaped to (N, K/G, G/2), scales our float16
+                   group scales as float32 (exact), then Add bias. ONNX Runtime's CPU provider runs it with
+                   the int4 weights in memory (accuracy_level 1: float activations, as the recipe says);
+                   OpenVINO reads it as u4 constants + decompression.
 fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per-tensor Q/DQ in
                    FLOAT8E4M3FN (the pattern TensorRT builds fp8 GEMMs from), prefix tokens as for
                    int8; dynamic per-token activations: exact emulation (``x / s -> Cast(E4M3,
@@ -59,6 +64,19 @@ def _(x, w_t, w_scale, w_zero, bias, in_scale, prefix, wdtype, amode):
     return x.new_empty(*x.shape[:-1], w_t.shape[1])
 
 
+@torch.library.custom_op(f"{NAMESPACE}::qlinear4", mutates_args=())
+def qlinear4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """int4 weight-only linear as ``MatMulNBits`` reads it: ``blocks`` (N, K/G, G/2) packed bytes,
+    ``scales`` (N * K/G,) float32."""
+    n, groups, half = blocks.shape
+    return DecomposedLinear(blocks.reshape(n, groups * half), scales.reshape(n, groups), bias, "int4").forward(x)
+
+
+@qlinear4.register_fake
+def _(x, blocks, scales, bias):
+    return x.new_empty(*x.shape[:-1], blocks.shape[0])
+
+
 class ExportQLinear(nn.Module):
     """Export-time stand-in for an int8 / fp8 QuantLinear's decomposition: weight transposed to
     (K, N) as MatMul reads it, per-channel scales (a per-tensor scale repeated), the static input
@@ -75,6 +93,27 @@ class ExportQLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return qlinear(x, self.w_t, self.w_scale, self.w_zero, self.bias, self.in_scale, self.prefix, self.wdtype, self.amode)
+
+
+class ExportQLinear4(nn.Module):
+    """Export-time stand-in for an int4-weight QuantLinear: OUR packed bytes in MatMulNBits' B layout
+    and our group scales, nothing re-quantized."""
+
+    def __init__(self, d: DecomposedLinear):
+        super().__init__()
+        n, g = d.weight.shape[0], d.group_size
+        self.register_buffer("blocks", d.weight.reshape(n, -1, g // 2).contiguous())
+        self.register_buffer("scales", d.weight_scale.float().reshape(-1).contiguous())
+        self.register_buffer("bias", None if d.bias is None else d.bias.float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qlinear4(x, self.blocks, self.scales, self.bias)
+
+
+def _export_module(d: DecomposedLinear) -> nn.Module:
+    if d.weight_dtype == "fp16":
+        return _float_linear(d)
+    return ExportQLinear4(d) if d.weight_dtype == "int4" else ExportQLinear(d)
 
 
 def _float_linear(d: DecomposedLinear) -> nn.Linear:
@@ -100,7 +139,7 @@ def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
         for n, m in swapped.items():
             d = m.decompose()
             kinds[n] = d.kind
-            set_module(model, n, _float_linear(d) if d.weight_dtype == "fp16" else ExportQLinear(d))
+            set_module(model, n, _export_module(d))
         yield kinds
     finally:
         for n, m in swapped.items():
@@ -110,7 +149,44 @@ def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
 # --- ONNX translation --------------------------------------------------------------------------------
 def translation_table(opset: int) -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``."""
-    return {torch.ops.s2e_export.qlinear.default: _make_translation(opset)}
+    return {torch.ops.s2e_export.qlinear.default: _make_translation(opset),
+            torch.ops.s2e_export.qlinear4.default: _make_translation4()}
+
+
+#: MatMulNBits accuracy_level 1: the activations stay float32 (level 4 would quantize them to int8)
+NBITS_ACCURACY_LEVEL = 1
+
+
+def _matmul_nbits():
+    """onnxscript's handle on ``com.microsoft::MatMulNBits`` (ONNX itself has no schema for contrib ops)."""
+    from onnx.defs import OpSchema
+    from onnxscript.values import Op, Opset
+
+    param, attr = OpSchema.FormalParameter, OpSchema.Attribute
+    ints = OpSchema.AttrType.INT
+    schema = OpSchema(
+        "MatMulNBits", "com.microsoft", 1,
+        inputs=[param("A", "T1"), param("B", "T2"), param("scales", "T1")], outputs=[param("Y", "T1")],
+        type_constraints=[("T1", ["tensor(float)"], "activations and scales"), ("T2", ["tensor(uint8)"], "packed")],
+        attributes=[attr("K", ints, ""), attr("N", ints, ""), attr("bits", ints, ""), attr("block_size", ints, ""),
+                    attr("accuracy_level", ints, "")])
+    return Op(Opset("com.microsoft", 1), "MatMulNBits", schema)
+
+
+def _make_translation4():
+    from onnxscript import opset18 as op
+
+    matmul_nbits = _matmul_nbits()
+
+    def qlinear4_onnx(x, blocks, scales, bias=None):
+        n, groups, half = blocks.shape
+        y = matmul_nbits(x, blocks, scales, K=groups * half * 2, N=n, bits=4, block_size=half * 2,
+                         accuracy_level=NBITS_ACCURACY_LEVEL)
+        if bias is not None:
+            y = op.Add(y, bias)
+        return y
+
+    return qlinear4_onnx
 
 
 def _make_translation(opset: int):
@@ -201,6 +277,8 @@ def needed_opset(model: nn.Module, opset: int) -> int:
 
 NOTES = {
     "int8-weight/none": "int8 weight initializers, per-channel DequantizeLinear(axis=1) -> MatMul, float activations",
+    "int4-weight/none": "int4 weights as com.microsoft MatMulNBits (bits 4, block_size = group size, zero point 8, "
+                        "accuracy_level 1): our packed nibbles and float16 group scales (as float32), float activations",
     "int8/static": "static activations: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (uint8, zero point 128 = the "
                    "recipe's symmetric int8) on the patch tokens with the calibrated scale; the prefix tokens keep "
                    "their per-token scale (rows scaled by s/s_token before Q/DQ and by s_token/s after), as in the "
@@ -230,4 +308,4 @@ def describe(model: nn.Module, fmt: str, opset: int) -> dict:
     return out
 
 
-__all__ = ["ExportQLinear", "export_modules", "translation_table", "needed_opset", "qlinear", "describe"]
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "translation_table", "needed_opset", "qlinear", "describe"]

@@ -54,9 +54,9 @@ def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch
     if precision == "fp8" or (precision == "mixed" and "fp8" in getattr(model, "layer_schemes", {}).values()):
         raise ConfigError("fp8 artifacts target TensorRT, which OpenVINO is not: export fp8 with format='onnx', "
                           "or quantize with scheme 'int8' for OpenVINO")
-    if precision not in ("fp32", "fp16", "bf16", "int8-weight", "int8", "mixed"):
+    if precision not in ("fp32", "fp16", "bf16", "int8-weight", "int4-weight", "int8", "mixed"):
         raise ConfigError(f"OpenVINO precision {precision!r} is not supported; expected fp32, fp16, bf16, "
-                          "int8-weight, int8 or mixed")
+                          "int8-weight, int4-weight, int8 or mixed")
     staging = out_dir / ".onnx"
     staging.mkdir()
     export_onnx(model, staging, input_size, max_batch, opset, "fp32" if precision in ("fp16", "bf16") else precision)

@@ -8,6 +8,11 @@ Conventions (used everywhere in the package and in the checkpoint format):
   ``scale = absmax / 448``, ``q = cast(clamp(x / scale, -448, 448))`` (torch's cast rounds to
   nearest even).
 * Scales are float32. An all-zero row gets the scale ``EPS_SCALE`` so nothing divides by zero.
+* int4 (weights only) is symmetric group-wise along the input dimension: ``q`` in [-8, 7], one
+  float16 scale per ``group_size`` consecutive inputs of a row, ``x ~= q * scale``. Stored packed
+  two to a byte as unsigned nibbles ``q + 8``, element ``2i`` in the low nibble and ``2i+1`` in
+  the high one: the (N, K/2) uint8 tensor is, reshaped to (N, K/G, G/2), ONNX Runtime's
+  ``MatMulNBits`` ``B`` layout with its default zero point 8.
 """
 
 from __future__ import annotations
@@ -63,10 +68,84 @@ def quantize_weight(w: torch.Tensor, dtype: str, granularity: str = "per_channel
 
 
 def dequantize_weight(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """float32 (N, K) from a stored weight and its scale."""
+    """float32 (N, K) from a stored weight and its scale (packed int4: uint8 with (N, K/G) scales)."""
+    if q.dtype == torch.uint8:
+        return dequantize_int4(q, scale)
     if scale is None:
         return q.float()
     return q.float() * (scale[:, None] if scale.numel() > 1 else scale)
+
+
+# --- int4 weights -------------------------------------------------------------------------------
+INT4_MIN, INT4_MAX = -8, 7
+INT4_ZERO = 8  # the unsigned nibble of q = 0
+INT4_MIN_SCALE = 2.0 ** -14  # smallest normal float16: group scales are stored as float16
+#: shrink factors of ``absmax / 7`` the MSE scale search tries (1.0 = the plain absmax scale)
+INT4_SEARCH_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(16))
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int (N, K) values in [-8, 7], K even -> uint8 (N, K/2): nibbles ``q + 8``, even k low."""
+    u = (q.to(torch.int16) + INT4_ZERO).to(torch.uint8)
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, K/2) -> int8 (N, K) in [-8, 7] (the inverse of :func:`pack_int4`)."""
+    lo = (packed & 0x0F).to(torch.int8) - INT4_ZERO
+    hi = (packed >> 4).to(torch.int8) - INT4_ZERO
+    return torch.stack((lo, hi), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+def _int4_round(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.round(w / s), INT4_MIN, INT4_MAX)
+
+
+def _int4_scale(amax: torch.Tensor, r: float) -> torch.Tensor:
+    return torch.clamp(amax * r / INT4_MAX, min=INT4_MIN_SCALE).half().float()
+
+
+def _search_scales(g: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Per group (last dim of ``g``) the candidate scale with the least squared error."""
+    buf = torch.empty_like(g)
+    best = err = None
+    for r in INT4_SEARCH_GRID:
+        s = _int4_scale(amax, r)
+        torch.div(g, s, out=buf)
+        buf.round_().clamp_(INT4_MIN, INT4_MAX).mul_(s).sub_(g).square_()
+        e = buf.sum(dim=-1, keepdim=True)
+        if best is None:
+            best, err = s, e
+        else:
+            better = e < err
+            best, err = torch.where(better, s, best), torch.minimum(e, err)
+    return best
+
+
+def quantize_int4(w: torch.Tensor, group_size: int, search: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float weight -> (packed uint8 (N, K/2), float16 scales (N, K/group_size)).
+
+    The scale of a group is ``absmax / 7``, or with ``search`` the one of ``absmax / 7 * r``
+    (r in :data:`INT4_SEARCH_GRID`, each rounded to float16 first) with the least squared error
+    of the group's weights; a smaller scale clips the largest weight to rather represent the rest."""
+    n, k = w.shape
+    g = w.detach().float().reshape(n, k // group_size, group_size)
+    amax = g.abs().amax(dim=-1, keepdim=True)
+    best = _int4_scale(amax, 1.0)
+    if search:
+        rows = max(1, (1 << 18) // k)  # chunks of ~1 MB stay in cache through the candidates
+        for i in range(0, n, rows):
+            best[i:i + rows] = _search_scales(g[i:i + rows], amax[i:i + rows])
+    q = _int4_round(g, best).reshape(n, k)
+    return pack_int4(q), best.reshape(n, k // group_size).half()
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 (N, K) from packed int4 (N, K/2) and its (N, K/G) scales."""
+    q = unpack_int4(packed).float()
+    n, k = q.shape
+    groups = scale.shape[-1]
+    return (q.reshape(n, groups, k // groups) * scale.float().reshape(n, groups, 1)).reshape(n, k)
 
 
 # --- activations ----------------------------------------------------------------------------------
@@ -144,6 +223,6 @@ def tensor_sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
 
 __all__ = [
     "INT8_MAX", "FP8_MAX", "FP8_DTYPE", "weight_scales", "quantize_int8", "to_e4m3", "quantize_fp8",
-    "quantize_weight", "dequantize_weight", "token_scales", "activation_scales", "quantize_activation",
+    "quantize_weight", "dequantize_weight", "pack_int4", "unpack_int4", "quantize_int4", "dequantize_int4", "token_scales", "activation_scales", "quantize_activation",
     "int_mm_supported", "int8_matmul", "int8_matmul_reference", "sqnr_db", "tensor_sqnr_db",
 ]

@@ -9,7 +9,7 @@ Modules (one responsibility each):
 
 =============== ==================================================================================
 config          scheme names, the recorded request (QuantRecipe) and what one layer stores (LayerQuantConfig)
-schemes         the config objects: Int8WeightOnly, Int8, Fp8, Fp16, Mixed (Dynamic / Static), Calibration
+schemes         the config objects: Int8WeightOnly, Int4Weight, Int8, Fp8, Fp16, Mixed (Dynamic / Static), Calibration
 numerics        scales, int8 / E4M3 rounding, the int8 GEMM (``torch._int_mm``) and its emulation, SQNR
 kernels         registry where faster GEMMs (Triton, later) plug into QuantLinear
 linear          QuantLinear, the one module that replaces nn.Linear
@@ -51,11 +51,11 @@ from .model import QuantizedModel, is_quantized
 from .observers import ChannelAbsMaxObserver, RangeObserver
 from .precision import export_precision, scheme_of
 from .report import LayerReport, QuantReport
-from .schemes import Calibration, Dynamic, Fp8, Fp16, Int8, Int8WeightOnly, Mixed, Static
+from .schemes import Calibration, Dynamic, Fp8, Fp16, Int4Weight, Int8, Int8WeightOnly, Mixed, Static
 from .serialize import is_quantized_checkpoint, load_quantized, save_quantized
 
 __all__ = [
-    "quantize", "apply", "Int8WeightOnly", "Int8", "Fp8", "Fp16", "Mixed", "Dynamic", "Static", "Calibration",
+    "quantize", "apply", "Int8WeightOnly", "Int4Weight", "Int8", "Fp8", "Fp16", "Mixed", "Dynamic", "Static", "Calibration",
     "DecomposedLinear", "scheme_of", "export_precision", "save_quantized", "load_quantized", "is_quantized_checkpoint",
     "QuantizedModel", "QuantLinear", "QuantReport", "LayerReport", "is_quantized",
     "QuantRecipe", "LayerQuantConfig", "WeightQuantConfig", "ActivationQuantConfig", "make_recipe",

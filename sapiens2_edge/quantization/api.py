@@ -22,7 +22,7 @@ from .schemes import Calibration, Mixed, SchemeConfig, as_scheme_config, config_
 from .sensitivity import search_mixed
 
 #: options that pick layers rather than say how to quantize them: accepted with config objects too
-SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens")
+SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens", "float_storage")
 
 
 def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> tuple[SchemeConfig, QuantRecipe]:
@@ -62,7 +62,8 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     normalised (B,3,H,W) float tensors, or a :class:`~.schemes.Calibration` holding one of those
     and its settings. Needed for static activations and SmoothQuant; gives the report its output SQNR.
     options: ``exclude``, ``quantize_tokenizer``, ``prefix_tokens`` (which layers, how many prefix
-    tokens), ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
+    tokens), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
+    among them, as float16), ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
     ``auto``), the calibration settings ``calibration_size``, ``batch_size``, ``input_size``,
     ``report_samples`` (shorthands of the Calibration fields); with a scheme name also any other
     :class:`QuantRecipe` field (``weight_granularity``, ``activation_mode``, ``estimator``,

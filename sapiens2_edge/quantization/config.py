@@ -18,15 +18,24 @@ from ..errors import ConfigError, UnknownSchemeError
 from ..spec import NUM_PREFIX_TOKENS
 
 #: Scheme names (API, CLI, manifest).
-SCHEMES: tuple[str, ...] = ("fp16", "int8-weight", "int8", "fp8", "mixed")
+SCHEMES: tuple[str, ...] = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
 #: Per-layer schemes ``mixed`` accepts (``float`` keeps the layer as ``nn.Linear``).
-LAYER_SCHEMES: tuple[str, ...] = ("float", "fp16", "int8-weight", "int8", "fp8")
+LAYER_SCHEMES: tuple[str, ...] = ("float", "fp16", "int8-weight", "int4-weight", "int8", "fp8")
+#: Weight-only schemes: float activations, no calibration data needed.
+WEIGHT_ONLY_SCHEMES: tuple[str, ...] = ("fp16", "int8-weight", "int4-weight")
 
-WEIGHT_DTYPES = ("int8", "fp8", "fp16")
+WEIGHT_DTYPES = ("int8", "int4", "fp8", "fp16")
 ACT_DTYPES = ("int8", "fp8")
 GRANULARITIES = ("per_channel", "per_tensor")
 ACT_MODES = ("dynamic", "static")
 ESTIMATORS = ("minmax", "percentile", "mse")
+#: int4 group sizes: powers of two from 16 (what ONNX Runtime's MatMulNBits takes as block_size)
+GROUP_SIZES = (16, 32, 64, 128, 256)
+DEFAULT_GROUP_SIZE = 32
+INT4_SCALE_METHODS = ("mse", "absmax")
+#: How the tensors that stay float (head, patch embedding, norms, tokens) are stored: ``fp16``
+#: rounds them to float16 when quantizing (the model then computes with those values, in fp32)
+FLOAT_STORAGE = ("fp32", "fp16")
 
 #: Default exclusions (glob patterns over module names). Only ``nn.Linear`` modules inside the
 #: backbone are ever quantized, so these are documentation as much as filters: the patch
@@ -60,17 +69,28 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 class WeightQuantConfig:
     """How a linear's weight is stored.
 
-    dtype: ``int8`` (symmetric, range [-127, 127]), ``fp8`` (E4M3, range [-448, 448]) or
-    ``fp16`` (a plain half cast, no scale). granularity: ``per_channel`` (one scale per output
-    row) or ``per_tensor`` (one scale for the weight); ignored for fp16.
+    dtype: ``int8`` (symmetric, range [-127, 127]), ``fp8`` (E4M3, range [-448, 448]),
+    ``fp16`` (a plain half cast, no scale) or ``int4`` (symmetric [-8, 7], one float16 scale per
+    ``group_size`` inputs, granularity ``per_group``). granularity: ``per_channel`` (one scale per
+    output row) or ``per_tensor`` (one scale for the weight); ignored for fp16. scale_method
+    (int4): ``mse`` (the group scale with the least weight error) or ``absmax``.
     """
 
     dtype: str = "int8"
     granularity: str = "per_channel"
+    group_size: int | None = None
+    scale_method: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("weight dtype", self.dtype, WEIGHT_DTYPES)
-        _check_choice("weight_granularity", self.granularity, GRANULARITIES)
+        if self.dtype == "int4":
+            _check_choice("weight_granularity", self.granularity, ("per_group",))
+            check_group_size(self.group_size)
+            _check_choice("scale_method", self.scale_method, INT4_SCALE_METHODS)
+        else:
+            _check_choice("weight_granularity", self.granularity, GRANULARITIES)
+            if self.group_size is not None or self.scale_method is not None:
+                raise ConfigError(f"group_size and scale_method are int4 settings; a {self.dtype} weight has none")
 
 
 @dataclass(frozen=True)
@@ -107,7 +127,8 @@ class LayerQuantConfig:
     activation: ActivationQuantConfig | None = None
 
     def to_dict(self) -> dict:
-        return {"scheme": self.scheme, "weight": asdict(self.weight),
+        w = {k: v for k, v in asdict(self.weight).items() if v is not None}
+        return {"scheme": self.scheme, "weight": w,
                 "activation": asdict(self.activation) if self.activation else None}
 
     @classmethod
@@ -117,11 +138,14 @@ class LayerQuantConfig:
 
 
 def layer_config(scheme: str, *, weight_granularity: str = "per_channel", activation_mode: str = "dynamic",
-                 estimator: str = "percentile", percentile: float = 99.99) -> LayerQuantConfig | None:
+                 estimator: str = "percentile", percentile: float = 99.99, group_size: int = DEFAULT_GROUP_SIZE,
+                 scale_method: str = "mse") -> LayerQuantConfig | None:
     """The :class:`LayerQuantConfig` of a per-layer scheme (None for ``float``)."""
     check_layer_scheme(scheme)
     if scheme == "float":
         return None
+    if scheme == "int4-weight":
+        return LayerQuantConfig(scheme, WeightQuantConfig("int4", "per_group", group_size, scale_method))
     if scheme == "fp16":
         return LayerQuantConfig("fp16", WeightQuantConfig("fp16"))
     if scheme == "int8-weight":
@@ -136,6 +160,13 @@ def layer_config(scheme: str, *, weight_granularity: str = "per_channel", activa
 def check_count(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+
+
+def check_group_size(group_size: Any) -> None:
+    if group_size not in GROUP_SIZES or isinstance(group_size, bool):
+        raise ConfigError(f"group_size={group_size!r} is not supported; expected one of "
+                          f"{', '.join(map(str, GROUP_SIZES))} (inputs per int4 scale; it must divide every layer's "
+                          "input width)")
 
 
 def check_alpha(alpha: Any) -> None:
@@ -189,7 +220,9 @@ class QuantRecipe:
     tokens of main-block sequences kept out of static ranges and SmoothQuant statistics.
     calibration_size / batch_size / input_size: calibration set size, forward batch size, and
     network input (H, W) (None = the model's). report_samples: calibration inputs used for the
-    per-layer output SQNR.
+    per-layer output SQNR. group_size / scale_method: the int4 weights' group size and scale
+    choice (``int4-weight`` layers only). float_storage: ``fp32``, or ``fp16`` to round the float
+    tensors that are not quantized (head, patch embedding, norms) to float16 and store them so.
     """
 
     scheme: str
@@ -207,9 +240,15 @@ class QuantRecipe:
     batch_size: int = 4
     input_size: tuple[int, int] | None = None
     report_samples: int = 8
+    group_size: int = DEFAULT_GROUP_SIZE
+    scale_method: str = "mse"
+    float_storage: str = "fp32"
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
+        _check_choice("float_storage", self.float_storage, FLOAT_STORAGE)
+        check_group_size(self.group_size)
+        _check_choice("scale_method", self.scale_method, INT4_SCALE_METHODS)
         check_layer_scheme(self.default_scheme, " (default_scheme)")
         _check_choice("weight_granularity", self.weight_granularity, GRANULARITIES)
         _check_choice("activation_mode", self.activation_mode, ACT_MODES)
@@ -236,7 +275,8 @@ class QuantRecipe:
     # -- per-layer ---------------------------------------------------------------------------------
     def layer_config(self, scheme: str) -> LayerQuantConfig | None:
         return layer_config(scheme, weight_granularity=self.weight_granularity, activation_mode=self.activation_mode,
-                            estimator=self.estimator, percentile=self.percentile)
+                            estimator=self.estimator, percentile=self.percentile, group_size=self.group_size,
+                            scale_method=self.scale_method)
 
     def prefix_tokens_for(self, name: str) -> int:
         """Leading tokens that are not patch tokens in the sequences layer ``name`` sees."""
@@ -293,6 +333,7 @@ def assign(candidates: Sequence[str], default: Any, patterns: Mapping[str, Any],
 _SCHEME_DEFAULTS: dict[str, dict[str, Any]] = {
     "fp16": {},
     "int8-weight": {},
+    "int4-weight": {},
     "int8": {"smoothquant_alpha": 0.5},
     "fp8": {},
     "mixed": {"smoothquant_alpha": 0.5},
@@ -329,5 +370,5 @@ def make_recipe(scheme: "str | QuantRecipe", **options: Any) -> QuantRecipe:
 __all__ = [
     "SCHEMES", "LAYER_SCHEMES", "DEFAULT_EXCLUDE", "DEFAULT_PREFIX_TOKENS", "DEFAULT_CALIBRATION_SIZE",
     "WeightQuantConfig", "ActivationQuantConfig", "LayerQuantConfig", "QuantRecipe", "make_recipe",
-    "layer_config", "check_scheme", "check_layer_scheme", "assign", "check_calibration_settings",
+    "layer_config", "check_scheme", "WEIGHT_ONLY_SCHEMES", "GROUP_SIZES", "DEFAULT_GROUP_SIZE", "check_layer_scheme", "assign", "check_calibration_settings",
 ]

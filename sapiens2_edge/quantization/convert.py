@@ -31,7 +31,16 @@ from .calibration import CalibrationSet, build_calibration_set, progress
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
 from .linear import QuantLinear
-from .model import QuantizedModel, as_quantized, candidate_linears, float_copy, is_quantized, set_module, state_bytes
+from .model import (
+    QuantizedModel,
+    as_quantized,
+    candidate_linears,
+    float_copy,
+    is_quantized,
+    round_float_storage,
+    set_module,
+    state_bytes,
+)
 from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
 from .report import LayerReport, QuantReport
 from .schemes import AUTO, DEFAULT_SMOOTHQUANT_ALPHA, Calibration, LayerScheme, Mixed, as_layer_scheme
@@ -191,6 +200,8 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         layer.kernel = kernel
         set_module(qmodel, n, layer)
     qmodel = as_quantized(qmodel, recipe, {n: s.name for n, s in specs.items()}).eval()
+    if recipe.float_storage == "fp16":
+        round_float_storage(qmodel)
 
     # -- report -----------------------------------------------------------------------------------
     qlayers = qmodel.quantized_layers()

@@ -8,7 +8,10 @@ format's ops (ONNX Q/DQ in ``exporters/onnx_quant.py``, Core ML quantization ops
     y = A(x) @ (weight * weight_scale[:, None]).T + bias
 
 ``weight`` is the stored (N, K) int8 / float8_e4m3fn / float16 tensor, ``weight_scale`` its
-float32 scale, (N,) per output channel or (1,) per tensor (None for fp16). ``A`` is the identity
+float32 scale, (N,) per output channel or (1,) per tensor (None for fp16). int4 weights are
+packed: ``weight`` (N, K/2) uint8 nibbles ``q + 8`` (see :func:`~..kernels.numerics.pack_int4`),
+``weight_scale`` (N, K/G) float16, one per group of G inputs, and the formula reads the unpacked
+``q`` times each element's group scale. ``A`` is the identity
 for weight-only layers (``act_dtype`` None); otherwise a quantize -> dequantize of the input to
 ``act_dtype``: per token (``dynamic``), or with the calibrated ``input_scale`` (``static``) except
 for the first ``prefix_tokens`` tokens of each sequence, which keep a per-token scale.
@@ -28,7 +31,7 @@ class DecomposedLinear:
     weight: torch.Tensor
     weight_scale: torch.Tensor | None
     bias: torch.Tensor | None
-    weight_dtype: str  # int8 | fp8 | fp16
+    weight_dtype: str  # int8 | int4 | fp8 | fp16
     act_dtype: str | None = None  # None: float activations (weight-only)
     act_mode: str = "none"  # none | dynamic | static
     input_scale: torch.Tensor | None = None  # () float32, static only
@@ -40,6 +43,13 @@ class DecomposedLinear:
         if self.weight_dtype == "fp16":
             return "fp16-weight"
         return f"{self.weight_dtype}{'-weight' if self.act_dtype is None else ''}/{self.act_mode}"
+
+    @property
+    def group_size(self) -> int | None:
+        """Inputs per scale of an int4 weight (None for the others)."""
+        if self.weight_dtype != "int4":
+            return None
+        return self.weight.shape[1] * 2 // self.weight_scale.shape[1]
 
     @property
     def per_channel(self) -> bool:

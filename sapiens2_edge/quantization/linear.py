@@ -1,11 +1,13 @@
 """``QuantLinear``: the one module that replaces ``nn.Linear`` in a quantized model.
 
-It holds the stored weight (int8, float8_e4m3fn or float16), its float32 ``weight_scale``, an
+It holds the stored weight (int8, float8_e4m3fn, float16, or int4 packed two to a uint8 byte), its
+``weight_scale`` (float32; float16 per group for int4), an
 optional calibrated ``input_scale`` and the float32 ``bias`` as buffers, so ``state_dict()`` is
 the quantized checkpoint layout under the official tensor names. ``forward`` dispatches:
 
 =============== ==============================================================================
 int8-weight     ``w_int8.float() * scale`` per call (no fp32 copy of the model is kept), fp32 GEMM
+int4-weight     the packed nibbles unpacked and multiplied by their group scales per call, fp32 GEMM
 int8 (W8A8)     activations -> int8 per token (or static per tensor), int8 x int8 -> int32 with
                 ``torch._int_mm`` (M > 16, K and N multiples of 8) or its exact emulation, then
                 ``acc * (s_act * s_w) + bias`` in fp32
@@ -34,7 +36,7 @@ from .config import LayerQuantConfig
 from .decomposed import DecomposedLinear
 from .kernels import auto_kernel, check_kernel, get_kernel
 
-_STORE_DTYPES = {"int8": torch.int8, "fp8": nx.FP8_DTYPE, "fp16": torch.float16}
+_STORE_DTYPES = {"int8": torch.int8, "int4": torch.uint8, "fp8": nx.FP8_DTYPE, "fp16": torch.float16}
 
 
 class QuantLinear(nn.Module):
@@ -49,11 +51,24 @@ class QuantLinear(nn.Module):
         self.kernel = "auto"
         self.auto_kernel = auto_kernel(config.scheme)  # what "auto" runs first, chosen once
         wd = config.weight.dtype
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=_STORE_DTYPES[wd], device=device))
-        if wd != "fp16":
+        if wd == "int4":
+            g = config.weight.group_size
+            if in_features % g:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"int4 group_size {g} does not divide this layer's {in_features} inputs; choose a "
+                                  f"group size that divides every quantized layer's input width (e.g. 32)")
+            self.register_buffer("weight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8,
+                                                      device=device))
+            self.register_buffer("weight_scale", torch.ones(out_features, in_features // g, dtype=torch.float16,
+                                                            device=device))
+        else:
+            self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=_STORE_DTYPES[wd],
+                                                       device=device))
+        if wd not in ("fp16", "int4"):
             n = out_features if config.weight.granularity == "per_channel" else 1
             self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32, device=device))
-        else:
+        elif wd == "fp16":
             self.weight_scale = None
         if config.activation is not None and config.activation.mode == "static":
             self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, device=device))
@@ -73,7 +88,10 @@ class QuantLinear(nn.Module):
                    input_scale: torch.Tensor | None = None) -> "QuantLinear":
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, prefix_tokens, w.device)
-        q, scale = nx.quantize_weight(w, config.weight.dtype, config.weight.granularity)
+        if config.weight.dtype == "int4":
+            q, scale = nx.quantize_int4(w, config.weight.group_size, config.weight.scale_method == "mse")
+        else:
+            q, scale = nx.quantize_weight(w, config.weight.dtype, config.weight.granularity)
         layer.weight.copy_(q)
         if scale is not None:
             layer.weight_scale.copy_(scale)
@@ -106,7 +124,8 @@ class QuantLinear(nn.Module):
         act = self.config.activation
         a = f"{act.dtype} {act.mode}" if act else "float"
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
-                f"weight={self.config.weight.dtype} {self.config.weight.granularity}, activations={a}, "
+                f"weight={self.config.weight.dtype} {self.config.weight.granularity}"
+                f"{f' {self.config.weight.group_size}' if self.config.weight.group_size else ''}, activations={a}, "
                 f"kernel={self.kernel}")
 
     def set_kernel(self, name: str) -> None:

@@ -84,9 +84,26 @@ def float_copy(model: Sapiens2Model) -> Sapiens2Model:
     return m
 
 
+def float_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the float32 tensors outside the quantized layers (head, patch embedding,
+    norms, tokens): what ``float_storage="fp16"`` stores as float16."""
+    quant = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    return [k for k, v in model.state_dict().items() if v.dtype == torch.float32 and not k.startswith(quant)]
+
+
+def round_float_storage(model: nn.Module) -> None:
+    """Round the :func:`float_keys` tensors to float16 values in place (they stay float32 tensors)."""
+    with torch.no_grad():
+        sd = model.state_dict()
+        for k in float_keys(model):
+            sd[k].copy_(sd[k].half().float())
+
+
 def state_bytes(model: nn.Module) -> int:
     """Bytes of every tensor in the state dict (what a checkpoint of it holds)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    half = set(float_keys(model)) if getattr(getattr(model, "recipe", None), "float_storage", "fp32") == "fp16" else ()
+    return sum(t.numel() * (2 if k in half else t.element_size()) for k, t in model.state_dict().items())
 
 
-__all__ = ["QuantizedModel", "is_quantized", "candidate_linears", "as_quantized", "state_bytes"]
+__all__ = ["QuantizedModel", "is_quantized", "candidate_linears", "as_quantized", "state_bytes", "float_keys",
+           "round_float_storage"]

@@ -6,6 +6,7 @@
 >>> apply(model, {"backbone.blocks.0.attn.wq": Fp8(), "backbone.blocks.1.ffn.w3": "int8-weight"})
 
 Every scheme string is a shorthand of one of these: ``"int8-weight"`` = :class:`Int8WeightOnly`,
+``"int4-weight"`` = :class:`Int4Weight`,
 ``"int8"`` = :class:`Int8` (dynamic per-token activations, SmoothQuant on when calibration data is
 given), ``"fp8"`` = :class:`Fp8`, ``"fp16"`` = :class:`Fp16`, ``"mixed"`` = :class:`Mixed`; the
 keyword options of ``quantize`` (``activation_mode=``, ``estimator=``, ...) fill the same fields.
@@ -21,8 +22,10 @@ from typing import Any, ClassVar, Mapping, Union
 from ..errors import ConfigError
 from .config import (
     DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_GROUP_SIZE,
     ESTIMATORS,
     GRANULARITIES,
+    INT4_SCALE_METHODS,
     LAYER_SCHEMES,
     LayerQuantConfig,
     QuantRecipe,
@@ -30,6 +33,7 @@ from .config import (
     check_alpha,
     check_calibration_settings,
     check_count,
+    check_group_size,
     check_layer_scheme,
     check_percentile,
     layer_config,
@@ -104,6 +108,27 @@ class Int8WeightOnly(LayerScheme):
 
 
 @dataclass(frozen=True)
+class Int4Weight(LayerScheme):
+    """int4 weights for size: symmetric [-8, 7], one float16 scale per ``group_size`` consecutive
+    inputs of each output row, float activations. ``scale_method``: ``mse`` (each group's scale
+    searched for the least weight error) or ``absmax`` (``absmax / 7``)."""
+
+    group_size: int = DEFAULT_GROUP_SIZE
+    scale_method: str = "mse"
+    name: ClassVar[str] = "int4-weight"
+
+    def __post_init__(self) -> None:
+        check_group_size(self.group_size)
+        _check_choice("scale_method", self.scale_method, INT4_SCALE_METHODS)
+
+    def layer_config(self) -> LayerQuantConfig:
+        return layer_config(self.name, group_size=self.group_size, scale_method=self.scale_method)
+
+    def recipe_options(self) -> dict[str, Any]:
+        return {"group_size": self.group_size, "scale_method": self.scale_method}
+
+
+@dataclass(frozen=True)
 class _WeightsAndActivations(LayerScheme):
     activations: Union[Dynamic, Static] = Dynamic()
     granularity: str = "per_channel"
@@ -150,7 +175,8 @@ class Fp8(_WeightsAndActivations):
     name: ClassVar[str] = "fp8"
 
 
-LAYER_SCHEME_CLASSES: dict[str, type[LayerScheme]] = {c.name: c for c in (Fp16, Int8WeightOnly, Int8, Fp8)}
+LAYER_SCHEME_CLASSES: dict[str, type[LayerScheme]] = {c.name: c for c in (Fp16, Int8WeightOnly, Int4Weight, Int8,
+                                                                            Fp8)}
 
 
 def as_layer_scheme(spec: Any, where: str = "") -> LayerScheme | None:
@@ -162,7 +188,8 @@ def as_layer_scheme(spec: Any, where: str = "") -> LayerScheme | None:
     if isinstance(spec, str):
         check_layer_scheme(spec, where)
         return None if spec == "float" else LAYER_SCHEME_CLASSES[spec]()
-    raise ConfigError(f"per-layer config{where} is a {type(spec).__name__}; expected Int8WeightOnly(), Int8(...), "
+    raise ConfigError(f"per-layer config{where} is a {type(spec).__name__}; expected Int8WeightOnly(), Int4Weight(), "
+                      "Int8(...), "
                       f"Fp8(...), Fp16(), or one of the strings {', '.join(LAYER_SCHEMES)}")
 
 
@@ -261,6 +288,8 @@ class Calibration:
 # --- strings and recipes <-> config objects ----------------------------------------------------------
 def scheme_for(name: str, recipe: QuantRecipe, alpha: Any) -> LayerScheme | None:
     """The per-layer config a recipe's settings give the per-layer scheme ``name``."""
+    if name == "int4-weight":
+        return Int4Weight(recipe.group_size, recipe.scale_method)
     if name in ("float", "fp16", "int8-weight"):
         return as_layer_scheme(name) if name != "int8-weight" else Int8WeightOnly(recipe.weight_granularity)
     acts = Static(recipe.estimator, recipe.percentile) if recipe.activation_mode == "static" else Dynamic()
@@ -281,9 +310,9 @@ def as_scheme_config(spec: Any) -> SchemeConfig:
     if isinstance(spec, (LayerScheme, Mixed)):
         return spec
     raise ConfigError(f"quantize scheme is a {type(spec).__name__}; expected a scheme name, a QuantRecipe, "
-                      "Int8WeightOnly(), Int8(...), Fp8(...), Fp16() or Mixed(...)")
+                      "Int8WeightOnly(), Int4Weight(...), Int8(...), Fp8(...), Fp16() or Mixed(...)")
 
 
-__all__ = ["Dynamic", "Static", "LayerScheme", "Int8WeightOnly", "Int8", "Fp8", "Fp16", "Mixed", "Calibration",
+__all__ = ["Dynamic", "Static", "LayerScheme", "Int8WeightOnly", "Int4Weight", "Int8", "Fp8", "Fp16", "Mixed", "Calibration",
            "AUTO", "DEFAULT_SMOOTHQUANT_ALPHA", "as_layer_scheme", "name_of", "scheme_for", "config_from_recipe",
            "as_scheme_config", "SchemeConfig"]

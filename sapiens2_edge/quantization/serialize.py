@@ -6,9 +6,12 @@ pretrain checkpoints do):
 =========================================== ======= ==========================================
 ``backbone.blocks.0.attn.wq.weight``        I8      int8 layers (``int8``, ``int8-weight``)
                                             F8_E4M3 fp8 layers; F16 for fp16 layers
+                                            U8 (N, K/2) for int4 layers: two nibbles a byte
 ``backbone.blocks.0.attn.wq.weight_scale``  F32     (N,) per channel or (1,) per tensor
+                                            F16 (N, K/G) for int4 layers, one per group
 ``backbone.blocks.0.attn.wq.input_scale``   F32     (1,), static activations only
-everything else                             as held by the model (F32; RoPE periods BF16)
+everything else                             as held by the model (F32; RoPE periods BF16), F16 with
+                                            the recipe's ``float_storage="fp16"`` (values rounded so)
 =========================================== ======= ==========================================
 
 ``__metadata__`` holds ``sapiens2_edge.format`` (``quantized/1``), ``sapiens2_edge.recipe`` (the
@@ -43,7 +46,7 @@ from ..models.layout import RANDOM_WEIGHTS_KEY, check_shapes, is_random_checkpoi
 from ..models.model import Sapiens2Model
 from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
-from .model import QuantizedModel, as_quantized, set_module
+from .model import QuantizedModel, as_quantized, float_keys, set_module
 
 FORMAT = "quantized/1"
 KEY_FORMAT = "sapiens2_edge.format"
@@ -72,7 +75,8 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, report: Any 
     from .._version import __version__
 
     names = _file_names(qmodel)
-    tensors = {names[k]: v for k, v in qmodel.state_dict().items()}
+    half = set(float_keys(qmodel)) if qmodel.recipe.float_storage == "fp16" else set()
+    tensors = {names[k]: v.half() if k in half else v for k, v in qmodel.state_dict().items()}
     meta = {
         KEY_FORMAT: FORMAT,
         KEY_RECIPE: json.dumps(qmodel.recipe_dict(), sort_keys=True),
@@ -155,10 +159,12 @@ def _read_metadata(header: SafetensorsHeader, where: str) -> tuple:
     return recipe, layers, configs, prefix, arch, head
 
 
-def _check_declared_size(header: SafetensorsHeader, arch: ArchSpec, head: HeadSpec | None, where: str) -> None:
+def _check_declared_size(header: SafetensorsHeader, arch: ArchSpec, head: HeadSpec | None, where: str,
+                         int4_layers: tuple[str, ...] = ()) -> None:
     """Refuse metadata that declares a model the file cannot hold, before a byte of it is allocated:
     block and layer counts against the tensor count, the parameter count against the data bytes
-    (one byte per parameter at the least), then every float-layout tensor's name and shape."""
+    (one byte per parameter at the least, half a byte for int4 weights), then every float-layout
+    tensor's name and shape."""
     n = len(header.tensors)
     blocks = arch.depth + arch.tokenizer_depth
     layers = 0 if head is None else sum(len(v) for v in (head.deconv, head.upsample, head.conv, head.scale_conv,
@@ -172,13 +178,16 @@ def _check_declared_size(header: SafetensorsHeader, arch: ArchSpec, head: HeadSp
     if head is not None:
         expected.update({prefix[1] + k: v for k, v in head_shapes(head, arch.input_multiple).items()})
     params, data = count_params(expected), header.file_size - header.data_start
-    if params > data:
+    names = {n[len("backbone."):] if head is None else n for n in int4_layers}
+    packed = {k for k in expected if k.endswith(".weight") and k[:-len(".weight")] in names}  # (N, K/2) in the file
+    need = params - count_params({k: expected[k] for k in packed}) // 2
+    if need > data:
         raise CorruptCheckpointError(
             f"{where}: the metadata declares a model of {params:,} parameters ({arch.name}, embed_dim "
-            f"{arch.embed_dim}, depth {arch.depth}), at least {params:,} bytes even at one byte each, but the file "
-            f"holds {data:,} bytes of tensor data; refusing to build it")
+            f"{arch.embed_dim}, depth {arch.depth}), at least {need:,} bytes even at one byte each (half for int4 "
+            f"weights), but the file holds {data:,} bytes of tensor data; refusing to build it")
     wrong = [f"{k} (file: {header.tensors[k].shape if k in header.tensors else 'missing'}, expected {v})"
-             for k, v in expected.items() if k not in header.tensors or header.tensors[k].shape != v]
+             for k, v in expected.items() if k not in packed and (k not in header.tensors or header.tensors[k].shape != v)]
     if wrong:
         raise StateDictMismatchError(f"{where}: {len(wrong)} tensors do not match the architecture in the metadata: "
                                      + "; ".join(wrong[:8]))
@@ -207,7 +216,8 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
     if task is not None and task != found_task:
         what = f"a {found_task} checkpoint" if found_task else "a pretrain (backbone-only) checkpoint"
         raise TaskMismatchError(f"{path} is {what}, but task={task!r} was asked for")
-    _check_declared_size(header, arch, head, where)
+    _check_declared_size(header, arch, head, where,
+                         tuple(n for n, c in configs.items() if c is not None and c.weight.dtype == "int4"))
 
     model = Sapiens2Model(arch, head, rope_mode)
     modules = dict(model.named_modules())
