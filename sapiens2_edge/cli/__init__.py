@@ -216,9 +216,12 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
 
 
 def _detector(spec: Optional[str]):
-    """``--detector``: none, an exported .onnx (onnxruntime), or an RTMDet-m safetensors file."""
-    if spec is None or spec.lower() == "none":
-        return None
+    """``--detector``: none, an exported .onnx (onnxruntime), a detector artifact directory, or an
+    RTMDet-m safetensors file."""
+    if spec is None:
+        return None  # a pose artifact's own detector, if it carries one
+    if spec.lower() == "none":
+        return False
     if spec.lower().endswith(".onnx"):
         from ..runtime.detectors import OnnxDetector
 
@@ -335,9 +338,12 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
+               detector: Optional[Path] = typer.Option(None, "--detector", help="pose: an exported person "
+                                                       "detector artifact to carry inside the pose artifact"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
-    it first with --scheme int8-weight/int8/fp8)."""
+    it first with --scheme int8-weight/int8/fp8). The person detector (convert's RTMDet-m
+    .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
     _check_export_flags(scheme, fmt, calib)
     from .. import export, load_model
@@ -346,8 +352,14 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     start = time.perf_counter()
     size = parse_size(input_size)
     talk = _talk()
-    model = load_model(checkpoint)
+    from ..detection.export import as_graph
+    from ..exporters import detector_checkpoint
+
+    model = as_graph(detector_checkpoint(checkpoint))
+    model = load_model(model) if isinstance(model, str) else model
     kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
+    if detector is not None:
+        kwargs["detector"] = detector
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
         if calib is not None and scheme != "int8-weight":
