@@ -39,6 +39,7 @@ from .options import (
     TaskOrNone,
     _echo_error,
     _Group,
+    detector_option,
     error_line,
     parse_size,
 )
@@ -188,7 +189,7 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     if not is_artifact(checkpoint):
         require("torch", "predict with a checkpoint (it runs in PyTorch; an exported artifact runs without it)")
     pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=parse_size(input_size),
-                     flip_test=not no_flip, detector=_detector(detector))
+                     flip_test=not no_flip, detector=detector_option(detector))
     if not as_json:
         say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
     if streaming:
@@ -213,20 +214,6 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
             say(f"  failed: {p}: {error_line(e).removeprefix('error: ')}")
     if failed and not results:
         raise typer.Exit(code=1)
-
-
-def _detector(spec: Optional[str]):
-    """``--detector``: none, an exported .onnx (onnxruntime), a detector artifact directory, or an
-    RTMDet-m safetensors file."""
-    if spec is None:
-        return None  # a pose artifact's own detector, if it carries one
-    if spec.lower() == "none":
-        return False
-    if spec.lower().endswith(".onnx"):
-        from ..runtime.detectors import OnnxDetector
-
-        return OnnxDetector(spec)
-    return spec
 
 
 def _predict_stream(pred, source, output: Path, detect_every: int, smooth: bool, as_json: bool) -> None:
@@ -428,12 +415,22 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
           batch: int = typer.Option(1, help="batch size"),
           output_dir: Path = typer.Option(Path("bench_results"), help="where bench.md/.csv/.json go"),
           no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the torch fp32 eager row"),
+          people: bool = typer.Option(False, "--people", help="pose: latency per person count (1, 2, 4, 8: "
+                                      "detector + crops in one batch + decoding) and decoding 308 vs --keypoints"),
+          detector: Optional[str] = typer.Option(None, "--detector", help="--people: person detector (as predict's)"),
+          keypoints: str = typer.Option("coco17", help="--people: decoding subset, coco17 or comma-separated names"),
           as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
-    """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process)."""
+    """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process);
+    --people: the pose latency per person count."""
     from .. import bench as benchmod
     from ..runtime.opener import installed
 
     benchmod.check_counts(warmup, runs, batch)
+    if people:
+        text = benchmod.run_people(artifacts, str(backend[0]), detector_option(detector), keypoints, warmup, runs,
+                                   output_dir, as_json)
+        _json(text) if as_json else console.print(text, markup=False, highlight=False)
+        return
     backends = [str(b) for b in backend]
     baseline = not no_baseline
     if baseline and not installed("torch"):

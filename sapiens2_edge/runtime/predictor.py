@@ -40,11 +40,15 @@ class Predictor:
     artifact carries (``export(..., detector=DIR)``), else pose runs on the whole image (announced
     once with a log warning); ``False``: no detector even when the artifact carries one.
     ``pred.stream(...)`` runs a video or camera (see :mod:`.stream`).
+
+    ``keypoints`` (pose): decode only these: ``"coco17"`` or a list of keypoint names / indices of
+    the 308 set (results then hold them in that order); decoding costs in proportion, and each
+    equals the full decoding's value exactly. None: all 308.
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
                  input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None,
-                 max_boxes: int = MAX_BOXES, detector: Any = None):
+                 max_boxes: int = MAX_BOXES, detector: Any = None, keypoints: Any = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -58,7 +62,9 @@ class Predictor:
                               "(pose, seg, normal, pointmap or albedo); call the model directly for features")
         if task is not None and task != self.task:
             raise TaskMismatchError(f"the model is a {self.task} model, but task={task!r} was asked for")
-        options = {"flip_test": flip_test, "max_boxes": max_boxes} if self.task == "pose" else {}
+        if keypoints is not None and self.task != "pose":
+            raise ConfigError(f"keypoints= chooses pose keypoints to decode; this is a {self.task} model")
+        options = {"flip_test": flip_test, "max_boxes": max_boxes, "keypoints": keypoints} if self.task == "pose" else {}
         self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
         log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
         self.detector = self._open_detector(detector, device)
