@@ -78,7 +78,8 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int, t
         root = Path(target)
         m, runner, _ = open_artifact(root, backend, "cpu")
         name, label = runner.name, f"{root.name} ({artifact_label(m)})"
-        size_mb = sum(f["size"] for f in m.files.values() if f["role"] != "reference") / 1e6
+        size_mb = sum(f["size"] for f in m.files.values()  # the model's own files (not a bundled detector's)
+                      if f["role"] != "reference" and not f["role"].startswith("detector:")) / 1e6
         fidelity, reference = m.fidelity.get("rel_l2"), m.fidelity.get("reference")
     load_s = time.perf_counter() - t0
     tick()

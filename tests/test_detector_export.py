@@ -15,14 +15,16 @@ from typer.testing import CliRunner
 import sapiens2_edge as s2e
 from sapiens2_edge.artifact import read_manifest
 from sapiens2_edge.cli import app
-from sapiens2_edge.detection.config import RTMDetConfig
+from sapiens2_edge.detection.config import DETECTOR_METADATA_KEY, DETECTOR_NAME, RTMDetConfig
 from sapiens2_edge.detection.detector import RTMDetPersonDetector
-from sapiens2_edge.detection.model import RTMDet
+from sapiens2_edge.detection.model import RTMDet, rtmdet_m
 from sapiens2_edge.errors import ArtifactError, ChecksumError, ConfigError, TaskMismatchError
+from sapiens2_edge.exporters import detector_checkpoint
+from sapiens2_edge.models.safetensors_io import write_tensors
 from sapiens2_edge.runtime import verify_artifact
 from sapiens2_edge.runtime.detectors import ArtifactDetector
 from sapiens2_edge.spec import DETECTION_OUTPUT_NAMES, DETECTION_TASK
-from tests.fixtures.tiny import INPUT, tiny_model
+from tests.fixtures.tiny import INPUT, save, tiny_model
 
 TINY_DET = RTMDetConfig(widen_factor=0.125, deepen_factor=0.33, neck_in_channels=(32, 64, 128), neck_out_channels=16,
                         feat_channels=16)
@@ -181,3 +183,16 @@ def test_openvino_detector_artifact(tmp_path):
     (b1, s1, _), (b2, s2, _) = det.raw([IMAGE])[0], RTMDetPersonDetector(model).raw([IMAGE])[0]
     np.testing.assert_allclose(s1, s2, atol=1e-4)
     np.testing.assert_allclose(b1, b2, atol=1e-2)
+
+
+def test_cli_export_carries_a_detector_and_recognises_detector_checkpoints(chain, tmp_path):
+    _, _, det_dir, _ = chain
+    ckpt = save(tiny_model("pose"), tmp_path / "pose.safetensors")
+    out = CliRunner().invoke(app, ["export", str(ckpt), "-f", "torch", "-o", str(tmp_path / "p"), "--input-size",
+                                   "128x96", "--detector", str(det_dir)])
+    assert out.exit_code == 0, out.output
+    assert read_manifest(tmp_path / "p").options["detector"] == "detector"
+    assert isinstance(s2e.Predictor(tmp_path / "p").detector, ArtifactDetector)
+    path = write_tensors(rtmdet_m(seed=0).state_dict(), tmp_path / "det.safetensors",
+                         metadata={DETECTOR_METADATA_KEY: DETECTOR_NAME})
+    assert isinstance(detector_checkpoint(str(path)), RTMDet) and detector_checkpoint(str(ckpt)) == str(ckpt)
