@@ -8,7 +8,8 @@ int8: not offered. Measured with ONNX Runtime static QDQ (per-channel int8 weigh
 activations, 8 calibration images of synthetic people) against the fp32 graph on 6 other synthetic
 images, with BatchNorm statistics taken from synthetic images so that the random network's output
 depends on its input: RTMDet-m's raw outputs moved by a relative L2 of 1.2-3.6 (tiny test detector
-1.2-2.2) and its top-10 boxes matched the float ones with a mean IoU of at most 0.015 (tiny: 0.13).
+1.0-2.2) and its top-10 boxes matched the float ones with a mean IoU of at most 0.015 (tiny: 0.13);
+``benchmarks/detector_int8.py`` repeats it.
 (With untouched BatchNorm the random network's output ignores the image, and int8 looks fine,
 rel L2 4e-3, which says nothing.) Without trained weights int8 shows no sign of keeping the
 detector's fidelity, so it is refused (:data:`INT8_REFUSAL`).
