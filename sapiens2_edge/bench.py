@@ -78,7 +78,8 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int, t
         root = Path(target)
         m, runner, _ = open_artifact(root, backend, "cpu")
         name, label = runner.name, f"{root.name} ({artifact_label(m)})"
-        size_mb = sum(f["size"] for f in m.files.values() if f["role"] != "reference") / 1e6
+        size_mb = sum(f["size"] for f in m.files.values()  # the model's own files (not a bundled detector's)
+                      if f["role"] != "reference" and not f["role"].startswith("detector:")) / 1e6
         fidelity, reference = m.fidelity.get("rel_l2"), m.fidelity.get("reference")
     load_s = time.perf_counter() - t0
     tick()
@@ -218,6 +219,151 @@ def write_reports(rows: list[dict[str, Any]], out_dir: Path, command: str) -> li
                      f"{r['throughput_img_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} | {fid} | {sp} |")
     (out_dir / "bench.md").write_text("\n".join(lines) + "\n")
     return [out_dir / n for n in ("bench.md", "bench.csv", "bench.json")]
+
+
+# --- speed per person count ----------------------------------------------------------------------------
+PEOPLE_COUNTS = (1, 2, 4, 8)
+FRAME_SIZE = (720, 1280)  # (H, W) of the synthetic frame: a 720p camera
+
+
+def people_boxes(n: int, image_size: tuple[int, int]) -> "Any":
+    """``n`` person boxes side by side (rows of at most 4) covering an image of ``image_size``."""
+    import numpy as np
+
+    h, w = image_size
+    cols, rows = min(n, 4), -(-n // 4)
+    bw, bh = w / cols, h / rows
+    return np.array([[c * bw, r * bh, (c + 1) * bw - 1, (r + 1) * bh - 1] for r in range(rows) for c in range(cols)
+                     ][:n], dtype=np.float32)
+
+
+class _Timed:
+    """Wraps a callable and records the wall time of each call."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.times = fn, []
+
+    def __call__(self, *args):
+        t = time.perf_counter()
+        try:
+            return self.fn(*args)
+        finally:
+            self.times.append(time.perf_counter() - t)
+
+
+def people_rows(pred, counts=PEOPLE_COUNTS, warmup: int = 1, runs: int = 5) -> list[dict[str, Any]]:
+    """End-to-end pose latency of ``pred`` (a pose Predictor) per person count on a synthetic 720p
+    frame: its detector (when it has one) runs on the frame as usual, then the frame has exactly
+    ``n`` people (boxes side by side), whose crops run as one batch (chunks of the artifact's
+    ``max_batch``) and are decoded. Per row: median / min total, and the mean detector, network and
+    rest (crops, decoding, mapping back) time of a call."""
+    import numpy as np
+
+    from .artifact import verification_inputs
+    from .tasks.detection_processing import Detections
+
+    check_counts(warmup, runs, 1)
+    if pred.task != "pose":
+        raise ConfigError(f"the people table times pose; this is a {pred.task} model")
+    frame = np.clip(verification_inputs(FRAME_SIZE, batch=1)[0].transpose(1, 2, 0) * 50 + 128, 0, 255).astype(np.uint8)
+    detector, runner = pred.detector, pred.runner
+    rows = []
+    try:
+        for n in counts:
+            boxes = people_boxes(n, FRAME_SIZE)
+            det = _Timed(detector) if detector is not None else None
+
+            def people(image, det=det, boxes=boxes):
+                if det is not None:
+                    det(image)
+                return Detections(boxes, np.ones(len(boxes), np.float32))
+            net = _Timed(runner)
+            pred.detector, pred.runner = people, net
+            totals, split = [], []
+            for i in range(warmup + runs):
+                net.times.clear()
+                if det is not None:
+                    det.times.clear()
+                t = time.perf_counter()
+                res = pred(frame)
+                total = time.perf_counter() - t
+                if i >= warmup:
+                    totals.append(total)
+                    split.append((sum(det.times) if det else 0.0, sum(net.times), len(net.times)))
+            assert len(res) == n
+            d, m = float(np.mean([s[0] for s in split])), float(np.mean([s[1] for s in split]))
+            rows.append({"people": n, "crops": n * (2 if pred.pipeline.flip_test else 1), "network_calls": split[0][2],
+                         "keypoints": res.keypoints.shape[1], **latency_stats(sorted(totals)), "detector_s": d,
+                         "network_s": m, "rest_s": float(np.mean(totals)) - d - m,
+                         "detector": "none" if detector is None else type(detector).__name__})
+    finally:
+        pred.detector, pred.runner = detector, runner
+    return rows
+
+
+def decode_rows(pred, keypoints: Any = "coco17", warmup: int = 1, runs: int = 20) -> list[dict[str, Any]]:
+    """Decoding time of one person's heatmaps (flip-averaged, as the Predictor does) for all 308
+    keypoints and for the ``keypoints`` subset, on the network's own output for one crop pair."""
+    import numpy as np
+
+    from .tasks import get_pipeline
+
+    check_counts(warmup, runs, 1)
+    full = get_pipeline("pose", input_size=pred.input_size)
+    sub = get_pipeline("pose", input_size=pred.input_size, keypoints=keypoints)
+    h, w = pred.input_size
+    batch, meta = full.preprocess(np.full((h, w, 3), 128, np.uint8), boxes=[[0, 0, w - 1, h - 1]])
+    raw = pred.runner(batch)
+    out = []
+    for name, pipe in (("all 308", full), (f"subset {keypoints if isinstance(keypoints, str) else len(sub.keypoints)}", sub)):
+        stats = latency_stats(time_calls(lambda pipe=pipe: pipe.postprocess(raw, meta), warmup, runs))
+        out.append({"decode": name, "keypoints": len(pipe.keypoints) if pipe.keypoints else raw[0].shape[1],
+                    "heatmaps": f"{raw[0].shape[2]}x{raw[0].shape[3]}", **stats})
+    for r in out:
+        r["vs_all"] = r["median_s"] / out[0]["median_s"]
+    return out
+
+
+def people_report(people: list[dict[str, Any]], decode: list[dict[str, Any]], command: str, note: str = "") -> str:
+    """The two tables as Markdown (what ``bench --people`` writes to people.md)."""
+    lines = [f"`{command}`", ""] + ([note, ""] if note else [])
+    lines += ["| people | crops | network calls | median (s) | min (s) | detector (s) | network (s) | crops + decoding "
+              "(s) | keypoints |", "|" + "---|" * 9]
+    for r in people:
+        lines.append(f"| {r['people']} | {r['crops']} | {r['network_calls']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+                     f"{r['detector_s']:.3f} | {r['network_s']:.3f} | {r['rest_s']:.3f} | {r['keypoints']} |")
+    lines += ["", "| decoding (one person, flip-averaged) | keypoints | heatmaps | median (ms) | min (ms) | vs all 308 |",
+              "|" + "---|" * 6]
+    for r in decode:
+        lines.append(f"| {r['decode']} | {r['keypoints']} | {r['heatmaps']} | {1e3 * r['median_s']:.2f} | "
+                     f"{1e3 * r['min_s']:.2f} | {r['vs_all']:.3f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def run_people(artifacts: list[Path], backend: str, detector: Any, keypoints: str, warmup: int, runs: int,
+               out_dir: Path, as_json: bool = False) -> Any:
+    """``sapiens2-edge bench POSE --people``: both tables, written to people.md / people.json in
+    ``out_dir``; returns the Markdown (or, ``as_json``, the data)."""
+    import os
+
+    from .runtime.predictor import Predictor
+
+    if len(artifacts) != 1:
+        raise ConfigError(f"bench --people times one pose model, got {len(artifacts)}")
+    subset = keypoints if keypoints.lower() == "coco17" else [k.strip() for k in keypoints.split(",") if k.strip()]
+    pred = Predictor(str(artifacts[0]), backend=backend, device="cpu", detector=detector)
+    command = (f"sapiens2-edge bench {artifacts[0]} --people --backend {backend} --runs {runs} --warmup {warmup} "
+               f"--keypoints {keypoints}" + (f" --detector {detector}" if isinstance(detector, str) else ""))
+    note = (f"pose on {pred.backend} ({pred.runner.describe()}), input {pred.input_size[0]}x{pred.input_size[1]}, "
+            f"detector: {pred.detector!r}; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}, "
+            f"{os.cpu_count()} CPUs")
+    people, decode = people_rows(pred, PEOPLE_COUNTS, warmup, runs), decode_rows(pred, subset, warmup, max(runs, 10))
+    text = people_report(people, decode, command, note)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"command": command, "note": note, "people": people, "decode": decode}
+    (out_dir / "people.md").write_text(text)
+    (out_dir / "people.json").write_text(json.dumps(data, indent=2))
+    return data if as_json else text
 
 
 if __name__ == "__main__":  # child process: one row as JSON on stdout

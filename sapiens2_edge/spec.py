@@ -21,6 +21,14 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
 }
 PRETRAIN_OUTPUT_NAMES: tuple[str, ...] = ("featmap",)
 
+# The person detector (spec 2.1, RTMDet-m) as an exported artifact: its manifest's task, its input
+# (H, W) and its raw outputs, per level (strides 8, 16, 32) class logits then box distances.
+DETECTION_TASK = "detection"
+DETECTOR_INPUT_SIZE: tuple[int, int] = (640, 640)
+DETECTOR_STRIDES: tuple[int, ...] = (8, 16, 32)
+DETECTION_OUTPUT_NAMES: tuple[str, ...] = (*(f"cls_{s}" for s in DETECTOR_STRIDES),
+                                           *(f"box_{s}" for s in DETECTOR_STRIDES))
+
 PATCH_SIZE = 16
 NUM_STORAGE_TOKENS = 8
 NUM_PREFIX_TOKENS = 1 + NUM_STORAGE_TOKENS  # 1 CLS + 8 storage tokens = 9
@@ -43,7 +51,10 @@ def check_task(task: object) -> str:
 
 
 def output_names(task: str | None) -> tuple[str, ...]:
-    """The raw output names of a task head (``None``: a pretrain backbone's featmap)."""
+    """The raw output names of a task head (``None``: a pretrain backbone's featmap; the person
+    detector's for :data:`DETECTION_TASK`)."""
     if task is None:
         return PRETRAIN_OUTPUT_NAMES
+    if task == DETECTION_TASK:
+        return DETECTION_OUTPUT_NAMES
     return OUTPUT_NAMES[check_task(task)]

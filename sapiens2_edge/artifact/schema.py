@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from ..errors import ArtifactError
-from ..spec import PATCH_SIZE, TASKS, WINDOW_SIZE, output_names
+from ..spec import DETECTION_TASK, PATCH_SIZE, TASKS, WINDOW_SIZE, output_names
 from .formats import FORMATS
 from .paths import path_problem
 
@@ -88,8 +88,8 @@ def validate(data: Any, where: str) -> None:
     if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ArtifactError(f"{where} has unknown format {_show(fmt)}; expected one of {tuple(FORMATS)}")
     task = data["task"]
-    if task is not None and (not isinstance(task, str) or task not in TASKS):
-        bad("task", f"null (a backbone) or one of {', '.join(TASKS)}")
+    if task is not None and (not isinstance(task, str) or task not in (*TASKS, DETECTION_TASK)):
+        bad("task", f"null (a backbone), one of {', '.join(TASKS)} or {DETECTION_TASK!r} (the person detector)")
     _check_arch(data["arch"], where)
     head = data["head"]
     if head is not None and (not isinstance(head, dict) or head.get("task", task) != task):
@@ -100,8 +100,8 @@ def validate(data: Any, where: str) -> None:
     precisions = dict.fromkeys((*FORMATS[fmt].precisions, *FORMATS[fmt].schemes))
     if not isinstance(data["precision"], str) or data["precision"] not in precisions:
         bad("precision", f"one of {', '.join(precisions)} (for a {fmt} artifact)")
-    if data["rope_mode"] not in ROPE_MODES:
-        bad("rope_mode", "'bf16' or 'fp32'")
+    if data["rope_mode"] not in ROPE_MODES and not (task == DETECTION_TASK and data["rope_mode"] is None):
+        bad("rope_mode", "'bf16' or 'fp32'" + (" (or null: a detector has no RoPE)" if task == DETECTION_TASK else ""))
     if not isinstance(data["outputs"], list) or data["outputs"] != list(output_names(task)):
         bad("outputs", f"the {task or 'backbone'} outputs {list(output_names(task))}")
     for key in ("preprocessing", "fidelity", "options", "files"):

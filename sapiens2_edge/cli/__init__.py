@@ -39,6 +39,7 @@ from .options import (
     TaskOrNone,
     _echo_error,
     _Group,
+    detector_option,
     error_line,
     parse_size,
 )
@@ -202,7 +203,7 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     if not is_artifact(checkpoint):
         require("torch", "predict with a checkpoint (it runs in PyTorch; an exported artifact runs without it)")
     pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=parse_size(input_size),
-                     flip_test=not no_flip, detector=_detector(detector))
+                     flip_test=not no_flip, detector=detector_option(detector))
     if not as_json:
         say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
     if streaming:
@@ -227,17 +228,6 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
             say(f"  failed: {p}: {error_line(e).removeprefix('error: ')}")
     if failed and not results:
         raise typer.Exit(code=1)
-
-
-def _detector(spec: Optional[str]):
-    """``--detector``: none, an exported .onnx (onnxruntime), or an RTMDet-m safetensors file."""
-    if spec is None or spec.lower() == "none":
-        return None
-    if spec.lower().endswith(".onnx"):
-        from ..runtime.detectors import OnnxDetector
-
-        return OnnxDetector(spec)
-    return spec
 
 
 def _predict_stream(pred, source, output: Path, detect_every: int, smooth: bool, as_json: bool) -> None:
@@ -358,9 +348,12 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
+               detector: Optional[Path] = typer.Option(None, "--detector", help="pose: an exported person "
+                                                       "detector artifact to carry inside the pose artifact"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
     """Export a checkpoint to an artifact directory, verified against the torch model (quantizing
-    it first with --scheme int8-weight/int4-weight/int8/fp8)."""
+    it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
+    .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
     _check_export_flags(scheme, fmt, calib)
     from .. import export, load_model
@@ -369,8 +362,14 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     start = time.perf_counter()
     size = parse_size(input_size)
     talk = _talk()
-    model = load_model(checkpoint)
+    from ..detection.export import as_graph
+    from ..exporters import detector_checkpoint
+
+    model = as_graph(detector_checkpoint(checkpoint))
+    model = load_model(model) if isinstance(model, str) else model
     kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
+    if detector is not None:
+        kwargs["detector"] = detector
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
         if calib is not None and scheme not in _WEIGHT_ONLY:
@@ -441,12 +440,22 @@ def bench(artifacts: list[Path] = typer.Argument(..., help="artifact directories
           batch: int = typer.Option(1, help="batch size"),
           output_dir: Path = typer.Option(Path("bench_results"), help="where bench.md/.csv/.json go"),
           no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the torch fp32 eager row"),
+          people: bool = typer.Option(False, "--people", help="pose: latency per person count (1, 2, 4, 8: "
+                                      "detector + crops in one batch + decoding) and decoding 308 vs --keypoints"),
+          detector: Optional[str] = typer.Option(None, "--detector", help="--people: person detector (as predict's)"),
+          keypoints: str = typer.Option("coco17", help="--people: decoding subset, coco17 or comma-separated names"),
           as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
-    """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process)."""
+    """Time artifacts side by side with the torch fp32 eager baseline (each row in its own process);
+    --people: the pose latency per person count."""
     from .. import bench as benchmod
     from ..runtime.opener import installed
 
     benchmod.check_counts(warmup, runs, batch)
+    if people:
+        text = benchmod.run_people(artifacts, str(backend[0]), detector_option(detector), keypoints, warmup, runs,
+                                   output_dir, as_json)
+        _json(text) if as_json else console.print(text, markup=False, highlight=False)
+        return
     backends = [str(b) for b in backend]
     baseline = not no_baseline
     if baseline and not installed("torch"):

@@ -101,3 +101,17 @@ def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError:
         raise ConfigError(f"--input-size must look like 1024x768 (H x W), got {text!r}") from None
     return h, w
+
+
+def detector_option(spec: Optional[str]):
+    """``--detector``: none, an exported .onnx (onnxruntime), a detector artifact directory, or an
+    RTMDet-m safetensors file."""
+    if spec is None:
+        return None  # a pose artifact's own detector, if it carries one
+    if spec.lower() == "none":
+        return False
+    if spec.lower().endswith(".onnx"):
+        from ..runtime.detectors import OnnxDetector
+
+        return OnnxDetector(spec)
+    return spec

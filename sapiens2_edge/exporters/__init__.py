@@ -35,12 +35,13 @@ from ..artifact import (
 )
 from ..errors import ConfigError, ExportError
 from ..runtime.verify import verify_artifact
-from ..spec import output_names
+from ..spec import DETECTION_TASK, output_names
+from .bundle import BUNDLED_DETECTOR, check_bundled_detector, copy_detector
 from .fidelity import check_runner, float_fidelity, torch_outputs
 
 __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Manifest", "read_manifest",
            "verification_inputs", "TOLERANCE", "ExportOptions", "EXPORTERS", "compare", "fingerprint",
-           "torch_outputs"]
+           "torch_outputs", "detector_checkpoint"]
 
 # format -> module (under sapiens2_edge.exporters) that implements it. Each module provides
 #   write(model, out_dir: Path, opts: ExportOptions) -> {relative path: role}   (one role "model")
@@ -70,7 +71,8 @@ class ExportOptions:
 def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, scheme: Any = None,
            calibration: Any = None, quantize_options: Mapping[str, Any] | None = None, precision: str | None = None,
            input_size: Sequence[int] | None = None, max_batch: int = 8, verify: bool = True,
-           tolerance: float | None = None, overwrite: bool = False, **options: Any) -> Path:
+           tolerance: float | None = None, overwrite: bool = False, detector: str | os.PathLike | None = None,
+           **options: Any) -> Path:
     """Export ``model`` (a loaded model or anything ``load_model`` accepts) to ``out_dir``.
 
     ``input_size`` (H, W) is fixed per artifact (default: the model's); the batch is dynamic up to
@@ -85,8 +87,18 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     against it goes into the manifest next to the torch QuantizedModel's, on ``fidelity_data=``
     (images / folder / tensors; default the verification inputs), pose restricted to
     ``fidelity_keypoints=``; ``report=`` (its QuantReport) adds the report's fidelity.
+
+    The person detector (an :class:`~sapiens2_edge.detection.RTMDet`, or its safetensors file)
+    exports the same way to onnx, openvino or torch, in float (task ``"detection"``). A pose
+    export takes ``detector=`` (a detector artifact directory): it is verified and copied into the
+    pose artifact's ``detector/`` folder, so ``Predictor(pose_dir)`` runs detection and pose.
     Returns the artifact directory.
     """
+    from ..detection.export import as_graph
+
+    model = as_graph(detector_checkpoint(model))
+    if getattr(model, "task", None) == DETECTION_TASK:
+        _check_detector_request(format, scheme, precision, detector)
     fmt = check_export_request(format, options, precision, _scheme_name(scheme))
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
@@ -102,8 +114,9 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     from ..quantization.precision import export_precision, scheme_of
 
     exporter = importlib.import_module(f".{EXPORTERS[format]}", __name__)
-    if not isinstance(model, Sapiens2Model):
+    if not isinstance(model, Sapiens2Model) and getattr(model, "task", None) != DETECTION_TASK:
         model = load_model(model)
+    bundled = check_bundled_detector(detector, model.task) if detector is not None else None
     if scheme is not None:
         model, options = _quantize_first(model, scheme, calibration, input_size, quantize_options, options)
     precision = export_precision(model, format, precision if precision is not None or scheme_of(model)
@@ -113,7 +126,9 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     size = tuple(int(v) for v in (input_size or model.input_size))
     model.check_input(_shape_probe(size))
     names = list(output_names(model.task))
-    rope = getattr(exporter, "rope_mode", lambda m, p: m.rope_mode)(model, precision)
+    rope = model.rope_mode  # None for a model without RoPE (the person detector)
+    if rope is not None:
+        rope = getattr(exporter, "rope_mode", lambda m, p: m.rope_mode)(model, precision)
     with _rope_mode(model, rope) as official:
         return _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options,
                        fid_opts, tolerance, verify, overwrite, official)
@@ -128,7 +143,7 @@ def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_b
         format=format, task=model.task, arch=model.arch.to_dict(),
         head=model.head_spec.to_dict() if model.head_spec else None, input_size=list(size), max_batch=max_batch,
         precision=precision, rope_mode=model.rope_mode,
-        preprocessing=get_pipeline(model.task, input_size=size).config() if model.task else {},
+        preprocessing=_preprocessing(model, size, get_pipeline),
         outputs=names, options={k: _jsonable(v) for k, v in format_options.items()}, sdk_version=__version__)
     opts = ExportOptions(input_size=size, max_batch=max_batch, opset=format_options.get("opset", 18),
                          precision=precision, extra=format_options, float_model=fid_opts.get("float_model"))
@@ -150,6 +165,9 @@ def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_b
         if quant_notes and manifest.quantization is not None:
             manifest.quantization["export"] = quant_notes
         manifest.options.update(opts.notes)
+        if bundled is not None:
+            files.update(copy_detector(bundled, tmp))
+            manifest.options["detector"] = BUNDLED_DETECTOR
         x = reference_inputs(size, max_batch)
         ref = torch_outputs(model, x)
         files[save_reference(tmp, names, ref)] = "reference"
@@ -182,6 +200,43 @@ def _rope_mode(model, mode: str):
         yield own
     finally:
         model.set_rope_mode(own)
+
+
+def _preprocessing(model, size, get_pipeline) -> dict:
+    if model.task == DETECTION_TASK:
+        return model.preprocessing(size)
+    return get_pipeline(model.task, input_size=size).config() if model.task else {}
+
+
+def detector_checkpoint(model: Any) -> Any:
+    """A detector safetensors file (``convert``'s, marked in its metadata) loaded as RTMDet-m;
+    anything else unchanged."""
+    if not isinstance(model, (str, os.PathLike)) or not str(model).endswith(".safetensors"):
+        return model
+    from ..detection.config import DETECTOR_METADATA_KEY
+    from ..models.safetensors_header import read_header
+
+    if not os.path.isfile(model) or DETECTOR_METADATA_KEY not in (read_header(model).metadata or {}):
+        return model
+    from ..detection.checkpoint import load_detector
+
+    return load_detector(model)
+
+
+def _check_detector_request(format: str, scheme: Any, precision: str | None, detector: Any) -> None:
+    from ..detection.export import INT8_REFUSAL, PRECISIONS
+
+    if format not in PRECISIONS:
+        raise ConfigError(f"the person detector exports to {', '.join(PRECISIONS)}, not {format!r} (coreml and "
+                          "native carry Sapiens2 models only)")
+    if scheme is not None:
+        raise ConfigError(f"scheme={_scheme_name(scheme)!r}: {INT8_REFUSAL}")
+    if precision is not None and precision not in PRECISIONS[format]:
+        raise ConfigError(f"a {format} detector artifact has precision {' or '.join(PRECISIONS[format])}, got "
+                          f"precision={precision!r}" + (f"; {INT8_REFUSAL}" if "int8" in precision else ""))
+    if detector is not None:
+        raise ConfigError("detector= names the person detector a pose artifact runs first; this export is the "
+                          "detector itself (drop detector=)")
 
 
 def _scheme_name(scheme: Any) -> str | None:

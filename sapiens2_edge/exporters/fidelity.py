@@ -23,7 +23,8 @@ def check_runner(model, runner, x: np.ndarray, ref: Sequence[np.ndarray], names:
     """The manifest's fidelity entry: ``runner`` (the fresh artifact) against torch on ``x``."""
     result = compare(ref, runner(x), names)
     kind = f"torch {model.scheme} QuantizedModel (same recipe)" if hasattr(model, "recipe_dict") else "torch fp32"
-    result.update({"reference": f"{kind} eager, RoPE {model.rope_mode}", "tolerance": tolerance,
+    rope = f", RoPE {model.rope_mode}" if getattr(model, "rope_mode", None) else ""
+    result.update({"reference": f"{kind} eager{rope}", "tolerance": tolerance,
                    "inputs": f"verification_inputs({list(x.shape[2:])}, batch={len(x)}, seed=0)"})
     return result
 

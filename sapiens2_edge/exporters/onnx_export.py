@@ -27,8 +27,12 @@ EXTERNAL_DATA_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave roo
 
 @contextlib.contextmanager
 def frozen_rope(model, input_size) -> Iterator[None]:
-    """Freeze the RoPE tables of ``input_size``'s grid for the duration of an export."""
-    rope = model.backbone.rope_embed
+    """Freeze the RoPE tables of ``input_size``'s grid for the duration of an export (a model
+    without RoPE, the person detector, has none to freeze)."""
+    rope = getattr(getattr(model, "backbone", None), "rope_embed", None)
+    if rope is None:
+        yield
+        return
     rope.freeze(*model.arch.grid(input_size))
     try:
         yield

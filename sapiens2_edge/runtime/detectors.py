@@ -6,6 +6,8 @@ accepts besides the torch RTMDet (opened through :mod:`.torch_backend`).
   conventions: ``rtmdet`` (the raw head: per level class logits (1, C, H, W) then box distances
   (1, 4, H, W), as ``torch.onnx.export`` writes :class:`~sapiens2_edge.detection.RTMDet`) or
   ``yolox`` (YOLOX's (1, N, 5 + C) rows).
+* :class:`ArtifactDetector`: an exported detector artifact (``export(rtmdet, DIR)``, task
+  ``"detection"``) run by any backend that opens its format, decoded as the torch detector.
 * :func:`detect`: any detector (a callable image -> ``Detections`` or ``(boxes, scores)``) run on
   one image, its answer checked (NaN or inverted boxes raise ``InvalidBoxError``).
 """
@@ -18,7 +20,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, CheckpointNotFoundError, ConfigError, InvalidTensorError
+from ..errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    CheckpointNotFoundError,
+    ConfigError,
+    InvalidTensorError,
+    TaskMismatchError,
+)
+from ..spec import DETECTION_TASK, DETECTOR_STRIDES
 from ..tasks.detection_processing import (
     BBOX_THR,
     INPUT_SIZE,
@@ -32,7 +42,7 @@ from ..tasks.detection_processing import (
 )
 
 CONVENTIONS = ("rtmdet", "yolox")
-STRIDES = (8, 16, 32)
+STRIDES = DETECTOR_STRIDES
 
 
 class FixedBoxes:
@@ -127,4 +137,88 @@ class OnnxDetector:
         return f"OnnxDetector({self.path.name!r}, convention={self.convention!r})"
 
 
-__all__ = ["CONVENTIONS", "FixedBoxes", "OnnxDetector", "detect"]
+def _check_threshold(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+class ArtifactDetector:
+    """An exported person detector artifact (task ``"detection"``) as a ``PersonDetector``:
+    ``detector(image) -> Detections``, a list of images -> a list (run in batches of the
+    artifact's ``max_batch``). ``backend`` / ``device`` choose the runtime as for the Predictor;
+    ``bbox_thr``, ``nms_thr`` and ``fallback_whole_image`` are the demo's person filtering."""
+
+    def __init__(self, root: str | os.PathLike, backend: str = "auto", device: str = "auto", *,
+                 bbox_thr: float = BBOX_THR, nms_thr: float = NMS_THR, fallback_whole_image: bool = True) -> None:
+        from .opener import open_artifact
+
+        self.root = Path(root)
+        self.manifest, self.runner, self.backend_reason = open_artifact(self.root, backend, device)
+        task = self.manifest.task
+        if task != DETECTION_TASK:
+            raise TaskMismatchError(f"{self.root} is a {task or 'backbone'} artifact, not a person detector (its "
+                                    f"manifest's task is {task!r}, expected {DETECTION_TASK!r}); export the detector "
+                                    "with s2e.export(rtmdet, DIR) and pass that directory")
+        strides = self.manifest.arch.get("strides", list(DETECTOR_STRIDES))
+        if not (isinstance(strides, list) and len(strides) * 2 == len(self.manifest.outputs)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in strides)):
+            raise ArtifactError(f"the manifest of {self.root}: arch.strides must list one positive integer per "
+                                f"detector level ({len(self.manifest.outputs) // 2}), got {str(strides)[:80]}")
+        self.strides = tuple(strides)
+        self.input_size = tuple(self.manifest.input_size)
+        self.bbox_thr, self.nms_thr = _check_threshold("bbox_thr", bbox_thr), _check_threshold("nms_thr", nms_thr)
+        self.fallback_whole_image = bool(fallback_whole_image)
+        self.calls = 0
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    def raw(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The detector's decoded output per RGB image (boxes, scores, labels), before the person
+        filtering."""
+        out = []
+        step = self.manifest.max_batch
+        levels = len(self.strides)
+        for start in range(0, len(images), step):
+            prepared = [prepare_input(im, self.input_size) for im in images[start:start + step]]
+            outs = self.runner(np.stack([x for x, _ in prepared]))
+            for i, (_, box) in enumerate(prepared):
+                out.append(decode_detections([o[i] for o in outs[:levels]], [o[i] for o in outs[levels:]],
+                                             self.strides, box))
+        return out
+
+    def __call__(self, images: Any) -> Detections | list[Detections]:
+        from ..tasks.image import load_image
+
+        single = not isinstance(images, (list, tuple))
+        arrays = [load_image(im) for im in ([images] if single else images)]
+        self.calls += 1
+        people = [select_people(*found, im.shape[:2], self.bbox_thr, self.nms_thr, self.fallback_whole_image)
+                  for im, found in zip(arrays, self.raw(arrays), strict=True)]
+        return people[0] if single else people
+
+    def __repr__(self) -> str:
+        return f"ArtifactDetector({str(self.root)!r}, {self.manifest.format} {self.manifest.precision} on {self.backend})"
+
+
+def bundled_detector(root: Path, manifest: Any) -> Path:
+    """The detector artifact folder a pose artifact at ``root`` carries (``options["detector"]``),
+    after checking that it is a folder inside the artifact whose manifest the pose manifest lists
+    (so its checksums were checked with the pose artifact's)."""
+    from ..artifact import MANIFEST
+    from ..artifact.paths import check_relative, inside
+
+    rel = manifest.options.get("detector")
+    where = f"the manifest of {root}: options.detector"
+    if not isinstance(rel, str):
+        raise ArtifactError(f"{where} must name the folder of the bundled detector, got {str(rel)[:80]!r}")
+    check_relative(rel, where)
+    if f"{rel}/{MANIFEST}" not in manifest.files:
+        raise ArtifactError(f"{where} names {rel!r}, but the manifest does not list {rel}/{MANIFEST}: the bundled "
+                            "detector is not part of the artifact; re-export it with detector=DIR")
+    return inside(root, rel, kind="dir")
+
+
+__all__ = ["ArtifactDetector", "bundled_detector", "CONVENTIONS", "FixedBoxes", "OnnxDetector", "detect"]

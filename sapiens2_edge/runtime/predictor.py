@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..artifact import is_artifact, looks_like_artifact
 from ..errors import ConfigError, InputSizeError, TaskMismatchError
+from ..spec import DETECTION_TASK
 from ..tasks import get_pipeline
 from ..tasks.image import load_image
 from ..tasks.pose import MAX_BOXES
-from .detectors import detect
+from .detectors import ArtifactDetector, bundled_detector, detect
 from .opener import BACKENDS, open_artifact
 
 log = logging.getLogger("sapiens2_edge")
@@ -32,15 +34,21 @@ class Predictor:
 
     ``detector`` (pose): finds the people when no ``boxes`` are given: a callable image ->
     ``Detections(boxes, scores)`` / ``(boxes, scores)`` (e.g. :class:`~.detectors.FixedBoxes`,
-    :class:`~.detectors.OnnxDetector`), or the path of the RTMDet-m safetensors file (run by torch).
-    All of an image's people then run as one batch of crops. ``None``: pose runs on the whole image
-    (announced once with a log warning). ``pred.stream(...)`` runs a video or camera (see
-    :mod:`.stream`).
+    :class:`~.detectors.OnnxDetector`), the directory of an exported detector artifact (any backend,
+    :class:`~.detectors.ArtifactDetector`) or the path of the RTMDet-m safetensors file (run by torch).
+    All of an image's people then run as one batch of crops. ``None``: the detector the pose
+    artifact carries (``export(..., detector=DIR)``), else pose runs on the whole image (announced
+    once with a log warning); ``False``: no detector even when the artifact carries one.
+    ``pred.stream(...)`` runs a video or camera (see :mod:`.stream`).
+
+    ``keypoints`` (pose): decode only these: ``"coco17"`` or a list of keypoint names / indices of
+    the 308 set (results then hold them in that order); decoding costs in proportion, and each
+    equals the full decoding's value exactly. None: all 308.
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
                  input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None,
-                 max_boxes: int = MAX_BOXES, detector: Any = None):
+                 max_boxes: int = MAX_BOXES, detector: Any = None, keypoints: Any = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -54,12 +62,18 @@ class Predictor:
                               "(pose, seg, normal, pointmap or albedo); call the model directly for features")
         if task is not None and task != self.task:
             raise TaskMismatchError(f"the model is a {self.task} model, but task={task!r} was asked for")
-        options = {"flip_test": flip_test, "max_boxes": max_boxes} if self.task == "pose" else {}
+        if keypoints is not None and self.task != "pose":
+            raise ConfigError(f"keypoints= chooses pose keypoints to decode; this is a {self.task} model")
+        options = {"flip_test": flip_test, "max_boxes": max_boxes, "keypoints": keypoints} if self.task == "pose" else {}
         self.pipeline = get_pipeline(self.task, input_size=self.input_size, **options)
         log.info("sapiens2_edge: backend %s (%s): %s", self.backend, self.backend_reason, self.runner.describe())
         self.detector = self._open_detector(detector, device)
 
     def _open_detector(self, detector: Any, device: str) -> Any:
+        if detector is None and self.manifest is not None and "detector" in self.manifest.options:
+            return ArtifactDetector(bundled_detector(self.root, self.manifest), device=device)
+        if detector is False:
+            detector = None
         if detector is not None and self.task != "pose":
             raise ConfigError(f"a person detector only serves pose models; this is a {self.task} model (drop detector=)")
         if detector is None:
@@ -67,6 +81,8 @@ class Predictor:
                 log.warning("sapiens2_edge: no person detector: pose runs on the whole image (one person); pass "
                             "detector=PATH (RTMDet-m safetensors) or a detector object for several people")
             return None
+        if isinstance(detector, (str, os.PathLike)) and os.path.isdir(detector):
+            return ArtifactDetector(detector, device=device)
         if isinstance(detector, (str, os.PathLike)):
             from .torch_backend import open_detector
 
@@ -79,8 +95,11 @@ class Predictor:
     def _open_artifact(self, root, backend, device, input_size, batch_size) -> None:
         self.manifest, self.runner, self.backend_reason = open_artifact(root, backend, device, batch_size)
         self.backend = self.runner.name
-        self.model = None
+        self.model, self.root = None, Path(root)
         self.task = self.manifest.task
+        if self.task == DETECTION_TASK:
+            raise TaskMismatchError(f"{root} is a person detector artifact, not a Sapiens2 task model: pass it as "
+                                    "detector= of a pose Predictor (s2e.Predictor(pose_dir, detector=DIR))")
         self.input_size = tuple(self.manifest.input_size)
         if input_size is not None and tuple(input_size) != self.input_size:
             raise InputSizeError(f"the artifact {root} was exported for {self.input_size[0]}x{self.input_size[1]} "
@@ -95,7 +114,7 @@ class Predictor:
         from .torch_backend import open_checkpoint
 
         self.runner = open_checkpoint(model, task=task, device=device, batch_size=batch_size)
-        self.model, self.manifest = self.runner.model, None
+        self.model, self.manifest, self.root = self.runner.model, None, None
         self.task = self.model.task
         self.input_size = tuple(input_size) if input_size is not None else self.model.input_size
         self.backend = self.runner.name

@@ -30,9 +30,10 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidBoxError, InvalidImageError, InvalidTensorError
+from ..spec import DETECTOR_INPUT_SIZE
 
 #: Network input (H, W): keep-ratio resize into it, then pad (bottom / right).
-INPUT_SIZE: tuple[int, int] = (640, 640)
+INPUT_SIZE: tuple[int, int] = DETECTOR_INPUT_SIZE
 PAD_VALUE = 114
 #: Applied to the BGR image (mmdet's data preprocessor with bgr_to_rgb=False).
 MEAN_BGR: tuple[float, float, float] = (103.53, 116.28, 123.675)

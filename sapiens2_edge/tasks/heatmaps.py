@@ -82,8 +82,13 @@ def _dark_udp(heatmaps: np.ndarray, locs: np.ndarray, kernel: int) -> np.ndarray
 
 
 def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
-                    blur_kernel_size: int = BLUR_KERNEL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+                    blur_kernel_size: int = BLUR_KERNEL_SIZE, keypoints: Sequence[int] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """UDP-DARK decoding of (K, h, w) heatmaps (or (N, K, h, w)); ``input_size`` is the network input (H, W).
+
+    ``keypoints`` (channel indices) decodes only those channels, in that order, at a cost
+    proportional to their number; the result equals those rows of the full decoding exactly
+    (see :func:`decode_channels`).
 
     Returns keypoints (K, 2) float32 in network-input pixels and scores (K,) float32 (the
     heatmap maximum). Per channel: integer argmax, (-1, -1) heatmap pixels where the maximum is
@@ -92,6 +97,14 @@ def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = DEFAULT_
     for what the step reads there). Then x * W / (w - 1), y * H / (h - 1).
     """
     hm = np.asarray(heatmaps, dtype=np.float32)
+    if keypoints is not None:
+        if hm.ndim == 4:
+            pairs = [decode_heatmaps(x, input_size, blur_kernel_size, keypoints) for x in hm]
+            return (np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, len(keypoints), 2), np.float32),
+                    np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, len(keypoints)), np.float32))
+        if hm.ndim != 3 or hm.shape[1] < 2 or hm.shape[2] < 2:
+            raise InvalidTensorError(f"heatmaps must have shape (K, h, w) with h, w >= 2, got {hm.shape}")
+        return decode_channels(lambda ids: hm[ids], hm.shape[0], keypoints, input_size, blur_kernel_size)
     if hm.ndim == 4:
         pairs = [decode_heatmaps(x, input_size, blur_kernel_size) for x in hm]
         k = hm.shape[1]
@@ -110,3 +123,34 @@ def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int] = DEFAULT_
     H, W = input_size
     keypoints = locs * np.array([W / (w - 1), H / (h - 1)])
     return keypoints.astype(np.float32), scores.astype(np.float32)
+
+
+def check_channels(keypoints: Sequence[int], num_channels: int) -> np.ndarray:
+    """``keypoints`` as an int64 index array into ``num_channels`` heatmaps (refused otherwise)."""
+    idx = np.asarray(keypoints)
+    if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu") or np.any(idx < 0) or np.any(idx >= num_channels):
+        raise InvalidTensorError(f"keypoints must be channel indices in 0..{num_channels - 1}, got {keypoints!r}")
+    return idx.astype(np.int64)
+
+
+def decode_channels(channels, num_channels: int, keypoints: Sequence[int], input_size: tuple[int, int],
+                    blur_kernel_size: int = BLUR_KERNEL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """UDP-DARK decoding of the ``keypoints`` channels of a (``num_channels``, h, w) heatmap stack,
+    equal to those rows of :func:`decode_heatmaps` on the whole stack; ``channels(ids)`` returns the
+    (len(ids), h, w) maps of channel indices ``ids`` (so a caller can build only those, e.g.
+    flip-averaged). The reference's step for a channel without a positive maximum reads the last
+    padded row of the channel before it (see ``_dark_udp``): that neighbour is decoded alongside."""
+    idx = check_channels(keypoints, num_channels)
+    if not len(idx):
+        return np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+    hm = np.asarray(channels(idx), dtype=np.float32)
+    k, h, w = hm.shape
+    flat = hm.reshape(k, -1)
+    top = flat.argmax(axis=1)
+    empty = flat[np.arange(k), top] <= 0
+    if empty.any():  # each such channel right after its neighbour, so the wrap-around reads that one
+        order = np.concatenate([[(c - 1) % num_channels, c] if e else [c] for c, e in zip(idx, empty, strict=True)])
+        pos = np.cumsum([2 if e else 1 for e in empty]) - 1
+        kps, scores = decode_heatmaps(np.asarray(channels(order), dtype=np.float32), input_size, blur_kernel_size)
+        return kps[pos], scores[pos]
+    return decode_heatmaps(hm, input_size, blur_kernel_size)

@@ -6,7 +6,11 @@ verbatim (flip pairs do not always match by name, so never derive them from name
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from ..errors import ConfigError
 
 _FINGERS = ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
 
@@ -180,6 +184,30 @@ COCO17_SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
     (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )
+
+
+def keypoint_subset(keypoints: Any) -> tuple[int, ...] | None:
+    """Which of the 308 keypoints to decode: None (all), ``"coco17"`` (:data:`COCO17_FROM_308`, in
+    COCO order) or a sequence of keypoint names or indices; as indices into the 308 set."""
+    if keypoints is None:
+        return None
+    if isinstance(keypoints, str):
+        if keypoints.lower() == "coco17":
+            return COCO17_FROM_308
+        keypoints = [keypoints]
+    out = []
+    for k in keypoints:
+        if isinstance(k, str) and k in KEYPOINT_INDEX:
+            out.append(KEYPOINT_INDEX[k])
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < NUM_KEYPOINTS:
+            out.append(int(k))
+        else:
+            raise ConfigError(f"keypoints: {k!r} is neither one of the {NUM_KEYPOINTS} keypoint names (see "
+                              f"sapiens2_edge.tasks.keypoints.KEYPOINT_NAMES) nor an index in 0..{NUM_KEYPOINTS - 1}; "
+                              "expected None, 'coco17' or a list of names or indices")
+    if not out:
+        raise ConfigError("keypoints: an empty list decodes nothing; pass None for all 308, 'coco17' or some names")
+    return tuple(out)
 
 
 def to_coco17(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

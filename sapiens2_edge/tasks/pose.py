@@ -17,7 +17,7 @@ from ..errors import ConfigError, InvalidBoxError, InvalidImageError, InvalidTen
 from ..spec import DEFAULT_INPUT_SIZE, OUTPUT_NAMES
 from .base import Pipeline, Result, _as_image_list
 from .draw import finish, image_for, put_text
-from .heatmaps import BLUR_KERNEL_SIZE, decode_heatmaps, flip_heatmaps
+from .heatmaps import BLUR_KERNEL_SIZE, decode_channels, decode_heatmaps, flip_heatmaps
 from .image import load_image
 from .keypoints import (
     COCO17_SKELETON,
@@ -27,6 +27,7 @@ from .keypoints import (
     NUM_KEYPOINTS,
     SKELETON,
     WHOLEBODY_PARTS,
+    keypoint_subset,
     to_coco17,
     to_keypoint_set,
 )
@@ -326,11 +327,13 @@ class PosePipeline(Pipeline):
     options = {"flip_test": True, "bbox_padding": BBOX_PADDING, "blur_kernel_size": BLUR_KERNEL_SIZE}
 
     def __init__(self, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, *, max_boxes: int = MAX_BOXES,
-                 crop_batch: int = CROP_BATCH, **options: Any) -> None:
+                 crop_batch: int = CROP_BATCH, keypoints: Any = None, **options: Any) -> None:
         for name, value in (("max_boxes", max_boxes), ("crop_batch", crop_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.max_boxes, self.crop_batch = max_boxes, crop_batch
+        #: indices (into the 308 set) of the keypoints decoded, in result order; None: all
+        self.keypoints = keypoint_subset(keypoints)
         super().__init__(input_size, **options)
 
     def __call__(self, images: Any, infer: Any, boxes: Any = None, batch_size: int | None = None) -> list:
@@ -359,6 +362,17 @@ class PosePipeline(Pipeline):
         return [ps[0] if len(ps) == 1 else PoseResult(
             np.concatenate([p.boxes for p in ps]), np.concatenate([p.keypoints for p in ps]),
             np.concatenate([p.scores for p in ps]), ps[0].image_size) for ps in merged]
+
+    def _postprocess_subset(self, raw: np.ndarray, meta: dict[str, Any]) -> PoseResult:
+        """Decode only ``self.keypoints``: flip averaging and decoding touch those channels alone."""
+        n, k = meta["num_instances"], len(self.keypoints)
+        keypoints = np.empty((n, k, 2), dtype=np.float32)
+        scores = np.empty((n, k), dtype=np.float32)
+        for i in range(n):
+            kps, scores[i] = decode_channels(_flip_averaged(raw, i, n, meta["flip_test"]), raw.shape[1],
+                                             self.keypoints, self.input_size, self.blur_kernel_size)
+            keypoints[i] = input_to_image(kps, meta["centers"][i], meta["sizes"][i], self.input_size)
+        return PoseResult(meta["boxes"].astype(np.float32), keypoints, scores, tuple(meta["image_size"]))
 
     def _validate_options(self) -> None:
         if not self.bbox_padding > 0:
@@ -398,12 +412,14 @@ class PosePipeline(Pipeline):
         if raw.ndim != 4 or raw.shape[2] < 2 or raw.shape[3] < 2:
             raise InvalidTensorError(f"pose heatmaps must have shape (B, K, h, w) with h, w >= 2, got {raw.shape}")
         hm = raw
+        if meta["flip_test"] and raw.shape[1] != len(FLIP_INDICES):
+            raise InvalidTensorError(
+                f"flip test needs {len(FLIP_INDICES)} keypoint heatmaps (the flip table), got {raw.shape[1]}; "
+                "use flip_test=False for other keypoint sets"
+            )
+        if self.keypoints is not None:
+            return self._postprocess_subset(raw, meta)
         if meta["flip_test"]:
-            if raw.shape[1] != len(FLIP_INDICES):
-                raise InvalidTensorError(
-                    f"flip test needs {len(FLIP_INDICES)} keypoint heatmaps (the flip table), got {raw.shape[1]}; "
-                    "use flip_test=False for other keypoint sets"
-                )
             hm = flip_heatmaps(raw[n:])  # average with the unflipped pass: (a + b) / 2
             hm += raw[:n]
             hm *= np.float32(0.5)
@@ -413,6 +429,21 @@ class PosePipeline(Pipeline):
             kps, scores[i] = decode_heatmaps(hm[i], self.input_size, self.blur_kernel_size)
             keypoints[i] = input_to_image(kps, meta["centers"][i], meta["sizes"][i], self.input_size)
         return PoseResult(meta["boxes"].astype(np.float32), keypoints, scores, tuple(meta["image_size"]))
+
+
+def _flip_averaged(raw: np.ndarray, i: int, n: int, flip_test: bool):
+    """``ids`` -> the (len(ids), h, w) heatmaps of instance ``i`` for those channels, flip-averaged
+    as :func:`flip_heatmaps` + the unflipped pass, bit for bit, without touching other channels."""
+    flip = np.asarray(FLIP_INDICES)
+
+    def channels(ids: np.ndarray) -> np.ndarray:
+        if not flip_test:
+            return raw[i, ids]
+        out = np.ascontiguousarray(raw[n + i, flip[ids], :, ::-1])
+        out += raw[i, ids]
+        out *= np.float32(0.5)
+        return out
+    return channels
 
 
 def pose_demo_json(results: Sequence[PoseResult], image_names: Sequence[str], kpt_thr: float = 0.3,
