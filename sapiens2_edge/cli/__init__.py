@@ -314,9 +314,12 @@ def _check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) 
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
                           "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight, "
                           "which needs none")
-    extra = {"onnx": "export", "openvino": "export", "coreml": "coreml"}.get(fmt, "torch")
+    extra = {"onnx": "export", "openvino": "export", "ort": "export", "coreml": "coreml",
+             "executorch": "executorch"}.get(fmt, "torch")
     require("torch", "export", extra)
-    for package, formats in (("onnx", ("onnx", "openvino")), ("openvino", ("openvino",)), ("coremltools", ("coreml",))):
+    for package, formats in (("onnx", ("onnx", "openvino", "ort")), ("onnxruntime", ("ort",)),
+                             ("openvino", ("openvino",)), ("coremltools", ("coreml",)),
+                             ("executorch", ("executorch",))):
         if fmt in formats:
             require(package, f"export --format {fmt}")
 
