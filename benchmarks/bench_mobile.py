@@ -58,7 +58,7 @@ def main() -> None:
         kw = {"precision": scheme}
         if scheme not in ("fp32", "fp16"):
             calib = [torch.from_numpy(verification_inputs(size, batch=1, seed=100 + i)) for i in range(4)]
-            kw = {"scheme": scheme, "calibration": calib,
+            kw = {"scheme": scheme, "calibration": calib if scheme != "int8-weight" else None,
                   "quantize_options": {"progress": False, **({"activation_mode": "static"} if scheme == "int8" else {})}}
         t = time.perf_counter()
         try:

@@ -40,15 +40,15 @@ def import_lowering():
 def check_model(model, precision: str) -> None:
     from ..quantization.linear import QuantLinear
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"executorch precision {precision!r} is not supported; the executorch format carries "
-                          f"{', '.join(PRECISIONS)} (XNNPACK float) - export int8 schemes with format='ort' or 'onnx'")
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear) and m.config.weight.dtype != "fp16":
             raise ConfigError(f"layer {name} is quantized {m.config.weight.dtype} weights, which the executorch format "
                               f"does not carry yet (it carries {', '.join(PRECISIONS)} layers: XNNPACK's int8 patterns "
                               "are not mapped from our scales): export it with format='ort' or 'onnx', or quantize "
                               "with scheme 'fp16'")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"executorch precision {precision!r} is not supported; the executorch format carries "
+                          f"{', '.join(PRECISIONS)} (XNNPACK float) - export int8 schemes with format='ort' or 'onnx'")
 
 
 def _program(model, dtype):
