@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import sapiens2_edge as s2e
 from sapiens2_edge.artifact import Manifest
+from sapiens2_edge.bench import measure_row
 from sapiens2_edge.cli import app
 from sapiens2_edge.errors import BackendUnavailableError, ConfigError
 from sapiens2_edge.exporters import compare, export, read_manifest, torch_outputs, verification_inputs
@@ -80,6 +81,8 @@ def test_executorch_artifact_matches_torch(seg, seg_pte):
     ref = s2e.Predictor(seg, input_size=SIZE)
     assert np.mean(pred(IMAGE).labels == ref(IMAGE).labels) > 0.999
     assert verify_artifact(seg_pte)["passed"]
+    row = measure_row(str(seg_pte), "auto", warmup=0, runs=1, batch=2)  # what `sapiens2-edge bench` times
+    assert row["backend"] == "executorch" and row["batch"] == 2 and row["median_s"] > 0
 
 
 @pytest.mark.slow  # XNNPACK lowering: minutes on a small machine

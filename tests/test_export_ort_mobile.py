@@ -12,6 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import sapiens2_edge as s2e
+from sapiens2_edge.bench import measure_row
 from sapiens2_edge.cli import app
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import compare, export, read_manifest, torch_outputs, verification_inputs
@@ -60,6 +61,8 @@ def test_ort_artifact_matches_torch_and_lists_its_operators(seg, seg_ort):
     ref = s2e.Predictor(seg, input_size=SIZE)
     assert np.mean(pred(IMAGE).labels == ref(IMAGE).labels) > 0.999
     assert verify_artifact(seg_ort)["passed"]
+    row = measure_row(str(seg_ort), "auto", warmup=0, runs=1, batch=1)  # what `sapiens2-edge bench` times
+    assert row["backend"] == "onnxruntime" and row["size_mb"] * 1e6 >= len(blob) and row["median_s"] > 0
 
 
 def test_ort_refuses_fp8_layers_and_oversized_weights():
