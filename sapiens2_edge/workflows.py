@@ -73,7 +73,8 @@ def quantize_and_save(model: Any, scheme: str, calibration: Any, path: str | os.
 #: The extra that installs each optional package (what a missing-package message tells to install).
 EXTRA_OF = {"torch": "torch", "huggingface_hub": "torch", "onnx": "export", "onnxscript": "export",
             "onnxruntime": "onnx", "openvino": "openvino", "coremltools": "coreml", "triton": "triton",
-            "ai_edge_litert": "litert", "litert_torch": "litert-export", "ai_edge_quantizer": "litert-export"}
+            "ai_edge_litert": "litert", "litert_torch": "litert-export", "ai_edge_quantizer": "litert-export",
+            "executorch": "executorch"}
 
 
 def missing_package_error(package: str, what: str, extra: str | None = None):

@@ -64,7 +64,7 @@ MISTAKES = [
     # scheme x format: refused before quantizing, the working alternative named
     (["demo", "--format", "native", "--output", "OUT"], "ConfigError",
      "a native artifact cannot carry scheme int8 (native takes fp16, int8-weight, mixed): use --scheme int8-weight "
-     "with --format native, or --format onnx / openvino / coreml / torch for int8"),
+     "with --format native, or --format onnx / openvino / coreml / torch / ort for int8"),
     (["export", "SEG", "--format", "openvino", "--scheme", "fp8", "--calib", "IMAGES", "-o", "OUT"], "ConfigError",
      "use --scheme int8-weight with --format openvino, or --format onnx / torch for fp8"),
     (["export", "SEG", "--format", "onnx", "--scheme", "int8", "-o", "OUT"], "ConfigError",

@@ -45,6 +45,7 @@ class Format:
 
 ALL_SCHEMES = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
 _NO_FP8 = ("fp16", "int8-weight", "int4-weight", "int8", "mixed")
+_ORT_SCHEMES = ("int8-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
@@ -65,6 +66,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # batch-1 graph, run here by the LiteRT interpreter (CPU, XNNPACK).
     Format("litert", precisions=("fp32", "fp16", "int8-weight", "mixed"), schemes=("fp16", "int8-weight", "mixed"),
            backends=("litert",), files=("model.tflite",)),
+_ORT_SCHEMES = ("int8-weight", "int8", "mixed")
 )}
 
 #: What the native engine reads; any artifact carrying it runs on the native backend too.

@@ -52,7 +52,8 @@ __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Man
 # ``verifier`` returns the runtime that checks the fresh export on this machine, or None when the
 # format cannot run here (then ``write`` must have checked what it can and raised on failure).
 EXPORTERS = {"onnx": "onnx_export", "openvino": "openvino_export", "coreml": "coreml_export", "torch": "torch_export",
-             "native": "native_export", "litert": "litert_export"}
+             "native": "native_export", "litert": "litert_export", "ort": "ort_export",
+             "executorch": "executorch_export"}
 
 
 @dataclass

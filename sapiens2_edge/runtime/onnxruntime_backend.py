@@ -1,4 +1,6 @@
-"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, whichever are installed."""
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, whichever are installed.
+
+It opens ONNX models and ORT-format models (``.ort``, the ``ort`` mobile format) alike."""
 
 from __future__ import annotations
 
@@ -54,6 +56,10 @@ class OnnxRuntimeBackend:
         opts = session_options(threads)
         if optimized_path is not None:  # where ORT saves the graph it runs (to check which kernels it picked)
             opts.optimized_model_filepath = str(optimized_path)
+        if Path(model_path).suffix == ".ort":
+            # an ORT-format model was optimized when it was exported (for ARM); run it as saved, as a
+            # minimal mobile build does, so what is verified here is the graph the device runs
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.path = Path(model_path)
         self.session = ort.InferenceSession(str(Path(model_path)), sess_options=opts,
                                             providers=chosen)

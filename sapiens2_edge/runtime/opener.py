@@ -16,11 +16,12 @@ from ..errors import BackendUnavailableError, ConfigError
 # backend -> module (under sapiens2_edge.runtime) providing
 #   open_runner(root: Path, manifest: Manifest, device: str, max_batch: int) -> Backend
 OPENERS = {"onnxruntime": "onnxruntime_backend", "openvino": "openvino_backend", "coreml": "coreml_backend",
-           "torch": "torch_backend", "native": "native_backend", "litert": "litert_backend"}
+           "torch": "torch_backend", "native": "native_backend", "litert": "litert_backend",
+           "executorch": "executorch_backend"}
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "coreml": "coremltools", "torch": "torch",
-            "native": "sapiens2_edge._native", "litert": "ai_edge_litert"}
+            "native": "sapiens2_edge._native", "litert": "ai_edge_litert", "executorch": "executorch.runtime"}
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "coreml": "coreml", "torch": "torch", "native": "native",
-          "litert": "litert"}
+          "litert": "litert", "executorch": "executorch"}
 # Every backend name the Predictor knows.
 BACKENDS = ("auto", *OPENERS)
 
