@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .._version import __version__
-from ..artifact.formats import FORMATS
 from ..errors import ConfigError
 from ..runtime.inputs import VIDEO_SUFFIXES, is_video
 from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
+from .export_checks import WEIGHT_ONLY, check_export_flags
 from .options import (
     Activations,
     Arch,
@@ -43,6 +43,7 @@ from .options import (
     error_line,
     parse_size,
 )
+from .tables import report_table
 
 DEFAULT_GROUP_SIZE = 32  # = quantization.config.DEFAULT_GROUP_SIZE (tested); the CLI imports no torch
 
@@ -253,28 +254,6 @@ def _predict_stream(pred, source, output: Path, detect_every: int, smooth: bool,
 
 
 # --- quantize ---------------------------------------------------------------------------------------
-def report_table(report) -> Table:
-    """The end-of-run table: sizes, whole-model and task fidelity, the weakest layers."""
-    table = Table(title=f"quantization: {report.scheme}", show_header=True)
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
-    table.add_row("size", f"{report.size_before_bytes / 1e6:.2f} MB -> {report.size_after_bytes / 1e6:.2f} MB "
-                          f"({report.size_after_bytes / max(report.size_before_bytes, 1):.3f}x)")
-    if report.output_sqnr_db is not None:
-        table.add_row("output SQNR (calibration)", f"{report.output_sqnr_db:.1f} dB")
-    for k, v in report.fidelity.items():
-        if isinstance(v, float):
-            table.add_row(f"{k} (held-out)", f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3g}")
-        elif k in ("samples", "budget", "evaluated_on"):
-            table.add_row(k, str(v))
-    worst = sorted((lr for lr in report.layers if lr.output_sqnr_db is not None), key=lambda lr: lr.output_sqnr_db)
-    for lr in worst[:5]:
-        table.add_row(f"weak layer {lr.name}", f"{lr.scheme}, {lr.output_sqnr_db:.1f} dB")
-    for note in report.notes:
-        table.add_row("note", note)
-    return table
-
-
 @app.command(name="quantize")
 def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.safetensors, directory or HF id)"),
                  scheme: Scheme = typer.Option("int8", help="quantization scheme"),
@@ -314,28 +293,6 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
 
 
 # --- export / verify --------------------------------------------------------------------------------
-_WEIGHT_ONLY = ("int8-weight", "int4-weight")  # quantized export schemes that need no calibration images
-
-
-def _check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -> None:
-    from ..workflows import check_scheme_format
-
-    check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt)
-    if scheme in QUANT_SCHEMES and scheme not in _WEIGHT_ONLY and calib is None:
-        raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
-                          "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight "
-                          "(or int4-weight), which needs none")
-    extra = {"onnx": "export", "openvino": "export", "ort": "export", "coreml": "coreml",
-             "litert": "litert-export", "executorch": "executorch"}.get(fmt, "torch")
-    require("torch", "export", extra)
-    for package, formats in (("onnx", ("onnx", "openvino", "ort")), ("onnxruntime", ("ort",)),
-                             ("openvino", ("openvino",)), ("coremltools", ("coreml",)),
-                             ("executorch", ("executorch",)), ("litert_torch", ("litert",)),
-                             ("ai_edge_litert", ("litert",))):
-        if fmt in formats:
-            require(package, f"export --format {fmt}", extra if fmt == "litert" else None)
-
-
 @app.command(name="export")
 def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.safetensors, directory or HF id)"),
                format: Format = typer.Option("onnx", "--format", "-f", help="artifact format"),
@@ -358,7 +315,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
     .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
-    _check_export_flags(scheme, fmt, calib)
+    check_export_flags(scheme, fmt, calib)
     from .. import export, load_model
     from ..runtime.inputs import split_images
 
@@ -375,7 +332,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
         kwargs["detector"] = detector
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
-        if calib is not None and scheme not in _WEIGHT_ONLY:
+        if calib is not None and scheme not in WEIGHT_ONLY:
             calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
             talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
                      f"{len(calib_images)} calibration images")
@@ -384,7 +341,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
             quantize_options["calibration_size"] = calib_size
         if scheme == "int4-weight":
             quantize_options["group_size"] = group_size
-        if scheme not in _WEIGHT_ONLY:
+        if scheme not in WEIGHT_ONLY:
             quantize_options["activation_mode"] = str(activations)
         kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
         if held_out:

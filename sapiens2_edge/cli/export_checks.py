@@ -1,0 +1,32 @@
+"""Checks of ``export``'s flags made before anything is loaded: the scheme against the format,
+calibration images for the schemes that need them, and the packages the format needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..artifact.formats import FORMATS
+from ..errors import ConfigError
+from ..workflows import QUANT_SCHEMES, require
+
+WEIGHT_ONLY = ("int8-weight", "int4-weight")  # quantized export schemes that need no calibration images
+
+
+def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -> None:
+    from ..workflows import check_scheme_format
+
+    check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt)
+    if scheme in QUANT_SCHEMES and scheme not in WEIGHT_ONLY and calib is None:
+        raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
+                          "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight "
+                          "(or int4-weight), which needs none")
+    extra = {"onnx": "export", "openvino": "export", "ort": "export", "coreml": "coreml",
+             "litert": "litert-export", "executorch": "executorch"}.get(fmt, "torch")
+    require("torch", "export", extra)
+    for package, formats in (("onnx", ("onnx", "openvino", "ort")), ("onnxruntime", ("ort",)),
+                             ("openvino", ("openvino",)), ("coremltools", ("coreml",)),
+                             ("executorch", ("executorch",)), ("litert_torch", ("litert",)),
+                             ("ai_edge_litert", ("litert",))):
+        if fmt in formats:
+            require(package, f"export --format {fmt}", extra if fmt == "litert" else None)
