@@ -17,6 +17,7 @@ from sapiens2_edge.cli import app
 from sapiens2_edge.errors import BackendUnavailableError, ConfigError
 from sapiens2_edge.exporters import compare, export, read_manifest, torch_outputs, verification_inputs
 from sapiens2_edge.exporters.executorch_export import PTE_FILE, check_model
+from sapiens2_edge.models.arch import ArchSpec
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 from sapiens2_edge.runtime.opener import choose_backend
@@ -24,6 +25,8 @@ from sapiens2_edge.runtime.verify import verify_artifact
 from tests.fixtures.tiny import save, tiny_model
 
 SIZE = (64, 48)
+# XNNPACK lowering costs per graph node: three blocks (the middle one grouped-query) keep it short
+SMALL = ArchSpec(64, 3, 4, (4, 2, 4), 256, name="tiny-gqa3")
 IMAGE = np.random.default_rng(1).integers(0, 256, (90, 70, 3), dtype=np.uint8)
 
 
@@ -57,7 +60,7 @@ def test_missing_executorch_gives_the_install_hint(monkeypatch):
 
 @pytest.fixture(scope="module")
 def seg():
-    return tiny_model("seg", seed=3)
+    return tiny_model("seg", arch=SMALL, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def seg_pte(seg, tmp_path_factory):
     return export(seg, tmp_path_factory.mktemp("et") / "seg-fp32", format="executorch", input_size=SIZE, max_batch=2)
 
 
-@pytest.mark.slow  # XNNPACK lowering: minutes on a small machine
+@pytest.mark.slow  # XNNPACK lowering
 def test_executorch_artifact_matches_torch(seg, seg_pte):
     m = read_manifest(seg_pte)
     assert (m.format, m.precision, m.max_batch) == ("executorch", "fp32", 2)
@@ -85,9 +88,9 @@ def test_executorch_artifact_matches_torch(seg, seg_pte):
     assert row["backend"] == "executorch" and row["batch"] == 2 and row["median_s"] > 0
 
 
-@pytest.mark.slow  # XNNPACK lowering: minutes on a small machine
+@pytest.mark.slow  # XNNPACK lowering
 def test_cli_export_executorch_fp16(tmp_path):
-    model = tiny_model("seg", seed=4)
+    model = tiny_model("seg", arch=SMALL, seed=4)
     ckpt = save(model, tmp_path / "tiny_seg.safetensors")
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "executorch", "--scheme", "fp16", "-o",
                                    str(tmp_path / "a"), "--input-size", "64x48", "--max-batch", "1"])
