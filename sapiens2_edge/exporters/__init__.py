@@ -132,11 +132,11 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
         rope = getattr(exporter, "rope_mode", lambda m, p: m.rope_mode)(model, precision)
     with _rope_mode(model, rope) as official:
         return _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options,
-                       fid_opts, tolerance, verify, overwrite, official)
+                       fid_opts, tolerance, verify, overwrite, official, bundled)
 
 
 def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options, fid_opts,
-            tolerance, verify, overwrite, official) -> Path:
+            tolerance, verify, overwrite, official, bundled) -> Path:
     from .._version import __version__
     from ..tasks import get_pipeline
 
