@@ -224,6 +224,7 @@ def test_onnx_stores_float16_values_as_float16_and_computes_the_same(seg, tmp_pa
     assert 2 * fp16_bytes > 0.85 * float_bytes  # all but the int4 layers' biases (kept float32 by the recipe)
     assert full.stat().st_size - half.stat().st_size > 0.8 * fp16_bytes  # saved, less the Cast nodes' bytes
     assert stored["backbone.patch_embed.projection.weight__fp16"].data_type == onnx.TensorProto.FLOAT16
+    assert not any(n.metadata_props for n in onnx.load(str(half)).graph.node)  # no per-node source locations
     x = np.random.default_rng(4).standard_normal((2, 3, *INPUT)).astype(np.float32)
     (a,) = OnnxRuntimeBackend(half, providers=["CPUExecutionProvider"])(x)
     (b,) = OnnxRuntimeBackend(full, providers=["CPUExecutionProvider"])(x)
