@@ -72,7 +72,7 @@ def test_ort_refuses_fp8_layers_and_oversized_weights():
             self.proj = QuantLinear.from_float(nn.Linear(16, 16), layer_config("fp8", activation_mode="dynamic"), 0,
                                                torch.tensor([0.1]))
 
-    with pytest.raises(ConfigError, match=r"layer proj is fp8 \(E4M3\).*carries fp32, int8-weight, int8"):
+    with pytest.raises(ConfigError, match=r"layer proj is fp8 \(E4M3\).*carries fp32, int8-weight, int4-weight, int8"):
         check_model(Fp8(), "mixed")
     with pytest.raises(ConfigError, match="ort precision 'fp8' is not supported"):
         check_model(Fp8(), "fp8")
@@ -111,3 +111,51 @@ def test_cli_export_ort(tmp_path):
     assert (tmp_path / "a" / ORT_FILE).exists() and (tmp_path / "a" / CONFIG_FILE).exists()
     res = CliRunner().invoke(app, ["verify", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
+
+
+def read_ort_graph(path):
+    """(MatMulNBits nodes as (inputs, attributes), {initializer: (shape, raw bytes)}) from an ORT-format file,
+    read with ONNX Runtime's own flatbuffer bindings."""
+    import onnxruntime.tools.ort_format_model  # noqa: F401 - puts ort_flatbuffers_py on sys.path
+    from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+
+    graph = InferenceSession.GetRootAs(path.read_bytes(), 0).Model().Graph()
+    inits = {}
+    for i in range(graph.InitializersLength()):
+        t = graph.Initializers(i)
+        inits[t.Name().decode()] = (tuple(int(d) for d in t.DimsAsNumpy()), t.RawDataAsNumpy().tobytes())
+    nodes = []
+    for i in range(graph.NodesLength()):
+        n = graph.Nodes(i)
+        if n.OpType() == b"MatMulNBits":
+            assert n.Domain() == b"com.microsoft"
+            nodes.append(([n.Inputs(j).decode() for j in range(n.InputsLength())],
+                          {n.Attributes(k).Name().decode(): n.Attributes(k).I() for k in range(n.AttributesLength())}))
+    return nodes, inits
+
+
+@pytest.mark.slow  # a quantized export and conversion: ~30 s on a small machine
+def test_ort_int4_keeps_matmulnbits_with_our_values(seg, tmp_path):
+    from sapiens2_edge.quantization import quantize
+
+    qmodel, _ = quantize(seg, "int4-weight")
+    root = export(qmodel, tmp_path / "int4", format="ort", input_size=SIZE, max_batch=2)
+    m = read_manifest(root)
+    assert m.precision == "int4-weight" and m.fidelity["rel_l2"] <= m.fidelity["tolerance"] == 1e-3
+    assert "MatMulNBits" in read_config(root / CONFIG_FILE)["com.microsoft;1"]
+    # the saved graph: one MatMulNBits per int4 layer, B our packed bytes and scales our group scales
+    nodes, inits = read_ort_graph(root / ORT_FILE)
+    ours = {n: mod for n, mod in qmodel.named_modules() if isinstance(mod, QuantLinear)}
+    by_bytes = {mod.weight.numpy().tobytes(): mod for mod in ours.values()}
+    assert len(nodes) == len(ours) == len(by_bytes)
+    for inputs, attrs in nodes:
+        (b_shape, b), (_, scales) = inits[inputs[1]], inits[inputs[2]]
+        mod = by_bytes.pop(b)
+        assert b_shape == (mod.out_features, mod.in_features // 32, 16)
+        assert scales == mod.weight_scale.float().numpy().tobytes()
+        assert {k: attrs[k] for k in ("K", "N", "bits", "block_size", "accuracy_level")} == {
+            "K": mod.in_features, "N": mod.out_features, "bits": 4, "block_size": 32, "accuracy_level": 1}
+    assert not by_bytes
+    # the runtime runs the saved file like the torch QuantizedModel
+    x = verification_inputs(SIZE, batch=2, seed=5)
+    assert compare(torch_outputs(qmodel, x), s2e.Predictor(root).runner(x), ["logits"])["rel_l2"] < 1e-4

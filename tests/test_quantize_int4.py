@@ -173,6 +173,10 @@ def test_onnx_matmulnbits_holds_our_values(q4, onnx_artifact):
 
     model = onnx.load(str(onnx_artifact / "model.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:  # the float16-stored scales, read through their Cast to float32
+        if n.op_type == "Cast" and n.input[0] in inits:
+            assert inits[n.input[0]].dtype == np.float16 and n.attribute[0].i == onnx.TensorProto.FLOAT
+            inits[n.output[0]] = inits[n.input[0]].astype(np.float32)
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     ours = _ours(q4[0])
     assert len(nodes) == len(ours) and all(n.domain == "com.microsoft" for n in nodes)
@@ -198,6 +202,33 @@ def test_onnx_runs_like_the_quantized_model(q4, onnx_artifact):
     with torch.no_grad():
         ref = q4[0](torch.from_numpy(x)).numpy()
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4
+
+
+def test_onnx_stores_float16_values_as_float16_and_computes_the_same(seg, tmp_path, monkeypatch):
+    import onnx
+
+    from sapiens2_edge.exporters import onnx_export
+    from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    qmodel, _ = quantize(seg, "int4-weight", float_storage="fp16")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "full").mkdir()
+    onnx_export.export_onnx(qmodel, tmp_path / "half", INPUT, 2, 18, "int4-weight")
+    monkeypatch.setattr(onnx_export, "store_float16", lambda path, external: None)  # the float32 graph
+    onnx_export.export_onnx(qmodel, tmp_path / "full", INPUT, 2, 18, "int4-weight")
+    half, full = (tmp_path / d / "model.onnx" for d in ("half", "full"))
+    # the head, patch embedding, norms and every group scale: float16 behind a Cast, half the bytes
+    stored = {t.name: t for t in onnx.load(str(half)).graph.initializer}
+    float_bytes = sum(len(t.raw_data) for t in onnx.load(str(full)).graph.initializer if t.data_type == 1)
+    fp16_bytes = sum(len(t.raw_data) for t in stored.values() if t.data_type == onnx.TensorProto.FLOAT16)
+    assert 2 * fp16_bytes > 0.85 * float_bytes  # all but the int4 layers' biases (kept float32 by the recipe)
+    assert full.stat().st_size - half.stat().st_size > 0.8 * fp16_bytes  # saved, less the Cast nodes' bytes
+    assert stored["backbone.patch_embed.projection.weight__fp16"].data_type == onnx.TensorProto.FLOAT16
+    assert not any(n.metadata_props for n in onnx.load(str(half)).graph.node)  # no per-node source locations
+    x = np.random.default_rng(4).standard_normal((2, 3, *INPUT)).astype(np.float32)
+    (a,) = OnnxRuntimeBackend(half, providers=["CPUExecutionProvider"])(x)
+    (b,) = OnnxRuntimeBackend(full, providers=["CPUExecutionProvider"])(x)
+    assert np.array_equal(a, b)  # the Casts are exact: the same numbers as the float32 graph
 
 
 def test_openvino_ir_holds_our_u4_values(q4, tmp_path):

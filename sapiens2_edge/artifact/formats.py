@@ -45,7 +45,7 @@ class Format:
 
 ALL_SCHEMES = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
 _NO_FP8 = ("fp16", "int8-weight", "int4-weight", "int8", "mixed")
-_ORT_SCHEMES = ("int8-weight", "int8", "mixed")
+_ORT_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
@@ -68,7 +68,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            backends=("litert",), files=("model.tflite",)),
     # ONNX Runtime mobile: the ORT-format graph, optimized once for ARM, plus the operator list of a
     # minimal build. No fp16: the conversion runs on this CPU, whose ONNX Runtime has no fp16 kernels, so
-    # it would bake fp32 casts (and fp32 weights) into the file; fp8 targets TensorRT.
+    # it would bake fp32 casts (and fp32 weights) into the file; fp8 targets TensorRT. int4-weight layers
+    # stay com.microsoft MatMulNBits holding our packed values (ORT mobile runs them).
     Format("ort", precisions=("fp32", *_ORT_SCHEMES), schemes=_ORT_SCHEMES, backends=("onnxruntime",),
            files=("model.ort", "required_operators.config"), options={"opset": 18}),
     # ExecuTorch: a .pte lowered to XNNPACK at batch 1 (the runtime runs a batch image by image);

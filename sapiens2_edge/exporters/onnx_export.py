@@ -4,7 +4,8 @@ One fixed input size and a dynamic batch dimension. The RoPE tables of that grid
 the graph as constants; the reference's bf16 rounding of q/k becomes Cast nodes. fp16 converts the
 fp32 graph with ONNX Runtime's float16 tool, keeping fp32 inputs/outputs and the bf16 casts.
 Quantized models (int8 / fp8 QuantLinears) export as Q/DQ graphs from the recipe's own scales,
-see :mod:`.onnx_quant`.
+see :mod:`.onnx_quant`. Float tensors that hold float16 values (int4 group scales, and what a recipe's
+``float_storage="fp16"`` rounded) are stored as float16 behind a Cast (:func:`store_float16`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
             raise ExportError(f"torch.onnx.export failed for {model.arch.name} {model.task}: {e}") from e
     if precision == "fp16":
         _convert_fp16(path, external)
+    elif precision == "int4-weight" or getattr(getattr(model, "recipe", None), "float_storage", "fp32") == "fp16":
+        store_float16(path, external)
     files = {MODEL_FILE: "model"}
     data = out_dir / f"{MODEL_FILE}.data"
     if data.exists():
@@ -97,6 +100,43 @@ def _convert_fp16(path: Path, external: bool) -> None:
     if data.exists():
         data.unlink()
     onnx.save(fp16, str(path), save_as_external_data=external, location=data.name if external else None)
+
+
+def store_float16(path: Path, external: bool) -> None:
+    """Store the float32 initializers whose values are float16 values (a recipe's ``float_storage="fp16"``:
+    head, patch embedding, norms; and the int4 group scales, float16 by construction) as float16, each
+    read through a Cast to float32: the graph computes the same numbers from half the bytes. MatMulNBits
+    binds its scales to the activations' type (T1), hence the Cast there too; ONNX Runtime folds every
+    such Cast at load, so the session runs the float32 graph it ran before. The nodes' debug metadata
+    goes too (a size-bound artifact)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) > 1:
+            value = numpy_helper.to_array(init)
+            half = value.astype(np.float16)
+            if np.array_equal(half.astype(np.float32), value):
+                kept.append(numpy_helper.from_array(half, f"{init.name}__fp16"))
+                casts.append(onnx.helper.make_node("Cast", [kept[-1].name], [init.name], to=onnx.TensorProto.FLOAT,
+                                                   name=f"{init.name}__to_fp32"))
+                continue
+        kept.append(init)
+    for node in graph.node:  # the exporter's source locations per node: ~2.6 MB on every model size
+        del node.metadata_props[:]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save(model, str(path), save_as_external_data=external, location=data.name if external else None)
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:

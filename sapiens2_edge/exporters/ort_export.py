@@ -8,7 +8,8 @@ use signed int8), and saved in the ORT flatbuffer format. A mobile build then ru
 is saved. ``required_operators.config`` lists the operators (per domain and opset) the saved graph
 uses: pass it to ORT's ``build.py --minimal_build --include_ops_by_config`` for a minimal runtime.
 The conversion is written out (not the converter's script) so our session settings apply: a
-weight-only int8 layer computes in fp32 (MatMulNBits accuracy level 1), as the recipe says.
+weight-only int8 or int4 layer computes in fp32 (MatMulNBits accuracy level 1), as the recipe says;
+int4-weight layers stay ``com.microsoft`` MatMulNBits holding our packed nibbles and group scales.
 
 Limits: fp8 layers (E4M3 targets TensorRT; ORT mobile has no fp8 kernels) are refused, and so is
 fp16: the conversion optimizes for the CPU it runs on, and this one's ONNX Runtime has no fp16
@@ -28,7 +29,7 @@ from .onnx_export import MODEL_FILE, export_onnx
 
 ORT_FILE = "model.ort"
 CONFIG_FILE = "required_operators.config"
-PRECISIONS = ("fp32", "int8-weight", "int8", "mixed")
+PRECISIONS = ("fp32", "int8-weight", "int4-weight", "int8", "mixed")
 FLATBUFFER_LIMIT = 2**31 - 64 * 2**20  # ORT-format files are one flatbuffer (< 2 GiB); room for the graph
 #: the converter's session settings for an ARM target (onnxruntime.tools.convert_onnx_models_to_ort)
 CONVERTER = {"optimization_level": "all", "optimization_style": "Fixed", "target_platform": "arm",
