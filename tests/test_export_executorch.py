@@ -90,7 +90,7 @@ def test_executorch_artifact_matches_torch(seg, seg_pte):
 
 @pytest.mark.slow  # XNNPACK lowering
 def test_cli_export_executorch_fp16(tmp_path):
-    model = tiny_model("seg", arch=SMALL, seed=4)
+    model = tiny_model("seg", seed=4)  # all blocks: the weights, not the fixed constants, dominate the file
     ckpt = save(model, tmp_path / "tiny_seg.safetensors")
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "executorch", "--scheme", "fp16", "-o",
                                    str(tmp_path / "a"), "--input-size", "64x48", "--max-batch", "1"])
