@@ -162,6 +162,7 @@ def test_export_precision_is_one_rule_for_every_format(seg):
                                                          r"Dynamic\(\) or Static"),
     (lambda: Static(estimator="kl"), ConfigError, "estimator='kl' is not supported; expected one of 'minmax'"),
     (lambda: Static(percentile=10), ConfigError, r"percentile=10 must be in \(50, 100\]"),
+    (lambda: Static(percentile=10**400), ConfigError, r"percentile=1000.* must be in \(50, 100\]"),
     (lambda: Fp8(smoothquant_alpha=2.0), ConfigError, r"smoothquant_alpha=2.0 must be a number in \[0, 1\]"),
     (lambda: Int8WeightOnly("per_row"), ConfigError, "weight_granularity='per_row' is not supported"),
     (lambda: Mixed(layers={WQ: "int3"}), ConfigError, r"unknown per-layer scheme 'int3' for layer"),

@@ -175,7 +175,7 @@ def check_alpha(alpha: Any) -> None:
 
 
 def check_percentile(percentile: Any) -> None:
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50.0 < float(percentile) <= 100.0:
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50.0 < percentile <= 100.0:
         raise ConfigError(f"percentile={percentile!r} must be in (50, 100], e.g. 99.99")
 
 
