@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 from typer.testing import CliRunner
 
@@ -30,18 +31,23 @@ SMALL = ArchSpec(64, 3, 4, (4, 2, 4), 256, name="tiny-gqa3")
 IMAGE = np.random.default_rng(1).integers(0, 256, (90, 70, 3), dtype=np.uint8)
 
 
-def test_executorch_refuses_quantized_layers_naming_them():
-    class Int8(nn.Module):
+@pytest.mark.parametrize("config, why", [
+    (layer_config("int8", activation_mode="static"), "int8/static.*needs a calibrated output scale"),
+    (layer_config("fp8"), "fp8/dynamic.*XNNPACK has no fp8 kernels"),
+])
+def test_executorch_refuses_layers_xnnpack_cannot_run_naming_them(config, why):
+    class Model(nn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv = QuantLinear.from_float(nn.Linear(16, 16), layer_config("int8-weight"), 0, None)
+            self.qkv = QuantLinear.from_float(nn.Linear(16, 16), config, 0, torch.ones(()))
 
-    with pytest.raises(ConfigError, match="layer qkv is quantized int8 weights.*carries fp32, fp16"):
-        check_model(Int8(), "int8-weight")
-    with pytest.raises(ConfigError, match="executorch precision 'int8' is not supported"):
-        check_model(nn.Linear(4, 4), "int8")
-    with pytest.raises(ConfigError, match="cannot carry quantization scheme 'int8'"):
-        export(tiny_model("seg"), "unused", format="executorch", scheme="int8")
+    with pytest.raises(ConfigError, match=f"layer qkv is quantized {why}"):
+        check_model(Model(), "int8")
+    with pytest.raises(ConfigError, match="executorch precision 'bf16' is not supported; the executorch format "
+                                          "carries fp32, fp16, int8-weight"):
+        check_model(nn.Linear(4, 4), "bf16")
+    with pytest.raises(ConfigError, match="cannot carry quantization scheme 'fp8'"):
+        export(tiny_model("seg"), "unused", format="executorch", scheme="fp8")
 
 
 def test_missing_executorch_gives_the_install_hint(monkeypatch):
@@ -102,3 +108,44 @@ def test_cli_export_executorch_fp16(tmp_path):
     assert (tmp_path / "a" / PTE_FILE).stat().st_size < 0.75 * fp32_bytes
     res = CliRunner().invoke(app, ["verify", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
+
+
+def _layers(model):
+    return {n: m.decompose() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+@pytest.mark.slow  # XNNPACK lowering
+@pytest.mark.parametrize("scheme, kernel", [("int8", "qd8-f32-qc8w"), ("int4-weight", "qd8-f32-qb4w")])
+def test_quantized_program_holds_our_integer_weights(seg, seg_pte, tmp_path, scheme, kernel):
+    qmodel, _ = s2e.quantize(seg, scheme, progress=False)
+    out = export(qmodel, tmp_path / scheme, format="executorch", input_size=SIZE, max_batch=2, float_model=seg)
+    m = read_manifest(out)
+    layers = _layers(qmodel)
+    assert m.precision == scheme and m.quantization["export"]["xnnpack_linears"] == {kernel: len(layers)}
+    assert "per token" in m.quantization["export"]["activations"]
+    # the program is checked against the torch QuantizedModel at the quantized-activation bound
+    assert m.fidelity["rel_l2"] <= m.fidelity["tolerance"] == 5e-2
+    vs_float = m.fidelity["vs_float"]
+    assert vs_float["artifact"]["rel_l2"] < vs_float["torch_quantized"]["rel_l2"] + 0.02
+    blob = (out / PTE_FILE).read_bytes()
+    # every layer's integer weights are ours, byte for byte (int4: our packed nibbles, XNNPACK's layout too)
+    assert all(d.weight.numpy().tobytes() in blob for d in layers.values())
+    if scheme == "int4-weight":
+        assert "bfloat16" in m.quantization["export"]["int4_scales"]
+        assert len(blob) < 0.5 * (seg_pte / PTE_FILE).stat().st_size
+    pred = s2e.Predictor(out)
+    assert pred.backend == "executorch"
+    x = verification_inputs(SIZE, batch=2, seed=5)
+    assert compare(torch_outputs(qmodel, x), pred.runner(x), ["logits"])["rel_l2"] < 5e-2
+    assert verify_artifact(out)["passed"]
+
+
+@pytest.mark.slow  # XNNPACK lowering
+def test_cli_export_executorch_int8_weight(tmp_path):
+    ckpt = save(tiny_model("seg", arch=SMALL, seed=5), tmp_path / "tiny_seg.safetensors")
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "executorch", "--scheme", "int8-weight", "-o",
+                                   str(tmp_path / "a"), "--input-size", "64x48", "--max-batch", "1"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(tmp_path / "a")
+    assert m.precision == "int8-weight" and m.fidelity["rel_l2"] <= m.fidelity["tolerance"]
+    assert m.quantization["export"]["xnnpack_linears"] == {"qd8-f32-qc8w": 18}

@@ -46,6 +46,7 @@ class Format:
 ALL_SCHEMES = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
 _NO_FP8 = ("fp16", "int8-weight", "int4-weight", "int8", "mixed")
 _ORT_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
+_ET_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
@@ -73,8 +74,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("ort", precisions=("fp32", *_ORT_SCHEMES), schemes=_ORT_SCHEMES, backends=("onnxruntime",),
            files=("model.ort", "required_operators.config"), options={"opset": 18}),
     # ExecuTorch: a .pte lowered to XNNPACK at batch 1 (the runtime runs a batch image by image);
-    # float only for now (our int8 linears are not mapped to XNNPACK's quantized patterns yet).
-    Format("executorch", precisions=("fp32", "fp16"), schemes=("fp16",), backends=("executorch",),
+    # quantized layers become XNNPACK's dynamically quantized GEMMs (int8 activations per token) with
+    # our int8 / int4 weights; static activation ranges and fp8 have no XNNPACK form.
+    Format("executorch", precisions=("fp32", "fp16", *_ET_SCHEMES), schemes=("fp16", *_ET_SCHEMES),
+           backends=("executorch",),
            files=("model.pte",)),
 )}
 

@@ -150,7 +150,7 @@ def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_b
                          precision=precision, extra=format_options, float_model=fid_opts.get("float_model"))
     if not getattr(model, "pretrained", True):  # random weights: the runtime marks every overlay as noise
         manifest.options["random_weights"] = True
-    limit = tolerance_for(precision) if tolerance is None else tolerance
+    limit = getattr(exporter, "tolerance_for", tolerance_for)(precision) if tolerance is None else tolerance
     if hasattr(model, "recipe_dict"):
         manifest.quantization = {"scheme": model.scheme, "recipe": model.recipe_dict()}
         if getattr(fid_opts.get("report"), "fidelity", None):

@@ -7,9 +7,11 @@ casts: XNNPACK runs its fp16 kernels (on ARM with native fp16; x86 emulates), th
 in fp16 (GELU) run in ExecuTorch's portable kernels. The bf16 rounding of RoPE's q/k (spec 1.4)
 stays as casts in the portable kernels.
 
-Limits: float only. Our int8 / fp8 linears (per-channel int8 weights from our scales, per-token
-dynamic or static activations) are not mapped to XNNPACK's quantized patterns yet: a quantized
-layer is a ConfigError naming it, never a silent float fallback.
+Quantized models: our int8 (dynamic), int8-weight and int4-weight linears become XNNPACK's
+dynamically quantized GEMMs holding our integer weights and scales (``executorch_linear``: the
+activations are quantized per token at run time, so a weight-only scheme is checked at the bound of
+quantized activations); static activation ranges and fp8 are a ConfigError naming the layer, never a
+silent float fallback.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import copy
 import io
 import logging
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError, ExportError
 
 PTE_FILE = "model.pte"
-PRECISIONS = ("fp32", "fp16")
+QUANTIZED = ("int8-weight", "int4-weight", "int8", "mixed")
+PRECISIONS = ("fp32", "fp16", *QUANTIZED)
 INSTALL = "pip install 'sapiens2-edge[executorch]'"
 
 
@@ -39,16 +43,25 @@ def import_lowering():
 
 def check_model(model, precision: str) -> None:
     from ..quantization.linear import QuantLinear
+    from .executorch_linear import unsupported
 
-    for name, m in model.named_modules():
-        if isinstance(m, QuantLinear) and m.config.weight.dtype != "fp16":
-            raise ConfigError(f"layer {name} is quantized {m.config.weight.dtype} weights, which the executorch format "
-                              f"does not carry yet (it carries {', '.join(PRECISIONS)} layers: XNNPACK's int8 patterns "
-                              "are not mapped from our scales): export it with format='ort' or 'onnx', or quantize "
-                              "with scheme 'fp16'")
     if precision not in PRECISIONS:
         raise ConfigError(f"executorch precision {precision!r} is not supported; the executorch format carries "
-                          f"{', '.join(PRECISIONS)} (XNNPACK float) - export int8 schemes with format='ort' or 'onnx'")
+                          f"{', '.join(PRECISIONS)} ({', '.join(QUANTIZED)} from a quantized model)")
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            why = unsupported(m.decompose().kind)
+            if why:
+                raise ConfigError(f"layer {name} is quantized {m.decompose().kind}, which the executorch format does "
+                                  f"not carry: {why}")
+
+
+def tolerance_for(precision: str) -> float:
+    """The export check's bound: XNNPACK quantizes the activations of weight-only layers too."""
+    from ..artifact.reference import TOLERANCE
+    from ..artifact.reference import tolerance_for as default
+
+    return TOLERANCE["int8"] if precision in QUANTIZED else default(precision)
 
 
 def _program(model, dtype):
@@ -67,9 +80,10 @@ def _program(model, dtype):
     return Program().eval()
 
 
-def lower(model, input_size: tuple[int, int], precision: str) -> bytes:
+def lower(model, input_size: tuple[int, int], precision: str) -> tuple[bytes, dict[str, str]]:
     import torch
 
+    from .executorch_linear import xnnpack_linear
     from .onnx_export import frozen_rope
     from .onnx_quant import export_modules
 
@@ -77,7 +91,7 @@ def lower(model, input_size: tuple[int, int], precision: str) -> bytes:
     half = precision == "fp16"
     work = copy.deepcopy(model) if half else model
     x = torch.zeros(1, 3, *input_size)
-    with frozen_rope(work, input_size), export_modules(work), warnings.catch_warnings(), torch.no_grad(), \
+    with frozen_rope(work, input_size), export_modules(work, xnnpack_linear) as kinds, warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
@@ -86,18 +100,45 @@ def lower(model, input_size: tuple[int, int], precision: str) -> bytes:
         program = _program(work, torch.float16 if half else torch.float32)
         try:
             ep = torch.export.export(program, (x,))
-            return to_edge_transform_and_lower(ep, partitioner=[partitioner()]).to_executorch().buffer
+            edge = to_edge_transform_and_lower(ep, partitioner=[partitioner()])
         except Exception as e:  # noqa: BLE001 - surface any lowering failure as ours
             raise ExportError(f"ExecuTorch lowering failed for {model.arch.name} {model.task}: {e}") from e
+        kept = undelegated(edge.exported_program().graph)
+        if kept and kinds:
+            raise ExportError(f"XNNPACK did not take {len(kept)} of the quantized layers' ops ({', '.join(kept[:3])}); "
+                              "outside the delegate they would run as slow portable kernels")
+        return edge.to_executorch().buffer, kinds
+
+
+#: ops of a quantized linear that must end up inside the XNNPACK delegate
+_QUANTIZED_LINEAR_OPS = ("linear", "addmm", "aten.mm", "quantize_per_token", "dequantize_per_channel",
+                         "choose_qparams")
+
+
+def undelegated(graph) -> list[str]:
+    """The names of the linear and quantize/dequantize calls left in the program's own graph."""
+    return [n.name for n in graph.nodes
+            if n.op == "call_function" and any(k in str(n.target) for k in _QUANTIZED_LINEAR_OPS)]
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
     from importlib.metadata import version
 
+    from .executorch_linear import KERNELS
+
     check_model(model, opts.precision)
-    (out_dir / PTE_FILE).write_bytes(lower(model, opts.input_size, opts.precision))
+    program, kinds = lower(model, opts.input_size, opts.precision)
+    (out_dir / PTE_FILE).write_bytes(program)
     opts.notes["executorch"] = {"version": version("executorch"), "delegate": "XNNPACK", "program_batch": 1,
                                 "compute": "fp16" if opts.precision == "fp16" else "fp32"}
+    if kinds:
+        counts = Counter(KERNELS[k] for k in kinds.values())
+        notes = {"xnnpack_linears": dict(sorted(counts.items()))}
+        if any(k.startswith("qd8") for k in counts):
+            notes["activations"] = "int8 per token, asymmetric, computed at run time (XNNPACK qd8)"
+        if "qd8-f32-qb4w" in counts:
+            notes["int4_scales"] = "our float16 group scales rounded to bfloat16 (XNNPACK's blockwise format)"
+        opts.notes["quantization"] = notes
     return {PTE_FILE: "model"}
 
 

@@ -37,7 +37,7 @@ fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -112,11 +112,11 @@ class ExportQLinear4(nn.Module):
 
 def _export_module(d: DecomposedLinear) -> nn.Module:
     if d.weight_dtype == "fp16":
-        return _float_linear(d)
+        return float_linear(d)
     return ExportQLinear4(d) if d.weight_dtype == "int4" else ExportQLinear(d)
 
 
-def _float_linear(d: DecomposedLinear) -> nn.Linear:
+def float_linear(d: DecomposedLinear) -> nn.Linear:
     """fp16-stored weights export as a float Linear holding exactly those values (the fp16 ONNX
     conversion rounds them back to the same halves)."""
     out_features, in_features = d.weight.shape
@@ -129,8 +129,10 @@ def _float_linear(d: DecomposedLinear) -> nn.Linear:
 
 
 @contextlib.contextmanager
-def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
-    """Swap every QuantLinear for its export form for the duration; yields {layer: kind}."""
+def export_modules(model: nn.Module, make: Callable[[DecomposedLinear], nn.Module] | None = None
+                   ) -> Iterator[dict[str, str]]:
+    """Swap every QuantLinear for its export form (``make``, by default the ONNX one) for the
+    duration; yields {layer: kind}."""
     from ..quantization.model import set_module
 
     swapped = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
@@ -139,7 +141,7 @@ def export_modules(model: nn.Module) -> Iterator[dict[str, str]]:
         for n, m in swapped.items():
             d = m.decompose()
             kinds[n] = d.kind
-            set_module(model, n, _export_module(d))
+            set_module(model, n, (make or _export_module)(d))
         yield kinds
     finally:
         for n, m in swapped.items():
