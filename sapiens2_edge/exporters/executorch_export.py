@@ -64,6 +64,20 @@ def tolerance_for(precision: str) -> float:
     return TOLERANCE["int8"] if precision in QUANTIZED else default(precision)
 
 
+@contextlib.contextmanager
+def reference_form(model):
+    """What a quantized program is checked against: the torch model with its quantized linears in
+    the form lowered (XNNPACK's per-token asymmetric activations, int4 scales in bfloat16), so the
+    check measures the runtime, not the change of activation quantizer; the artifact's distance to
+    the QuantizedModel itself is in the manifest's vs_float entry when a float model is given."""
+    from .executorch_linear import xnnpack_linear
+    from .onnx_quant import export_modules
+
+    with export_modules(model, xnnpack_linear) as kinds:
+        quantized = any(k != "fp16-weight" for k in kinds.values())
+        yield "its linears as XNNPACK runs them (int8 activations per token, asymmetric)" if quantized else None
+
+
 def _program(model, dtype):
     """The model as the program runs it: float32 in, float32 out, computing in ``dtype``."""
     import torch

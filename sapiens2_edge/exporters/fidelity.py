@@ -19,12 +19,13 @@ def torch_outputs(model, x: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def check_runner(model, runner, x: np.ndarray, ref: Sequence[np.ndarray], names: Sequence[str],
-                 tolerance: float) -> dict[str, Any]:
-    """The manifest's fidelity entry: ``runner`` (the fresh artifact) against torch on ``x``."""
+                 tolerance: float, form: str | None = None) -> dict[str, Any]:
+    """The manifest's fidelity entry: ``runner`` (the fresh artifact) against torch on ``x`` (``form``:
+    how the exporter changed the torch model the reference came from, if it did)."""
     result = compare(ref, runner(x), names)
     kind = f"torch {model.scheme} QuantizedModel (same recipe)" if hasattr(model, "recipe_dict") else "torch fp32"
     rope = f", RoPE {model.rope_mode}" if getattr(model, "rope_mode", None) else ""
-    result.update({"reference": f"{kind} eager{rope}", "tolerance": tolerance,
+    result.update({"reference": f"{kind} eager{rope}{', ' + form if form else ''}", "tolerance": tolerance,
                    "inputs": f"verification_inputs({list(x.shape[2:])}, batch={len(x)}, seed=0)"})
     return result
 
