@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError, ExportError
+from ..models.heads import InstanceNorm
 
 PTE_FILE = "model.pte"
 QUANTIZED = ("int8-weight", "int4-weight", "int8", "mixed")
@@ -78,6 +79,22 @@ def reference_form(model):
         yield "its linears as XNNPACK runs them (int8 activations per token, asymmetric)" if quantized else None
 
 
+class _Fp32InstanceNorm(InstanceNorm):
+    """InstanceNorm computed in float32 in a float16 program: ExecuTorch's portable reduction over a
+    head feature map (tens of thousands of pixels per channel at full size) overflows float16 and
+    returns inf; torch's autocast keeps instance norm in float32 for the same reason."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _instance_norms_in_fp32(model) -> None:
+    from ..quantization.model import set_module
+
+    for name in [n for n, m in model.named_modules() if isinstance(m, InstanceNorm) and not isinstance(m, _Fp32InstanceNorm)]:
+        set_module(model, name, _Fp32InstanceNorm())
+
+
 def _program(model, dtype):
     """The model as the program runs it: float32 in, float32 out, computing in ``dtype``."""
     import torch
@@ -111,6 +128,7 @@ def lower(model, input_size: tuple[int, int], precision: str) -> tuple[bytes, di
         logging.getLogger("torch").setLevel(logging.ERROR)
         if half:
             work.half()
+            _instance_norms_in_fp32(work)
         program = _program(work, torch.float16 if half else torch.float32)
         try:
             ep = torch.export.export(program, (x,))
