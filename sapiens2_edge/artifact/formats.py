@@ -23,7 +23,8 @@ class Format:
     ``export(scheme=...)`` may quantize to for it. options: its format-specific keyword options
     of ``export`` with their defaults. files: what its exporter writes besides ``manifest.json`` and
     ``reference.npz`` (optional files included). backends: the runtime backends that open it,
-    best first (CUDA-capable runtimes first).
+    best first (CUDA-capable runtimes first). export_extra: the extra that installs what exporting
+    to it needs; export_packages: the packages (beyond torch) its exporter imports.
     """
 
     name: str
@@ -33,6 +34,8 @@ class Format:
     files: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
     default_precision: str = "fp32"
+    export_extra: str = "torch"
+    export_packages: tuple[str, ...] = ()
 
     @property
     def export_options(self) -> tuple[str, ...]:
@@ -50,13 +53,15 @@ _ET_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
-           files=("model.onnx", "model.onnx.data"), options={"opset": 18}),
+           files=("model.onnx", "model.onnx.data"), options={"opset": 18}, export_extra="export",
+           export_packages=("onnx",)),
     # bf16: OpenVINO computes in bf16 on CPUs with native bf16 (ONNX Runtime's CPU provider has no bf16
     # MatMul/Add kernels, so onnx offers none).
     Format("openvino", precisions=("fp32", "bf16", *_NO_FP8), schemes=_NO_FP8, backends=("openvino",),
-           files=("openvino/model.xml", "openvino/model.bin"), options={"opset": 18}),
+           files=("openvino/model.xml", "openvino/model.bin"), options={"opset": 18}, export_extra="export",
+           export_packages=("onnx", "openvino")),
     Format("coreml", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("coreml",),
-           files=("model.mlpackage",), default_precision="fp16"),
+           files=("model.mlpackage",), default_precision="fp16", export_extra="coreml", export_packages=("coremltools",)),
     Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
            files=("model.pt2", "model_aoti.pt2")),
     # The engine runs weight-only storage (float, fp16 and int8-weight layers, not int4); its weights file
@@ -66,19 +71,21 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # LiteRT / TFLite: float activations only (int8 weights from our scales, fp16 weights); a
     # batch-1 graph, run here by the LiteRT interpreter (CPU, XNNPACK).
     Format("litert", precisions=("fp32", "fp16", "int8-weight", "mixed"), schemes=("fp16", "int8-weight", "mixed"),
-           backends=("litert",), files=("model.tflite",)),
+           backends=("litert",), files=("model.tflite",), export_extra="litert-export",
+           export_packages=("litert_torch", "ai_edge_litert")),
     # ONNX Runtime mobile: the ORT-format graph, optimized once for ARM, plus the operator list of a
     # minimal build. No fp16: the conversion runs on this CPU, whose ONNX Runtime has no fp16 kernels, so
     # it would bake fp32 casts (and fp32 weights) into the file; fp8 targets TensorRT. int4-weight layers
     # stay com.microsoft MatMulNBits holding our packed values (ORT mobile runs them).
     Format("ort", precisions=("fp32", *_ORT_SCHEMES), schemes=_ORT_SCHEMES, backends=("onnxruntime",),
-           files=("model.ort", "required_operators.config"), options={"opset": 18}),
+           files=("model.ort", "required_operators.config"), options={"opset": 18}, export_extra="export",
+           export_packages=("onnx", "onnxruntime")),
     # ExecuTorch: a .pte lowered to XNNPACK at batch 1 (the runtime runs a batch image by image);
     # quantized layers become XNNPACK's dynamically quantized GEMMs (int8 activations per token) with
     # our int8 / int4 weights; static activation ranges and fp8 have no XNNPACK form.
     Format("executorch", precisions=("fp32", "fp16", *_ET_SCHEMES), schemes=("fp16", *_ET_SCHEMES),
            backends=("executorch",),
-           files=("model.pte",)),
+           files=("model.pte",), export_extra="executorch", export_packages=("executorch",)),
 )}
 
 #: What the native engine reads; any artifact carrying it runs on the native backend too.

@@ -21,12 +21,7 @@ def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
                           "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight "
                           "(or int4-weight), which needs none")
-    extra = {"onnx": "export", "openvino": "export", "ort": "export", "coreml": "coreml",
-             "litert": "litert-export", "executorch": "executorch"}.get(fmt, "torch")
-    require("torch", "export", extra)
-    for package, formats in (("onnx", ("onnx", "openvino", "ort")), ("onnxruntime", ("ort",)),
-                             ("openvino", ("openvino",)), ("coremltools", ("coreml",)),
-                             ("executorch", ("executorch",)), ("litert_torch", ("litert",)),
-                             ("ai_edge_litert", ("litert",))):
-        if fmt in formats:
-            require(package, f"export --format {fmt}", extra if fmt == "litert" else None)
+    spec = FORMATS[fmt]
+    require("torch", "export", spec.export_extra)
+    for package in spec.export_packages:
+        require(package, f"export --format {fmt}")  # names the extra that installs the package
