@@ -3,7 +3,9 @@
 Rows are FORMAT:SCHEME, FORMAT one of ort, executorch, litert (and torch:fp32, the baseline, always
 run first), SCHEME fp32, fp16, int8-weight, int4-weight, int8 (dynamic activations) or int8-static.
 Each row is exported in its own process and timed in another, so peak RSS is the row's own and one
-row's memory never lands on the next; artifacts are cached under --work.
+row's memory never lands on the next; artifacts are cached under --work, and each quantization scheme is
+quantized once per run (saved there) and shared by the formats ("export (s)" includes quantizing for
+the first row of a scheme only).
 
 Random weights (build_model, seed 0), seg head, batch 1 through the runtime backend the Predictor
 opens (ONNX Runtime for ort, ExecuTorch's runtime with XNNPACK for executorch, the LiteRT
@@ -50,8 +52,25 @@ def _model(a):
     return build_model(a.arch, "seg", input_size=a.size, seed=0).eval()
 
 
-def export_row(row: str, a) -> dict:
+def _quantized(model, scheme: str, a):
+    """The scheme's QuantizedModel, quantized once per run and shared by every format (saved under --work)."""
     import torch
+
+    import sapiens2_edge as s2e
+    from sapiens2_edge.quantization import load_quantized, save_quantized
+
+    path = a.work / f"q-{a.arch}-{a.size[0]}x{a.size[1]}-{scheme}.safetensors"
+    if path.exists():
+        return load_quantized(path)
+    static = scheme == "int8-static"
+    calib = [torch.from_numpy(x) for x in _inputs(a, range(100, 104))] if static else None
+    q, _ = s2e.quantize(model, "int8" if static else scheme, calibration=calib, progress=False,
+                        **({"activation_mode": "static"} if static else {}))
+    save_quantized(q, path)
+    return q
+
+
+def export_row(row: str, a) -> dict:
 
     import sapiens2_edge as s2e
 
@@ -59,14 +78,11 @@ def export_row(row: str, a) -> dict:
     out = a.work / f"{a.arch}-{a.size[0]}x{a.size[1]}-{fmt}-{scheme}"
     if (out / "manifest.json").exists():
         return {"export_s": None}
-    kw: dict = {"precision": scheme}
-    if scheme not in ("fp32", "fp16"):
-        calib = [torch.from_numpy(x) for x in _inputs(a, range(100, 104))]
-        static = scheme == "int8-static"
-        kw = {"scheme": "int8" if static else scheme, "calibration": calib if static else None,
-              "quantize_options": {"progress": False, **({"activation_mode": "static"} if static else {})}}
+    model, kw = _model(a), {"precision": scheme}
     t = time.perf_counter()
-    s2e.export(_model(a), out, format=fmt, input_size=a.size, max_batch=1, overwrite=True, **kw)
+    if scheme not in ("fp32", "fp16"):
+        model, kw = _quantized(model, scheme, a), {}
+    s2e.export(model, out, format=fmt, input_size=a.size, max_batch=1, overwrite=True, **kw)
     return {"export_s": time.perf_counter() - t}
 
 
