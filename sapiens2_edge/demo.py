@@ -159,7 +159,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     if bench_runs < 1:
         raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
     fmt, why = format_reason(format)
-    check_scheme_format(scheme, fmt)  # before minutes of quantizing
+    check_scheme_format(scheme, fmt, static=scheme in CALIBRATED_SCHEMES)  # before minutes of quantizing
     require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
     from .tasks import load_image
 

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 QUANT_SCHEMES = ("int8-weight", "int4-weight", "int8", "fp8")
 """The schemes ``export(scheme=...)`` quantizes with before exporting."""
+ACTIVATION_SCHEMES = ("int8", "fp8")
+"""The schemes that quantize activations (calibrated static ranges or per token at run time)."""
 FLOAT_SCHEMES = ("fp32", "bf16", "fp16")
 """Float precisions ``export(precision=...)`` writes (bf16: OpenVINO only, computed in bf16 where the CPU has it)."""
 
@@ -99,18 +101,25 @@ def require(package: str, what: str, extra: str | None = None) -> None:
         raise missing_package_error(package, what, extra)
 
 
-def check_scheme_format(scheme: str, fmt: str) -> None:
-    """Refuse, before any quantizing, a scheme an artifact format cannot carry; the message names
-    the schemes that format takes and the formats that take the scheme."""
+def check_scheme_format(scheme: str, fmt: str, static: bool = False) -> None:
+    """Refuse, before any quantizing, a scheme an artifact format cannot carry (``static``: with
+    calibrated static activation ranges); the message names the schemes that format takes and the
+    formats that take the scheme."""
     from .artifact.formats import FORMATS, get_format
     from .errors import ConfigError
 
     f = get_format(fmt)
     takes = f.precisions if scheme in FLOAT_SCHEMES else f.schemes
-    if scheme in takes:
+    static = static and scheme in ACTIVATION_SCHEMES
+    if scheme in takes and (f.static_ranges or not static):
         return
+    others = [n for n, g in FORMATS.items() if scheme in (g.precisions if scheme in FLOAT_SCHEMES else g.schemes)
+              and (g.static_ranges or not static)]
+    if scheme in takes:
+        raise ConfigError(f"a {fmt} artifact quantizes activations at run time (per token) and cannot carry the "
+                          f"calibrated static ranges of --activations static: use --activations dynamic with "
+                          f"--format {fmt}, or --format {' / '.join(others)} for static {scheme}")
     alternative = next((s for s in ("int8-weight", "fp16", "fp32") if s in (*f.schemes, *f.precisions)), takes[0])
-    others = [n for n, g in FORMATS.items() if scheme in (g.precisions if scheme in FLOAT_SCHEMES else g.schemes)]
     raise ConfigError(f"a {fmt} artifact cannot carry scheme {scheme} ({fmt} takes {', '.join(takes)}): use "
                       f"--scheme {alternative} with --format {fmt}"
                       + (f", or --format {' / '.join(others)} for {scheme}" if others else ""))

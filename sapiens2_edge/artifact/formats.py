@@ -25,6 +25,8 @@ class Format:
     ``reference.npz`` (optional files included). backends: the runtime backends that open it,
     best first (CUDA-capable runtimes first). export_extra: the extra that installs what exporting
     to it needs; export_packages: the packages (beyond torch) its exporter imports.
+    static_ranges: whether it carries calibrated static activation ranges (a format that quantizes
+    activations only at run time, per token, does not).
     """
 
     name: str
@@ -36,6 +38,7 @@ class Format:
     default_precision: str = "fp32"
     export_extra: str = "torch"
     export_packages: tuple[str, ...] = ()
+    static_ranges: bool = True
 
     @property
     def export_options(self) -> tuple[str, ...]:
@@ -85,7 +88,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # our int8 / int4 weights; static activation ranges and fp8 have no XNNPACK form.
     Format("executorch", precisions=("fp32", "fp16", *_ET_SCHEMES), schemes=("fp16", *_ET_SCHEMES),
            backends=("executorch",),
-           files=("model.pte",), export_extra="executorch", export_packages=("executorch",)),
+           files=("model.pte",), export_extra="executorch", export_packages=("executorch",), static_ranges=False),
 )}
 
 #: What the native engine reads; any artifact carrying it runs on the native backend too.

@@ -315,7 +315,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
     .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
-    check_export_flags(scheme, fmt, calib)
+    check_export_flags(scheme, fmt, calib, str(activations))
     from .. import export, load_model
     from ..runtime.inputs import split_images
 

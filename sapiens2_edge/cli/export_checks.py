@@ -13,10 +13,10 @@ from ..workflows import QUANT_SCHEMES, require
 WEIGHT_ONLY = ("int8-weight", "int4-weight")  # quantized export schemes that need no calibration images
 
 
-def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path]) -> None:
+def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path], activations: str = "static") -> None:
     from ..workflows import check_scheme_format
 
-    check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt)
+    check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt, static=activations == "static")
     if scheme in QUANT_SCHEMES and scheme not in WEIGHT_ONLY and calib is None:
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
                           "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight "
