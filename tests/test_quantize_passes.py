@@ -202,3 +202,15 @@ def test_a_max_only_observer_keeps_the_maximum_and_no_histogram():
     assert lean.range("minmax") == full.range("minmax") and float(lean.hist.sum()) == 0.0
     with pytest.raises(ValueError, match="histogram"):
         lean.range("percentile")
+
+
+@pytest.mark.parametrize("estimator", ["minmax", "percentile"])
+def test_non_finite_activations_stop_the_one_pass_calibration_too(estimator):
+    from sapiens2_edge.errors import CalibrationError
+
+    bad = tiny_model("seg")
+    with torch.no_grad():
+        bad.backbone.blocks[3].ln2.weight[5] = float("inf")  # an inf channel reaching a smoothed layer only
+    with pytest.raises(CalibrationError, match="NaN or inf activations"):
+        quantize(bad, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", estimator=estimator,
+                 progress=False)
