@@ -146,7 +146,7 @@ def test_held_out_report_runs_each_model_once_per_batch_and_matches_separate_mea
     qmodel, rep = quantize_and_save(seg, "int8", CALIB, tmp_path / "q.safetensors", held_out=HELD_OUT,
                                     held_out_source="test", input_size=INPUT, eval_samples=4,
                                     activation_mode="static", estimator="minmax", progress=hook)
-    n_cal, n_held = 2, 4  # 6 calibration samples in batches of 4, held-out ones one by one
+    n_cal, n_held = 2, 1  # 6 calibration and 4 held-out samples in batches of 4
     # one backbone pass over the calibration batches, then float + quantized once per held-out batch
     assert counts == {"model": 2 * n_held, "backbone": n_cal + 2 * n_held}, (counts, seen)
     assert not any(s in ("float", "quantized") for s in seen), seen  # no separate evaluation
@@ -161,7 +161,7 @@ def test_held_out_report_runs_each_model_once_per_batch_and_matches_separate_mea
         assert rep.fidelity[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     ref, test = run_outputs(seg, HELD_OUT, show=False), run_outputs(qmodel, HELD_OUT, show=False)
     assert rep.output_sqnr_db == pytest.approx(output_error(ref, test)["sqnr_db"], abs=1e-3)
-    layer_want = _layer_sqnr_reference(_smoothed_reference(seg, qmodel), qmodel, torch.cat(HELD_OUT).split(1))
+    layer_want = _layer_sqnr_reference(_smoothed_reference(seg, qmodel), qmodel, torch.cat(HELD_OUT).split(4))
     for lr in rep.layers:
         assert lr.smoothed == lr.name.endswith(SMOOTHED)
         # the rebuilt smoothing (s = g / g_smoothed) is the original to float rounding, which moves a

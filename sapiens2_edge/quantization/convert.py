@@ -196,9 +196,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             from .fidelity import task_fidelity
 
             size = tuple(calib.input_size)
-            # one sample per batch: each is a whole image at full resolution, and the head's activations
-            # grow with the batch (the peak memory of quantize)
-            batches = as_batches(held_out, model.task, size, held_out_samples, 1, progress)
+            batches = as_batches(held_out, model.task, size, held_out_samples, cal.batch_size, progress)
             ref, test = _report_outputs(base, qmodel, batches, device, report, progress,
                                         f"report + fidelity ({batches.num_samples} held-out)", keep=True)
             report.fidelity = {**task_fidelity(model.task, ref, test, size), "samples": batches.num_samples}
