@@ -22,11 +22,17 @@ from .calibration import progress
 Outputs = tuple[np.ndarray, ...]
 
 
+def _square_sum(x: torch.Tensor) -> float:
+    """sum x**2: float32 squares summed per row of the last dim, the row sums added in float64
+    (``sum(dtype=torch.float64)`` over the whole tensor is ~5x slower on CPU and no more useful)."""
+    rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+    return float((rows * rows).sum(dim=1).double().sum())
+
+
 def energies(ref: torch.Tensor, test: torch.Tensor) -> tuple[float, float]:
-    """(sum ref**2, sum (ref - test)**2), float32 elementwise, accumulated in float64."""
+    """(sum ref**2, sum (ref - test)**2) from float32 tensors, with float64 accumulation across rows."""
     ref = ref.detach().float()
-    diff = ref - test.detach().float()
-    return float((ref * ref).sum(dtype=torch.float64)), float((diff * diff).sum(dtype=torch.float64))
+    return _square_sum(ref), _square_sum(ref - test.detach().float())
 
 
 def _numpy(out) -> Outputs:
