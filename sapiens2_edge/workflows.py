@@ -47,7 +47,8 @@ def quantize_and_save(model: Any, scheme: str, calibration: Any, path: str | os.
                       eval_samples: int = 16, report_path: str | os.PathLike | None = None,
                       progress: Any = None, **options: Any) -> tuple[Any, Any]:
     """Quantize ``model`` (loaded, or anything ``load_model`` accepts) on ``calibration``, measure its
-    task fidelity against the float model on ``held_out`` when the scheme did not already, and save it
+    task fidelity against the float model on ``held_out`` (with calibration data, the report's output
+    SQNR is measured on the same forwards), and save it
     to ``path`` (and the report's JSON to ``report_path``). ``options`` go to ``quantize`` (e.g.
     ``activation_mode``, ``budget``). ``progress``: None (bars on a terminal), a bool, or a
     ``(iterable, total, desc) -> iterable`` hook such as :meth:`Talk.iterate`. Returns (QuantizedModel, QuantReport)."""
@@ -60,8 +61,9 @@ def quantize_and_save(model: Any, scheme: str, calibration: Any, path: str | os.
     if progress is not None:
         options["progress"] = progress
     qmodel, report = quantize(model, scheme, calibration=calibration, input_size=size,
-                              calibration_size=calibration_size, **options)
-    if not report.fidelity:
+                              calibration_size=calibration_size, held_out=held_out, held_out_samples=eval_samples,
+                              **options)
+    if not report.fidelity:  # nothing measured on the held-out data yet (no calibration data, e.g. weight-only)
         report.fidelity = evaluate(model, qmodel, held_out, input_size=size, samples=eval_samples, show=progress)
     report.fidelity["evaluated_on"] = held_out_source
     save_quantized(qmodel, Path(path), report=report)

@@ -20,6 +20,7 @@ calibration     calibration inputs -> preprocessed batches (the task pipelines),
 smoothquant     RMSNorm -> Linear smoothing-factor computation and folding
 model           QuantizedModel and layer selection
 report          QuantReport / LayerReport
+measure         the report's per-layer and end-to-end output SQNR (and raw outputs) from shared forwards
 convert         apply(): quantize given layers with given configs (SmoothQuant, calibration, report)
 sensitivity     the budget-driven mixed search (on apply)
 api             quantize(): a scheme (config, name or recipe) -> a layer mapping for apply

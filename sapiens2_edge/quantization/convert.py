@@ -9,14 +9,20 @@ The steps, in order (each one only when some layer needs it):
 3. SmoothQuant: observe per-channel input maxima of each norm->linear group that feeds a layer
    with quantized activations, fold the smoothing factors into the norm and the linears (the
    layers of one group share their norm, so they must agree on one alpha);
-4. static activations: observe each such layer's input range (after smoothing), per estimator;
+4. static activations: each such layer's input range (after smoothing), per estimator. Steps 3
+   and 4 share one backbone-only pass when the ranges need only maxima (``minmax``, or no
+   smoothing at all); a second pass over the smoothed model only for histogram estimators
+   (``percentile``, ``mse``) of smoothed layers (see :func:`_calibrate`);
 5. replace the layers with :class:`QuantLinear`;
 6. report: weight SQNR per layer; with calibration data, per-layer output SQNR (the float input
-   of each layer through the float and the quantized layer) and end-to-end output SQNR.
+   of each layer through the float and the quantized layer) and end-to-end output SQNR, on the
+   first ``report_samples`` calibration inputs or, when ``held_out`` data is given, on it: then
+   the same float and quantized forwards also give the task fidelity (``report.fidelity``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import replace
@@ -31,6 +37,7 @@ from .calibration import CalibrationSet, build_calibration_set, progress
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
 from .linear import QuantLinear
+from .measure import measure_outputs
 from .model import (
     QuantizedModel,
     as_quantized,
@@ -75,19 +82,6 @@ def derived_recipe(layers: Mapping[str, LayerScheme], calibration: Calibration, 
     return make_recipe(common.name, **opts)
 
 
-def _run(model: torch.nn.Module, batches: Iterable[torch.Tensor], device: torch.device, desc: str,
-         show: bool | None, total: int | None) -> None:
-    with torch.no_grad():
-        for b in progress(batches, total, desc, show):
-            model(b.to(device))
-
-
-def _flat(out: Any) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        return torch.cat([o.reshape(-1).double() for o in out])
-    return out.reshape(-1).double()
-
-
 def _group_alpha(group, layers: Mapping[str, LayerScheme], configs) -> tuple[float | None, bool]:
     """(alpha, explicit) of one norm->linear group from its layers with quantized activations."""
     asked = {layers[n].smoothquant_alpha for n in group.linears
@@ -103,7 +97,8 @@ def _group_alpha(group, layers: Mapping[str, LayerScheme], configs) -> tuple[flo
 
 def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = None, *,
           recipe: QuantRecipe | None = None, prefix_tokens: int = DEFAULT_PREFIX_TOKENS, kernel: str = "auto",
-          progress: bool | None = None) -> tuple[QuantizedModel, QuantReport]:
+          progress: bool | None = None, held_out: Any = None,
+          held_out_samples: int = 16) -> tuple[QuantizedModel, QuantReport]:
     """Quantize the named backbone linears of ``model``, each with its own config; ``model`` is not changed.
 
     layers: module name -> ``Int8WeightOnly()``, ``Int8(...)``, ``Fp8(...)``, ``Fp16()`` or a
@@ -111,7 +106,10 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     :class:`~.schemes.Calibration` (needed by static activations and SmoothQuant).
     recipe: the request recorded with the model (``quantize`` passes its own); default: derived
     from the configs. prefix_tokens: leading tokens of the main-block sequences (CLS + storage)
-    kept out of static ranges (ignored when ``recipe`` is given).
+    kept out of static ranges (ignored when ``recipe`` is given). held_out: data the report measures
+    on instead of the calibration inputs (up to ``held_out_samples``), also filling
+    ``report.fidelity`` from the same forwards (only with calibration data; without it, no
+    output is measured).
     """
     check_float_model(model)
     if not isinstance(layers, Mapping):
@@ -150,7 +148,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                                f"{len(static)} layers; pass calibration= (images or normalised tensors) or use "
                                "activation_mode='dynamic'")
 
-    # -- SmoothQuant ------------------------------------------------------------------------------
+    # -- calibration passes: SmoothQuant statistics and static ranges ----------------------------
     smoothed: set[str] = set()
     if groups and calib is None:
         asked = [alpha for _, alpha, explicit in groups if explicit]
@@ -160,33 +158,9 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         notes.append("SmoothQuant skipped: no calibration data was given (pass calibration= to enable it)")
         recipe = replace(recipe, smoothquant_alpha=None)
         groups = []
-    if groups:
-        obs = {g.linears[0]: ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0])) for g, _, _ in groups}
-        remove = attach_input_observers(base, obs)
-        try:
-            _run(base, calib, device, "smoothquant", progress, len(calib))
-        finally:
-            remove()
-        mods = dict(base.named_modules())
-        for g, alpha, _ in groups:
-            amax = obs[g.linears[0]].amax
-            if amax is None:
-                continue
-            apply_smoothing(base, g, smoothing_scales(amax, [mods[n].weight for n in g.linears], alpha))
-            smoothed.update(g.linears)
-
-    # -- static activation ranges -----------------------------------------------------------------
     ranges: dict[str, float] = {}
-    if static:
-        obs = {n: RangeObserver(recipe.prefix_tokens_for(n)) for n in static}
-        remove = attach_input_observers(base, obs)
-        try:
-            _run(base, calib, device, "calibrate", progress, len(calib))
-        finally:
-            remove()
-        for n in static:
-            act = configs[n].activation
-            ranges[n] = obs[n].range(act.estimator, act.percentile, act.dtype)
+    if groups or static:
+        smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress)
 
     # -- convert ----------------------------------------------------------------------------------
     qmodel = float_copy(base)
@@ -211,43 +185,130 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     report = QuantReport(scheme=recipe.scheme, recipe=qmodel.recipe_dict(), layers=reports,
                          size_before_bytes=state_bytes(model), size_after_bytes=state_bytes(qmodel), notes=notes)
     if calib is not None and cal.report_samples > 0:
-        _measure_outputs(base, qmodel, calib, cal.report_samples, device, report, progress)
         report.calibration = {"num_samples": calib.num_samples, "input_size": list(calib.input_size),
-                              "source": calib.source, "report_samples": min(cal.report_samples, calib.num_samples)}
+                              "source": calib.source}
+        if held_out is None:
+            batches = calib.head(cal.report_samples)
+            _report_outputs(base, qmodel, batches, device, report, progress, "report")
+            report.calibration["report_samples"] = min(cal.report_samples, calib.num_samples)
+        else:  # one float and one quantized forward per held-out batch give the report and the fidelity
+            from .evaluate import as_batches
+            from .fidelity import task_fidelity
+
+            size = tuple(calib.input_size)
+            batches = as_batches(held_out, model.task, size, held_out_samples, cal.batch_size, progress)
+            ref, test = _report_outputs(base, qmodel, batches, device, report, progress,
+                                        f"report + fidelity ({batches.num_samples} held-out)", keep=True)
+            report.fidelity = {**task_fidelity(model.task, ref, test, size), "samples": batches.num_samples}
+            report.calibration.update(report_samples=batches.num_samples, report_on="held-out")
     report.calibration["seconds"] = round(time.perf_counter() - t0, 3)
     return qmodel, report
 
 
-def _measure_outputs(base, qmodel, calib: CalibrationSet, samples: int, device, report: QuantReport,
-                     show: bool | None) -> None:
-    """Per-layer output SQNR (same float input through float and quantized layer) and model SQNR."""
-    qlayers = qmodel.quantized_layers()
-    energy = {n: [0.0, 0.0] for n in qlayers}
-    modules = dict(base.named_modules())
-    handles = []
-    for n, ql in qlayers.items():
-        def hook(_mod, args, out, _n=n, _ql=ql):
-            yq = _ql(args[0])
-            ref = out.double()
-            energy[_n][0] += float((ref * ref).sum())
-            energy[_n][1] += float(((ref - yq.double()) ** 2).sum())
-        handles.append(modules[n].register_forward_hook(hook))
-    sig = noise = 0.0
-    batches = calib.head(samples)
-    try:
-        with torch.no_grad():
-            for b in progress(batches, len(batches), "report", show):
-                b = b.to(device)
-                ref = _flat(base(b))
-                out = _flat(qmodel(b))
-                sig += float((ref * ref).sum())
-                noise += float(((ref - out) ** 2).sum())
-    finally:
-        for h in handles:
-            h.remove()
+def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, desc: str, keep: bool = False):
+    """Fill the report's per-layer and end-to-end output SQNR; with ``keep`` return the raw outputs."""
+    layer_sqnr, total, ref, test = measure_outputs(base, qmodel, qmodel.quantized_layers(), batches, len(batches),
+                                                   device, keep_outputs=keep, desc=desc, show=show)
     for lr in report.layers:
-        lr.output_sqnr_db = nx.sqnr_db(*energy[lr.name])
-    report.output_sqnr_db = nx.sqnr_db(sig, noise)
+        lr.output_sqnr_db = layer_sqnr[lr.name]
+    report.output_sqnr_db = total
+    return ref, test
+
+
+def _run_backbone(model: Sapiens2Model, batches: Iterable[torch.Tensor], device: torch.device, desc: str,
+                  show: bool | None, total: int | None) -> None:
+    """Forward the backbone only: every observed layer is a backbone linear, the head's output is unused."""
+    with torch.no_grad():
+        for b in progress(batches, total, desc, show):
+            b = b.to(device)
+            model.check_input(b)
+            model.backbone(b.to(model.backbone.cls_token.dtype), "featmap")
+
+
+def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, desc: str, show) -> None:
+    remove = attach_input_observers(base, observers)
+    try:
+        _run_backbone(base, calib, device, desc, show, len(calib))
+    finally:
+        remove()
+
+
+def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe: QuantRecipe, device,
+               show) -> tuple[set[str], dict[str, float]]:
+    """SmoothQuant statistics and folding, then the static ranges of the layers in ``static``.
+
+    One backbone pass collects the per-channel maxima of each smoothing group's input and the
+    ranges of every static layer that needs only its maximum (``minmax``): a smoothed layer's
+    input is X_c / s_c, so its post-smoothing maximum is max_c(absmax_c / s_c), computed once s is
+    known; an unsmoothed layer's input is what the float model computes anyway. A second pass, on
+    the smoothed model, only when a layer of a smoothed group needs a histogram (``percentile``,
+    ``mse``) of the smoothed input. Layers reading the same tensor (a group's linears) share one
+    observer. Returns (smoothed layer names, layer name -> clipping value).
+    """
+    feeds = {n: g for g in find_groups(base) for n in g.linears}  # layer -> the group reading its input
+    smooth = {n for g, _, _ in groups for n in g.linears}
+    estimator = {n: configs[n].activation.estimator for n in static}
+    first = {n for n in static if not groups or estimator[n] == "minmax"}
+    channel = {g.linears[0]: ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0])) for g, _, _ in groups}
+    direct = _shared_observers([n for n in first if n not in smooth], feeds, recipe,
+                               lambda n: estimator[n] != "minmax")
+    n_images = calib.num_samples
+    what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", first)) if on)
+    _observed(base, {**channel, **direct}, calib, device, f"calibrate {what} ({n_images} images)", show)
+
+    ranges = {n: obs.range(estimator[n], configs[n].activation.percentile, configs[n].activation.dtype)
+              for n, obs in _expand(direct, [n for n in first if n not in smooth], feeds).items()}
+    smoothed: set[str] = set()
+    mods = dict(base.named_modules())
+    for g, alpha, _ in groups:
+        amax = channel[g.linears[0]].amax
+        scales = None
+        if amax is not None:
+            scales = smoothing_scales(amax, [mods[n].weight for n in g.linears], alpha)
+            apply_smoothing(base, g, scales)
+            smoothed.update(g.linears)
+        for n in g.linears:
+            if n in first:
+                ranges[n] = _smoothed_max(amax, scales)
+
+    rest = [n for n in static if n not in ranges]
+    if rest:  # histogram estimators on smoothed inputs: they need the smoothed activations themselves
+        second = _shared_observers(rest, feeds, recipe, lambda n: True)
+        _observed(base, second, calib, device, f"calibrate ranges ({n_images} images)", show)
+        for n, obs in _expand(second, rest, feeds).items():
+            act = configs[n].activation
+            ranges[n] = obs.range(act.estimator, act.percentile, act.dtype)
+    return smoothed, ranges
+
+
+def _input_key(n: str, feeds) -> str:
+    """The module whose input hook observes layer ``n``'s input (one per group: they read one tensor)."""
+    return feeds[n].linears[0] if n in feeds else n
+
+
+def _shared_observers(names: list[str], feeds, recipe: QuantRecipe, histogram) -> dict[str, RangeObserver]:
+    out: dict[str, RangeObserver] = {}
+    for n in names:
+        key = _input_key(n, feeds)
+        if key not in out:
+            out[key] = RangeObserver(recipe.prefix_tokens_for(n), histogram=False)
+        out[key].histogram = out[key].histogram or histogram(n)
+    return out
+
+
+def _expand(observers: dict[str, RangeObserver], names: list[str], feeds) -> dict[str, RangeObserver]:
+    return {n: observers[_input_key(n, feeds)] for n in names}
+
+
+def _smoothed_max(amax: torch.Tensor | None, scales: torch.Tensor | None) -> float:
+    """max_c |X_c / s_c| from the per-channel maxima of X (the range a second pass would observe)."""
+    if amax is None:
+        return 0.0
+    m = float((amax / scales).max()) if scales is not None else float(amax.max())
+    if not math.isfinite(m):
+        raise CalibrationError("a calibration forward pass produced NaN or inf activations; expected finite values "
+                               "(check the calibration inputs are normalised images)")
+    return m
 
 
 __all__ = ["apply", "plan_layers", "check_float_model", "derived_recipe"]

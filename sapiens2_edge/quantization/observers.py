@@ -33,11 +33,15 @@ def _body(x: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
 
 
 class RangeObserver:
-    """Running |x| statistics of one layer input; :meth:`range` gives the clipping value."""
+    """Running |x| statistics of one layer input; :meth:`range` gives the clipping value.
 
-    def __init__(self, prefix_tokens: int = 0, bins: int = NUM_BINS):
+    ``histogram=False`` keeps the maximum only (enough for ``minmax``; no per-element binning).
+    """
+
+    def __init__(self, prefix_tokens: int = 0, bins: int = NUM_BINS, histogram: bool = True):
         self.prefix_tokens = prefix_tokens
         self.bins = bins
+        self.histogram = histogram
         self.amax = 0.0
         self.hist_max = 0.0
         self.hist = torch.zeros(bins, dtype=torch.float64)
@@ -55,6 +59,8 @@ class RangeObserver:
                                    "(check the calibration inputs are normalised images)")
         self.amax = max(self.amax, m)
         self.count += a.numel()
+        if not self.histogram:
+            return
         if m == 0.0:
             self.hist[0] += a.numel()
             return
@@ -95,6 +101,8 @@ class RangeObserver:
     def range(self, estimator: str, percentile: float = 99.99, dtype: str = "int8") -> float:
         if estimator == "minmax":
             return self.amax
+        if not self.histogram:
+            raise ValueError(f"the {estimator} estimator needs the histogram; this observer kept the maximum only")
         if estimator == "percentile":
             return self.percentile(percentile)
         return self.mse(dtype)
