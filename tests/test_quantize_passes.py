@@ -54,13 +54,18 @@ def _two_pass_ranges(model, estimator: str, alpha: float = 0.5) -> dict[str, flo
     mods = dict(base.named_modules())
     for g in groups:
         apply_smoothing(base, g, smoothing_scales(obs[g.linears[0]].amax, [mods[n].weight for n in g.linears], alpha))
+    return {n: o.range(estimator) for n, o in _observe_ranges(base).items()}
+
+
+def _observe_ranges(base) -> dict:
+    """One plain observation pass of every candidate linear's input over the calibration batches."""
     ranges = {n: RangeObserver(NUM_PREFIX_TOKENS) for n in candidate_linears(base)}
     remove = attach_input_observers(base, ranges)
     with torch.no_grad():
         for b in BATCHES:
             base(b)
     remove()
-    return {n: o.range(estimator) for n, o in ranges.items()}
+    return ranges
 
 
 @pytest.mark.parametrize("estimator, passes", [("minmax", 1), ("percentile", 2), ("mse", 2)])
@@ -84,13 +89,7 @@ def test_without_smoothquant_every_estimator_takes_one_pass(seg):
                       estimator="mse", smoothquant_alpha=None, progress=hook)
     assert len([s for s in seen if s.startswith("calibrate")]) == 1, seen
     assert not any(lr.smoothed for lr in rep.layers)
-    base = float_copy(seg).eval()
-    ranges = {n: RangeObserver(NUM_PREFIX_TOKENS) for n in candidate_linears(base)}
-    remove = attach_input_observers(base, ranges)
-    with torch.no_grad():
-        for b in BATCHES:
-            base(b)
-    remove()
+    ranges = _observe_ranges(float_copy(seg).eval())
     for lr in rep.layers:
         assert lr.input_range == pytest.approx(ranges[lr.name].range("mse"), rel=1e-6), lr.name
 
