@@ -161,3 +161,12 @@ def test_fp16_program_keeps_large_head_maps_finite(tmp_path):
     out = export(model, tmp_path / "fp16", format="executorch", precision="fp16", input_size=(512, 384), max_batch=1)
     m = read_manifest(out)
     assert np.isfinite(m.fidelity["rel_l2"]) and m.fidelity["rel_l2"] <= m.fidelity["tolerance"] == 2e-2
+
+
+def test_undelegated_names_the_linear_ops_left_outside_the_delegate():
+    from sapiens2_edge.exporters.executorch_export import undelegated
+
+    ep = torch.export.export(nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), (torch.zeros(2, 8),))
+    assert undelegated(ep.graph) == ["linear"]  # nothing lowered: the linear would run in portable kernels
+    ep = torch.export.export(nn.ReLU().eval(), (torch.zeros(2, 8),))
+    assert undelegated(ep.graph) == []
