@@ -159,3 +159,17 @@ def test_ort_int4_keeps_matmulnbits_with_our_values(seg, tmp_path):
     # the runtime runs the saved file like the torch QuantizedModel
     x = verification_inputs(SIZE, batch=2, seed=5)
     assert compare(torch_outputs(qmodel, x), s2e.Predictor(root).runner(x), ["logits"])["rel_l2"] < 1e-4
+
+
+
+def ort_graph_summary(path):
+    """(op type counts, initializer element type counts) of an ORT-format file."""
+    import collections
+
+    import onnxruntime.tools.ort_format_model  # noqa: F401 - puts ort_flatbuffers_py on sys.path
+    from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+
+    graph = InferenceSession.GetRootAs(path.read_bytes(), 0).Model().Graph()
+    ops = collections.Counter(graph.Nodes(i).OpType().decode() for i in range(graph.NodesLength()))
+    types = collections.Counter(graph.Initializers(i).DataType() for i in range(graph.InitializersLength()))
+    return ops, types

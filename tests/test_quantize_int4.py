@@ -229,6 +229,37 @@ def test_onnx_stores_float16_values_as_float16_and_computes_the_same(seg, tmp_pa
     (a,) = OnnxRuntimeBackend(half, providers=["CPUExecutionProvider"])(x)
     (b,) = OnnxRuntimeBackend(full, providers=["CPUExecutionProvider"])(x)
     assert np.array_equal(a, b)  # the Casts are exact: the same numbers as the float32 graph
+    from sapiens2_edge.exporters.ort_export import keeps_float16
+
+    assert keeps_float16(qmodel) and not keeps_float16(seg) and not keeps_float16(quantize(seg, "int4-weight")[0])
+    check_ort_keeps_float16(qmodel, half, tmp_path, x, a)
+
+
+def check_ort_keeps_float16(qmodel, onnx_path, tmp_path, x, expected):
+    """The ORT mobile conversion of a float_storage="fp16" graph keeps the float16 tensors (behind their
+    Casts) instead of float32 copies, runs the same ops otherwise, and computes bit-identical outputs."""
+    import onnx
+
+    from sapiens2_edge.exporters.ort_export import convert
+    from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from tests.test_export_ort_mobile import ort_graph_summary
+
+    halves = [i for i in onnx.load(str(onnx_path)).graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    paths = {}
+    for keep in (False, True):
+        paths[keep] = tmp_path / f"keep{keep}.ort"
+        notes = convert(onnx_path, paths[keep], tmp_path / f"keep{keep}.config", keep_float16=keep)
+        assert ("float16_initializers" in notes) is keep
+        assert ("ConstantFolding" in notes["converter"]["disabled_optimizers"]) is keep
+    (ops_f, types_f), (ops_k, types_k) = (ort_graph_summary(paths[k]) for k in (False, True))
+    assert types_f[onnx.TensorProto.FLOAT16] == 0 and types_k[onnx.TensorProto.FLOAT16] == len(halves) > 0
+    assert ops_k - ops_f == {"Cast": len(halves)} and not ops_f - ops_k  # the same graph plus one Cast per float16 tensor
+    # each float16 tensor saves its own size (the float32 copy is twice that), less its Cast node (< 512 bytes)
+    saved = paths[False].stat().st_size - paths[True].stat().st_size
+    assert saved >= sum(len(i.raw_data) for i in halves) - 512 * len(halves) > 0
+    for keep in (False, True):
+        (got,) = OnnxRuntimeBackend(paths[keep], providers=["CPUExecutionProvider"])(x)
+        assert np.array_equal(got, expected)
 
 
 def test_openvino_ir_holds_our_u4_values(q4, tmp_path):
