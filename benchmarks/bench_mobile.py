@@ -12,7 +12,9 @@ opens (ONNX Runtime for ort, ExecuTorch's runtime with XNNPACK for executorch, t
 interpreter for litert), median of --runs after one warm-up. Fidelity: rel L2 of the logits and seg
 agreement (argmax) against torch fp32 on --eval verification inputs (seeds 10..); "verified at
 export" is the manifest's own check against the torch model the artifact came from. Quantized rows
-calibrate on synthetic inputs (seeds 100..).
+calibrate on synthetic inputs (seeds 100..). --group-size/--scale-method set the int4 recipe and
+--float-storage fp16 stores what quantized rows keep float (head, patch embedding, norms) as float16
+(a size-bound recipe; artifacts and cached models are named by these settings).
 
     python benchmarks/bench_mobile.py --arch 0.1b --size 512x384 --rows executorch:fp32,executorch:int4-weight
 """
@@ -52,22 +54,42 @@ def _model(a):
     return build_model(a.arch, "seg", input_size=a.size, seed=0).eval()
 
 
+def variant(scheme: str, a) -> str:
+    """``scheme`` plus the recipe settings that change a quantized row (used in file names)."""
+    if scheme in ("fp32", "fp16"):
+        return scheme
+    tag = f"{scheme}-g{a.group_size}-{a.scale_method}" if scheme == "int4-weight" else scheme
+    return tag + ("-f16store" if a.float_storage == "fp16" else "")
+
+
 def _quantized(model, scheme: str, a):
     """The scheme's QuantizedModel, quantized once per run and shared by every format (saved under --work)."""
     import torch
 
     import sapiens2_edge as s2e
-    from sapiens2_edge.quantization import load_quantized, save_quantized
+    from sapiens2_edge.quantization import Int4Weight, load_quantized, save_quantized
 
-    path = a.work / f"q-{a.arch}-{a.size[0]}x{a.size[1]}-{scheme}.safetensors"
+    path = a.work / f"q-{a.arch}-{a.size[0]}x{a.size[1]}-{variant(scheme, a)}.safetensors"
     if path.exists():
         return load_quantized(path)
     static = scheme == "int8-static"
     calib = [torch.from_numpy(x) for x in _inputs(a, range(100, 104))] if static else None
-    q, _ = s2e.quantize(model, "int8" if static else scheme, calibration=calib, progress=False,
+    config = Int4Weight(a.group_size, a.scale_method) if scheme == "int4-weight" else "int8" if static else scheme
+    q, _ = s2e.quantize(model, config, calibration=calib, progress=False, float_storage=a.float_storage,
                         **({"activation_mode": "static"} if static else {}))
     save_quantized(q, path)
     return q
+
+
+def _artifact(row: str, a) -> Path:
+    fmt, scheme = row.split(":")
+    return a.work / f"{a.arch}-{a.size[0]}x{a.size[1]}-{fmt}-{variant(scheme, a)}"
+
+
+def _outputs(row: str, a) -> Path:
+    """Where a row's outputs on the evaluation inputs are saved."""
+    name = f"{a.arch}-{a.size[0]}x{a.size[1]}-torch-fp32" if row == "torch:fp32" else _artifact(row, a).name
+    return a.work / f"out-{name}.npy"
 
 
 def export_row(row: str, a) -> dict:
@@ -75,7 +97,7 @@ def export_row(row: str, a) -> dict:
     import sapiens2_edge as s2e
 
     fmt, scheme = row.split(":")
-    out = a.work / f"{a.arch}-{a.size[0]}x{a.size[1]}-{fmt}-{scheme}"
+    out = _artifact(row, a)
     if (out / "manifest.json").exists():
         return {"export_s": None}
     model, kw = _model(a), {"precision": scheme}
@@ -99,13 +121,12 @@ def time_row(row: str, a) -> dict:
         run, what, size, verified = (lambda x: torch_outputs(model, x)[0]), f"torch {torch.__version__} eager", \
             sum(t.numel() * t.element_size() for t in model.state_dict().values()), None
     else:
-        fmt, scheme = row.split(":")
-        root = a.work / f"{a.arch}-{a.size[0]}x{a.size[1]}-{fmt}-{scheme}"
+        root = _artifact(row, a)
         manifest, runner, _ = open_artifact(root)
         run, what = (lambda x: runner(x)[0]), runner.describe()
         size = sum(f["size"] for f in read_manifest(root).files.values() if f["role"] != "reference")
         verified = [manifest.fidelity["rel_l2"], manifest.fidelity["tolerance"]]
-    np.save(a.work / f"out-{a.arch}-{a.size[0]}x{a.size[1]}-{row.replace(':', '-')}.npy",
+    np.save(_outputs(row, a),
             np.concatenate([run(x) for x in xs]))
     run(xs[0])  # warm-up
     times = []
@@ -119,7 +140,8 @@ def time_row(row: str, a) -> dict:
 
 def child(mode: str, row: str, a) -> tuple[dict | None, str]:
     cmd = [sys.executable, __file__, "--arch", a.arch, "--size", f"{a.size[0]}x{a.size[1]}", "--work", str(a.work),
-           "--runs", str(a.runs), "--eval", str(a.eval), f"--{mode}", row]
+           "--runs", str(a.runs), "--eval", str(a.eval), "--group-size", str(a.group_size), "--scale-method",
+           a.scale_method, "--float-storage", a.float_storage, f"--{mode}", row]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -129,9 +151,8 @@ def child(mode: str, row: str, a) -> tuple[dict | None, str]:
 
 
 def fidelity(row: str, a) -> tuple[float, float]:
-    tag = f"{a.arch}-{a.size[0]}x{a.size[1]}"
-    ref = np.load(a.work / f"out-{tag}-torch-fp32.npy").astype(np.float64)
-    got = np.load(a.work / f"out-{tag}-{row.replace(':', '-')}.npy")
+    ref = np.load(_outputs("torch:fp32", a)).astype(np.float64)
+    got = np.load(_outputs(row, a))
     return float(np.linalg.norm(ref - got) / np.linalg.norm(ref)), float((ref.argmax(1) == got.argmax(1)).mean())
 
 
@@ -143,13 +164,15 @@ def report(results: list[dict], a, load, command: str) -> str:
              "vs torch fp32 | peak RSS (MB) | rel L2 vs fp32 | seg agreement | verified at export (rel L2 / tol) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        fmt, scheme = r["row"].split(":")
+        label = f"{fmt}:{variant(scheme, a)}" if fmt != "torch" else r["row"]
         if "error" in r:
-            lines.append(f"| {r['row']} | {r['error']} | | | | | | | | |")
+            lines.append(f"| {label} | {r['error']} | | | | | | | | |")
             continue
         exp = "-" if r.get("export_s") is None else f"{r['export_s']:.0f}"
         ratio = f"{base / r['median_s']:.2f}x" if base else "-"
         ver = "-" if r["verified"] is None else f"{r['verified'][0]:.2e} / {r['verified'][1]:g}"
-        lines.append(f"| {r['row']} | {r['what']} | {r['size_mb']:.1f} | {exp} | {r['median_s']:.3f} | {ratio} | "
+        lines.append(f"| {label} | {r['what']} | {r['size_mb']:.1f} | {exp} | {r['median_s']:.3f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} | {r['rel_l2']:.2e} | {100 * r['seg_agreement']:.2f} % | {ver} |")
     return "\n".join(lines) + "\n"
 
@@ -162,6 +185,10 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--eval", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_mobile"))
+    p.add_argument("--group-size", type=int, default=32, help="int4-weight group size")
+    p.add_argument("--scale-method", default="mse", choices=("mse", "absmax"), help="int4-weight scales")
+    p.add_argument("--float-storage", default="fp32", choices=("fp32", "fp16"),
+                   help="quantized rows: store the tensors that stay float as float16")
     p.add_argument("--export", help=argparse.SUPPRESS)
     p.add_argument("--time", help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -229,9 +229,9 @@ def test_onnx_stores_float16_values_as_float16_and_computes_the_same(seg, tmp_pa
     (a,) = OnnxRuntimeBackend(half, providers=["CPUExecutionProvider"])(x)
     (b,) = OnnxRuntimeBackend(full, providers=["CPUExecutionProvider"])(x)
     assert np.array_equal(a, b)  # the Casts are exact: the same numbers as the float32 graph
-    from sapiens2_edge.exporters.ort_export import keeps_float16
+    from sapiens2_edge.quantization.model import stores_float16
 
-    assert keeps_float16(qmodel) and not keeps_float16(seg) and not keeps_float16(quantize(seg, "int4-weight")[0])
+    assert stores_float16(qmodel) and not stores_float16(seg) and not stores_float16(quantize(seg, "int4-weight")[0])
     check_ort_keeps_float16(qmodel, half, tmp_path, x, a)
 
 

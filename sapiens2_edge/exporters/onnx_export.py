@@ -53,6 +53,8 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     """Write ``model.onnx`` (+ ``model.onnx.data`` past 2 GB) into ``out_dir``; returns {file: role}."""
     import torch
 
+    from ..quantization.model import stores_float16
+
     if opset not in OPSETS:
         raise ConfigError(f"unsupported opset {opset}; expected one of {OPSETS} (23 adds native RMSNormalization)")
     if precision not in PRECISIONS:
@@ -80,7 +82,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
             raise ExportError(f"torch.onnx.export failed for {model.arch.name} {model.task}: {e}") from e
     if precision == "fp16":
         _convert_fp16(path, external)
-    elif precision == "int4-weight" or getattr(getattr(model, "recipe", None), "float_storage", "fp32") == "fp16":
+    elif precision == "int4-weight" or stores_float16(model):
         store_float16(path, external)
     files = {MODEL_FILE: "model"}
     data = out_dir / f"{MODEL_FILE}.data"

@@ -77,11 +77,6 @@ def session_options():
     return so
 
 
-def keeps_float16(model) -> bool:
-    """Whether the model's recipe stores its float tensors as float16 (and the ORT file should too)."""
-    return getattr(getattr(model, "recipe", None), "float_storage", "fp32") == "fp16"
-
-
 def convert(onnx_path: Path, ort_path: Path, config_path: Path, keep_float16: bool = False) -> dict:
     """``onnx_path`` -> ``ort_path`` (+ the minimal build's operator config); returns notes for the manifest.
     keep_float16: leave the graph's float16 initializers (behind their Casts) unfolded."""
@@ -118,12 +113,14 @@ def read_config(path: Path) -> dict[str, list[str]]:
 
 def export_ort(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
                precision: str = "fp32") -> tuple[dict[str, str], dict]:
+    from ..quantization.model import stores_float16
+
     check_model(model, precision)
     staging = out_dir / ".onnx"
     staging.mkdir()
     try:
         export_onnx(model, staging, input_size, max_batch, opset, precision)
-        notes = convert(staging / MODEL_FILE, out_dir / ORT_FILE, out_dir / CONFIG_FILE, keeps_float16(model))
+        notes = convert(staging / MODEL_FILE, out_dir / ORT_FILE, out_dir / CONFIG_FILE, stores_float16(model))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {ORT_FILE: "model", CONFIG_FILE: "operators"}, notes

@@ -91,6 +91,11 @@ def float_keys(model: nn.Module) -> list[str]:
     return [k for k, v in model.state_dict().items() if v.dtype == torch.float32 and not k.startswith(quant)]
 
 
+def stores_float16(model: nn.Module) -> bool:
+    """Whether the model's recipe stores its float tensors as float16 (``float_storage="fp16"``)."""
+    return getattr(getattr(model, "recipe", None), "float_storage", "fp32") == "fp16"
+
+
 def round_float_storage(model: nn.Module) -> None:
     """Round the :func:`float_keys` tensors to float16 values in place (they stay float32 tensors)."""
     with torch.no_grad():
@@ -101,9 +106,9 @@ def round_float_storage(model: nn.Module) -> None:
 
 def state_bytes(model: nn.Module) -> int:
     """Bytes of every tensor in the state dict (what a checkpoint of it holds)."""
-    half = set(float_keys(model)) if getattr(getattr(model, "recipe", None), "float_storage", "fp32") == "fp16" else ()
+    half = set(float_keys(model)) if stores_float16(model) else ()
     return sum(t.numel() * (2 if k in half else t.element_size()) for k, t in model.state_dict().items())
 
 
 __all__ = ["QuantizedModel", "is_quantized", "candidate_linears", "as_quantized", "state_bytes", "float_keys",
-           "round_float_storage"]
+           "round_float_storage", "stores_float16"]
