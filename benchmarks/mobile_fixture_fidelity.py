@@ -32,6 +32,8 @@ def main(argv=None) -> None:
     p.add_argument("--rows", default="executorch:int8,executorch:int8-weight,executorch:int4-weight,ort:int8-weight,"
                                      "ort:int4-weight,litert:int8-weight")
     p.add_argument("--tasks", default="seg,pose")
+    p.add_argument("--float-storage", default="fp32", choices=("fp32", "fp16"),
+                   help="store what stays float (head, patch embedding, norms) as float16: the size-bound recipe")
     a = p.parse_args(argv)
 
     import sapiens2_edge as s2e
@@ -48,12 +50,13 @@ def main(argv=None) -> None:
         model = s2e.load_model(ROOT / "tests/fixtures/data" / f"trained_tiny_{task}.safetensors")
         for row in a.rows.split(","):
             fmt, scheme = row.split(":")
-            q, _ = s2e.quantize(model, scheme, progress=False)
+            q, _ = s2e.quantize(model, scheme, progress=False, float_storage=a.float_storage)
             out = s2e.export(q, work / f"{task}-{fmt}-{scheme}", format=fmt, input_size=SIZE, max_batch=1,
                              float_model=model, fidelity_data=images)
             fid = read_manifest(out).fidelity
             art, tq = fid["vs_float"]["artifact"], fid["vs_float"]["torch_quantized"]
-            print(f"| {task} | {fmt} | {scheme} | {_metrics(task, art)} | {_metrics(task, tq)} | {art['sqnr_db']:.2f} | "
+            label = scheme + (", float_storage fp16" if a.float_storage == "fp16" else "")
+            print(f"| {task} | {fmt} | {label} | {_metrics(task, art)} | {_metrics(task, tq)} | {art['sqnr_db']:.2f} | "
                   f"{fid['rel_l2']:.2e} / {fid['tolerance']:g} |", flush=True)
 
 

@@ -85,6 +85,36 @@ LAYER_CASES = {("int8-weight", "dynamic"): "MatMulNBits", ("int8", "static"): "M
                ("fp8", "static"): "QuantizeLinear"}
 
 
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_gemm_weights_stored_as_uint8_exact_where_u8s8_saturates(tmp_path, mode):
+    """Weights and inputs at the top of the int8 range: x86's u8 x s8 instruction without VNNI adds two
+    255 * 127 products in int16 and saturates; the graph stores our int8 weights as uint8 + 128 (zero
+    point 128), the form every CPU's int8 GEMM computes exactly."""
+    import openvino as ov
+
+    module = TwoLayers("int8", mode).eval()
+    fc = nn.Linear(64, 128)
+    with torch.no_grad():
+        fc.weight.fill_(0.5)
+        fc.weight[1::2] *= -1  # rows of +127 and of -127
+        fc.bias.zero_()
+    module.a = QuantLinear.from_float(fc, layer_config("int8", activation_mode=mode), PREFIX, torch.tensor([0.02]))
+    x = torch.full((1, PREFIX + 8, 64), 0.02 * 127)  # inputs quantized to +127: uint8 255
+    x[:, :, 1::2] *= 0.5
+    with torch.no_grad():
+        ref = module(x).numpy()
+    path = export_layers(module, x, tmp_path / "m.onnx", 18)
+    stored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    ours = module.a.decompose().weight.t().numpy().astype(np.int16)
+    (w_u8,) = [v for v in stored.values() if v.dtype == np.uint8 and v.shape == ours.shape and
+               np.array_equal(v.astype(np.int16) - 128, ours)]
+    assert any(v.dtype == np.uint8 and v.shape == (128,) and (v == 128).all() for v in stored.values())  # zero points
+    got = {"onnxruntime": ort_run(path, x.numpy()), "openvino": ov.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x.numpy()})[0]}
+    for runtime, y in got.items():
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-6, runtime
+
 @pytest.mark.parametrize("scheme,mode", list(LAYER_CASES))
 def test_layer_export_matches_quantlinear_and_runs_int8_kernels(tmp_path, scheme, mode):
     module = TwoLayers(scheme, mode).eval()

@@ -9,19 +9,23 @@ writes that op as standard ONNX:
 int8-weight        int8 weight initializer (K, N) -> ``DequantizeLinear(axis=1)`` with the per-channel
                    scales -> MatMul -> Add bias
 int8, static       ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (uint8, zero point 128: the
-                   recipe's int8 [-127, 127] in the u8 x s8 form x86 int8 GEMMs want) with the
-                   calibrated per-tensor scale, per-channel weight DQ, MatMul: ONNX Runtime fuses this
-                   to ``MatMulIntegerToFloat`` (int8 GEMM), OpenVINO to FakeQuantize + int8
-                   FullyConnected. The Clip keeps the symmetric range (QuantizeLinear alone saturates
-                   at -128). The first ``prefix`` tokens (CLS + storage) keep their own per-token
-                   scale as in the recipe, in the same GEMM: their rows are multiplied by s / s_token
-                   before the Q/DQ and their outputs by s_token / s after (exact to float rounding;
-                   no second GEMM and no second weight copy in the runtime).
+                   recipe's int8 [-127, 127]) with the calibrated per-tensor scale, per-channel weight
+                   DQ, MatMul: ONNX Runtime fuses this to ``MatMulIntegerToFloat`` (int8 GEMM),
+                   OpenVINO to FakeQuantize + int8 FullyConnected. The Clip keeps the symmetric range
+                   (QuantizeLinear alone saturates at -128). The first ``prefix`` tokens (CLS +
+                   storage) keep their own per-token scale as in the recipe, in the same GEMM: their
+                   rows are multiplied by s / s_token before the Q/DQ and their outputs by s_token / s
+                   after (exact to float rounding; no second GEMM and no second weight copy).
 int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are constants or one per
                    tensor; ``DynamicQuantizeLinear`` is per tensor, losing the recipe's per-token
                    range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip -> +128 ->
-                   Cast(uint8) -> MatMulInteger(zero point 128) -> Cast -> * s_token * s_weight``
-                   (u8 x s8 -> int32, run by ONNX Runtime's int8 GEMM; its s8 x s8 is 15x slower).
+                   Cast(uint8) -> MatMulInteger(zero points 128, 128) -> Cast -> * s_token * s_weight``.
+weights of a GEMM  our int8 weights stored as uint8 ``w + 128`` with zero point 128 (the same values)
+with int8 inputs   wherever the activations are int8 too: the u8 x s8 form saturates on x86 CPUs
+                   without VNNI (``vpmaddubsw`` adds two u8*s8 products in int16: rel L2 7.9e-2 on one
+                   random 512x256 layer in both ONNX Runtime and OpenVINO on an AVX2 EPYC), the u8 x u8
+                   form is exact on every CPU (ONNX Runtime's documented remedy; OpenVINO still runs an
+                   int8 FullyConnected).
 int4-weight        ``com.microsoft`` ``MatMulNBits`` (bits 4, block_size = the group size, default zero
                    point 8): B is our packed (N, K/2) bytes reshaped to (N, K/G, G/2), scales our float16
                    group scales as float32 (exact), then Add bias. ONNX Runtime's CPU provider runs it with
@@ -48,6 +52,7 @@ from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"
 INT8_MAX, FP8_MAX, EPS = nx.INT8_MAX, nx.FP8_MAX, nx.EPS_SCALE
+WEIGHT_ZERO = 128  # zero point of int8 weights stored as uint8 (see the module doc)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::qlinear", mutates_args=())
@@ -55,6 +60,8 @@ def qlinear(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, w_zero: t
             bias: Optional[torch.Tensor], in_scale: Optional[torch.Tensor], prefix: int, wdtype: str,
             amode: str) -> torch.Tensor:
     """What the ONNX graph computes, in torch: the decomposed layer's own arithmetic."""
+    if w_t.dtype == torch.uint8:  # int8 weights stored as uint8 + 128
+        w_t = (w_t.to(torch.int16) - WEIGHT_ZERO).to(torch.int8)
     return DecomposedLinear(w_t.t(), w_scale, bias, wdtype, None if amode == "none" else wdtype, amode, in_scale,
                             prefix).forward(x)
 
@@ -85,9 +92,12 @@ class ExportQLinear(nn.Module):
     def __init__(self, d: DecomposedLinear):
         super().__init__()
         self.wdtype, self.amode, self.prefix = d.weight_dtype, d.act_mode, d.prefix_tokens
-        self.register_buffer("w_t", d.weight.t().contiguous())
+        w_t, zero = d.weight.t().contiguous(), 0
+        if self.wdtype == "int8" and self.amode != "none":  # an int8 x int8 GEMM: the u8 x u8 form (module doc)
+            w_t, zero = (w_t.to(torch.int16) + WEIGHT_ZERO).to(torch.uint8), WEIGHT_ZERO
+        self.register_buffer("w_t", w_t)
         self.register_buffer("w_scale", d.channel_scales())
-        self.register_buffer("w_zero", torch.zeros(d.weight.shape[0], dtype=d.weight.dtype))  # DQ's zero point
+        self.register_buffer("w_zero", torch.full((d.weight.shape[0],), zero, dtype=w_t.dtype))  # DQ's zero point
         self.register_buffer("bias", None if d.bias is None else d.bias.float().clone())
         self.register_buffer("in_scale", None if d.input_scale is None else d.input_scale.clone())
 
@@ -243,13 +253,13 @@ def _make_translation(opset: int):
         y = op.MatMul(static_qdq(op.Mul(x, into), s, wdtype), weight_dq(w_t, w_scale, w_zero))
         return op.Mul(y, back)
 
-    def dynamic_int8(x, w_t, w_scale):
+    def dynamic_int8(x, w_t, w_scale, w_zero):
         amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
         s = op.Div(amax, const(INT8_MAX, TP.FLOAT))
         s = op.Where(op.Greater(s, const(0.0, TP.FLOAT)), s, const(EPS, TP.FLOAT))
         q = op.Clip(op.Round(op.Div(x, s)), const(-INT8_MAX, TP.FLOAT), const(INT8_MAX, TP.FLOAT))
         q = op.Cast(op.Add(q, const(128.0, TP.FLOAT)), to=TP.UINT8)
-        acc = op.Cast(op.MatMulInteger(q, w_t, const(128, TP.UINT8)), to=TP.FLOAT)
+        acc = op.Cast(op.MatMulInteger(q, w_t, const(128, TP.UINT8), w_zero), to=TP.FLOAT)
         return op.Mul(op.Mul(acc, s), w_scale)
 
     def qlinear_onnx(x, w_t, w_scale, w_zero, bias=None, in_scale=None, prefix: int = 0, wdtype: str = "int8",
@@ -257,7 +267,7 @@ def _make_translation(opset: int):
         if amode == "none":
             y = op.MatMul(x, weight_dq(w_t, w_scale, w_zero))
         elif amode == "dynamic" and wdtype == "int8":
-            y = dynamic_int8(x, w_t, w_scale)
+            y = dynamic_int8(x, w_t, w_scale, w_zero)
         elif amode == "dynamic":
             y = op.MatMul(token_qdq(x, wdtype), weight_dq(w_t, w_scale, w_zero))
         elif prefix:
@@ -282,12 +292,13 @@ NOTES = {
     "int4-weight/none": "int4 weights as com.microsoft MatMulNBits (bits 4, block_size = group size, zero point 8, "
                         "accuracy_level 1): our packed nibbles and float16 group scales (as float32), float activations",
     "int8/static": "static activations: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (uint8, zero point 128 = the "
-                   "recipe's symmetric int8) on the patch tokens with the calibrated scale; the prefix tokens keep "
+                   "recipe's symmetric int8) on the patch tokens with the calibrated scale, our int8 weights as uint8 + "
+                   "128 with zero point 128 (exact on CPUs without VNNI, where u8 x s8 saturates); the prefix tokens keep "
                    "their per-token scale (rows scaled by s/s_token before Q/DQ and by s_token/s after), as in the "
                    "recipe",
     "int8/dynamic": "dynamic per-token activations have no QDQ form (QuantizeLinear takes constant or per-tensor "
                     "scales; DynamicQuantizeLinear is per tensor): exported exactly as ReduceMax(Abs)/127 -> Round "
-                    "-> Clip -> uint8 (+128) -> MatMulInteger(int8 weights) -> scales",
+                    "-> Clip -> uint8 (+128) -> MatMulInteger(our int8 weights as uint8 + 128, zero point 128) -> scales",
     "fp8/static": "FLOAT8E4M3FN weights + per-channel DQ; static activations Q/DQ FLOAT8E4M3FN per tensor (TensorRT "
                   "builds fp8 GEMMs from this); prefix tokens rescaled onto the static grid per token",
     "fp8/dynamic": "FLOAT8E4M3FN weights + per-channel DQ; dynamic per-token activations by exact Cast(E4M3, "
