@@ -496,8 +496,8 @@ def test_fuzz_artifacts_quick(tmp_path):
     assert report["outcomes"].get("ArtifactError", 0) > 50  # the mutations reach the checks
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # CI's share; longer runs: python scripts/fuzz_artifacts.py --cases 20000 --seed S --work DIR
 def test_fuzz_artifacts_full(tmp_path):
-    report = _fuzz(tmp_path, 5000, seed=1, formats="native,onnx,torch,openvino")
+    report = _fuzz(tmp_path, 2500, seed=1, formats="native,onnx,torch,openvino")
     assert len(report["per_kind"]) >= 10
 
