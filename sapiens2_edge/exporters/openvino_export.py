@@ -19,8 +19,8 @@ tiny fixture and 2e-6 on random weights, well inside what the bf16 and int8 arti
 
 Quantized models go through the Q/DQ ONNX of :mod:`.onnx_quant`: ``convert_model`` turns the
 weight DequantizeLinear into int8 constants + decompression and activation Q/DQ pairs into
-FakeQuantize, so static int8 runs OpenVINO's int8 FullyConnected kernels (runtime precision i8,
-checked at export). Weight-only layers keep int8 weights in memory; the runtime switches off
+FakeQuantize, so static int8 runs OpenVINO's int8 FullyConnected kernels (runtime precision i8 or
+u8 by CPU, recorded at export). Weight-only layers keep int8 weights in memory; the runtime switches off
 OpenVINO's own dynamic activation quantization so they compute as the recipe says. Dynamic
 per-token int8 (the exact MatMulInteger form) runs as float GEMMs on the int8 weights: OpenVINO
 has no per-token form; use ``activation_mode="static"`` for its int8 kernels. fp8 targets
