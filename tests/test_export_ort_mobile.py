@@ -113,13 +113,18 @@ def test_cli_export_ort(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def read_ort_graph(path):
-    """(MatMulNBits nodes as (inputs, attributes), {initializer: (shape, raw bytes)}) from an ORT-format file,
-    read with ONNX Runtime's own flatbuffer bindings."""
-    import onnxruntime.tools.ort_format_model  # noqa: F401 - puts ort_flatbuffers_py on sys.path
+def ort_graph(path):
+    """The graph of an ORT-format file, read with the flatbuffer bindings onnxruntime ships (its
+    ``tools.ort_format_model`` package puts ``ort_flatbuffers_py`` on sys.path: nothing else to install)."""
+    import onnxruntime.tools.ort_format_model  # noqa: F401
     from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
 
-    graph = InferenceSession.GetRootAs(path.read_bytes(), 0).Model().Graph()
+    return InferenceSession.GetRootAs(path.read_bytes(), 0).Model().Graph()
+
+
+def read_ort_graph(path):
+    """(MatMulNBits nodes as (inputs, attributes), {initializer: (shape, raw bytes)}) from an ORT-format file."""
+    graph = ort_graph(path)
     inits = {}
     for i in range(graph.InitializersLength()):
         t = graph.Initializers(i)
@@ -161,15 +166,11 @@ def test_ort_int4_keeps_matmulnbits_with_our_values(seg, tmp_path):
     assert compare(torch_outputs(qmodel, x), s2e.Predictor(root).runner(x), ["logits"])["rel_l2"] < 1e-4
 
 
-
 def ort_graph_summary(path):
     """(op type counts, initializer element type counts) of an ORT-format file."""
     import collections
 
-    import onnxruntime.tools.ort_format_model  # noqa: F401 - puts ort_flatbuffers_py on sys.path
-    from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
-
-    graph = InferenceSession.GetRootAs(path.read_bytes(), 0).Model().Graph()
+    graph = ort_graph(path)
     ops = collections.Counter(graph.Nodes(i).OpType().decode() for i in range(graph.NodesLength()))
     types = collections.Counter(graph.Initializers(i).DataType() for i in range(graph.InitializersLength()))
     return ops, types
