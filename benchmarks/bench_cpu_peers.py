@@ -19,7 +19,10 @@ other processes, and cached under --work):
 Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
 (verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
 and seg agreement (argmax of the logits) against torch fp32 on --eval inputs. A row that fails
-(out of memory, a missing package) is reported as such.
+(out of memory, a missing package) is reported as such. Achieved GOP/s is the model's operation
+count (torch's FLOP counter over one forward: linears, attention, convolutions and the head) over the
+median, and its share of the peak of the precision the row's GEMMs run in on this CPU (see
+``cpu_peaks``: AMX int8/bf16 tiles, AVX-512 VNNI/bf16 or FMA, at the nominal clock).
 
     python benchmarks/bench_cpu_peers.py --arch 0.1b --size 512x384
 """
@@ -161,6 +164,53 @@ def runner_for(row: str, a):
     return (lambda x: r(x)[0]), size, r.describe()
 
 
+def model_gop(a) -> float:
+    """Operations of one forward (multiply-add = 2), counted by torch on the float model."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = model(a).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        m(torch.zeros(1, 3, *a.size))
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_peaks() -> tuple[dict[str, float], str]:
+    """Peak GOP/s of all cores of this CPU by GEMM precision, at the nominal clock /proc/cpuinfo reports,
+    and a line saying how they were derived. Per core and cycle: AMX 1024 bf16 / 2048 int8 ops; AVX-512
+    with two FMA ports 64 fp32 ops, 128 bf16 (avx512_bf16), 256 int8 (VNNI); AVX2 32 fp32, 64 int8."""
+    flags, mhz = set(), 0.0
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+        if line.startswith("cpu MHz") and not mhz:
+            mhz = float(line.split(":", 1)[1])
+    ghz, cores = mhz / 1e3, os.cpu_count() or 1
+    if "avx512f" in flags:
+        per = {"fp32": 64, "bf16": 128 if "avx512_bf16" in flags else 64, "int8": 256 if "avx512_vnni" in flags else 128}
+    else:
+        per = {"fp32": 32, "bf16": 32, "int8": 64}
+    if "amx_bf16" in flags:
+        per["bf16"] = 1024
+    if "amx_int8" in flags:
+        per["int8"] = 2048
+    peaks = {k: v * ghz * cores for k, v in per.items()}
+    how = (f"{cores} cores at {ghz:.2f} GHz nominal; per core and cycle " + ", ".join(f"{k} {v}" for k, v in per.items())
+           + " ops (" + ", ".join(f for f in ("amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16", "avx512f", "avx2")
+                                   if f in flags) + ")")
+    return peaks, how
+
+
+def gemm_precision(row: str, what: str) -> str:
+    """The precision a row's GEMMs run in (for its share of the peak). The native int8-weight engine
+    expands weights to fp32 per layer, so its GEMMs are fp32."""
+    if row.endswith("int8") or row == "ort-qstatic":
+        return "int8"
+    if "bf16" in row or "bf16" in what:
+        return "bf16"
+    return "fp32"
+
+
 def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -175,7 +225,10 @@ def time_row(row: str, a) -> dict:
     np.save(a.work / f"out-{row}.npy", np.concatenate(outs))
     x = eval_inputs(a)[0]
     stats = latency_stats(time_calls(lambda: run(x), a.warmup, a.runs))
-    return {"row": row, "what": what, "load_s": load_s, **stats, "peak_rss_mb": peak_rss_mb(), "size_mb": size / 1e6}
+    out = {"row": row, "what": what, "load_s": load_s, **stats, "peak_rss_mb": peak_rss_mb(), "size_mb": size / 1e6}
+    if row == "torch-fp32":  # counted after timing, so the counter's memory is not in the row's peak
+        out["model_gop"] = model_gop(a)
+    return out
 
 
 # -- the parent: every row in child processes, then the table -----------------------------------------
@@ -246,20 +299,28 @@ def report(results: list[dict], a, load, command: str) -> None:
     import torch
 
     base = next(r["median_s"] for r in results if r["row"] == "torch-fp32" and "median_s" in r)
+    gop = next(r["model_gop"] for r in results if r["row"] == "torch-fp32" and "model_gop" in r)
+    peaks, how = cpu_peaks()
     lines = [f"# CPU peers: {a.arch} {TASK} at {a.size[0]}x{a.size[1]} (random weights, batch 1)", "",
              f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, openvino {openvino.__version__}; load average (1/5/15 min) "
              f"{' / '.join(f'{v:.2f}' for v in load[0])} at the start, "
              f"{' / '.join(f'{v:.2f}' for v in load[1])} at the end.", "", f"`{command}`", "",
              "| row | runs as | median (s) | p90 (s) | speed-up vs torch fp32 | peak RSS (MB) | size (MB) | "
-             "rel L2 vs torch fp32 | seg agreement |", "|---|---|---|---|---|---|---|---|---|"]
+             "rel L2 vs torch fp32 | seg agreement | GOP/s | share of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['row']} | {r['error']} | - | - | - | - | - | - | - |")
+            lines.append(f"| {r['row']} | {r['error']} | - | - | - | - | - | - | - | - | - |")
             continue
+        prec = gemm_precision(r["row"], r["what"])
+        rate = gop / r["median_s"]
         lines.append(f"| {r['row']} | {r['what']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
                      f"{base / r['median_s']:.2f}x | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} | "
-                     f"{r['rel_l2']:.2e} | {100 * r['seg_agreement']:.1f} % |")
+                     f"{r['rel_l2']:.2e} | {100 * r['seg_agreement']:.1f} % | {rate:.0f} | "
+                     f"{100 * rate / peaks[prec]:.1f} % of {prec} |")
+    lines += ["", f"One forward: {gop:.0f} GOP (torch's FLOP counter). Peaks: "
+              + ", ".join(f"{k} {v / 1e3:.2f} TOP/s" for k, v in peaks.items()) + f" ({how})."]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
