@@ -115,6 +115,35 @@ def test_int8_gemm_weights_stored_as_uint8_exact_where_u8s8_saturates(tmp_path, 
     for runtime, y in got.items():
         assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-6, runtime
 
+def test_graph_optimizer_skips_only_rules_that_never_fire_on_our_graphs(tmp_path, monkeypatch):
+    """The exporter's optimizer runs without its multi-output-node rewrite rules (quadratic in Slice
+    nodes): a two-block int8 model (both block kinds, a head) exports to the same operators either way."""
+    import contextlib
+
+    import onnxscript.rewriter as rewriter
+
+    from sapiens2_edge.exporters import onnx_export
+    from sapiens2_edge.models.arch import ArchSpec
+    from sapiens2_edge.models.model import build_model
+    from tests.fixtures.tiny import HEADS
+
+    skipped = [r for r in rewriter._DEFAULT_REWRITE_RULES if not onnx_export._single_output(r)]
+    assert skipped, "onnxscript has no multi-output rule left: drop without_multi_output_rewrites"
+    arch = ArchSpec(64, 2, 4, (2, 4), 256, name="two-blocks")
+    model = build_model(arch, head=HEADS["seg"], seed=0)
+    q, _ = s2e.quantize(model, "int8", calibration=CALIB[:2], input_size=SIZE, activation_mode="static",
+                        progress=False)
+    rules = rewriter._DEFAULT_REWRITE_RULES
+    for d in ("lean", "full"):
+        (tmp_path / d).mkdir()
+    onnx_export.export_onnx(q, tmp_path / "lean", SIZE, 2)
+    assert rewriter._DEFAULT_REWRITE_RULES is rules  # the library's list is back after the export
+    monkeypatch.setattr(onnx_export, "without_multi_output_rewrites", contextlib.nullcontext)
+    onnx_export.export_onnx(q, tmp_path / "full", SIZE, 2)
+    lean, full = (op_counts(tmp_path / d / "model.onnx") for d in ("lean", "full"))
+    assert lean == full and lean["Slice"] > 0  # the Slices the skipped rule would have looked at
+
+
 @pytest.mark.parametrize("scheme,mode", list(LAYER_CASES))
 def test_layer_export_matches_quantlinear_and_runs_int8_kernels(tmp_path, scheme, mode):
     module = TwoLayers(scheme, mode).eval()

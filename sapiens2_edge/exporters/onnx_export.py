@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +44,41 @@ def frozen_rope(model, input_size) -> Iterator[None]:
             rope._buffers.pop(name, None)
 
 
+_RULES_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def without_multi_output_rewrites() -> Iterator[None]:
+    """Run the exporter's graph optimizer without its rewrite rules whose pattern has several output
+    nodes (today ``SlicesSplit``). onnxscript matches those by trying every combination of candidate
+    nodes, rebuilding an op index of the whole graph per try: quadratic in the number of Slice nodes.
+    Quantized graphs carry two Slices per linear (prefix tokens apart), so this one rule took 33 of the
+    37 s of a tiny int8 model's optimization and grows with the square of depth; on our graphs it never
+    fires (same operators with and without it, checked by tests/test_export.py). The optimizer reads its
+    rule list when it runs, so the list is swapped for the export and restored after; where onnxscript
+    has no such list, nothing changes."""
+    try:
+        import onnxscript.rewriter as rewriter
+    except ImportError:  # pragma: no cover - the ONNX export needs onnxscript
+        yield
+        return
+    with _RULES_LOCK:
+        rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+        if rules is None:
+            yield
+            return
+        rewriter._DEFAULT_REWRITE_RULES = type(rules)(r for r in rules if _single_output(r))
+        try:
+            yield
+        finally:
+            rewriter._DEFAULT_REWRITE_RULES = rules
+
+
+def _single_output(rule) -> bool:
+    pattern = getattr(rule, "_target_pattern", None)
+    return getattr(pattern, "has_single_output_node", True)
+
+
 def output_names(task: str | None) -> list[str]:
     """The graph's output names (the specification's, as a list)."""
     return list(spec.output_names(task))
@@ -70,7 +106,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), export_modules(model), warnings.catch_warnings(), torch.no_grad(), \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
