@@ -19,7 +19,8 @@ def test_predict_video_writes_every_frame(tmp_path):
     ckpt = save(tiny_model("pose"), tmp_path / "pose.safetensors")
     clip = write_video(tmp_path / "clip.avi", [frame_at(t) for t in range(N_FRAMES)])
     out = tmp_path / "out"
-    res = runner.invoke(app, ["predict", str(ckpt), "--input", clip, "--output", str(out), "--json"])
+    res = runner.invoke(app, ["predict", str(ckpt), "--input", clip, "--output", str(out), "--json",
+                              "--input-size", "128x96"])  # the tiny model's size (its default is 1024x768)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["frames"] == summary["written"] == N_FRAMES and summary["dropped"] == 0
