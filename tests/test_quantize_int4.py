@@ -210,13 +210,21 @@ def test_onnx_stores_float16_values_as_float16_and_computes_the_same(seg, tmp_pa
     from sapiens2_edge.exporters import onnx_export
     from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
+    import shutil
+
     qmodel, _ = quantize(seg, "int4-weight", float_storage="fp16")
     (tmp_path / "half").mkdir()
     (tmp_path / "full").mkdir()
-    onnx_export.export_onnx(qmodel, tmp_path / "half", INPUT, 2, 18, "int4-weight")
-    monkeypatch.setattr(onnx_export, "store_float16", lambda path, external: None)  # the float32 graph
-    onnx_export.export_onnx(qmodel, tmp_path / "full", INPUT, 2, 18, "int4-weight")
     half, full = (tmp_path / d / "model.onnx" for d in ("half", "full"))
+    store = onnx_export.store_float16
+
+    def keep_the_float32_graph(path, external):
+        shutil.copy(path, full)  # the exporter's graph, before float16 storage
+        store(path, external)
+    monkeypatch.setattr(onnx_export, "store_float16", keep_the_float32_graph)
+    onnx_export.export_onnx(qmodel, tmp_path / "half", INPUT, 2, 18, "int4-weight")
+    monkeypatch.undo()
+    assert full.exists()
     # the head, patch embedding, norms and every group scale: float16 behind a Cast, half the bytes
     stored = {t.name: t for t in onnx.load(str(half)).graph.initializer}
     float_bytes = sum(len(t.raw_data) for t in onnx.load(str(full)).graph.initializer if t.data_type == 1)
