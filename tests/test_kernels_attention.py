@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_attention_kernels_under_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     env.pop("SAPIENS2_EDGE_KERNELS", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/interpreted"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                           "tests/interpreted"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
