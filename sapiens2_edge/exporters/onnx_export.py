@@ -54,7 +54,7 @@ def without_multi_output_rewrites() -> Iterator[None]:
     nodes, rebuilding an op index of the whole graph per try: quadratic in the number of Slice nodes.
     Quantized graphs carry two Slices per linear (prefix tokens apart), so this one rule took 33 of the
     37 s of a tiny int8 model's optimization and grows with the square of depth; on our graphs it never
-    fires (same operators with and without it, checked by tests/test_export.py). The optimizer reads its
+    fires (same operators with and without it, checked by tests/test_export_quantized.py). The optimizer reads its
     rule list when it runs, so the list is swapped for the export and restored after; where onnxscript
     has no such list, nothing changes."""
     try:
