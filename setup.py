@@ -2,7 +2,9 @@
 builds the native extension ``sapiens2_edge._native`` from the C++ sources listed once in
 ``cpp/sources.txt`` (the same list CMakeLists.txt reads) plus ``cpp/bindings/*.cpp``.
 
-GEMM comes from OpenBLAS in the scipy-openblas32 wheel (a build and runtime dependency). The
+GEMM comes from OpenBLAS in the scipy-openblas32 wheel (a build and runtime dependency); bfloat16
+GEMMs from oneDNN, opened at run time (its headers come from the onednn-devel-cpu-gomp wheel, a
+build dependency; without them the extension builds with float32 GEMMs only). The
 extension finds the library at run time through rpaths: next to it in the same site-packages
 (``$ORIGIN/..``), in the target environment's site-packages (editable installs), and where the
 build found it (builds without isolation).
@@ -16,6 +18,21 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent
+
+
+def onednn_include_dirs() -> list[str]:
+    """oneDNN's header directory from the onednn-devel-cpu-gomp wheel, where it is installed."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("onednn-devel-cpu-gomp").files or []
+    except metadata.PackageNotFoundError:
+        return []
+    dist = metadata.distribution("onednn-devel-cpu-gomp")
+    for f in files:
+        if str(f).replace(os.sep, "/").endswith("include/oneapi/dnnl/dnnl.h"):
+            return [str(Path(dist.locate_file(f)).resolve().parents[2])]
+    return []
 
 
 def native_extension():
@@ -33,9 +50,9 @@ def native_extension():
     return Pybind11Extension(
         "sapiens2_edge._native",
         sources=sources,
-        include_dirs=["cpp/include", "cpp/bindings", blas.get_include_dir()],
+        include_dirs=["cpp/include", "cpp/bindings", blas.get_include_dir(), *onednn_include_dirs()],
         library_dirs=[blas.get_lib_dir()],
-        libraries=[blas.get_library()],
+        libraries=[blas.get_library(), "dl"],
         runtime_library_dirs=rpaths,
         define_macros=[("S2E_BLAS_SCIPY_PREFIX", "1")],
         extra_compile_args=["-O3", *openmp],

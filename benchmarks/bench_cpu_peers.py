@@ -15,6 +15,7 @@ other processes, and cached under --work):
     ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
     ours-native-fp32   s2e native engine, float weights
     ours-native-w8     s2e native engine, int8-weight
+    ours-native-bf16   s2e native engine, bf16 artifact (bf16 weights; bf16 GEMMs on oneDNN where the CPU has them)
 
 Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
 (verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-bf16",
-        "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8")
+        "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16")
 TASK = "seg"
 
 
@@ -92,11 +93,12 @@ def prepare(row: str, a) -> None:
                             progress=False)
         fmt = "openvino" if row == "ours-ov-int8" else "onnx"
         s2e.export(q, w / row, format=fmt, input_size=a.size, max_batch=1, float_model=float_model)
-    if row in ("ours-native-fp32", "ours-native-w8"):
+    if row in ("ours-native-fp32", "ours-native-w8", "ours-native-bf16"):
         m = model(a)
         if row == "ours-native-w8":
             m, _ = s2e.quantize(m, "int8-weight", progress=False)
-        s2e.export(m, w / row, format="native", input_size=a.size, max_batch=1)
+        precision = "bf16" if row == "ours-native-bf16" else None
+        s2e.export(m, w / row, format="native", input_size=a.size, max_batch=1, precision=precision)
     if row == "nncf-int8":
         import nncf
         import openvino as ov
@@ -203,9 +205,11 @@ def cpu_peaks() -> tuple[dict[str, float], str]:
 
 def gemm_precision(row: str, what: str) -> str:
     """The precision a row's GEMMs run in (for its share of the peak). The native int8-weight engine
-    expands weights to fp32 per layer, so its GEMMs are fp32."""
+    expands weights to fp32 per layer, so its GEMMs are fp32; the native bf16 row says which it ran."""
     if row.endswith("int8") or row == "ort-qstatic":
         return "int8"
+    if row == "ours-native-bf16":
+        return "bf16" if "bf16 GEMMs" in what else "fp32"
     if "bf16" in row or "bf16" in what:
         return "bf16"
     return "fp32"
@@ -261,7 +265,8 @@ def main(argv=None) -> None:
     p.add_argument("--calib", type=int, default=32, help="calibration samples for the int8 rows")
     p.add_argument("--eval", type=int, default=4, help="inputs for rel L2 / seg agreement")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_cpu_peers"))
-    p.add_argument("--out", type=Path, default=None, help="Markdown report to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="Markdown record to append this run's section to (earlier runs are kept)")
     p.add_argument("--prepare", help=argparse.SUPPRESS)
     p.add_argument("--time", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -324,7 +329,8 @@ def report(results: list[dict], a, load, command: str) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
-        a.out.write_text(text)
+        earlier = a.out.read_text() if a.out.exists() else ""
+        a.out.write_text(earlier + ("\n" if earlier else "") + text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sapiens2_edge.exporters import export, verification_inputs
+from sapiens2_edge.runtime.native_backend import onednn_library
 from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, input_size, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,13 @@ def build_and_test(build: Path, cases: Path, *options: str, env: dict | None = N
 
 @pytest.mark.slow
 def test_ctest_release(tmp_path, engine_cases):
-    out = build_and_test(tmp_path / "build", engine_cases, "-DCMAKE_BUILD_TYPE=Release")
-    for name in ("test_json", "test_safetensors", "test_ops", "test_engine"):
+    # oneDNN for the bf16 GEMM tests: the installed wheel's library (the refusal is checked where it is absent)
+    lib = onednn_library()
+    out = build_and_test(tmp_path / "build", engine_cases, "-DCMAKE_BUILD_TYPE=Release",
+                         env={"S2E_ONEDNN_LIBRARY": lib} if lib else None)
+    if lib:
+        assert "PASS linear_bf16_matches_rounded_product" in out and "oneDNN not usable here" not in out
+    for name in ("test_json", "test_safetensors", "test_ops", "test_engine", "test_onednn"):
         assert f"{name} " in out and "0 failed checks" in out
     assert out.count("rel L2") == 7  # 6 cases, pointmap has two outputs
     assert "100% tests passed" in out
@@ -67,7 +73,10 @@ def test_ctest_release(tmp_path, engine_cases):
 
 @pytest.mark.slow
 def test_ctest_asan_ubsan(tmp_path, engine_cases):
-    """Every C++ test, engine cases included, runs clean under ASan + UBSan (any report aborts)."""
-    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    """Every C++ test, engine cases included, runs clean under ASan + UBSan (any report aborts). oneDNN,
+    a library built without the sanitizers, stays out of this build's tests (S2E_ONEDNN_LIBRARY names no
+    file: its tests check the refusal)."""
+    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+           "S2E_ONEDNN_LIBRARY": str(tmp_path / "no-libdnnl.so")}
     out = build_and_test(tmp_path / "asan", engine_cases, "-DCMAKE_BUILD_TYPE=Debug", "-DS2E_SANITIZE=ON", env=env)
     assert "100% tests passed" in out and out.count("rel L2") == 7 and "ERROR: AddressSanitizer" not in out and "runtime error" not in out

@@ -10,6 +10,7 @@
 
 #include "s2e/config.hpp"
 #include "s2e/engine.hpp"
+#include "s2e/onednn.hpp"
 #include "s2e/json.hpp"
 #include "s2e/ops.hpp"
 #include "s2e/safetensors.hpp"
@@ -100,16 +101,18 @@ PYBIND11_MODULE(_native, m) {
     });
 
     py::class_<s2e::Engine, std::shared_ptr<s2e::Engine>>(m, "Engine", R"doc(
-Engine(path, config="") loads an artifact directory (manifest.json + weights.safetensors) or a
-.safetensors file; for a file, ``config`` is a JSON object with ``arch``, ``head``, ``rope_mode``
-(as in a manifest), or empty to use a quantized checkpoint's metadata. ``run(x)`` takes a float32
+Engine(path, config="", precision="fp32") loads an artifact directory (manifest.json +
+weights.safetensors) or a .safetensors file; for a file, ``config`` is a JSON object with ``arch``,
+``head``, ``rope_mode`` (as in a manifest), or empty to use a quantized checkpoint's metadata.
+``precision="bf16"`` runs the linear and attention GEMMs on oneDNN in bfloat16 (``load_onednn``
+first; ConfigError without it). ``run(x)`` takes a float32
 (B,3,H,W) array and returns the head's raw outputs as a tuple; it releases the GIL and may be
 called from several threads at once.)doc")
-        .def(py::init([](const std::string& path, const std::string& config) {
+        .def(py::init([](const std::string& path, const std::string& config, const std::string& precision) {
                  py::gil_scoped_release release;
-                 return std::make_shared<s2e::Engine>(path, config);
+                 return std::make_shared<s2e::Engine>(path, config, precision);
              }),
-             py::arg("path"), py::arg("config") = "")
+             py::arg("path"), py::arg("config") = "", py::arg("precision") = "fp32")
         .def("run",
              [](const s2e::Engine& e, const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
                  if (x.ndim() != 4 || x.shape(1) != 3) {
@@ -141,6 +144,7 @@ called from several threads at once.)doc")
         .def_property_readonly("embed_dim", [](const s2e::Engine& e) { return e.config().arch.embed_dim; })
         .def_property_readonly("rope_mode", [](const s2e::Engine& e) { return e.config().rope_bf16 ? "bf16" : "fp32"; })
         .def_property_readonly("weight_format", &s2e::Engine::weight_format)
+        .def_property_readonly("precision", &s2e::Engine::precision)
         .def_property_readonly("weights_path", &s2e::Engine::weights_path);
 
     m.def("parse_safetensors",
@@ -209,6 +213,12 @@ called from several threads at once.)doc")
           },
           py::arg("periods"), py::arg("hp"), py::arg("wp"), py::arg("bf16") = true);
     m.def("num_threads", &s2e::ops::num_threads, "OpenMP threads the engine uses.");
+    m.def("load_onednn", [](const std::string& path) { return s2e::onednn::load(path); }, py::arg("path") = "",
+          "Opens oneDNN for bf16 runs (once per process: later calls return the first result): `path`, else "
+          "$S2E_ONEDNN_LIBRARY, else libdnnl.so.3. Returns '' when usable, else why not.");
+    m.def("onednn_info", [] {
+        return py::make_tuple(s2e::onednn::available(), s2e::onednn::native_bf16(), s2e::onednn::describe());
+    }, "(loaded, native bf16 on this CPU, description) of oneDNN.");
 #ifdef S2E_HAS_TASKS
     bind_tasks(m);
 #endif

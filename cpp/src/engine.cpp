@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "s2e/onednn.hpp"
 #include "s2e/ops.hpp"
 
 namespace s2e {
@@ -113,9 +114,19 @@ void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const f
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
+    std::vector<uint16_t> wb, xb, qb, kb, vb, pb;  // bf16 runs: weights and GEMM inputs rounded to bf16
+    std::vector<float> wscale;
 };
 
-Engine::Engine(const std::string& path, const std::string& config_json) {
+Engine::Engine(const std::string& path, const std::string& config_json, const std::string& precision) {
+    if (precision != "fp32" && precision != "bf16")
+        throw UnsupportedError("precision '" + precision + "' is not one the native engine runs; expected 'fp32' or 'bf16'");
+    if (precision == "bf16") {
+        const std::string why = onednn::load();
+        if (!why.empty()) throw UnsupportedError("precision 'bf16' needs oneDNN: " + why);
+        precision_ = precision;
+        bf16_ = true;
+    }
 #ifdef __GLIBC__
     // Activation buffers are tens of MB and change size layer to layer. A fixed 1 MB mmap threshold
     // (glibc otherwise raises it after the first free) returns each to the OS when freed, which
@@ -375,12 +386,96 @@ const float* Engine::floats(const Param& p, std::vector<float>& out, Workspace& 
     return out.data();
 }
 
+const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out, std::vector<float>& scale,
+                                     Workspace& ws) const {
+    const TensorView& t = *p.t;
+    const int64_t n = t.numel();
+    const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+    scale.clear();
+    out.resize(static_cast<size_t>(n));
+    if (t.dtype == DType::BF16) {
+        st_->read(t, 0, t.nbytes, out.data());
+        return out.data();
+    }
+    if (t.dtype != DType::I8 && t.dtype != DType::F8_E4M3) {  // float32 / float16 weights: rounded to bf16
+        const float* f = floats(p, ws.wbuf, ws);
+        onednn::to_bf16(f, 1, n, n, out.data());
+        return out.data();
+    }
+    // int8 and float8 E4M3 values are bfloat16 numbers: converted exactly, the scale applied after.
+    if (p.scale) {
+        std::vector<float> s(static_cast<size_t>(p.scale->numel()));
+        st_->read(*p.scale, 0, p.scale->nbytes, s.data());
+        scale = s.size() == 1 ? std::vector<float>(static_cast<size_t>(rows), s[0]) : std::move(s);
+    }
+    const int64_t cols = rows ? n / rows : 0;
+    const size_t row_bytes = static_cast<size_t>(cols);
+    const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kReadChunk / std::max<size_t>(row_bytes, 1)));
+    const bool i8 = t.dtype == DType::I8;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t nr = std::min(chunk, rows - r0);
+        ws.raw.resize(static_cast<size_t>(nr) * row_bytes);
+        st_->read(t, static_cast<size_t>(r0) * row_bytes, ws.raw.size(), ws.raw.data());
+        const uint8_t* src = ws.raw.data();
+        uint16_t* dst = out.data() + r0 * cols;
+#pragma omp parallel for schedule(static) if (nr * cols > 65536)
+        for (int64_t i = 0; i < nr * cols; ++i)
+            dst[i] = float_to_bf16(i8 ? static_cast<float>(static_cast<int8_t>(src[i])) : fp8e4m3_to_float(src[i]));
+    }
+    return out.data();
+}
+
 void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const {
+    if (bf16_) {
+        const uint16_t* W = bf16_weights(l.w, ws.wb, ws.wscale, ws);
+        const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
+        onednn::linear_bf16(x, M, l.in, W, ws.wscale.empty() ? nullptr : ws.wscale.data(), b, l.out, y, l.out, ws.xb);
+        return;
+    }
     // int8 / fp16 weights are dequantized into one layer-sized scratch buffer per call: the
     // model is never held in fp32, and the GEMM itself runs in fp32 as the torch reference does.
     const float* W = floats(l.w, ws.wbuf, ws);
     const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
     ops::linear(x, M, l.in, W, b, l.out, y, l.out);
+}
+
+void Engine::attention_bf16(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t kv,
+                            float scale, Workspace& ws) const {
+    // q, k and v are rounded to bf16 into head-major copies (head, token, d), so every GEMM is a plain
+    // 2-D oneDNN matmul on dense operands (its fast brgemm kernels; strided or broadcast batches fall
+    // back to a reference kernel). Per head, in chunks of query rows that keep the scores under ~16M
+    // floats: scores in float32, softmax in float32, the probabilities rounded to bf16 for P.V.
+    const ArchConfig& a = cfg_.arch;
+    const int64_t C = a.embed_dim, d = a.head_dim(), heads = a.num_heads, kvd = kv * d;
+    const int64_t groups = heads / kv;
+    ws.qb.resize(static_cast<size_t>(heads * T * d));
+    ws.kb.resize(static_cast<size_t>(kv * T * d));
+    ws.vb.resize(static_cast<size_t>(kv * T * d));
+    const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(T, (16ll << 20) / std::max<int64_t>(1, T)));
+    ws.att.resize(static_cast<size_t>(rows * T));
+    ws.pb.resize(ws.att.size());
+    for (int64_t bi = 0; bi < B; ++bi) {
+        const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
+        for (int64_t hh = 0; hh < heads; ++hh) onednn::to_bf16(qi + hh * d, T, d, C, ws.qb.data() + hh * T * d);
+        for (int64_t g = 0; g < kv; ++g) {
+            onednn::to_bf16(ki + g * d, T, d, kvd, ws.kb.data() + g * T * d);
+            onednn::to_bf16(vi + g * d, T, d, kvd, ws.vb.data() + g * T * d);
+        }
+        for (int64_t hh = 0; hh < heads; ++hh) {
+            const uint16_t* kh = ws.kb.data() + (hh / groups) * T * d;
+            const uint16_t* vh = ws.vb.data() + (hh / groups) * T * d;
+            for (int64_t r0 = 0; r0 < T; r0 += rows) {
+                const int64_t n = std::min(rows, T - r0);
+                // scores (n, T) = scale * q_h[r0:r0+n] . k_h^T
+                onednn::matmul_bf16(n, d, T, ws.qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, ws.att.data(), T, scale);
+                ops::softmax_rows(ws.att.data(), n, T, T);
+                onednn::to_bf16(ws.att.data(), n, T, T, ws.pb.data());
+                // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
+                float* oh = o + (bi * T + r0) * C + hh * d;
+                onednn::matmul_bf16(n, T, d, ws.pb.data(), T, 1, vh, d, 1, oh, C, 1.0f);
+            }
+        }
+    }
 }
 
 void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
@@ -435,6 +530,8 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
                                           kvd, o + bi * T * C + hh * d, C, T, d, scale, s.data());
             }
         }
+    } else if (bf16_) {
+        attention_bf16(q, k, v, o, B, T, kv, scale, ws);
     } else {
         for (int64_t bi = 0; bi < B; ++bi)
             for (int64_t hh = 0; hh < heads; ++hh) {
@@ -460,15 +557,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     ws.a.resize(static_cast<size_t>(M * hid));
     float *u = ws.u.data(), *act = ws.a.data();
     apply_linear(b.w12, h, M, u, ws);
-#pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-        const float* um = u + m * 2 * hid;
-        float* am = act + m * hid;
-        for (int64_t j = 0; j < hid; ++j) {
-            const float g = um[j];
-            am[j] = g / (1.0f + std::exp(-g)) * um[hid + j];
-        }
-    }
+    ops::swiglu(u, act, M, hid);
     apply_linear(b.w3, act, M, h, ws);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < M * C; ++i) x[i] += h[i];
@@ -558,7 +647,7 @@ void Engine::conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C
     std::vector<float> y(static_cast<size_t>(c.cout * Ho * Wo));
     const float* w = floats(c.w, ws.wbuf, ws);
     const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
-    ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols);
+    ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, bf16_);
     if (norm_silu) {
         if (c.norm)
             ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf, ws), kEps);
@@ -580,7 +669,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     if (h.task == "pose" || h.task == "seg") {
         for (const auto& dc : deconv_) {
             std::vector<float> y(static_cast<size_t>(dc.cout * 4 * H * W));
-            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols);
+            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, bf16_);
             C = dc.cout;
             H *= 2;
             W *= 2;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "s2e/common.hpp"
+#include "s2e/onednn.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -88,6 +89,14 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     }
 }
 
+void gemm(bool bf16, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    if (bf16)
+        onednn::gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void linear(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y, int64_t ldy) {
     if (b) {
 #pragma omp parallel for schedule(static)
@@ -96,29 +105,69 @@ void linear(const float* x, int64_t M, int64_t K, const float* W, const float* b
     sgemm(false, true, M, N, K, 1.0f, x, K, W, K, b ? 1.0f : 0.0f, y, ldy);
 }
 
+S2E_CPU_CLONES static void rms_norm_row(const float* xr, float* yr, int64_t dim, const float* w, float eps) {
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+    for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
+}
+
 void rms_norm(const float* x, float* y, int64_t rows, int64_t dim, int64_t stride, const float* w, float eps) {
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = x + r * stride;
-        float* yr = y + r * stride;
-        double ss = 0.0;
-        for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
-        float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
-        for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
-    }
+    for (int64_t r = 0; r < rows; ++r) rms_norm_row(x + r * stride, y + r * stride, dim, w, eps);
+}
+
+// exp(x) in float32 to ~2 ulp (Cody-Waite reduction by ln 2, a degree-6 polynomial on
+// [-ln2/2, ln2/2], the exponent added through the float's bits), without branches so that loops
+// calling it vectorize; libm's expf is one call per element. NaN stays NaN; below -87.3 it returns
+// exp(-87.3) ~ 1e-38 in place of a denormal or zero.
+// always_inline: inlined into each multiversioned caller, so it is compiled for that caller's ISA.
+__attribute__((always_inline)) static inline float exp_vec(float x) {
+    x = x < -87.3f ? -87.3f : x;  // comparisons, not std::min/max: those stay out-of-line calls in the
+    x = x > 88.7f ? 88.7f : x;    // multiversioned callers (NaN passes both unchanged)
+    const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+}
+
+S2E_CPU_CLONES static void silu_span(float* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + exp_vec(-x[i]));
 }
 
 void silu_inplace(float* x, int64_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+    const int64_t parts = n > 65536 ? 64 : 1, step = (n + parts - 1) / parts;
+#pragma omp parallel for schedule(static) if (parts > 1)
+    for (int64_t p = 0; p < parts; ++p) {
+        const int64_t lo = p * step, hi = std::min(n, lo + step);
+        if (hi > lo) silu_span(x + lo, hi - lo);
+    }
 }
 
-static void softmax_row(float* s, int64_t cols) {
+S2E_CPU_CLONES static void swiglu_row(const float* u, float* a, int64_t hid) {
+    for (int64_t j = 0; j < hid; ++j) a[j] = u[j] / (1.0f + exp_vec(-u[j])) * u[hid + j];
+}
+
+void swiglu(const float* u, float* a, int64_t rows, int64_t hid) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) swiglu_row(u + r * 2 * hid, a + r * hid, hid);
+}
+
+S2E_CPU_CLONES static void softmax_row(float* s, int64_t cols) {
     float m = -INFINITY;
-    for (int64_t j = 0; j < cols; ++j) m = std::max(m, s[j]);
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < cols; ++j) m = s[j] > m ? s[j] : m;
     float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < cols; ++j) {
-        s[j] = std::exp(s[j] - m);
+        s[j] = exp_vec(s[j] - m);
         sum += s[j];
     }
     float inv = 1.0f / sum;
@@ -130,18 +179,21 @@ void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld) {
     for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * ld, cols);
 }
 
+S2E_CPU_CLONES static void normalize_plane(float* p, int64_t HW, float eps) {
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < HW; ++i) sum += p[i];
+    double mean = sum / HW, var = 0.0;
+#pragma omp simd reduction(+ : var)
+    for (int64_t i = 0; i < HW; ++i) var += (p[i] - mean) * (p[i] - mean);
+    var /= HW;
+    float inv = static_cast<float>(1.0 / std::sqrt(var + eps)), m = static_cast<float>(mean);
+    for (int64_t i = 0; i < HW; ++i) p[i] = (p[i] - m) * inv;
+}
+
 void instance_norm(float* x, int64_t C, int64_t HW, float eps) {
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-        float* p = x + c * HW;
-        double sum = 0.0;
-        for (int64_t i = 0; i < HW; ++i) sum += p[i];
-        double mean = sum / HW, var = 0.0;
-        for (int64_t i = 0; i < HW; ++i) var += (p[i] - mean) * (p[i] - mean);
-        var /= HW;
-        float inv = static_cast<float>(1.0 / std::sqrt(var + eps)), m = static_cast<float>(mean);
-        for (int64_t i = 0; i < HW; ++i) p[i] = (p[i] - m) * inv;
-    }
+    for (int64_t c = 0; c < C; ++c) normalize_plane(x + c * HW, HW, eps);
 }
 
 void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps) {
@@ -172,7 +224,7 @@ static int64_t tile_rows(int64_t per_row, int64_t rows) {
 }
 
 void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, int64_t k,
-            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch) {
+            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch, bool bf16) {
     const int64_t Ho = conv_out(H, k, stride, pad), Wo = conv_out(W, k, stride, pad), HWo = Ho * Wo;
     const int64_t kdim = cin * k * k;
     if (b) {
@@ -181,7 +233,7 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
     }
     const float beta = b ? 1.0f : 0.0f;
     if (k == 1 && stride == 1 && pad == 0) {
-        sgemm(false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, beta, y, HWo);
+        gemm(bf16, false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, beta, y, HWo);
         return;
     }
     const int64_t rows = tile_rows(kdim * Wo, Ho);
@@ -208,12 +260,12 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
                 }
             }
         }
-        sgemm(false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, beta, y + r0 * Wo, HWo);
+        gemm(bf16, false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, beta, y + r0 * Wo, HWo);
     }
 }
 
 void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
-                         std::vector<float>& scratch) {
+                         std::vector<float>& scratch, bool bf16) {
     const int64_t Ho = 2 * H, Wo = 2 * W, kdim = cout * 16;
     std::fill(y, y + cout * Ho * Wo, 0.0f);
     const int64_t rows = tile_rows(kdim * W, H);
@@ -222,7 +274,7 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
     for (int64_t i0 = 0; i0 < H; i0 += rows) {
         const int64_t nr = std::min(rows, H - i0), ncols = nr * W;
         // cols (cout*16, ncols) = W^T (cout*16, cin) @ X (cin, ncols)
-        sgemm(true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
+        gemm(bf16, true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
         // col2im: output (oy, ox) = (2*iy - 1 + ky, 2*ix - 1 + kx); each channel owns its plane.
 #pragma omp parallel for schedule(static)
         for (int64_t co = 0; co < cout; ++co) {

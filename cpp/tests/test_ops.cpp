@@ -168,4 +168,30 @@ S2E_TEST(rope_rotation) {
     for (float x : w0) CHECK(s2e::round_bf16(x) == x);
 }
 
+S2E_TEST(silu_and_softmax_exp_accuracy) {
+    // The engine's vectorized exp against libm over the range the model produces (and past it).
+    std::vector<float> x;
+    for (float v = -100.0f; v <= 100.0f; v += 0.013f) x.push_back(v);
+    std::vector<float> y = x;
+    ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        const double want = x[i] / (1.0 + std::exp(-static_cast<double>(x[i])));
+        worst = std::max(worst, std::fabs(y[i] - want) / std::max(std::fabs(want), 1e-30));
+    }
+    CHECK(worst < 1e-6);
+    std::vector<float> s = {0.0f, -1.0f, 3.5f, -90.0f, 2.0f};
+    ops::softmax_rows(s.data(), 1, 5, 5);
+    double z = 0;
+    for (float v : {0.0f, -1.0f, 3.5f, -90.0f, 2.0f}) z += std::exp(static_cast<double>(v));
+    CHECK(std::fabs(s[2] - std::exp(3.5) / z) < 1e-7 && std::fabs(s[1] - std::exp(-1.0) / z) < 1e-7);
+    CHECK(s[3] < 1e-30);
+    std::vector<float> u = {1.5f, -2.0f, 0.25f, 3.0f}, a(2);  // one row, hid 2: gates (1.5, -2), ups (0.25, 3)
+    ops::swiglu(u.data(), a.data(), 1, 2);
+    CHECK(std::fabs(a[0] - 1.5 / (1 + std::exp(-1.5)) * 0.25) < 1e-6 && std::fabs(a[1] - -2.0 / (1 + std::exp(2.0)) * 3.0) < 1e-6);
+    std::vector<float> nan = {std::nanf(""), 1.0f};
+    ops::silu_inplace(nan.data(), 2);
+    CHECK(std::isnan(nan[0]));
+}
+
 S2E_TEST_MAIN()

@@ -69,7 +69,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            files=("model.pt2", "model_aoti.pt2")),
     # The engine runs weight-only storage (float, fp16 and int8-weight layers, not int4); its weights file
     # is a self-describing checkpoint, so torch can run it too.
-    Format("native", precisions=("fp32", "fp16"), schemes=("fp16", "int8-weight", "mixed"), backends=("native", "torch"),
+    Format("native", precisions=("fp32", "fp16", "bf16"), schemes=("fp16", "int8-weight", "mixed"), backends=("native", "torch"),
            files=("weights.safetensors",)),
     # LiteRT / TFLite: float activations only (int8 weights from our scales, fp16 weights); a
     # batch-1 graph, run here by the LiteRT interpreter (CPU, XNNPACK).

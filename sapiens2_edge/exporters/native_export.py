@@ -1,6 +1,8 @@
 """``format="native"``: ``weights.safetensors`` in the layout the C++ engine (``sapiens2_edge._native``)
-reads - the official tensor names, float32 (or float16 with ``precision="fp16"``), or for a
-quantized model the quantized-checkpoint layout (int8 / fp16 linear weights + ``weight_scale``).
+reads - the official tensor names, float32 (or float16 / bfloat16 with ``precision="fp16"`` /
+``"bf16"``), or for a quantized model the quantized-checkpoint layout (int8 / fp16 linear weights +
+``weight_scale``). A bf16 artifact runs bf16 GEMMs (oneDNN) where the CPU computes bf16 natively, and
+is verified as it will run on the exporting machine.
 
 The file is self-describing: ``sapiens2_edge.arch`` / ``.head`` / ``.rope_mode`` metadata (and the
 recipe for quantized models), so the engine can also open it without the manifest.
@@ -14,7 +16,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 WEIGHTS = "weights.safetensors"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def check_weight_only(model) -> None:
@@ -51,7 +53,7 @@ def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str
     if precision not in PRECISIONS:
         raise ConfigError(f"native precision {precision!r} is not supported; expected one of {PRECISIONS} "
                           "(quantize to int8-weight first for int8 weights)")
-    dtype = torch.float16 if precision == "fp16" else torch.float32
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     tensors = {k: (v if k.endswith("rope_embed.periods") else v.to(dtype)).detach().contiguous()
                for k, v in model.official_state_dict().items()}
     return tensors, meta
@@ -66,6 +68,13 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
 
 
 def verifier(out_dir: Path, files: dict[str, str]):
-    from ..runtime.native_backend import NativeBackend
+    """The engine as the runtime will open this artifact here: bf16-stored weights with bf16 GEMMs
+    where the runtime would choose them."""
+    from ..runtime.native_backend import NativeBackend, resolve_native_precision
 
-    return NativeBackend(Path(out_dir) / WEIGHTS)
+    backend = NativeBackend(Path(out_dir) / WEIGHTS)
+    if backend.engine.weight_format == "bfloat16":
+        precision, why = resolve_native_precision("bf16")
+        if precision == "bf16":
+            return NativeBackend(Path(out_dir) / WEIGHTS, precision=precision, reason=why)
+    return backend

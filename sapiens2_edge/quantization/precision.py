@@ -21,7 +21,7 @@ FLOAT_PRECISIONS: dict[str, tuple[str, ...]] = {
     "openvino": ("fp32", "fp16", "bf16"),  # bf16: computed in bf16 where the CPU has it natively
     "coreml": ("fp16", "fp32"),  # FLOAT16 compute, the Neural Engine's, unless fp32 is asked for
     "torch": ("fp32",),  # the program keeps the model's own numerics
-    "native": ("fp32", "fp16"),
+    "native": ("fp32", "fp16", "bf16"),  # bf16: bf16 weights, bf16 GEMMs where oneDNN runs them natively
 }
 #: why a format lacks a float precision the others have
 _MISSING = {("torch", "fp16"): "the program keeps the model's own precision: export the float model as 'fp32', or "

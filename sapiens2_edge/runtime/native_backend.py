@@ -1,7 +1,13 @@
 """Native backend: the C++ engine (``sapiens2_edge._native``: OpenBLAS GEMMs, OpenMP) on the CPU.
 
 Needs no torch, onnxruntime or openvino. Runs artifacts that carry ``weights.safetensors``
-(fp32, fp16-stored or int8-weight). One backend may be called from several threads at once.
+(fp32, fp16- or bf16-stored, int8-weight). One backend may be called from several threads at once.
+
+GEMM precision: ``fp32`` (OpenBLAS, the reference numerics) or ``bf16`` (oneDNN, opened at run time
+from the ``onednn-cpu-gomp`` wheel: ``pip install 'sapiens2-edge[onednn]'``; its VNNI/AVX-512-BF16/AMX
+kernels are chosen by the CPU it runs on). A bf16 artifact runs bf16 GEMMs where oneDNN is installed
+and the CPU computes bf16 natively (AVX-512-BF16 or AMX), and fp32 GEMMs on its bf16 weights
+elsewhere; the backend says which and why.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
 from .base import batch_input, load_errors
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def import_native():
@@ -39,21 +47,74 @@ def import_native():
     return _native
 
 
+def onednn_library() -> str:
+    """Path of libdnnl.so.3 from the installed ``onednn-cpu-gomp`` wheel, or "" (the engine then tries
+    $S2E_ONEDNN_LIBRARY and the loader's search path)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("onednn-cpu-gomp")
+    except metadata.PackageNotFoundError:
+        return ""
+    for f in dist.files or ():
+        if Path(str(f)).name == "libdnnl.so.3":
+            return str(Path(dist.locate_file(f)).resolve())
+    return ""
+
+
+def onednn_status() -> tuple[bool, bool, str]:
+    """(oneDNN usable, the CPU computes bf16 natively, a description or why not), loading it once."""
+    native = import_native()
+    why = native.load_onednn(onednn_library())
+    usable, native_bf16, text = native.onednn_info()
+    return usable, native_bf16, text if usable else why
+
+
+def resolve_native_precision(artifact_precision: str) -> tuple[str, str]:
+    """(GEMM precision, why) for an artifact of ``artifact_precision`` on this machine: bf16 artifacts
+    run bf16 GEMMs where oneDNN computes bf16 natively; everything else runs fp32, as verified."""
+    if artifact_precision != "bf16":
+        return "fp32", f"{artifact_precision} artifact: fp32 GEMMs (OpenBLAS)"
+    usable, native_bf16, text = onednn_status()
+    if usable and native_bf16:
+        return "bf16", f"bf16 artifact: bf16 GEMMs on {text}"
+    if usable:
+        return "fp32", f"bf16 artifact: fp32 GEMMs on its bf16 weights ({text} would emulate bf16 on this CPU)"
+    return "fp32", (f"bf16 artifact: fp32 GEMMs on its bf16 weights ({text}; "
+                    "pip install 'sapiens2-edge[onednn]' for bf16 GEMMs)")
+
+
 class NativeBackend:
     name = "native"
     device = "cpu"
 
-    def __init__(self, path: str | os.PathLike, config: dict | None = None, max_batch: int | None = None):
+    def __init__(self, path: str | os.PathLike, config: dict | None = None, max_batch: int | None = None,
+                 precision: str = "fp32", reason: str = ""):
         """``path``: an artifact directory or a weights ``.safetensors`` (``config``: manifest-like dict
-        with ``arch``, ``head``, ``rope_mode``; default: the file's metadata)."""
+        with ``arch``, ``head``, ``rope_mode``; default: the file's metadata). ``precision``: the GEMMs'
+        (``fp32`` or ``bf16``, which needs oneDNN)."""
+        if precision not in PRECISIONS:
+            raise ConfigError(f"native precision {precision!r} is not one the engine runs; expected one of {PRECISIONS}")
         native = import_native()
-        self.engine = native.Engine(str(Path(path)), json.dumps(config) if config is not None else "")
+        if precision == "bf16":
+            usable, native_bf16, why = onednn_status()
+            if not usable:
+                raise BackendUnavailableError(f"bf16 GEMMs on the native engine need oneDNN: {why}")
+            if not native_bf16:
+                raise BackendUnavailableError(f"this CPU has no native bf16 ({why} dispatches to no AVX-512-BF16 or "
+                                              "AMX kernels): bf16 GEMMs would be emulated, slower than fp32; use "
+                                              "precision='fp32'")
+        self.engine = native.Engine(str(Path(path)), json.dumps(config) if config is not None else "", precision)
         self.max_batch = max_batch
         self.threads = native.num_threads()
+        self.precision = precision
+        self.reason = reason
 
     def describe(self) -> str:
-        return (f"native C++ engine ({self.engine.weight_format} weights, OpenBLAS GEMM, "
-                f"{self.threads} OpenMP threads) on the CPU")
+        gemm = f"bf16 GEMMs on {onednn_status()[2]}" if self.precision == "bf16" else "OpenBLAS fp32 GEMMs"
+        why = f"; {self.reason}" if self.reason else ""
+        return (f"native C++ engine ({self.engine.weight_format} weights, {gemm}, "
+                f"{self.threads} OpenMP threads{why}) on the CPU")
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.engine.run(batch_input(batch, self.max_batch))
@@ -62,5 +123,6 @@ class NativeBackend:
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> NativeBackend:
     if device not in ("auto", "cpu"):
         raise ConfigError(f"the native engine runs on the CPU; device={device!r} is not available to it")
+    precision, why = resolve_native_precision(manifest.precision)
     with load_errors(root, "a native artifact"):
-        return NativeBackend(root, max_batch=max_batch)
+        return NativeBackend(root, max_batch=max_batch, precision=precision, reason=why)

@@ -40,6 +40,15 @@ struct InvalidTensorError : Error {
     using Error::Error;
 };
 
+// Function multiversioning for the engine's element-wise loops: GCC builds one copy per listed
+// instruction set and picks the widest this CPU has when the library loads (the extension itself is
+// built for generic x86-64, so it runs everywhere). Other compilers / CPUs get the single generic copy.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define S2E_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define S2E_CPU_CLONES
+#endif
+
 inline float bits_to_float(uint32_t u) {
     float f;
     std::memcpy(&f, &u, 4);
@@ -58,6 +67,9 @@ inline float round_bf16(float x) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return bits_to_float(u & 0xffff0000u);
 }
+
+// The bfloat16 bits of round_bf16(x).
+inline uint16_t float_to_bf16(float x) { return static_cast<uint16_t>(float_to_bits(round_bf16(x)) >> 16); }
 
 inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
 

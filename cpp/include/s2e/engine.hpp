@@ -50,7 +50,10 @@ public:
     // `path`: an artifact directory (manifest.json + weights) or a .safetensors file. For a file,
     // `config_json` gives the manifest-like configuration; when empty, the quantized checkpoint
     // metadata (sapiens2_edge.arch / sapiens2_edge.head) is used.
-    explicit Engine(const std::string& path, const std::string& config_json = "");
+    // `precision`: "fp32" (GEMMs in float32 on OpenBLAS, the reference numerics) or "bf16" (linear and
+    // attention GEMMs on oneDNN with bfloat16 inputs and float32 accumulation; norms, softmax, RoPE
+    // and the head stay float32). bf16 needs oneDNN (see onednn.hpp): UnsupportedError without it.
+    explicit Engine(const std::string& path, const std::string& config_json = "", const std::string& precision = "fp32");
 
     // x: (B, 3, H, W) normalised float32, row-major.
     std::vector<Output> run(const float* x, int64_t B, int64_t H, int64_t W) const;
@@ -59,6 +62,7 @@ public:
     const std::string& weights_path() const { return st_->path(); }
     // "float32", "float16", "int8-weight", "mixed": how the backbone linears are stored.
     const std::string& weight_format() const { return weight_format_; }
+    const std::string& precision() const { return precision_; }
 
 private:
     struct Workspace;
@@ -68,7 +72,13 @@ private:
     ConvWeights conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias = true);
     // The tensor of `p` as floats in `out` (read from the file, dequantized with its scale).
     const float* floats(const Param& p, std::vector<float>& out, Workspace& ws) const;
+    // The tensor of `p` as bfloat16 bits in `out`: float weights rounded, int8 / float8 values exact
+    // with their per-row scale in `scale` (empty when there is none), to apply after the GEMM.
+    const uint16_t* bf16_weights(const Param& p, std::vector<uint16_t>& out, std::vector<float>& scale,
+                                 Workspace& ws) const;
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const;
+    void attention_bf16(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t kv,
+                        float scale, Workspace& ws) const;
     void block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                Workspace& ws) const;
     void backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
@@ -83,6 +93,8 @@ private:
     std::string bb_, hd_;  // name prefixes: "backbone." / "decode_head." for task files
     std::vector<std::string> used_;
     std::string weight_format_;
+    std::string precision_ = "fp32";
+    bool bf16_ = false;
     // backbone
     Param cls_, storage_, patch_w_, patch_b_, periods_, final_norm_, local_pos_, w_cls_;
     std::vector<BlockWeights> blocks_, tok_blocks_;

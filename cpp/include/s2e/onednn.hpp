@@ -1,0 +1,48 @@
+// oneDNN GEMMs for the native engine, loaded at run time.
+//
+// Why at run time: oneDNN has the VNNI/AVX-512-BF16/AMX kernels (chosen by the CPU it runs on) that
+// OpenBLAS lacks, but it is 55 MB; the engine links OpenBLAS (the portable fallback everywhere) and
+// opens libdnnl.so.3 (oneDNN 3.x built with GNU OpenMP: the `onednn-cpu-gomp` wheel, or a system
+// build) only when a bfloat16 run asks for it. The engine then shares one OpenMP pool with oneDNN.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace s2e {
+namespace onednn {
+
+// Opens oneDNN (once per process; later calls return the first result): `path` when given, else
+// $S2E_ONEDNN_LIBRARY, else libdnnl.so.3 on the loader's search path. Returns "" when usable, or
+// why not (not found, too old, built without the headers).
+std::string load(const std::string& path = "");
+bool available();
+// "3.2.0 (AVX-512 with AMX)": the library version and the widest instruction set it dispatches to.
+std::string describe();
+// True when bfloat16 GEMMs run on native bf16 instructions here (AVX-512-BF16 or AMX), i.e. faster
+// than float32; on other CPUs oneDNN emulates them or refuses.
+bool native_bf16();
+
+// x[rows, cols] (row stride ld) rounded to bfloat16 bits (ties to even), packed in `out`.
+void to_bf16(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out);
+
+// y[M, N] (row stride ldy) = (x[M, K] in bf16) . W[N, K]^T (bf16, row-major: a torch Linear weight)
+// accumulated in float32, then y[:, n] * scale[n] (when `scale`) + b[n] (when `b`). `xb` is scratch
+// for x rounded to bf16. Throws UnsupportedError when oneDNN is not loaded or cannot run bf16 here.
+void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, const float* scale, const float* b,
+                 int64_t N, float* y, int64_t ldy, std::vector<uint16_t>& xb);
+
+// C = alpha * op(A) op(B) + beta * C on float32 operands (row-major, as ops::sgemm), computed with A and
+// B rounded to bf16 and float32 accumulation.
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// c[M, N] (row stride ldc, unit column stride) = alpha * a[M, K] . b[K, N], bf16 operands with
+// float32 results: element (m, k) of a at a[m * a_row + k * a_col] and (k, n) of b at
+// b[k * b_row + n * b_col], so transposed operands (k^T in attention) are read in place.
+void matmul_bf16(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
+                 int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha);
+
+}  // namespace onednn
+}  // namespace s2e

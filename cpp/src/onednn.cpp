@@ -1,0 +1,320 @@
+#include "s2e/onednn.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "s2e/common.hpp"
+
+#if defined(__has_include)
+#if __has_include(<oneapi/dnnl/dnnl.h>) && __has_include(<dlfcn.h>)
+#define S2E_ONEDNN_HEADERS 1
+#include <dlfcn.h>
+#include <oneapi/dnnl/dnnl.h>
+#endif
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace s2e {
+namespace onednn {
+
+S2E_CPU_CLONES static void to_bf16_row(const float* x, int64_t n, uint16_t* out) {
+    for (int64_t c = 0; c < n; ++c) out[c] = float_to_bf16(x[c]);
+}
+
+void to_bf16(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out) {
+    if (rows == 1 || cols * rows <= 65536 || ld == cols) {  // one contiguous stretch: split it evenly
+        if (ld == cols || rows == 1) {
+            const int64_t n = rows * cols, parts = n > 65536 ? 64 : 1, step = (n + parts - 1) / parts;
+#pragma omp parallel for schedule(static) if (parts > 1)
+            for (int64_t p = 0; p < parts; ++p) {
+                const int64_t lo = p * step, hi = std::min(n, lo + step);
+                if (hi > lo) to_bf16_row(x + lo, hi - lo, out + lo);
+            }
+            return;
+        }
+    }
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; ++r) to_bf16_row(x + r * ld, cols, out + r * cols);
+}
+
+#ifdef S2E_ONEDNN_HEADERS
+namespace {
+
+// The part of oneDNN's C API the engine uses, resolved with dlsym. The library's own symbols are
+// never linked, so an engine without oneDNN installed loads and runs on OpenBLAS alone.
+struct Api {
+    decltype(&dnnl_version) version;
+    decltype(&dnnl_get_effective_cpu_isa) effective_isa;
+    decltype(&dnnl_engine_create) engine_create;
+    decltype(&dnnl_stream_create) stream_create;
+    decltype(&dnnl_stream_destroy) stream_destroy;
+    decltype(&dnnl_memory_desc_create_with_strides) md_create;
+    decltype(&dnnl_memory_desc_destroy) md_destroy;
+    decltype(&dnnl_memory_desc_get_size) md_size;
+    decltype(&dnnl_primitive_attr_create) attr_create;
+    decltype(&dnnl_primitive_attr_destroy) attr_destroy;
+    decltype(&dnnl_primitive_attr_set_scratchpad_mode) attr_scratchpad;
+    decltype(&dnnl_matmul_primitive_desc_create) matmul_pd;
+    decltype(&dnnl_primitive_desc_query_md) pd_query_md;
+    decltype(&dnnl_primitive_desc_destroy) pd_destroy;
+    decltype(&dnnl_primitive_create) prim_create;
+    decltype(&dnnl_primitive_destroy) prim_destroy;
+    decltype(&dnnl_primitive_execute) execute;
+    decltype(&dnnl_memory_create) mem_create;
+    decltype(&dnnl_memory_destroy) mem_destroy;
+    decltype(&dnnl_stream_wait) stream_wait;
+    dnnl_engine_t engine = nullptr;
+};
+
+Api g_api;
+std::string g_status = "not loaded";
+std::once_flag g_once;
+
+template <class F>
+bool resolve(void* lib, const char* name, F& out) {
+    out = reinterpret_cast<F>(dlsym(lib, name));
+    return out != nullptr;
+}
+
+std::string open_library(const std::string& path) {
+    std::string target = path;
+    if (target.empty()) {
+        const char* env = std::getenv("S2E_ONEDNN_LIBRARY");
+        target = env && *env ? env : "libdnnl.so.3";
+    }
+    void* lib = dlopen(target.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        const char* why = dlerror();
+        return "oneDNN not found (" + target + ": " + (why ? why : "?") +
+               "); pip install onednn-cpu-gomp, or set S2E_ONEDNN_LIBRARY to libdnnl.so.3";
+    }
+    Api a;
+    bool ok = resolve(lib, "dnnl_version", a.version) && resolve(lib, "dnnl_get_effective_cpu_isa", a.effective_isa) &&
+              resolve(lib, "dnnl_engine_create", a.engine_create) && resolve(lib, "dnnl_stream_create", a.stream_create) &&
+              resolve(lib, "dnnl_stream_destroy", a.stream_destroy) &&
+              resolve(lib, "dnnl_memory_desc_create_with_strides", a.md_create) &&
+              resolve(lib, "dnnl_memory_desc_destroy", a.md_destroy) &&
+              resolve(lib, "dnnl_memory_desc_get_size", a.md_size) &&
+              resolve(lib, "dnnl_primitive_attr_create", a.attr_create) &&
+              resolve(lib, "dnnl_primitive_attr_destroy", a.attr_destroy) &&
+              resolve(lib, "dnnl_primitive_attr_set_scratchpad_mode", a.attr_scratchpad) &&
+              resolve(lib, "dnnl_matmul_primitive_desc_create", a.matmul_pd) &&
+              resolve(lib, "dnnl_primitive_desc_query_md", a.pd_query_md) &&
+              resolve(lib, "dnnl_primitive_desc_destroy", a.pd_destroy) &&
+              resolve(lib, "dnnl_primitive_create", a.prim_create) &&
+              resolve(lib, "dnnl_primitive_destroy", a.prim_destroy) &&
+              resolve(lib, "dnnl_primitive_execute", a.execute) && resolve(lib, "dnnl_memory_create", a.mem_create) &&
+              resolve(lib, "dnnl_memory_destroy", a.mem_destroy) && resolve(lib, "dnnl_stream_wait", a.stream_wait);
+    if (!ok) return target + " is not oneDNN 3.x (a symbol of its C API is missing)";
+    const dnnl_version_t* v = a.version();
+    if (!v || v->major < 3) return target + " is oneDNN " + std::to_string(v ? v->major : 0) + ".x; the engine needs 3.x";
+    if (a.engine_create(&a.engine, dnnl_cpu, 0) != dnnl_success) return "oneDNN could not create its CPU engine";
+    g_api = a;  // the library stays open for the life of the process
+    return "";
+}
+
+void check(dnnl_status_t s, const char* what) {
+    if (s != dnnl_success)
+        throw UnsupportedError(std::string("oneDNN: ") + what + " failed (status " + std::to_string(static_cast<int>(s)) +
+                               "); bfloat16 GEMMs need AVX-512 (BF16) or AMX");
+}
+
+// Owners of the C API's handles, so that an error path leaks nothing.
+struct Md {
+    dnnl_memory_desc_t md = nullptr;
+    Md(int nd, const dnnl_dims_t dims, dnnl_data_type_t dt, const dnnl_dims_t strides) {
+        check(g_api.md_create(&md, nd, dims, dt, strides), "memory descriptor");
+    }
+    ~Md() { if (md) g_api.md_destroy(md); }
+};
+struct Mem {
+    dnnl_memory_t m = nullptr;
+    Mem(const_dnnl_memory_desc_t md, void* data) { check(g_api.mem_create(&m, md, g_api.engine, data), "memory"); }
+    ~Mem() { if (m) g_api.mem_destroy(m); }
+};
+
+// One matmul call: the primitive descriptor (a oneDNN primitive-cache hit after the first call of
+// a shape), a user scratchpad owned by the call (so concurrent runs share nothing), then execute.
+void run_matmul(const Md& src, const Md& wei, const Md* bias, const Md& dst, const void* a, const void* b,
+                const float* bias_data, void* c) {
+    dnnl_primitive_attr_t attr = nullptr;
+    check(g_api.attr_create(&attr), "attributes");
+    dnnl_primitive_desc_t pd = nullptr;
+    dnnl_status_t st = g_api.attr_scratchpad(attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success)
+        st = g_api.matmul_pd(&pd, g_api.engine, src.md, wei.md, bias ? bias->md : nullptr, dst.md, attr);
+    g_api.attr_destroy(attr);
+    check(st, "bfloat16 matmul for this CPU");
+    dnnl_primitive_t prim = nullptr;
+    st = g_api.prim_create(&prim, pd);
+    const_dnnl_memory_desc_t pad_md = g_api.pd_query_md(pd, dnnl_query_scratchpad_md, 0);
+    std::vector<uint8_t> pad(pad_md ? g_api.md_size(pad_md) : 0);
+    if (st != dnnl_success) {
+        g_api.pd_destroy(pd);
+        check(st, "matmul primitive");
+    }
+    try {
+        Mem ms(src.md, const_cast<void*>(a)), mw(wei.md, const_cast<void*>(b)), md(dst.md, c);
+        Mem mp(pad_md, pad.data());
+        std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m},
+                                             {DNNL_ARG_SCRATCHPAD, mp.m}};
+        std::unique_ptr<Mem> mb;
+        if (bias) {
+            mb = std::make_unique<Mem>(bias->md, const_cast<float*>(bias_data));
+            args.push_back({DNNL_ARG_BIAS, mb->m});
+        }
+        dnnl_stream_t stream = nullptr;
+        check(g_api.stream_create(&stream, g_api.engine, dnnl_stream_default_flags), "stream");
+        st = g_api.execute(prim, stream, static_cast<int>(args.size()), args.data());
+        if (st == dnnl_success) st = g_api.stream_wait(stream);
+        g_api.stream_destroy(stream);
+        check(st, "matmul");
+    } catch (...) {
+        g_api.prim_destroy(prim);
+        g_api.pd_destroy(pd);
+        throw;
+    }
+    g_api.prim_destroy(prim);
+    g_api.pd_destroy(pd);
+}
+
+void require() {
+    if (!available()) throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + g_status);
+}
+
+}  // namespace
+
+std::string load(const std::string& path) {
+    std::call_once(g_once, [&] { g_status = open_library(path); });
+    return g_status;
+}
+
+bool available() { return g_status.empty(); }
+
+std::string describe() {
+    if (!available()) return "oneDNN unavailable: " + g_status;
+    const dnnl_version_t* v = g_api.version();
+    const dnnl_cpu_isa_t isa = g_api.effective_isa();
+    const char* name = isa == dnnl_cpu_isa_avx512_core_amx ? "AVX-512 with AMX"
+                       : isa == dnnl_cpu_isa_avx512_core_bf16 ? "AVX-512 BF16"
+                       : isa == dnnl_cpu_isa_avx512_core_vnni ? "AVX-512 VNNI"
+                       : isa == dnnl_cpu_isa_avx512_core ? "AVX-512"
+                       : isa == dnnl_cpu_isa_avx2_vnni || isa == dnnl_cpu_isa_avx2_vnni_2 ? "AVX2 VNNI"
+                       : isa == dnnl_cpu_isa_avx2 ? "AVX2" : "generic x86-64";
+    return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+           " (" + name + ")";
+}
+
+bool native_bf16() {
+    if (!available()) return false;
+    const dnnl_cpu_isa_t isa = g_api.effective_isa();
+    return isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx ||
+           isa == dnnl_cpu_isa_avx2_vnni_2;
+}
+
+void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, const float* scale, const float* b,
+                 int64_t N, float* y, int64_t ldy, std::vector<uint16_t>& xb) {
+    require();
+    if (M == 0 || N == 0) return;
+    xb.resize(static_cast<size_t>(M * K));
+    to_bf16(x, M, K, K, xb.data());
+    const dnnl_dims_t sd = {M, K}, ss = {K, 1}, wd = {K, N}, ws = {1, K}, dd = {M, N}, ds = {ldy, 1};
+    const dnnl_dims_t bd = {1, N}, bs = {N, 1};
+    Md src(2, sd, dnnl_bf16, ss), wei(2, wd, dnnl_bf16, ws), dst(2, dd, dnnl_f32, ds);
+    // With a per-channel scale the bias is added after scaling, so it cannot ride in the matmul.
+    if (b && !scale) {
+        Md bias(2, bd, dnnl_f32, bs);
+        run_matmul(src, wei, &bias, dst, xb.data(), W, b, y);
+        return;
+    }
+    run_matmul(src, wei, nullptr, dst, xb.data(), W, nullptr, y);
+    if (!scale) return;
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m) {
+        float* ym = y + m * ldy;
+        if (b) {
+            for (int64_t n = 0; n < N; ++n) ym[n] = ym[n] * scale[n] + b[n];
+        } else {
+            for (int64_t n = 0; n < N; ++n) ym[n] *= scale[n];
+        }
+    }
+}
+
+void matmul_bf16(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
+                 int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    require();
+    if (M == 0 || N == 0) return;
+    const dnnl_dims_t ad = {M, K}, as = {a_row, a_col}, bd = {K, N}, bs = {b_row, b_col}, cd = {M, N}, cs = {ldc, 1};
+    Md src(2, ad, dnnl_bf16, as), wei(2, bd, dnnl_bf16, bs), dst(2, cd, dnnl_f32, cs);
+    run_matmul(src, wei, nullptr, dst, a, b, nullptr, c);
+    if (alpha == 1.0f) return;
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < N; ++j) c[m * ldc + j] *= alpha;
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    require();
+    if (M == 0 || N == 0) return;
+    // Both operands rounded into dense bf16 copies as stored, read transposed through strides.
+    // Scratch kept per calling thread; OpenMP workers below see it through plain pointers only (a
+    // thread_local named inside a parallel region would be each worker's own, empty copy).
+    thread_local std::vector<uint16_t> a_buf, b_buf;
+    thread_local std::vector<float> t_buf;
+    a_buf.resize(static_cast<size_t>(M * K));
+    uint16_t* a = a_buf.data();
+    if (trans_a)
+        to_bf16(A, K, M, lda, a);
+    else
+        to_bf16(A, M, K, lda, a);
+    b_buf.resize(static_cast<size_t>(K * N));
+    uint16_t* b = b_buf.data();
+    if (trans_b)
+        to_bf16(B, N, K, ldb, b);
+    else
+        to_bf16(B, K, N, ldb, b);
+    float* out = C;
+    int64_t ld = ldc;
+    if (beta != 0.0f) {  // the product goes to a scratch, then C = product + beta * C
+        t_buf.resize(static_cast<size_t>(M * N));
+        out = t_buf.data();
+        ld = N;
+    }
+    const float* t = t_buf.data();
+    matmul_bf16(M, K, N, a, trans_a ? 1 : K, trans_a ? M : 1, b, trans_b ? 1 : N, trans_b ? K : 1, out, ld, alpha);
+    if (beta == 0.0f) return;
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < N; ++j) C[m * ldc + j] = t[m * N + j] + beta * C[m * ldc + j];
+}
+
+#else  // built without oneDNN's headers: the engine runs float32 on OpenBLAS only
+
+std::string load(const std::string&) { return "the native extension was built without oneDNN's headers"; }
+bool available() { return false; }
+std::string describe() { return "oneDNN unavailable: " + load(); }
+bool native_bf16() { return false; }
+void linear_bf16(const float*, int64_t, int64_t, const uint16_t*, const float*, const float*, int64_t, float*, int64_t,
+                 std::vector<uint16_t>&) {
+    throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
+}
+void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+               int64_t) {
+    throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
+}
+void matmul_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
+                 int64_t, float) {
+    throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
+}
+
+#endif
+
+}  // namespace onednn
+}  // namespace s2e

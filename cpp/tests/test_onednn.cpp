@@ -1,0 +1,134 @@
+// oneDNN bfloat16 GEMMs against a float64 product of the same bf16-rounded inputs. Where oneDNN is
+// not installed (or cannot run bf16 on this CPU) the test checks that the calls say so.
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "s2e/common.hpp"
+#include "s2e/onednn.hpp"
+#include "s2e_check.hpp"
+
+namespace dnn = s2e::onednn;
+
+static std::vector<float> randn(size_t n, unsigned seed) {
+    std::mt19937 g(seed);
+    std::normal_distribution<float> d;
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(g);
+    return v;
+}
+
+static std::vector<uint16_t> bits(const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    dnn::to_bf16(v.data(), 1, static_cast<int64_t>(v.size()), static_cast<int64_t>(v.size()), b.data());
+    return b;
+}
+
+// Largest |got - want| over the largest |want|.
+static double rel_max(const std::vector<float>& got, const std::vector<double>& want) {
+    double m = 0, s = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        m = std::max(m, std::fabs(got[i] - want[i]));
+        s = std::max(s, std::fabs(want[i]));
+    }
+    return m / s;
+}
+
+S2E_TEST(to_bf16_rounds_ties_to_even) {
+    const std::vector<float> x = {1.0f, 1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -8), -2.5f};
+    const auto b = bits(x);
+    CHECK(b[0] == 0x3f80 && b[1] == 0x3f80 && b[2] == 0x3f82 && b[3] == 0xc020);
+}
+
+static bool usable() {
+    const std::string why = dnn::load();
+    if (why.empty() && !dnn::native_bf16()) {  // oneDNN may emulate bf16 here, or refuse it
+        std::vector<uint16_t> xb;
+        const uint16_t one = 0x3f80;
+        float x = 1.0f, y = 0.0f;
+        try {
+            dnn::linear_bf16(&x, 1, 1, &one, nullptr, nullptr, 1, &y, 1, xb);
+        } catch (const s2e::UnsupportedError& e) {
+            std::printf("  %s: bf16 refused on this CPU (%s)\n", dnn::describe().c_str(), e.what());
+            return false;
+        }
+        CHECK(y == 1.0f);
+    }
+    if (why.empty()) return true;
+    std::printf("  oneDNN not usable here (%s): checking the refusal\n", why.c_str());
+    std::vector<uint16_t> xb;
+    float y = 0;
+    EXPECT_THROW(dnn::linear_bf16(&y, 1, 1, nullptr, nullptr, nullptr, 1, &y, 1, xb), s2e::UnsupportedError);
+    return false;
+}
+
+S2E_TEST(linear_bf16_matches_rounded_product) {
+    if (!usable()) return;
+    const int64_t M = 37, K = 96, N = 50;
+    auto x = randn(M * K, 1), w = randn(N * K, 2), b = randn(N, 3), s = randn(N, 4);
+    const auto wb = bits(w);
+    for (int variant = 0; variant < 3; ++variant) {  // bias; per-channel scale + bias; scale only
+        const bool scaled = variant > 0, biased = variant < 2;
+        const int64_t ldy = N + 3;
+        std::vector<float> y(M * ldy, 7.0f);
+        std::vector<uint16_t> xb;
+        dnn::linear_bf16(x.data(), M, K, wb.data(), scaled ? s.data() : nullptr, biased ? b.data() : nullptr, N,
+                         y.data(), ldy, xb);
+        std::vector<double> want(M * N);
+        std::vector<float> got(M * N);
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+                double acc = 0;
+                for (int64_t k = 0; k < K; ++k)
+                    acc += static_cast<double>(s2e::round_bf16(x[m * K + k])) * s2e::round_bf16(w[n * K + k]);
+                want[m * N + n] = acc * (scaled ? s[n] : 1.0) + (biased ? b[n] : 0.0);
+                got[m * N + n] = y[m * ldy + n];
+            }
+        CHECK(rel_max(got, want) < 1e-5);
+        CHECK(y[N] == 7.0f && y[M * ldy - 1] == 7.0f);  // the row padding is left alone
+    }
+}
+
+S2E_TEST(matmul_bf16_reads_transposed_and_strided_operands) {
+    if (!usable()) return;
+    // scores = alpha * q[:, h*d:(h+1)*d] . k^T, with q (R, H*d) read at row stride H*d and k (T, d) read
+    // transposed in place; written at row stride T + 2.
+    const int64_t H = 3, R = 11, T = 29, d = 16, h = 1, ldc = T + 2;
+    auto q = randn(R * H * d, 5), k = randn(T * d, 6);
+    const auto qb = bits(q), kb = bits(k);
+    std::vector<float> c(R * ldc, 7.0f), got(R * T);
+    const float alpha = 0.25f;
+    dnn::matmul_bf16(R, d, T, qb.data() + h * d, H * d, 1, kb.data(), 1, d, c.data(), ldc, alpha);
+    std::vector<double> want(R * T);
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t t = 0; t < T; ++t) {
+            double acc = 0;
+            for (int64_t i = 0; i < d; ++i)
+                acc += static_cast<double>(s2e::round_bf16(q[r * H * d + h * d + i])) * s2e::round_bf16(k[t * d + i]);
+            want[r * T + t] = alpha * acc;
+            got[r * T + t] = c[r * ldc + t];
+        }
+    CHECK(rel_max(got, want) < 1e-5);
+    CHECK(c[T] == 7.0f && c[R * ldc - 1] == 7.0f);
+}
+
+S2E_TEST(gemm_bf16_transposed_operands_and_beta) {
+    if (!usable()) return;
+    // C = 0.5 * A^T B^T + 2 C, A stored (K, M), B stored (N, K): the deconvolution / linear layouts.
+    const int64_t M = 40, N = 23, K = 19;
+    auto A = randn(K * M, 7), B = randn(N * K, 8), C0 = randn(M * N, 9);
+    std::vector<float> c = C0;
+    dnn::gemm_bf16(true, true, M, N, K, 0.5f, A.data(), M, B.data(), K, 2.0f, c.data(), N);
+    std::vector<double> want(M * N);
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            double acc = 0;
+            for (int64_t k = 0; k < K; ++k)
+                acc += static_cast<double>(s2e::round_bf16(A[k * M + m])) * s2e::round_bf16(B[n * K + k]);
+            want[m * N + n] = 0.5 * acc + 2.0 * C0[m * N + n];
+        }
+    CHECK(rel_max(c, want) < 1e-5);
+}
+
+S2E_TEST_MAIN()
