@@ -205,12 +205,12 @@ def test_onnx_runs_like_the_quantized_model(q4, onnx_artifact):
 
 
 def test_onnx_stores_float16_values_as_float16_and_computes_the_same(seg, tmp_path, monkeypatch):
+    import shutil
+
     import onnx
 
     from sapiens2_edge.exporters import onnx_export
     from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-    import shutil
 
     qmodel, _ = quantize(seg, "int4-weight", float_storage="fp16")
     (tmp_path / "half").mkdir()
