@@ -298,7 +298,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                format: Format = typer.Option("onnx", "--format", "-f", help="artifact format"),
                output: Path = typer.Option(..., "--output", "-o", help="artifact directory to create"),
                scheme: Optional[ExportScheme] = typer.Option(
-                   None, help="fp32, bf16 (openvino) or fp16 (float), or a scheme to quantize with on the fly; "
+                   None, help="fp32, bf16 (openvino, native) or fp16 (float), or a scheme to quantize with on the fly; "
                    "default: the format's float precision, or the scheme of a quantized checkpoint"),
                calib: Optional[Path] = typer.Option(None, "--calib", help="calibration images (int8/fp8 schemes)"),
                activations: Activations = typer.Option("static", help="int8/fp8 activations: static (int8 kernels in "
