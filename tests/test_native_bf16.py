@@ -182,11 +182,15 @@ def test_unknown_precision_refused(tmp_path):
         native.Engine(str(root), "", "fp64")
 
 
-def test_bf16_without_onednn_says_how_to_get_it(tmp_path):
-    """oneDNN is opened once per process, so a process that cannot find it shows the message."""
+@pytest.mark.parametrize("library,says", [
+    ("missing/libdnnl.so.3", "oneDNN not found ({lib}: {lib}: cannot open shared object file"),
+    ("libm.so.6", "libm.so.6 is not oneDNN 3.x (it has no dnnl_version)"),
+])
+def test_bf16_without_onednn_says_why(tmp_path, library, says):
+    """oneDNN is opened once per process, so each case runs in a process of its own."""
     root = export(tiny_model("seg", TINY, seed=1), tmp_path / "a", format="native", input_size=SIZE, verify=False)
+    lib = str(tmp_path / library) if "/" in library else library
     code = f"""
-import os
 from sapiens2_edge.runtime import native_backend as nb
 from sapiens2_edge.errors import BackendUnavailableError
 nb.onednn_library = lambda: ""
@@ -196,9 +200,9 @@ except BackendUnavailableError as e:
     print("REFUSED", e)
 print(nb.resolve_native_precision("bf16"))
 """
-    env = {"S2E_ONEDNN_LIBRARY": str(tmp_path / "missing" / "libdnnl.so.3"), "PATH": "/usr/bin:/bin"}
+    env = {"S2E_ONEDNN_LIBRARY": lib, "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "REFUSED bf16 GEMMs on the native engine need oneDNN: oneDNN not found" in proc.stdout
-    assert "pip install onednn-cpu-gomp, or set S2E_ONEDNN_LIBRARY" in proc.stdout
-    assert "('fp32', \"bf16 artifact: fp32 GEMMs on its bf16 weights (oneDNN not found" in proc.stdout
+    assert "REFUSED bf16 GEMMs on the native engine need oneDNN: " + says.format(lib=lib) in proc.stdout
+    assert "('fp32', \"bf16 artifact: fp32 GEMMs on its bf16 weights (" in proc.stdout
+    assert "pip install 'sapiens2-edge[onednn]' for bf16 GEMMs)" in proc.stdout

@@ -95,23 +95,21 @@ std::string open_library(const std::string& path) {
                "); pip install onednn-cpu-gomp, or set S2E_ONEDNN_LIBRARY to libdnnl.so.3";
     }
     Api a;
-    bool ok = resolve(lib, "dnnl_version", a.version) && resolve(lib, "dnnl_get_effective_cpu_isa", a.effective_isa) &&
-              resolve(lib, "dnnl_engine_create", a.engine_create) && resolve(lib, "dnnl_stream_create", a.stream_create) &&
-              resolve(lib, "dnnl_stream_destroy", a.stream_destroy) &&
-              resolve(lib, "dnnl_memory_desc_create_with_strides", a.md_create) &&
-              resolve(lib, "dnnl_memory_desc_destroy", a.md_destroy) &&
-              resolve(lib, "dnnl_memory_desc_get_size", a.md_size) &&
-              resolve(lib, "dnnl_primitive_attr_create", a.attr_create) &&
-              resolve(lib, "dnnl_primitive_attr_destroy", a.attr_destroy) &&
-              resolve(lib, "dnnl_primitive_attr_set_scratchpad_mode", a.attr_scratchpad) &&
-              resolve(lib, "dnnl_matmul_primitive_desc_create", a.matmul_pd) &&
-              resolve(lib, "dnnl_primitive_desc_query_md", a.pd_query_md) &&
-              resolve(lib, "dnnl_primitive_desc_destroy", a.pd_destroy) &&
-              resolve(lib, "dnnl_primitive_create", a.prim_create) &&
-              resolve(lib, "dnnl_primitive_destroy", a.prim_destroy) &&
-              resolve(lib, "dnnl_primitive_execute", a.execute) && resolve(lib, "dnnl_memory_create", a.mem_create) &&
-              resolve(lib, "dnnl_memory_destroy", a.mem_destroy) && resolve(lib, "dnnl_stream_wait", a.stream_wait);
-    if (!ok) return target + " is not oneDNN 3.x (a symbol of its C API is missing)";
+    std::string missing;
+    auto need = [&](const char* name, auto& fn) {
+        if (missing.empty() && !resolve(lib, name, fn)) missing = name;
+    };
+    need("dnnl_version", a.version), need("dnnl_get_effective_cpu_isa", a.effective_isa);
+    need("dnnl_engine_create", a.engine_create), need("dnnl_stream_create", a.stream_create);
+    need("dnnl_stream_destroy", a.stream_destroy), need("dnnl_stream_wait", a.stream_wait);
+    need("dnnl_memory_desc_create_with_strides", a.md_create), need("dnnl_memory_desc_destroy", a.md_destroy);
+    need("dnnl_memory_desc_get_size", a.md_size), need("dnnl_memory_create", a.mem_create);
+    need("dnnl_memory_destroy", a.mem_destroy), need("dnnl_primitive_attr_create", a.attr_create);
+    need("dnnl_primitive_attr_destroy", a.attr_destroy), need("dnnl_primitive_attr_set_scratchpad_mode", a.attr_scratchpad);
+    need("dnnl_matmul_primitive_desc_create", a.matmul_pd), need("dnnl_primitive_desc_query_md", a.pd_query_md);
+    need("dnnl_primitive_desc_destroy", a.pd_destroy), need("dnnl_primitive_create", a.prim_create);
+    need("dnnl_primitive_destroy", a.prim_destroy), need("dnnl_primitive_execute", a.execute);
+    if (!missing.empty()) return target + " is not oneDNN 3.x (it has no " + missing + ")";
     const dnnl_version_t* v = a.version();
     if (!v || v->major < 3) return target + " is oneDNN " + std::to_string(v ? v->major : 0) + ".x; the engine needs 3.x";
     if (a.engine_create(&a.engine, dnnl_cpu, 0) != dnnl_success) return "oneDNN could not create its CPU engine";

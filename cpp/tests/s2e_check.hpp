@@ -5,10 +5,20 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
 namespace s2e_test {
+// n standard-normal floats from a fixed seed.
+inline std::vector<float> randn(size_t n, unsigned seed) {
+    std::mt19937 g(seed);
+    std::normal_distribution<float> d;
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(g);
+    return v;
+}
+
 inline int& failures() {
     static int n = 0;
     return n;

@@ -11,13 +11,7 @@
 
 namespace dnn = s2e::onednn;
 
-static std::vector<float> randn(size_t n, unsigned seed) {
-    std::mt19937 g(seed);
-    std::normal_distribution<float> d;
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-}
+using s2e_test::randn;
 
 static std::vector<uint16_t> bits(const std::vector<float>& v) {
     std::vector<uint16_t> b(v.size());

@@ -9,13 +9,7 @@
 
 namespace ops = s2e::ops;
 
-static std::vector<float> randn(size_t n, unsigned seed) {
-    std::mt19937 g(seed);
-    std::normal_distribution<float> d;
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-}
+using s2e_test::randn;
 
 static double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
     double m = 0;
