@@ -3,6 +3,8 @@ layer type and by the kernel that ran it (exec type), for the artifact compiled 
 compiles it (its manifest's precision policy on this CPU).
 
     python benchmarks/ov_layer_profile.py ARTIFACT_DIR [--runs 5] [--json out.json]
+    python benchmarks/ov_layer_profile.py PEER.xml --size 512x384    # an IR of ours or not (NNCF's), as
+                                                                      # OpenVINO compiles it by default
 
 Attention is reported on its own: the compiled layers that hold the ScaledDotProductAttention /
 Softmax of the IR (OpenVINO fuses each block's attention into one Snippets Subgraph or a
@@ -36,6 +38,15 @@ def compile_as_runtime(root: Path):
     return m, compiled, f"{hint}{', ' + mode.lower() if mode else ''} ({why})"
 
 
+def compile_with_defaults(xml: Path):
+    """A peer's IR (no manifest) compiled as a user would: OpenVINO's defaults plus the counters."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True})
+    prec = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return compiled, f"{prec} (OpenVINO's defaults)"
+
+
 def attention_layers(compiled) -> set[str]:
     """Names of the compiled layers that carry the IR's attention (SDPA / Softmax)."""
     names = set()
@@ -48,14 +59,19 @@ def attention_layers(compiled) -> set[str]:
     return names
 
 
-def profile(root: Path, runs: int) -> dict:
+def profile(root: Path, runs: int, size: tuple[int, int] | None = None) -> dict:
     import time
 
     import numpy as np
 
-    m, compiled, how = compile_as_runtime(root)
+    if root.suffix == ".xml":
+        compiled, how = compile_with_defaults(root)
+        precision, input_size = "peer IR", size
+    else:
+        m, compiled, how = compile_as_runtime(root)
+        precision, input_size = m.precision, m.input_size
     req = compiled.create_infer_request()
-    x = np.random.default_rng(0).standard_normal((1, 3, *m.input_size)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, *input_size)).astype(np.float32)
     req.infer({0: x})  # warm-up
     attention = attention_layers(compiled)
     by_type: dict[str, float] = defaultdict(float)
@@ -75,7 +91,7 @@ def profile(root: Path, runs: int) -> dict:
             by_exec[f"{kind} [{p.exec_type}]"] += us / runs
             counts[f"{kind} [{p.exec_type}]"] += 1
     total = sum(by_type.values())
-    return {"artifact": str(root), "precision": m.precision, "compiled_as": how, "wall_median_s": float(np.median(walls)),
+    return {"artifact": str(root), "precision": precision, "compiled_as": how, "wall_median_s": float(np.median(walls)),
             "counted_ms": total / 1e3,
             "by_type": sorted(((k, v / 1e3, v / total) for k, v in by_type.items()), key=lambda r: -r[1]),
             "by_exec": sorted(((k, v / 1e3, v / total, counts[k] // runs) for k, v in by_exec.items()),
@@ -100,8 +116,9 @@ def main() -> None:
     p.add_argument("artifact", type=Path)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--json", type=Path)
+    p.add_argument("--size", default="512x384", help="input size HxW for an .xml (an artifact says its own)")
     a = p.parse_args()
-    r = profile(a.artifact, a.runs)
+    r = profile(a.artifact, a.runs, tuple(int(v) for v in a.size.split("x")))
     if a.json:
         a.json.write_text(json.dumps(r, indent=1))
     print(markdown(r))

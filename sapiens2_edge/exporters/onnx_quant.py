@@ -89,11 +89,14 @@ class ExportQLinear(nn.Module):
     (K, N) as MatMul reads it, per-channel scales (a per-tensor scale repeated), the static input
     scale as a scalar."""
 
-    def __init__(self, d: DecomposedLinear):
+    def __init__(self, d: DecomposedLinear, signed_weights: bool = False):
         super().__init__()
         self.wdtype, self.amode, self.prefix = d.weight_dtype, d.act_mode, d.prefix_tokens
         w_t, zero = d.weight.t().contiguous(), 0
-        if self.wdtype == "int8" and self.amode != "none":  # an int8 x int8 GEMM: the u8 x u8 form (module doc)
+        # An int8 x int8 GEMM: the u8 x u8 form (module doc), unless the graph is for OpenVINO, whose
+        # int8 FullyConnected is built only from signed weights with zero point 0 (it runs u8 weights
+        # with a zero point as compressed weights: decompressed to float, the GEMM in bf16/f32).
+        if self.wdtype == "int8" and self.amode != "none" and not signed_weights:
             w_t, zero = (w_t.to(torch.int16) + WEIGHT_ZERO).to(torch.uint8), WEIGHT_ZERO
         self.register_buffer("w_t", w_t)
         self.register_buffer("w_scale", d.channel_scales())
@@ -120,10 +123,15 @@ class ExportQLinear4(nn.Module):
         return qlinear4(x, self.blocks, self.scales, self.bias)
 
 
-def _export_module(d: DecomposedLinear) -> nn.Module:
+def _export_module(d: DecomposedLinear, signed_weights: bool = False) -> nn.Module:
     if d.weight_dtype == "fp16":
         return float_linear(d)
-    return ExportQLinear4(d) if d.weight_dtype == "int4" else ExportQLinear(d)
+    return ExportQLinear4(d) if d.weight_dtype == "int4" else ExportQLinear(d, signed_weights)
+
+
+def openvino_module(d: DecomposedLinear) -> nn.Module:
+    """The export form of a quantized linear in a graph made for OpenVINO: int8 weights kept signed."""
+    return _export_module(d, signed_weights=True)
 
 
 def float_linear(d: DecomposedLinear) -> nn.Linear:
@@ -321,4 +329,4 @@ def describe(model: nn.Module, fmt: str, opset: int) -> dict:
     return out
 
 
-__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "translation_table", "needed_opset", "qlinear", "describe"]
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "translation_table", "needed_opset", "qlinear", "describe"]

@@ -59,7 +59,8 @@ def export_openvino(model, out_dir: Path, input_size: tuple[int, int], max_batch
                           "int8-weight, int4-weight, int8 or mixed")
     staging = out_dir / ".onnx"
     staging.mkdir()
-    export_onnx(model, staging, input_size, max_batch, opset, "fp32" if precision in ("fp16", "bf16") else precision)
+    export_onnx(model, staging, input_size, max_batch, opset, "fp32" if precision in ("fp16", "bf16") else precision,
+                for_openvino=True)
     try:
         converted = ov.convert_model(str(staging / MODEL_FILE))
         (out_dir / IR_DIR).mkdir()

@@ -145,13 +145,17 @@ class OpenVINOBackend:
         return f"openvino {self.version} on {self.device.upper()} ({self.inference_precision}, {mode.lower()} mode{why})"
 
     def matmul_precisions(self) -> dict[str, int]:
-        """{"FullyConnected i8": n, ...}: the precision each compiled GEMM/conv actually runs in."""
+        """{"FullyConnected i8": n, ...}: the precision each compiled GEMM/conv actually runs in: its
+        kernel's (the primitive type's suffix, e.g. brgemm_avx512_amx_i8), which differs from the
+        layer's runtime precision (u8) where OpenVINO decompresses int8 weights into a bf16/f32 GEMM."""
         counts: dict[str, int] = {}
         for node in self.compiled.get_runtime_model().get_ordered_ops():
             info = node.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else node.get_type_name()
             if kind in ("FullyConnected", "MatMul", "Convolution", "Deconvolution"):
-                key = f"{kind} {info['runtimePrecision'].astype(str)}"
+                kernel = info["primitiveType"].astype(str) if "primitiveType" in info else ""
+                prec = kernel.rsplit("_", 1)[-1] if "_" in kernel else info["runtimePrecision"].astype(str)
+                key = f"{kind} {prec.lower()}"
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
