@@ -21,7 +21,7 @@ from torch import nn
 import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import compare, torch_outputs
-from sapiens2_edge.exporters.onnx_quant import export_modules, translation_table
+from sapiens2_edge.exporters.onnx_quant import export_modules, int8_dot_products, translation_table
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 from sapiens2_edge.runtime.onnxruntime_backend import session_options
@@ -259,12 +259,44 @@ def test_onnx_int8_ops_in_optimized_graph(seg_onnx_int8, tmp_path):
 
 def test_openvino_int8_runs_int8_kernels_and_matches(seg_openvino_int8, seg):
     m = manifest(seg_openvino_int8)
-    prec = m["quantization"]["export"]["runtime_precisions"]
-    # int8 GEMMs: OpenVINO reports them as i8 or u8 (the CPU's int8 kernel type), never float
-    assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) >= 108, prec
-    assert not any(k.startswith("FullyConnected f") for k in prec), prec
+    prec = m["quantization"]["export"]["runtime_precisions"]  # the compiled kernels' precisions
+    signed, why = int8_dot_products()
+    if signed:  # int8 GEMM kernels (i8 or u8 by CPU), never float: the weights are signed with zero point 0
+        assert m["quantization"]["export"]["int8_gemm_weights"] == f"signed, zero point 0 ({why}): OpenVINO's int8 FullyConnected"
+        assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) >= 108, prec
+        assert not any(k.startswith("FullyConnected f") or k.startswith("FullyConnected bf") for k in prec), prec
+    else:  # u8 x s8 saturates here: the weights stay uint8 + 128, exact, run decompressed by OpenVINO
+        assert m["quantization"]["export"]["int8_gemm_weights"].startswith(f"uint8 + 128 ({why}")
     assert m["fidelity"]["rel_l2"] <= 0.05
     assert m["fidelity"]["vs_float"]["artifact"]["seg_agreement"] >= 0.99
+
+
+@pytest.mark.parametrize("flags,signed,why", [
+    ("fpu sse2 avx2 avx512f avx512_vnni", True, "this CPU has avx512_vnni"),
+    ("fpu avx2 avx_vnni amx_int8 amx_tile", True, "this CPU has amx_int8, avx_vnni"),
+    ("fpu sse2 avx2 fma", False, "this CPU has no VNNI or AMX"),
+])
+def test_int8_weight_form_for_openvino_follows_the_cpu(flags, signed, why):
+    assert int8_dot_products(f"processor\t: 0\nflags\t\t: {flags}\n") == (signed, why)
+    assert int8_dot_products("processor\t: 0\n") == (True, "no CPU flags to read here")
+
+
+def test_openvino_int8_on_a_cpu_without_vnni_keeps_exact_uint8_weights(seg_int8, monkeypatch, tmp_path):
+    """Where u8 x s8 saturates, the OpenVINO graph keeps the exact uint8 + 128 weights (as the ONNX one)."""
+    from sapiens2_edge.exporters import onnx_quant
+
+    monkeypatch.setattr(onnx_quant, "int8_dot_products", lambda cpuinfo=None: (False, "no VNNI (test)"))
+    root = s2e.export(seg_int8[0], tmp_path / "ov", format="openvino", input_size=SIZE, max_batch=1)
+    m = manifest(root)
+    assert m["quantization"]["export"]["int8_gemm_weights"] == ("uint8 + 128 (no VNNI (test): u8 x s8 saturates; "
+                                                                "exact, OpenVINO decompresses them)")
+    assert m["fidelity"]["rel_l2"] <= 0.05
+    import openvino as ov
+
+    weights = [op for op in ov.Core().read_model(str(root / "openvino" / "model.xml")).get_ops()
+               if op.get_type_name() == "Constant" and op.get_output_shape(0) == [64, 64]]
+    assert weights and {str(w.get_output_element_type(0)) for w in weights} <= {"<Type: 'uint8_t'>", "<Type: 'float32'>"}
+    assert any(str(w.get_output_element_type(0)) == "<Type: 'uint8_t'>" for w in weights)
 
 
 def test_pose_openvino_int8_meets_displacement_target(pose, tmp_path):

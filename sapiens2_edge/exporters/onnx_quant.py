@@ -24,8 +24,11 @@ weights of a GEMM  our int8 weights stored as uint8 ``w + 128`` with zero point 
 with int8 inputs   wherever the activations are int8 too: the u8 x s8 form saturates on x86 CPUs
                    without VNNI (``vpmaddubsw`` adds two u8*s8 products in int16: rel L2 7.9e-2 on one
                    random 512x256 layer in both ONNX Runtime and OpenVINO on an AVX2 EPYC), the u8 x u8
-                   form is exact on every CPU (ONNX Runtime's documented remedy; OpenVINO still runs an
-                   int8 FullyConnected).
+                   form is exact on every CPU (ONNX Runtime's documented remedy). The graph made for
+                   OpenVINO keeps them signed (zero point 0) on CPUs with VNNI or AMX: OpenVINO builds
+                   its int8 FullyConnected only from those, and runs uint8 + zero point weights as
+                   compressed weights (decompressed, the GEMM in bf16/f32: 3.2x slower GEMMs on an AMX
+                   Xeon, benchmarks/results/cpu_peers.md).
 int4-weight        ``com.microsoft`` ``MatMulNBits`` (bits 4, block_size = the group size, default zero
                    point 8): B is our packed (N, K/2) bytes reshaped to (N, K/G, G/2), scales our float16
                    group scales as float32 (exact), then Add bias. ONNX Runtime's CPU provider runs it with
@@ -41,6 +44,7 @@ fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -93,9 +97,9 @@ class ExportQLinear(nn.Module):
         super().__init__()
         self.wdtype, self.amode, self.prefix = d.weight_dtype, d.act_mode, d.prefix_tokens
         w_t, zero = d.weight.t().contiguous(), 0
-        # An int8 x int8 GEMM: the u8 x u8 form (module doc), unless the graph is for OpenVINO, whose
-        # int8 FullyConnected is built only from signed weights with zero point 0 (it runs u8 weights
-        # with a zero point as compressed weights: decompressed to float, the GEMM in bf16/f32).
+        # An int8 x int8 GEMM: the u8 x u8 form (module doc), unless the graph is for OpenVINO on a CPU
+        # with VNNI or AMX: its int8 FullyConnected is built only from signed weights with zero point 0
+        # (it runs u8 weights with a zero point as compressed weights: decompressed, the GEMM in float).
         if self.wdtype == "int8" and self.amode != "none" and not signed_weights:
             w_t, zero = (w_t.to(torch.int16) + WEIGHT_ZERO).to(torch.uint8), WEIGHT_ZERO
         self.register_buffer("w_t", w_t)
@@ -129,9 +133,27 @@ def _export_module(d: DecomposedLinear, signed_weights: bool = False) -> nn.Modu
     return ExportQLinear4(d) if d.weight_dtype == "int4" else ExportQLinear(d, signed_weights)
 
 
+def int8_dot_products(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """(whether this CPU multiplies u8 x s8 without saturating, why): x86 with VNNI (avx512_vnni,
+    avx_vnni) or AMX does; x86 without them pairs products in int16 (vpmaddubsw) and saturates. A
+    machine without /proc/cpuinfo flags (macOS, Windows, ARM) is taken as able."""
+    text = cpuinfo
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True, "no CPU flags to read here"
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return True, "no CPU flags to read here"
+    found = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags]
+    return (True, f"this CPU has {', '.join(found)}") if found else (False, "this CPU has no VNNI or AMX")
+
+
 def openvino_module(d: DecomposedLinear) -> nn.Module:
-    """The export form of a quantized linear in a graph made for OpenVINO: int8 weights kept signed."""
-    return _export_module(d, signed_weights=True)
+    """The export form of a quantized linear in a graph made for OpenVINO: int8 weights kept signed
+    where this CPU's int8 dot products are exact (see :func:`int8_dot_products`), else uint8 + 128."""
+    return _export_module(d, signed_weights=int8_dot_products()[0])
 
 
 def float_linear(d: DecomposedLinear) -> nn.Linear:
@@ -329,4 +351,4 @@ def describe(model: nn.Module, fmt: str, opset: int) -> dict:
     return out
 
 
-__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "translation_table", "needed_opset", "qlinear", "describe"]
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear", "describe"]

@@ -80,11 +80,14 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
     files = export_openvino(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
     xml = out_dir / IR_DIR / "model.xml"
     if hasattr(model, "recipe_dict"):
-        from .onnx_quant import describe
+        from .onnx_quant import describe, int8_dot_products
 
         policy = precision_policy(opts.precision, _check_float_precisions(model, xml, opts))
         info = describe(model, "openvino", opts.opset)
         info["runtime_precisions"] = _runner(xml, policy, opts.precision).matmul_precisions()
+        signed, why = int8_dot_products()
+        info["int8_gemm_weights"] = (f"signed, zero point 0 ({why}): OpenVINO's int8 FullyConnected" if signed else
+                                     f"uint8 + 128 ({why}: u8 x s8 saturates; exact, OpenVINO decompresses them)")
         info["float_precision"] = {k: v for k, v in policy.items() if k != "fidelity"}
         opts.notes["quantization"] = info
     else:
