@@ -145,17 +145,21 @@ class OpenVINOBackend:
         return f"openvino {self.version} on {self.device.upper()} ({self.inference_precision}, {mode.lower()} mode{why})"
 
     def matmul_precisions(self) -> dict[str, int]:
-        """{"FullyConnected i8": n, ...}: the precision each compiled GEMM/conv actually runs in: its
-        kernel's (the primitive type's suffix, e.g. brgemm_avx512_amx_i8), which differs from the
-        layer's runtime precision (u8) where OpenVINO decompresses int8 weights into a bf16/f32 GEMM."""
+        """{"FullyConnected i8": n, ...}: the precision each compiled GEMM/conv runs in. A layer whose
+        runtime precision is int8 is counted as int8 only when its kernel is (the primitive type's
+        suffix, e.g. brgemm_avx512_amx_i8): OpenVINO also reports u8 for int8 weights it decompresses
+        into a bf16/f32 GEMM, which is then counted as that float precision. Weight-only u4 layers keep
+        their u4."""
         counts: dict[str, int] = {}
         for node in self.compiled.get_runtime_model().get_ordered_ops():
             info = node.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else node.get_type_name()
             if kind in ("FullyConnected", "MatMul", "Convolution", "Deconvolution"):
+                runtime = info["runtimePrecision"].astype(str)
                 kernel = info["primitiveType"].astype(str) if "primitiveType" in info else ""
-                prec = kernel.rsplit("_", 1)[-1] if "_" in kernel else info["runtimePrecision"].astype(str)
-                key = f"{kind} {prec.lower()}"
+                suffix = kernel.rsplit("_", 1)[-1].lower() if "_" in kernel else ""
+                int8_layer = runtime.lower() in ("i8", "u8")
+                key = f"{kind} {suffix if int8_layer and suffix and suffix not in ('i8', 'u8') else runtime}"
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
