@@ -267,17 +267,10 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
     thread_local std::vector<uint16_t> a_buf, b_buf;
     thread_local std::vector<float> t_buf;
     a_buf.resize(static_cast<size_t>(M * K));
-    uint16_t* a = a_buf.data();
-    if (trans_a)
-        to_bf16(A, K, M, lda, a);
-    else
-        to_bf16(A, M, K, lda, a);
     b_buf.resize(static_cast<size_t>(K * N));
-    uint16_t* b = b_buf.data();
-    if (trans_b)
-        to_bf16(B, N, K, ldb, b);
-    else
-        to_bf16(B, K, N, ldb, b);
+    uint16_t *a = a_buf.data(), *b = b_buf.data();
+    to_bf16(A, trans_a ? K : M, trans_a ? M : K, lda, a);  // as stored: (K, M) when transposed
+    to_bf16(B, trans_b ? N : K, trans_b ? K : N, ldb, b);
     float* out = C;
     int64_t ld = ldc;
     if (beta != 0.0f) {  // the product goes to a scratch, then C = product + beta * C
