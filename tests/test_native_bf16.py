@@ -93,6 +93,20 @@ def outputs(model, x):
     return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
+def test_bf16_gemms_available_where_installed_and_native():
+    """With the oneDNN wheel installed (the [onednn] extra) on a CPU with AVX-512-BF16 or AMX, bf16 GEMMs
+    must be usable: an extension built without oneDNN's headers would otherwise pass unnoticed."""
+    from pathlib import Path
+
+    flags = next((set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), set()) if Path("/proc/cpuinfo").exists() else set()
+    if native_backend.onednn_library() and flags & {"avx512_bf16", "amx_bf16"}:
+        assert USABLE and NATIVE_BF16, ONEDNN
+        assert ONEDNN.startswith("oneDNN 3.")
+    else:  # elsewhere the status says what there is, or why there is none
+        assert ONEDNN.startswith("oneDNN 3.") if USABLE else ("oneDNN" in ONEDNN or "without oneDNN" in ONEDNN)
+
+
 @pytest.mark.parametrize("task", ["seg", "pose"])
 def test_bf16_gemms_as_far_from_float_as_a_bf16_emulation(task, tmp_path):
     model = tiny_model(task, TINY, seed=5)
