@@ -280,6 +280,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
     options = {} if scheme == "mixed" and budget is not None else {"activation_mode": str(activation_mode)}
     if scheme == "int4-weight":
         options = {"group_size": group_size}
+    options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
     path = output if output.suffix == ".safetensors" else output / f"{Path(str(checkpoint)).stem}_{scheme}.safetensors"

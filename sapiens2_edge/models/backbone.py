@@ -209,7 +209,14 @@ class Block(nn.Module):
         self.ffn = SwiGLU(dim, hidden)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rope)
+        return self.ffn_residual(self.attention_residual(x, rope))
+
+    def attention_residual(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None):
+        """The first half of the block: x + attn(ln1(x))."""
+        return x + self.attn(self.ln1(x), rope)
+
+    def ffn_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The second half of the block: x + ffn(ln2(x))."""
         return x + self.ffn(self.ln2(x))
 
 
@@ -299,8 +306,8 @@ class Sapiens2Backbone(nn.Module):
     def rope_mode(self) -> str:
         return self.rope_embed.mode
 
-    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Image (B,3,H,W) -> (tokens (B, 9+N, C), Hp, Wp) after the final norm."""
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, bool], int, int]:
+        """Image (B,3,H,W) -> (the first block's input (B, 9+N, C), its RoPE tables, Hp, Wp)."""
         t = self.patch_embed(x)
         b, c, hp, wp = t.shape
         t = t.flatten(2).transpose(1, 2)
@@ -308,7 +315,11 @@ class Sapiens2Backbone(nn.Module):
             t = self.tokenizer(t, hp, wp)
             hp, wp = hp // WINDOW_SIZE, wp // WINDOW_SIZE
         t = torch.cat([self.cls_token.expand(b, -1, -1), self.storage_tokens.expand(b, -1, -1), t], dim=1)
-        rope = (*self.rope_embed(hp, wp), self.rope_embed.round_bf16)
+        return t, (*self.rope_embed(hp, wp), self.rope_embed.round_bf16), hp, wp
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Image (B,3,H,W) -> (tokens (B, 9+N, C), Hp, Wp) after the final norm."""
+        t, rope, hp, wp = self.embed(x)
         for blk in self.blocks:
             t = blk(t, rope)
         return self.ln1(t), hp, wp

@@ -45,7 +45,7 @@ def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> 
     stray = sorted(set(options) - set(SELECTION_OPTIONS))
     if stray:
         raise ConfigError(f"quantize option(s) {stray} set what the config object already says; with "
-                          f"{type(config).__name__}(...) only {', '.join(SELECTION_OPTIONS)}, kernel, progress, held_out "
+                          f"{type(config).__name__}(...) only {', '.join(SELECTION_OPTIONS)}, kernel, progress, held_out, inplace "
                           "and the calibration settings (calibration_size, batch_size, input_size, report_samples) are "
                           "accepted: put the rest on the config (e.g. Int8(activations=Static('mse')))")
     return config, make_recipe(config.name, **config.recipe_options(), **options, **calibration.recipe_options())
@@ -53,7 +53,8 @@ def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> 
 
 def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None,
              **options: Any) -> tuple[QuantizedModel, QuantReport]:
-    """Quantize the backbone linears of ``model`` with ``scheme``; the model itself is not changed.
+    """Quantize the backbone linears of ``model`` with ``scheme``; the model itself is not changed
+    (unless ``inplace=True``).
 
     scheme: a config object (``Int8WeightOnly()``, ``Int8(activations=Static(...) | Dynamic())``,
     ``Fp8(...)``, ``Fp16()``, ``Mixed(layers=..., budget=...)``), a :class:`QuantRecipe`, or a
@@ -64,7 +65,9 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     options: ``exclude``, ``quantize_tokenizer``, ``prefix_tokens`` (which layers, how many prefix
     tokens), ``held_out`` / ``held_out_samples`` (data the report measures on instead of the
     calibration inputs, which also fills ``report.fidelity`` from the same forwards; ignored by a
-    budget search, which measures on its own samples), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
+    budget search, which measures on its own samples), ``inplace`` (True: smooth ``model`` itself rather than
+    a copy of it, saving one copy of the weights in memory; the model stays the same function up to float
+    rounding), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
     among them, as float16), ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
     ``auto``), the calibration settings ``calibration_size``, ``batch_size``, ``input_size``,
     ``report_samples`` (shorthands of the Calibration fields); with a scheme name also any other
@@ -81,13 +84,13 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     check_float_model(model)
     show = options.pop("progress", None)
     kernel = options.pop("kernel", "auto")
-    held_out = {k: options.pop(k) for k in ("held_out", "held_out_samples") if k in options}
+    run_options = {k: options.pop(k) for k in ("held_out", "held_out_samples", "inplace") if k in options}
     cal = Calibration.of(calibration, options, scheme if isinstance(scheme, QuantRecipe) else None)
     config, recipe = _request(scheme, cal, options)
     if isinstance(config, Mixed) and config.budget is not None:
         return search_mixed(model, config, recipe, cal, kernel=kernel, progress=show)
     return apply(model, plan_layers(config, recipe, candidate_linears(model)), cal, recipe=recipe, kernel=kernel,
-                 progress=show, **held_out)
+                 progress=show, **run_options)
 
 
 __all__ = ["quantize"]

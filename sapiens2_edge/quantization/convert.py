@@ -11,8 +11,10 @@ The steps, in order (each one only when some layer needs it):
    layers of one group share their norm, so they must agree on one alpha);
 4. static activations: each such layer's input range (after smoothing), per estimator. Steps 3
    and 4 share one backbone-only pass when the ranges need only maxima (``minmax``, or no
-   smoothing at all); a second pass over the smoothed model only for histogram estimators
-   (``percentile``, ``mse``) of smoothed layers (see :func:`_calibrate`);
+   smoothing at all); histogram estimators (``percentile``, ``mse``) of smoothed layers need the
+   smoothed activations, which :mod:`.blockwise` gets in the same single pass, block by block
+   (a second whole pass over the smoothed model only where that does not apply: see
+   :func:`_calibrate`);
 5. replace the layers with :class:`QuantLinear`;
 6. report: weight SQNR per layer; with calibration data, per-layer output SQNR (the float input
    of each layer through the float and the quantized layer) and end-to-end output SQNR, on the
@@ -33,6 +35,7 @@ import torch
 from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, QuantizationError
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
+from . import blockwise
 from .calibration import CalibrationSet, build_calibration_set, progress
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
@@ -97,8 +100,8 @@ def _group_alpha(group, layers: Mapping[str, LayerScheme], configs) -> tuple[flo
 
 def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = None, *,
           recipe: QuantRecipe | None = None, prefix_tokens: int = DEFAULT_PREFIX_TOKENS, kernel: str = "auto",
-          progress: bool | None = None, held_out: Any = None,
-          held_out_samples: int = 16) -> tuple[QuantizedModel, QuantReport]:
+          progress: bool | None = None, held_out: Any = None, held_out_samples: int = 16,
+          inplace: bool = False) -> tuple[QuantizedModel, QuantReport]:
     """Quantize the named backbone linears of ``model``, each with its own config; ``model`` is not changed.
 
     layers: module name -> ``Int8WeightOnly()``, ``Int8(...)``, ``Fp8(...)``, ``Fp16()`` or a
@@ -109,7 +112,9 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     kept out of static ranges (ignored when ``recipe`` is given). held_out: data the report measures
     on instead of the calibration inputs (up to ``held_out_samples``), also filling
     ``report.fidelity`` from the same forwards (only with calibration data; without it, no
-    output is measured).
+    output is measured). inplace: ``model`` itself (float32) is the float copy SmoothQuant folds
+    into and the report's float side, instead of a copy of it: one copy of the weights less in
+    memory, and ``model`` is left smoothed (the same function up to float rounding).
     """
     check_float_model(model)
     if not isinstance(layers, Mapping):
@@ -132,7 +137,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     notes: list[str] = []
     t0 = time.perf_counter()
 
-    base = float_copy(model).eval()
+    base = (model if inplace and _all_float32(model) else float_copy(model)).eval()
     device = base.backbone.cls_token.device
     configs = {n: s.layer_config() for n, s in specs.items()}
     static = [n for n, c in configs.items() if c.activation is not None and c.activation.mode == "static"]
@@ -163,7 +168,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress)
 
     # -- convert ----------------------------------------------------------------------------------
-    qmodel = float_copy(base)
+    qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
     modules = dict(base.named_modules())
     for n, cfg in configs.items():
         scale = None
@@ -203,6 +208,10 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             report.calibration.update(report_samples=batches.num_samples, report_on="held-out")
     report.calibration["seconds"] = round(time.perf_counter() - t0, 3)
     return qmodel, report
+
+
+def _all_float32(model) -> bool:
+    return all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
 
 
 def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, desc: str, keep: bool = False):
@@ -249,10 +258,14 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     smooth = {n for g, _, _ in groups for n in g.linears}
     estimator = {n: configs[n].activation.estimator for n in static}
     first = {n for n in static if not groups or estimator[n] == "minmax"}
+    n_images = calib.num_samples
+    what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", static)) if on)
+    if set(first) != set(static) and blockwise.applies(base, calib, groups, static):
+        return blockwise.calibrate(base, calib, groups, static, configs, recipe, device,
+                                   f"calibrate {what} ({n_images} images, block by block)", show)
     channel = {g.linears[0]: ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0])) for g, _, _ in groups}
     direct = _shared_observers([n for n in first if n not in smooth], feeds, recipe,
                                lambda n: estimator[n] != "minmax")
-    n_images = calib.num_samples
     what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", first)) if on)
     _observed(base, {**channel, **direct}, calib, device, f"calibrate {what} ({n_images} images)", show)
 

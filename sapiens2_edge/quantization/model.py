@@ -9,6 +9,7 @@ the official names (``...wq.weight`` int8/fp8/fp16, ``...wq.weight_scale``, ``..
 from __future__ import annotations
 
 import copy
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -74,9 +75,14 @@ def as_quantized(model: Sapiens2Model, recipe: QuantRecipe, layer_schemes: dict[
     return model
 
 
-def float_copy(model: Sapiens2Model) -> Sapiens2Model:
-    """A deep copy with float32 parameters (the RoPE periods buffer keeps its bf16)."""
-    m = copy.deepcopy(model)
+def float_copy(model: Sapiens2Model, skip: Iterable[str] = ()) -> Sapiens2Model:
+    """A deep copy with float32 parameters (the RoPE periods buffer keeps its bf16).
+
+    skip: names of modules whose tensors the copy shares with ``model`` instead of copying (for
+    modules the caller replaces in the copy at once: no transient copy of their weights)."""
+    shared = [t for n in skip for t in (*model.get_submodule(n).parameters(), *model.get_submodule(n).buffers())
+              if t.dtype == torch.float32 or not t.is_floating_point()]  # the loop below must not touch them
+    m = copy.deepcopy(model, {id(t): t for t in shared})
     with torch.no_grad():
         for p in m.parameters():
             if p.is_floating_point() and p.dtype != torch.float32:

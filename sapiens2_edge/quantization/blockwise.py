@@ -1,0 +1,128 @@
+"""Calibration block by block: SmoothQuant statistics and every static range from one forward
+per calibration image, whatever the estimator.
+
+Run as whole-model passes, SmoothQuant with a histogram estimator (``percentile``, ``mse``)
+takes two: a smoothing factor depends on every image's per-channel maxima, and the histogram
+of a smoothed layer input needs the factor first. Here the calibration set's activations at the
+current block boundary are kept instead (images x tokens x width float32: 12.6 MB per 1024x768
+image at 0.4b), so each half of a block (norm -> attention, norm -> FFN) can
+
+1. take its group's per-channel maxima from the norm's output over all images (a norm is cheap),
+2. fold the smoothing factors into that norm and the linears it feeds,
+3. run once over all images with the range observers of its static layers attached.
+
+Every projection, attention and FFN runs once per image. What is observed is what the two-pass
+procedure's second pass observes (the smoothed model's inputs), except that the maxima of block
+``i`` are read behind blocks ``< i`` that are already smoothed: equal to the unsmoothed model's
+up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CalibrationError
+from .calibration import CalibrationSet, progress
+from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
+from .smoothquant import apply_smoothing, smoothing_scales
+
+BLOCKS = "backbone.blocks."
+#: the most memory the kept block-boundary activations may take; above it calibration runs as passes
+MAX_STATE_BYTES = 2 << 30
+
+
+def state_bytes(model, calib: CalibrationSet) -> int:
+    """Memory of the block-boundary activations of the whole calibration set (float32)."""
+    from ..spec import NUM_PREFIX_TOKENS, PATCH_SIZE
+
+    h, w = calib.input_size
+    patches = (h // PATCH_SIZE) * (w // PATCH_SIZE)
+    if model.backbone.arch.is_4k:
+        from ..spec import WINDOW_SIZE
+
+        patches //= WINDOW_SIZE * WINDOW_SIZE
+    return calib.num_samples * (NUM_PREFIX_TOKENS + patches) * model.backbone.arch.embed_dim * 4
+
+
+def applies(model, calib: CalibrationSet, groups, static: list[str]) -> bool:
+    """Whether every smoothed and statically calibrated layer sits in a main block and the kept
+    activations fit in :data:`MAX_STATE_BYTES` (else: whole-model passes)."""
+    names = [n for g, _, _ in groups for n in (g.norm, *g.linears)] + list(static)
+    return (all(n.startswith(BLOCKS) for n in names) and hasattr(model.backbone, "embed")
+            and state_bytes(model, calib) <= MAX_STATE_BYTES)
+
+
+def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe, device, desc: str,
+              show) -> tuple[set[str], dict[str, float]]:
+    """SmoothQuant folding and static ranges of ``base`` (modified in place) block by block.
+
+    groups: (SmoothGroup, alpha, explicit) of the groups to smooth; static: names of the layers
+    with static activations. Returns (smoothed layer names, layer name -> clipping value)."""
+    smooth = {g.norm: (g, alpha) for g, alpha, _ in groups}
+    static_set = set(static)
+    backbone = base.backbone
+    modules = dict(base.named_modules())
+    observers: dict[str, RangeObserver] = {}
+    smoothed: set[str] = set()
+    with torch.no_grad():
+        states, rope = [], None
+        for b in calib:
+            b = b.to(device)
+            base.check_input(b)
+            t, rope, _, _ = backbone.embed(b.to(backbone.cls_token.dtype))
+            states.append(t)
+        for i, blk in enumerate(progress(backbone.blocks, len(backbone.blocks), desc, show)):
+            name = f"{BLOCKS}{i}"
+            halves = ((blk.ln1, "ln1", ("attn.wq", "attn.wk", "attn.wv"), "attn.proj",
+                       lambda x, _b=blk: _b.attention_residual(x, rope)),
+                      (blk.ln2, "ln2", ("ffn.w12",), "ffn.w3", blk.ffn_residual))
+            for norm, norm_name, fed, inner, run in halves:
+                group = smooth.get(f"{name}.{norm_name}")
+                if group is not None:
+                    smoothed.update(_smooth(base, modules, group, [norm(x) for x in states], recipe))
+                attached = _range_observers(observers, [f"{name}.{p}" for p in fed], f"{name}.{inner}",
+                                            static_set, configs, recipe)
+                remove = attach_input_observers(base, attached)
+                try:
+                    states = [run(x) for x in states]
+                finally:
+                    remove()
+    ranges = {}
+    for n in static:
+        act = configs[n].activation
+        ranges[n] = observers[n].range(act.estimator, act.percentile, act.dtype)
+    return smoothed, ranges
+
+
+def _smooth(base, modules, group, inputs: list[torch.Tensor], recipe) -> tuple[str, ...]:
+    """Fold the factors of one group from its norm's outputs over the calibration set."""
+    g, alpha = group
+    obs = ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0]))
+    for x in inputs:
+        obs.observe(x)
+    if obs.amax is None:
+        return ()
+    if not bool(torch.isfinite(obs.amax).all()):
+        raise CalibrationError("a calibration forward pass produced NaN or inf activations; expected finite values "
+                               "(check the calibration inputs are normalised images)")
+    apply_smoothing(base, g, smoothing_scales(obs.amax, [modules[n].weight for n in g.linears], alpha))
+    return g.linears
+
+
+def _range_observers(observers: dict[str, RangeObserver], fed: list[str], inner: str, static: set[str], configs,
+                     recipe) -> dict[str, RangeObserver]:
+    """Observers for the static layers of one half block, keyed by the module whose input they see
+    (the linears fed by one norm read one tensor and share an observer); also recorded per layer."""
+    attached: dict[str, RangeObserver] = {}
+    for names in (fed, [inner]):
+        wanted = [n for n in names if n in static]
+        if not wanted:
+            continue
+        obs = RangeObserver(recipe.prefix_tokens_for(wanted[0]),
+                            histogram=any(configs[n].activation.estimator != "minmax" for n in wanted))
+        attached[names[0]] = obs
+        observers.update({n: obs for n in wanted})
+    return attached
+
+
+__all__ = ["applies", "calibrate", "state_bytes", "MAX_STATE_BYTES"]
