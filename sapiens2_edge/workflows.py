@@ -214,9 +214,9 @@ class Talk:
             yield
         self.write(f"      {desc}: done in {time.monotonic() - start:.1f} s")
 
-    def iterate(self, iterable: Any, total: int | None, desc: str):
+    def iterate(self, iterable: Any, total: int | None, desc: str, unit: str = "batch"):
         """``iterable`` with a bar (the ``progress=`` hook of ``quantize`` and ``evaluate``)."""
-        with self.bar(desc, total, "batch") as advance:
+        with self.bar(desc, total, unit) as advance:
             for item in iterable:
                 yield item
                 advance()

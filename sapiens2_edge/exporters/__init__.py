@@ -37,7 +37,7 @@ from ..errors import ConfigError, ExportError
 from ..runtime.verify import verify_artifact
 from ..spec import DETECTION_TASK, output_names
 from .bundle import BUNDLED_DETECTOR, check_bundled_detector, copy_detector
-from .fidelity import check_runner, float_fidelity, torch_outputs
+from .fidelity import check_runner, float_fidelity, quantized_bound, torch_outputs
 
 __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Manifest", "read_manifest",
            "verification_inputs", "TOLERANCE", "ExportOptions", "EXPORTERS", "compare", "fingerprint",
@@ -176,15 +176,22 @@ def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_b
         runner = exporter.verifier(tmp, files) if verify else None
         if runner is not None:
             result = check_runner(model, runner, x, ref, names, limit, form)
+            bound = limit
+            if tolerance is None:  # a caller's own tolerance is kept as given
+                with getattr(exporter, "reference_form", _as_is)(model):
+                    bound, allowance = quantized_bound(model, x, ref, names, limit, result["rel_l2"])
+                result.update(allowance, tolerance=bound)
             if fid_opts.get("float_model") is not None:
                 result["vs_float"] = float_fidelity(model, runner, size, max_batch, **fid_opts)
             if official is not None:  # how far this RoPE mode is from the model's own (torch against torch)
                 with _rope_mode(model, official):
                     result["vs_rope_" + official] = compare(torch_outputs(model, x), ref, names)["rel_l2"]
             manifest.fidelity = result
-            if result["rel_l2"] > limit:
+            if result["rel_l2"] > bound:
+                moved = (f"; the torch model itself moves by {result['rounding_sensitivity']:.3g} under a 1e-6 input "
+                         "change" if "rounding_sensitivity" in result else "")
                 raise ExportError(f"{format} {precision} export does not match torch: relative L2 "
-                                  f"{result['rel_l2']:.3g} > {limit:g} ({result['outputs']})")
+                                  f"{result['rel_l2']:.3g} > {bound:g}{moved} ({result['outputs']})")
         return files
 
     return write_artifact(out_dir, manifest, build, overwrite=overwrite)

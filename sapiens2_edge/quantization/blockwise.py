@@ -71,7 +71,7 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
             base.check_input(b)
             t, rope, _, _ = backbone.embed(b.to(backbone.cls_token.dtype))
             states.append(t)
-        for i, blk in enumerate(progress(backbone.blocks, len(backbone.blocks), desc, show)):
+        for i, blk in enumerate(progress(backbone.blocks, len(backbone.blocks), desc, show, unit="block")):
             name = f"{BLOCKS}{i}"
             halves = ((blk.ln1, "ln1", ("attn.wq", "attn.wk", "attn.wv"), "attn.proj",
                        lambda x, _b=blk: _b.attention_residual(x, rope)),

@@ -15,6 +15,7 @@ Tensors must already have the calibration input size. At most ``limit`` samples 
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -28,10 +29,13 @@ from ..errors import CalibrationError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def progress(iterable: Iterable, total: int | None, desc: str, enabled: Any = None) -> Iterable:
+def progress(iterable: Iterable, total: int | None, desc: str, enabled: Any = None, unit: str = "batch") -> Iterable:
     """A tqdm bar on a terminal, nothing otherwise (``enabled`` None = auto); a callable ``enabled``
-    is the caller's own ``(iterable, total, desc) -> iterable`` progress display."""
+    is the caller's own ``(iterable, total, desc) -> iterable`` progress display (given ``unit=``
+    too where it takes that keyword)."""
     if callable(enabled):
+        if unit != "batch" and "unit" in inspect.signature(enabled).parameters:
+            return enabled(iterable, total, desc, unit=unit)
         return enabled(iterable, total, desc)
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -41,7 +45,7 @@ def progress(iterable: Iterable, total: int | None, desc: str, enabled: Any = No
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is optional
         return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
 
 
 def _is_image_item(item: Any) -> bool:

@@ -201,13 +201,25 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             from .fidelity import task_fidelity
 
             size = tuple(calib.input_size)
-            batches = as_batches(held_out, model.task, size, held_out_samples, cal.batch_size, progress)
+            batches = as_batches(held_out, model.task, size, held_out_samples, report_batch_size(cal.batch_size, size),
+                                 progress)
             ref, test = _report_outputs(base, qmodel, batches, device, report, progress,
                                         f"report + fidelity ({batches.num_samples} held-out)", keep=True)
             report.fidelity = {**task_fidelity(model.task, ref, test, size), "samples": batches.num_samples}
             report.calibration.update(report_samples=batches.num_samples, report_on="held-out")
     report.calibration["seconds"] = round(time.perf_counter() - t0, 3)
     return qmodel, report
+
+
+#: input pixels per batch of the held-out report's forwards at most: each batch goes through the
+#: float and the quantized model with per-layer hooks, and the heads' full-resolution activations
+#: of four 1024x768 images alone take gigabytes (a 6 GB peak at 0.4b, against 4 GB image by image)
+REPORT_BATCH_PIXELS = 1 << 20
+
+
+def report_batch_size(batch_size: int, size) -> int:
+    """The held-out report's batch size: ``batch_size``, fewer images where they are large."""
+    return max(1, min(batch_size, REPORT_BATCH_PIXELS // (size[0] * size[1])))
 
 
 def _all_float32(model) -> bool:
