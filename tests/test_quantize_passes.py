@@ -238,3 +238,62 @@ def test_non_finite_activations_stop_the_one_pass_calibration_too(estimator):
     with pytest.raises(CalibrationError, match="NaN or inf activations"):
         quantize(bad, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", estimator=estimator,
                  progress=False)
+
+
+@pytest.mark.parametrize("batch, size, want", [(4, (1024, 768), 1), (4, (512, 384), 4), (8, (512, 512), 4),
+                                               (4, INPUT, 4), (2, (2048, 1536), 1), (1, (128, 96), 1)])
+def test_held_out_report_batches_hold_at_most_a_megapixel(batch, size, want):
+    from sapiens2_edge.quantization.convert import report_batch_size
+
+    assert report_batch_size(batch, size) == want
+
+
+def test_inplace_smooths_the_callers_model_and_quantizes_to_the_same_model(seg):
+    """inplace=True folds SmoothQuant into the caller's model instead of a copy: the same quantized
+    model, and the caller's model keeps its function (to float rounding) with smoothed weights."""
+    x = torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(9))
+    own = float_copy(seg)
+    with torch.no_grad():
+        before = own(x)
+    want, _ = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", progress=False)
+    got, _ = quantize(own, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", progress=False,
+                      inplace=True)
+    assert want.state_dict().keys() == got.state_dict().keys()
+    for k, v in want.state_dict().items():
+        assert torch.equal(v, got.state_dict()[k]), k
+    assert not torch.equal(own.backbone.blocks[0].ln1.weight, seg.backbone.blocks[0].ln1.weight)  # smoothed
+    with torch.no_grad():
+        torch.testing.assert_close(own(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_the_quantized_model_shares_no_tensor_with_the_float_model(seg):
+    """The conversion copies what stays float and builds the quantized layers from the float copy,
+    without a transient copy of the replaced weights: nothing of the caller's model is aliased."""
+    q, _ = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", progress=False)
+    float_ptrs = {t.untyped_storage().data_ptr() for t in seg.state_dict().values()}
+    assert not float_ptrs & {t.untyped_storage().data_ptr() for t in q.state_dict().values()}
+
+
+def test_float_copy_shares_only_the_named_modules_tensors(seg):
+    copy = float_copy(seg, skip=["backbone.blocks.0.attn.wq"])
+    assert copy.backbone.blocks[0].attn.wq.weight is seg.backbone.blocks[0].attn.wq.weight
+    assert copy.backbone.blocks[0].attn.wk.weight is not seg.backbone.blocks[0].attn.wk.weight
+    assert torch.equal(copy.backbone.blocks[0].attn.wk.weight, seg.backbone.blocks[0].attn.wk.weight)
+
+
+@pytest.mark.parametrize("tokenizer", [False, True])
+def test_4k_calibrates_block_by_block_unless_the_tokenizer_is_quantized(tokenizer):
+    """The 4K tokenizer's blocks run inside the embedding: with its linears quantized, calibration
+    takes the whole-model passes; either way every layer gets a range."""
+    from tests.fixtures.tiny import INPUT_4K, TINY_4K
+
+    model = tiny_model("seg", arch=TINY_4K)
+    calib = [torch.randn(2, 3, *INPUT_4K, generator=torch.Generator().manual_seed(4))]
+    seen, hook = _stages()
+    _, rep = quantize(model, "int8", calibration=calib, input_size=INPUT_4K, activation_mode="static",
+                      quantize_tokenizer=tokenizer, progress=hook)
+    stages = [s for s in seen if s.startswith("calibrate")]
+    assert stages == (["calibrate smoothquant (2 images)", "calibrate ranges (2 images)"] if tokenizer else
+                      ["calibrate smoothquant + ranges (2 images, block by block)"]), seen
+    assert any(lr.name.startswith("backbone.tokenizer.") for lr in rep.layers) == tokenizer
+    assert all(lr.input_range is not None and lr.input_range > 0 for lr in rep.layers)
