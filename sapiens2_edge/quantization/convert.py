@@ -198,14 +198,15 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             report.calibration["report_samples"] = min(cal.report_samples, calib.num_samples)
         else:  # one float and one quantized forward per held-out batch give the report and the fidelity
             from .evaluate import as_batches
-            from .fidelity import task_fidelity
+            from .fidelity import FidelityAccumulator
 
             size = tuple(calib.input_size)
             batches = as_batches(held_out, model.task, size, held_out_samples, report_batch_size(cal.batch_size, size),
                                  progress)
-            ref, test = _report_outputs(base, qmodel, batches, device, report, progress,
-                                        f"report + fidelity ({batches.num_samples} held-out)", keep=True)
-            report.fidelity = {**task_fidelity(model.task, ref, test, size), "samples": batches.num_samples}
+            fidelity = FidelityAccumulator(model.task, size)
+            _report_outputs(base, qmodel, batches, device, report, progress,
+                            f"report + fidelity ({batches.num_samples} held-out)", fidelity.add)
+            report.fidelity = {**fidelity.result(), "samples": batches.num_samples}
             report.calibration.update(report_samples=batches.num_samples, report_on="held-out")
     report.calibration["seconds"] = round(time.perf_counter() - t0, 3)
     return qmodel, report
@@ -226,14 +227,13 @@ def _all_float32(model) -> bool:
     return all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
 
 
-def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, desc: str, keep: bool = False):
-    """Fill the report's per-layer and end-to-end output SQNR; with ``keep`` return the raw outputs."""
-    layer_sqnr, total, ref, test = measure_outputs(base, qmodel, qmodel.quantized_layers(), batches, len(batches),
-                                                   device, keep_outputs=keep, desc=desc, show=show)
+def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, desc: str, on_outputs=None) -> None:
+    """Fill the report's per-layer and end-to-end output SQNR (``on_outputs``: see :func:`.measure.measure_outputs`)."""
+    layer_sqnr, total = measure_outputs(base, qmodel, qmodel.quantized_layers(), batches, len(batches), device,
+                                        on_outputs=on_outputs, desc=desc, show=show)
     for lr in report.layers:
         lr.output_sqnr_db = layer_sqnr[lr.name]
     report.output_sqnr_db = total
-    return ref, test
 
 
 def _run_backbone(model: Sapiens2Model, batches: Iterable[torch.Tensor], device: torch.device, desc: str,

@@ -27,26 +27,39 @@ Outputs = Sequence[np.ndarray]
 CHUNK = 1 << 20
 
 
-def output_error(ref: Outputs, test: Outputs) -> dict[str, float]:
-    """SQNR (dB), cosine similarity and relative L2 over all raw outputs together (float64 sums,
-    taken chunk by chunk)."""
-    rr = tt = rt = noise = 0.0
-    for a, b in zip(ref, test, strict=True):
+class _ErrorSums:
+    """float64 sums of r.r, t.t, r.t and (r-t).(r-t), added chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.rr = self.tt = self.rt = self.noise = 0.0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
         a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
         for i in range(0, a.size, CHUNK):
             r, t = a[i:i + CHUNK].astype(np.float64), b[i:i + CHUNK].astype(np.float64)
             d = r - t
-            rr, tt, rt, noise = rr + float(r @ r), tt + float(t @ t), rt + float(r @ t), noise + float(d @ d)
-    denom = float(np.sqrt(rr) * np.sqrt(tt))
-    return {
-        "sqnr_db": float("inf") if noise == 0 else 10.0 * np.log10(rr / noise),
-        "cosine": 1.0 if denom == 0 else rt / denom,
-        "rel_l2": 0.0 if rr == 0 else float(np.sqrt(noise / rr)),
-    }
+            self.rr, self.tt = self.rr + float(r @ r), self.tt + float(t @ t)
+            self.rt, self.noise = self.rt + float(r @ t), self.noise + float(d @ d)
+
+    def result(self) -> dict[str, float]:
+        denom = float(np.sqrt(self.rr) * np.sqrt(self.tt))
+        return {
+            "sqnr_db": float("inf") if self.noise == 0 else 10.0 * np.log10(self.rr / self.noise),
+            "cosine": 1.0 if denom == 0 else self.rt / denom,
+            "rel_l2": 0.0 if self.rr == 0 else float(np.sqrt(self.noise / self.rr)),
+        }
 
 
-def seg_fidelity(ref_logits: np.ndarray, test_logits: np.ndarray) -> dict[str, float]:
-    a, b = ref_logits.argmax(1), test_logits.argmax(1)
+def output_error(ref: Outputs, test: Outputs) -> dict[str, float]:
+    """SQNR (dB), cosine similarity and relative L2 over all raw outputs together (float64 sums,
+    taken chunk by chunk)."""
+    sums = _ErrorSums()
+    for a, b in zip(ref, test, strict=True):
+        sums.add(a, b)
+    return sums.result()
+
+
+def _seg_labels_fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     ious = []
     for c in np.union1d(np.unique(a), np.unique(b)):
         inter = np.sum((a == c) & (b == c))
@@ -55,10 +68,13 @@ def seg_fidelity(ref_logits: np.ndarray, test_logits: np.ndarray) -> dict[str, f
     return {"seg_agreement": float(np.mean(a == b)), "seg_miou": float(np.mean(ious))}
 
 
-def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_size: Sequence[int],
-                  kpt_thr: float = 0.3, keypoints: Sequence[int] | None = None) -> dict[str, float]:
-    """``input_size`` is the network input (H, W); displacements are in its pixels. ``keypoints``
-    restricts the comparison to a subset of channels (e.g. those a model was trained on)."""
+def seg_fidelity(ref_logits: np.ndarray, test_logits: np.ndarray) -> dict[str, float]:
+    return _seg_labels_fidelity(ref_logits.argmax(1), test_logits.argmax(1))
+
+
+def _pose_distances(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_size: Sequence[int], kpt_thr: float,
+                    keypoints: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(displacement, float-model confidence >= kpt_thr) per decoded keypoint of each image."""
     h, w = input_size
     if keypoints is not None:
         ref_heatmaps, test_heatmaps = ref_heatmaps[:, list(keypoints)], test_heatmaps[:, list(keypoints)]
@@ -68,7 +84,10 @@ def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_siz
         kt, _ = decode_heatmaps(t, (h, w))
         dists.append(np.linalg.norm(kr.astype(np.float64) - kt, axis=1))
         confident.append(sr >= kpt_thr)
-    d, m = np.concatenate(dists), np.concatenate(confident)
+    return np.concatenate(dists), np.concatenate(confident)
+
+
+def _pose_summary(d: np.ndarray, m: np.ndarray) -> dict[str, float]:
     if not m.any():  # e.g. a random-weight model: no confident keypoint, use them all
         m = np.ones_like(m)
     d = d[m]
@@ -77,14 +96,28 @@ def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_siz
             "pose_keypoints": int(m.sum())}
 
 
+def pose_fidelity(ref_heatmaps: np.ndarray, test_heatmaps: np.ndarray, input_size: Sequence[int],
+                  kpt_thr: float = 0.3, keypoints: Sequence[int] | None = None) -> dict[str, float]:
+    """``input_size`` is the network input (H, W); displacements are in its pixels. ``keypoints``
+    restricts the comparison to a subset of channels (e.g. those a model was trained on)."""
+    return _pose_summary(*_pose_distances(ref_heatmaps, test_heatmaps, input_size, kpt_thr, keypoints))
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-8)
 
 
-def normal_fidelity(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+def _normal_angles(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
     cos = np.clip(np.sum(_unit(ref.astype(np.float64)) * _unit(test.astype(np.float64)), axis=1), -1.0, 1.0)
-    ang = np.degrees(np.arccos(cos))
+    return np.degrees(np.arccos(cos))
+
+
+def _normal_summary(ang: np.ndarray) -> dict[str, float]:
     return {"normal_mean_deg": float(ang.mean()), "normal_p95_deg": float(np.percentile(ang, 95))}
+
+
+def normal_fidelity(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    return _normal_summary(_normal_angles(ref, test))
 
 
 def pointmap_fidelity(ref: Outputs, test: Outputs) -> dict[str, float]:
@@ -101,20 +134,55 @@ def albedo_fidelity(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
     return {"albedo_psnr_db": float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)}
 
 
+class FidelityAccumulator:
+    """:func:`task_fidelity` over batches without keeping the raw outputs: each batch is reduced to
+    what the metrics read (the error sums; seg labels, pose displacements, normal angles), so a
+    report over 16 full-resolution seg outputs holds labels, not 2 x 1.5 GB of logits. Pointmap
+    and albedo outputs (3 channels) are kept as they are."""
+
+    def __init__(self, task: str | None, input_size: Sequence[int], keypoints: Sequence[int] | None = None,
+                 kpt_thr: float = 0.3) -> None:
+        self.task, self.input_size, self.keypoints, self.kpt_thr = task, tuple(input_size), keypoints, kpt_thr
+        self.sums = _ErrorSums()
+        self.parts: list[tuple] = []
+
+    def add(self, ref: Outputs, test: Outputs) -> None:
+        ref, test = tuple(ref), tuple(test)
+        if len(ref) != len(test):
+            raise ValueError(f"{len(ref)} reference outputs against {len(test)} tested ones")
+        for a, b in zip(ref, test, strict=True):
+            self.sums.add(a, b)
+        if self.task == "seg":
+            labels = np.uint8 if ref[0].shape[1] <= 256 else np.int32
+            self.parts.append((ref[0].argmax(1).astype(labels), test[0].argmax(1).astype(labels)))
+        elif self.task == "pose":
+            self.parts.append(_pose_distances(ref[0], test[0], self.input_size, self.kpt_thr, self.keypoints))
+        elif self.task == "normal":
+            self.parts.append((_normal_angles(ref[0], test[0]),))
+        elif self.task in ("pointmap", "albedo"):
+            self.parts.append((ref, test))
+
+    def result(self) -> dict[str, float]:
+        out = self.sums.result()
+        if not self.parts:
+            return out
+        if self.task == "seg":
+            out.update(_seg_labels_fidelity(*(np.concatenate(p) for p in zip(*self.parts, strict=True))))
+        elif self.task == "pose":
+            out.update(_pose_summary(*(np.concatenate(p) for p in zip(*self.parts, strict=True))))
+        elif self.task == "normal":
+            out.update(_normal_summary(np.concatenate([p[0] for p in self.parts])))
+        else:
+            ref, test = (tuple(np.concatenate(o) for o in zip(*side, strict=True))
+                         for side in zip(*self.parts, strict=True))
+            out.update(pointmap_fidelity(ref, test) if self.task == "pointmap" else albedo_fidelity(ref[0], test[0]))
+        return out
+
+
 def task_fidelity(task: str | None, ref: Outputs, test: Outputs, input_size: Sequence[int],
                   keypoints: Sequence[int] | None = None) -> dict[str, float]:
     """All metrics for ``task`` (None: a backbone featmap, raw-output metrics only); ``keypoints``
     restricts the pose metrics to those channels."""
-    ref, test = tuple(ref), tuple(test)
-    out = output_error(ref, test)
-    if task == "seg":
-        out.update(seg_fidelity(ref[0], test[0]))
-    elif task == "pose":
-        out.update(pose_fidelity(ref[0], test[0], input_size, keypoints=keypoints))
-    elif task == "normal":
-        out.update(normal_fidelity(ref[0], test[0]))
-    elif task == "pointmap":
-        out.update(pointmap_fidelity(ref, test))
-    elif task == "albedo":
-        out.update(albedo_fidelity(ref[0], test[0]))
-    return out
+    acc = FidelityAccumulator(task, input_size, keypoints)
+    acc.add(ref, test)
+    return acc.result()

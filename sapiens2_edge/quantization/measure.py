@@ -3,14 +3,14 @@ its float source, from one float and one quantized forward per batch.
 
 Per layer, the float model's own input to the layer goes through the float layer (the hook's
 output) and the quantized layer; energies are accumulated in float64 from the float32 tensors
-(no float64 copies of whole activations). The raw outputs of both models are returned, so the
-same forwards also give the task fidelity (:func:`.fidelity.task_fidelity`) when the batches
+(no float64 copies of whole activations). The raw outputs of both models go to a callback, so
+the same forwards also give the task fidelity (:func:`.fidelity.task_fidelity`) when the batches
 are held-out data.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -40,11 +40,13 @@ def _numpy(out) -> Outputs:
 
 
 def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.Module],
-                    batches: Iterable[torch.Tensor], total: int | None, device, *, keep_outputs: bool = False,
-                    desc: str = "report", show=None) -> tuple[dict[str, float], float, Outputs | None, Outputs | None]:
+                    batches: Iterable[torch.Tensor], total: int | None, device, *,
+                    on_outputs: Callable[[Outputs, Outputs], None] | None = None,
+                    desc: str = "report", show=None) -> tuple[dict[str, float], float]:
     """Run ``base`` (the float model, with a hook on each module named in ``layers``) and ``qmodel``
-    once per batch. Returns (layer name -> output SQNR dB, end-to-end output SQNR dB, and with
-    ``keep_outputs`` the float and quantized raw outputs, else None, None)."""
+    once per batch. Returns (layer name -> output SQNR dB, end-to-end output SQNR dB);
+    ``on_outputs(float outputs, quantized outputs)`` is called with each batch's raw outputs (e.g.
+    :meth:`.fidelity.FidelityAccumulator.add`), which are not kept."""
     modules = dict(base.named_modules())
     energy = {n: [0.0, 0.0] for n in layers}
     handles = []
@@ -54,7 +56,6 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
             energy[_n][0] += s
             energy[_n][1] += e
         handles.append(modules[n].register_forward_hook(hook))
-    ref_parts, test_parts = [], []
     sig = noise = 0.0
     try:
         with torch.no_grad():
@@ -64,17 +65,12 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
                 for r, t in zip(ref, test, strict=True):
                     s, e = energies(torch.from_numpy(r), torch.from_numpy(t))
                     sig, noise = sig + s, noise + e
-                if keep_outputs:
-                    ref_parts.append(ref)
-                    test_parts.append(test)
+                if on_outputs is not None:
+                    on_outputs(ref, test)
     finally:
         for h in handles:
             h.remove()
-    layer_sqnr = {n: nx.sqnr_db(*e) for n, e in energy.items()}
-    if not keep_outputs:
-        return layer_sqnr, nx.sqnr_db(sig, noise), None, None
-    return (layer_sqnr, nx.sqnr_db(sig, noise), tuple(np.concatenate(p) for p in zip(*ref_parts, strict=True)),
-            tuple(np.concatenate(p) for p in zip(*test_parts, strict=True)))
+    return {n: nx.sqnr_db(*e) for n, e in energy.items()}, nx.sqnr_db(sig, noise)
 
 
 __all__ = ["measure_outputs", "energies"]
