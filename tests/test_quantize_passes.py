@@ -297,3 +297,17 @@ def test_4k_calibrates_block_by_block_unless_the_tokenizer_is_quantized(tokenize
                       ["calibrate smoothquant + ranges (2 images, block by block)"]), seen
     assert any(lr.name.startswith("backbone.tokenizer.") for lr in rep.layers) == tokenizer
     assert all(lr.input_range is not None and lr.input_range > 0 for lr in rep.layers)
+
+
+def test_with_held_out_data_the_calibration_images_are_released_after_embedding(seg, monkeypatch):
+    from sapiens2_edge.quantization.calibration import CalibrationSet
+
+    released = []
+    monkeypatch.setattr(CalibrationSet, "release", lambda self: released.append(self.num_samples) or
+                        setattr(self, "batches", []))
+    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", progress=False,
+                      held_out=HELD_OUT)
+    assert released == [6] and rep.calibration["num_samples"] == 6  # the count outlives the images
+    released.clear()
+    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", progress=False)
+    assert released == [] and rep.calibration["report_samples"] == 6  # the report reads them again

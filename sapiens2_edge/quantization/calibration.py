@@ -108,10 +108,11 @@ class CalibrationSet:
         self.batches = batches
         self.input_size = input_size
         self.source = source
+        self.num_samples = sum(b.shape[0] for b in batches)
 
-    @property
-    def num_samples(self) -> int:
-        return sum(b.shape[0] for b in self.batches)
+    def release(self) -> None:
+        """Drop the inputs (their count, size and source stay): for a caller done with them."""
+        self.batches = []
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self.batches)

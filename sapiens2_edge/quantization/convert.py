@@ -165,7 +165,9 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         groups = []
     ranges: dict[str, float] = {}
     if groups or static:
-        smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress)
+        # with held-out data the report does not read the calibration images again
+        smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
+                                      release_inputs=held_out is not None)
 
     # -- convert ----------------------------------------------------------------------------------
     qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
@@ -255,7 +257,7 @@ def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, de
 
 
 def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe: QuantRecipe, device,
-               show) -> tuple[set[str], dict[str, float]]:
+               show, release_inputs: bool = False) -> tuple[set[str], dict[str, float]]:
     """SmoothQuant statistics and folding, then the static ranges of the layers in ``static``.
 
     One backbone pass collects the per-channel maxima of each smoothing group's input and the
@@ -274,7 +276,7 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", static)) if on)
     if set(first) != set(static) and blockwise.applies(base, calib, groups, static):
         return blockwise.calibrate(base, calib, groups, static, configs, recipe, device,
-                                   f"calibrate {what} ({n_images} images, block by block)", show)
+                                   f"calibrate {what} ({n_images} images, block by block)", show, release_inputs)
     channel = {g.linears[0]: ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0])) for g, _, _ in groups}
     direct = _shared_observers([n for n in first if n not in smooth], feeds, recipe,
                                lambda n: estimator[n] != "minmax")
