@@ -19,6 +19,8 @@ up to float rounding.
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import torch
 
 from ..errors import CalibrationError
@@ -67,12 +69,7 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
     observers: dict[str, RangeObserver] = {}
     smoothed: set[str] = set()
     with torch.no_grad():
-        states, rope = [], None
-        for b in calib:
-            b = b.to(device)
-            base.check_input(b)
-            t, rope, _, _ = backbone.embed(b.to(backbone.cls_token.dtype))
-            states.append(t)
+        states, rope = _embed(base, calib, device)
         if release_inputs:
             calib.release()
         for i, blk in enumerate(progress(backbone.blocks, len(backbone.blocks), desc, show, unit="block")):
@@ -83,12 +80,14 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
             for norm, norm_name, fed, inner, run in halves:
                 group = smooth.get(f"{name}.{norm_name}")
                 if group is not None:
-                    smoothed.update(_smooth(base, modules, group, [norm(x) for x in states], recipe))
+                    # a generator: each norm output is observed and dropped (not 32 images of them at once)
+                    smoothed.update(_smooth(base, modules, group, (norm(x) for x in states), recipe))
                 attached = _range_observers(observers, [f"{name}.{p}" for p in fed], f"{name}.{inner}",
                                             static_set, configs, recipe)
                 remove = attach_input_observers(base, attached)
                 try:
-                    states = [run(x) for x in states]
+                    for j in range(len(states)):  # in place: each old state is freed as it is replaced
+                        states[j] = run(states[j])
                 finally:
                     remove()
     ranges = {}
@@ -98,7 +97,18 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
     return smoothed, ranges
 
 
-def _smooth(base, modules, group, inputs: list[torch.Tensor], recipe) -> tuple[str, ...]:
+def _embed(base, calib: CalibrationSet, device) -> tuple[list[torch.Tensor], Any]:
+    """The first block's input of every calibration batch, and the RoPE tables (one input size)."""
+    states, rope = [], None
+    for b in calib:
+        b = b.to(device)
+        base.check_input(b)
+        t, rope, _, _ = base.backbone.embed(b.to(base.backbone.cls_token.dtype))
+        states.append(t)
+    return states, rope
+
+
+def _smooth(base, modules, group, inputs: Iterable[torch.Tensor], recipe) -> tuple[str, ...]:
     """Fold the factors of one group from its norm's outputs over the calibration set."""
     g, alpha = group
     obs = ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0]))
