@@ -216,7 +216,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
 
 #: input pixels per batch of the held-out report's forwards at most: each batch goes through the
 #: float and the quantized model with per-layer hooks, and the heads' full-resolution activations
-#: of four 1024x768 images alone take gigabytes (a 6 GB peak at 0.4b, against 4 GB image by image)
+#: of four 1024x768 images alone take gigabytes (seg at 0.4b: four 64-channel 1024x768 maps are 0.8 GB each)
 REPORT_BATCH_PIXELS = 1 << 20
 
 
