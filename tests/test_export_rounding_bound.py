@@ -89,3 +89,16 @@ def test_export_records_the_allowance_and_still_refuses_a_faulty_artifact(static
                                           r"moves by .* under a 1e-6 input change"):
         s2e.export(static_int8, tmp_path / "bad", format="onnx", input_size=INPUT, max_batch=2)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_movement_is_measured_once_per_model_input_and_reference(static_int8, monkeypatch):
+    x, ref = _outputs(static_int8)
+    x = x * 0.5  # an input no other test measured
+    ref = torch_outputs(static_int8, x)
+    calls = []
+    real = fidelity.torch_outputs
+    monkeypatch.setattr(fidelity, "torch_outputs", lambda m, a: calls.append(1) or real(m, a))
+    first = fidelity.rounding_sensitivity(static_int8, x, ref, ["logits"])
+    assert fidelity.rounding_sensitivity(static_int8, x, ref, ["logits"]) == first and len(calls) == 1
+    fidelity.rounding_sensitivity(static_int8, x, tuple(r + 1 for r in ref), ["logits"])  # another reference
+    assert len(calls) == 2

@@ -23,9 +23,8 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import CalibrationError
 from .calibration import CalibrationSet, progress
-from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
+from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers, non_finite_activations
 from .smoothquant import apply_smoothing, smoothing_scales
 
 BLOCKS = "backbone.blocks."
@@ -50,8 +49,7 @@ def applies(model, calib: CalibrationSet, groups, static: list[str]) -> bool:
     """Whether every smoothed and statically calibrated layer sits in a main block and the kept
     activations fit in :data:`MAX_STATE_BYTES` (else: whole-model passes)."""
     names = [n for g, _, _ in groups for n in (g.norm, *g.linears)] + list(static)
-    return (all(n.startswith(BLOCKS) for n in names) and hasattr(model.backbone, "embed")
-            and state_bytes(model, calib) <= MAX_STATE_BYTES)
+    return all(n.startswith(BLOCKS) for n in names) and state_bytes(model, calib) <= MAX_STATE_BYTES
 
 
 def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe, device, desc: str,
@@ -117,8 +115,7 @@ def _smooth(base, modules, group, inputs: Iterable[torch.Tensor], recipe) -> tup
     if obs.amax is None:
         return ()
     if not bool(torch.isfinite(obs.amax).all()):
-        raise CalibrationError("a calibration forward pass produced NaN or inf activations; expected finite values "
-                               "(check the calibration inputs are normalised images)")
+        raise non_finite_activations()
     apply_smoothing(base, g, smoothing_scales(obs.amax, [modules[n].weight for n in g.linears], alpha))
     return g.linears
 

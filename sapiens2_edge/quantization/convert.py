@@ -51,7 +51,7 @@ from .model import (
     set_module,
     state_bytes,
 )
-from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
+from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers, non_finite_activations
 from .report import LayerReport, QuantReport
 from .schemes import AUTO, DEFAULT_SMOOTHQUANT_ALPHA, Calibration, LayerScheme, Mixed, as_layer_scheme
 from .smoothquant import apply_smoothing, find_groups, smoothing_scales
@@ -273,8 +273,8 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     estimator = {n: configs[n].activation.estimator for n in static}
     first = {n for n in static if not groups or estimator[n] == "minmax"}
     n_images = calib.num_samples
-    what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", static)) if on)
     if set(first) != set(static) and blockwise.applies(base, calib, groups, static):
+        what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", static)) if on)
         return blockwise.calibrate(base, calib, groups, static, configs, recipe, device,
                                    f"calibrate {what} ({n_images} images, block by block)", show, release_inputs)
     channel = {g.linears[0]: ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0])) for g, _, _ in groups}
@@ -333,8 +333,7 @@ def _smoothed_max(amax: torch.Tensor | None, scales: torch.Tensor | None) -> flo
         return 0.0
     m = float((amax / scales).max()) if scales is not None else float(amax.max())
     if not math.isfinite(m):
-        raise CalibrationError("a calibration forward pass produced NaN or inf activations; expected finite values "
-                               "(check the calibration inputs are normalised images)")
+        raise non_finite_activations()
     return m
 
 

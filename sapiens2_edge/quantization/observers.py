@@ -32,6 +32,14 @@ def _body(x: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
     return x.detach().reshape(-1, x.shape[-1]).float()
 
 
+def non_finite_activations():
+    """The error of a calibration forward whose observed activations are NaN or inf."""
+    from ..errors import CalibrationError
+
+    return CalibrationError("a calibration forward pass produced NaN or inf activations; expected finite values "
+                            "(check the calibration inputs are normalised images)")
+
+
 class RangeObserver:
     """Running |x| statistics of one layer input; :meth:`range` gives the clipping value.
 
@@ -53,10 +61,7 @@ class RangeObserver:
             return
         m = float(a.max())
         if not math.isfinite(m):
-            from ..errors import CalibrationError
-
-            raise CalibrationError("a calibration forward pass produced NaN or inf activations; expected finite values "
-                                   "(check the calibration inputs are normalised images)")
+            raise non_finite_activations()
         self.amax = max(self.amax, m)
         self.count += a.numel()
         if not self.histogram:
@@ -151,4 +156,4 @@ def attach_input_observers(model: nn.Module, observers: dict[str, object]) -> Ca
     return remove
 
 
-__all__ = ["RangeObserver", "ChannelAbsMaxObserver", "attach_input_observers", "NUM_BINS"]
+__all__ = ["non_finite_activations", "RangeObserver", "ChannelAbsMaxObserver", "attach_input_observers", "NUM_BINS"]
