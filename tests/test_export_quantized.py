@@ -269,6 +269,17 @@ def test_openvino_int8_runs_int8_kernels_and_matches(seg_openvino_int8, seg):
         assert m["quantization"]["export"]["int8_gemm_weights"].startswith(f"uint8 + 128 ({why}")
     assert m["fidelity"]["rel_l2"] <= 0.05
     assert m["fidelity"]["vs_float"]["artifact"]["seg_agreement"] >= 0.99
+    # the FFN's gate and up projections are two int8 GEMMs on one quantized input: no Split (OpenVINO's
+    # reference kernel), and no second input quantization
+    import openvino as ov
+
+    kinds = collections.Counter(op.get_type_name() for op in
+                                ov.Core().read_model(str(seg_openvino_int8 / "openvino" / "model.xml")).get_ops())
+    depth = seg.arch.depth
+    assert kinds["Split"] == 0 and kinds["MatMul"] == 7 * depth, kinds
+    assert kinds["FakeQuantize"] == 4 * depth, kinds  # ln1 -> q/k/v, attention -> proj, ln2 -> gate/up, -> w3
+    if signed:
+        assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) == 7 * depth, prec
 
 
 @pytest.mark.parametrize("flags,signed,why", [

@@ -157,11 +157,14 @@ def test_fp32_ir_has_no_bf16_and_torchs_rope_tables(seg, tmp_path):
     _, sin, cos = _rotation_tables(sin, cos, len(sin) + NUM_PREFIX_TOKENS, sin.shape[-1])
     tables = [sin.numpy(), cos.numpy()]
     # RoPE runs over the whole sequence: no prefix slicing and concatenating back per q/k, and
-    # rotate_half is one Gather (OpenVINO ran those Slice/Split/Concat as reference kernels)
+    # rotate_half is one Gather (OpenVINO ran those Slice/Split/Concat as reference kernels); the
+    # FFN's gate and up projections are two GEMMs (no Split of the fused one)
     kinds = [op.get_type_name() for op in graph.get_ordered_ops()]
     depth = trained.arch.depth
     assert kinds.count("Concat") <= 1 and kinds.count("VariadicSplit") == 0 and kinds.count("Slice") <= 1, kinds
-    assert kinds.count("Split") == depth and kinds.count("Gather") == 2 * depth  # the FFN's gate/up; q and k
+    assert kinds.count("Split") == 0 and kinds.count("Gather") == 2 * depth  # q and k
+    linears_per_block = 7  # wq, wk, wv, proj, gate, up, w3
+    assert kinds.count("MatMul") == linears_per_block * depth, kinds.count("MatMul")
     consts = [op.get_data() for op in graph.get_ordered_ops() if op.get_type_name() == "Constant"]
     for table in tables:
         assert any(c.size == table.size and c.dtype == np.float32 and

@@ -87,7 +87,8 @@ def output_names(task: str | None) -> list[str]:
 def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
                 precision: str = "fp32", for_openvino: bool = False) -> dict[str, str]:
     """Write ``model.onnx`` (+ ``model.onnx.data`` past 2 GB) into ``out_dir``; returns {file: role}.
-    ``for_openvino``: the graph OpenVINO converts (int8 GEMM weights signed, see onnx_quant)."""
+    ``for_openvino``: the graph OpenVINO converts (int8 GEMM weights signed, see onnx_quant; the SwiGLU's
+    gate and up projections as two GEMMs, see gate_split)."""
     import torch
 
     from ..quantization.model import stores_float16
@@ -96,6 +97,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
         raise ConfigError(f"unsupported opset {opset}; expected one of {OPSETS} (23 adds native RMSNormalization)")
     if precision not in PRECISIONS:
         raise ConfigError(f"ONNX precision {precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    from .gate_split import split_gate_projections
     from .onnx_quant import export_modules, needed_opset, openvino_module, translation_table
 
     opset = needed_opset(model, opset)
@@ -107,7 +109,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
-            warnings.catch_warnings(), torch.no_grad(), \
+            (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
