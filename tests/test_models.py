@@ -197,6 +197,17 @@ def test_rope_zero_angle_is_identity_and_prefix_untouched():
     torch.testing.assert_close(other[:, :, :9], rotated[:, :, :9], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("round_bf16", [True, False])
+def test_rope_in_the_tokens_then_heads_layout_is_the_same_rotation(round_bf16):
+    """The attention rotates q/k in the (B, T, heads, d) layout its projections write: bit for bit the
+    rotation of the (B, heads, T, d) layout, transposed."""
+    sin, cos = RopeEmbedding(16)(3, 4)
+    q = torch.randn(2, 5, 9 + 12, 16)
+    expected = apply_rope(q, sin, cos, round_bf16)
+    got = apply_rope(q.transpose(1, 2).contiguous(), sin, cos, round_bf16, heads_after_tokens=True)
+    assert torch.equal(got.transpose(1, 2), expected)
+
+
 def test_rope_tables_follow_the_spec_formula():
     """fp32 tables equal the spec's formula in float64; bf16 tables differ by at most ~0.03."""
     d, hp, wp = 64, 8, 6

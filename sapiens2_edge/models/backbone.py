@@ -109,8 +109,10 @@ def _rotation_tables(sin: torch.Tensor, cos: torch.Tensor, tokens: int, d: int):
     return swap, sin * sign, cos
 
 
-def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16: bool = True) -> torch.Tensor:
-    """Rotate (B, heads, T, d), leaving the leading prefix tokens (T - len(sin)) unrotated.
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16: bool = True,
+               heads_after_tokens: bool = False) -> torch.Tensor:
+    """Rotate (B, heads, T, d), or (B, T, heads, d) with ``heads_after_tokens``, leaving the leading
+    prefix tokens (T - len(sin)) unrotated.
 
     With ``round_bf16`` it reproduces the reference, which casts the whole of q/k (prefix included)
     to bf16 and rotates in bf16: here every step runs in float32 and is rounded to bf16, which is
@@ -121,7 +123,9 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16
     x = x.float()
     if round_bf16:
         x = _round_bf16(x)
-    swap, sin, cos = _rotation_tables(sin, cos, x.shape[-2], x.shape[-1])
+    swap, sin, cos = _rotation_tables(sin, cos, x.shape[-3 if heads_after_tokens else -2], x.shape[-1])
+    if heads_after_tokens:
+        sin, cos = sin[:, None], cos[:, None]  # (T, 1, d): the same row for every head
     # the same halves swapped either way: a Gather in exported graphs, two views concatenated in
     # torch (whose index_select on the last dim is 10-70x slower than that)
     rotated = x.index_select(-1, swap) if switch.exporting() else torch.cat(x.chunk(2, dim=-1)[::-1], dim=-1)
@@ -155,13 +159,17 @@ class Attention(nn.Module):
             return self._forward_fused(x, rope)
         b, t, c = x.shape
         d = self.head_dim
-        q = self.wq(x).view(b, t, self.heads, d).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.kv_heads, d).transpose(1, 2)
+        # QK-norm and RoPE in the (B, T, heads, d) layout the projections write, then to (B, heads, T, d):
+        # the transposes sit right before the attention, where OpenVINO folds them into its fused
+        # attention kernel instead of running each as a copy (same values: both are per-token and per-head)
+        q = self.wq(x).view(b, t, self.heads, d)
+        k = self.wk(x).view(b, t, self.kv_heads, d)
         v = self.wv(x).view(b, t, self.kv_heads, d).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, *rope, heads_after_tokens=True), apply_rope(k, *rope, heads_after_tokens=True)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         groups = self.heads // self.kv_heads
         if groups > 1 and self.repeat_kv:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
