@@ -177,7 +177,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     talk.say(f"      estimate for the rest: about {duration_text(total)} on this machine (from the model's FLOPs "
              f"and a matmul test; {', '.join(f'{k} ~{duration_text(v)}' for k, v in result.estimate.items())})")
     qmodel = _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk)
-    _export(qmodel, fmt, scheme, output, size_hw, result, talk)
+    _export(qmodel, model, fmt, scheme, output, size_hw, result, talk)
     _predict(image_path, output, result, talk)
     if bench:
         _bench(output, bench_runs, result, talk)
@@ -242,7 +242,7 @@ def _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, 
     return qmodel
 
 
-def _export(qmodel, fmt, scheme, output, size_hw, result, talk):
+def _export(qmodel, float_model, fmt, scheme, output, size_hw, result, talk):
     from .artifact import read_manifest
     from .exporters import export
 
@@ -250,13 +250,31 @@ def _export(qmodel, fmt, scheme, output, size_hw, result, talk):
     talk.say(f"[3/5] export: {fmt} {scheme} artifact, then verify it against the torch model it comes from")
     talk.say(f"      {fmt}: {result.facts.get('format_reason', 'asked for')}")
     with talk.timer(f"export {fmt} + verify", result.estimate["export"]):
+        # with the float model at hand, a bf16 run of the quantized artifact is judged by its distance to
+        # the float model (bf16 flips int8 roundings, which moves it off the recipe's exact outputs but
+        # no further from the float model: see exporters/openvino_export.py)
         artifact = export(qmodel, output / f"{fmt}-{scheme}", format=fmt, input_size=size_hw, max_batch=1,
-                          overwrite=True)
+                          overwrite=True, float_model=float_model)
     result.artifact = artifact
     result.timings["export_s"] = time.perf_counter() - t
     m = result.manifest = read_manifest(artifact, verify=False)
     talk.say(f"      {artifact} ({artifact_label(m)}, {_dir_mb(artifact):.1f} MB) in {result.timings['export_s']:.1f} s; "
              f"rel L2 {m.fidelity.get('rel_l2', float('nan')):.1e} vs {m.fidelity.get('reference', 'torch')}")
+    for line in precision_checks_text(m.options.get("inference_precision") or {}):
+        talk.say(f"      {line}")
+
+
+def precision_checks_text(policy: dict) -> list[str]:
+    """One line per runtime precision the export verified: what it was compared with and the outcome."""
+    lines = []
+    for precision, check in sorted((policy.get("fidelity") or {}).items()):
+        if "rel_l2" not in check:
+            lines.append(f"{precision} run: not checked here ({check.get('not_checked', 'no check recorded')})")
+            continue
+        verdict = "passed" if check.get("passed") else "failed: not used"
+        lines.append(f"{precision} run: rel L2 {check.get('rel_l2', float('nan')):.3g} vs {check.get('against', '?')} "
+                     f"(tolerance {check.get('tolerance', float('nan')):.3g}) {verdict}")
+    return lines
 
 
 def _predict(image_path, output, result, talk):

@@ -164,3 +164,46 @@ def test_the_terminal_talk_draws_bars_with_an_eta():
     text = buf.getvalue()
     assert "calibrate (batches)" in text and "3/3" in text and "eta" in text
     assert "export (seconds, estimated)" in text and "[2/5] quantize: [bold]not markup[/bold]" in text
+
+
+def test_demo_judges_a_bf16_run_of_its_int8_artifact_against_the_float_model(tmp_path, monkeypatch, random_tiny):
+    """The demo hands the float model to the export, so an int8 IR's bf16 run (which flips int8
+    roundings) is judged by its distance to the float model; each verified precision is reported."""
+    import sapiens2_edge.exporters
+
+    seen = {}
+    real = sapiens2_edge.exporters.export
+
+    def traced(model, *a, **k):
+        seen["float_model"] = k.get("float_model")
+        seen["quantized"] = model
+        return real(model, *a, **k)
+    monkeypatch.setattr(sapiens2_edge.exporters, "export", traced)
+    monkeypatch.setattr(cli, "console", Console(width=80, highlight=False))
+    out = tmp_path / "d"
+    res = runner.invoke(cli.app, ["demo", "--task", "seg", "--output", str(out), "--scheme", "int8",
+                                  "--format", "openvino", "--no-bench"])
+    assert res.exit_code == 0, res.output
+    assert seen["float_model"] is not None and not hasattr(seen["float_model"], "recipe_dict")
+    assert hasattr(seen["quantized"], "recipe_dict")
+    policy = json.loads((out / "openvino-int8" / "manifest.json").read_text())["options"]["inference_precision"]
+    text = " ".join(res.output.split())
+    f32 = policy["fidelity"]["f32"]
+    assert f32["against"] == "torch QuantizedModel" and f"f32 run: rel L2 {f32['rel_l2']:.3g}" in text
+    bf16 = policy["fidelity"]["bf16"]
+    if "rel_l2" in bf16:  # a CPU with native bf16
+        assert bf16["against"] == "float model"
+        assert bf16["tolerance"] > f32["rel_l2_vs_float"]
+        assert f"bf16 run: rel L2 {bf16['rel_l2']:.3g} vs float model" in text
+    else:
+        assert "bf16 run: not checked here" in text
+
+
+def test_precision_checks_text_names_each_check():
+    lines = demo.precision_checks_text({"fidelity": {
+        "f32": {"rel_l2": 0.0078, "tolerance": 0.05, "passed": True, "against": "torch QuantizedModel"},
+        "bf16": {"rel_l2": 0.2, "tolerance": 0.14, "passed": False, "against": "float model"}}})
+    assert lines == ["bf16 run: rel L2 0.2 vs float model (tolerance 0.14) failed: not used",
+                     "f32 run: rel L2 0.0078 vs torch QuantizedModel (tolerance 0.05) passed"]
+    assert demo.precision_checks_text({"fidelity": {"bf16": {"passed": False, "not_checked": "no avx512_bf16"}}}) \
+        == ["bf16 run: not checked here (no avx512_bf16)"]
