@@ -24,7 +24,7 @@ from sapiens2_edge.quantization import (
     quantize,
     save_quantized,
 )
-from sapiens2_edge.quantization.config import layer_config
+from sapiens2_edge.quantization.config import QuantRecipe, layer_config
 from tests.fixtures.tiny import INPUT, tiny_model
 
 CALIB = [torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(i)) for i in range(2)]
@@ -170,6 +170,8 @@ def test_export_precision_is_one_rule_for_every_format(seg):
     (lambda: Mixed(budget="sqnr_db>=20", layers={WQ: Fp16()}), ConfigError, "leave layers= empty"),
     (lambda: Mixed(budget="sqnr_db>=20", default="float"), ConfigError, "needs a default config"),
     (lambda: Calibration(CALIB, num_samples=0), ConfigError, "calibration_size=0 must be an integer >= 1"),
+    (lambda: QuantRecipe("int8", "int8", calibration_precision="fp16"), ConfigError,
+     "calibration_precision='fp16' is not supported; expected one of 'auto', 'fp32', 'bf16'"),
     (lambda: Calibration(CALIB, input_size=(128,)), ConfigError, r"input_size must be \(H, W\) positive integers"),
 ])
 def test_bad_config_objects(make, err, match):
@@ -197,3 +199,20 @@ def test_bad_requests(seg):
               Calibration(CALIB, input_size=INPUT))
     with pytest.raises(QuantizationError, match="no layer is left to quantize"):
         apply(seg, {WQ: "float"})
+
+
+@pytest.mark.parametrize("asked, device, flags, expected", [
+    ("auto", "cpu", "fpu avx512f avx512_bf16", ("bf16", "auto: this CPU has avx512_bf16")),
+    ("auto", "cpu", "fpu amx_bf16 amx_tile avx512_bf16", ("bf16", "auto: this CPU has amx_bf16 and avx512_bf16")),
+    ("auto", "cpu", "fpu avx512f avx512_vnni", ("fp32", "auto: this CPU has no native bf16 (neither avx512_bf16 "
+                                                        "nor amx_bf16)")),
+    ("auto", "cpu", None, ("fp32", "auto: no CPU flags to read here")),
+    ("auto", "meta", "avx512_bf16", ("fp32", "auto: fp32 on meta")),
+    ("bf16", "cpu", "fpu", ("bf16", "asked for")),
+    ("fp32", "cpu", "avx512_bf16", ("fp32", "asked for")),
+])
+def test_calibration_precision_follows_the_cpu(asked, device, flags, expected):
+    from sapiens2_edge.quantization.calibration import calibration_precision
+
+    cpuinfo = "processor\t: 0\n" + (f"flags\t\t: {flags}\n" if flags is not None else "")
+    assert calibration_precision(asked, device, cpuinfo) == expected

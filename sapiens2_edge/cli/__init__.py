@@ -25,9 +25,11 @@ from ..runtime.inputs import VIDEO_SUFFIXES, is_video
 from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
 from .export_checks import WEIGHT_ONLY, check_export_flags
 from .options import (
+    CALIB_PRECISION_HELP,
     Activations,
     Arch,
     Backend,
+    CalibPrecision,
     DemoFormat,
     DemoScheme,
     DemoSize,
@@ -265,6 +267,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
                  eval_samples: int = typer.Option(16, min=1, help="held-out images to evaluate"),
                  activation_mode: Activations = typer.Option("dynamic", help="int8/fp8 activations"),
+                 calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
                  group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale "
                                                 "(16, 32, 64, 128 or 256)"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
@@ -280,6 +283,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
     options = {} if scheme == "mixed" and budget is not None else {"activation_mode": str(activation_mode)}
     if scheme == "int4-weight":
         options = {"group_size": group_size}
+    if scheme not in WEIGHT_ONLY:
+        options["calibration_precision"] = str(calibration_precision)
     options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
@@ -306,6 +311,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                                                        "ONNX Runtime and OpenVINO) or dynamic (per token)"),
                calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
                group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale"),
+               calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
@@ -344,6 +350,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
             quantize_options["group_size"] = group_size
         if scheme not in WEIGHT_ONLY:
             quantize_options["activation_mode"] = str(activations)
+            quantize_options["calibration_precision"] = str(calibration_precision)
         kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
         if held_out:
             kwargs["fidelity_data"] = held_out

@@ -44,7 +44,6 @@ fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -137,16 +136,12 @@ def int8_dot_products(cpuinfo: str | None = None) -> tuple[bool, str]:
     """(whether this CPU multiplies u8 x s8 without saturating, why): x86 with VNNI (avx512_vnni,
     avx_vnni) or AMX does; x86 without them pairs products in int16 (vpmaddubsw) and saturates. A
     machine without /proc/cpuinfo flags (macOS, Windows, ARM) is taken as able."""
-    text = cpuinfo
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True, "no CPU flags to read here"
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), None)
+    from ..cpu_features import INT8_DOT_FLAGS, cpu_flags
+
+    flags = cpu_flags(cpuinfo)
     if flags is None:
         return True, "no CPU flags to read here"
-    found = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags]
+    found = [f for f in INT8_DOT_FLAGS if f in flags]
     return (True, f"this CPU has {', '.join(found)}") if found else (False, "this CPU has no VNNI or AMX")
 
 

@@ -15,15 +15,18 @@ Tensors must already have the calibration input size. At most ``limit`` samples 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from ..cpu_features import bf16_flags
 from ..errors import CalibrationError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -46,6 +49,31 @@ def progress(iterable: Iterable, total: int | None, desc: str, enabled: Any = No
     except ImportError:  # pragma: no cover - tqdm is optional
         return iterable
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
+
+
+def calibration_precision(asked: str, device: Any, cpuinfo: str | None = None) -> tuple[str, str]:
+    """(``fp32`` or ``bf16``, why) for the calibration forwards on ``device``: ``auto`` is bf16 on a
+    CPU with native bf16 (``cpuinfo``: its /proc/cpuinfo text, default this machine's), else fp32."""
+    if asked != "auto":
+        return asked, "asked for"
+    kind = torch.device(device).type
+    if kind != "cpu":
+        return "fp32", f"auto: fp32 on {kind}"
+    has, evidence = bf16_flags(cpuinfo)
+    return ("bf16" if has else "fp32"), f"auto: {evidence}"
+
+
+def calibration_autocast(precision: str, device: Any) -> contextlib.AbstractContextManager:
+    """The forwards' autocast for ``precision`` (bf16 GEMMs and attention, norms and the kept
+    block-boundary activations in float32); nothing for fp32."""
+    stack = contextlib.ExitStack()
+    if precision == "bf16":
+        stack.enter_context(warnings.catch_warnings())
+        # QK-norm gets the projections' bf16 outputs with its float32 weight: torch takes its unfused
+        # path and says so; the values are what autocast means
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        stack.enter_context(torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
+    return stack
 
 
 def _is_image_item(item: Any) -> bool:

@@ -36,7 +36,7 @@ from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, Quant
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
 from . import blockwise
-from .calibration import CalibrationSet, build_calibration_set, progress
+from .calibration import CalibrationSet, build_calibration_set, calibration_autocast, calibration_precision, progress
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
 from .linear import QuantLinear
@@ -165,9 +165,13 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         groups = []
     ranges: dict[str, float] = {}
     if groups or static:
+        precision, why = calibration_precision(recipe.calibration_precision, device)
+        recipe = replace(recipe, calibration_precision=precision)
+        notes.append(f"calibration forwards in {precision} ({why})")
         # with held-out data the report does not read the calibration images again
-        smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
-                                      release_inputs=held_out is not None)
+        with calibration_autocast(precision, device):
+            smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
+                                          release_inputs=held_out is not None)
 
     # -- convert ----------------------------------------------------------------------------------
     qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
@@ -193,7 +197,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                          size_before_bytes=state_bytes(model), size_after_bytes=state_bytes(qmodel), notes=notes)
     if calib is not None and cal.report_samples > 0:
         report.calibration = {"num_samples": calib.num_samples, "input_size": list(calib.input_size),
-                              "source": calib.source}
+                              "source": calib.source, "precision": recipe.calibration_precision}
         if held_out is None:
             batches = calib.head(cal.report_samples)
             _report_outputs(base, qmodel, batches, device, report, progress, "report")

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.paths import inside
+from ..cpu_features import bf16_flags
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from .base import batch_input, check_input_size, load_errors, run_errors
 
 F32, BF16 = "f32", "bf16"
 #: artifact precision -> policy mode
 _MODES = {"fp32": F32, "fp16": F32, "bf16": BF16}
-_NATIVE_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def import_openvino():
@@ -47,21 +47,9 @@ def native_bf16(cpuinfo: str | None = None) -> tuple[bool, str]:
     """(whether this CPU computes bf16 natively, the evidence): its avx512_bf16 / amx_bf16 flags in
     ``cpuinfo`` (default: /proc/cpuinfo), or where there is none, whether OpenVINO lists BF16 among
     the CPU's capabilities."""
-    text = cpuinfo
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            text = ""
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    if flags:
-        found = [f for f in _NATIVE_FLAGS if f in flags]
-        return (True, f"this CPU has {' and '.join(found)}") if found else (False, "this CPU has no native bf16 "
-                                                                             "(neither avx512_bf16 nor amx_bf16)")
+    has, evidence = bf16_flags(cpuinfo)
+    if has is not None:
+        return has, evidence
     caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return ("BF16" in caps, f"OpenVINO's CPU capabilities {'include' if 'BF16' in caps else 'lack'} BF16")
 

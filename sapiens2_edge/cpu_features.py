@@ -1,0 +1,41 @@
+"""What this CPU computes natively, from the flags the Linux kernel lists in /proc/cpuinfo.
+
+One reader for every choice made per CPU: the runtime precision of OpenVINO artifacts, the int8
+weight layout of graphs made for OpenVINO, and the precision of the quantizer's calibration
+forwards. Where there are no flags to read (macOS, Windows) the callers decide what that means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: flags of x86 CPUs with bf16 dot products (AVX-512 BF16, AMX tiles)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+#: flags of x86 CPUs whose u8 x s8 dot products do not saturate (VNNI, AMX)
+INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The first CPU's flags in ``cpuinfo`` (default: /proc/cpuinfo); None where there are none."""
+    text = cpuinfo
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                None)
+
+
+def bf16_flags(cpuinfo: str | None = None) -> tuple[bool | None, str]:
+    """(whether this CPU computes bf16 natively, the evidence); None when no flags could be read."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return None, "no CPU flags to read here"
+    found = [f for f in BF16_FLAGS if f in flags]
+    if found:
+        return True, f"this CPU has {' and '.join(found)}"
+    return False, "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"
+
+
+__all__ = ["BF16_FLAGS", "INT8_DOT_FLAGS", "bf16_flags", "cpu_flags"]
