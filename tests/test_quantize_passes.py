@@ -80,8 +80,8 @@ def test_static_ranges_equal_the_two_pass_reference(seg, estimator, block_by_blo
     """One calibration pass for every estimator: maxima-only ranges from a whole-model pass, histogram
     ranges of smoothed layers block by block (see quantization/blockwise.py)."""
     seen, hook = _stages()
-    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static",
-                      estimator=estimator, progress=hook)
+    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+                      activation_mode="static", estimator=estimator, progress=hook)
     stages = [s for s in seen if s.startswith("calibrate")]
     assert len(stages) == 1 and ("block by block" in stages[0]) == block_by_block, seen
     _assert_two_pass_ranges(seg, rep, estimator)
@@ -108,8 +108,8 @@ def test_without_room_for_the_block_boundary_histograms_take_a_second_pass(seg, 
     assert blockwise.state_bytes(seg, _calibration_set()) == 6 * (NUM_PREFIX_TOKENS + 8 * 6) * 64 * 4
     monkeypatch.setattr(blockwise, "MAX_STATE_BYTES", 6 * (NUM_PREFIX_TOKENS + 8 * 6) * 64 * 4 - 1)
     seen, hook = _stages()
-    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static",
-                      estimator=estimator, progress=hook)
+    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+                      activation_mode="static", estimator=estimator, progress=hook)
     assert [s for s in seen if s.startswith("calibrate")] == [
         "calibrate smoothquant (6 images)", "calibrate ranges (6 images)"], seen
     _assert_two_pass_ranges(seg, rep, estimator)
@@ -123,8 +123,8 @@ def _calibration_set():
 
 def test_without_smoothquant_every_estimator_takes_one_pass(seg):
     seen, hook = _stages()
-    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static",
-                      estimator="mse", smoothquant_alpha=None, progress=hook)
+    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+                      activation_mode="static", estimator="mse", smoothquant_alpha=None, progress=hook)
     assert len([s for s in seen if s.startswith("calibrate")]) == 1, seen
     assert not any(lr.smoothed for lr in rep.layers)
     ranges = _observe_ranges(float_copy(seg).eval())
@@ -170,7 +170,8 @@ def test_held_out_report_runs_each_model_once_per_batch_and_matches_separate_mea
     seen, hook = _stages()
     qmodel, rep = quantize_and_save(seg, "int8", CALIB, tmp_path / "q.safetensors", held_out=HELD_OUT,
                                     held_out_source="test", input_size=INPUT, eval_samples=4,
-                                    activation_mode="static", estimator="minmax", progress=hook)
+                                    activation_mode="static", calibration_precision="fp32", estimator="minmax",
+                                    progress=hook)
     n_cal, n_held = 2, 1  # 6 calibration and 4 held-out samples in batches of 4
     # one backbone pass over the calibration batches, then float + quantized once per held-out batch
     assert counts == {"model": 2 * n_held, "backbone": n_cal + 2 * n_held}, (counts, seen)
@@ -193,12 +194,29 @@ def test_held_out_report_runs_each_model_once_per_batch_and_matches_separate_mea
         assert lr.output_sqnr_db == pytest.approx(layer_want[lr.name], abs=1e-6), lr.name
 
 
+def test_held_out_per_layer_sqnr_comes_from_the_first_report_samples(seg):
+    """With held-out data, every image gives the fidelity and the output SQNR, and the per-layer SQNR
+    comes from the batches that begin within the first report_samples images (here: the first batch
+    of 2 of the 4 held-out images)."""
+    qmodel, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+                           held_out=HELD_OUT, held_out_samples=4, report_samples=2, batch_size=2, progress=False)
+    assert rep.calibration["layer_sqnr_samples"] == 2 and rep.fidelity["samples"] == 4
+    base = _smoothed_copy(seg)
+    layer_want = _layer_sqnr_reference(base, qmodel, HELD_OUT[:1])
+    layer_all = _layer_sqnr_reference(base, qmodel, HELD_OUT)
+    assert any(abs(layer_want[n] - layer_all[n]) > 1e-3 for n in layer_want)  # the subset is not the whole set
+    for lr in rep.layers:
+        assert lr.output_sqnr_db == pytest.approx(layer_want[lr.name], abs=1e-6), lr.name
+    ref, test = run_outputs(base, HELD_OUT, show=False), run_outputs(qmodel, HELD_OUT, show=False)
+    assert rep.output_sqnr_db == pytest.approx(output_error(ref, test)["sqnr_db"], abs=1e-6)
+
+
 @pytest.mark.parametrize("alpha", [None, 0.5])
 def test_calibration_report_equals_the_float64_reference(seg, alpha):
     """Without held-out data the report measures on the first report_samples calibration inputs: equal
     to the float64 reference but for summation order (dB), with the smoothing rebuilt from its own pass."""
-    qmodel, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, report_samples=4, progress=False,
-                           smoothquant_alpha=alpha)
+    qmodel, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+                           report_samples=4, progress=False, smoothquant_alpha=alpha)
     assert rep.calibration["report_samples"] == 4 and "report_on" not in rep.calibration and not rep.fidelity
     base = _smoothed_copy(seg, alpha)
     layer_want = _layer_sqnr_reference(base, qmodel, BATCHES[:1])

@@ -98,7 +98,11 @@ def _outliers(model):
 
 @pytest.mark.parametrize("scheme", ["fp16", "int8-weight", "int8", "fp8"])
 def test_scheme_no_worse_than_naive_rtn(seg, scheme):
-    q, report = quantize(seg, scheme, calibration=CALIB, input_size=INPUT)
+    # fp32 calibration forwards on every CPU: on this random model SmoothQuant's gain over RTN is
+    # within the rounding draw that any change of its factors makes (bf16 forwards move them by
+    # 0.1-3 %: 0.0758 against 0.0728 rel err, RTN 0.0742); bf16 calibration is gated on the trained
+    # fixtures, where the decisions are real (test_quantize_fidelity.py)
+    q, report = quantize(seg, scheme, calibration=CALIB, input_size=INPUT, calibration_precision="fp32")
     err = _rel_err(q, seg)
     ref = _rel_err(naive(seg, *NAIVE[scheme]), seg)
     assert err <= ref * 1.02 + 1e-6, (scheme, err, ref)

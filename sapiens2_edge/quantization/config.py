@@ -224,10 +224,11 @@ class QuantRecipe:
     float. quantize_tokenizer: quantize the 4K tokenizer's linears too. prefix_tokens: leading
     tokens of main-block sequences kept out of static ranges and SmoothQuant statistics.
     calibration_size / batch_size / input_size: calibration set size, forward batch size, and
-    network input (H, W) (None = the model's). report_samples: calibration inputs used for the
-    per-layer output SQNR. group_size / scale_method: the int4 weights' group size and scale
-    choice (``int4-weight`` layers only). float_storage: ``fp32``, or ``fp16`` to round the float
-    tensors that are not quantized (head, patch embedding, norms) to float16 and store them so.
+    network input (H, W) (None = the model's). report_samples: inputs the per-layer output SQNR
+    is measured on (the first held-out images where there are, else calibration inputs).
+    group_size / scale_method: the int4 weights' group size and scale choice (``int4-weight``
+    layers only). float_storage: ``fp32``, or ``fp16`` to round the float tensors that are not
+    quantized (head, patch embedding, norms) to float16 and store them so.
     calibration_precision: precision of the calibration forwards (see :data:`CALIBRATION_PRECISIONS`;
     a quantized model records the one it was calibrated in).
     """

@@ -26,10 +26,15 @@ NUM_BINS = 2048
 
 
 def _body(x: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
-    """The patch-token rows of x as (M, C) float32."""
+    """The patch-token rows of x as (M, C), in x's dtype (a view where the layout allows)."""
     if x.ndim == 3 and prefix_tokens > 0:
         x = x[:, prefix_tokens:]
-    return x.detach().reshape(-1, x.shape[-1]).float()
+    return x.detach().reshape(-1, x.shape[-1])
+
+
+def _abs_float(rows: torch.Tensor) -> torch.Tensor:
+    """|rows| as float32 in one new tensor (a bf16 input is widened, then made absolute in place)."""
+    return rows.abs() if rows.dtype == torch.float32 else rows.float().abs_()
 
 
 def non_finite_activations():
@@ -56,7 +61,7 @@ class RangeObserver:
         self.count = 0
 
     def observe(self, x: torch.Tensor) -> None:
-        a = _body(x, self.prefix_tokens).abs().flatten()
+        a = _abs_float(_body(x, self.prefix_tokens)).flatten()
         if a.numel() == 0:
             return
         m = float(a.max())
@@ -137,7 +142,7 @@ class ChannelAbsMaxObserver:
         a = _body(x, self.prefix_tokens)
         if a.numel() == 0:
             return
-        m = a.abs().amax(dim=0)
+        m = a.abs().amax(dim=0).float()  # a maximum is one of the values: exact in the input's dtype
         self.amax = m if self.amax is None else torch.maximum(self.amax, m)
 
 

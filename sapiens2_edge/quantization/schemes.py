@@ -246,7 +246,8 @@ SchemeConfig = Union[LayerScheme, Mixed]
 class Calibration:
     """Calibration data and how it is used: at most ``num_samples`` inputs, forward batches of
     ``batch_size``, network input ``input_size`` (H, W) (None = the model's), and
-    ``report_samples`` of them for the report's output SQNR. ``data``: a folder of images, an
+    ``report_samples`` inputs for the report's per-layer output SQNR (held-out ones where the
+    report has them, else calibration inputs, which then also give its output SQNR). ``data``: a folder of images, an
     iterable of RGB uint8 images / paths, or of normalised (B,3,H,W) tensors (None = no data)."""
 
     data: Any = None
