@@ -39,7 +39,7 @@ DemoSize = _choices("DemoSize", ("auto", *RELEASED_PRETRAIN_SIZES))
 Activations = _choices("Activations", ("static", "dynamic"))
 CalibPrecision = _choices("CalibPrecision", ("auto", "fp32", "bf16"))
 CALIB_PRECISION_HELP = ("precision of the calibration forwards: auto (bf16 on a CPU with native bf16, "
-                        "2-3x faster; else fp32), fp32 or bf16")
+                        "faster; else fp32), fp32 or bf16")
 Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
 
 
