@@ -207,18 +207,17 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             from .fidelity import FidelityAccumulator
 
             size = tuple(calib.input_size)
-            per_batch = report_batch_size(cal.batch_size, size)
-            batches = as_batches(held_out, model.task, size, held_out_samples, per_batch, progress)
+            batches = as_batches(held_out, model.task, size, held_out_samples, report_batch_size(cal.batch_size, size),
+                                 progress)
             fidelity = FidelityAccumulator(model.task, size)
             # every held-out image gives the task fidelity and the output SQNR; the per-layer SQNR
             # comes from the first report_samples of them
-            _report_outputs(base, qmodel, batches, device, report, progress,
-                            f"report + fidelity ({batches.num_samples} held-out)", fidelity.add,
-                            layer_samples=cal.report_samples)
+            layer_inputs = _report_outputs(base, qmodel, batches, device, report, progress,
+                                           f"report + fidelity ({batches.num_samples} held-out)", fidelity.add,
+                                           layer_samples=cal.report_samples)
             report.fidelity = {**fidelity.result(), "samples": batches.num_samples}
             report.calibration.update(report_samples=batches.num_samples, report_on="held-out",
-                                      layer_sqnr_samples=min(batches.num_samples,
-                                                             -(-cal.report_samples // per_batch) * per_batch))
+                                      layer_sqnr_samples=layer_inputs)
     report.calibration["seconds"] = round(time.perf_counter() - t0, 3)
     return qmodel, report
 
@@ -239,14 +238,15 @@ def _all_float32(model) -> bool:
 
 
 def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, desc: str, on_outputs=None,
-                    layer_samples: int | None = None) -> None:
+                    layer_samples: int | None = None) -> int:
     """Fill the report's per-layer and end-to-end output SQNR (``on_outputs``, ``layer_samples``: see
-    :func:`.measure.measure_outputs`)."""
-    layer_sqnr, total = measure_outputs(base, qmodel, qmodel.quantized_layers(), batches, len(batches), device,
+    :func:`.measure.measure_outputs`); returns the inputs the per-layer SQNR was measured on."""
+    layer_sqnr, total, layer_inputs = measure_outputs(base, qmodel, qmodel.quantized_layers(), batches, len(batches), device,
                                         on_outputs=on_outputs, desc=desc, show=show, layer_samples=layer_samples)
     for lr in report.layers:
         lr.output_sqnr_db = layer_sqnr[lr.name]
     report.output_sqnr_db = total
+    return layer_inputs
 
 
 def _run_backbone(model: Sapiens2Model, batches: Iterable[torch.Tensor], device: torch.device, desc: str,

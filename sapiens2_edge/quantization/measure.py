@@ -42,9 +42,11 @@ def _numpy(out) -> Outputs:
 def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.Module],
                     batches: Iterable[torch.Tensor], total: int | None, device, *,
                     on_outputs: Callable[[Outputs, Outputs], None] | None = None,
-                    desc: str = "report", show=None, layer_samples: int | None = None) -> tuple[dict[str, float], float]:
+                    desc: str = "report", show=None,
+                    layer_samples: int | None = None) -> tuple[dict[str, float], float, int]:
     """Run ``base`` (the float model, with a hook on each module named in ``layers``) and ``qmodel``
-    once per batch. Returns (layer name -> output SQNR dB, end-to-end output SQNR dB);
+    once per batch. Returns (layer name -> output SQNR dB, end-to-end output SQNR dB, inputs the
+    per-layer SQNR was measured on);
     ``on_outputs(float outputs, quantized outputs)`` is called with each batch's raw outputs (e.g.
     :meth:`.fidelity.FidelityAccumulator.add`), which are not kept. ``layer_samples``: the per-layer
     hooks run on the batches that begin within the first ``layer_samples`` inputs only (None: all):
@@ -54,7 +56,8 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
     modules = dict(base.named_modules())
     energy = {n: [0.0, 0.0] for n in layers}
     handles = []
-    seen = [0]  # inputs already measured
+    seen = [0]  # inputs already run
+    layer_inputs = 0  # of them, those the per-layer hooks measured
     for n, ql in layers.items():
         def hook(_mod, args, out, _n=n, _ql=ql):
             if layer_samples is not None and seen[0] >= layer_samples:
@@ -74,11 +77,13 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
                     sig, noise = sig + s, noise + e
                 if on_outputs is not None:
                     on_outputs(ref, test)
+                if layer_samples is None or seen[0] < layer_samples:
+                    layer_inputs += b.shape[0]
                 seen[0] += b.shape[0]
     finally:
         for h in handles:
             h.remove()
-    return {n: nx.sqnr_db(*e) for n, e in energy.items()}, nx.sqnr_db(sig, noise)
+    return {n: nx.sqnr_db(*e) for n, e in energy.items()}, nx.sqnr_db(sig, noise), layer_inputs
 
 
 __all__ = ["measure_outputs", "energies"]

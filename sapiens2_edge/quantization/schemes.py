@@ -247,8 +247,9 @@ class Calibration:
     """Calibration data and how it is used: at most ``num_samples`` inputs, forward batches of
     ``batch_size``, network input ``input_size`` (H, W) (None = the model's), and
     ``report_samples`` inputs for the report's per-layer output SQNR (held-out ones where the
-    report has them, else calibration inputs, which then also give its output SQNR). ``data``: a folder of images, an
-    iterable of RGB uint8 images / paths, or of normalised (B,3,H,W) tensors (None = no data)."""
+    report has them, else calibration inputs, which then also give its output SQNR). ``data``: a
+    folder of images, an iterable of RGB uint8 images / paths, or of normalised (B,3,H,W) tensors
+    (None = no data)."""
 
     data: Any = None
     num_samples: int = DEFAULT_CALIBRATION_SIZE
