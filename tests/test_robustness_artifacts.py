@@ -163,6 +163,29 @@ def test_pt2_payload_is_refused_and_never_runs(bases, tmp_path, plant, message):
     assert not marker.exists()
 
 
+def _central_directory_field(data: bytearray, offset: int, value: int) -> None:
+    """Set the byte at ``offset`` of every central-directory header of the zip held in ``data``."""
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + offset] = value
+        at = data.find(b"PK\x01\x02", at + 4)
+
+
+@pytest.mark.parametrize("offset, value, message", [
+    (6, 198, "it is not a zip archive \\(zip file version 19.8\\)"),  # version needed to extract
+    (10, 99, "is a corrupt torch.export archive: .*compression"),  # an unknown compression method
+    (10, 8, "is a corrupt torch.export archive: "),  # stored bytes read as deflate
+])
+def test_pt2_zip_fields_zipfile_cannot_read_are_typed(bases, tmp_path, offset, value, message):
+    root = copy_of(bases["torch"], tmp_path / "a")
+    data = bytearray((root / "model.pt2").read_bytes())
+    _central_directory_field(data, offset, value)
+    (root / "model.pt2").write_bytes(bytes(data))
+    rehash(root, "model.pt2")
+    with pytest.raises(ArtifactError, match=f"model.pt2.*{message}|{message}"):
+        s2e.Predictor(root)
+
+
 def test_clean_torch_artifact_passes_the_archive_check(bases):
     assert verify_artifact(bases["torch"])["passed"]
 

@@ -16,6 +16,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ def check_program_archive(path: str | Path) -> None:
     path = Path(path)
     try:
         z = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile, ValueError) as e:
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError) as e:
+        # NotImplementedError: zipfile's word for a version it does not read
         raise ArtifactError(f"cannot load the torch.export program {path}: it is not a zip archive ({e})") from None
     with z:
         names = z.namelist()
@@ -129,7 +131,7 @@ def check_program_archive(path: str | Path) -> None:
                 _refuse(path, "holds range constraints that are not shape symbols")
             _walk_graph(path, program.get("graph_module"))
             sample = z.read(f"{root}data/sample_inputs/{MODEL}.pt")
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError, zlib.error) as e:
             if isinstance(e, ArtifactError):
                 raise
             raise ArtifactError(f"{path} is a corrupt torch.export archive: {str(e)[:200]}") from None
