@@ -184,7 +184,7 @@ def test_gemm_precision_per_machine(monkeypatch, status, want, says):
     monkeypatch.setattr(native_backend, "onednn_status", lambda: status)
     precision, why = resolve_native_precision("bf16")
     assert precision == want and says in why
-    assert resolve_native_precision("fp32") == ("fp32", "fp32 artifact: fp32 GEMMs (OpenBLAS)")
+    assert resolve_native_precision("fp32") == ("fp32", "fp32 artifact: GEMMs in fp32, as verified")
     assert resolve_native_precision("int8-weight")[0] == "fp32"
 
 

@@ -145,6 +145,7 @@ called from several threads at once.)doc")
         .def_property_readonly("rope_mode", [](const s2e::Engine& e) { return e.config().rope_bf16 ? "bf16" : "fp32"; })
         .def_property_readonly("weight_format", &s2e::Engine::weight_format)
         .def_property_readonly("precision", &s2e::Engine::precision)
+        .def_property_readonly("fp32_gemm", &s2e::Engine::fp32_gemm)
         .def_property_readonly("weights_path", &s2e::Engine::weights_path);
 
     m.def("parse_safetensors",

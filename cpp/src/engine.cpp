@@ -7,9 +7,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <set>
+#include <cstring>
 #include <sstream>
+#include <type_traits>
 
 #include "s2e/onednn.hpp"
 #include "s2e/ops.hpp"
@@ -115,6 +118,7 @@ struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb, pb;  // bf16 runs: weights and GEMM inputs rounded to bf16
+    std::vector<float> qf, kf, vf, pf;  // fp32 attention on oneDNN: head-major q, k, v
     std::vector<float> wscale;
 };
 
@@ -126,6 +130,20 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
         if (!why.empty()) throw UnsupportedError("precision 'bf16' needs oneDNN: " + why);
         precision_ = precision;
         bf16_ = true;
+    }
+    const char* gemm_env = std::getenv("S2E_NATIVE_FP32_GEMM");
+    const std::string fp32_choice = gemm_env ? gemm_env : "";
+    if (fp32_choice != "" && fp32_choice != "openblas" && fp32_choice != "onednn")
+        throw UnsupportedError("S2E_NATIVE_FP32_GEMM='" + fp32_choice + "' is not a GEMM library the engine has; expected "
+                               "'onednn' or 'openblas'");
+    if (fp32_choice != "openblas") {
+        const std::string why = onednn::load();
+        if (why.empty()) {
+            dnnl_f32_ = true;
+            fp32_gemm_ = "oneDNN";
+        } else if (fp32_choice == "onednn") {
+            throw UnsupportedError("S2E_NATIVE_FP32_GEMM=onednn: " + why);
+        }
     }
 #ifdef __GLIBC__
     // Activation buffers are tens of MB and change size layer to layer. A fixed 1 MB mmap threshold
@@ -436,47 +454,79 @@ void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, 
     // model is never held in fp32, and the GEMM itself runs in fp32 as the torch reference does.
     const float* W = floats(l.w, ws.wbuf, ws);
     const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
-    ops::linear(x, M, l.in, W, b, l.out, y, l.out);
+    if (dnnl_f32_)
+        onednn::linear_f32(x, M, l.in, W, b, l.out, y, l.out);
+    else
+        ops::linear(x, M, l.in, W, b, l.out, y, l.out);
 }
 
-void Engine::attention_bf16(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t kv,
-                            float scale, Workspace& ws) const {
-    // q, k and v are rounded to bf16 into head-major copies (head, token, d), so every GEMM is a plain
-    // 2-D oneDNN matmul on dense operands (its fast brgemm kernels; strided or broadcast batches fall
-    // back to a reference kernel). Per head, in chunks of query rows that keep the scores under ~16M
-    // floats: scores in float32, softmax in float32, the probabilities rounded to bf16 for P.V.
-    const ArchConfig& a = cfg_.arch;
-    const int64_t C = a.embed_dim, d = a.head_dim(), heads = a.num_heads, kvd = kv * d;
-    const int64_t groups = heads / kv;
-    ws.qb.resize(static_cast<size_t>(heads * T * d));
-    ws.kb.resize(static_cast<size_t>(kv * T * d));
-    ws.vb.resize(static_cast<size_t>(kv * T * d));
+namespace {
+
+// Dense (rows, cols) copies of strided rows, as the GEMM operands of one precision: bf16 bits or floats.
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out) {
+    onednn::to_bf16(x, rows, cols, ld, out);
+}
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, float* out) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, x + r * ld, sizeof(float) * cols);
+}
+void dense_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
+}
+void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
+}
+
+// Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
+// packed into head-major copies (head, token, d), so every GEMM is a plain 2-D matmul on dense
+// operands (oneDNN's fast brgemm kernels; strided or broadcast batches fall back to a reference
+// kernel). Per head, in chunks of query rows that keep the scores under ~16M floats: scores and
+// softmax in float32; for bf16 the probabilities are rounded to bf16 for P.V.
+template <class E>
+void attention_dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
+                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb,
+                     std::vector<float>& att, std::vector<E>& pb) {
+    const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
+    qb.resize(static_cast<size_t>(heads * T * d));
+    kb.resize(static_cast<size_t>(kv * T * d));
+    vb.resize(static_cast<size_t>(kv * T * d));
     const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(T, (16ll << 20) / std::max<int64_t>(1, T)));
-    ws.att.resize(static_cast<size_t>(rows * T));
-    ws.pb.resize(ws.att.size());
+    att.resize(static_cast<size_t>(rows * T));
+    constexpr bool kFloat = std::is_same<E, float>::value;
+    if (!kFloat) pb.resize(att.size());
     for (int64_t bi = 0; bi < B; ++bi) {
         const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
-        for (int64_t hh = 0; hh < heads; ++hh) onednn::to_bf16(qi + hh * d, T, d, C, ws.qb.data() + hh * T * d);
+        for (int64_t hh = 0; hh < heads; ++hh) pack_rows(qi + hh * d, T, d, C, qb.data() + hh * T * d);
         for (int64_t g = 0; g < kv; ++g) {
-            onednn::to_bf16(ki + g * d, T, d, kvd, ws.kb.data() + g * T * d);
-            onednn::to_bf16(vi + g * d, T, d, kvd, ws.vb.data() + g * T * d);
+            pack_rows(ki + g * d, T, d, kvd, kb.data() + g * T * d);
+            pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
         }
         for (int64_t hh = 0; hh < heads; ++hh) {
-            const uint16_t* kh = ws.kb.data() + (hh / groups) * T * d;
-            const uint16_t* vh = ws.vb.data() + (hh / groups) * T * d;
+            const E* kh = kb.data() + (hh / groups) * T * d;
+            const E* vh = vb.data() + (hh / groups) * T * d;
             for (int64_t r0 = 0; r0 < T; r0 += rows) {
                 const int64_t n = std::min(rows, T - r0);
                 // scores (n, T) = scale * q_h[r0:r0+n] . k_h^T
-                onednn::matmul_bf16(n, d, T, ws.qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, ws.att.data(), T, scale);
-                ops::softmax_rows(ws.att.data(), n, T, T);
-                onednn::to_bf16(ws.att.data(), n, T, T, ws.pb.data());
+                dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att.data(), T, scale);
+                ops::softmax_rows(att.data(), n, T, T);
+                const E* p = nullptr;
+                if constexpr (kFloat) {
+                    p = att.data();
+                } else {
+                    pack_rows(att.data(), n, T, T, pb.data());
+                    p = pb.data();
+                }
                 // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
                 float* oh = o + (bi * T + r0) * C + hh * d;
-                onednn::matmul_bf16(n, T, d, ws.pb.data(), T, 1, vh, d, 1, oh, C, 1.0f);
+                dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C, 1.0f);
             }
         }
     }
 }
+
+}  // namespace
 
 void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                    Workspace& ws) const {
@@ -531,7 +581,9 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             }
         }
     } else if (bf16_) {
-        attention_bf16(q, k, v, o, B, T, kv, scale, ws);
+        attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb, ws.att, ws.pb);
+    } else if (dnnl_f32_) {
+        attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf, ws.att, ws.pf);
     } else {
         for (int64_t bi = 0; bi < B; ++bi)
             for (int64_t hh = 0; hh < heads; ++hh) {
@@ -647,7 +699,7 @@ void Engine::conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C
     std::vector<float> y(static_cast<size_t>(c.cout * Ho * Wo));
     const float* w = floats(c.w, ws.wbuf, ws);
     const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
-    ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, bf16_);
+    ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, conv_gemm());
     if (norm_silu) {
         if (c.norm)
             ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf, ws), kEps);
@@ -669,7 +721,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     if (h.task == "pose" || h.task == "seg") {
         for (const auto& dc : deconv_) {
             std::vector<float> y(static_cast<size_t>(dc.cout * 4 * H * W));
-            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, bf16_);
+            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, conv_gemm());
             C = dc.cout;
             H *= 2;
             W *= 2;

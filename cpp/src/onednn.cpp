@@ -60,6 +60,7 @@ struct Api {
     decltype(&dnnl_primitive_attr_create) attr_create;
     decltype(&dnnl_primitive_attr_destroy) attr_destroy;
     decltype(&dnnl_primitive_attr_set_scratchpad_mode) attr_scratchpad;
+    decltype(&dnnl_primitive_attr_set_fpmath_mode) attr_fpmath;
     decltype(&dnnl_matmul_primitive_desc_create) matmul_pd;
     decltype(&dnnl_primitive_desc_query_md) pd_query_md;
     decltype(&dnnl_primitive_desc_destroy) pd_destroy;
@@ -106,6 +107,7 @@ std::string open_library(const std::string& path) {
     need("dnnl_memory_desc_get_size", a.md_size), need("dnnl_memory_create", a.mem_create);
     need("dnnl_memory_destroy", a.mem_destroy), need("dnnl_primitive_attr_create", a.attr_create);
     need("dnnl_primitive_attr_destroy", a.attr_destroy), need("dnnl_primitive_attr_set_scratchpad_mode", a.attr_scratchpad);
+    need("dnnl_primitive_attr_set_fpmath_mode", a.attr_fpmath);
     need("dnnl_matmul_primitive_desc_create", a.matmul_pd), need("dnnl_primitive_desc_query_md", a.pd_query_md);
     need("dnnl_primitive_desc_destroy", a.pd_destroy), need("dnnl_primitive_create", a.prim_create);
     need("dnnl_primitive_destroy", a.prim_destroy), need("dnnl_primitive_execute", a.execute);
@@ -120,7 +122,7 @@ std::string open_library(const std::string& path) {
 void check(dnnl_status_t s, const char* what) {
     if (s != dnnl_success)
         throw UnsupportedError(std::string("oneDNN: ") + what + " failed (status " + std::to_string(static_cast<int>(s)) +
-                               "); bfloat16 GEMMs need AVX-512 (BF16) or AMX");
+                               "); its GEMMs need AVX-512 or AVX2 (bfloat16 ones AVX-512 BF16 or AMX)");
 }
 
 // Owners of the C API's handles, so that an error path leaks nothing.
@@ -145,10 +147,13 @@ void run_matmul(const Md& src, const Md& wei, const Md* bias, const Md& dst, con
     check(g_api.attr_create(&attr), "attributes");
     dnnl_primitive_desc_t pd = nullptr;
     dnnl_status_t st = g_api.attr_scratchpad(attr, dnnl_scratchpad_mode_user);
+    // Strict: float32 operands are multiplied in float32 even where ONEDNN_DEFAULT_FPMATH_MODE asks
+    // oneDNN to round them to bf16 on AMX; the fp32 engine must compute what it verified.
+    if (st == dnnl_success) st = g_api.attr_fpmath(attr, dnnl_fpmath_mode_strict);
     if (st == dnnl_success)
         st = g_api.matmul_pd(&pd, g_api.engine, src.md, wei.md, bias ? bias->md : nullptr, dst.md, attr);
     g_api.attr_destroy(attr);
-    check(st, "bfloat16 matmul for this CPU");
+    check(st, "matmul for this CPU");
     dnnl_primitive_t prim = nullptr;
     st = g_api.prim_create(&prim, pd);
     const_dnnl_memory_desc_t pad_md = g_api.pd_query_md(pd, dnnl_query_scratchpad_md, 0);
@@ -183,7 +188,7 @@ void run_matmul(const Md& src, const Md& wei, const Md* bias, const Md& dst, con
 }
 
 void require() {
-    if (!available()) throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + g_status);
+    if (!available()) throw UnsupportedError("oneDNN GEMMs need oneDNN: " + g_status);
 }
 
 }  // namespace
@@ -257,6 +262,54 @@ void matmul_bf16(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_r
         for (int64_t j = 0; j < N; ++j) c[m * ldc + j] *= alpha;
 }
 
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y,
+                int64_t ldy) {
+    require();
+    if (M == 0 || N == 0) return;
+    const dnnl_dims_t sd = {M, K}, ss = {K, 1}, wd = {K, N}, ws = {1, K}, dd = {M, N}, ds = {ldy, 1};
+    const dnnl_dims_t bd = {1, N}, bs = {N, 1};
+    Md src(2, sd, dnnl_f32, ss), wei(2, wd, dnnl_f32, ws), dst(2, dd, dnnl_f32, ds);
+    if (b) {
+        Md bias(2, bd, dnnl_f32, bs);
+        run_matmul(src, wei, &bias, dst, x, W, b, y);
+    } else {
+        run_matmul(src, wei, nullptr, dst, x, W, nullptr, y);
+    }
+}
+
+void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    require();
+    if (M == 0 || N == 0) return;
+    const dnnl_dims_t ad = {M, K}, as = {a_row, a_col}, bd = {K, N}, bs = {b_row, b_col}, cd = {M, N}, cs = {ldc, 1};
+    Md src(2, ad, dnnl_f32, as), wei(2, bd, dnnl_f32, bs), dst(2, cd, dnnl_f32, cs);
+    run_matmul(src, wei, nullptr, dst, a, b, nullptr, c);
+    if (alpha == 1.0f) return;
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < N; ++j) c[m * ldc + j] *= alpha;
+}
+
+void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+              const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    require();
+    if (M == 0 || N == 0) return;
+    thread_local std::vector<float> t_buf;
+    float* out = C;
+    int64_t ld = ldc;
+    if (beta != 0.0f) {  // the product goes to a scratch, then C = product + beta * C
+        t_buf.resize(static_cast<size_t>(M * N));
+        out = t_buf.data();
+        ld = N;
+    }
+    const float* t = t_buf.data();
+    matmul_f32(M, K, N, A, trans_a ? 1 : lda, trans_a ? lda : 1, B, trans_b ? 1 : ldb, trans_b ? ldb : 1, out, ld, alpha);
+    if (beta == 0.0f) return;
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < N; ++j) C[m * ldc + j] = t[m * N + j] + beta * C[m * ldc + j];
+}
+
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
     require();
@@ -303,6 +356,17 @@ void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64
 void matmul_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
                  int64_t, float) {
     throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
+}
+void linear_f32(const float*, int64_t, int64_t, const float*, const float*, int64_t, float*, int64_t) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void matmul_f32(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t,
+                float) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void gemm_f32(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+              int64_t) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 
 #endif

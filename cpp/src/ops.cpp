@@ -89,10 +89,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     }
 }
 
-void gemm(bool bf16, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+void gemm(Gemm how, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-    if (bf16)
+    if (how == Gemm::onednn_bf16)
         onednn::gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (how == Gemm::onednn_f32)
+        onednn::gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
         sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -224,7 +226,7 @@ static int64_t tile_rows(int64_t per_row, int64_t rows) {
 }
 
 void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, int64_t k,
-            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch, bool bf16) {
+            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch, Gemm how) {
     const int64_t Ho = conv_out(H, k, stride, pad), Wo = conv_out(W, k, stride, pad), HWo = Ho * Wo;
     const int64_t kdim = cin * k * k;
     if (b) {
@@ -233,7 +235,7 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
     }
     const float beta = b ? 1.0f : 0.0f;
     if (k == 1 && stride == 1 && pad == 0) {
-        gemm(bf16, false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, beta, y, HWo);
+        gemm(how, false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, beta, y, HWo);
         return;
     }
     const int64_t rows = tile_rows(kdim * Wo, Ho);
@@ -260,12 +262,12 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
                 }
             }
         }
-        gemm(bf16, false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, beta, y + r0 * Wo, HWo);
+        gemm(how, false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, beta, y + r0 * Wo, HWo);
     }
 }
 
 void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
-                         std::vector<float>& scratch, bool bf16) {
+                         std::vector<float>& scratch, Gemm how) {
     const int64_t Ho = 2 * H, Wo = 2 * W, kdim = cout * 16;
     std::fill(y, y + cout * Ho * Wo, 0.0f);
     const int64_t rows = tile_rows(kdim * W, H);
@@ -274,7 +276,7 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
     for (int64_t i0 = 0; i0 < H; i0 += rows) {
         const int64_t nr = std::min(rows, H - i0), ncols = nr * W;
         // cols (cout*16, ncols) = W^T (cout*16, cin) @ X (cin, ncols)
-        gemm(bf16, true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
+        gemm(how, true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
         // col2im: output (oy, ox) = (2*iy - 1 + ky, 2*ix - 1 + kx); each channel owns its plane.
 #pragma omp parallel for schedule(static)
         for (int64_t co = 0; co < cout; ++co) {

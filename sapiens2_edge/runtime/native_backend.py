@@ -72,10 +72,11 @@ def onednn_status() -> tuple[bool, bool, str]:
 
 def resolve_native_precision(artifact_precision: str) -> tuple[str, str]:
     """(GEMM precision, why) for an artifact of ``artifact_precision`` on this machine: bf16 artifacts
-    run bf16 GEMMs where oneDNN computes bf16 natively; everything else runs fp32, as verified."""
-    if artifact_precision != "bf16":
-        return "fp32", f"{artifact_precision} artifact: fp32 GEMMs (OpenBLAS)"
+    run bf16 GEMMs where oneDNN computes bf16 natively; everything else runs fp32, as verified (on
+    oneDNN's kernels for this CPU when it is installed, else OpenBLAS: the engine says which)."""
     usable, native_bf16, text = onednn_status()
+    if artifact_precision != "bf16":
+        return "fp32", f"{artifact_precision} artifact: GEMMs in fp32, as verified"
     if usable and native_bf16:
         return "bf16", f"bf16 artifact: bf16 GEMMs on {text}"
     if usable:
@@ -96,8 +97,8 @@ class NativeBackend:
         if precision not in PRECISIONS:
             raise ConfigError(f"native precision {precision!r} is not one the engine runs; expected one of {PRECISIONS}")
         native = import_native()
+        usable, native_bf16, why = onednn_status()  # loaded before the engine: it runs fp32 GEMMs on it too
         if precision == "bf16":
-            usable, native_bf16, why = onednn_status()
             if not usable:
                 raise BackendUnavailableError(f"bf16 GEMMs on the native engine need oneDNN: {why}")
             if not native_bf16:
@@ -111,7 +112,12 @@ class NativeBackend:
         self.reason = reason
 
     def describe(self) -> str:
-        gemm = f"bf16 GEMMs on {onednn_status()[2]}" if self.precision == "bf16" else "OpenBLAS fp32 GEMMs"
+        if self.precision == "bf16":
+            gemm = f"bf16 GEMMs on {onednn_status()[2]}"
+        elif self.engine.fp32_gemm == "oneDNN":
+            gemm = f"fp32 GEMMs on {onednn_status()[2]}"
+        else:
+            gemm = "OpenBLAS fp32 GEMMs"
         why = f"; {self.reason}" if self.reason else ""
         return (f"native C++ engine ({self.engine.weight_format} weights, {gemm}, "
                 f"{self.threads} OpenMP threads{why}) on the CPU")

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "s2e/config.hpp"
+#include "s2e/ops.hpp"
 #include "s2e/safetensors.hpp"
 
 namespace s2e {
@@ -63,6 +64,9 @@ public:
     // "float32", "float16", "int8-weight", "mixed": how the backbone linears are stored.
     const std::string& weight_format() const { return weight_format_; }
     const std::string& precision() const { return precision_; }
+    // The library the float32 GEMMs run on: "oneDNN" when it is loaded (its kernels for the CPU at hand),
+    // else "OpenBLAS"; $S2E_NATIVE_FP32_GEMM=openblas keeps them on OpenBLAS.
+    const std::string& fp32_gemm() const { return fp32_gemm_; }
 
 private:
     struct Workspace;
@@ -76,9 +80,10 @@ private:
     // with their per-row scale in `scale` (empty when there is none), to apply after the GEMM.
     const uint16_t* bf16_weights(const Param& p, std::vector<uint16_t>& out, std::vector<float>& scale,
                                  Workspace& ws) const;
+    ops::Gemm conv_gemm() const {
+        return bf16_ ? ops::Gemm::onednn_bf16 : dnnl_f32_ ? ops::Gemm::onednn_f32 : ops::Gemm::blas;
+    }
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const;
-    void attention_bf16(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t kv,
-                        float scale, Workspace& ws) const;
     void block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                Workspace& ws) const;
     void backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
@@ -95,6 +100,8 @@ private:
     std::string weight_format_;
     std::string precision_ = "fp32";
     bool bf16_ = false;
+    bool dnnl_f32_ = false;
+    std::string fp32_gemm_ = "OpenBLAS";
     // backbone
     Param cls_, storage_, patch_w_, patch_b_, periods_, final_norm_, local_pos_, w_cls_;
     std::vector<BlockWeights> blocks_, tok_blocks_;

@@ -44,5 +44,14 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 void matmul_bf16(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha);
 
+// Float32 counterparts of linear_bf16 (with b added, no scale) and matmul_bf16: oneDNN's float32
+// kernels in strict fp32 math (never rounded to bf16, whatever ONEDNN_DEFAULT_FPMATH_MODE says).
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y, int64_t ldy);
+void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha);
+// gemm_bf16's float32 counterpart: operands read in place (transposes through strides).
+void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+              const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 }  // namespace onednn
 }  // namespace s2e

@@ -8,9 +8,12 @@
 namespace s2e {
 namespace ops {
 
-// C = alpha * op(A) op(B) + beta * C, row-major, through cblas_sgemm.
-// The same with bf16 inputs and float32 accumulation on oneDNN when `bf16` (see onednn.hpp).
-void gemm(bool bf16, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+// Where a GEMM runs: OpenBLAS float32 (the portable default), oneDNN float32 (strict fp32 math), or
+// oneDNN with bf16 inputs and float32 accumulation (see onednn.hpp).
+enum class Gemm { blas, onednn_f32, onednn_bf16 };
+
+// C = alpha * op(A) op(B) + beta * C, row-major, on the library `how` names.
+void gemm(Gemm how, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
@@ -28,13 +31,13 @@ void instance_norm(float* x, int64_t C, int64_t HW, float eps);
 void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps);
 
 // 2-D convolution (C_in,H,W) -> (C_out,Ho,Wo); weight (C_out, C_in, k, k); im2col tiled over output rows.
-// `bf16`: its GEMMs in bf16 (see gemm).
+// `how`: where its GEMMs run (see gemm).
 void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, int64_t k,
-            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch, bool bf16 = false);
+            int64_t stride, int64_t pad, float* y, std::vector<float>& scratch, Gemm how = Gemm::blas);
 inline int64_t conv_out(int64_t n, int64_t k, int64_t stride, int64_t pad) { return (n + 2 * pad - k) / stride + 1; }
 // ConvTranspose2d(kernel 4, stride 2, padding 1, no bias): (C_in,H,W) -> (C_out,2H,2W); weight (C_in, C_out, 4, 4).
 void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
-                         std::vector<float>& scratch, bool bf16 = false);
+                         std::vector<float>& scratch, Gemm how = Gemm::blas);
 // PixelShuffle(2): (4C,H,W) -> (C,2H,2W).
 void pixel_shuffle2(const float* x, int64_t c, int64_t H, int64_t W, float* y);
 
