@@ -55,7 +55,8 @@ def native_extension():
         libraries=[blas.get_library(), "dl"],
         runtime_library_dirs=rpaths,
         define_macros=[("S2E_BLAS_SCIPY_PREFIX", "1")],
-        extra_compile_args=["-O3", *openmp],
+        # -fno-trapping-math: see CMakeLists.txt (the element-wise loops vectorize only without it)
+        extra_compile_args=["-O3", "-fno-trapping-math", *openmp],
         extra_link_args=openmp if sys.platform != "darwin" else ["-lomp"],
         cxx_std=17,
     )

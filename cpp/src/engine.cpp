@@ -692,11 +692,11 @@ void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vect
     }
 }
 
-void Engine::conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C, int64_t& H, int64_t& W,
+void Engine::conv_unit(const ConvWeights& c, Floats& act, int64_t& C, int64_t& H, int64_t& W,
                        int64_t stride, bool norm_silu, Workspace& ws) const {
     const int64_t pad = stride > 1 ? 0 : (c.k - 1) / 2;
     const int64_t Ho = ops::conv_out(H, c.k, stride, pad), Wo = ops::conv_out(W, c.k, stride, pad);
-    std::vector<float> y(static_cast<size_t>(c.cout * Ho * Wo));
+    Floats y(static_cast<size_t>(c.cout * Ho * Wo));
     const float* w = floats(c.w, ws.wbuf, ws);
     const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
     ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, conv_gemm());
@@ -717,10 +717,10 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
                   Workspace& ws) const {
     const HeadConfig& h = cfg_.head;
     int64_t C = h.in_channels, H = hp, W = wp;
-    std::vector<float> act(feat, feat + C * H * W);
+    Floats act(feat, feat + C * H * W);
     if (h.task == "pose" || h.task == "seg") {
         for (const auto& dc : deconv_) {
-            std::vector<float> y(static_cast<size_t>(dc.cout * 4 * H * W));
+            Floats y(static_cast<size_t>(dc.cout * 4 * H * W));
             ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, conv_gemm());
             C = dc.cout;
             H *= 2;
@@ -735,7 +735,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
         for (const auto& up : upsample_) {
             conv_unit(up, act, C, H, W, 1, false, ws);
             const int64_t out = C / 4;
-            std::vector<float> y(act.size());
+            Floats y(act.size());
             ops::pixel_shuffle2(act.data(), out, H, W, y.data());
             C = out;
             H *= 2;
@@ -750,11 +750,11 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
         for (const auto& c : convs_) conv_unit(c, act, C, H, W, 1, true, ws);
     }
     conv_unit(final_, act, C, H, W, 1, false, ws);
-    auto put = [&](size_t idx, std::vector<float>& data, std::vector<int64_t> shape) {
+    auto put = [&](size_t idx, const Floats& data, std::vector<int64_t> shape) {
         Output& o = outs[idx];
-        if (B == 1) {  // one image: hand the buffer over instead of copying it
+        if (B == 1) {  // one image: a copy (not a zero-fill and then a copy)
             o.shape = shape;
-            o.data = std::move(data);
+            o.data.assign(data.begin(), data.end());
             return;
         }
         if (o.data.empty()) {
@@ -768,11 +768,11 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     put(0, act, {B, C, H, W});
     if (h.task == "pointmap") {
         int64_t sc = h.in_channels, sh = hp, sw = wp;
-        std::vector<float> s(feat, feat + sc * sh * sw);
+        Floats s(feat, feat + sc * sh * sw);
         for (const auto& c : scale_convs_) conv_unit(c, s, sc, sh, sw, 2, true, ws);
         for (size_t i = 0; i < scale_fc_.size(); ++i) {
             const Linear& l = scale_fc_[i];
-            std::vector<float> y(static_cast<size_t>(l.out));
+            Floats y(static_cast<size_t>(l.out));
             apply_linear(l, s.data(), 1, y.data(), ws);
             if (i + 1 < scale_fc_.size()) ops::silu_inplace(y.data(), l.out);
             s.swap(y);

@@ -128,7 +128,15 @@ void rms_norm(const float* x, float* y, int64_t rows, int64_t dim, int64_t strid
 __attribute__((always_inline)) static inline float exp_vec(float x) {
     x = x < -87.3f ? -87.3f : x;  // comparisons, not std::min/max: those stay out-of-line calls in the
     x = x > 88.7f ? 88.7f : x;    // multiversioned callers (NaN passes both unchanged)
-    const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+    // n = floor(t) without libm's floorf, which the multiversioned loops called once per element
+    // (GCC does not expand it inline there), so they did not vectorize: truncate, then step down
+    // where truncation rounded a negative t up. t lies in [-126, 129]; a NaN x takes n = 0 and
+    // stays NaN through r.
+    const float t = x * 1.44269504088896341f + 0.5f;
+    const float tt = t == t ? t : 0.0f;
+    const int32_t ti = static_cast<int32_t>(tt);
+    const int32_t ni = ti - (static_cast<float>(ti) > tt ? 1 : 0);
+    const float n = static_cast<float>(ni);
     const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -137,7 +145,7 @@ __attribute__((always_inline)) static inline float exp_vec(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    return p * bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+    return p * bits_to_float(static_cast<uint32_t>(ni + 127) << 23);
 }
 
 S2E_CPU_CLONES static void silu_span(float* x, int64_t n) {
@@ -269,7 +277,6 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
 void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
                          std::vector<float>& scratch, Gemm how) {
     const int64_t Ho = 2 * H, Wo = 2 * W, kdim = cout * 16;
-    std::fill(y, y + cout * Ho * Wo, 0.0f);
     const int64_t rows = tile_rows(kdim * W, H);
     scratch.resize(static_cast<size_t>(kdim * rows * W));
     float* cols = scratch.data();
@@ -281,6 +288,7 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
 #pragma omp parallel for schedule(static)
         for (int64_t co = 0; co < cout; ++co) {
             float* out = y + co * Ho * Wo;
+            if (i0 == 0) std::fill(out, out + Ho * Wo, 0.0f);  // by the thread that fills the plane
             for (int64_t ky = 0; ky < 4; ++ky) {
                 for (int64_t kx = 0; kx < 4; ++kx) {
                     const float* c = cols + (co * 16 + ky * 4 + kx) * ncols;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "s2e/config.hpp"
@@ -16,6 +17,29 @@
 #include "s2e/safetensors.hpp"
 
 namespace s2e {
+
+// A std::allocator that leaves new float elements uninitialised: buffers that a kernel writes in
+// full before reading them are not zero-filled first (a serial memset that also took every page
+// fault: most of the head's time in a bf16 run).
+template <class T>
+struct UninitializedAllocator : std::allocator<T> {
+    template <class U>
+    struct rebind {
+        using other = UninitializedAllocator<U>;
+    };
+    UninitializedAllocator() = default;
+    template <class U>
+    UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
+    template <class U>
+    void construct(U* p) noexcept {
+        ::new (static_cast<void*>(p)) U;
+    }
+    template <class U, class... A>
+    void construct(U* p, A&&... a) {
+        ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+    }
+};
+using Floats = std::vector<float, UninitializedAllocator<float>>;
 
 struct Output {
     std::vector<int64_t> shape;
@@ -88,7 +112,7 @@ private:
                Workspace& ws) const;
     void backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
                   int64_t& wp, Workspace& ws) const;
-    void conv_unit(const ConvWeights& c, std::vector<float>& act, int64_t& C, int64_t& H, int64_t& W, int64_t stride,
+    void conv_unit(const ConvWeights& c, Floats& act, int64_t& C, int64_t& H, int64_t& W, int64_t stride,
                    bool norm_silu, Workspace& ws) const;
     void head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
               Workspace& ws) const;
