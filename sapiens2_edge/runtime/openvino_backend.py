@@ -29,6 +29,7 @@ from ..artifact.paths import inside
 from ..cpu_features import bf16_flags
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from .base import batch_input, check_input_size, load_errors, run_errors
+from .page_release import release_mapped_file
 
 F32, BF16 = "f32", "bf16"
 #: artifact precision -> policy mode
@@ -105,6 +106,8 @@ class OpenVINOBackend:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.path = Path(model_path)
         self.compiled = core.compile_model(str(Path(model_path)), device, config)
+        # its CPU plugin computes from repacked weights: the mapped file's pages are a second copy
+        self.released_bytes = release_mapped_file(Path(model_path).with_suffix(".bin"))
         self.request = self.compiled.create_infer_request()
         self.device = device.lower()
         self.max_batch = max_batch
