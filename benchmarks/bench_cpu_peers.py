@@ -16,6 +16,7 @@ other processes, and cached under --work):
     ours-native-fp32   s2e native engine, float weights
     ours-native-w8     s2e native engine, int8-weight
     ours-native-bf16   s2e native engine, bf16 artifact (bf16 weights; bf16 GEMMs on oneDNN where the CPU has them)
+    ours-native-int8   s2e native engine, int8 (static) artifact: int8 GEMMs on oneDNN (the ours-ov-int8 recipe)
 
 Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
 (verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-bf16",
-        "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16")
+        "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8")
 TASK = "seg"
 
 
@@ -86,13 +87,13 @@ def prepare(row: str, a) -> None:
         s2e.export(model(a), w / "ov-bf16", format="openvino", precision="bf16", input_size=a.size, max_batch=1)
     if row == "ort-qstatic" and not (w / "onnx-fp32").exists():
         s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
-    if row in ("ours-ov-int8", "ours-ort-int8"):
+    if row in ("ours-ov-int8", "ours-ort-int8", "ours-native-int8"):
         calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
         float_model = model(a)
         # report_samples=1: the bench reads no report (each report input costs a float and a quantized forward)
         q, _ = s2e.quantize(float_model, "int8", calibration=calib, input_size=a.size, activation_mode="static",
                             report_samples=1, progress=False)
-        fmt = "openvino" if row == "ours-ov-int8" else "onnx"
+        fmt = {"ours-ov-int8": "openvino", "ours-ort-int8": "onnx"}.get(row, "native")
         s2e.export(q, w / row, format=fmt, input_size=a.size, max_batch=1, float_model=float_model)
     if row in ("ours-native-fp32", "ours-native-w8", "ours-native-bf16"):
         m = model(a)

@@ -64,8 +64,8 @@ def test_precision_and_scheme_checked_against_the_format(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="a openvino artifact cannot carry quantization scheme 'fp8'; openvino "
                                           "supports the schemes fp16, int8-weight, int4-weight, int8, mixed"):
         s2e.export(model, tmp_path / "b", format="openvino", scheme="fp8")
-    with pytest.raises(ConfigError, match="native supports the schemes fp16, int8-weight, mixed"):
-        s2e.export(model, tmp_path / "c", format="native", scheme="int8")
+    with pytest.raises(ConfigError, match="native supports the schemes fp16, int8-weight, int8, mixed"):
+        s2e.export(model, tmp_path / "c", format="native", scheme="fp8")
     with pytest.raises(UnknownSchemeError, match="unknown quantization scheme 'int4'; expected one of fp16, "):
         s2e.export(model, tmp_path / "d", scheme="int4")
     with pytest.raises(ConfigError, match="pass scheme= .* or precision=, not both"):

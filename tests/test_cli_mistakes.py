@@ -62,15 +62,15 @@ MISTAKES = [
      "'depth' is not one of " + ", ".join(repr(t) for t in TASKS)),
     (["demo", "--format", "tflite", "--output", "OUT"], "BadParameter", "'tflite' is not one of 'auto', 'onnx'"),
     # scheme x format: refused before quantizing, the working alternative named
-    (["demo", "--format", "native", "--output", "OUT"], "ConfigError",
-     "a native artifact cannot carry scheme int8 (native takes fp16, int8-weight, mixed): use --scheme int8-weight "
-     "with --format native, or --format onnx / openvino / coreml / torch / ort for int8"),
-    (["export", "SEG", "--format", "native", "--scheme", "int8", "--calib", "IMAGES", "--activations", "dynamic",
-      "-o", "OUT"], "ConfigError", "--format onnx / openvino / coreml / torch / ort / executorch for int8"),
+    (["export", "SEG", "--format", "native", "--scheme", "fp8", "--calib", "IMAGES", "-o", "OUT"], "ConfigError",
+     "a native artifact cannot carry scheme fp8 (native takes fp16, int8-weight, int8, mixed): use --scheme "
+     "int8-weight with --format native, or --format onnx / torch for fp8"),
+    (["export", "SEG", "--format", "native", "--scheme", "int4-weight", "-o", "OUT"], "ConfigError",
+     "a native artifact cannot carry scheme int4-weight (native takes fp16, int8-weight, int8, mixed)"),
     (["export", "SEG", "--format", "executorch", "--scheme", "int8", "--calib", "IMAGES", "-o", "OUT"], "ConfigError",
      "a executorch artifact quantizes activations at run time (per token) and cannot carry the calibrated static "
      "ranges of --activations static: use --activations dynamic with --format executorch, or --format onnx / "
-     "openvino / coreml / torch / ort for static int8"),
+     "openvino / coreml / torch / native / ort for static int8"),
     (["export", "SEG", "--format", "openvino", "--scheme", "fp8", "--calib", "IMAGES", "-o", "OUT"], "ConfigError",
      "use --scheme int8-weight with --format openvino, or --format onnx / torch for fp8"),
     (["export", "SEG", "--format", "onnx", "--scheme", "int8", "-o", "OUT"], "ConfigError",

@@ -120,17 +120,13 @@ def test_int8_weight_file_holds_int8(tmp_path):
     assert "int8-weight" in meta["sapiens2_edge.recipe"]
 
 
-def test_activation_quantized_models_refused(tmp_path):
+def test_fp8_activation_models_refused(tmp_path):
     model = tiny_model("seg", seed=10)
-    qmodel, _ = s2e.quantize(model, scheme="int8", progress=False)
-    with pytest.raises(ConfigError, match="the native engine runs weight-only schemes .* uses int8"):
+    qmodel, _ = s2e.quantize(model, scheme="fp8", progress=False)
+    with pytest.raises(ConfigError, match=r"the native engine runs float, fp16, int8-weight and int8 \(W8A8.* uses "
+                                          r"fp8 \(fp8/dynamic\)"):
         export(qmodel, tmp_path / "a", format="native", input_size=input_size("seg"))
     assert not (tmp_path / "a").exists()
-    from sapiens2_edge.quantization.serialize import save_quantized
-
-    path = save_quantized(qmodel, tmp_path / "w8a8.safetensors")
-    with pytest.raises(ConfigError, match="uses scheme 'int8', which quantizes activations"):
-        native.Engine(str(path))
 
 
 def test_thread_safety(tmp_path):

@@ -119,6 +119,8 @@ struct Engine::Workspace {
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb, pb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf, pf;  // fp32 attention on oneDNN: head-major q, k, v
+    std::vector<int8_t> w8, x8;  // int8 (W8A8) layers: stored weights, quantized inputs
+    std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
 };
 
@@ -195,16 +197,47 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
             }
         }
     }
+    const std::string where = "sapiens2_edge.native_activations";
+    auto acts = st_->metadata().find(where);
+    if (acts != st_->metadata().end()) {
+        Json j = parse_json(acts->second, where);
+        for (const auto& kv : j.as_object(where)) {
+            const std::string what = where + "['" + kv.first + "']";
+            kv.second.as_object(what + " (an object with dtype, mode and prefix_tokens)");
+            const Json* dt = kv.second.find("dtype");
+            const Json* mode = kv.second.find("mode");
+            const Json* pre = kv.second.find("prefix_tokens");
+            if (!dt || !mode || !pre) throw ManifestError(what + " lacks dtype, mode or prefix_tokens");
+            const std::string& dts = dt->as_string(what + ".dtype");
+            const std::string& ms = mode->as_string(what + ".mode");
+            if (dts != "int8")
+                throw UnsupportedError("layer " + kv.first + " quantizes its activations to '" + dts + "'; the native engine quantizes them to int8 only");
+            if (ms != "static" && ms != "dynamic")
+                throw ManifestError(what + ".mode is '" + ms + "'; expected 'static' or 'dynamic'");
+            const int64_t p = pre->as_int(what + ".prefix_tokens");
+            if (p < 0) throw ManifestError(what + ".prefix_tokens is negative");
+            act_layers_[kv.first] = {ms == "static", p};
+        }
+    }
     auto recipe = st_->metadata().find("sapiens2_edge.recipe");
     if (recipe != st_->metadata().end()) {
         Json r = parse_json(recipe->second, "sapiens2_edge.recipe");
+        size_t int8_layers = 0;
         if (const Json* layers = r.find("layers")) {
             for (const auto& kv : layers->as_object("sapiens2_edge.recipe.layers")) {
                 const std::string& s = kv.second.as_string("layer scheme");
-                if (s != "float" && s != "fp16" && s != "int8-weight")
-                    throw UnsupportedError("layer " + kv.first + " uses scheme '" + s + "', which quantizes activations; the native engine runs fp32, fp16 and int8-weight models");
+                if (s == "int8") ++int8_layers;
+                else if (s != "float" && s != "fp16" && s != "int8-weight")
+                    throw UnsupportedError("layer " + kv.first + " uses scheme '" + s + "'; the native engine runs float, fp16, int8-weight and int8 (W8A8) layers");
             }
         }
+        if (int8_layers != act_layers_.size())
+            throw UnsupportedError(st_->path() + ": the recipe has " + std::to_string(int8_layers) + " int8 (W8A8) layers but " + where + " describes " + std::to_string(act_layers_.size()) + "; re-export the artifact with format='native'");
+    }
+    if (!act_layers_.empty()) {
+        const std::string why = onednn::load();
+        if (!why.empty())
+            throw UnsupportedError("int8 (W8A8) layers run on oneDNN's int8 GEMMs: " + why);
     }
     load();
 }
@@ -239,13 +272,25 @@ Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, b
 }
 
 Linear Engine::linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
-    if (st_->find(prefix + ".input_scale"))
-        throw UnsupportedError(st_->path() + ": '" + prefix + "' has static activation quantization (input_scale); the native engine runs fp32, fp16 and int8-weight models");
+    const auto act = act_layers_.find(prefix);
+    if (act == act_layers_.end() && st_->find(prefix + ".input_scale"))
+        throw UnsupportedError(st_->path() + ": '" + prefix + "' has static activation quantization (input_scale) that the file's sapiens2_edge.native_activations does not describe; re-export the artifact with format='native'");
     Linear l;
     l.w = need(prefix + ".weight", {out, in}, true);
     if (bias) l.b = need(prefix + ".bias", {out});
     l.out = out;
     l.in = in;
+    if (act != act_layers_.end()) {
+        if (l.w.t->dtype != DType::I8)
+            throw WeightsMismatchError(st_->path() + ": '" + prefix + ".weight' is " + dtype_name(l.w.t->dtype) + "; a layer with int8 activations needs I8 weights");
+        l.act_int8 = true;
+        l.prefix_tokens = act->second.second;
+        if (act->second.first) {
+            l.input_scale = need(prefix + ".input_scale", {1});
+            if (l.input_scale.t->dtype != DType::F32)
+                throw WeightsMismatchError(st_->path() + ": '" + prefix + ".input_scale' must be F32");
+        }
+    }
     return l;
 }
 
@@ -362,13 +407,17 @@ void Engine::load() {
         throw WeightsMismatchError(st_->path() + ": " + std::to_string(extra.size()) + " unexpected tensor(s) for this architecture: " + list);
     }
     std::set<std::string> kinds;
+    size_t int8_acts = 0;
     auto kind = [&](const Linear& l) {
         DType t = l.w.t->dtype;
-        kinds.insert(t == DType::I8 ? "int8-weight" : t == DType::F16 ? "float16" : t == DType::BF16 ? "bfloat16" : t == DType::F32 ? "float32" : "fp8-weight");
+        int8_acts += l.act_int8 ? 1 : 0;
+        kinds.insert(l.act_int8 ? "int8" : t == DType::I8 ? "int8-weight" : t == DType::F16 ? "float16" : t == DType::BF16 ? "bfloat16" : t == DType::F32 ? "float32" : "fp8-weight");
     };
     for (const auto* list : {&blocks_, &tok_blocks_})
         for (const auto& b : *list)
             for (const Linear* l : {&b.wq, &b.wk, &b.wv, &b.proj, &b.w12, &b.w3}) kind(*l);
+    if (int8_acts != act_layers_.size())
+        throw ManifestError(st_->path() + ": sapiens2_edge.native_activations names " + std::to_string(act_layers_.size() - int8_acts) + " layer(s) this model does not have");
     weight_format_ = kinds.size() == 1 ? *kinds.begin() : "mixed";
 }
 
@@ -443,7 +492,34 @@ const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out,
     return out.data();
 }
 
-void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const {
+void Engine::apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const {
+    const int64_t K = l.in, N = l.out;
+    ws.w8.resize(static_cast<size_t>(N * K));
+    st_->read(*l.w.t, 0, l.w.t->nbytes, ws.w8.data());
+    std::vector<float>& cs = ws.wscale;
+    cs.resize(static_cast<size_t>(l.w.scale->numel()));
+    st_->read(*l.w.scale, 0, l.w.scale->nbytes, cs.data());
+    if (cs.size() == 1) cs.assign(static_cast<size_t>(N), cs[0]);
+    const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
+    // per-row scales: the static one for tokens past the prefix, 0 (= dynamic) for the others
+    const float s_static = l.input_scale ? floats(l.input_scale, ws.pbuf, ws)[0] : 0.0f;
+    ws.xs.resize(static_cast<size_t>(M));
+    for (int64_t m = 0; m < M; ++m) {
+        const int64_t t = T > 0 ? m % T : m;
+        ws.xs[m] = l.input_scale && t >= l.prefix_tokens ? s_static : 0.0f;
+    }
+    ws.x8.resize(static_cast<size_t>(M * K));
+    ops::quantize_rows_int8(x, M, K, ws.xs.data(), ws.x8.data());
+    static_assert(sizeof(int32_t) == sizeof(float), "the int32 GEMM result is converted in the float output");
+    onednn::matmul_s8(M, K, N, ws.x8.data(), ws.w8.data(), reinterpret_cast<int32_t*>(y));
+    ops::dequantize_rows_int32(y, M, N, ws.xs.data(), cs.data(), b);
+}
+
+void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T) const {
+    if (l.act_int8) {
+        apply_w8a8(l, x, M, T, y, ws);
+        return;
+    }
     if (bf16_) {
         const uint16_t* W = bf16_weights(l.w, ws.wb, ws.wscale, ws);
         const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
@@ -540,9 +616,9 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     ws.o.resize(static_cast<size_t>(M * C));
     float *h = ws.h.data(), *q = ws.q.data(), *k = ws.k.data(), *v = ws.v.data(), *o = ws.o.data();
     ops::rms_norm(x, h, M, C, C, floats(b.ln1, ws.pbuf, ws), kEps);
-    apply_linear(b.wq, h, M, q, ws);
-    apply_linear(b.wk, h, M, k, ws);
-    apply_linear(b.wv, h, M, v, ws);
+    apply_linear(b.wq, h, M, q, ws, T);
+    apply_linear(b.wk, h, M, k, ws, T);
+    apply_linear(b.wv, h, M, v, ws, T);
     if (b.q_norm) {
         ops::rms_norm(q, q, M * heads, d, d, floats(b.q_norm, ws.pbuf, ws), kEps);
         ops::rms_norm(k, k, M * kv, d, d, floats(b.k_norm, ws.pbuf, ws), kEps);
@@ -592,7 +668,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
                                     o + bi * T * C + hh * d, C, T, d, scale, ws.att);
             }
     }
-    apply_linear(b.proj, o, M, h, ws);
+    apply_linear(b.proj, o, M, h, ws, T);
     const float* gamma = b.gamma ? floats(b.gamma, ws.pbuf, ws) : nullptr;
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
@@ -608,9 +684,9 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     ws.u.resize(static_cast<size_t>(M * 2 * hid));
     ws.a.resize(static_cast<size_t>(M * hid));
     float *u = ws.u.data(), *act = ws.a.data();
-    apply_linear(b.w12, h, M, u, ws);
+    apply_linear(b.w12, h, M, u, ws, T);
     ops::swiglu(u, act, M, hid);
-    apply_linear(b.w3, act, M, h, ws);
+    apply_linear(b.w3, act, M, h, ws, T);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < M * C; ++i) x[i] += h[i];
 }

@@ -309,6 +309,14 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
         for (int64_t j = 0; j < N; ++j) c[m * ldc + j] *= alpha;
 }
 
+void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
+    require();
+    if (M == 0 || N == 0) return;
+    const dnnl_dims_t ad = {M, K}, as = {K, 1}, wd = {K, N}, wst = {1, K}, cd = {M, N}, cs = {N, 1};
+    Md src(2, ad, dnnl_s8, as), wei(2, wd, dnnl_s8, wst), dst(2, cd, dnnl_s32, cs);
+    run_matmul(src, wei, nullptr, dst, a, w, nullptr, c);
+}
+
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
     require();
@@ -381,6 +389,9 @@ void linear_f32(const float*, int64_t, int64_t, const float*, const float*, int6
 }
 void matmul_f32(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t,
                 float) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void gemm_f32(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,

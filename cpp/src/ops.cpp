@@ -189,6 +189,48 @@ void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld) {
     for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * ld, cols);
 }
 
+S2E_CPU_CLONES static float quantize_row_int8(const float* x, int64_t n, float scale, int8_t* q) {
+    if (!(scale > 0.0f)) {  // dynamic: absmax / 127, as the torch reference (1e-12 for a zero row)
+        float m = 0.0f;
+#pragma omp simd reduction(max : m)
+        for (int64_t i = 0; i < n; ++i) {
+            const float a = x[i] < 0.0f ? -x[i] : x[i];
+            m = a > m ? a : m;
+        }
+        scale = m / 127.0f;
+        scale = scale > 0.0f ? scale : 1e-12f;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        float v = x[i] / scale;
+        v = v < -127.0f ? -127.0f : v;  // clamped before rounding: the same integers, since the
+        v = v > 127.0f ? 127.0f : v;    // bounds are integers (round(-127.5) = -128 clamps to -127)
+        // round half to even (the FPU's mode) by the 1.5 * 2^23 shift, exact for |v| <= 2^22
+        const float r = (v + 12582912.0f) - 12582912.0f;
+        q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
+    }
+    return scale;
+}
+
+void quantize_rows_int8(const float* x, int64_t rows, int64_t K, float* scales, int8_t* q) {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < rows; ++m) scales[m] = quantize_row_int8(x + m * K, K, scales[m], q + m * K);
+}
+
+S2E_CPU_CLONES static void dequantize_row_int32(float* y, int64_t N, float rs, const float* cs, const float* b) {
+    for (int64_t n = 0; n < N; ++n) {
+        int32_t a;
+        std::memcpy(&a, y + n, sizeof a);
+        const float v = static_cast<float>(a) * (rs * cs[n]);
+        y[n] = b ? v + b[n] : v;
+    }
+}
+
+void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_scale, const float* col_scale,
+                           const float* b) {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < rows; ++m) dequantize_row_int32(y + m * N, N, row_scale[m], col_scale, b);
+}
+
 S2E_CPU_CLONES static void normalize_plane(float* p, int64_t HW, float eps) {
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)

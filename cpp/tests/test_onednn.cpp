@@ -1,6 +1,7 @@
 // oneDNN bfloat16 GEMMs against a float64 product of the same bf16-rounded inputs. Where oneDNN is
 // not installed (or cannot run bf16 on this CPU) the test checks that the calls say so.
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -123,6 +124,38 @@ S2E_TEST(gemm_bf16_transposed_operands_and_beta) {
             want[m * N + n] = 0.5 * acc + 2.0 * C0[m * N + n];
         }
     CHECK(rel_max(c, want) < 1e-5);
+}
+
+S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {
+    // Rows that reach +-127 everywhere (dynamic per-token quantization puts each row's largest value
+    // there) and long K: a kernel that saturates 16-bit partial sums, or mishandles the s8 -> u8 shift,
+    // is off by thousands here. Several row counts, since oneDNN picks kernels by shape.
+    if (!dnn::load().empty()) {
+        int32_t c = 0;
+        int8_t a = 1;
+        EXPECT_THROW(dnn::matmul_s8(1, 1, 1, &a, &a, &c), s2e::UnsupportedError);
+        return;
+    }
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int> pick(0, 3);
+    for (int64_t M : {1, 17, 777, 1554}) {
+        const int64_t K = 256, N = 96;
+        std::vector<int8_t> a(static_cast<size_t>(M * K)), w(static_cast<size_t>(N * K));
+        const int8_t values[4] = {127, -127, 126, -1};
+        for (auto& v : a) v = values[pick(rng)];
+        for (auto& v : w) v = values[pick(rng)];
+        std::vector<int32_t> c(static_cast<size_t>(M * N));
+        dnn::matmul_s8(M, K, N, a.data(), w.data(), c.data());
+        int64_t worst = 0;
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+                int64_t want = 0;
+                for (int64_t k = 0; k < K; ++k) want += int64_t(a[m * K + k]) * w[n * K + k];
+                worst = std::max<int64_t>(worst, std::llabs(want - c[m * N + n]));
+            }
+        if (worst) std::printf("  M=%lld: off by up to %lld\n", static_cast<long long>(M), static_cast<long long>(worst));
+        CHECK(worst == 0);
+    }
 }
 
 S2E_TEST_MAIN()

@@ -1,7 +1,8 @@
 """``format="native"``: ``weights.safetensors`` in the layout the C++ engine (``sapiens2_edge._native``)
 reads - the official tensor names, float32 (or float16 / bfloat16 with ``precision="fp16"`` /
 ``"bf16"``), or for a quantized model the quantized-checkpoint layout (int8 / fp16 linear weights +
-``weight_scale``). A bf16 artifact runs bf16 GEMMs (oneDNN) where the CPU computes bf16 natively, and
+``weight_scale``; int8 (W8A8) layers also their ``input_scale``, and ``sapiens2_edge.native_activations``
+says how each quantizes its input). A bf16 artifact runs bf16 GEMMs (oneDNN) where the CPU computes bf16 natively, and
 is verified as it will run on the exporting machine.
 
 The file is self-describing: ``sapiens2_edge.arch`` / ``.head`` / ``.rope_mode`` metadata (and the
@@ -17,17 +18,32 @@ from ..errors import ConfigError
 
 WEIGHTS = "weights.safetensors"
 PRECISIONS = ("fp32", "fp16", "bf16")
+KEY_ACTIVATIONS = "sapiens2_edge.native_activations"
+ENGINE_KINDS = ("int8-weight/none", "fp16-weight", "int8/static", "int8/dynamic")
 
 
-def check_weight_only(model) -> None:
-    """The engine runs quantized layers whose decomposition has float activations (int8 / fp16
-    weights with their scales); a layer that quantizes its input is refused."""
+def native_activations(model, state_dict: dict) -> dict[str, dict]:
+    """What the engine needs to know of each layer that quantizes its input, keyed by the layer's
+    name in the file: ``{"dtype": "int8", "mode": "static"|"dynamic", "prefix_tokens": n}``.
+    Layers the engine cannot run (fp8 or int4 weights, fp8 activations) are refused."""
     from ..quantization.linear import QuantLinear
 
-    bad = sorted({m.scheme for m in model.modules() if isinstance(m, QuantLinear) and m.decompose().act_dtype})
+    names = {t.data_ptr(): k[: -len(".weight")] for k, t in state_dict.items() if k.endswith(".weight")}
+    out, bad = {}, set()
+    for m in model.modules():
+        if not isinstance(m, QuantLinear):
+            continue
+        d = m.decompose()
+        if d.kind not in ENGINE_KINDS:
+            bad.add(f"{m.scheme} ({d.kind})")
+        elif d.act_dtype is not None:
+            out[names[m.weight.data_ptr()]] = {"dtype": d.act_dtype, "mode": d.act_mode,
+                                               "prefix_tokens": int(d.prefix_tokens if d.act_mode == "static" else 0)}
     if bad:
-        raise ConfigError(f"the native engine runs weight-only schemes (float, fp16, int8-weight); this model uses "
-                          f"{', '.join(bad)}, which quantize activations - export it to onnx or openvino")
+        raise ConfigError(f"the native engine runs float, fp16, int8-weight and int8 (W8A8: int8 weights and "
+                          f"activations) layers; this model uses {', '.join(sorted(bad))} - export it to onnx or "
+                          "openvino")
+    return out
 
 
 def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str, str]]:
@@ -46,9 +62,11 @@ def weights_and_metadata(model, precision: str = "fp32") -> tuple[dict, dict[str
         "sapiens2_edge.rope_mode": model.rope_mode,
     }
     if isinstance(model, QuantizedModel):
-        check_weight_only(model)
-        meta.update({KEY_FORMAT: FORMAT, KEY_RECIPE: json.dumps(model.recipe_dict(), sort_keys=True)})
         sd = model.official_state_dict()
+        acts = native_activations(model, sd)
+        meta.update({KEY_FORMAT: FORMAT, KEY_RECIPE: json.dumps(model.recipe_dict(), sort_keys=True)})
+        if acts:
+            meta[KEY_ACTIVATIONS] = json.dumps(acts, sort_keys=True)
         return {k: v.detach().contiguous() for k, v in sd.items()}, meta
     if precision not in PRECISIONS:
         raise ConfigError(f"native precision {precision!r} is not supported; expected one of {PRECISIONS} "

@@ -112,7 +112,10 @@ class NativeBackend:
         self.reason = reason
 
     def describe(self) -> str:
-        if self.precision == "bf16":
+        if self.engine.weight_format == "int8":
+            floats = "bf16" if self.precision == "bf16" else "fp32"
+            gemm = f"int8 GEMMs on {onednn_status()[2]}, float parts in {floats}"
+        elif self.precision == "bf16":
             gemm = f"bf16 GEMMs on {onednn_status()[2]}"
         elif self.engine.fp32_gemm == "oneDNN":
             gemm = f"fp32 GEMMs on {onednn_status()[2]}"

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -56,6 +57,12 @@ struct Param {
 struct Linear {
     Param w, b;
     int64_t out = 0, in = 0;
+    // int8 activations (W8A8): the input is quantized to int8 per token (dynamic) or with the
+    // calibrated input_scale (static) except the first `prefix_tokens` tokens of each sequence,
+    // which keep a per-token scale; int8 x int8 GEMM, then acc * (s_token * s_weight) + bias.
+    bool act_int8 = false;
+    Param input_scale;  // static only
+    int64_t prefix_tokens = 0;
 };
 
 struct BlockWeights {
@@ -107,7 +114,9 @@ private:
     ops::Gemm conv_gemm() const {
         return bf16_ ? ops::Gemm::onednn_bf16 : dnnl_f32_ ? ops::Gemm::onednn_f32 : ops::Gemm::blas;
     }
-    void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws) const;
+    // `T`: tokens per sequence (rows of x come B sequences of T tokens), for int8 layers' prefix tokens.
+    void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T = 0) const;
+    void apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const;
     void block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                Workspace& ws) const;
     void backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
@@ -125,6 +134,9 @@ private:
     std::string precision_ = "fp32";
     bool bf16_ = false;
     bool dnnl_f32_ = false;
+    // Layers with int8 activations, from the file's sapiens2_edge.native_activations metadata:
+    // name -> (static, prefix tokens).
+    std::map<std::string, std::pair<bool, int64_t>> act_layers_;
     std::string fp32_gemm_ = "OpenBLAS";
     // backbone
     Param cls_, storage_, patch_w_, patch_b_, periods_, final_norm_, local_pos_, w_cls_;

@@ -53,5 +53,9 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// c[M, N] (int32, dense) = a[M, K] . W[N, K]^T on int8 operands (a torch Linear weight layout), exact
+// int32 accumulation on oneDNN's int8 kernels (VNNI / AMX where the CPU has them).
+void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c);
+
 }  // namespace onednn
 }  // namespace s2e

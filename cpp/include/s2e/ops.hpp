@@ -54,6 +54,16 @@ void attention_head(const float* q, int64_t ldq, const float* k, const float* v,
 void attention_head_small(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* o,
                           int64_t ldo, int64_t T, int64_t d, float scale, float* s_buf);
 
+// Symmetric int8 quantization of rows, as the quantized torch model computes it: each row m of x
+// (rows of K floats) divided by its scale, rounded half to even and clamped to [-127, 127].
+// scales[m] <= 0 asks for the row's dynamic scale absmax(row) / 127 (1e-12 for an all-zero row),
+// which is written back into scales[m].
+void quantize_rows_int8(const float* x, int64_t rows, int64_t K, float* scales, int8_t* q);
+// y[m, n] = float(acc[m, n]) * (row_scale[m] * col_scale[n]) (+ b[n]); acc is read from y's own
+// memory (the int32 GEMM result written there), converted in place.
+void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_scale, const float* col_scale,
+                           const float* b);
+
 int num_threads();
 
 }  // namespace ops
