@@ -155,3 +155,42 @@ def test_bad_activation_metadata_is_refused(tmp_path, change, error, message):
     write_tensors(load_file(str(weights)), bad, metadata=meta)
     with pytest.raises(error, match=message):
         native.Engine(str(bad))
+
+
+@needs_onednn
+def test_float_parts_in_bf16_where_verified(tmp_path):
+    from sapiens2_edge.runtime import open_artifact, verify_artifact
+
+    model, qmodel = quantized("static")
+    root = export(qmodel, tmp_path / "a", format="native", input_size=SIZE, max_batch=2, float_model=model)
+    checks = read_manifest(root).options["float_precision"]
+    assert checks["f32"]["passed"] and checks["f32"]["against"] == "torch QuantizedModel"
+    _, runner, _ = open_artifact(root, "native", "cpu")
+    if onednn_status()[1]:  # this CPU computes bf16 natively: checked against the float model
+        assert checks["bf16"]["against"] == "float model"
+        assert checks["bf16"]["rel_l2"] <= checks["bf16"]["tolerance"]
+        assert runner.precision == "bf16" and "float parts in bf16" in runner.describe()
+        x = verification_inputs(SIZE, batch=2, seed=4)
+        err_bf16 = rel_l2(torch_out(model, x)[0], runner(x)[0])
+        err_f32 = rel_l2(torch_out(model, x)[0], runner.as_verified()(x)[0])
+        assert err_bf16 <= 1.2 * err_f32, (err_bf16, err_f32)  # no further from the float model
+    else:
+        assert "not_checked" in checks["bf16"] and runner.precision == "fp32"
+    assert runner.as_verified().precision == "fp32"
+    assert verify_artifact(root)["passed"]  # the stored reference is checked in fp32, as exported
+
+
+@pytest.mark.parametrize("options, status, want, says", [
+    ({"float_precision": {"bf16": {"passed": True, "against": "float model"}}}, (True, True, "oneDNN X"), "bf16",
+     "float parts in bf16 (verified at export against the float model)"),
+    ({"float_precision": {"bf16": {"passed": False, "not_checked": "no bf16"}}}, (True, True, "oneDNN X"), "fp32",
+     "its export did not verify bf16"),
+    ({"float_precision": {"bf16": {"passed": True}}}, (True, False, "oneDNN X"), "fp32", "would emulate bf16"),
+    ({}, (False, False, "oneDNN not found"), "fp32", "its export did not verify bf16"),
+])
+def test_int8_float_precision_per_machine(monkeypatch, options, status, want, says):
+    from sapiens2_edge.runtime import native_backend
+
+    monkeypatch.setattr(native_backend, "onednn_status", lambda: status)
+    precision, why = native_backend.resolve_native_precision("int8", options)
+    assert precision == want and says in why, why

@@ -71,6 +71,54 @@ def quantized_bound(model, x: np.ndarray, ref: Sequence[np.ndarray], names: Sequ
                                      f"{SENSITIVITY_STEP:g} relative input change (at most {MAX_ROUNDING_BOUND:g})"}
 
 
+def float_part_checks(model, opts, fmt: str, run_f32, run_bf16, why_not: str = "") -> dict[str, dict]:
+    """{"f32": check, "bf16": check} of the float ops (attention, norms, head) of a quantized artifact
+    run in f32 (``run_f32``) and, where this machine computes bf16 natively, in bf16 (``run_bf16``,
+    None otherwise, ``why_not`` saying why).
+
+    f32 must match the torch QuantizedModel within the recipe's tolerance (else the export fails).
+    bf16 rounds the activations before they are quantized, so it flips int8 roundings: it ends as
+    far from the recipe's exact outputs as the recipe is from the float model, yet no further from
+    the float model. So with the float model at hand (``export(scheme=...)`` or ``float_model=``)
+    bf16 passes when its distance to the float model is within the f32 artifact's and bf16's own
+    tolerance added in quadrature; without it, when its distance to the QuantizedModel is within the
+    recipe's and bf16's tolerances in quadrature (stricter). A bf16 that fails, or that could not be
+    checked here, is recorded as such and the runtime keeps f32."""
+    import math
+
+    from ..artifact import reference_inputs, tolerance_for
+    from ..errors import ExportError
+    from ..spec import output_names
+
+    names = list(output_names(model.task))
+    x = reference_inputs(opts.input_size, opts.max_batch)
+    ref = torch_outputs(model, x)
+    a32 = run_f32(x)
+    f32 = compare(ref, a32, names)
+    limit, allowance = quantized_bound(model, x, ref, names, tolerance_for(opts.precision), f32["rel_l2"])
+    if f32["rel_l2"] > limit:
+        moved = (f"; the torch model itself moves by {allowance['rounding_sensitivity']:.3g} under a 1e-6 input change"
+                 if allowance else "")
+        raise ExportError(f"{fmt} {opts.precision} export does not match the torch QuantizedModel with f32 float "
+                          f"ops: relative L2 {f32['rel_l2']:.3g} > {limit:g}{moved} ({f32['outputs']})")
+    checked = {"f32": {"rel_l2": f32["rel_l2"], "tolerance": limit, "passed": True, "against": "torch QuantizedModel",
+                       **allowance}}
+    if run_bf16 is None:
+        checked["bf16"] = {"passed": False, "not_checked": why_not}
+        return checked
+    got = run_bf16(x)
+    if opts.float_model is not None:
+        fref = torch_outputs(opts.float_model, x)
+        base = compare(fref, a32, names)["rel_l2"]
+        err, bound, against = compare(fref, got, names)["rel_l2"], math.hypot(base, tolerance_for("bf16")), "float model"
+        checked["f32"]["rel_l2_vs_float"] = base
+    else:
+        err, bound = compare(ref, got, names)["rel_l2"], math.hypot(limit, tolerance_for("bf16"))
+        against = "torch QuantizedModel"
+    checked["bf16"] = {"rel_l2": err, "tolerance": bound, "passed": err <= bound, "against": against}
+    return checked
+
+
 def check_runner(model, runner, x: np.ndarray, ref: Sequence[np.ndarray], names: Sequence[str],
                  tolerance: float, form: str | None = None) -> dict[str, Any]:
     """The manifest's fidelity entry: ``runner`` (the fresh artifact) against torch on ``x`` (``form``:

@@ -82,7 +82,21 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
 
     tensors, meta = weights_and_metadata(model, opts.precision)
     write_tensors(tensors, Path(out_dir) / WEIGHTS, metadata=meta)
+    if KEY_ACTIVATIONS in meta:  # int8 (W8A8): may its float parts run in bf16 where the CPU has it?
+        opts.notes["float_precision"] = _check_float_precisions(model, Path(out_dir) / WEIGHTS, opts)
     return {WEIGHTS: "model"}
+
+
+def _check_float_precisions(model, weights: Path, opts) -> dict[str, dict]:
+    """The engine's float parts (attention, norms, head; the int8 layers are the same either way) in
+    f32 and, where oneDNN computes bf16 natively here, in bf16 (:func:`.fidelity.float_part_checks`)."""
+    from ..runtime.native_backend import NativeBackend, onednn_status
+    from .fidelity import float_part_checks
+
+    usable, native_bf16, text = onednn_status()
+    run_bf16 = NativeBackend(weights, precision="bf16") if usable and native_bf16 else None
+    why = text if not usable else f"{text} would emulate bf16 on this CPU"
+    return float_part_checks(model, opts, "native", NativeBackend(weights), run_bf16, why)
 
 
 def verifier(out_dir: Path, files: dict[str, str]):

@@ -29,7 +29,6 @@ TensorRT: export it as ONNX.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..errors import ConfigError, ExportError
@@ -107,50 +106,16 @@ def _runner(xml: Path, policy: dict, precision: str):
 
 def _check_float_precisions(model, xml: Path, opts) -> dict[str, dict]:
     """{inference precision: its check} for a quantized IR: f32 and, where this CPU computes it
-    natively, bf16.
-
-    f32 must match the torch QuantizedModel within the recipe's tolerance (else the export fails).
-    bf16 rounds the activations before they are quantized, so it flips int8 roundings: it ends as
-    far from the recipe's exact outputs as the recipe is from the float model, yet no further from
-    the float model. So with the float model at hand (``export(scheme=...)`` or ``float_model=``)
-    bf16 passes when its distance to the float model is within the f32 artifact's and bf16's own
-    tolerance added in quadrature; without it, when its distance to the QuantizedModel is within the
-    recipe's and bf16's tolerances in quadrature (stricter). A bf16 that fails, or that could not be
-    checked here, is recorded as such and the runtime keeps f32."""
-    from ..artifact import compare, reference_inputs, tolerance_for
+    natively, bf16 (see :func:`.fidelity.float_part_checks`)."""
     from ..runtime.openvino_backend import BF16, F32, OpenVINOBackend, native_bf16
-    from ..spec import output_names
-    from .fidelity import quantized_bound, torch_outputs
+    from .fidelity import float_part_checks
 
-    names = list(output_names(model.task))
-    x = reference_inputs(opts.input_size, opts.max_batch)
-    ref = torch_outputs(model, x)
-    a32 = OpenVINOBackend(xml, inference_precision=F32, execution_mode=None)(x)
-    f32 = compare(ref, a32, names)
-    limit, allowance = quantized_bound(model, x, ref, names, tolerance_for(opts.precision), f32["rel_l2"])
-    if f32["rel_l2"] > limit:
-        moved = (f"; the torch model itself moves by {allowance['rounding_sensitivity']:.3g} under a 1e-6 input change"
-                 if allowance else "")
-        raise ExportError(f"openvino {opts.precision} export does not match the torch QuantizedModel with f32 float "
-                          f"ops: relative L2 {f32['rel_l2']:.3g} > {limit:g}{moved} ({f32['outputs']})")
-    checked = {F32: {"rel_l2": f32["rel_l2"], "tolerance": limit, "passed": True, "against": "torch QuantizedModel",
-                     **allowance}}
     has, evidence = native_bf16()
     runner = OpenVINOBackend(xml, inference_precision=BF16, execution_mode=None) if has else None
-    if runner is None or runner.inference_precision != BF16:
-        checked[BF16] = {"passed": False, "not_checked": evidence if not has else "OpenVINO declined bf16"}
-        return checked
-    got = runner(x)
-    if opts.float_model is not None:
-        fref = torch_outputs(opts.float_model, x)
-        base = compare(fref, a32, names)["rel_l2"]
-        err, bound, against = compare(fref, got, names)["rel_l2"], math.hypot(base, tolerance_for(BF16)), "float model"
-        checked[F32]["rel_l2_vs_float"] = base
-    else:
-        err, bound = compare(ref, got, names)["rel_l2"], math.hypot(limit, tolerance_for(BF16))
-        against = "torch QuantizedModel"
-    checked[BF16] = {"rel_l2": err, "tolerance": bound, "passed": err <= bound, "against": against}
-    return checked
+    declined = runner is not None and runner.inference_precision != BF16
+    run_bf16 = None if runner is None or declined else runner
+    return float_part_checks(model, opts, "openvino", OpenVINOBackend(xml, inference_precision=F32, execution_mode=None),
+                             run_bf16, "OpenVINO declined bf16" if declined else evidence)
 
 
 def verifier(out_dir: Path, files: dict[str, str]):

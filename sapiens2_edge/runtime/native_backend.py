@@ -70,11 +70,21 @@ def onednn_status() -> tuple[bool, bool, str]:
     return usable, native_bf16, text if usable else why
 
 
-def resolve_native_precision(artifact_precision: str) -> tuple[str, str]:
+def resolve_native_precision(artifact_precision: str, options: dict | None = None) -> tuple[str, str]:
     """(GEMM precision, why) for an artifact of ``artifact_precision`` on this machine: bf16 artifacts
-    run bf16 GEMMs where oneDNN computes bf16 natively; everything else runs fp32, as verified (on
-    oneDNN's kernels for this CPU when it is installed, else OpenBLAS: the engine says which)."""
+    run bf16 GEMMs where oneDNN computes bf16 natively; an int8 artifact runs its float parts in bf16
+    there when its export verified that (``options["float_precision"]``); everything else runs fp32,
+    as verified (on oneDNN's kernels for this CPU when it is installed, else OpenBLAS: the engine
+    says which)."""
     usable, native_bf16, text = onednn_status()
+    if artifact_precision == "int8":
+        check = ((options or {}).get("float_precision") or {}).get("bf16") or {}
+        if check.get("passed") and usable and native_bf16:
+            return "bf16", (f"int8 artifact: float parts in bf16 (verified at export against the "
+                            f"{check.get('against', 'torch model')}): {text}")
+        why = ("its export did not verify bf16" if not check.get("passed") else
+               f"{text} would emulate bf16 on this CPU" if usable else text)
+        return "fp32", f"int8 artifact: float parts in fp32 ({why})"
     if artifact_precision != "bf16":
         return "fp32", f"{artifact_precision} artifact: GEMMs in fp32, as verified"
     if usable and native_bf16:
@@ -106,10 +116,19 @@ class NativeBackend:
                                               "AMX kernels): bf16 GEMMs would be emulated, slower than fp32; use "
                                               "precision='fp32'")
         self.engine = native.Engine(str(Path(path)), json.dumps(config) if config is not None else "", precision)
+        self._args = (path, config, max_batch)
         self.max_batch = max_batch
         self.threads = native.num_threads()
         self.precision = precision
         self.reason = reason
+
+    def as_verified(self) -> "NativeBackend":
+        """This engine as its stored reference was checked: an int8 artifact's float parts in fp32
+        (its bf16 run was checked at export against the float model, see the exporter)."""
+        if self.precision == "fp32" or self.engine.weight_format != "int8":
+            return self
+        path, config, max_batch = self._args
+        return NativeBackend(path, config, max_batch, "fp32", "as verified at export")
 
     def describe(self) -> str:
         if self.engine.weight_format == "int8":
@@ -132,6 +151,6 @@ class NativeBackend:
 def open_runner(root: Path, manifest, device: str, max_batch: int) -> NativeBackend:
     if device not in ("auto", "cpu"):
         raise ConfigError(f"the native engine runs on the CPU; device={device!r} is not available to it")
-    precision, why = resolve_native_precision(manifest.precision)
+    precision, why = resolve_native_precision(manifest.precision, manifest.options)
     with load_errors(root, "a native artifact"):
         return NativeBackend(root, max_batch=max_batch, precision=precision, reason=why)
