@@ -98,7 +98,7 @@ def test_quant_linear_forward_uses_the_dequantized_weight():
      "int4 group_size 32 does not divide this layer's 48 inputs"),
     (lambda: check_export_request("native", scheme="int4-weight"),
      "a native artifact cannot carry quantization scheme 'int4-weight'; native supports the schemes fp16, "
-     "int8-weight, mixed"),
+     "int8-weight, int8, mixed"),
 ])
 def test_bad_int4_requests(bad, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
@@ -381,4 +381,4 @@ def test_cli_export_int4_refused_by_native(cli_inputs, tmp_path):
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "native", "--scheme", "int4-weight",
                                    "-o", str(tmp_path / "a")])
     assert res.exit_code != 0
-    assert "cannot carry scheme int4-weight (native takes fp16, int8-weight, mixed)" in res.output
+    assert "cannot carry scheme int4-weight (native takes fp16, int8-weight, int8, mixed)" in res.output
