@@ -20,17 +20,13 @@ from sapiens2_edge.exporters.litert_export import check_int8_weights, inspect_fi
 from sapiens2_edge.models.arch import ArchSpec
 from sapiens2_edge.models.model import build_model
 from sapiens2_edge.runtime import open_artifact
+from tests.fixtures.compare import rel_l2
 from tests.fixtures.tiny import HEADS, INPUT, POINTMAP_INPUT, save
 
 # Three blocks, the middle one grouped-query (2 kv heads for 4 query heads): small and still GQA.
 ARCH = ArchSpec(64, 3, 4, (4, 2, 4), 256, name="tiny-gqa3")
 MODEL = "model.tflite"
 cli = CliRunner()
-
-
-def rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
 def torch_run(model, x: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -25,6 +25,7 @@ from sapiens2_edge.errors import BackendUnavailableError, ConfigError
 from sapiens2_edge.exporters import export, read_manifest, verification_inputs
 from sapiens2_edge.runtime import native_backend
 from sapiens2_edge.runtime.native_backend import NativeBackend, import_native, onednn_status, resolve_native_precision
+from tests.fixtures.compare import rel_l2
 from tests.fixtures.tiny import TINY, tiny_model
 
 native = import_native()
@@ -43,10 +44,6 @@ def bf16_backend(root):
         NativeBackend(root, precision="bf16")
     return None
 
-
-def rel_l2(ref, got) -> float:
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref))
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:

@@ -14,21 +14,13 @@ from sapiens2_edge.errors import ConfigError, InputSizeError, InvalidTensorError
 from sapiens2_edge.exporters import export, read_manifest, verification_inputs
 from sapiens2_edge.models.backbone import RopeEmbedding
 from sapiens2_edge.runtime.native_backend import NativeBackend, import_native
+from tests.fixtures.compare import rel_l2, torch_out
 from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, TINY_MHA, input_size, tiny_model
 
 native = import_native()
 FP32_TOL = 1e-4
 
 
-def rel_l2(ref, got) -> float:
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref))
-
-
-def torch_out(model, x):
-    with torch.inference_mode():
-        out = model(torch.from_numpy(x))
-    return tuple(o.numpy() for o in (out if isinstance(out, tuple) else (out,)))
 
 
 def check_against_torch(model, root, size, tol=FP32_TOL, batch=2):

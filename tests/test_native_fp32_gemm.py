@@ -14,6 +14,7 @@ import torch
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, verification_inputs
 from sapiens2_edge.runtime.native_backend import NativeBackend, onednn_status
+from tests.fixtures.compare import rel_l2
 from tests.fixtures.tiny import TINY, tiny_model
 
 USABLE = onednn_status()[0]
@@ -22,10 +23,6 @@ USABLE = onednn_status()[0]
 SIZE = (160, 128)
 FP32_TOL = 1e-4  # float32 accumulation order only; bf16 rounding of any operand gives ~1e-2 here
 
-
-def rel_l2(ref, got) -> float:
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref))
 
 
 @pytest.fixture(scope="module")

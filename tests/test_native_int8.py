@@ -19,6 +19,7 @@ from sapiens2_edge.models.arch import ArchSpec
 from sapiens2_edge.models.checkpoint import write_tensors
 from sapiens2_edge.models.model import build_model
 from sapiens2_edge.runtime.native_backend import NativeBackend, import_native, onednn_status
+from tests.fixtures.compare import rel_l2, torch_out
 from tests.fixtures.tiny import INPUT_4K, TINY_4K, input_size, tiny_model
 
 native = import_native()
@@ -34,15 +35,6 @@ SIZE = input_size("seg")
 DEEP_TOL = 1e-2
 
 
-def rel_l2(ref, got) -> float:
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref))
-
-
-def torch_out(model, x):
-    with torch.inference_mode():
-        out = model(torch.from_numpy(x))
-    return tuple(o.numpy() for o in (out if isinstance(out, tuple) else (out,)))
 
 
 def quantized(mode: str, model=None, size=SIZE, **options):

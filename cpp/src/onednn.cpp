@@ -268,17 +268,27 @@ void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, const 
     }
 }
 
-void matmul_bf16(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
-                 int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+namespace {
+
+// c[M, N] (float32, row stride ldc) = alpha * a . b on operands of type `dt` read through strides.
+void strided_matmul(dnnl_data_type_t dt, int64_t M, int64_t K, int64_t N, const void* a, int64_t a_row, int64_t a_col,
+                    const void* b, int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
     require();
     if (M == 0 || N == 0) return;
     const dnnl_dims_t ad = {M, K}, as = {a_row, a_col}, bd = {K, N}, bs = {b_row, b_col}, cd = {M, N}, cs = {ldc, 1};
-    Md src(2, ad, dnnl_bf16, as), wei(2, bd, dnnl_bf16, bs), dst(2, cd, dnnl_f32, cs);
+    Md src(2, ad, dt, as), wei(2, bd, dt, bs), dst(2, cd, dnnl_f32, cs);
     run_matmul(src, wei, nullptr, dst, a, b, nullptr, c);
     if (alpha == 1.0f) return;
 #pragma omp parallel for schedule(static) if (M * N > 65536)
     for (int64_t m = 0; m < M; ++m)
         for (int64_t j = 0; j < N; ++j) c[m * ldc + j] *= alpha;
+}
+
+}  // namespace
+
+void matmul_bf16(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
+                 int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    strided_matmul(dnnl_bf16, M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
 void linear_f32(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y,
@@ -298,15 +308,7 @@ void linear_f32(const float* x, int64_t M, int64_t K, const float* W, const floa
 
 void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
                 int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
-    require();
-    if (M == 0 || N == 0) return;
-    const dnnl_dims_t ad = {M, K}, as = {a_row, a_col}, bd = {K, N}, bs = {b_row, b_col}, cd = {M, N}, cs = {ldc, 1};
-    Md src(2, ad, dnnl_f32, as), wei(2, bd, dnnl_f32, bs), dst(2, cd, dnnl_f32, cs);
-    run_matmul(src, wei, nullptr, dst, a, b, nullptr, c);
-    if (alpha == 1.0f) return;
-#pragma omp parallel for schedule(static) if (M * N > 65536)
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t j = 0; j < N; ++j) c[m * ldc + j] *= alpha;
+    strided_matmul(dnnl_f32, M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
@@ -317,24 +319,32 @@ void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w
     run_matmul(src, wei, nullptr, dst, a, w, nullptr, c);
 }
 
+// C = product + beta * C, where `product(out, ld)` writes alpha * op(A) op(B): straight into C when
+// beta is 0, else into the calling thread's scratch, added after. (OpenMP workers see the scratch
+// through a plain pointer: a thread_local named inside the parallel loop would be each worker's own.)
+template <class Product>
+void accumulate(int64_t M, int64_t N, float beta, float* C, int64_t ldc, Product product) {
+    if (beta == 0.0f) {
+        product(C, ldc);
+        return;
+    }
+    thread_local std::vector<float> t_buf;
+    t_buf.resize(static_cast<size_t>(M * N));
+    const float* t = t_buf.data();
+    product(t_buf.data(), N);
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < N; ++j) C[m * ldc + j] = t[m * N + j] + beta * C[m * ldc + j];
+}
+
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
     require();
     if (M == 0 || N == 0) return;
-    thread_local std::vector<float> t_buf;
-    float* out = C;
-    int64_t ld = ldc;
-    if (beta != 0.0f) {  // the product goes to a scratch, then C = product + beta * C
-        t_buf.resize(static_cast<size_t>(M * N));
-        out = t_buf.data();
-        ld = N;
-    }
-    const float* t = t_buf.data();
-    matmul_f32(M, K, N, A, trans_a ? 1 : lda, trans_a ? lda : 1, B, trans_b ? 1 : ldb, trans_b ? ldb : 1, out, ld, alpha);
-    if (beta == 0.0f) return;
-#pragma omp parallel for schedule(static) if (M * N > 65536)
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t j = 0; j < N; ++j) C[m * ldc + j] = t[m * N + j] + beta * C[m * ldc + j];
+    accumulate(M, N, beta, C, ldc, [&](float* out, int64_t ld) {
+        matmul_f32(M, K, N, A, trans_a ? 1 : lda, trans_a ? lda : 1, B, trans_b ? 1 : ldb, trans_b ? ldb : 1, out, ld,
+                   alpha);
+    });
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
@@ -342,28 +352,15 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
     require();
     if (M == 0 || N == 0) return;
     // Both operands rounded into dense bf16 copies as stored, read transposed through strides.
-    // Scratch kept per calling thread; OpenMP workers below see it through plain pointers only (a
-    // thread_local named inside a parallel region would be each worker's own, empty copy).
     thread_local std::vector<uint16_t> a_buf, b_buf;
-    thread_local std::vector<float> t_buf;
     a_buf.resize(static_cast<size_t>(M * K));
     b_buf.resize(static_cast<size_t>(K * N));
     uint16_t *a = a_buf.data(), *b = b_buf.data();
     to_bf16(A, trans_a ? K : M, trans_a ? M : K, lda, a);  // as stored: (K, M) when transposed
     to_bf16(B, trans_b ? N : K, trans_b ? K : N, ldb, b);
-    float* out = C;
-    int64_t ld = ldc;
-    if (beta != 0.0f) {  // the product goes to a scratch, then C = product + beta * C
-        t_buf.resize(static_cast<size_t>(M * N));
-        out = t_buf.data();
-        ld = N;
-    }
-    const float* t = t_buf.data();
-    matmul_bf16(M, K, N, a, trans_a ? 1 : K, trans_a ? M : 1, b, trans_b ? 1 : N, trans_b ? K : 1, out, ld, alpha);
-    if (beta == 0.0f) return;
-#pragma omp parallel for schedule(static) if (M * N > 65536)
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t j = 0; j < N; ++j) C[m * ldc + j] = t[m * N + j] + beta * C[m * ldc + j];
+    accumulate(M, N, beta, C, ldc, [&](float* out, int64_t ld) {
+        matmul_bf16(M, K, N, a, trans_a ? 1 : K, trans_a ? M : 1, b, trans_b ? 1 : N, trans_b ? K : 1, out, ld, alpha);
+    });
 }
 
 #else  // built without oneDNN's headers: the engine runs float32 on OpenBLAS only
