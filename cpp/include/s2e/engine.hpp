@@ -20,8 +20,8 @@
 namespace s2e {
 
 // A std::allocator that leaves new float elements uninitialised: buffers that a kernel writes in
-// full before reading them are not zero-filled first (a serial memset that also took every page
-// fault: most of the head's time in a bf16 run).
+// full before reading them are not zero-filled first (a serial memset that took 90 % of a run's
+// page faults; 8 % of a 0.1b bf16 run).
 template <class T>
 struct UninitializedAllocator : std::allocator<T> {
     template <class U>
