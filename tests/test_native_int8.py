@@ -24,7 +24,7 @@ from tests.fixtures.tiny import INPUT_4K, TINY_4K, input_size, tiny_model
 
 native = import_native()
 USABLE = onednn_status()[0]
-needs_onednn = pytest.mark.skipif(not USABLE, reason="oneDNN (the [onednn] extra) is not installed here")
+needs_onednn = pytest.mark.skipif(not USABLE, reason="no oneDNN: its wheel (the [onednn] extra, in [all]) exists for Linux x86-64 only")
 SIZE = input_size("seg")
 #: The engine and torch compute each activation to within float32 rounding of the previous layers
 #: (their accumulation orders differ, and the engine has its own exp), so a value next to a rounding

@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <set>
-#include <cstring>
 #include <sstream>
 #include <type_traits>
 
@@ -118,7 +118,7 @@ struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb, pb;  // bf16 runs: weights and GEMM inputs rounded to bf16
-    std::vector<float> qf, kf, vf, pf;  // fp32 attention on oneDNN: head-major q, k, v
+    std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
     std::vector<int8_t> w8, x8;  // int8 (W8A8) layers: stored weights, quantized inputs
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
@@ -142,7 +142,6 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
         const std::string why = onednn::load();
         if (why.empty()) {
             dnnl_f32_ = true;
-            fp32_gemm_ = "oneDNN";
         } else if (fp32_choice == "onednn") {
             throw UnsupportedError("S2E_NATIVE_FP32_GEMM=onednn: " + why);
         }
@@ -559,11 +558,11 @@ void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row
 // packed into head-major copies (head, token, d), so every GEMM is a plain 2-D matmul on dense
 // operands (oneDNN's fast brgemm kernels; strided or broadcast batches fall back to a reference
 // kernel). Per head, in chunks of query rows that keep the scores under ~16M floats: scores and
-// softmax in float32; for bf16 the probabilities are rounded to bf16 for P.V.
+// softmax in float32; for bf16 the probabilities are rounded to bf16 (into `pb`) for P.V.
 template <class E>
 void attention_dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
                      int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb,
-                     std::vector<float>& att, std::vector<E>& pb) {
+                     std::vector<float>& att, std::vector<uint16_t>& pb) {
     const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
     qb.resize(static_cast<size_t>(heads * T * d));
     kb.resize(static_cast<size_t>(kv * T * d));
@@ -659,7 +658,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     } else if (bf16_) {
         attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb, ws.att, ws.pb);
     } else if (dnnl_f32_) {
-        attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf, ws.att, ws.pf);
+        attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf, ws.att, ws.pb);
     } else {
         for (int64_t bi = 0; bi < B; ++bi)
             for (int64_t hh = 0; hh < heads; ++hh) {

@@ -97,7 +97,7 @@ public:
     const std::string& precision() const { return precision_; }
     // The library the float32 GEMMs run on: "oneDNN" when it is loaded (its kernels for the CPU at hand),
     // else "OpenBLAS"; $S2E_NATIVE_FP32_GEMM=openblas keeps them on OpenBLAS.
-    const std::string& fp32_gemm() const { return fp32_gemm_; }
+    std::string fp32_gemm() const { return dnnl_f32_ ? "oneDNN" : "OpenBLAS"; }
 
 private:
     struct Workspace;
@@ -137,7 +137,6 @@ private:
     // Layers with int8 activations, from the file's sapiens2_edge.native_activations metadata:
     // name -> (static, prefix tokens).
     std::map<std::string, std::pair<bool, int64_t>> act_layers_;
-    std::string fp32_gemm_ = "OpenBLAS";
     // backbone
     Param cls_, storage_, patch_w_, patch_b_, periods_, final_norm_, local_pos_, w_cls_;
     std::vector<BlockWeights> blocks_, tok_blocks_;
