@@ -1,18 +1,21 @@
 """Releasing a mapped weights file's resident pages: only read-only mappings of that file, the data
-reads back unchanged, and the OpenVINO backend holds its model.bin once (the plugin's repacked copy)
-instead of twice."""
+reads back unchanged, pages are given back while a runtime compiles too, and the OpenVINO backend
+holds its model.bin once (the plugin's repacked copy) instead of twice; its results are arrays of
+their own, never overwritten by a later call."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sapiens2_edge.runtime.page_release import mapped_ranges, release_mapped_file
+from sapiens2_edge.runtime.page_release import PageReleaser, mapped_ranges, release_mapped_file
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps and madvise are Linux's")
 
@@ -64,6 +67,45 @@ def test_written_private_pages_are_kept(tmp_path):
         assert m[:4] == b"edit" and f.read_bytes()[:4] == bytes(4)
 
 
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@linux
+def test_shared_read_only_pages_are_released_while_a_block_runs(tmp_path):
+    data = np.random.default_rng(2).integers(0, 255, 8 << 20, dtype=np.uint8)
+    f = tmp_path / "w.bin"
+    data.tofile(f)
+    with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        view = np.frombuffer(m, np.uint8)
+        assert [p for _, _, p in mapped_ranges(f, Path("/proc/self/maps").read_text())] == ["r--s"]
+        with PageReleaser(f, interval=0.01) as releaser:
+            assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # reads every page
+            assert wait_until(lambda: resident_kb(f) == 0), resident_kb(f)
+        assert releaser.rounds >= 1
+        rounds = releaser.rounds
+        np.testing.assert_array_equal(view, data)  # faulted back in, and kept once the block is done
+        time.sleep(0.05)
+        assert releaser.rounds == rounds and resident_kb(f) >= 8 << 10
+        del view
+
+
+@linux
+def test_private_mappings_are_left_alone_while_a_block_runs(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(bytes(1 << 20))
+    with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+        with PageReleaser(f, interval=0.01) as releaser:
+            m[:4] = b"edit"
+            assert wait_until(lambda: releaser.rounds >= 3)
+        assert m[:4] == b"edit" and f.read_bytes()[:4] == bytes(4)
+
+
 @linux
 def test_nothing_mapped_is_nothing_released(tmp_path):
     f = tmp_path / "w.bin"
@@ -94,6 +136,7 @@ def test_openvino_backend_holds_the_weights_once(tmp_path, monkeypatch):
     assert advised >= size_kb * 1024
     with monkeypatch.context() as m:
         m.setattr(openvino_backend, "release_mapped_file", lambda path: 0)
+        m.setattr(openvino_backend, "PageReleaser", lambda path: contextlib.nullcontext())
         resident_kept, outs_kept, _ = resident_after_runs(kept)
     assert resident_kept >= size_kb * 0.9  # OpenVINO read every page of the file while compiling
     # what it reads again while running (a few small constants) is all that comes back
@@ -101,3 +144,35 @@ def test_openvino_backend_holds_the_weights_once(tmp_path, monkeypatch):
     for a, b in zip([*outs[0], *outs[1]], [*outs_kept[0], *outs[0]], strict=True):
         np.testing.assert_array_equal(a, b)
     assert verify_artifact(released)["passed"]
+
+
+def test_openvino_results_are_arrays_of_their_own(tmp_path, monkeypatch):
+    """OpenVINO writes each call's results into new arrays (no copy afterwards): equal to the copied
+    results, and a caller's earlier result is not overwritten by the next call; batches of any size
+    up to max_batch and outputs whose shape is only known after running (copied) both work."""
+    pytest.importorskip("openvino")
+    import sapiens2_edge as s2e
+    from sapiens2_edge.runtime import openvino_backend
+    from tests.fixtures.tiny import INPUT, tiny_model
+
+    rng = np.random.default_rng(4)
+    x1, x2 = (rng.standard_normal((2, 3, *INPUT)).astype(np.float32) for _ in range(2))
+    root = s2e.export(tiny_model("pose", seed=5), tmp_path / "a", format="openvino", input_size=INPUT, max_batch=2)
+    backend = openvino_backend.OpenVINOBackend(root / "openvino" / "model.xml", max_batch=2)
+    assert backend._fresh_outputs(2) is not None
+    first = backend(x1)
+    kept = [a.copy() for a in first]
+    second = backend(x2)
+    one = backend(x1[:1])
+    for a, b in zip(first, kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with monkeypatch.context() as m:
+        m.setattr(openvino_backend.OpenVINOBackend, "_fresh_outputs", lambda self, batch: None)
+        copying = openvino_backend.OpenVINOBackend(root / "openvino" / "model.xml", max_batch=2)
+        copied = [copying(x1), copying(x2), copying(x1[:1])]
+    for got, want in zip([first, second, one], copied, strict=True):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a.flags.owndata and a.flags.writeable
+            np.testing.assert_array_equal(a, b)
+    assert one[0].shape[0] == 1 and not np.array_equal(first[0], second[0])

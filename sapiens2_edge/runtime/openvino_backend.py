@@ -29,7 +29,7 @@ from ..artifact.paths import inside
 from ..cpu_features import bf16_flags
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from .base import batch_input, check_input_size, load_errors, run_errors
-from .page_release import release_mapped_file
+from .page_release import PageReleaser, release_mapped_file
 
 F32, BF16 = "f32", "bf16"
 #: artifact precision -> policy mode
@@ -105,13 +105,17 @@ class OpenVINOBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.path = Path(model_path)
-        self.compiled = core.compile_model(str(Path(model_path)), device, config)
-        # its CPU plugin computes from repacked weights: the mapped file's pages are a second copy
-        self.released_bytes = release_mapped_file(Path(model_path).with_suffix(".bin"))
+        weights = Path(model_path).with_suffix(".bin")
+        # its CPU plugin computes from repacked weights: the mapped file's pages are a second copy,
+        # given back while it compiles and once it is done
+        with PageReleaser(weights):
+            self.compiled = core.compile_model(str(Path(model_path)), device, config)
+        self.released_bytes = release_mapped_file(weights)
         self.request = self.compiled.create_infer_request()
         self.device = device.lower()
         self.max_batch = max_batch
         self.version = ov.__version__
+        self._ov = ov
         self.reason = reason
         self._args = (model_path, device, max_batch, threads)
         self.verified_as = verified_as  # the precision its stored reference was checked in, if it differs
@@ -154,11 +158,36 @@ class OpenVINOBackend:
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def _fresh_outputs(self, batch: int) -> list[np.ndarray] | None:
+        """New arrays for this call's outputs, for OpenVINO to write into (no copy of a result
+        afterwards, and a caller's earlier result is never overwritten); None where an output's
+        shape is not known before running (then its results are copied)."""
+        arrays = []
+        for out in self.compiled.outputs:
+            shape = out.get_partial_shape()
+            if shape.rank.is_dynamic or len(shape) == 0:
+                return None
+            dims = [batch] + [d.get_length() if d.is_static else None for d in list(shape)[1:]]
+            if None in dims:
+                return None
+            try:
+                dtype = np.dtype(out.get_element_type().to_dtype())
+            except (TypeError, RuntimeError):
+                return None
+            arrays.append(np.empty(dims, dtype))
+        return arrays
+
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         x = batch_input(batch, self.max_batch)
         with run_errors(self.path):
-            result = self.request.infer({0: x})
-            return tuple(np.array(result[out]) for out in self.compiled.outputs)
+            arrays = self._fresh_outputs(len(x))
+            if arrays is None:
+                result = self.request.infer({0: x})
+                return tuple(np.array(result[out]) for out in self.compiled.outputs)
+            for i, a in enumerate(arrays):
+                self.request.set_output_tensor(i, self._ov.Tensor(a, shared_memory=True))
+            self.request.infer({0: x})
+            return tuple(arrays)
 
 
 def _type_name(t) -> str:
