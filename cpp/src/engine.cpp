@@ -12,8 +12,8 @@
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <type_traits>
 
+#include "s2e/attention.hpp"
 #include "s2e/onednn.hpp"
 #include "s2e/ops.hpp"
 
@@ -117,7 +117,7 @@ void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const f
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
-    std::vector<uint16_t> wb, xb, qb, kb, vb, pb;  // bf16 runs: weights and GEMM inputs rounded to bf16
+    std::vector<uint16_t> wb, xb, qb, kb, vb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
     std::vector<int8_t> w8, x8;  // int8 (W8A8) layers: stored weights, quantized inputs
     std::vector<float> xs;       // and the inputs' per-row scales
@@ -535,74 +535,6 @@ void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, 
         ops::linear(x, M, l.in, W, b, l.out, y, l.out);
 }
 
-namespace {
-
-// Dense (rows, cols) copies of strided rows, as the GEMM operands of one precision: bf16 bits or floats.
-void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out) {
-    onednn::to_bf16(x, rows, cols, ld, out);
-}
-void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, float* out) {
-#pragma omp parallel for schedule(static) if (rows * cols > 65536)
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, x + r * ld, sizeof(float) * cols);
-}
-void dense_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
-                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
-    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
-}
-void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
-    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
-}
-
-// Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
-// packed into head-major copies (head, token, d), so every GEMM is a plain 2-D matmul on dense
-// operands (oneDNN's fast brgemm kernels; strided or broadcast batches fall back to a reference
-// kernel). Per head, in chunks of query rows that keep the scores under ~16M floats: scores and
-// softmax in float32; for bf16 the probabilities are rounded to bf16 (into `pb`) for P.V.
-template <class E>
-void attention_dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
-                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb,
-                     std::vector<float>& att, std::vector<uint16_t>& pb) {
-    const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
-    qb.resize(static_cast<size_t>(heads * T * d));
-    kb.resize(static_cast<size_t>(kv * T * d));
-    vb.resize(static_cast<size_t>(kv * T * d));
-    const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(T, (16ll << 20) / std::max<int64_t>(1, T)));
-    att.resize(static_cast<size_t>(rows * T));
-    constexpr bool kFloat = std::is_same<E, float>::value;
-    if (!kFloat) pb.resize(att.size());
-    for (int64_t bi = 0; bi < B; ++bi) {
-        const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
-        for (int64_t hh = 0; hh < heads; ++hh) pack_rows(qi + hh * d, T, d, C, qb.data() + hh * T * d);
-        for (int64_t g = 0; g < kv; ++g) {
-            pack_rows(ki + g * d, T, d, kvd, kb.data() + g * T * d);
-            pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
-        }
-        for (int64_t hh = 0; hh < heads; ++hh) {
-            const E* kh = kb.data() + (hh / groups) * T * d;
-            const E* vh = vb.data() + (hh / groups) * T * d;
-            for (int64_t r0 = 0; r0 < T; r0 += rows) {
-                const int64_t n = std::min(rows, T - r0);
-                // scores (n, T) = scale * q_h[r0:r0+n] . k_h^T
-                dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att.data(), T, scale);
-                ops::softmax_rows(att.data(), n, T, T);
-                const E* p = nullptr;
-                if constexpr (kFloat) {
-                    p = att.data();
-                } else {
-                    pack_rows(att.data(), n, T, T, pb.data());
-                    p = pb.data();
-                }
-                // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
-                float* oh = o + (bi * T + r0) * C + hh * d;
-                dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C, 1.0f);
-            }
-        }
-    }
-}
-
-}  // namespace
-
 void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                    Workspace& ws) const {
     const ArchConfig& a = cfg_.arch;
@@ -656,9 +588,9 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             }
         }
     } else if (bf16_) {
-        attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb, ws.att, ws.pb);
+        attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb);
     } else if (dnnl_f32_) {
-        attention_dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf, ws.att, ws.pb);
+        attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf);
     } else {
         for (int64_t bi = 0; bi < B; ++bi)
             for (int64_t hh = 0; hh < heads; ++hh) {

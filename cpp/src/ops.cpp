@@ -189,6 +189,32 @@ void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld) {
     for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * ld, cols);
 }
 
+// softmax(scale * s) of one row in one read of the scores for the maximum and one for the
+// exponentials: max(fl(scale * s_j)) = fl(scale * max s_j) for scale > 0, so the values are those
+// of scaling first. The probabilities go back into s, or as bfloat16 bits into `bf16` when given.
+S2E_CPU_CLONES static void softmax_row_scaled(float* s, int64_t cols, float scale, uint16_t* bf16) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < cols; ++j) m = s[j] > m ? s[j] : m;
+    m *= scale;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; ++j) {
+        s[j] = exp_vec(s[j] * scale - m);
+        sum += s[j];
+    }
+    const float inv = 1.0f / sum;
+    if (bf16) {
+        for (int64_t j = 0; j < cols; ++j) bf16[j] = float_to_bf16(s[j] * inv);
+    } else {
+        for (int64_t j = 0; j < cols; ++j) s[j] *= inv;
+    }
+}
+
+void softmax_rows_scaled(float* s, int64_t rows, int64_t cols, int64_t ld, float scale, uint16_t* bf16) {
+    for (int64_t r = 0; r < rows; ++r) softmax_row_scaled(s + r * ld, cols, scale, bf16 ? bf16 + r * cols : nullptr);
+}
+
 S2E_CPU_CLONES static float quantize_row_int8(const float* x, int64_t n, float scale, int8_t* q) {
     if (!(scale > 0.0f)) {  // dynamic: absmax / 127, as the torch reference (1e-12 for a zero row)
         float m = 0.0f;

@@ -25,6 +25,9 @@ void silu_inplace(float* x, int64_t n);
 // a[r, j] = silu(u[r, j]) * u[r, hid + j] for (rows, 2 * hid) gate/up rows u: the FFN's SwiGLU.
 void swiglu(const float* u, float* a, int64_t rows, int64_t hid);
 void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld);
+// softmax(scale * s) row by row on the calling thread (for one task of a parallel loop); the
+// probabilities replace s, or go to `bf16` (rows, cols) as bfloat16 bits when it is not null.
+void softmax_rows_scaled(float* s, int64_t rows, int64_t cols, int64_t ld, float scale, uint16_t* bf16);
 // Per-channel normalisation over H*W (biased variance), no affine: InstanceNorm2d(affine=False).
 void instance_norm(float* x, int64_t C, int64_t HW, float eps);
 // Per-pixel RMSNorm over channels with weight (C,).

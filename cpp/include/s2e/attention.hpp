@@ -1,0 +1,24 @@
+// Global attention on oneDNN matmuls, in float32 or with bfloat16 operands (the engine's long
+// sequences; short ones use ops::attention_head_small).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace s2e {
+namespace attention {
+
+// Scores one task holds at a time (floats): query rows per task are this over the sequence length.
+constexpr int64_t kScoreFloats = 384 * 1024;
+int64_t block_rows(int64_t T);
+
+// o (B*T, heads*d) = softmax(scale * q k^T) v per head, for q (B*T, heads*d) and k, v (B*T, kv*d)
+// (grouped-query: head h reads kv head h / (heads / kv)). qb, kb, vb: scratch for head-major copies of
+// q, k, v in the operand type (uint16_t: bf16 bits, the probabilities rounded to bf16 too; float).
+void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
+           int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb);
+void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
+           int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb);
+
+}  // namespace attention
+}  // namespace s2e

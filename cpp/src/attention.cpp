@@ -1,0 +1,122 @@
+#include "s2e/attention.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <exception>
+#include <type_traits>
+
+#include "s2e/onednn.hpp"
+#include "s2e/ops.hpp"
+
+namespace s2e {
+namespace attention {
+
+int64_t block_rows(int64_t T) { return std::max<int64_t>(16, std::min<int64_t>(T, kScoreFloats / std::max<int64_t>(1, T))); }
+
+namespace {
+
+// Dense (rows, cols) copies of strided rows, as the GEMM operands of one precision: bf16 bits or floats.
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out) {
+    onednn::to_bf16(x, rows, cols, ld, out);
+}
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, float* out) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, x + r * ld, sizeof(float) * cols);
+}
+void dense_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
+}
+void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
+    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
+}
+
+// Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
+// packed into head-major copies (head, token, d), so every GEMM is a plain 2-D matmul on dense
+// operands (oneDNN's fast brgemm kernels; strided or broadcast batches fall back to a reference
+// kernel). The (head, block of query rows) tasks run in parallel, each on one thread with its own
+// scores of ~kScoreFloats floats, sized to stay in that core's cache: scores, their scaled softmax
+// (for bf16 written straight as the bf16 probabilities) and P.V read what the last step wrote
+// there. One head's whole (T, T) scores at 0.4b (38 MB) went through memory four times instead.
+template <class E>
+void dense_attention(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
+                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb) {
+    const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
+    qb.resize(static_cast<size_t>(heads * T * d));
+    kb.resize(static_cast<size_t>(kv * T * d));
+    vb.resize(static_cast<size_t>(kv * T * d));
+    const int64_t rows = block_rows(T);
+    const int64_t blocks = (T + rows - 1) / rows;
+    constexpr bool kFloat = std::is_same<E, float>::value;
+    for (int64_t bi = 0; bi < B; ++bi) {
+        const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
+        for (int64_t hh = 0; hh < heads; ++hh) pack_rows(qi + hh * d, T, d, C, qb.data() + hh * T * d);
+        for (int64_t g = 0; g < kv; ++g) {
+            pack_rows(ki + g * d, T, d, kvd, kb.data() + g * T * d);
+            pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
+        }
+        // an exception cannot leave an OpenMP region: the first one is kept, the other tasks are
+        // skipped, and it is thrown once the region is done
+        std::exception_ptr error;
+        std::atomic<bool> failed{false};
+        auto keep = [&] {
+#pragma omp critical(s2e_attention_error)
+            if (!error) error = std::current_exception();
+            failed = true;
+        };
+#pragma omp parallel
+        {
+            // this thread's scores and bf16 probabilities, kept between calls (OpenMP reuses its threads)
+            thread_local std::vector<float> att;
+            thread_local std::vector<uint16_t> pb;
+            try {
+                att.resize(static_cast<size_t>(rows * T));
+                if (!kFloat) pb.resize(att.size());
+            } catch (...) {
+                keep();
+            }
+#pragma omp for schedule(dynamic)
+            for (int64_t task = 0; task < heads * blocks; ++task) {
+                if (failed) continue;
+                const int64_t hh = task / blocks, r0 = (task % blocks) * rows, n = std::min(rows, T - r0);
+                const E* kh = kb.data() + (hh / groups) * T * d;
+                const E* vh = vb.data() + (hh / groups) * T * d;
+                try {
+                    // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
+                    dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att.data(), T, 1.0f);
+                    const E* p = nullptr;
+                    if constexpr (kFloat) {
+                        ops::softmax_rows_scaled(att.data(), n, T, T, scale, nullptr);
+                        p = att.data();
+                    } else {
+                        ops::softmax_rows_scaled(att.data(), n, T, T, scale, pb.data());
+                        p = pb.data();
+                    }
+                    // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
+                    float* oh = o + (bi * T + r0) * C + hh * d;
+                    dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C, 1.0f);
+                } catch (...) {
+                    keep();
+                }
+            }
+        }
+        if (error) std::rethrow_exception(error);
+    }
+}
+
+}  // namespace
+
+void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
+           int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb) {
+    dense_attention(q, k, v, o, B, T, heads, kv, d, scale, qb, kb, vb);
+}
+
+void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
+           int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb) {
+    dense_attention(q, k, v, o, B, T, heads, kv, d, scale, qb, kb, vb);
+}
+
+}  // namespace attention
+}  // namespace s2e
