@@ -430,23 +430,25 @@ void rope_tables(const float* periods, int64_t quarter, int64_t hp, int64_t wp, 
     }
 }
 
-void rope_rotate(float* v, int64_t d, const float* sin_r, const float* cos_r, bool bf16) {
+// One head's rotation: element j of the first half pairs with j + half, both read before either
+// is written, so there is no copy and no branch and the loop vectorizes (in each clone).
+template <bool BF16>
+S2E_CPU_CLONES static void rope_rotate_head(float* v, int64_t d, const float* sin_r, const float* cos_r) {
     const int64_t half = d / 2;
-    float buf[1024];
-    float* src = buf;
-    std::vector<float> big;
-    if (d > 1024) {
-        big.resize(static_cast<size_t>(d));
-        src = big.data();
+    for (int64_t j = 0; j < half; ++j) {
+        const float a = BF16 ? round_bf16(v[j]) : v[j], b = BF16 ? round_bf16(v[j + half]) : v[j + half];
+        const float rot_a = -b, rot_b = a;
+        const int64_t i = j + half;
+        v[j] = BF16 ? round_bf16(round_bf16(a * cos_r[j]) + round_bf16(rot_a * sin_r[j])) : a * cos_r[j] + rot_a * sin_r[j];
+        v[i] = BF16 ? round_bf16(round_bf16(b * cos_r[i]) + round_bf16(rot_b * sin_r[i])) : b * cos_r[i] + rot_b * sin_r[i];
     }
-    for (int64_t j = 0; j < d; ++j) src[j] = bf16 ? round_bf16(v[j]) : v[j];
-    for (int64_t j = 0; j < d; ++j) {
-        const float rot = j < half ? -src[j + half] : src[j - half];
-        if (bf16)
-            v[j] = round_bf16(round_bf16(src[j] * cos_r[j]) + round_bf16(rot * sin_r[j]));
-        else
-            v[j] = src[j] * cos_r[j] + rot * sin_r[j];
-    }
+}
+
+void rope_rotate(float* v, int64_t d, const float* sin_r, const float* cos_r, bool bf16) {
+    if (bf16)
+        rope_rotate_head<true>(v, d, sin_r, cos_r);
+    else
+        rope_rotate_head<false>(v, d, sin_r, cos_r);
 }
 
 void attention_head(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, float* o, int64_t ldo,
