@@ -42,26 +42,44 @@ def test_mapped_ranges_parses_proc_maps(tmp_path):
     assert mapped_ranges(f, maps) == [(0x7F0000000000, 0x7F0000003000, "r--p"), (0x7F0000003000, 0x7F0000004000, "rw-p")]
 
 
-@linux
-def test_read_only_pages_are_released_and_read_back(tmp_path):
-    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+@contextlib.contextmanager
+def mapped_file(tmp_path: Path, seed: int):
+    """An 8 MB file of random bytes mapped shared read-only (as OpenVINO maps model.bin): yields its path,
+    its bytes and a view of the mapping."""
+    data = np.random.default_rng(seed).integers(0, 255, 8 << 20, dtype=np.uint8)
     f = tmp_path / "w.bin"
     data.tofile(f)
-    with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        view = np.frombuffer(m, np.uint8)
-        assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page resident now
+    with open(f, "rb") as fh:
+        m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    yield f, data, np.frombuffer(m, np.uint8)  # unmapped when the caller drops the view
+
+
+@contextlib.contextmanager
+def privately_mapped_file(tmp_path: Path):
+    """A 1 MB file of zeros mapped copy-on-write: yields its path and the mapping."""
+    f = tmp_path / "w.bin"
+    f.write_bytes(bytes(1 << 20))
+    with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+        yield f, m
+
+
+def reads_every_page(view: np.ndarray, data: np.ndarray) -> bool:
+    return int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))
+
+
+@linux
+def test_read_only_pages_are_released_and_read_back(tmp_path):
+    with mapped_file(tmp_path, seed=0) as (f, data, view):
+        assert reads_every_page(view, data)  # every page resident now
         assert resident_kb(f) >= 8 << 10
         assert release_mapped_file(f) == 8 << 20
         assert resident_kb(f) == 0
         np.testing.assert_array_equal(view, data)  # faulted back in from the file
-        del view
 
 
 @linux
 def test_written_private_pages_are_kept(tmp_path):
-    f = tmp_path / "w.bin"
-    f.write_bytes(bytes(1 << 20))
-    with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+    with privately_mapped_file(tmp_path) as (f, m):
         m[:4] = b"edit"  # a private change, only in this mapping
         assert release_mapped_file(f) == 0
         assert m[:4] == b"edit" and f.read_bytes()[:4] == bytes(4)
@@ -78,28 +96,21 @@ def wait_until(condition, seconds: float = 5.0) -> bool:
 
 @linux
 def test_shared_read_only_pages_are_released_while_a_block_runs(tmp_path):
-    data = np.random.default_rng(2).integers(0, 255, 8 << 20, dtype=np.uint8)
-    f = tmp_path / "w.bin"
-    data.tofile(f)
-    with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        view = np.frombuffer(m, np.uint8)
+    with mapped_file(tmp_path, seed=2) as (f, data, view):
         assert [p for _, _, p in mapped_ranges(f, Path("/proc/self/maps").read_text())] == ["r--s"]
         with PageReleaser(f, interval=0.01) as releaser:
-            assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # reads every page
+            assert reads_every_page(view, data)
             assert wait_until(lambda: resident_kb(f) == 0), resident_kb(f)
         assert releaser.rounds >= 1
         rounds = releaser.rounds
         np.testing.assert_array_equal(view, data)  # faulted back in, and kept once the block is done
         time.sleep(0.05)
         assert releaser.rounds == rounds and resident_kb(f) >= 8 << 10
-        del view
 
 
 @linux
 def test_private_mappings_are_left_alone_while_a_block_runs(tmp_path):
-    f = tmp_path / "w.bin"
-    f.write_bytes(bytes(1 << 20))
-    with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+    with privately_mapped_file(tmp_path) as (f, m):
         with PageReleaser(f, interval=0.01) as releaser:
             m[:4] = b"edit"
             assert wait_until(lambda: releaser.rounds >= 3)
