@@ -1,6 +1,6 @@
-"""Where an artifact's peak memory is reached: the process's peak RSS (VmHWM) and RSS after opening
-it as the runtime does, after its first run, and after later runs that each keep the previous
-result (as a caller holding one result while asking for the next does).
+"""Where an artifact's peak memory is reached: the process's peak RSS after opening it as the runtime
+does, after its first run, and after later runs that each keep the previous result (as a caller
+holding one result while asking for the next does).
 
     python benchmarks/peak_memory_stages.py ARTIFACT_DIR [--backend openvino] [--runs 3]
 
@@ -20,29 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def memory_mb() -> dict[str, int]:
-    """{"VmHWM": peak RSS, "VmRSS": RSS} of this process in MB (Linux)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key = line.split(":", 1)[0]
-        if key in ("VmHWM", "VmRSS"):
-            out[key] = int(line.split()[1]) // 1024
-    return out
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", type=Path)
     p.add_argument("--backend", default="openvino")
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args(argv)
+    from sapiens2_edge.bench import peak_rss_mb
     from sapiens2_edge.runtime import open_artifact
 
     def show(step: str) -> None:
-        m = memory_mb()
-        print(f"| {step} | {m['VmHWM']} | {m['VmRSS']} |", flush=True)
+        print(f"| {step} | {peak_rss_mb():.0f} |", flush=True)
 
-    print("| step | peak RSS (MB) | RSS (MB) |\n|---|---|---|")
+    print("| step | peak RSS (MB) |\n|---|---|")
     show("started")
     manifest, run, _ = open_artifact(a.artifact, a.backend, "cpu")
     show("opened")

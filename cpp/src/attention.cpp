@@ -24,13 +24,14 @@ void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, float* ou
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
     for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, x + r * ld, sizeof(float) * cols);
 }
+// c (M, N) = a . b; the softmax applies attention's scale, so the product is unscaled.
 void dense_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
-                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
-    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc) {
+    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, 1.0f);
 }
 void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha) {
-    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc) {
+    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, 1.0f);
 }
 
 // Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
@@ -85,7 +86,7 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
                 const E* vh = vb.data() + (hh / groups) * T * d;
                 try {
                     // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
-                    dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att.data(), T, 1.0f);
+                    dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att.data(), T);
                     const E* p = nullptr;
                     if constexpr (kFloat) {
                         ops::softmax_rows_scaled(att.data(), n, T, T, scale, nullptr);
@@ -96,7 +97,7 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
                     }
                     // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
                     float* oh = o + (bi * T + r0) * C + hh * d;
-                    dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C, 1.0f);
+                    dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C);
                 } catch (...) {
                     keep();
                 }

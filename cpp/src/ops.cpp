@@ -170,25 +170,6 @@ void swiglu(const float* u, float* a, int64_t rows, int64_t hid) {
     for (int64_t r = 0; r < rows; ++r) swiglu_row(u + r * 2 * hid, a + r * hid, hid);
 }
 
-S2E_CPU_CLONES static void softmax_row(float* s, int64_t cols) {
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < cols; ++j) m = s[j] > m ? s[j] : m;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < cols; ++j) {
-        s[j] = exp_vec(s[j] - m);
-        sum += s[j];
-    }
-    float inv = 1.0f / sum;
-    for (int64_t j = 0; j < cols; ++j) s[j] *= inv;
-}
-
-void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * ld, cols);
-}
-
 // softmax(scale * s) of one row in one read of the scores for the maximum and one for the
 // exponentials: max(fl(scale * s_j)) = fl(scale * max s_j) for scale > 0, so the values are those
 // of scaling first. The probabilities go back into s, or as bfloat16 bits into `bf16` when given.
@@ -209,6 +190,14 @@ S2E_CPU_CLONES static void softmax_row_scaled(float* s, int64_t cols, float scal
     } else {
         for (int64_t j = 0; j < cols; ++j) s[j] *= inv;
     }
+}
+
+// The unscaled softmax: scale 1 multiplies exactly, so the values are the plain softmax's.
+static void softmax_row(float* s, int64_t cols) { softmax_row_scaled(s, cols, 1.0f, nullptr); }
+
+void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * ld, cols);
 }
 
 void softmax_rows_scaled(float* s, int64_t rows, int64_t cols, int64_t ld, float scale, uint16_t* bf16) {

@@ -112,6 +112,7 @@ class OpenVINOBackend:
             self.compiled = core.compile_model(str(Path(model_path)), device, config)
         self.released_bytes = release_mapped_file(weights)
         self.request = self.compiled.create_infer_request()
+        self._layouts = self._output_layouts()
         self.device = device.lower()
         self.max_batch = max_batch
         self.version = ov.__version__
@@ -158,24 +159,28 @@ class OpenVINOBackend:
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def _fresh_outputs(self, batch: int) -> list[np.ndarray] | None:
-        """New arrays for this call's outputs, for OpenVINO to write into (no copy of a result
-        afterwards, and a caller's earlier result is never overwritten); None where an output's
-        shape is not known before running (then its results are copied)."""
-        arrays = []
+    def _output_layouts(self) -> list[tuple[list[int], np.dtype]] | None:
+        """(dims after the batch, dtype) of each output, known before running; None where some output's
+        shape is only known after running (its results are then copied)."""
+        layouts = []
         for out in self.compiled.outputs:
             shape = out.get_partial_shape()
-            if shape.rank.is_dynamic or len(shape) == 0:
-                return None
-            dims = [batch] + [d.get_length() if d.is_static else None for d in list(shape)[1:]]
-            if None in dims:
+            if shape.rank.is_dynamic or len(shape) == 0 or not all(d.is_static for d in list(shape)[1:]):
                 return None
             try:
                 dtype = np.dtype(out.get_element_type().to_dtype())
             except (TypeError, RuntimeError):
                 return None
-            arrays.append(np.empty(dims, dtype))
-        return arrays
+            layouts.append(([d.get_length() for d in list(shape)[1:]], dtype))
+        return layouts
+
+    def _fresh_outputs(self, batch: int) -> list[np.ndarray] | None:
+        """New arrays for this call's outputs, for OpenVINO to write into (no copy of a result
+        afterwards, and a caller's earlier result is never overwritten); None where an output's
+        shape is not known before running."""
+        if self._layouts is None:
+            return None
+        return [np.empty([batch, *dims], dtype) for dims, dtype in self._layouts]
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         x = batch_input(batch, self.max_batch)
