@@ -10,6 +10,7 @@ other processes, and cached under --work):
     nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
     ort-qstatic        onnxruntime.quantization.quantize_static with its defaults on --calib samples
     ours-ov-int8       s2e int8 (static) OpenVINO artifact, run as the Predictor runs it (its precision policy)
+    ours-ov-int8-attn  the same with the attention's inputs in int8 too (recipe attention="int8")
     ours-ov-bf16       s2e OpenVINO bf16 artifact
     ours-ov-fp32       s2e OpenVINO fp32 artifact (f32, accuracy mode)
     ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
@@ -17,6 +18,7 @@ other processes, and cached under --work):
     ours-native-w8     s2e native engine, int8-weight
     ours-native-bf16   s2e native engine, bf16 artifact (bf16 weights; bf16 GEMMs on oneDNN where the CPU has them)
     ours-native-int8   s2e native engine, int8 (static) artifact: int8 GEMMs on oneDNN (the ours-ov-int8 recipe)
+    ours-native-int8-attn  the same with int8 attention inputs (the ours-ov-int8-attn recipe)
 
 Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
 (verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
@@ -46,8 +48,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-bf16",
-        "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8")
+ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
+        "ours-ov-bf16", "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16",
+        "ours-native-int8", "ours-native-int8-attn")
+INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ort-int8": "onnx",
+             "ours-native-int8": "native", "ours-native-int8-attn": "native"}
 TASK = "seg"
 
 
@@ -87,14 +92,14 @@ def prepare(row: str, a) -> None:
         s2e.export(model(a), w / "ov-bf16", format="openvino", precision="bf16", input_size=a.size, max_batch=1)
     if row == "ort-qstatic" and not (w / "onnx-fp32").exists():
         s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
-    if row in ("ours-ov-int8", "ours-ort-int8", "ours-native-int8"):
+    if row in INT8_ROWS:
         calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
         float_model = model(a)
         # report_samples=1: the bench reads no report (each report input costs a float and a quantized forward)
         q, _ = s2e.quantize(float_model, "int8", calibration=calib, input_size=a.size, activation_mode="static",
-                            report_samples=1, progress=False)
-        fmt = {"ours-ov-int8": "openvino", "ours-ort-int8": "onnx"}.get(row, "native")
-        s2e.export(q, w / row, format=fmt, input_size=a.size, max_batch=1, float_model=float_model)
+                            report_samples=1, progress=False,
+                            attention="int8" if row.endswith("-attn") else "float")
+        s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model)
     if row in ("ours-native-fp32", "ours-native-w8", "ours-native-bf16"):
         m = model(a)
         if row == "ours-native-w8":
@@ -161,8 +166,8 @@ def runner_for(row: str, a):
     from sapiens2_edge.runtime import open_artifact
 
     root = w / {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32"}.get(row, row)
-    backend = {"ours-ov-int8": "openvino", "ours-ov-bf16": "openvino", "ours-ov-fp32": "openvino",
-               "ours-ort-int8": "onnxruntime"}.get(row, "native")
+    backend = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-bf16": "openvino",
+               "ours-ov-fp32": "openvino", "ours-ort-int8": "onnxruntime"}.get(row, "native")
     m, r, _ = open_artifact(root, backend, "cpu")
     size = sum(f["size"] for f in m.files.values() if f["role"] != "reference")
     return (lambda x: r(x)[0]), size, r.describe()
@@ -208,7 +213,7 @@ def cpu_peaks() -> tuple[dict[str, float], str]:
 def gemm_precision(row: str, what: str) -> str:
     """The precision a row's GEMMs run in (for its share of the peak). The native int8-weight engine
     expands weights to fp32 per layer, so its GEMMs are fp32; the native bf16 row says which it ran."""
-    if row.endswith("int8") or row == "ort-qstatic":
+    if row.endswith(("int8", "int8-attn")) or row == "ort-qstatic":
         return "int8"
     if row == "ours-native-bf16":
         return "bf16" if "bf16 GEMMs" in what else "fp32"

@@ -327,6 +327,16 @@ void Engine::load() {
         b.proj = linear(pre + "attn.proj", C, C);
         b.w12 = linear(pre + "ffn.w12", 2 * hid, C);
         b.w3 = linear(pre + "ffn.w3", C, hid);
+        if (st_->find(pre + "attn.input_quant.q_scale")) {  // int8 attention inputs
+            Param* slots[] = {&b.q_scale, &b.k_scale, &b.v_scale};
+            const char* names[] = {"q_scale", "k_scale", "v_scale"};
+            for (int i = 0; i < 3; ++i) {
+                const std::string n = pre + "attn.input_quant." + names[i];
+                *slots[i] = need(n, {1});
+                if (slots[i]->t->dtype != DType::F32)
+                    throw WeightsMismatchError(st_->path() + ": '" + n + "' must be F32");
+            }
+        }
         if (main) {
             b.q_norm = need(pre + "attn.q_norm.weight", {d});
             b.k_norm = need(pre + "attn.k_norm.weight", {d});
@@ -573,6 +583,13 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             for (int64_t hh = 0; hh < heads; ++hh) ops::rope_rotate(qm + hh * d, d, sr, cr, bf);
             for (int64_t hh = 0; hh < kv; ++hh) ops::rope_rotate(km + hh * d, d, sr, cr, bf);
         }
+    }
+    if (b.q_scale) {  // int8 attention inputs: q, k, v rounded to their calibrated int8 grids
+        const float sq = floats(b.q_scale, ws.pbuf, ws)[0], sk = floats(b.k_scale, ws.pbuf, ws)[0],
+                    sv = floats(b.v_scale, ws.pbuf, ws)[0];
+        ops::fake_quant_int8(q, M * C, sq);
+        ops::fake_quant_int8(k, M * kvd, sk);
+        ops::fake_quant_int8(v, M * kvd, sv);
     }
     const int64_t groups = heads / kv;
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));

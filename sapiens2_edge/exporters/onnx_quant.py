@@ -34,6 +34,10 @@ int4-weight        ``com.microsoft`` ``MatMulNBits`` (bits 4, block_size = the g
                    group scales as float32 (exact), then Add bias. ONNX Runtime's CPU provider runs it with
                    the int4 weights in memory (accuracy_level 1: float activations, as the recipe says);
                    OpenVINO reads it as u4 constants + decompression.
+int8 attention     ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (int8, zero point 0) with the
+inputs             calibrated per-tensor scale on each of q, k, v where the recipe says ``attention="int8"``:
+                   OpenVINO reads the pairs as FakeQuantize on its fused attention's inputs and runs the
+                   attention products in int8; ONNX Runtime computes the same values in float.
 fp8 (E4M3)         FLOAT8E4M3FN weight initializer + per-channel DQ. Static: per-tensor Q/DQ in
                    FLOAT8E4M3FN (the pattern TensorRT builds fp8 GEMMs from), prefix tokens as for
                    int8; dynamic per-token activations: exact emulation (``x / s -> Cast(E4M3,
@@ -50,6 +54,7 @@ import torch
 from torch import nn
 
 from ..kernels import numerics as nx
+from ..quantization.attention_inputs import AttentionInputQuant, fake_quant_int8, quantized_attentions
 from ..quantization.decomposed import DecomposedLinear
 from ..quantization.linear import QuantLinear
 
@@ -85,6 +90,44 @@ def qlinear4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: 
 @qlinear4.register_fake
 def _(x, blocks, scales, bias):
     return x.new_empty(*x.shape[:-1], blocks.shape[0])
+
+
+@torch.library.custom_op(f"{NAMESPACE}::qdq_int8", mutates_args=())
+def qdq_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 quantize -> dequantize of ``x`` with one scale (an attention input)."""
+    return fake_quant_int8(x, scale)
+
+
+@qdq_int8.register_fake
+def _(x, scale):
+    return torch.empty_like(x)
+
+
+class ExportAttentionInputQuant(nn.Module):
+    """Export-time stand-in for an :class:`AttentionInputQuant`: the same scales, one ``qdq_int8`` each."""
+
+    def __init__(self, m: AttentionInputQuant):
+        super().__init__()
+        for name in ("q_scale", "k_scale", "v_scale"):
+            self.register_buffer(name, getattr(m, name).detach().reshape(()).clone())  # QuantizeLinear's scalar
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        return qdq_int8(q, self.q_scale), qdq_int8(k, self.k_scale), qdq_int8(v, self.v_scale)
+
+
+@contextlib.contextmanager
+def export_attention_inputs(model: nn.Module) -> Iterator[int]:
+    """Swap every attention's int8 input quantization for its ONNX form for the duration; yields how many."""
+    from ..quantization.attention_inputs import SLOT
+
+    found = {n: (model.get_submodule(n), m) for n, m in quantized_attentions(model).items()}
+    try:
+        for attn, m in found.values():
+            setattr(attn, SLOT, ExportAttentionInputQuant(m))
+        yield len(found)
+    finally:
+        for attn, m in found.values():
+            setattr(attn, SLOT, m)
 
 
 class ExportQLinear(nn.Module):
@@ -187,7 +230,22 @@ def export_modules(model: nn.Module, make: Callable[[DecomposedLinear], nn.Modul
 def translation_table(opset: int) -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``."""
     return {torch.ops.s2e_export.qlinear.default: _make_translation(opset),
-            torch.ops.s2e_export.qlinear4.default: _make_translation4()}
+            torch.ops.s2e_export.qlinear4.default: _make_translation4(),
+            torch.ops.s2e_export.qdq_int8.default: _make_qdq_translation()}
+
+
+def _make_qdq_translation():
+    import onnx
+    from onnxscript import opset18 as op
+
+    def qdq_int8_onnx(x, scale):
+        s = scale
+        zero = op.Constant(value=onnx.helper.make_tensor("z", onnx.TensorProto.INT8, [], [0]))
+        limit = op.Mul(s, op.Constant(value=onnx.helper.make_tensor("m", onnx.TensorProto.FLOAT, [], [INT8_MAX])))
+        x = op.Clip(x, op.Neg(limit), limit)
+        return op.DequantizeLinear(op.QuantizeLinear(x, s, zero), s, zero)
+
+    return qdq_int8_onnx
 
 
 #: MatMulNBits accuracy_level 1: the activations stay float32 (level 4 would quantize them to int8)
@@ -313,6 +371,9 @@ def needed_opset(model: nn.Module, opset: int) -> int:
 
 
 NOTES = {
+    "attention/int8": "int8 attention inputs: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (int8, zero point 0) "
+                      "on q, k and v of each attention with their calibrated per-tensor scales (OpenVINO: FakeQuantize "
+                      "on its fused attention's inputs, int8 attention products)",
     "int8-weight/none": "int8 weight initializers, per-channel DequantizeLinear(axis=1) -> MatMul, float activations",
     "int4-weight/none": "int4 weights as com.microsoft MatMulNBits (bits 4, block_size = group size, zero point 8, "
                         "accuracy_level 1): our packed nibbles and float16 group scales (as float32), float activations",
@@ -340,10 +401,15 @@ def describe(model: nn.Module, fmt: str, opset: int) -> dict:
             kinds[k] = kinds.get(k, 0) + 1
     out = {"format": fmt, "opset": needed_opset(model, opset), "layers": kinds,
            "notes": [NOTES[k] for k in kinds if k in NOTES]}
+    attentions = len(quantized_attentions(model))
+    if attentions:
+        out["attention_inputs"] = {"int8": attentions}
+        out["notes"].append(NOTES["attention/int8"])
     if any(k.startswith("fp8") for k in kinds):
         out["target"] = ("TensorRT (FLOAT8E4M3FN Q/DQ, opset >= 19); ONNX Runtime CPU runs the graph through "
                          "float dequantization, for verification only")
     return out
 
 
-__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear", "describe"]
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear", "describe",
+           "export_attention_inputs"]

@@ -153,6 +153,9 @@ class Attention(nn.Module):
         self.repeat_kv = True
         # The fused Triton prologue, chosen once (set False to keep this module on the code below).
         self.fused = switch.fused_default()
+        # q, k, v -> q, k, v right before the attention product: int8 attention inputs of a quantized
+        # model (quantization.attention_inputs), or a calibration observer; None: left as computed
+        self.input_quant: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
         if self.fused and switch.enabled(x):  # Triton for x's device; exports always trace the code below
@@ -164,12 +167,14 @@ class Attention(nn.Module):
         # attention kernel instead of running each as a copy (same values: both are per-token and per-head)
         q = self.wq(x).view(b, t, self.heads, d)
         k = self.wk(x).view(b, t, self.kv_heads, d)
-        v = self.wv(x).view(b, t, self.kv_heads, d).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.kv_heads, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope, heads_after_tokens=True), apply_rope(k, *rope, heads_after_tokens=True)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if self.input_quant is not None:  # before the transposes, which OpenVINO folds into its attention
+            q, k, v = self.input_quant(q, k, v)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         groups = self.heads // self.kv_heads
         if groups > 1 and self.repeat_kv:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -191,6 +196,8 @@ class Attention(nn.Module):
         q, k, v = attention_prologue(self.wq(x), self.wk(x), self.wv(x), self.q_norm.weight if norm else None,
                                      self.k_norm.weight if norm else None, sin, cos, self.heads, self.kv_heads,
                                      self.q_norm.eps if norm else EPS, round_bf16)
+        if self.input_quant is not None:
+            q, k, v = self.input_quant(q, k, v)
         o = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.heads != self.kv_heads)
         return self.project(o.transpose(1, 2).reshape(b, t, c))
 

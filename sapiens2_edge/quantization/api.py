@@ -22,7 +22,7 @@ from .schemes import Calibration, Mixed, SchemeConfig, as_scheme_config, config_
 from .sensitivity import search_mixed
 
 #: options that pick layers rather than say how to quantize them: accepted with config objects too
-SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens", "float_storage")
+SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens", "float_storage", "attention")
 
 
 def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> tuple[SchemeConfig, QuantRecipe]:
@@ -68,7 +68,9 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     budget search, which measures on its own samples), ``inplace`` (True: smooth ``model`` itself rather than
     a copy of it, saving one copy of the weights in memory; the model stays the same function up to float
     rounding), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
-    among them, as float16), ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
+    among them, as float16), ``attention`` (``int8``: q, k and v of every backbone attention rounded to int8 with
+    per-tensor scales read from the calibration data, which OpenVINO runs as int8 attention; default ``float``),
+    ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
     ``auto``), the calibration settings ``calibration_size``, ``batch_size``, ``input_size``,
     ``report_samples`` (shorthands of the Calibration fields); with a scheme name also any other
     :class:`QuantRecipe` field (``weight_granularity``, ``activation_mode``, ``estimator``,

@@ -42,6 +42,10 @@ FLOAT_STORAGE = ("fp32", "fp16")
 #: trained fixtures' static ranges move by at most 0.6 %, their fidelity within the noise), and runs
 #: the calibration 1.5x faster on an AVX-512 BF16 EPYC (benchmarks/results/quantize.md).
 CALIBRATION_PRECISIONS = ("auto", "fp32", "bf16")
+#: What the attention product reads: ``float`` (q, k, v as computed; runtimes run the attention in
+#: their float precision) or ``int8`` (q, k, v rounded to int8 with calibrated per-tensor scales,
+#: see :mod:`.attention_inputs`; needs calibration data)
+ATTENTION_MODES = ("float", "int8")
 
 #: Default exclusions (glob patterns over module names). Only ``nn.Linear`` modules inside the
 #: backbone are ever quantized, so these are documentation as much as filters: the patch
@@ -231,7 +235,9 @@ class QuantRecipe:
     layers only). float_storage: ``fp32``, or ``fp16`` to round the float tensors that are not
     quantized (head, patch embedding, norms) to float16 and store them so.
     calibration_precision: precision of the calibration forwards (see :data:`CALIBRATION_PRECISIONS`;
-    a quantized model records the one it was calibrated in).
+    a quantized model records the one it was calibrated in). attention: ``float`` or ``int8``
+    (q, k, v of every backbone attention not excluded rounded to int8 with calibrated scales; see
+    :data:`ATTENTION_MODES`).
     """
 
     scheme: str
@@ -253,9 +259,11 @@ class QuantRecipe:
     scale_method: str = "mse"
     float_storage: str = "fp32"
     calibration_precision: str = "auto"
+    attention: str = "float"
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
+        _check_choice("attention", self.attention, ATTENTION_MODES)
         _check_choice("float_storage", self.float_storage, FLOAT_STORAGE)
         _check_choice("calibration_precision", self.calibration_precision, CALIBRATION_PRECISIONS)
         check_group_size(self.group_size)

@@ -35,7 +35,7 @@ import torch
 from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, QuantizationError
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
-from . import blockwise
+from . import attention_inputs, blockwise
 from .calibration import CalibrationSet, build_calibration_set, calibration_autocast, calibration_precision, progress
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
@@ -164,14 +164,26 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         recipe = replace(recipe, smoothquant_alpha=None)
         groups = []
     ranges: dict[str, float] = {}
-    if groups or static:
-        precision, why = calibration_precision(recipe.calibration_precision, device)
-        recipe = replace(recipe, calibration_precision=precision)
-        notes.append(f"calibration forwards in {precision} ({why})")
-        # with held-out data the report does not read the calibration images again
-        with calibration_autocast(precision, device):
-            smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
-                                          release_inputs=held_out is not None)
+    attentions = attention_inputs.selected(base, recipe)
+    if attentions and calib is None:
+        raise CalibrationError(f"attention='int8' needs calibration data to set the q, k, v ranges of {len(attentions)} "
+                               "attentions; pass calibration= (images or normalised tensors) or attention='float'")
+    observers = attention_inputs.attach_observers(base, attentions)  # they see the calibration forwards below
+    try:
+        if groups or static or attentions:
+            precision, why = calibration_precision(recipe.calibration_precision, device)
+            recipe = replace(recipe, calibration_precision=precision)
+            notes.append(f"calibration forwards in {precision} ({why})")
+            # with held-out data the report does not read the calibration images again
+            with calibration_autocast(precision, device):
+                if groups or static:
+                    smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
+                                                  release_inputs=held_out is not None)
+                else:
+                    _run_backbone(base, calib, device, f"calibrate attention inputs ({calib.num_samples} images)",
+                                  progress, len(calib))
+    finally:
+        attention_inputs.remove(base, attentions)
 
     # -- convert ----------------------------------------------------------------------------------
     qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
@@ -184,6 +196,10 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         layer = QuantLinear.from_float(modules[n], cfg, recipe.prefix_tokens_for(n), scale)
         layer.kernel = kernel
         set_module(qmodel, n, layer)
+    attention_inputs.install(qmodel, {n: obs.scales() for n, obs in observers.items()})
+    if observers:
+        notes.append(f"int8 attention inputs: q, k, v of {len(observers)} attentions, per-tensor scales from the "
+                     f"largest |x| over {calib.num_samples} calibration images")
     qmodel = as_quantized(qmodel, recipe, {n: s.name for n, s in specs.items()}).eval()
     if recipe.float_storage == "fp16":
         round_float_storage(qmodel)

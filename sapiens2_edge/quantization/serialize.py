@@ -44,6 +44,7 @@ from ..models.checkpoint import (
 )
 from ..models.layout import RANDOM_WEIGHTS_KEY, check_shapes, is_random_checkpoint
 from ..models.model import Sapiens2Model
+from . import attention_inputs
 from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
 from .model import QuantizedModel, as_quantized, float_keys, set_module
@@ -228,6 +229,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
                                          "this architecture")
         set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
                                             prefix[name]))
+    attention_inputs.install(model, {n: (1.0, 1.0, 1.0) for n in attention_inputs.selected(model, recipe)})
     expected = model.state_dict()
     names = _file_names(model)
     found = {k: header.tensors[k].shape for k in header.tensors}

@@ -67,6 +67,7 @@ struct Linear {
 
 struct BlockWeights {
     Param ln1, ln2, q_norm, k_norm, gamma;
+    Param q_scale, k_scale, v_scale;  // int8 attention inputs (attn.input_quant.*), or empty
     Linear wq, wk, wv, proj, w12, w3;
     int64_t kv_heads = 0;
     bool main = true;

@@ -62,6 +62,9 @@ void attention_head_small(const float* q, int64_t ldq, const float* k, const flo
 // scales[m] <= 0 asks for the row's dynamic scale absmax(row) / 127 (1e-12 for an all-zero row),
 // which is written back into scales[m].
 void quantize_rows_int8(const float* x, int64_t rows, int64_t K, float* scales, int8_t* q);
+// x = clamp(round(x / scale), -127, 127) * scale in place (one scale for all n values): int8 values
+// of the attention inputs, as the quantized torch model rounds them.
+void fake_quant_int8(float* x, int64_t n, float scale);
 // y[m, n] = float(acc[m, n]) * (row_scale[m] * col_scale[n]) (+ b[n]); acc is read from y's own
 // memory (the int32 GEMM result written there), converted in place.
 void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_scale, const float* col_scale,
