@@ -37,7 +37,7 @@ from ..errors import ConfigError, ExportError
 from ..runtime.verify import verify_artifact
 from ..spec import DETECTION_TASK, output_names
 from .bundle import BUNDLED_DETECTOR, check_bundled_detector, copy_detector
-from .fidelity import check_runner, float_fidelity, quantized_bound, torch_outputs
+from .fidelity import check_runner, export_tolerance, float_fidelity, quantized_bound, torch_outputs
 
 __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Manifest", "read_manifest",
            "verification_inputs", "TOLERANCE", "ExportOptions", "EXPORTERS", "compare", "fingerprint",
@@ -150,7 +150,8 @@ def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_b
                          precision=precision, extra=format_options, float_model=fid_opts.get("float_model"))
     if not getattr(model, "pretrained", True):  # random weights: the runtime marks every overlay as noise
         manifest.options["random_weights"] = True
-    limit = getattr(exporter, "tolerance_for", tolerance_for)(precision) if tolerance is None else tolerance
+    limit = export_tolerance(model, precision, getattr(exporter, "tolerance_for", None)) if tolerance is None \
+        else tolerance
     if hasattr(model, "recipe_dict"):
         manifest.quantization = {"scheme": model.scheme, "recipe": model.recipe_dict()}
         if getattr(fid_opts.get("report"), "fidelity", None):

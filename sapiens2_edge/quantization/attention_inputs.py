@@ -12,7 +12,7 @@ FakeQuantize on its fused attention's inputs and then runs that attention with i
 Why per tensor and max-calibrated: a softmax input error grows with |q||k|, and q/k are RMS-normed
 per head, so their ranges are narrow and alike across tokens; clipping q or k (a percentile) changes
 the attention pattern of exactly the tokens that stand out. Measured on the trained fixtures
-(benchmarks/attention_int8_gates.py): seg agreement vs float unchanged, pose displacement 0.26 -> 0.14 px.
+(benchmarks/attention_int8_gates.py): both gates hold (numbers in benchmarks/results/cpu_peers.md).
 """
 
 from __future__ import annotations
