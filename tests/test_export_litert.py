@@ -156,6 +156,12 @@ def test_unsupported_schemes_are_refused_naming_the_layer(model, tmp_path):
     with pytest.raises(ConfigError, match=r"layer backbone\.blocks\.0\.attn\.wq: LiteRT cannot run its "
                                           r"int8/dynamic activation quantization"):
         export(dynamic, tmp_path / "dyn", format="litert", input_size=INPUT)
+    calib = [torch.from_numpy(verification_inputs(INPUT, 1, seed=1))]
+    attention, _ = s2e.quantize(model, "int8-weight", calibration=calib, input_size=INPUT, attention="int8",
+                                progress=False)
+    with pytest.raises(ConfigError, match=r"3 attentions have int8 inputs \(recipe attention='int8'\), which the "
+                                          r"litert format does not carry"):
+        export(attention, tmp_path / "att", format="litert", input_size=INPUT)
     with pytest.raises(ConfigError, match="a litert artifact cannot carry quantization scheme 'fp8'"):
         export(model, tmp_path / "fp8", format="litert", scheme="fp8", input_size=INPUT)
     with pytest.raises(ConfigError, match="litert precision 'bf16' is not supported"):

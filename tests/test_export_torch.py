@@ -75,10 +75,14 @@ def test_batch_limits(artifact, model):
         runner(verification_inputs(INPUT, batch=4))
 
 
-@pytest.mark.parametrize("scheme", ["int8-weight", "int8"])
-def test_quantized_models_export(model, scheme, tmp_path):
+@pytest.mark.parametrize("scheme,opts", [("int8-weight", {}), ("int8", {}),
+                                         ("int8", {"activation_mode": "static", "attention": "int8"})],
+                         ids=["int8-weight", "int8", "int8-static-attention"])
+def test_quantized_models_export(model, scheme, opts, tmp_path):
+    """Static activations make torch.export write arithmetic on the symbolic batch (tokens per image
+    times the batch) that the artifact check must accept; int8 attention inputs export as torch ops."""
     calib = [torch.from_numpy(verification_inputs(INPUT, 2, seed=s)) for s in range(2)]
-    qmodel, _ = s2e.quantize(model, scheme, calibration=calib, input_size=INPUT, progress=False)
+    qmodel, _ = s2e.quantize(model, scheme, calibration=calib, input_size=INPUT, progress=False, **opts)
     root = export(qmodel, tmp_path / scheme, format="torch", input_size=INPUT, max_batch=2)
     m = read_manifest(root)
     assert m.precision == scheme and m.fidelity["rel_l2"] <= 1e-4  # against the quantized torch model

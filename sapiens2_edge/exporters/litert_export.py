@@ -98,9 +98,16 @@ def litert_source(model):
     from ..quantization.model import set_module
     from .litert_linear import litert_linear
 
+    from ..quantization.attention_inputs import quantized_attentions
+
     layers = [(n, m.decompose()) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     for name, d in layers:
         check_layer(d, name)
+    attentions = quantized_attentions(model)
+    if attentions:
+        raise ConfigError(f"{len(attentions)} attentions have int8 inputs (recipe attention='int8'), which the litert "
+                          "format does not carry: its converter turns the rounding into int8 tensors of its own "
+                          "kernels; quantize with attention='float', or export this model to onnx, openvino or native")
     src = copy.deepcopy(model).eval()
     rope = src.backbone.rope_embed
     rope.periods = rope.periods.to(torch.float32)  # bf16 values, exact in fp32; the frozen tables are used

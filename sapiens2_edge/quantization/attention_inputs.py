@@ -32,8 +32,9 @@ SLOT = "input_quant"  # the Attention attribute that holds the module below
 
 
 def fake_quant_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``clamp(round(x / s), -127, 127) * s`` in x's dtype (the quantization itself in float32)."""
-    return (nx.quantize_int8(x, scale).float() * scale).to(x.dtype)
+    """``clamp(round(x / s), -127, 127) * s`` in x's dtype (the quantization itself in float32; the
+    integers stay float, so every exporter traces plain float ops)."""
+    return (torch.clamp(torch.round(x.float() / scale), -nx.INT8_MAX, nx.INT8_MAX) * scale).to(x.dtype)
 
 
 class AttentionInputQuant(nn.Module):
