@@ -75,6 +75,12 @@ MISTAKES = [
      "use --scheme int8-weight with --format openvino, or --format onnx / torch for fp8"),
     (["export", "SEG", "--format", "onnx", "--scheme", "int8", "-o", "OUT"], "ConfigError",
      "needs calibration images: pass --calib DIR"),
+    (["export", "SEG", "--format", "openvino", "--scheme", "int8-weight", "--attention", "int8", "-o", "OUT"],
+     "ConfigError", "--attention int8 reads the q, k, v ranges from calibration images: pass --calib DIR"),
+    (["export", "SEG", "--format", "openvino", "--attention", "int8", "-o", "OUT"], "ConfigError",
+     "--attention int8 is part of a quantization recipe: pass --scheme (e.g. int8), not a float export"),
+    (["export", "SEG", "--format", "openvino", "--scheme", "bf16", "--attention", "int8", "-o", "OUT"],
+     "ConfigError", "--attention int8 is part of a quantization recipe: pass --scheme (e.g. int8), not --scheme bf16"),
     # devices
     (["predict", "NATIVE", "-i", "A", "-o", "OUT", "--device", "tpu"], "ConfigError",
      "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
@@ -182,7 +188,8 @@ def test_version():
     ("export", "scheme", [*FLOAT_SCHEMES, "int8-weight", "int4-weight", "int8", "fp8"]),
     ("predict", "backend", list(BACKENDS)), ("verify", "backend", list(BACKENDS)), ("bench", "backend", list(BACKENDS)),
     ("quantize", "scheme", list(ALL_SCHEMES)), ("demo", "task", list(TASKS)), ("demo", "format", ["auto", *FORMATS]),
-    ("init-random", "task", [*TASKS, "none"]),
+    ("init-random", "task", [*TASKS, "none"]), ("export", "attention", ["float", "int8"]),
+    ("quantize", "attention", ["float", "int8"]),
 ])
 def test_choices_come_from_the_registries(command, option, names):
     # the refusal of a bogus value lists the choices the parser has: exactly the registry's
@@ -196,13 +203,14 @@ def test_choices_come_from_the_registries(command, option, names):
 
 
 def test_cli_registries_match_the_library():
-    from sapiens2_edge.cli import Activations, Dtype
+    from sapiens2_edge.cli import Activations, AttentionInputs, Dtype
     from sapiens2_edge.models.random_init import CHECKPOINT_DTYPES
     from sapiens2_edge.quantization import SCHEMES
-    from sapiens2_edge.quantization.config import ACT_MODES
+    from sapiens2_edge.quantization.config import ACT_MODES, ATTENTION_MODES
 
     assert ALL_SCHEMES == SCHEMES
     assert {a.value for a in Activations} == set(ACT_MODES)
+    assert tuple(a.value for a in AttentionInputs) == ATTENTION_MODES
     assert {d.value for d in Dtype} == set(CHECKPOINT_DTYPES)
 
 

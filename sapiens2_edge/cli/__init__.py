@@ -25,9 +25,11 @@ from ..runtime.inputs import VIDEO_SUFFIXES, is_video
 from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
 from .export_checks import WEIGHT_ONLY, check_export_flags
 from .options import (
+    ATTENTION_HELP,
     CALIB_PRECISION_HELP,
     Activations,
     Arch,
+    AttentionInputs,
     Backend,
     CalibPrecision,
     DemoFormat,
@@ -268,6 +270,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  eval_samples: int = typer.Option(16, min=1, help="held-out images to evaluate"),
                  activation_mode: Activations = typer.Option("dynamic", help="int8/fp8 activations"),
                  calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
+                 attention: AttentionInputs = typer.Option("float", help=ATTENTION_HELP),
                  group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale "
                                                 "(16, 32, 64, 128 or 256)"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
@@ -285,6 +288,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
         options = {"group_size": group_size}
     if scheme not in WEIGHT_ONLY:
         options["calibration_precision"] = str(calibration_precision)
+    if str(attention) != "float":
+        options["attention"] = str(attention)
     options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
@@ -312,6 +317,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
                group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale"),
                calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
+               attention: AttentionInputs = typer.Option("float", help=ATTENTION_HELP),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
@@ -322,7 +328,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
     .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
-    check_export_flags(scheme, fmt, calib, str(activations))
+    check_export_flags(scheme, fmt, calib, str(activations), str(attention))
     from .. import export, load_model
     from ..runtime.inputs import split_images
 
@@ -339,13 +345,15 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
         kwargs["detector"] = detector
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
-        if calib is not None and scheme not in WEIGHT_ONLY:
+        if calib is not None and (scheme not in WEIGHT_ONLY or str(attention) == "int8"):
             calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
             talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
                      f"{len(calib_images)} calibration images")
         quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate}
         if calib_images is not None:
             quantize_options["calibration_size"] = calib_size
+        if str(attention) != "float":
+            quantize_options["attention"] = str(attention)
         if scheme == "int4-weight":
             quantize_options["group_size"] = group_size
         if scheme not in WEIGHT_ONLY:

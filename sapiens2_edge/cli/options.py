@@ -41,6 +41,9 @@ CalibPrecision = _choices("CalibPrecision", ("auto", "fp32", "bf16"))
 CALIB_PRECISION_HELP = ("precision of the calibration forwards: auto (bf16 on a CPU with native bf16, "
                         "faster; else fp32), fp32 or bf16")
 Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
+AttentionInputs = _choices("AttentionInputs", ("float", "int8"))
+ATTENTION_HELP = ("what the attention products read: float, or int8 (q, k, v rounded to int8 with scales from the "
+                  "calibration images; OpenVINO then runs the attention in int8). Needs --calib")
 
 
 def error_line(e: BaseException) -> str:

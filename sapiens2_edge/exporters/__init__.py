@@ -29,7 +29,6 @@ from ..artifact import (
     reference_inputs,
     replace_problem,
     save_reference,
-    tolerance_for,
     verification_inputs,
     write_artifact,
 )

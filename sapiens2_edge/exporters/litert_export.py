@@ -94,11 +94,10 @@ def litert_source(model):
     import torch
 
     from ..models.backbone import Attention
+    from ..quantization.attention_inputs import quantized_attentions
     from ..quantization.linear import QuantLinear
     from ..quantization.model import set_module
     from .litert_linear import litert_linear
-
-    from ..quantization.attention_inputs import quantized_attentions
 
     layers = [(n, m.decompose()) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     for name, d in layers:

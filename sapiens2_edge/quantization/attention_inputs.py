@@ -26,8 +26,6 @@ from torch import nn
 from ..kernels import numerics as nx
 from .observers import non_finite_activations
 
-#: ``QuantRecipe.attention``: ``float`` leaves q, k, v as the model computes them
-ATTENTION_MODES = ("float", "int8")
 SLOT = "input_quant"  # the Attention attribute that holds the module below
 
 
@@ -112,5 +110,5 @@ def quantized_attentions(model: nn.Module) -> dict[str, AttentionInputQuant]:
     return {n.rpartition(".")[0]: m for n, m in model.named_modules() if isinstance(m, AttentionInputQuant)}
 
 
-__all__ = ["ATTENTION_MODES", "AttentionInputQuant", "AttentionInputObserver", "attention_names", "selected",
+__all__ = ["AttentionInputQuant", "AttentionInputObserver", "attention_names", "selected",
            "attach_observers", "install", "remove", "quantized_attentions", "fake_quant_int8"]
