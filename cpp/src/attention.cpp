@@ -24,14 +24,14 @@ void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, float* ou
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
     for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, x + r * ld, sizeof(float) * cols);
 }
-// c (M, N) = a . b; the softmax applies attention's scale, so the product is unscaled.
+// c (M, N) = alpha a . b; the softmax applies attention's scale, so the scores' product is unscaled.
 void dense_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
-                  int64_t b_row, int64_t b_col, float* c, int64_t ldc) {
-    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, 1.0f);
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha = 1.0f) {
+    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                  int64_t b_row, int64_t b_col, float* c, int64_t ldc) {
-    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, 1.0f);
+                  int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha = 1.0f) {
+    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
 // Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
@@ -43,7 +43,8 @@ void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row
 // there. One head's whole (T, T) scores at 0.4b (38 MB) went through memory four times instead.
 template <class E>
 void dense_attention(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
-                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb) {
+                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb,
+                     float out_scale) {
     const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
     qb.resize(static_cast<size_t>(heads * T * d));
     kb.resize(static_cast<size_t>(kv * T * d));
@@ -97,7 +98,7 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
                     }
                     // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
                     float* oh = o + (bi * T + r0) * C + hh * d;
-                    dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C);
+                    dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C, out_scale);
                 } catch (...) {
                     keep();
                 }
@@ -110,13 +111,15 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
 }  // namespace
 
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
-           int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb) {
-    dense_attention(q, k, v, o, B, T, heads, kv, d, scale, qb, kb, vb);
+           int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb,
+           float out_scale) {
+    dense_attention(q, k, v, o, B, T, heads, kv, d, scale, qb, kb, vb, out_scale);
 }
 
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
-           int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb) {
-    dense_attention(q, k, v, o, B, T, heads, kv, d, scale, qb, kb, vb);
+           int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb,
+           float out_scale) {
+    dense_attention(q, k, v, o, B, T, heads, kv, d, scale, qb, kb, vb, out_scale);
 }
 
 }  // namespace attention

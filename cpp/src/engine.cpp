@@ -584,15 +584,25 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             for (int64_t hh = 0; hh < kv; ++hh) ops::rope_rotate(km + hh * d, d, sr, cr, bf);
         }
     }
+    const int64_t groups = heads / kv;
+    float scale = 1.0f / std::sqrt(static_cast<float>(d)), out_scale = 1.0f;
     if (b.q_scale) {  // int8 attention inputs: q, k, v rounded to their calibrated int8 grids
         const float sq = floats(b.q_scale, ws.pbuf, ws)[0], sk = floats(b.k_scale, ws.pbuf, ws)[0],
                     sv = floats(b.v_scale, ws.pbuf, ws)[0];
-        ops::fake_quant_int8(q, M * C, sq);
-        ops::fake_quant_int8(k, M * kvd, sk);
-        ops::fake_quant_int8(v, M * kvd, sv);
+        if (bf16_ && T > kSmallSeq) {
+            // the int8 values themselves go to the bf16 GEMMs, where they are exact (x * s is not:
+            // bf16 would round it again); the scales come back in the softmax's scale and on the output
+            ops::round_int8(q, M * C, sq);
+            ops::round_int8(k, M * kvd, sk);
+            ops::round_int8(v, M * kvd, sv);
+            scale *= sq * sk;
+            out_scale = sv;
+        } else {
+            ops::fake_quant_int8(q, M * C, sq);
+            ops::fake_quant_int8(k, M * kvd, sk);
+            ops::fake_quant_int8(v, M * kvd, sv);
+        }
     }
-    const int64_t groups = heads / kv;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     if (T <= kSmallSeq) {
 #pragma omp parallel
         {
@@ -605,7 +615,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
             }
         }
     } else if (bf16_) {
-        attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb);
+        attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb, out_scale);
     } else if (dnnl_f32_) {
         attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf);
     } else {

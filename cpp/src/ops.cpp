@@ -231,20 +231,24 @@ void quantize_rows_int8(const float* x, int64_t rows, int64_t K, float* scales, 
     for (int64_t m = 0; m < rows; ++m) scales[m] = quantize_row_int8(x + m * K, K, scales[m], q + m * K);
 }
 
-S2E_CPU_CLONES static void fake_quant_span_int8(float* x, int64_t n, float scale) {
+S2E_CPU_CLONES static void round_span_int8(float* x, int64_t n, float scale, float out_scale) {
     for (int64_t i = 0; i < n; ++i) {
         float v = x[i] / scale;
         v = v < -127.0f ? -127.0f : v;
         v = v > 127.0f ? 127.0f : v;
-        x[i] = ((v + 12582912.0f) - 12582912.0f) * scale;  // round half to even, as quantize_row_int8
+        x[i] = ((v + 12582912.0f) - 12582912.0f) * out_scale;  // round half to even, as quantize_row_int8
     }
 }
 
-void fake_quant_int8(float* x, int64_t n, float scale) {
+static void round_int8_to(float* x, int64_t n, float scale, float out_scale) {
     const int64_t chunk = 1 << 14;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i += chunk) fake_quant_span_int8(x + i, std::min(chunk, n - i), scale);
+    for (int64_t i = 0; i < n; i += chunk) round_span_int8(x + i, std::min(chunk, n - i), scale, out_scale);
 }
+
+void fake_quant_int8(float* x, int64_t n, float scale) { round_int8_to(x, n, scale, scale); }
+
+void round_int8(float* x, int64_t n, float scale) { round_int8_to(x, n, scale, 1.0f); }
 
 S2E_CPU_CLONES static void dequantize_row_int32(float* y, int64_t N, float rs, const float* cs, const float* b) {
     for (int64_t n = 0; n < N; ++n) {

@@ -24,9 +24,12 @@ struct Case {
 };
 
 // float64 attention of the inputs as the engine's operands hold them (`bf16`: q, k, v and the
-// probabilities rounded to bfloat16).
-std::vector<double> reference(const Case& c, float scale, bool bf16) {
+// probabilities rounded to bfloat16; `probs_bf16`: the probabilities only).
+std::vector<double> reference(const Case& c, float scale, bool bf16, bool probs_bf16 = false) {
     auto r = [bf16](float x) { return static_cast<double>(bf16 ? s2e::round_bf16(x) : x); };
+    auto rp = [bf16, probs_bf16](double x) {
+        return bf16 || probs_bf16 ? static_cast<double>(s2e::round_bf16(static_cast<float>(x))) : x;
+    };
     std::vector<double> o(B * T * C), s(T);
     for (int64_t b = 0; b < B; ++b)
         for (int64_t h = 0; h < heads; ++h) {
@@ -41,7 +44,7 @@ std::vector<double> reference(const Case& c, float scale, bool bf16) {
                     m = std::max(m, s[j]);
                 }
                 for (int64_t j = 0; j < T; ++j) sum += (s[j] = std::exp(s[j] - m));
-                for (int64_t j = 0; j < T; ++j) s[j] = bf16 ? r(static_cast<float>(s[j] / sum)) : s[j] / sum;
+                for (int64_t j = 0; j < T; ++j) s[j] = rp(s[j] / sum);
                 for (int64_t e = 0; e < d; ++e) {
                     double acc = 0;
                     for (int64_t j = 0; j < T; ++j) acc += s[j] * r(c.v[(b * T + j) * kvd + g * d + e]);
@@ -96,6 +99,34 @@ S2E_TEST(attention_bf16_matches_float64_of_rounded_operands) {
     const double err = rel_max(o, reference(c, 0.125f, true));
     std::printf("  bf16: max error %.2e of the largest output\n", err);
     // float32 scores (vs float64) move a probability across a bf16 rounding boundary now and then: 2^-8
+    CHECK(err < 1e-2);
+}
+
+S2E_TEST(attention_bf16_on_int8_values_applies_the_scales) {
+    // int8 attention inputs: the engine passes q / s_q, k / s_k, v / s_v (integers, exact in bf16) with
+    // s_q s_k folded into the softmax scale and s_v on the output; the result is attention of q, k, v
+    // themselves, with only the probabilities rounded to bf16
+    if (!dnn::load().empty() || !dnn::native_bf16()) {
+        std::printf("  no native bf16 oneDNN here (%s)\n", dnn::describe().c_str());
+        return;
+    }
+    Case ints, real;
+    const float sq = 0.03f, sk = 0.02f, sv = 0.05f;
+    auto grid = [](std::vector<float>& x, std::vector<float>& scaled, float s) {
+        for (size_t i = 0; i < x.size(); ++i) {
+            x[i] = std::fmax(-127.0f, std::fmin(127.0f, std::nearbyint(x[i] * 40.0f)));
+            scaled[i] = x[i] * s;
+        }
+    };
+    grid(ints.q, real.q, sq);
+    grid(ints.k, real.k, sk);
+    grid(ints.v, real.v, sv);
+    std::vector<float> o(B * T * C, NAN);
+    std::vector<uint16_t> qb, kb, vb;
+    s2e::attention::dense(ints.q.data(), ints.k.data(), ints.v.data(), o.data(), B, T, heads, kv, d, 0.125f * sq * sk,
+                          qb, kb, vb, sv);
+    const double err = rel_max(o, reference(real, 0.125f, false, true));
+    std::printf("  bf16 on int8 values: max error %.2e of the largest output\n", err);
     CHECK(err < 1e-2);
 }
 

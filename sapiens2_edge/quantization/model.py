@@ -2,8 +2,10 @@
 :class:`QuantLinear` modules, carrying the recipe that made it.
 
 Everything else (patch embedding, norms, RoPE, softmax/attention, residuals, LayerScale, the
-head) stays float. ``state_dict()`` / ``official_state_dict()`` hold the quantized tensors under
-the official names (``...wq.weight`` int8/fp8/fp16, ``...wq.weight_scale``, ``...input_scale``).
+head) stays float; with ``recipe.attention == "int8"`` the attention's q, k, v are rounded to int8
+first (:mod:`.attention_inputs`). ``state_dict()`` / ``official_state_dict()`` hold the quantized
+tensors under the official names (``...wq.weight`` int8/fp8/fp16, ``...wq.weight_scale``,
+``...input_scale``) and the attention input scales as ``...attn.input_quant.{q,k,v}_scale``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ pretrain checkpoints do):
 ``backbone.blocks.0.attn.wq.weight_scale``  F32     (N,) per channel or (1,) per tensor
                                             F16 (N, K/G) for int4 layers, one per group
 ``backbone.blocks.0.attn.wq.input_scale``   F32     (1,), static activations only
+``backbone.blocks.0.attn.input_quant.q_scale`` F32  (1,) each of q, k, v: ``attention="int8"`` only
 everything else                             as held by the model (F32; RoPE periods BF16), F16 with
                                             the recipe's ``float_storage="fp16"`` (values rounded so)
 =========================================== ======= ==========================================

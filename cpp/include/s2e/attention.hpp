@@ -15,10 +15,13 @@ int64_t block_rows(int64_t T);
 // o (B*T, heads*d) = softmax(scale * q k^T) v per head, for q (B*T, heads*d) and k, v (B*T, kv*d)
 // (grouped-query: head h reads kv head h / (heads / kv)). qb, kb, vb: scratch for head-major copies of
 // q, k, v in the operand type (uint16_t: bf16 bits, the probabilities rounded to bf16 too; float).
+// out_scale multiplies the output (v's scale when v holds int8 values: o = softmax(...) (v / s) * s).
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
-           int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb);
+           int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb,
+           float out_scale = 1.0f);
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
-           int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb);
+           int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb,
+           float out_scale = 1.0f);
 
 }  // namespace attention
 }  // namespace s2e

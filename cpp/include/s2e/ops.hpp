@@ -65,6 +65,9 @@ void quantize_rows_int8(const float* x, int64_t rows, int64_t K, float* scales, 
 // x = clamp(round(x / scale), -127, 127) * scale in place (one scale for all n values): int8 values
 // of the attention inputs, as the quantized torch model rounds them.
 void fake_quant_int8(float* x, int64_t n, float scale);
+// x = clamp(round(x / scale), -127, 127) in place: the int8 values themselves, as floats (exact in
+// bfloat16 too), for GEMMs that apply the scales to their results.
+void round_int8(float* x, int64_t n, float scale);
 // y[m, n] = float(acc[m, n]) * (row_scale[m] * col_scale[n]) (+ b[n]); acc is read from y's own
 // memory (the int32 GEMM result written there), converted in place.
 void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_scale, const float* col_scale,
