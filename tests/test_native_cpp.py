@@ -64,6 +64,7 @@ def test_ctest_release(tmp_path, engine_cases):
                          env={"S2E_ONEDNN_LIBRARY": lib} if lib else None)
     if lib:
         assert "PASS linear_bf16_matches_rounded_product" in out and "oneDNN not usable here" not in out
+        assert "PASS attention_bf16_on_int8_values_applies_the_scales" in out and "bf16 on int8 values" in out
     for name in ("test_json", "test_safetensors", "test_ops", "test_engine", "test_onednn"):
         assert f"{name} " in out and "0 failed checks" in out
     assert out.count("rel L2") == 7  # 6 cases, pointmap has two outputs
