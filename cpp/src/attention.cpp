@@ -34,6 +34,42 @@ void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row
     onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
+// Runs body(task, att, pb) for every (head, block of query rows) task of one image in parallel, each
+// thread with its own scores (rows x T floats) and bf16 probabilities kept between calls (OpenMP reuses
+// its threads). An exception cannot leave an OpenMP region: the first one is kept, the other tasks are
+// skipped, and it is thrown once the region is done.
+template <class Body>
+void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Body body) {
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
+    auto keep = [&] {
+#pragma omp critical(s2e_attention_error)
+        if (!error) error = std::current_exception();
+        failed = true;
+    };
+#pragma omp parallel
+    {
+        thread_local std::vector<float> att;
+        thread_local std::vector<uint16_t> pb;
+        try {
+            att.resize(static_cast<size_t>(rows * T));
+            if (probs_bf16) pb.resize(att.size());
+        } catch (...) {
+            keep();
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < tasks; ++task) {
+            if (failed) continue;
+            try {
+                body(task, att.data(), pb.data());
+            } catch (...) {
+                keep();
+            }
+        }
+    }
+    if (error) std::rethrow_exception(error);
+}
+
 // Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
 // packed into head-major copies (head, token, d), so every GEMM is a plain 2-D matmul on dense
 // operands (oneDNN's fast brgemm kernels; strided or broadcast batches fall back to a reference
@@ -59,56 +95,61 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
             pack_rows(ki + g * d, T, d, kvd, kb.data() + g * T * d);
             pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
         }
-        // an exception cannot leave an OpenMP region: the first one is kept, the other tasks are
-        // skipped, and it is thrown once the region is done
-        std::exception_ptr error;
-        std::atomic<bool> failed{false};
-        auto keep = [&] {
-#pragma omp critical(s2e_attention_error)
-            if (!error) error = std::current_exception();
-            failed = true;
-        };
-#pragma omp parallel
-        {
-            // this thread's scores and bf16 probabilities, kept between calls (OpenMP reuses its threads)
-            thread_local std::vector<float> att;
-            thread_local std::vector<uint16_t> pb;
-            try {
-                att.resize(static_cast<size_t>(rows * T));
-                if (!kFloat) pb.resize(att.size());
-            } catch (...) {
-                keep();
+        for_each_block(heads * blocks, rows, T, !kFloat, [&](int64_t task, float* att, uint16_t* pb) {
+            const int64_t hh = task / blocks, r0 = (task % blocks) * rows, n = std::min(rows, T - r0);
+            const E* kh = kb.data() + (hh / groups) * T * d;
+            const E* vh = vb.data() + (hh / groups) * T * d;
+            // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
+            dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att, T);
+            const E* p = nullptr;
+            if constexpr (kFloat) {
+                ops::softmax_rows_scaled(att, n, T, T, scale, nullptr);
+                p = att;
+            } else {
+                ops::softmax_rows_scaled(att, n, T, T, scale, pb);
+                p = pb;
             }
-#pragma omp for schedule(dynamic)
-            for (int64_t task = 0; task < heads * blocks; ++task) {
-                if (failed) continue;
-                const int64_t hh = task / blocks, r0 = (task % blocks) * rows, n = std::min(rows, T - r0);
-                const E* kh = kb.data() + (hh / groups) * T * d;
-                const E* vh = vb.data() + (hh / groups) * T * d;
-                try {
-                    // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
-                    dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att.data(), T);
-                    const E* p = nullptr;
-                    if constexpr (kFloat) {
-                        ops::softmax_rows_scaled(att.data(), n, T, T, scale, nullptr);
-                        p = att.data();
-                    } else {
-                        ops::softmax_rows_scaled(att.data(), n, T, T, scale, pb.data());
-                        p = pb.data();
-                    }
-                    // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
-                    float* oh = o + (bi * T + r0) * C + hh * d;
-                    dense_matmul(n, T, d, p, T, 1, vh, d, 1, oh, C, out_scale);
-                } catch (...) {
-                    keep();
-                }
-            }
-        }
-        if (error) std::rethrow_exception(error);
+            // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
+            dense_matmul(n, T, d, p, T, 1, vh, d, 1, o + (bi * T + r0) * C + hh * d, C, out_scale);
+        });
     }
 }
 
 }  // namespace
+
+void dense_int8(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
+                int64_t kv, int64_t d, float scale, float out_scale, std::vector<int8_t>& qb, std::vector<int8_t>& kb,
+                std::vector<uint16_t>& vb) {
+    const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
+    qb.resize(static_cast<size_t>(heads * T * d));
+    kb.resize(static_cast<size_t>(kv * T * d));
+    vb.resize(static_cast<size_t>(kv * T * d));
+    const int64_t rows = block_rows(T);
+    const int64_t blocks = (T + rows - 1) / rows;
+    auto pack_s8 = [T, d](const float* x, int64_t ld, int8_t* out) {
+#pragma omp parallel for schedule(static) if (T * d > 65536)
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t e = 0; e < d; ++e) out[t * d + e] = static_cast<int8_t>(x[t * ld + e]);  // integers already
+    };
+    for (int64_t bi = 0; bi < B; ++bi) {
+        const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
+        for (int64_t hh = 0; hh < heads; ++hh) pack_s8(qi + hh * d, C, qb.data() + hh * T * d);
+        for (int64_t g = 0; g < kv; ++g) {
+            pack_s8(ki + g * d, kvd, kb.data() + g * T * d);
+            pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
+        }
+        for_each_block(heads * blocks, rows, T, true, [&](int64_t task, float* att, uint16_t* pb) {
+            const int64_t hh = task / blocks, r0 = (task % blocks) * rows, n = std::min(rows, T - r0);
+            // integer scores (n, T) = q_h . k_h^T, exact in int32, written over the float scores' memory
+            int32_t* acc = reinterpret_cast<int32_t*>(att);
+            onednn::matmul_s8(n, d, T, qb.data() + (hh * T + r0) * d, kb.data() + (hh / groups) * T * d, acc);
+            for (int64_t i = 0; i < n * T; ++i) att[i] = static_cast<float>(acc[i]);
+            ops::softmax_rows_scaled(att, n, T, T, scale, pb);
+            dense_matmul(n, T, d, pb, T, 1, vb.data() + (hh / groups) * T * d, d, 1, o + (bi * T + r0) * C + hh * d, C,
+                         out_scale);
+        });
+    }
+}
 
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
            int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb,

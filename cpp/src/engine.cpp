@@ -120,6 +120,7 @@ struct Engine::Workspace {
     std::vector<uint16_t> wb, xb, qb, kb, vb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
     std::vector<int8_t> w8, x8;  // int8 (W8A8) layers: stored weights, quantized inputs
+    std::vector<int8_t> q8, k8;  // int8 attention inputs: head-major q and k
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
 };
@@ -585,17 +586,21 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
         }
     }
     const int64_t groups = heads / kv;
-    float scale = 1.0f / std::sqrt(static_cast<float>(d)), out_scale = 1.0f;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    bool int8_attention = false;
+    float qk_scale = 1.0f, out_scale = 1.0f;
     if (b.q_scale) {  // int8 attention inputs: q, k, v rounded to their calibrated int8 grids
         const float sq = floats(b.q_scale, ws.pbuf, ws)[0], sk = floats(b.k_scale, ws.pbuf, ws)[0],
                     sv = floats(b.v_scale, ws.pbuf, ws)[0];
         if (bf16_ && T > kSmallSeq) {
-            // the int8 values themselves go to the bf16 GEMMs, where they are exact (x * s is not:
-            // bf16 would round it again); the scales come back in the softmax's scale and on the output
+            // the int8 values themselves go to the GEMMs: q k^T as an exact int8 GEMM, P v in bf16, where
+            // v's int8 values are exact (v * s is not: bf16 would round it again); the scales come back
+            // in the softmax's scale and on the output
             ops::round_int8(q, M * C, sq);
             ops::round_int8(k, M * kvd, sk);
             ops::round_int8(v, M * kvd, sv);
-            scale *= sq * sk;
+            int8_attention = true;
+            qk_scale = sq * sk;
             out_scale = sv;
         } else {
             ops::fake_quant_int8(q, M * C, sq);
@@ -614,8 +619,10 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
                                           kvd, o + bi * T * C + hh * d, C, T, d, scale, s.data());
             }
         }
+    } else if (int8_attention) {
+        attention::dense_int8(q, k, v, o, B, T, heads, kv, d, scale * qk_scale, out_scale, ws.q8, ws.k8, ws.vb);
     } else if (bf16_) {
-        attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb, out_scale);
+        attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qb, ws.kb, ws.vb);
     } else if (dnnl_f32_) {
         attention::dense(q, k, v, o, B, T, heads, kv, d, scale, ws.qf, ws.kf, ws.vf);
     } else {

@@ -23,5 +23,12 @@ void dense(const float* q, const float* k, const float* v, float* o, int64_t B, 
            int64_t d, float scale, std::vector<float>& qb, std::vector<float>& kb, std::vector<float>& vb,
            float out_scale = 1.0f);
 
+// The same with int8 attention inputs: q, k, v hold int8 values (as floats: ops::round_int8), `scale`
+// is the softmax's scale times s_q s_k and `out_scale` is s_v. q k^T runs as an exact int8 GEMM (int32
+// accumulation), P v in bf16 (v's int8 values are exact in bf16). Needs oneDNN with native bf16.
+void dense_int8(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
+                int64_t kv, int64_t d, float scale, float out_scale, std::vector<int8_t>& qb, std::vector<int8_t>& kb,
+                std::vector<uint16_t>& vb);
+
 }  // namespace attention
 }  // namespace s2e
