@@ -24,6 +24,11 @@ void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, float* ou
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
     for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, x + r * ld, sizeof(float) * cols);
 }
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, int8_t* out) {  // int8 values held as floats
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<int8_t>(x[r * ld + c]);
+}
 // c (M, N) = alpha a . b; the softmax applies attention's scale, so the scores' product is unscaled.
 void dense_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
                   int64_t b_row, int64_t b_col, float* c, int64_t ldc, float alpha = 1.0f) {
@@ -70,24 +75,22 @@ void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Bod
     if (error) std::rethrow_exception(error);
 }
 
-// Attention on oneDNN matmuls with operands of type E (uint16_t: bf16 bits; float). q, k and v are
-// packed into head-major copies (head, token, d), so every GEMM is a plain 2-D matmul on dense
-// operands (oneDNN's fast brgemm kernels; strided or broadcast batches fall back to a reference
-// kernel). The (head, block of query rows) tasks run in parallel, each on one thread with its own
-// scores of ~kScoreFloats floats, sized to stay in that core's cache: scores, their scaled softmax
-// (for bf16 written straight as the bf16 probabilities) and P.V read what the last step wrote
-// there. One head's whole (T, T) scores at 0.4b (38 MB) went through memory four times instead.
-template <class E>
-void dense_attention(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
-                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb,
-                     float out_scale) {
-    const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
+// Attention on oneDNN matmuls. q and k are packed into head-major copies (head, token, d) of type QK,
+// v into one of type V, so every GEMM is a plain 2-D matmul on dense operands (oneDNN's fast brgemm
+// kernels; strided or broadcast batches fall back to a reference kernel). The (head, block of query
+// rows) tasks run in parallel, each on one thread with its own scores of ~kScoreFloats floats, sized
+// to stay in that core's cache: scores, their scaled softmax (for bf16 written straight as the bf16
+// probabilities) and P.V read what the last step wrote there. One head's whole (T, T) scores at 0.4b
+// (38 MB) went through memory four times instead. body(bi, hh, r0, n, att, pb) does one task.
+template <class QK, class V, class Body>
+void blocked(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t heads, int64_t kv,
+             int64_t d, std::vector<QK>& qb, std::vector<QK>& kb, std::vector<V>& vb, bool probs_bf16, Body body) {
+    const int64_t C = heads * d, kvd = kv * d;
     qb.resize(static_cast<size_t>(heads * T * d));
     kb.resize(static_cast<size_t>(kv * T * d));
     vb.resize(static_cast<size_t>(kv * T * d));
     const int64_t rows = block_rows(T);
     const int64_t blocks = (T + rows - 1) / rows;
-    constexpr bool kFloat = std::is_same<E, float>::value;
     for (int64_t bi = 0; bi < B; ++bi) {
         const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
         for (int64_t hh = 0; hh < heads; ++hh) pack_rows(qi + hh * d, T, d, C, qb.data() + hh * T * d);
@@ -95,24 +98,37 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
             pack_rows(ki + g * d, T, d, kvd, kb.data() + g * T * d);
             pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
         }
-        for_each_block(heads * blocks, rows, T, !kFloat, [&](int64_t task, float* att, uint16_t* pb) {
-            const int64_t hh = task / blocks, r0 = (task % blocks) * rows, n = std::min(rows, T - r0);
-            const E* kh = kb.data() + (hh / groups) * T * d;
-            const E* vh = vb.data() + (hh / groups) * T * d;
-            // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
-            dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att, T);
-            const E* p = nullptr;
-            if constexpr (kFloat) {
-                ops::softmax_rows_scaled(att, n, T, T, scale, nullptr);
-                p = att;
-            } else {
-                ops::softmax_rows_scaled(att, n, T, T, scale, pb);
-                p = pb;
-            }
-            // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
-            dense_matmul(n, T, d, p, T, 1, vh, d, 1, o + (bi * T + r0) * C + hh * d, C, out_scale);
+        for_each_block(heads * blocks, rows, T, probs_bf16, [&](int64_t task, float* att, uint16_t* pb) {
+            const int64_t r0 = (task % blocks) * rows;
+            body(bi, task / blocks, r0, std::min(rows, T - r0), att, pb);
         });
     }
+}
+
+// Operands of type E (uint16_t: bf16 bits; float).
+template <class E>
+void dense_attention(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
+                     int64_t kv, int64_t d, float scale, std::vector<E>& qb, std::vector<E>& kb, std::vector<E>& vb,
+                     float out_scale) {
+    const int64_t C = heads * d, groups = heads / kv;
+    constexpr bool kFloat = std::is_same<E, float>::value;
+    blocked(q, k, v, B, T, heads, kv, d, qb, kb, vb, !kFloat,
+            [&](int64_t bi, int64_t hh, int64_t r0, int64_t n, float* att, uint16_t* pb) {
+                const E* kh = kb.data() + (hh / groups) * T * d;
+                const E* vh = vb.data() + (hh / groups) * T * d;
+                // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
+                dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att, T);
+                const E* p = nullptr;
+                if constexpr (kFloat) {
+                    ops::softmax_rows_scaled(att, n, T, T, scale, nullptr);
+                    p = att;
+                } else {
+                    ops::softmax_rows_scaled(att, n, T, T, scale, pb);
+                    p = pb;
+                }
+                // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
+                dense_matmul(n, T, d, p, T, 1, vh, d, 1, o + (bi * T + r0) * C + hh * d, C, out_scale);
+            });
 }
 
 }  // namespace
@@ -120,35 +136,17 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
 void dense_int8(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads,
                 int64_t kv, int64_t d, float scale, float out_scale, std::vector<int8_t>& qb, std::vector<int8_t>& kb,
                 std::vector<uint16_t>& vb) {
-    const int64_t C = heads * d, kvd = kv * d, groups = heads / kv;
-    qb.resize(static_cast<size_t>(heads * T * d));
-    kb.resize(static_cast<size_t>(kv * T * d));
-    vb.resize(static_cast<size_t>(kv * T * d));
-    const int64_t rows = block_rows(T);
-    const int64_t blocks = (T + rows - 1) / rows;
-    auto pack_s8 = [T, d](const float* x, int64_t ld, int8_t* out) {
-#pragma omp parallel for schedule(static) if (T * d > 65536)
-        for (int64_t t = 0; t < T; ++t)
-            for (int64_t e = 0; e < d; ++e) out[t * d + e] = static_cast<int8_t>(x[t * ld + e]);  // integers already
-    };
-    for (int64_t bi = 0; bi < B; ++bi) {
-        const float *qi = q + bi * T * C, *ki = k + bi * T * kvd, *vi = v + bi * T * kvd;
-        for (int64_t hh = 0; hh < heads; ++hh) pack_s8(qi + hh * d, C, qb.data() + hh * T * d);
-        for (int64_t g = 0; g < kv; ++g) {
-            pack_s8(ki + g * d, kvd, kb.data() + g * T * d);
-            pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
-        }
-        for_each_block(heads * blocks, rows, T, true, [&](int64_t task, float* att, uint16_t* pb) {
-            const int64_t hh = task / blocks, r0 = (task % blocks) * rows, n = std::min(rows, T - r0);
-            // integer scores (n, T) = q_h . k_h^T, exact in int32, written over the float scores' memory
-            int32_t* acc = reinterpret_cast<int32_t*>(att);
-            onednn::matmul_s8(n, d, T, qb.data() + (hh * T + r0) * d, kb.data() + (hh / groups) * T * d, acc);
-            for (int64_t i = 0; i < n * T; ++i) att[i] = static_cast<float>(acc[i]);
-            ops::softmax_rows_scaled(att, n, T, T, scale, pb);
-            dense_matmul(n, T, d, pb, T, 1, vb.data() + (hh / groups) * T * d, d, 1, o + (bi * T + r0) * C + hh * d, C,
-                         out_scale);
-        });
-    }
+    const int64_t C = heads * d, groups = heads / kv;
+    blocked(q, k, v, B, T, heads, kv, d, qb, kb, vb, true,
+            [&](int64_t bi, int64_t hh, int64_t r0, int64_t n, float* att, uint16_t* pb) {
+                // integer scores (n, T) = q_h . k_h^T, exact in int32, written over the float scores' memory
+                int32_t* acc = reinterpret_cast<int32_t*>(att);
+                onednn::matmul_s8(n, d, T, qb.data() + (hh * T + r0) * d, kb.data() + (hh / groups) * T * d, acc);
+                for (int64_t i = 0; i < n * T; ++i) att[i] = static_cast<float>(acc[i]);
+                ops::softmax_rows_scaled(att, n, T, T, scale, pb);
+                dense_matmul(n, T, d, pb, T, 1, vb.data() + (hh / groups) * T * d, d, 1,
+                             o + (bi * T + r0) * C + hh * d, C, out_scale);
+            });
 }
 
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
