@@ -176,7 +176,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     total = sum(result.estimate.values())
     talk.say(f"      estimate for the rest: about {duration_text(total)} on this machine (from the model's FLOPs "
              f"and a matmul test; {', '.join(f'{k} ~{duration_text(v)}' for k, v in result.estimate.items())})")
-    qmodel = _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_count, result, talk)
+    qmodel = _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk)
     _export(qmodel, model, fmt, scheme, output, size_hw, result, talk)
     _predict(image_path, output, result, talk)
     if bench:
@@ -216,17 +216,14 @@ def _load(task, size, checkpoint, input_size, talk):
     return model, result
 
 
-#: Formats whose int8 artifacts carry int8 attention inputs (the demo's int8 recipe uses them there)
-INT8_ATTENTION_FORMATS = ("openvino", "onnx", "native", "torch", "coreml", "ort")
-
-
-def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_count, result, talk):
+def _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk):
     from .workflows import quantize_and_save
 
     t = time.perf_counter()
     calibrated = scheme in CALIBRATED_SCHEMES
-    # int8 attention inputs: OpenVINO runs the attention with int8 products (faster at the same fidelity)
-    attention = "int8" if scheme == "int8" and fmt in INT8_ATTENTION_FORMATS else "float"
+    # int8 attention inputs: OpenVINO runs the attention with int8 products (faster at the same fidelity);
+    # every format that takes the demo's static int8 carries them (LiteRT, which refuses them, takes no int8)
+    attention = "int8" if scheme == "int8" else "float"
     held_out = calibration_views(picture, HELD_OUT_VIEWS + 1, seed=1)[1:]  # other crops than the calibration ones
     path = output / f"model_{scheme}.safetensors"
     how = (f"static activations{' and int8 attention inputs' if attention == 'int8' else ''} calibrated on "

@@ -239,11 +239,10 @@ def _make_qdq_translation():
     from onnxscript import opset18 as op
 
     def qdq_int8_onnx(x, scale):
-        s = scale
         zero = op.Constant(value=onnx.helper.make_tensor("z", onnx.TensorProto.INT8, [], [0]))
-        limit = op.Mul(s, op.Constant(value=onnx.helper.make_tensor("m", onnx.TensorProto.FLOAT, [], [INT8_MAX])))
+        limit = op.Mul(scale, op.Constant(value=onnx.helper.make_tensor("m", onnx.TensorProto.FLOAT, [], [INT8_MAX])))
         x = op.Clip(x, op.Neg(limit), limit)
-        return op.DequantizeLinear(op.QuantizeLinear(x, s, zero), s, zero)
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
 
     return qdq_int8_onnx
 

@@ -55,7 +55,6 @@ class AttentionInputObserver(nn.Module):
     def __init__(self):
         super().__init__()
         self.amax = [0.0, 0.0, 0.0]
-        self.seen = False
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         for i, x in enumerate((q, k, v)):
@@ -63,7 +62,6 @@ class AttentionInputObserver(nn.Module):
             if not m < float("inf"):  # NaN or inf
                 raise non_finite_activations()
             self.amax[i] = max(self.amax[i], m)
-        self.seen = True
         return q, k, v
 
     def scales(self) -> tuple[float, float, float]:
