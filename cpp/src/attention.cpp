@@ -39,9 +39,9 @@ void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row
     onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
-// Runs body(task, att, pb) for every (head, block of query rows) task of one image in parallel, each
-// thread with its own scores (rows x T floats) and bf16 probabilities kept between calls (OpenMP reuses
-// its threads). An exception cannot leave an OpenMP region: the first one is kept, the other tasks are
+// Runs body(task, att, pb, inv) for every (head, block of query rows) task of one image in parallel,
+// each thread with its own scores (rows x T floats), bf16 probabilities and their rows' 1 / sum kept
+// between calls (OpenMP reuses its threads). An exception cannot leave an OpenMP region: the first one is kept, the other tasks are
 // skipped, and it is thrown once the region is done.
 template <class Body>
 void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Body body) {
@@ -56,9 +56,13 @@ void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Bod
     {
         thread_local std::vector<float> att;
         thread_local std::vector<uint16_t> pb;
+        thread_local std::vector<float> inv;
         try {
             att.resize(static_cast<size_t>(rows * T));
-            if (probs_bf16) pb.resize(att.size());
+            if (probs_bf16) {
+                pb.resize(att.size());
+                inv.resize(static_cast<size_t>(rows));
+            }
         } catch (...) {
             keep();
         }
@@ -66,7 +70,7 @@ void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Bod
         for (int64_t task = 0; task < tasks; ++task) {
             if (failed) continue;
             try {
-                body(task, att.data(), pb.data());
+                body(task, att.data(), pb.data(), inv.data());
             } catch (...) {
                 keep();
             }
@@ -81,7 +85,7 @@ void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Bod
 // rows) tasks run in parallel, each on one thread with its own scores of ~kScoreFloats floats, sized
 // to stay in that core's cache: scores, their scaled softmax (for bf16 written straight as the bf16
 // probabilities) and P.V read what the last step wrote there. One head's whole (T, T) scores at 0.4b
-// (38 MB) went through memory four times instead. body(bi, hh, r0, n, att, pb) does one task.
+// (38 MB) went through memory four times instead. body(bi, hh, r0, n, att, pb, inv) does one task.
 template <class QK, class V, class Body>
 void blocked(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t heads, int64_t kv,
              int64_t d, std::vector<QK>& qb, std::vector<QK>& kb, std::vector<V>& vb, bool probs_bf16, Body body) {
@@ -98,10 +102,26 @@ void blocked(const float* q, const float* k, const float* v, int64_t B, int64_t 
             pack_rows(ki + g * d, T, d, kvd, kb.data() + g * T * d);
             pack_rows(vi + g * d, T, d, kvd, vb.data() + g * T * d);
         }
-        for_each_block(heads * blocks, rows, T, probs_bf16, [&](int64_t task, float* att, uint16_t* pb) {
+        for_each_block(heads * blocks, rows, T, probs_bf16, [&](int64_t task, float* att, uint16_t* pb, float* inv) {
             const int64_t r0 = (task % blocks) * rows;
-            body(bi, task / blocks, r0, std::min(rows, T - r0), att, pb);
+            body(bi, task / blocks, r0, std::min(rows, T - r0), att, pb, inv);
         });
+    }
+}
+
+// o (n, d; row stride ldo) = out_scale * diag(inv) . P . v for probabilities P (n, T) and v (T, d) of
+// type E, inv null for normalised P. The product goes to a dense per-thread block first: oneDNN runs its
+// brgemm kernels on a dense output, where the strided (token, C) one took its slower gemm:jit (bf16 P.v
+// 25 % slower at 0.4b); the copy into o applies the scales.
+template <class E>
+void probs_times_v(int64_t n, int64_t T, int64_t d, const E* p, const E* v, const float* inv, float* o, int64_t ldo,
+                   float out_scale) {
+    thread_local std::vector<float> pv;
+    pv.resize(static_cast<size_t>(n * d));
+    dense_matmul(n, T, d, p, T, 1, v, d, 1, pv.data(), d);
+    for (int64_t r = 0; r < n; ++r) {
+        const float s = inv ? inv[r] * out_scale : out_scale;
+        for (int64_t c = 0; c < d; ++c) o[r * ldo + c] = pv[r * d + c] * s;
     }
 }
 
@@ -113,21 +133,19 @@ void dense_attention(const float* q, const float* k, const float* v, float* o, i
     const int64_t C = heads * d, groups = heads / kv;
     constexpr bool kFloat = std::is_same<E, float>::value;
     blocked(q, k, v, B, T, heads, kv, d, qb, kb, vb, !kFloat,
-            [&](int64_t bi, int64_t hh, int64_t r0, int64_t n, float* att, uint16_t* pb) {
+            [&](int64_t bi, int64_t hh, int64_t r0, int64_t n, float* att, uint16_t* pb, float* inv) {
                 const E* kh = kb.data() + (hh / groups) * T * d;
                 const E* vh = vb.data() + (hh / groups) * T * d;
+                float* oh = o + (bi * T + r0) * C + hh * d;  // o_h[r0:r0+n] in the (token, C) output
                 // scores (n, T) = q_h[r0:r0+n] . k_h^T (oneDNN runs on this thread inside the loop)
                 dense_matmul(n, d, T, qb.data() + (hh * T + r0) * d, d, 1, kh, 1, d, att, T);
-                const E* p = nullptr;
                 if constexpr (kFloat) {
-                    ops::softmax_rows_scaled(att, n, T, T, scale, nullptr);
-                    p = att;
+                    ops::softmax_rows_scaled(att, n, T, T, scale);
+                    probs_times_v<float>(n, T, d, att, vh, nullptr, oh, C, out_scale);
                 } else {
-                    ops::softmax_rows_scaled(att, n, T, T, scale, pb);
-                    p = pb;
+                    ops::exp_rows_bf16(att, n, T, scale, pb, inv);
+                    probs_times_v<uint16_t>(n, T, d, pb, vh, inv, oh, C, out_scale);
                 }
-                // o_h[r0:r0+n] (n, d) = P . v_h, written into the (token, C) output at column hh * d
-                dense_matmul(n, T, d, p, T, 1, vh, d, 1, o + (bi * T + r0) * C + hh * d, C, out_scale);
             });
 }
 
@@ -138,14 +156,13 @@ void dense_int8(const float* q, const float* k, const float* v, float* o, int64_
                 std::vector<uint16_t>& vb) {
     const int64_t C = heads * d, groups = heads / kv;
     blocked(q, k, v, B, T, heads, kv, d, qb, kb, vb, true,
-            [&](int64_t bi, int64_t hh, int64_t r0, int64_t n, float* att, uint16_t* pb) {
+            [&](int64_t bi, int64_t hh, int64_t r0, int64_t n, float* att, uint16_t* pb, float* inv) {
                 // integer scores (n, T) = q_h . k_h^T, exact in int32, written over the float scores' memory
                 int32_t* acc = reinterpret_cast<int32_t*>(att);
                 onednn::matmul_s8(n, d, T, qb.data() + (hh * T + r0) * d, kb.data() + (hh / groups) * T * d, acc);
-                for (int64_t i = 0; i < n * T; ++i) att[i] = static_cast<float>(acc[i]);
-                ops::softmax_rows_scaled(att, n, T, T, scale, pb);
-                dense_matmul(n, T, d, pb, T, 1, vb.data() + (hh / groups) * T * d, d, 1,
-                             o + (bi * T + r0) * C + hh * d, C, out_scale);
+                ops::exp_rows_bf16(acc, n, T, scale, pb, inv);
+                probs_times_v<uint16_t>(n, T, d, pb, vb.data() + (hh / groups) * T * d, inv, o + (bi * T + r0) * C + hh * d, C,
+                              out_scale);
             });
 }
 

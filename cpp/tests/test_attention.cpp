@@ -24,7 +24,8 @@ struct Case {
 };
 
 // float64 attention of the inputs as the engine's operands hold them (`bf16`: q, k, v and the
-// probabilities rounded to bfloat16; `probs_bf16`: the probabilities only).
+// probabilities rounded to bfloat16; `probs_bf16`: the probabilities only). The engine's bf16
+// probabilities are the unnormalised exponentials, P.v's rows divided by their sums afterwards.
 std::vector<double> reference(const Case& c, float scale, bool bf16, bool probs_bf16 = false) {
     auto r = [bf16](float x) { return static_cast<double>(bf16 ? s2e::round_bf16(x) : x); };
     auto rp = [bf16, probs_bf16](double x) {
@@ -44,11 +45,11 @@ std::vector<double> reference(const Case& c, float scale, bool bf16, bool probs_
                     m = std::max(m, s[j]);
                 }
                 for (int64_t j = 0; j < T; ++j) sum += (s[j] = std::exp(s[j] - m));
-                for (int64_t j = 0; j < T; ++j) s[j] = rp(s[j] / sum);
+                for (int64_t j = 0; j < T; ++j) s[j] = rp(s[j]);
                 for (int64_t e = 0; e < d; ++e) {
                     double acc = 0;
                     for (int64_t j = 0; j < T; ++j) acc += s[j] * r(c.v[(b * T + j) * kvd + g * d + e]);
-                    o[(b * T + i) * C + h * d + e] = acc;
+                    o[(b * T + i) * C + h * d + e] = acc / sum;
                 }
             }
         }

@@ -188,4 +188,51 @@ S2E_TEST(silu_and_softmax_exp_accuracy) {
     CHECK(std::isnan(nan[0]));
 }
 
+S2E_TEST(exp_rows_bf16_match_float64) {
+    // The attention's bf16 probabilities: each is exp(scale * (s - max)) rounded to bf16 (a float
+    // exponential near a bf16 rounding boundary may land on the neighbour: at most one step, rarely),
+    // and inv_sum is 1 / the sum of the exponentials. Scores in float and as exact int32; row lengths
+    // with every kind of tail (whole 32-column steps, a 16-column step, a partial one).
+    std::printf("  AVX-512 BF16 kernel here: %s\n", ops::exp_rows_bf16_vectorized() ? "yes" : "no");
+    for (int64_t cols : {1000, 1013, 7, 64}) {
+        const int64_t rows = 3;
+        const float base = 0.01f;
+        std::vector<float> sf = randn(rows * cols, 5);
+        std::vector<int32_t> si(sf.size());
+        for (size_t i = 0; i < sf.size(); ++i) {
+            sf[i] *= 300.0f;  // differences up to ~20 after scaling, and one score far below the rest
+            si[i] = static_cast<int32_t>(std::lround(sf[i] * 10.0f));
+        }
+        sf[5] = -1e6f;
+        si[5] = -100000000;
+        auto check = [&](auto& s, float scale, const std::vector<uint16_t>& p, const std::vector<float>& inv) {
+            int64_t off_by_one = 0;
+            for (int64_t r = 0; r < rows; ++r) {
+                double m = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < cols; ++j) m = std::max(m, static_cast<double>(s[r * cols + j]));
+                for (int64_t j = 0; j < cols; ++j) {
+                    const double e = std::exp(scale * (static_cast<double>(s[r * cols + j]) - m));
+                    sum += e;
+                    if (r * cols + j == 5) continue;  // exp(-1e4): checked below
+                    const int32_t want = s2e::float_to_bf16(static_cast<float>(e)), got = p[r * cols + j];
+                    CHECK(std::abs(got - want) <= 1);
+                    off_by_one += got != want;
+                }
+                CHECK(std::fabs(inv[r] * sum - 1.0) < 1e-5);
+            }
+            CHECK(off_by_one * 300 < rows * cols);  // boundary cases only
+            CHECK(p[5] == 0 || s2e::bf16_to_float(p[5]) < 1e-30f);  // exp(-1e4): zero or below any weight
+        };
+        for (bool vectorized : {true, false}) {  // the CPU's kernel and the portable loop
+            std::vector<uint16_t> p(rows * cols, 0xffff);
+            std::vector<float> inv(rows);
+            ops::exp_rows_bf16(sf.data(), rows, cols, base, p.data(), inv.data(), vectorized);
+            check(sf, base, p, inv);
+            std::fill(p.begin(), p.end(), 0xffff);
+            ops::exp_rows_bf16(si.data(), rows, cols, base / 10.0f, p.data(), inv.data(), vectorized);
+            check(si, base / 10.0f, p, inv);
+        }
+    }
+}
+
 S2E_TEST_MAIN()

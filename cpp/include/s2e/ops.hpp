@@ -26,8 +26,19 @@ void silu_inplace(float* x, int64_t n);
 void swiglu(const float* u, float* a, int64_t rows, int64_t hid);
 void softmax_rows(float* s, int64_t rows, int64_t cols, int64_t ld);
 // softmax(scale * s) row by row on the calling thread (for one task of a parallel loop); the
-// probabilities replace s, or go to `bf16` (rows, cols) as bfloat16 bits when it is not null.
-void softmax_rows_scaled(float* s, int64_t rows, int64_t cols, int64_t ld, float scale, uint16_t* bf16);
+// probabilities replace s.
+void softmax_rows_scaled(float* s, int64_t rows, int64_t cols, int64_t ld, float scale);
+// The softmax of bfloat16 probabilities in two reads of the scores, on the calling thread: row r of
+// p (rows, cols) gets exp(scale * s - scale * max_r s) as bfloat16 bits, unnormalised, and inv_sum[r]
+// 1 / its sum, to scale what P.v makes of that row. Scores in float, or the exact int32 ones of an
+// int8 q k^T (the int8 attention inputs' scales folded into `scale`).
+// `vectorized`: the AVX-512 BF16 kernel where the CPU has it (false: the portable loop, for tests).
+void exp_rows_bf16(const float* s, int64_t rows, int64_t cols, float scale, uint16_t* p, float* inv_sum,
+                   bool vectorized = true);
+void exp_rows_bf16(const int32_t* s, int64_t rows, int64_t cols, float scale, uint16_t* p, float* inv_sum,
+                   bool vectorized = true);
+// Whether exp_rows_bf16 has its AVX-512 BF16 kernel on this CPU.
+bool exp_rows_bf16_vectorized();
 // Per-channel normalisation over H*W (biased variance), no affine: InstanceNorm2d(affine=False).
 void instance_norm(float* x, int64_t C, int64_t HW, float eps);
 // Per-pixel RMSNorm over channels with weight (C,).
