@@ -148,6 +148,21 @@ def test_thread_safety(tmp_path):
         np.testing.assert_allclose(results[i], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("task,arch", [("seg", TINY), ("normal", TINY), ("pointmap", TINY), ("seg", TINY_4K)],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_buffers_kept_between_runs_change_nothing(task, arch, tmp_path):
+    """The engine keeps a run's buffers for the next: every output of a sequence of runs (batch sizes up
+    and down, inputs repeated) is bit for bit what a fresh engine gives for that input alone."""
+    model = tiny_model(task, arch=arch, seed=13)
+    size = INPUT_4K if arch is TINY_4K else input_size(task)
+    root = export(model, tmp_path / "a", format="native", input_size=size, max_batch=2, verify=False)
+    two, one = verification_inputs(size, batch=2, seed=31), verification_inputs(size, batch=1, seed=32)
+    kept = NativeBackend(root)
+    for x in (two, one, two, one):
+        for got, want in zip(kept(x), NativeBackend(root)(x), strict=True):
+            assert np.array_equal(got, want)
+
+
 @pytest.fixture(scope="module")
 def pointmap_engine(tmp_path_factory):
     model = tiny_model("pointmap", seed=12)

@@ -115,7 +115,8 @@ void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const f
 }  // namespace
 
 struct Engine::Workspace {
-    std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o, u, a;
+    std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o;
+    Floats u, a;  // the FFN's hidden rows; in the head, the activation and the next layer's output
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
@@ -733,11 +734,11 @@ void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vect
     }
 }
 
-void Engine::conv_unit(const ConvWeights& c, Floats& act, int64_t& C, int64_t& H, int64_t& W,
+void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C, int64_t& H, int64_t& W,
                        int64_t stride, bool norm_silu, Workspace& ws) const {
     const int64_t pad = stride > 1 ? 0 : (c.k - 1) / 2;
     const int64_t Ho = ops::conv_out(H, c.k, stride, pad), Wo = ops::conv_out(W, c.k, stride, pad);
-    Floats y(static_cast<size_t>(c.cout * Ho * Wo));
+    y.resize(static_cast<size_t>(c.cout * Ho * Wo));
     const float* w = floats(c.w, ws.wbuf, ws);
     const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
     ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, conv_gemm());
@@ -758,10 +759,11 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
                   Workspace& ws) const {
     const HeadConfig& h = cfg_.head;
     int64_t C = h.in_channels, H = hp, W = wp;
-    Floats act(feat, feat + C * H * W);
+    Floats &act = ws.a, &y = ws.u;  // the backbone's largest buffers, done with
+    act.assign(feat, feat + C * H * W);
     if (h.task == "pose" || h.task == "seg") {
         for (const auto& dc : deconv_) {
-            Floats y(static_cast<size_t>(dc.cout * 4 * H * W));
+            y.resize(static_cast<size_t>(dc.cout * 4 * H * W));
             ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, conv_gemm());
             C = dc.cout;
             H *= 2;
@@ -770,13 +772,13 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
             ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
             act.swap(y);
         }
-        for (const auto& c : convs_) conv_unit(c, act, C, H, W, 1, true, ws);
+        for (const auto& c : convs_) conv_unit(c, act, y, C, H, W, 1, true, ws);
     } else {
-        conv_unit(input_conv_, act, C, H, W, 1, true, ws);
+        conv_unit(input_conv_, act, y, C, H, W, 1, true, ws);
         for (const auto& up : upsample_) {
-            conv_unit(up, act, C, H, W, 1, false, ws);
+            conv_unit(up, act, y, C, H, W, 1, false, ws);
             const int64_t out = C / 4;
-            Floats y(act.size());
+            y.resize(act.size());
             ops::pixel_shuffle2(act.data(), out, H, W, y.data());
             C = out;
             H *= 2;
@@ -788,9 +790,9 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
             ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
             act.swap(y);
         }
-        for (const auto& c : convs_) conv_unit(c, act, C, H, W, 1, true, ws);
+        for (const auto& c : convs_) conv_unit(c, act, y, C, H, W, 1, true, ws);
     }
-    conv_unit(final_, act, C, H, W, 1, false, ws);
+    conv_unit(final_, act, y, C, H, W, 1, false, ws);
     auto put = [&](size_t idx, const Floats& data, std::vector<int64_t> shape) {
         Output& o = outs[idx];
         if (B == 1) {  // one image: a copy (not a zero-fill and then a copy)
@@ -810,13 +812,13 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     if (h.task == "pointmap") {
         int64_t sc = h.in_channels, sh = hp, sw = wp;
         Floats s(feat, feat + sc * sh * sw);
-        for (const auto& c : scale_convs_) conv_unit(c, s, sc, sh, sw, 2, true, ws);
+        for (const auto& c : scale_convs_) conv_unit(c, s, y, sc, sh, sw, 2, true, ws);
         for (size_t i = 0; i < scale_fc_.size(); ++i) {
             const Linear& l = scale_fc_[i];
-            Floats y(static_cast<size_t>(l.out));
-            apply_linear(l, s.data(), 1, y.data(), ws);
-            if (i + 1 < scale_fc_.size()) ops::silu_inplace(y.data(), l.out);
-            s.swap(y);
+            Floats fc(static_cast<size_t>(l.out));
+            apply_linear(l, s.data(), 1, fc.data(), ws);
+            if (i + 1 < scale_fc_.size()) ops::silu_inplace(fc.data(), l.out);
+            s.swap(fc);
         }
         put(1, s, {B, static_cast<int64_t>(s.size())});
     }
@@ -836,11 +838,16 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
     for (int64_t i = 0; i < n; ++i) bad = bad || !std::isfinite(x[i]);
     if (bad) throw InvalidTensorError("the input holds NaN or infinite values");
     st_->check_unchanged();  // the weights file is still the one validated at open
-    Workspace ws;
+    std::unique_ptr<Workspace> taken;
+    {
+        std::lock_guard<std::mutex> lock(spare_mutex_);
+        taken.swap(spare_);
+    }
+    if (!taken) taken = std::make_unique<Workspace>();
+    Workspace& ws = *taken;
     std::vector<float> feat;
     int64_t hp = 0, wp = 0;
     backbone(x, B, H, W, feat, hp, wp, ws);
-    ws = Workspace();  // the backbone's token buffers are not needed by the head: give them back
     const int64_t C = cfg_.arch.embed_dim;
     std::vector<Output> outs(cfg_.output_names().size());
     if (!cfg_.has_head) {
@@ -850,7 +857,11 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
         for (int64_t b = 0; b < B; ++b) head(feat.data() + b * C * hp * wp, hp, wp, outs, b, B, ws);
     }
     st_->check_unchanged();  // rewritten during the run (same size): the outputs may mix old and new weights
+    std::lock_guard<std::mutex> lock(spare_mutex_);
+    if (!spare_) spare_.swap(taken);
     return outs;
 }
+
+Engine::~Engine() = default;
 
 }  // namespace s2e
