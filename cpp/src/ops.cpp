@@ -561,6 +561,26 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
     }
 }
 
+// One output row of a stride-2, kernel-4, padding-1 transposed convolution from the four column rows
+// of one kernel row (kx = 0..3) of one input row: ox = 2 ix - 1 + kx, so an even ox = 2j takes kx 1
+// (ix j) and kx 3 (ix j - 1), an odd 2j + 1 takes kx 2 (ix j) and kx 0 (ix j + 1). Each output is
+// written once, in order, in place of four scattered read-modify-writes a row.
+S2E_CPU_CLONES static void col2im_row_s2(const float* c0, const float* c1, const float* c2, const float* c3, int64_t W,
+                                         float* orow) {
+    orow[0] += c1[0];
+    if (W == 1) {
+        orow[1] += c2[0];
+        return;
+    }
+    orow[1] += c2[0] + c0[1];
+    for (int64_t j = 1; j + 1 < W; ++j) {
+        orow[2 * j] += c1[j] + c3[j - 1];
+        orow[2 * j + 1] += c2[j] + c0[j + 1];
+    }
+    orow[2 * W - 2] += c1[W - 1] + c3[W - 2];
+    orow[2 * W - 1] += c2[W - 1];
+}
+
 void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
                          std::vector<float>& scratch, Gemm how) {
     const int64_t Ho = 2 * H, Wo = 2 * W, kdim = cout * 16;
@@ -577,18 +597,12 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
             float* out = y + co * Ho * Wo;
             if (i0 == 0) std::fill(out, out + Ho * Wo, 0.0f);  // by the thread that fills the plane
             for (int64_t ky = 0; ky < 4; ++ky) {
-                for (int64_t kx = 0; kx < 4; ++kx) {
-                    const float* c = cols + (co * 16 + ky * 4 + kx) * ncols;
-                    for (int64_t r = 0; r < nr; ++r) {
-                        const int64_t oy = 2 * (i0 + r) - 1 + ky;
-                        if (oy < 0 || oy >= Ho) continue;
-                        float* orow = out + oy * Wo;
-                        const float* crow = c + r * W;
-                        for (int64_t ix = 0; ix < W; ++ix) {
-                            const int64_t ox = 2 * ix - 1 + kx;
-                            if (ox >= 0 && ox < Wo) orow[ox] += crow[ix];
-                        }
-                    }
+                const float* c = cols + (co * 16 + ky * 4) * ncols;
+                for (int64_t r = 0; r < nr; ++r) {
+                    const int64_t oy = 2 * (i0 + r) - 1 + ky;
+                    if (oy < 0 || oy >= Ho) continue;
+                    const int64_t at = r * W;
+                    col2im_row_s2(c + at, c + ncols + at, c + 2 * ncols + at, c + 3 * ncols + at, W, out + oy * Wo);
                 }
             }
         }

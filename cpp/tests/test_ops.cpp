@@ -75,21 +75,25 @@ S2E_TEST(conv2d_matches_naive) {
 }
 
 S2E_TEST(conv_transpose_matches_naive) {
-    const int cin = 3, H = 5, W = 4, cout = 2;
-    auto x = randn(cin * H * W, 7), w = randn(cin * cout * 16, 8);
-    std::vector<float> ref(cout * 4 * H * W, 0.0f), y(ref.size()), scratch;
-    for (int ci = 0; ci < cin; ++ci)
-        for (int co = 0; co < cout; ++co)
-            for (int iy = 0; iy < H; ++iy)
-                for (int ix = 0; ix < W; ++ix)
-                    for (int ky = 0; ky < 4; ++ky)
-                        for (int kx = 0; kx < 4; ++kx) {
-                            int oy = 2 * iy - 1 + ky, ox = 2 * ix - 1 + kx;
-                            if (oy >= 0 && oy < 2 * H && ox >= 0 && ox < 2 * W)
-                                ref[(co * 2 * H + oy) * 2 * W + ox] += x[(ci * H + iy) * W + ix] * w[((ci * cout + co) * 4 + ky) * 4 + kx];
-                        }
-    ops::conv_transpose4x4s2(x.data(), cin, H, W, w.data(), cout, y.data(), scratch);
-    CHECK(max_diff(y, ref) < 1e-4);
+    // widths 1 and 2 take the row edges alone; 37 the vector loop with a remainder
+    for (auto [H, W] : {std::pair<int, int>{5, 4}, {3, 1}, {2, 2}, {4, 37}}) {
+        const int cin = 3, cout = 2;
+        auto x = randn(cin * H * W, 7), w = randn(cin * cout * 16, 8);
+        std::vector<float> ref(cout * 4 * H * W, 0.0f), y(ref.size()), scratch;
+        for (int ci = 0; ci < cin; ++ci)
+            for (int co = 0; co < cout; ++co)
+                for (int iy = 0; iy < H; ++iy)
+                    for (int ix = 0; ix < W; ++ix)
+                        for (int ky = 0; ky < 4; ++ky)
+                            for (int kx = 0; kx < 4; ++kx) {
+                                int oy = 2 * iy - 1 + ky, ox = 2 * ix - 1 + kx;
+                                if (oy >= 0 && oy < 2 * H && ox >= 0 && ox < 2 * W)
+                                    ref[(co * 2 * H + oy) * 2 * W + ox] +=
+                                        x[(ci * H + iy) * W + ix] * w[((ci * cout + co) * 4 + ky) * 4 + kx];
+                            }
+        ops::conv_transpose4x4s2(x.data(), cin, H, W, w.data(), cout, y.data(), scratch);
+        CHECK(max_diff(y, ref) < 1e-4);
+    }
 }
 
 S2E_TEST(pixel_shuffle_layout) {
