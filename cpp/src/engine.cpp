@@ -114,6 +114,15 @@ void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const f
 }
 }  // namespace
 
+namespace {
+// v sized n for new contents: grown without copying the old ones, which are freed first (the two are
+// never held at once); kept buffers only grow, so later runs of the same size allocate nothing.
+void fit(Floats& v, size_t n) {
+    if (n > v.capacity()) Floats().swap(v);
+    v.resize(n);
+}
+}  // namespace
+
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o;
     Floats u, a;  // the FFN's hidden rows; in the head, the activation and the next layer's output
@@ -124,6 +133,15 @@ struct Engine::Workspace {
     std::vector<int8_t> q8, k8;  // int8 attention inputs: head-major q and k
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
+
+    // Gives back what only the backbone uses (the token rows, the attention's operands, the int8 and
+    // bf16 copies) before the head, whose own buffers are u, a and cols: the head's peak is not raised
+    // by them. The token rows are re-made by the next run (cheap next to the FFN's and the head's).
+    void release_token_buffers() {
+        for (auto* f : {&att, &h, &q, &k, &v, &o, &qf, &kf, &vf, &xs}) std::vector<float>().swap(*f);
+        for (auto* b : {&wb, &xb, &qb, &kb, &vb}) std::vector<uint16_t>().swap(*b);
+        for (auto* b : {&w8, &x8, &q8, &k8}) std::vector<int8_t>().swap(*b);
+    }
 };
 
 Engine::Engine(const std::string& path, const std::string& config_json, const std::string& precision) {
@@ -647,8 +665,8 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
         }
     }
     ops::rms_norm(x, h, M, C, C, floats(b.ln2, ws.pbuf, ws), kEps);
-    ws.u.resize(static_cast<size_t>(M * 2 * hid));
-    ws.a.resize(static_cast<size_t>(M * hid));
+    fit(ws.u, static_cast<size_t>(M * 2 * hid));
+    fit(ws.a, static_cast<size_t>(M * hid));
     float *u = ws.u.data(), *act = ws.a.data();
     apply_linear(b.w12, h, M, u, ws, T);
     ops::swiglu(u, act, M, hid);
@@ -738,7 +756,7 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
                        int64_t stride, bool norm_silu, Workspace& ws) const {
     const int64_t pad = stride > 1 ? 0 : (c.k - 1) / 2;
     const int64_t Ho = ops::conv_out(H, c.k, stride, pad), Wo = ops::conv_out(W, c.k, stride, pad);
-    y.resize(static_cast<size_t>(c.cout * Ho * Wo));
+    fit(y, static_cast<size_t>(c.cout * Ho * Wo));
     const float* w = floats(c.w, ws.wbuf, ws);
     const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
     ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, conv_gemm());
@@ -760,10 +778,11 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     const HeadConfig& h = cfg_.head;
     int64_t C = h.in_channels, H = hp, W = wp;
     Floats &act = ws.a, &y = ws.u;  // the backbone's largest buffers, done with
-    act.assign(feat, feat + C * H * W);
+    fit(act, static_cast<size_t>(C * H * W));
+    std::copy(feat, feat + C * H * W, act.begin());
     if (h.task == "pose" || h.task == "seg") {
         for (const auto& dc : deconv_) {
-            y.resize(static_cast<size_t>(dc.cout * 4 * H * W));
+            fit(y, static_cast<size_t>(dc.cout * 4 * H * W));
             ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, conv_gemm());
             C = dc.cout;
             H *= 2;
@@ -778,7 +797,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
         for (const auto& up : upsample_) {
             conv_unit(up, act, y, C, H, W, 1, false, ws);
             const int64_t out = C / 4;
-            y.resize(act.size());
+            fit(y, act.size());
             ops::pixel_shuffle2(act.data(), out, H, W, y.data());
             C = out;
             H *= 2;
@@ -822,6 +841,8 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
         }
         put(1, s, {B, static_cast<int64_t>(s.size())});
     }
+    // The head swapped its two buffers back and forth: the larger goes back to the FFN's larger rows.
+    if (ws.a.capacity() > ws.u.capacity()) ws.a.swap(ws.u);
 }
 
 std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W) const {
@@ -848,6 +869,7 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
     std::vector<float> feat;
     int64_t hp = 0, wp = 0;
     backbone(x, B, H, W, feat, hp, wp, ws);
+    ws.release_token_buffers();
     const int64_t C = cfg_.arch.embed_dim;
     std::vector<Output> outs(cfg_.output_names().size());
     if (!cfg_.has_head) {
