@@ -762,10 +762,9 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
     ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, conv_gemm());
     if (norm_silu) {
         if (c.norm)
-            ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf, ws), kEps);
+            ops::rms_norm2d(y.data(), c.cout, Ho * Wo, floats(c.norm, ws.pbuf, ws), kEps, true);
         else
-            ops::instance_norm(y.data(), c.cout, Ho * Wo, kInstEps);
-        ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+            ops::instance_norm(y.data(), c.cout, Ho * Wo, kInstEps, true);
     }
     act.swap(y);
     C = c.cout;
@@ -787,8 +786,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
             C = dc.cout;
             H *= 2;
             W *= 2;
-            ops::instance_norm(y.data(), C, H * W, kInstEps);
-            ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+            ops::instance_norm(y.data(), C, H * W, kInstEps, true);
             act.swap(y);
         }
         for (const auto& c : convs_) conv_unit(c, act, y, C, H, W, 1, true, ws);
@@ -803,10 +801,9 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
             H *= 2;
             W *= 2;
             if (up.norm)
-                ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf, ws), kEps);
+                ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf, ws), kEps, true);
             else
-                ops::instance_norm(y.data(), C, H * W, kInstEps);
-            ops::silu_inplace(y.data(), static_cast<int64_t>(y.size()));
+                ops::instance_norm(y.data(), C, H * W, kInstEps, true);
             act.swap(y);
         }
         for (const auto& c : convs_) conv_unit(c, act, y, C, H, W, 1, true, ws);

@@ -352,11 +352,19 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
     require();
     if (M == 0 || N == 0) return;
     // Both operands rounded into dense bf16 copies as stored, read transposed through strides.
-    thread_local std::vector<uint16_t> a_buf, b_buf;
+    thread_local std::vector<uint16_t> a_buf;
     a_buf.resize(static_cast<size_t>(M * K));
+    to_bf16(A, trans_a ? K : M, trans_a ? M : K, lda, a_buf.data());  // as stored: (K, M) when transposed
+    gemm_bf16_rounded_a(trans_a, trans_b, M, N, K, alpha, a_buf.data(), B, ldb, beta, C, ldc);
+}
+
+void gemm_bf16_rounded_a(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* a,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    require();
+    if (M == 0 || N == 0) return;
+    thread_local std::vector<uint16_t> b_buf;
     b_buf.resize(static_cast<size_t>(K * N));
-    uint16_t *a = a_buf.data(), *b = b_buf.data();
-    to_bf16(A, trans_a ? K : M, trans_a ? M : K, lda, a);  // as stored: (K, M) when transposed
+    uint16_t* b = b_buf.data();
     to_bf16(B, trans_b ? N : K, trans_b ? K : N, ldb, b);
     accumulate(M, N, beta, C, ldc, [&](float* out, int64_t ld) {
         matmul_bf16(M, K, N, a, trans_a ? 1 : K, trans_a ? M : 1, b, trans_b ? 1 : N, trans_b ? K : 1, out, ld, alpha);
@@ -375,6 +383,10 @@ void linear_bf16(const float*, int64_t, int64_t, const uint16_t*, const float*, 
 }
 void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                int64_t) {
+    throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
+}
+void gemm_bf16_rounded_a(bool, bool, int64_t, int64_t, int64_t, float, const uint16_t*, const float*, int64_t, float,
+                         float*, int64_t) {
     throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
 }
 void matmul_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,

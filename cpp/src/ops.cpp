@@ -476,7 +476,7 @@ void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_s
     for (int64_t m = 0; m < rows; ++m) dequantize_row_int32(y + m * N, N, row_scale[m], col_scale, b);
 }
 
-S2E_CPU_CLONES static void normalize_plane(float* p, int64_t HW, float eps) {
+S2E_CPU_CLONES static void normalize_plane(float* p, int64_t HW, float eps, bool silu) {
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < HW; ++i) sum += p[i];
@@ -485,15 +485,29 @@ S2E_CPU_CLONES static void normalize_plane(float* p, int64_t HW, float eps) {
     for (int64_t i = 0; i < HW; ++i) var += (p[i] - mean) * (p[i] - mean);
     var /= HW;
     float inv = static_cast<float>(1.0 / std::sqrt(var + eps)), m = static_cast<float>(mean);
-    for (int64_t i = 0; i < HW; ++i) p[i] = (p[i] - m) * inv;
+    if (silu) {  // the head's SiLU in the same pass (z / (1 + e^-z), as silu_inplace)
+        for (int64_t i = 0; i < HW; ++i) {
+            const float z = (p[i] - m) * inv;
+            p[i] = z / (1.0f + exp_vec(-z));
+        }
+    } else {
+        for (int64_t i = 0; i < HW; ++i) p[i] = (p[i] - m) * inv;
+    }
 }
 
-void instance_norm(float* x, int64_t C, int64_t HW, float eps) {
+void instance_norm(float* x, int64_t C, int64_t HW, float eps, bool silu) {
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) normalize_plane(x + c * HW, HW, eps);
+    for (int64_t c = 0; c < C; ++c) normalize_plane(x + c * HW, HW, eps, silu);
 }
 
-void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps) {
+S2E_CPU_CLONES static void scale_silu_row(float* row, int64_t n, const float* inv, float w) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float z = row[i] * inv[i] * w;
+        row[i] = z / (1.0f + exp_vec(-z));
+    }
+}
+
+void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps, bool silu) {
     const int64_t block = 256;
 #pragma omp parallel for schedule(static)
     for (int64_t p0 = 0; p0 < HW; p0 += block) {
@@ -508,7 +522,10 @@ void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps) {
         for (int64_t i = 0; i < n; ++i) inv[i] = static_cast<float>(1.0 / std::sqrt(ss[i] / C + eps));
         for (int64_t c = 0; c < C; ++c) {
             float* row = x + c * HW + p0;
-            for (int64_t i = 0; i < n; ++i) row[i] = row[i] * inv[i] * w[c];
+            if (silu)
+                scale_silu_row(row, n, inv, w[c]);
+            else
+                for (int64_t i = 0; i < n; ++i) row[i] = row[i] * inv[i] * w[c];
         }
     }
 }
@@ -587,10 +604,20 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
     const int64_t rows = tile_rows(kdim * W, H);
     scratch.resize(static_cast<size_t>(kdim * rows * W));
     float* cols = scratch.data();
+    // bf16 GEMMs: the weights rounded once for every tile of rows, not once per tile
+    thread_local std::vector<uint16_t> wb;
+    if (how == Gemm::onednn_bf16 && rows < H) {
+        wb.resize(static_cast<size_t>(cin * kdim));
+        onednn::to_bf16(w, cin, kdim, kdim, wb.data());
+    }
     for (int64_t i0 = 0; i0 < H; i0 += rows) {
         const int64_t nr = std::min(rows, H - i0), ncols = nr * W;
         // cols (cout*16, ncols) = W^T (cout*16, cin) @ X (cin, ncols)
-        gemm(how, true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
+        if (how == Gemm::onednn_bf16 && rows < H)
+            onednn::gemm_bf16_rounded_a(true, false, kdim, ncols, cin, 1.0f, wb.data(), x + i0 * W, H * W, 0.0f, cols,
+                                        ncols);
+        else
+            gemm(how, true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
         // col2im: output (oy, ox) = (2*iy - 1 + ky, 2*ix - 1 + kx); each channel owns its plane.
 #pragma omp parallel for schedule(static)
         for (int64_t co = 0; co < cout; ++co) {

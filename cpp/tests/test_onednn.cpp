@@ -8,6 +8,7 @@
 
 #include "s2e/common.hpp"
 #include "s2e/onednn.hpp"
+#include "s2e/ops.hpp"
 #include "s2e_check.hpp"
 
 namespace dnn = s2e::onednn;
@@ -124,6 +125,34 @@ S2E_TEST(gemm_bf16_transposed_operands_and_beta) {
             want[m * N + n] = 0.5 * acc + 2.0 * C0[m * N + n];
         }
     CHECK(rel_max(c, want) < 1e-5);
+}
+
+S2E_TEST(conv_transpose_bf16_over_several_row_tiles) {
+    if (!usable()) return;
+    // Tall enough for three tiles of input rows, which share weights rounded to bf16 once: the result is
+    // the float64 transposed convolution of the rounded input and weights.
+    const int64_t cin = 8, cout = 64, H = 70, W = 128, Ho = 2 * H, Wo = 2 * W;
+    auto x = randn(cin * H * W, 21), w = randn(cin * cout * 16, 22);
+    std::vector<float> y(cout * Ho * Wo, NAN), scratch;
+    s2e::ops::conv_transpose4x4s2(x.data(), cin, H, W, w.data(), cout, y.data(), scratch, s2e::ops::Gemm::onednn_bf16);
+    CHECK(static_cast<int64_t>(scratch.size()) < cout * 16 * H * W);  // it did run in tiles
+    std::vector<double> want(y.size(), 0.0);
+    for (int64_t ci = 0; ci < cin; ++ci)
+        for (int64_t co = 0; co < cout; ++co)
+            for (int64_t ky = 0; ky < 4; ++ky)
+                for (int64_t kx = 0; kx < 4; ++kx) {
+                    const double wv = s2e::round_bf16(w[((ci * cout + co) * 4 + ky) * 4 + kx]);
+                    for (int64_t iy = 0; iy < H; ++iy) {
+                        const int64_t oy = 2 * iy - 1 + ky;
+                        if (oy < 0 || oy >= Ho) continue;
+                        for (int64_t ix = 0; ix < W; ++ix) {
+                            const int64_t ox = 2 * ix - 1 + kx;
+                            if (ox >= 0 && ox < Wo)
+                                want[(co * Ho + oy) * Wo + ox] += wv * s2e::round_bf16(x[(ci * H + iy) * W + ix]);
+                        }
+                    }
+                }
+    CHECK(rel_max(y, want) < 1e-5);
 }
 
 S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {

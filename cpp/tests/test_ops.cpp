@@ -118,6 +118,20 @@ S2E_TEST(norms_and_softmax) {
         CHECK_NEAR(m, 0.0, 1e-5);
         CHECK_NEAR(v / 50, 1.0, 1e-3);
     }
+    // the head's norms with SiLU in the same pass: the norm, then silu_inplace
+    for (bool rms : {false, true}) {
+        auto plain = randn(5 * 300, 12), fused = plain;
+        std::vector<float> cw = randn(5, 13);
+        if (rms) {
+            ops::rms_norm2d(plain.data(), 5, 300, cw.data(), 1e-6f);
+            ops::rms_norm2d(fused.data(), 5, 300, cw.data(), 1e-6f, true);
+        } else {
+            ops::instance_norm(plain.data(), 5, 300, 1e-5f);
+            ops::instance_norm(fused.data(), 5, 300, 1e-5f, true);
+        }
+        ops::silu_inplace(plain.data(), static_cast<int64_t>(plain.size()));
+        CHECK(max_diff(fused, plain) < 1e-6);
+    }
     auto r = randn(4 * 8, 10);
     std::vector<float> w(8, 2.0f), out(r.size());
     ops::rms_norm(r.data(), out.data(), 4, 8, 8, w.data(), 1e-6f);

@@ -37,6 +37,10 @@ void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, const 
 // B rounded to bf16 and float32 accumulation.
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// The same with A already rounded: `a` holds bf16 bits, dense as stored ((M, K), or (K, M) when trans_a),
+// e.g. a convolution's weights rounded once for all its tiles of output rows.
+void gemm_bf16_rounded_a(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* a,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // c[M, N] (row stride ldc, unit column stride) = alpha * a[M, K] . b[K, N], bf16 operands with
 // float32 results: element (m, k) of a at a[m * a_row + k * a_col] and (k, n) of b at

@@ -39,10 +39,11 @@ void exp_rows_bf16(const int32_t* s, int64_t rows, int64_t cols, float scale, ui
                    bool vectorized = true);
 // Whether exp_rows_bf16 has its AVX-512 BF16 kernel on this CPU.
 bool exp_rows_bf16_vectorized();
-// Per-channel normalisation over H*W (biased variance), no affine: InstanceNorm2d(affine=False).
-void instance_norm(float* x, int64_t C, int64_t HW, float eps);
-// Per-pixel RMSNorm over channels with weight (C,).
-void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps);
+// Per-channel normalisation over H*W (biased variance), no affine: InstanceNorm2d(affine=False);
+// `silu`: SiLU applied in the same pass.
+void instance_norm(float* x, int64_t C, int64_t HW, float eps, bool silu = false);
+// Per-pixel RMSNorm over channels with weight (C,); `silu` as instance_norm's.
+void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps, bool silu = false);
 
 // 2-D convolution (C_in,H,W) -> (C_out,Ho,Wo); weight (C_out, C_in, k, k); im2col tiled over output rows.
 // `how`: where its GEMMs run (see gemm).
