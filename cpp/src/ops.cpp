@@ -126,6 +126,20 @@ void rms_norm(const float* x, float* y, int64_t rows, int64_t dim, int64_t strid
     for (int64_t r = 0; r < rows; ++r) rms_norm_row(x + r * stride, y + r * stride, dim, w, eps);
 }
 
+// e^x = 2^n e^r for n = ni (as a float and as an int) near x / ln 2: r by a two-constant Cody-Waite
+// reduction, e^r by a degree-6 polynomial on [-ln2/2, ln2/2], 2^n through the float's exponent bits.
+__attribute__((always_inline)) static inline float exp_reduced(float x, float n, int32_t ni) {
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * bits_to_float(static_cast<uint32_t>(ni + 127) << 23);
+}
+
 // exp(x) in float32 to ~2 ulp (Cody-Waite reduction by ln 2, a degree-6 polynomial on
 // [-ln2/2, ln2/2], the exponent added through the float's bits), without branches so that loops
 // calling it vectorize; libm's expf is one call per element. NaN stays NaN; below -87.3 it returns
@@ -143,15 +157,7 @@ __attribute__((always_inline)) static inline float exp_vec(float x) {
     const int32_t ti = static_cast<int32_t>(tt);
     const int32_t ni = ti - (static_cast<float>(ti) > tt ? 1 : 0);
     const float n = static_cast<float>(ni);
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    return p * bits_to_float(static_cast<uint32_t>(ni + 127) << 23);
+    return exp_reduced(x, n, ni);
 }
 
 S2E_CPU_CLONES static void silu_span(float* x, int64_t n) {
@@ -203,15 +209,7 @@ __attribute__((always_inline)) static inline float exp_nonpositive(float x) {
     const float y = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23 + round(x / ln 2): n in the low bits
     const int32_t ni = static_cast<int32_t>(float_to_bits(y)) - 0x4b400000;
     const float n = y - 12582912.0f;
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    return p * bits_to_float(static_cast<uint32_t>(ni + 127) << 23);
+    return exp_reduced(x, n, ni);
 }
 
 // bfloat16 bits of a finite float, ties to even (float_to_bf16 without its inf / NaN branch).
@@ -248,10 +246,10 @@ __attribute__((always_inline)) static inline float exp_row_bf16(const S* s, int6
     return 1.0f / sum;
 }
 
-S2E_CPU_CLONES static float exp_row_bf16_f32(const float* s, int64_t cols, float scale, uint16_t* p) {
+S2E_CPU_CLONES static float exp_row_bf16_portable(const float* s, int64_t cols, float scale, uint16_t* p) {
     return exp_row_bf16(s, cols, scale, p);
 }
-S2E_CPU_CLONES static float exp_row_bf16_i32(const int32_t* s, int64_t cols, float scale, uint16_t* p) {
+S2E_CPU_CLONES static float exp_row_bf16_portable(const int32_t* s, int64_t cols, float scale, uint16_t* p) {
     return exp_row_bf16(s, cols, scale, p);
 }
 
@@ -283,21 +281,7 @@ S2E_AVX512_BF16_TARGET static inline __m512 exp_nonpositive16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// Lane reductions through memory (GCC 12's _mm512_reduce_* intrinsics warn of uninitialised values).
-S2E_AVX512_BF16_TARGET static inline float lanes_max(__m512 v) {
-    alignas(64) float t[16];
-    _mm512_store_ps(t, v);
-    float m = t[0];
-    for (int i = 1; i < 16; ++i) m = t[i] > m ? t[i] : m;
-    return m;
-}
-S2E_AVX512_BF16_TARGET static inline int32_t lanes_max(__m512i v) {
-    alignas(64) int32_t t[16];
-    _mm512_store_si512(t, v);
-    int32_t m = t[0];
-    for (int i = 1; i < 16; ++i) m = t[i] > m ? t[i] : m;
-    return m;
-}
+// The sum of the 16 lanes, through memory (as row_max16's maximum).
 S2E_AVX512_BF16_TARGET static inline float lanes_sum(__m512 v) {
     alignas(64) float t[16];
     _mm512_store_ps(t, v);
@@ -320,36 +304,44 @@ S2E_AVX512_BF16_TARGET static inline __m512 shifted16(const float* s, int64_t j,
 // Masks of the 16-column chunks: whole ones, and the last (cols % 16) columns.
 static inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
 
-S2E_AVX512_BF16_TARGET static inline __m512i row_max16(const int32_t* s, int64_t cols, float) {
-    __m512i m0 = _mm512_set1_epi32(INT32_MIN), m1 = m0;
+// 16 lanes of scores: int32 or float.
+struct Int32Lanes {
+    using V = __m512i;
+    S2E_AVX512_BF16_TARGET static V lowest() { return _mm512_set1_epi32(INT32_MIN); }
+    S2E_AVX512_BF16_TARGET static V load(const int32_t* p, __mmask16 k) { return _mm512_mask_loadu_epi32(lowest(), k, p); }
+    S2E_AVX512_BF16_TARGET static V max(V a, V b) { return _mm512_max_epi32(a, b); }
+    S2E_AVX512_BF16_TARGET static V splat_scaled(int32_t m, float) { return _mm512_set1_epi32(m); }
+};
+struct FloatLanes {
+    using V = __m512;
+    S2E_AVX512_BF16_TARGET static V lowest() { return _mm512_set1_ps(-INFINITY); }
+    S2E_AVX512_BF16_TARGET static V load(const float* p, __mmask16 k) { return _mm512_mask_loadu_ps(lowest(), k, p); }
+    S2E_AVX512_BF16_TARGET static V max(V a, V b) { return _mm512_max_ps(a, b); }
+    S2E_AVX512_BF16_TARGET static V splat_scaled(float m, float scale) { return _mm512_set1_ps(m * scale); }
+};
+
+// The row's maximum in every lane (times `scale` for float scores: what shifted16 subtracts).
+template <class L, class S>
+S2E_AVX512_BF16_TARGET static inline typename L::V row_max16(const S* s, int64_t cols, float scale) {
+    typename L::V m0 = L::lowest(), m1 = m0;
     int64_t j = 0;
     for (; j + 32 <= cols; j += 32) {
-        m0 = _mm512_max_epi32(m0, _mm512_loadu_si512(s + j));
-        m1 = _mm512_max_epi32(m1, _mm512_loadu_si512(s + j + 16));
+        m0 = L::max(m0, L::load(s + j, 0xffff));
+        m1 = L::max(m1, L::load(s + j + 16, 0xffff));
     }
-    for (; j < cols; j += 16) {
-        const __mmask16 k = cols - j >= 16 ? __mmask16(0xffff) : tail_mask(cols - j);
-        m0 = _mm512_max_epi32(m0, _mm512_mask_loadu_epi32(_mm512_set1_epi32(INT32_MIN), k, s + j));
-    }
-    return _mm512_set1_epi32(lanes_max(_mm512_max_epi32(m0, m1)));
-}
-S2E_AVX512_BF16_TARGET static inline __m512 row_max16(const float* s, int64_t cols, float scale) {
-    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
-    int64_t j = 0;
-    for (; j + 32 <= cols; j += 32) {
-        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(s + j));
-        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(s + j + 16));
-    }
-    for (; j < cols; j += 16) {
-        const __mmask16 k = cols - j >= 16 ? __mmask16(0xffff) : tail_mask(cols - j);
-        m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, s + j));
-    }
-    return _mm512_set1_ps(lanes_max(_mm512_max_ps(m0, m1)) * scale);
+    for (; j < cols; j += 16) m0 = L::max(m0, L::load(s + j, cols - j >= 16 ? __mmask16(0xffff) : tail_mask(cols - j)));
+    const typename L::V lanes = L::max(m0, m1);
+    S t[16];  // the lanes through memory (GCC 12's _mm512_reduce_* intrinsics warn of uninitialised values)
+    std::memcpy(t, &lanes, sizeof t);
+    S m = t[0];
+    for (int i = 1; i < 16; ++i) m = t[i] > m ? t[i] : m;
+    return L::splat_scaled(m, scale);
 }
 
 template <class S>
 S2E_AVX512_BF16_TARGET static float exp_row_bf16_avx512(const S* s, int64_t cols, float scale, uint16_t* p) {
-    const auto m = row_max16(s, cols, scale);
+    using Lanes = typename std::conditional<std::is_same<S, int32_t>::value, Int32Lanes, FloatLanes>::type;
+    const auto m = row_max16<Lanes>(s, cols, scale);
     const __m512 vs = _mm512_set1_ps(scale);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
     int64_t j = 0;
@@ -381,26 +373,28 @@ static bool has_avx512_bf16() { return false; }
 
 bool exp_rows_bf16_vectorized() { return has_avx512_bf16(); }
 
-void exp_rows_bf16(const float* s, int64_t rows, int64_t cols, float scale, uint16_t* p, float* inv_sum,
-                   bool vectorized) {
+template <class S>
+static void exp_rows_bf16_of(const S* s, int64_t rows, int64_t cols, float scale, uint16_t* p, float* inv_sum,
+                             bool vectorized) {
 #ifdef S2E_AVX512_BF16
     if (vectorized && has_avx512_bf16()) {
         for (int64_t r = 0; r < rows; ++r) inv_sum[r] = exp_row_bf16_avx512(s + r * cols, cols, scale, p + r * cols);
         return;
     }
+#else
+    (void)vectorized;
 #endif
-    for (int64_t r = 0; r < rows; ++r) inv_sum[r] = exp_row_bf16_f32(s + r * cols, cols, scale, p + r * cols);
+    for (int64_t r = 0; r < rows; ++r) inv_sum[r] = exp_row_bf16_portable(s + r * cols, cols, scale, p + r * cols);
+}
+
+void exp_rows_bf16(const float* s, int64_t rows, int64_t cols, float scale, uint16_t* p, float* inv_sum,
+                   bool vectorized) {
+    exp_rows_bf16_of(s, rows, cols, scale, p, inv_sum, vectorized);
 }
 
 void exp_rows_bf16(const int32_t* s, int64_t rows, int64_t cols, float scale, uint16_t* p, float* inv_sum,
                    bool vectorized) {
-#ifdef S2E_AVX512_BF16
-    if (vectorized && has_avx512_bf16()) {
-        for (int64_t r = 0; r < rows; ++r) inv_sum[r] = exp_row_bf16_avx512(s + r * cols, cols, scale, p + r * cols);
-        return;
-    }
-#endif
-    for (int64_t r = 0; r < rows; ++r) inv_sum[r] = exp_row_bf16_i32(s + r * cols, cols, scale, p + r * cols);
+    exp_rows_bf16_of(s, rows, cols, scale, p, inv_sum, vectorized);
 }
 
 // The unscaled softmax: scale 1 multiplies exactly, so the values are the plain softmax's.
