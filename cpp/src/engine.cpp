@@ -559,10 +559,15 @@ void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, 
     // model is never held in fp32, and the GEMM itself runs in fp32 as the torch reference does.
     const float* W = floats(l.w, ws.wbuf, ws);
     const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
+    linear_f32(x, M, l.in, W, b, l.out, y, l.out);
+}
+
+void Engine::linear_f32(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y,
+                        int64_t ldy) const {
     if (dnnl_f32_)
-        onednn::linear_f32(x, M, l.in, W, b, l.out, y, l.out);
+        onednn::linear_f32(x, M, K, W, b, N, y, ldy);
     else
-        ops::linear(x, M, l.in, W, b, l.out, y, l.out);
+        ops::linear(x, M, K, W, b, N, y, ldy);
 }
 
 void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
@@ -709,10 +714,10 @@ void Engine::backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vect
         std::memcpy(seq, cls, sizeof(float) * C);
         std::memcpy(seq + C, stor, sizeof(float) * kStorageTokens * C);
         if (!a.is_4k()) {
-            ops::linear(patches.data(), n0, K, pw, pb, C, seq + kPrefixTokens * C, C);
+            linear_f32(patches.data(), n0, K, pw, pb, C, seq + kPrefixTokens * C, C);
             continue;
         }
-        ops::linear(patches.data(), n0, K, pw, pb, C, tok0.data(), C);
+        linear_f32(patches.data(), n0, K, pw, pb, C, tok0.data(), C);
         // 4K tokenizer: each 4x4 window -> [w_cls, 16 patches] + local_pos_embed, MHA blocks, keep CLS.
         std::vector<float> lpe_buf, wcls_buf;
         const float* lpe = floats(local_pos_, lpe_buf, ws);

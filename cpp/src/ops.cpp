@@ -535,13 +535,19 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
             int64_t stride, int64_t pad, float* y, std::vector<float>& scratch, Gemm how) {
     const int64_t Ho = conv_out(H, k, stride, pad), Wo = conv_out(W, k, stride, pad), HWo = Ho * Wo;
     const int64_t kdim = cin * k * k;
-    if (b) {
+    // The bias is added after the GEMMs, in one pass: oneDNN's GEMMs take no beta, so a bias written
+    // first would cost a fill, a scratch product and an addition.
+    auto add_bias = [&] {
+        if (!b) return;
 #pragma omp parallel for schedule(static)
-        for (int64_t c = 0; c < cout; ++c) std::fill(y + c * HWo, y + (c + 1) * HWo, b[c]);
-    }
-    const float beta = b ? 1.0f : 0.0f;
+        for (int64_t c = 0; c < cout; ++c) {
+            float* yc = y + c * HWo;
+            for (int64_t i = 0; i < HWo; ++i) yc[i] += b[c];
+        }
+    };
     if (k == 1 && stride == 1 && pad == 0) {
-        gemm(how, false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, beta, y, HWo);
+        gemm(how, false, false, cout, HWo, cin, 1.0f, w, cin, x, H * W, 0.0f, y, HWo);
+        add_bias();
         return;
     }
     const int64_t rows = tile_rows(kdim * Wo, Ho);
@@ -568,8 +574,9 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
                 }
             }
         }
-        gemm(how, false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, beta, y + r0 * Wo, HWo);
+        gemm(how, false, false, cout, ncols, kdim, 1.0f, w, kdim, cols, ncols, 0.0f, y + r0 * Wo, HWo);
     }
+    add_bias();
 }
 
 // One output row of a stride-2, kernel-4, padding-1 transposed convolution from the four column rows

@@ -125,6 +125,10 @@ private:
     // `T`: tokens per sequence (rows of x come B sequences of T tokens), for int8 layers' prefix tokens.
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T = 0) const;
     void apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const;
+    // y (M, N; row stride ldy) = x W^T + b in float32, on oneDNN when it is loaded (its threads are the
+    // engine's OpenMP ones), else OpenBLAS.
+    void linear_f32(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y,
+                    int64_t ldy) const;
     void block(const BlockWeights& b, float* x, int64_t B, int64_t T, const float* sin_t, const float* cos_t,
                Workspace& ws) const;
     void backbone(const float* x, int64_t B, int64_t H, int64_t W, std::vector<float>& feat, int64_t& hp,
