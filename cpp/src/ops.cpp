@@ -582,21 +582,30 @@ void conv2d(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, c
 // One output row of a stride-2, kernel-4, padding-1 transposed convolution from the four column rows
 // of one kernel row (kx = 0..3) of one input row: ox = 2 ix - 1 + kx, so an even ox = 2j takes kx 1
 // (ix j) and kx 3 (ix j - 1), an odd 2j + 1 takes kx 2 (ix j) and kx 0 (ix j + 1). Each output is
-// written once, in order, in place of four scattered read-modify-writes a row.
+// written once, in order, in place of four scattered read-modify-writes a row; `add`: added to the
+// row, else written over it.
 S2E_CPU_CLONES static void col2im_row_s2(const float* c0, const float* c1, const float* c2, const float* c3, int64_t W,
-                                         float* orow) {
-    orow[0] += c1[0];
+                                         float* orow, bool add) {
+    auto put = [&](int64_t i, float v) { orow[i] = add ? orow[i] + v : v; };
+    put(0, c1[0]);
     if (W == 1) {
-        orow[1] += c2[0];
+        put(1, c2[0]);
         return;
     }
-    orow[1] += c2[0] + c0[1];
-    for (int64_t j = 1; j + 1 < W; ++j) {
-        orow[2 * j] += c1[j] + c3[j - 1];
-        orow[2 * j + 1] += c2[j] + c0[j + 1];
+    put(1, c2[0] + c0[1]);
+    if (add) {
+        for (int64_t j = 1; j + 1 < W; ++j) {
+            orow[2 * j] += c1[j] + c3[j - 1];
+            orow[2 * j + 1] += c2[j] + c0[j + 1];
+        }
+    } else {
+        for (int64_t j = 1; j + 1 < W; ++j) {
+            orow[2 * j] = c1[j] + c3[j - 1];
+            orow[2 * j + 1] = c2[j] + c0[j + 1];
+        }
     }
-    orow[2 * W - 2] += c1[W - 1] + c3[W - 2];
-    orow[2 * W - 1] += c2[W - 1];
+    put(2 * W - 2, c1[W - 1] + c3[W - 2]);
+    put(2 * W - 1, c2[W - 1]);
 }
 
 void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
@@ -619,18 +628,21 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
                                         ncols);
         else
             gemm(how, true, false, kdim, ncols, cin, 1.0f, w, kdim, x + i0 * W, H * W, 0.0f, cols, ncols);
-        // col2im: output (oy, ox) = (2*iy - 1 + ky, 2*ix - 1 + kx); each channel owns its plane.
+        // col2im: output (oy, ox) = (2*iy - 1 + ky, 2*ix - 1 + kx); each channel owns its plane. Output
+        // row 2m takes ky 3 of input row m - 1, then ky 1 of row m; row 2m + 1 ky 2 of row m, then ky 0 of
+        // row m + 1. Input rows in ascending order (tiles too): ky 2 and 3 write a row first (no zero fill;
+        // ky 1 of row 0 alone writes row 0), ky 0 and 1 add to it.
 #pragma omp parallel for schedule(static)
         for (int64_t co = 0; co < cout; ++co) {
             float* out = y + co * Ho * Wo;
-            if (i0 == 0) std::fill(out, out + Ho * Wo, 0.0f);  // by the thread that fills the plane
-            for (int64_t ky = 0; ky < 4; ++ky) {
-                const float* c = cols + (co * 16 + ky * 4) * ncols;
-                for (int64_t r = 0; r < nr; ++r) {
-                    const int64_t oy = 2 * (i0 + r) - 1 + ky;
+            for (int64_t r = 0; r < nr; ++r) {
+                const int64_t iy = i0 + r, at = r * W;
+                for (int64_t ky = 0; ky < 4; ++ky) {
+                    const int64_t oy = 2 * iy - 1 + ky;
                     if (oy < 0 || oy >= Ho) continue;
-                    const int64_t at = r * W;
-                    col2im_row_s2(c + at, c + ncols + at, c + 2 * ncols + at, c + 3 * ncols + at, W, out + oy * Wo);
+                    const float* c = cols + (co * 16 + ky * 4) * ncols + at;
+                    const bool add = ky < 2 && !(ky == 1 && iy == 0);
+                    col2im_row_s2(c, c + ncols, c + 2 * ncols, c + 3 * ncols, W, out + oy * Wo, add);
                 }
             }
         }

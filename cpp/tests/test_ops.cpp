@@ -79,7 +79,7 @@ S2E_TEST(conv_transpose_matches_naive) {
     for (auto [H, W] : {std::pair<int, int>{5, 4}, {3, 1}, {2, 2}, {4, 37}}) {
         const int cin = 3, cout = 2;
         auto x = randn(cin * H * W, 7), w = randn(cin * cout * 16, 8);
-        std::vector<float> ref(cout * 4 * H * W, 0.0f), y(ref.size()), scratch;
+        std::vector<float> ref(cout * 4 * H * W, 0.0f), y(ref.size(), 1e30f), scratch;  // every output written
         for (int ci = 0; ci < cin; ++ci)
             for (int co = 0; co < cout; ++co)
                 for (int iy = 0; iy < H; ++iy)
