@@ -521,27 +521,61 @@ const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out,
     return out.data();
 }
 
-void Engine::apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const {
-    const int64_t K = l.in, N = l.out;
-    ws.w8.resize(static_cast<size_t>(N * K));
+const float* Engine::w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const {
+    const int64_t N = l.out;
+    ws.w8.resize(static_cast<size_t>(N * l.in));
     st_->read(*l.w.t, 0, l.w.t->nbytes, ws.w8.data());
     std::vector<float>& cs = ws.wscale;
     cs.resize(static_cast<size_t>(l.w.scale->numel()));
     st_->read(*l.w.scale, 0, l.w.scale->nbytes, cs.data());
     if (cs.size() == 1) cs.assign(static_cast<size_t>(N), cs[0]);
-    const float* b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
-    // per-row scales: the static one for tokens past the prefix, 0 (= dynamic) for the others
+    b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
+    return cs.data();
+}
+
+float* Engine::w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const {
+    // the static scale for tokens past the prefix, 0 (= dynamic: absmax / 127 of the row) for the others
     const float s_static = l.input_scale ? floats(l.input_scale, ws.pbuf, ws)[0] : 0.0f;
     ws.xs.resize(static_cast<size_t>(M));
     for (int64_t m = 0; m < M; ++m) {
         const int64_t t = T > 0 ? m % T : m;
         ws.xs[m] = l.input_scale && t >= l.prefix_tokens ? s_static : 0.0f;
     }
-    ws.x8.resize(static_cast<size_t>(M * K));
-    ops::quantize_rows_int8(x, M, K, ws.xs.data(), ws.x8.data());
+    return ws.xs.data();
+}
+
+void Engine::apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const {
+    const float* b = nullptr;
+    const float* cs = w8a8_weights(l, ws, b);
+    float* xs = w8a8_row_scales(l, M, T, ws);
+    ws.x8.resize(static_cast<size_t>(M * l.in));
+    ops::quantize_rows_int8(x, M, l.in, xs, ws.x8.data());
     static_assert(sizeof(int32_t) == sizeof(float), "the int32 GEMM result is converted in the float output");
-    onednn::matmul_s8(M, K, N, ws.x8.data(), ws.w8.data(), reinterpret_cast<int32_t*>(y));
-    ops::dequantize_rows_int32(y, M, N, ws.xs.data(), cs.data(), b);
+    onednn::matmul_s8(M, l.in, l.out, ws.x8.data(), ws.w8.data(), reinterpret_cast<int32_t*>(y));
+    ops::dequantize_rows_int32(y, M, l.out, xs, cs, b);
+}
+
+void Engine::ffn_w8a8(const BlockWeights& b, const float* h, int64_t M, int64_t T, float* y, Workspace& ws) const {
+    const int64_t hid = b.w3.in;
+    // fc1 (gate and up) as int32 products in u, with what dequantizes them
+    const float* b1 = nullptr;
+    const float* cs = w8a8_weights(b.w12, ws, b1);
+    const std::vector<float> cs1(cs, cs + b.w12.out), bias1 = b1 ? std::vector<float>(b1, b1 + b.w12.out)
+                                                                  : std::vector<float>();
+    const float* xs = w8a8_row_scales(b.w12, M, T, ws);
+    ws.x8.resize(static_cast<size_t>(M * b.w12.in));
+    ops::quantize_rows_int8(h, M, b.w12.in, ws.xs.data(), ws.x8.data());
+    const std::vector<float> xs1(xs, xs + M);
+    int32_t* acc = reinterpret_cast<int32_t*>(ws.u.data());
+    onednn::matmul_s8(M, b.w12.in, b.w12.out, ws.x8.data(), ws.w8.data(), acc);
+    // dequantize, SwiGLU and fc2's int8 input in one pass over the products
+    const float* b2 = nullptr;
+    const float* cs2 = w8a8_weights(b.w3, ws, b2);
+    float* xs2 = w8a8_row_scales(b.w3, M, T, ws);
+    ws.x8.resize(static_cast<size_t>(M * hid));
+    ops::swiglu_int8(acc, M, hid, xs1.data(), cs1.data(), bias1.empty() ? nullptr : bias1.data(), xs2, ws.x8.data());
+    onednn::matmul_s8(M, hid, b.w3.out, ws.x8.data(), ws.w8.data(), reinterpret_cast<int32_t*>(y));
+    ops::dequantize_rows_int32(y, M, b.w3.out, xs2, cs2, b2);
 }
 
 void Engine::apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T) const {
@@ -673,9 +707,13 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     fit(ws.u, static_cast<size_t>(M * 2 * hid));
     fit(ws.a, static_cast<size_t>(M * hid));
     float *u = ws.u.data(), *act = ws.a.data();
-    apply_linear(b.w12, h, M, u, ws, T);
-    ops::swiglu(u, act, M, hid);
-    apply_linear(b.w3, act, M, h, ws, T);
+    if (b.w12.act_int8 && b.w3.act_int8) {
+        ffn_w8a8(b, h, M, T, h, ws);
+    } else {
+        apply_linear(b.w12, h, M, u, ws, T);
+        ops::swiglu(u, act, M, hid);
+        apply_linear(b.w3, act, M, h, ws, T);
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < M * C; ++i) x[i] += h[i];
 }

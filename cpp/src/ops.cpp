@@ -470,6 +470,23 @@ void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_s
     for (int64_t m = 0; m < rows; ++m) dequantize_row_int32(y + m * N, N, row_scale[m], col_scale, b);
 }
 
+void swiglu_int8(const int32_t* acc, int64_t rows, int64_t hid, const float* row_scale, const float* col_scale,
+                 const float* b, float* out_scale, int8_t* q) {
+#pragma omp parallel
+    {
+        thread_local std::vector<float> row;  // one row's gate | up | SwiGLU, in cache between the steps
+        row.resize(static_cast<size_t>(3 * hid));
+        float *gu = row.data(), *a = gu + 2 * hid;
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < rows; ++m) {
+            std::memcpy(gu, acc + m * 2 * hid, sizeof(float) * 2 * hid);
+            dequantize_row_int32(gu, 2 * hid, row_scale[m], col_scale, b);
+            swiglu_row(gu, a, hid);
+            out_scale[m] = quantize_row_int8(a, hid, out_scale[m], q + m * hid);
+        }
+    }
+}
+
 S2E_CPU_CLONES static void normalize_plane(float* p, int64_t HW, float eps, bool silu) {
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)

@@ -1,5 +1,6 @@
 // Unit tests of the engine's float kernels against direct (naive) implementations.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -250,6 +251,32 @@ S2E_TEST(exp_rows_bf16_match_float64) {
             ops::exp_rows_bf16(si.data(), rows, cols, base / 10.0f, p.data(), inv.data(), vectorized);
             check(si, base / 10.0f, p, inv);
         }
+    }
+}
+
+S2E_TEST(swiglu_int8_is_the_three_steps_in_one) {
+    // fc1's int32 products -> dequantize -> SwiGLU -> fc2's int8 input, against the three separate steps;
+    // rows 0 and 2 dynamic (scale 0 in), the others static
+    const int64_t rows = 5, hid = 37;
+    std::vector<int32_t> acc(rows * 2 * hid);
+    std::mt19937 gen(3);
+    std::uniform_int_distribution<int32_t> d(-40000, 40000);
+    for (auto& a : acc) a = d(gen);
+    const std::vector<float> rs = {1e-4f, 2e-4f, 5e-5f, 1e-4f, 3e-4f}, cs = randn(2 * hid, 4), bias = randn(2 * hid, 5);
+    for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+        std::vector<float> y(acc.size()), a(rows * hid), sep_scale = {0.0f, 0.02f, 0.0f, 0.02f, 0.05f};
+        std::memcpy(y.data(), acc.data(), sizeof(float) * y.size());
+        ops::dequantize_rows_int32(y.data(), rows, 2 * hid, rs.data(), cs.data(), b);
+        ops::swiglu(y.data(), a.data(), rows, hid);
+        std::vector<int8_t> want(rows * hid), got(rows * hid);
+        std::vector<float> fused_scale = sep_scale;
+        ops::quantize_rows_int8(a.data(), rows, hid, sep_scale.data(), want.data());
+        ops::swiglu_int8(acc.data(), rows, hid, rs.data(), cs.data(), b, fused_scale.data(), got.data());
+        CHECK(got == want);
+        CHECK(fused_scale == sep_scale && fused_scale[0] > 0.0f && fused_scale[1] == 0.02f);
+        int64_t nonzero = 0;
+        for (int8_t v : got) nonzero += v != 0;
+        CHECK(nonzero > rows * hid / 2);  // the products are not all rounded away
     }
 }
 

@@ -125,6 +125,13 @@ private:
     // `T`: tokens per sequence (rows of x come B sequences of T tokens), for int8 layers' prefix tokens.
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T = 0) const;
     void apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const;
+    // A W8A8 layer's int8 weights into ws.w8; returns its per-output scales, `b` its bias (or null).
+    const float* w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const;
+    // Its input's per-row scales in ws.xs: the static scale, 0 for rows quantized dynamically.
+    float* w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const;
+    // The FFN of a block whose two layers are both W8A8: fc1's int32 products go through dequantization,
+    // SwiGLU and fc2's input quantization in one pass (ops::swiglu_int8); y = fc2's output.
+    void ffn_w8a8(const BlockWeights& b, const float* h, int64_t M, int64_t T, float* y, Workspace& ws) const;
     // y (M, N; row stride ldy) = x W^T + b in float32, on oneDNN when it is loaded (its threads are the
     // engine's OpenMP ones), else OpenBLAS.
     void linear_f32(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N, float* y,

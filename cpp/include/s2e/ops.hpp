@@ -84,6 +84,11 @@ void round_int8(float* x, int64_t n, float scale);
 // memory (the int32 GEMM result written there), converted in place.
 void dequantize_rows_int32(float* y, int64_t rows, int64_t N, const float* row_scale, const float* col_scale,
                            const float* b);
+// The int8 FFN's middle in one pass: rows of fc1's int32 products (gate | up, 2 * hid each) dequantized
+// as dequantize_rows_int32, SwiGLU'd as swiglu, quantized to int8 `q` (rows, hid) as quantize_rows_int8
+// with out_scale (in: static scale or 0 = dynamic; out: the scale used).
+void swiglu_int8(const int32_t* acc, int64_t rows, int64_t hid, const float* row_scale, const float* col_scale,
+                 const float* b, float* out_scale, int8_t* q);
 
 int num_threads();
 
