@@ -20,6 +20,10 @@ other processes, and cached under --work):
     ours-native-int8   s2e native engine, int8 (static) artifact: int8 GEMMs on oneDNN (the ours-ov-int8 recipe)
     ours-native-int8-attn  the same with int8 attention inputs (the ours-ov-int8-attn recipe)
 
+--interleave keeps one process per row alive and times the rows' calls in turn (row 1, row 2, ...,
+row 1, ...), with a pause between calls: on a machine whose speed drifts between minutes, every row
+then sees the same moments, so their ratios are comparable even when the medians move.
+
 Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
 (verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
 and seg agreement (argmax of the logits) against torch fp32 on --eval inputs. A row that fails
@@ -243,6 +247,61 @@ def time_row(row: str, a) -> dict:
     return out
 
 
+def serve_row(row: str, a) -> None:
+    """A row's process for --interleave: loads the row, then answers the parent's lines on stdin:
+    "run" (one call, its seconds printed), "finish" (the outputs saved, the row's record printed)."""
+    from sapiens2_edge.bench import peak_rss_mb
+
+    t0 = time.perf_counter()
+    run, size, what = runner_for(row, a)
+    record = {"row": row, "what": what, "load_s": time.perf_counter() - t0, "size_mb": size / 1e6}
+    x = eval_inputs(a)[0]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "run":
+            t = time.perf_counter()
+            run(x)
+            print(time.perf_counter() - t, flush=True)
+            continue
+        record["peak_rss_mb"] = peak_rss_mb()
+        np.save(a.work / f"out-{row}.npy", np.concatenate([run(v) for v in eval_inputs(a)]))
+        if row == "torch-fp32":
+            record["model_gop"] = model_gop(a)
+        print(json.dumps(record), flush=True)
+        return
+
+
+def time_interleaved(rows: list[str], a) -> list[dict]:
+    """Every row's calls in turn, each row in its own live process (see --interleave)."""
+    from sapiens2_edge.bench import latency_stats
+
+    procs = {}
+    for row in rows:
+        cmd = [sys.executable, __file__, "--arch", a.arch, "--size", f"{a.size[0]}x{a.size[1]}", "--work",
+               str(a.work), "--calib", str(a.calib), "--eval", str(a.eval), "--serve", row]
+        procs[row] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if procs[row].stdout.readline().strip() != "ready":
+            raise RuntimeError(f"row {row} did not start (exit {procs[row].wait()})")
+    times = {row: [] for row in rows}
+    for i in range(a.warmup + a.runs):
+        for row in rows[i % len(rows):] + rows[:i % len(rows)]:  # rotate who goes first
+            time.sleep(0.2)  # the last row's threads stop spinning before this one runs
+            procs[row].stdin.write("run\n")
+            procs[row].stdin.flush()
+            t = float(procs[row].stdout.readline())
+            if i >= a.warmup:
+                times[row].append(t)
+    results = []
+    for row in rows:
+        procs[row].stdin.write("finish\n")
+        procs[row].stdin.flush()
+        record = json.loads(procs[row].stdout.readline())
+        procs[row].wait()
+        results.append({**record, **latency_stats(sorted(times[row]))})
+    return results
+
+
 # -- the parent: every row in child processes, then the table -----------------------------------------
 def child(mode: str, row: str, a) -> tuple[dict | None, str]:
     cmd = [sys.executable, __file__, "--arch", a.arch, "--size", f"{a.size[0]}x{a.size[1]}", "--work", str(a.work),
@@ -275,8 +334,11 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_cpu_peers"))
     p.add_argument("--out", type=Path, default=None,
                    help="Markdown record to append this run's section to (earlier runs are kept)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the rows' calls in turn, every row in its own live process (drift-fair ratios)")
     p.add_argument("--prepare", help=argparse.SUPPRESS)
     p.add_argument("--time", help=argparse.SUPPRESS)
+    p.add_argument("--serve", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.size = tuple(int(v) for v in a.size.split("x"))
     a.work.mkdir(parents=True, exist_ok=True)
@@ -285,6 +347,8 @@ def main(argv=None) -> None:
     if a.time:
         print(json.dumps(time_row(a.time, a)))
         return None
+    if a.serve:
+        return serve_row(a.serve, a)
     rows = [r.strip() for r in a.rows.split(",")]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -297,12 +361,23 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         _, err = child("prepare", row, a)
         prep_s = time.perf_counter() - t0
-        res, err = (None, err) if err else child("time", row, a)
-        if res:
-            res["rel_l2"], res["seg_agreement"] = fidelity(row, a)
-        results.append(res or {"row": row, "error": err})
+        if err:
+            results.append({"row": row, "error": err})
+        elif a.interleave:  # timed below, all rows together
+            results.append({"row": row})
+        else:
+            res, err = child("time", row, a)
+            results.append(res or {"row": row, "error": err})
         results[-1]["prepare_s"] = prep_s
-        print(row, json.dumps(results[-1]), flush=True)
+    if a.interleave:
+        ready = [r["row"] for r in results if "error" not in r]
+        load = [os.getloadavg()]  # the timed part's load, after the artifacts are made
+        timed = {r["row"]: r for r in time_interleaved(ready, a)}
+        results = [{**r, **timed.get(r["row"], {})} for r in results]
+    for r in results:
+        if "error" not in r:
+            r["rel_l2"], r["seg_agreement"] = fidelity(r["row"], a)
+        print(r["row"], json.dumps(r), flush=True)
     load.append(os.getloadavg())
     report(results, a, load, " ".join(["python", "benchmarks/bench_cpu_peers.py", *(argv or sys.argv[1:])]))
 
@@ -318,7 +393,9 @@ def report(results: list[dict], a, load, command: str) -> None:
              f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, openvino {openvino.__version__}; load average (1/5/15 min) "
              f"{' / '.join(f'{v:.2f}' for v in load[0])} at the start, "
-             f"{' / '.join(f'{v:.2f}' for v in load[1])} at the end.", "", f"`{command}`", "",
+             f"{' / '.join(f'{v:.2f}' for v in load[1])} at the end."
+             + (" Rows interleaved: each row's calls in turn, every row in its own live process." if a.interleave
+                else ""), "", f"`{command}`", "",
              "| row | runs as | median (s) | p90 (s) | speed-up vs torch fp32 | peak RSS (MB) | size (MB) | "
              "rel L2 vs torch fp32 | seg agreement | GOP/s | share of peak |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
