@@ -41,8 +41,8 @@ void dense_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row
 
 // Runs body(task, att, pb, inv) for every (head, block of query rows) task of one image in parallel,
 // each thread with its own scores (rows x T floats), bf16 probabilities and their rows' 1 / sum kept
-// between calls (OpenMP reuses its threads). An exception cannot leave an OpenMP region: the first one is kept, the other tasks are
-// skipped, and it is thrown once the region is done.
+// between calls (OpenMP reuses its threads). An exception cannot leave an OpenMP region: the first one
+// is kept, the other tasks are skipped, and it is thrown once the region is done.
 template <class Body>
 void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Body body) {
     std::exception_ptr error;
@@ -161,8 +161,8 @@ void dense_int8(const float* q, const float* k, const float* v, float* o, int64_
                 int32_t* acc = reinterpret_cast<int32_t*>(att);
                 onednn::matmul_s8(n, d, T, qb.data() + (hh * T + r0) * d, kb.data() + (hh / groups) * T * d, acc);
                 ops::exp_rows_bf16(acc, n, T, scale, pb, inv);
-                probs_times_v<uint16_t>(n, T, d, pb, vb.data() + (hh / groups) * T * d, inv, o + (bi * T + r0) * C + hh * d, C,
-                              out_scale);
+                float* oh = o + (bi * T + r0) * C + hh * d;
+                probs_times_v<uint16_t>(n, T, d, pb, vb.data() + (hh / groups) * T * d, inv, oh, C, out_scale);
             });
 }
 

@@ -14,7 +14,8 @@ int64_t block_rows(int64_t T);
 
 // o (B*T, heads*d) = softmax(scale * q k^T) v per head, for q (B*T, heads*d) and k, v (B*T, kv*d)
 // (grouped-query: head h reads kv head h / (heads / kv)). qb, kb, vb: scratch for head-major copies of
-// q, k, v in the operand type (uint16_t: bf16 bits, the probabilities rounded to bf16 too; float).
+// q, k, v in the operand type (float; or uint16_t: bf16 bits, with the probabilities as bf16
+// unnormalised exponentials, P v's rows divided by their sums after the product).
 // out_scale multiplies the output (v's scale when v holds int8 values: o = softmax(...) (v / s) * s).
 void dense(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t heads, int64_t kv,
            int64_t d, float scale, std::vector<uint16_t>& qb, std::vector<uint16_t>& kb, std::vector<uint16_t>& vb,
