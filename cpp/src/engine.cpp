@@ -870,8 +870,8 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     put(0, act, {B, C, H, W});
     if (h.task == "pointmap") {
         int64_t sc = h.in_channels, sh = hp, sw = wp;
-        Floats s(feat, feat + sc * sh * sw);
-        for (const auto& c : scale_convs_) conv_unit(c, s, y, sc, sh, sw, 2, true, ws);
+        Floats s(feat, feat + sc * sh * sw), spare;  // small (strided convolutions): not the kept buffers
+        for (const auto& c : scale_convs_) conv_unit(c, s, spare, sc, sh, sw, 2, true, ws);
         for (size_t i = 0; i < scale_fc_.size(); ++i) {
             const Linear& l = scale_fc_[i];
             Floats fc(static_cast<size_t>(l.out));
