@@ -283,22 +283,38 @@ def time_interleaved(rows: list[str], a) -> list[dict]:
                                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         if procs[row].stdout.readline().strip() != "ready":
             raise RuntimeError(f"row {row} did not start (exit {procs[row].wait()})")
-    times = {row: [] for row in rows}
-    for i in range(a.warmup + a.runs):
-        for row in rows[i % len(rows):] + rows[:i % len(rows)]:  # rotate who goes first
-            time.sleep(0.2)  # the last row's threads stop spinning before this one runs
-            procs[row].stdin.write("run\n")
+    def ask(row: str, what: str) -> str:
+        """The row's answer to one line, or "" when its process is gone (killed: out of memory)."""
+        try:
+            procs[row].stdin.write(what + "\n")
             procs[row].stdin.flush()
-            t = float(procs[row].stdout.readline())
-            if i >= a.warmup:
-                times[row].append(t)
+        except BrokenPipeError:
+            return ""
+        return procs[row].stdout.readline().strip()
+
+    def ended(row: str, doing: str) -> str:
+        code = procs[row].wait()
+        return "out of memory (killed)" if code in (-9, 137) else f"{doing} (exit {code})"
+
+    times = {row: [] for row in rows}
+    failed = {}
+    for i in range(a.warmup + a.runs):
+        live = [r for r in rows if r not in failed]
+        for row in live[i % len(live):] + live[:i % len(live)] if live else []:  # rotate who goes first
+            time.sleep(0.2)  # the last row's threads stop spinning before this one runs
+            answer = ask(row, "run")
+            if not answer:
+                failed[row] = ended(row, "failed while timed")
+            elif i >= a.warmup:
+                times[row].append(float(answer))
     results = []
     for row in rows:
-        procs[row].stdin.write("finish\n")
-        procs[row].stdin.flush()
-        record = json.loads(procs[row].stdout.readline())
+        answer = "" if row in failed else ask(row, "finish")
+        if not answer:
+            results.append({"row": row, "error": failed.get(row) or ended(row, "failed while saving its outputs")})
+            continue
         procs[row].wait()
-        results.append({**record, **latency_stats(sorted(times[row]))})
+        results.append({**json.loads(answer), **latency_stats(sorted(times[row]))})
     return results
 
 
