@@ -283,6 +283,7 @@ def time_interleaved(rows: list[str], a) -> list[dict]:
                                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         if procs[row].stdout.readline().strip() != "ready":
             raise RuntimeError(f"row {row} did not start (exit {procs[row].wait()})")
+
     def ask(row: str, what: str) -> str:
         """The row's answer to one line, or "" when its process is gone (killed: out of memory)."""
         try:

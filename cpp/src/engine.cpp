@@ -544,30 +544,32 @@ float* Engine::w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace&
     return ws.xs.data();
 }
 
-void Engine::apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const {
-    const float* b = nullptr;
-    const float* cs = w8a8_weights(l, ws, b);
+float* Engine::w8a8_product(const Linear& l, const float* x, int64_t M, int64_t T, int32_t* acc, Workspace& ws,
+                            const float*& cs, const float*& b) const {
+    cs = w8a8_weights(l, ws, b);
     float* xs = w8a8_row_scales(l, M, T, ws);
     ws.x8.resize(static_cast<size_t>(M * l.in));
     ops::quantize_rows_int8(x, M, l.in, xs, ws.x8.data());
+    onednn::matmul_s8(M, l.in, l.out, ws.x8.data(), ws.w8.data(), acc);
+    return xs;
+}
+
+void Engine::apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const {
     static_assert(sizeof(int32_t) == sizeof(float), "the int32 GEMM result is converted in the float output");
-    onednn::matmul_s8(M, l.in, l.out, ws.x8.data(), ws.w8.data(), reinterpret_cast<int32_t*>(y));
+    const float *cs = nullptr, *b = nullptr;
+    const float* xs = w8a8_product(l, x, M, T, reinterpret_cast<int32_t*>(y), ws, cs, b);
     ops::dequantize_rows_int32(y, M, l.out, xs, cs, b);
 }
 
 void Engine::ffn_w8a8(const BlockWeights& b, const float* h, int64_t M, int64_t T, float* y, Workspace& ws) const {
     const int64_t hid = b.w3.in;
-    // fc1 (gate and up) as int32 products in u, with what dequantizes them
-    const float* b1 = nullptr;
-    const float* cs = w8a8_weights(b.w12, ws, b1);
-    const std::vector<float> cs1(cs, cs + b.w12.out), bias1 = b1 ? std::vector<float>(b1, b1 + b.w12.out)
-                                                                  : std::vector<float>();
-    const float* xs = w8a8_row_scales(b.w12, M, T, ws);
-    ws.x8.resize(static_cast<size_t>(M * b.w12.in));
-    ops::quantize_rows_int8(h, M, b.w12.in, ws.xs.data(), ws.x8.data());
-    const std::vector<float> xs1(xs, xs + M);
+    // fc1 (gate and up) as int32 products in u; what dequantizes them is copied out of the workspace,
+    // which fc2's weights and scales take next
+    const float *cs = nullptr, *b1 = nullptr;
     int32_t* acc = reinterpret_cast<int32_t*>(ws.u.data());
-    onednn::matmul_s8(M, b.w12.in, b.w12.out, ws.x8.data(), ws.w8.data(), acc);
+    const float* xs = w8a8_product(b.w12, h, M, T, acc, ws, cs, b1);
+    const std::vector<float> xs1(xs, xs + M), cs1(cs, cs + b.w12.out),
+        bias1 = b1 ? std::vector<float>(b1, b1 + b.w12.out) : std::vector<float>();
     // dequantize, SwiGLU and fc2's int8 input in one pass over the products
     const float* b2 = nullptr;
     const float* cs2 = w8a8_weights(b.w3, ws, b2);

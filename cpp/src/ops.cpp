@@ -127,15 +127,16 @@ void rms_norm(const float* x, float* y, int64_t rows, int64_t dim, int64_t strid
 }
 
 // e^x = 2^n e^r for n = ni (as a float and as an int) near x / ln 2: r by a two-constant Cody-Waite
-// reduction, e^r by a degree-6 polynomial on [-ln2/2, ln2/2], 2^n through the float's exponent bits.
+// reduction (ln 2 = kLn2Hi - kLn2Lo), e^r = 1 + r + r^2 P(r) with P's coefficients kExpPoly (highest
+// first) on [-ln2/2, ln2/2], 2^n through the float's exponent bits. The AVX-512 kernel uses the same.
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = 2.12194440e-4f;
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 __attribute__((always_inline)) static inline float exp_reduced(float x, float n, int32_t ni) {
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    const float r = (x - n * kLn2Hi) + n * kLn2Lo;
+    float p = kExpPoly[0];
+    for (int i = 1; i < 6; ++i) p = p * r + kExpPoly[i];
     p = p * r * r + r + 1.0f;
     return p * bits_to_float(static_cast<uint32_t>(ni + 127) << 23);
 }
@@ -269,14 +270,10 @@ S2E_AVX512_BF16_TARGET static inline __m512 exp_nonpositive16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+    __m512 p = _mm512_set1_ps(kExpPoly[0]);
+    for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[i]));
     p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
@@ -631,16 +628,17 @@ void conv_transpose4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, cons
     const int64_t rows = tile_rows(kdim * W, H);
     scratch.resize(static_cast<size_t>(kdim * rows * W));
     float* cols = scratch.data();
-    // bf16 GEMMs: the weights rounded once for every tile of rows, not once per tile
+    // bf16 GEMMs over several tiles: the weights rounded once for all of them, not once per tile
+    const bool rounded_once = how == Gemm::onednn_bf16 && rows < H;
     thread_local std::vector<uint16_t> wb;
-    if (how == Gemm::onednn_bf16 && rows < H) {
+    if (rounded_once) {
         wb.resize(static_cast<size_t>(cin * kdim));
         onednn::to_bf16(w, cin, kdim, kdim, wb.data());
     }
     for (int64_t i0 = 0; i0 < H; i0 += rows) {
         const int64_t nr = std::min(rows, H - i0), ncols = nr * W;
         // cols (cout*16, ncols) = W^T (cout*16, cin) @ X (cin, ncols)
-        if (how == Gemm::onednn_bf16 && rows < H)
+        if (rounded_once)
             onednn::gemm_bf16_rounded_a(true, false, kdim, ncols, cin, 1.0f, wb.data(), x + i0 * W, H * W, 0.0f, cols,
                                         ncols);
         else

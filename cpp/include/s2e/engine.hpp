@@ -93,9 +93,8 @@ public:
 
     // x: (B, 3, H, W) normalised float32, row-major. Safe to call from several threads at once. The
     // FFN's and the head's buffers of the last finished run are kept for the next one, so later runs
-    // do not fault fresh pages in (at 0.1b 512x384 that was ~20 % of a run); the price is that the
-    // backbone runs beside the head's buffers: peak RSS 940 vs 823 MB at 0.4b 1024x768, 318 vs 292 MB
-    // at 0.1b 512x384.
+    // do not fault fresh pages in (at 0.1b 512x384 that was ~20 % of a run). The token-only buffers are
+    // given back before the head, which reuses the FFN's two largest, so the peak is not raised by it.
     std::vector<Output> run(const float* x, int64_t B, int64_t H, int64_t W) const;
 
     const EngineConfig& config() const { return cfg_; }
@@ -129,6 +128,10 @@ private:
     const float* w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const;
     // Its input's per-row scales in ws.xs: the static scale, 0 for rows quantized dynamically.
     float* w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const;
+    // A W8A8 layer's int32 products acc (M, out) of x quantized with its row scales; `cs`, `b` and the
+    // returned row scales (ws.xs) dequantize them.
+    float* w8a8_product(const Linear& l, const float* x, int64_t M, int64_t T, int32_t* acc, Workspace& ws,
+                        const float*& cs, const float*& b) const;
     // The FFN of a block whose two layers are both W8A8: fc1's int32 products go through dequantization,
     // SwiGLU and fc2's input quantization in one pass (ops::swiglu_int8); y = fc2's output.
     void ffn_w8a8(const BlockWeights& b, const float* h, int64_t M, int64_t T, float* y, Workspace& ws) const;
