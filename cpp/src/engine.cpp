@@ -117,8 +117,9 @@ void to_floats(DType dt, const uint8_t* src, int64_t rows, int64_t cols, const f
 namespace {
 // v sized n for new contents: grown without copying the old ones, which are freed first (the two are
 // never held at once); kept buffers only grow, so later runs of the same size allocate nothing.
-void fit(Floats& v, size_t n) {
-    if (n > v.capacity()) Floats().swap(v);
+template <class V>
+void fit(V& v, size_t n) {
+    if (n > v.capacity()) V().swap(v);
     v.resize(n);
 }
 }  // namespace
@@ -126,6 +127,7 @@ void fit(Floats& v, size_t n) {
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o;
     Floats u, a;  // the FFN's hidden rows; in the head, the activation and the next layer's output
+    Halves hb;    // the bf16 pose / seg head's activations, channels last
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
@@ -817,43 +819,93 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
     W = Wo;
 }
 
+void Engine::deconv_head_bf16(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
+    Halves& x = ws.hb;  // each layer's input: bf16, (H*W, C)
+    int64_t HW = H * W;
+    fit(x, static_cast<size_t>(C * HW));
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < HW; ++p)
+        for (int64_t c = 0; c < C; ++c) x[p * C + c] = float_to_bf16(feat[c * HW + p]);
+    for (const auto& dc : deconv_) {
+        fit(ws.u, static_cast<size_t>(dc.cout * 4 * HW));
+        onednn::deconv4x4s2_bf16(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+        C = dc.cout;
+        H *= 2;
+        W *= 2;
+        HW = H * W;
+        fit(x, static_cast<size_t>(C * HW));
+        ops::instance_norm_nhwc_bf16(ws.u.data(), HW, C, kInstEps, true, x.data());
+    }
+    // 1x1 convolutions (the only kernel size of these heads) as GEMMs on the channels-last rows. Each is
+    // followed by an InstanceNorm, which removes a per-channel bias exactly: it is not added.
+    for (const auto& c : convs_) {
+        fit(ws.u, static_cast<size_t>(c.cout * HW));
+        ws.wb.resize(static_cast<size_t>(c.cout * C));
+        onednn::to_bf16(floats(c.w, ws.wbuf, ws), 1, c.cout * C, c.cout * C, ws.wb.data());
+        onednn::matmul_bf16(HW, C, c.cout, x.data(), C, 1, ws.wb.data(), 1, C, ws.u.data(), c.cout, 1.0f);
+        C = c.cout;
+        fit(x, static_cast<size_t>(C * HW));
+        ops::instance_norm_nhwc_bf16(ws.u.data(), HW, C, kInstEps, true, x.data());
+    }
+    // the final 1x1 convolution, channels first (the output's layout): (cout, H*W) = W (cout, C) . x^T
+    const int64_t out = final_.cout;
+    fit(ws.a, static_cast<size_t>(out * HW));
+    ws.wb.resize(static_cast<size_t>(out * C));
+    onednn::to_bf16(floats(final_.w, ws.wbuf, ws), 1, out * C, out * C, ws.wb.data());
+    onednn::matmul_bf16(out, C, HW, ws.wb.data(), C, 1, x.data(), 1, C, ws.a.data(), HW, 1.0f);
+    if (final_.b) {
+        const float* b = floats(final_.b, ws.wbuf2, ws);
+        float* y = ws.a.data();
+#pragma omp parallel for schedule(static)
+        for (int64_t o = 0; o < out; ++o)
+            for (int64_t p = 0; p < HW; ++p) y[o * HW + p] += b[o];
+    }
+    C = out;
+}
+
 void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
                   Workspace& ws) const {
     const HeadConfig& h = cfg_.head;
     int64_t C = h.in_channels, H = hp, W = wp;
     Floats &act = ws.a, &y = ws.u;  // the backbone's largest buffers, done with
-    fit(act, static_cast<size_t>(C * H * W));
-    std::copy(feat, feat + C * H * W, act.begin());
-    if (h.task == "pose" || h.task == "seg") {
-        for (const auto& dc : deconv_) {
-            fit(y, static_cast<size_t>(dc.cout * 4 * H * W));
-            ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols, conv_gemm());
-            C = dc.cout;
-            H *= 2;
-            W *= 2;
-            ops::instance_norm(y.data(), C, H * W, kInstEps, true);
-            act.swap(y);
-        }
-        for (const auto& c : convs_) conv_unit(c, act, y, C, H, W, 1, true, ws);
+    bool pointwise = final_.k == 1;  // the channels-last path runs 1x1 convolutions (those of the official heads)
+    for (const auto& c : convs_) pointwise = pointwise && c.k == 1;
+    if ((h.task == "pose" || h.task == "seg") && bf16_ && pointwise) {
+        deconv_head_bf16(feat, C, H, W, ws);
     } else {
-        conv_unit(input_conv_, act, y, C, H, W, 1, true, ws);
-        for (const auto& up : upsample_) {
-            conv_unit(up, act, y, C, H, W, 1, false, ws);
-            const int64_t out = C / 4;
-            fit(y, act.size());
-            ops::pixel_shuffle2(act.data(), out, H, W, y.data());
-            C = out;
-            H *= 2;
-            W *= 2;
-            if (up.norm)
-                ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf, ws), kEps, true);
-            else
+        fit(act, static_cast<size_t>(C * H * W));
+        std::copy(feat, feat + C * H * W, act.begin());
+        if (h.task == "pose" || h.task == "seg") {
+            for (const auto& dc : deconv_) {
+                fit(y, static_cast<size_t>(dc.cout * 4 * H * W));
+                ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols,
+                                         conv_gemm());
+                C = dc.cout;
+                H *= 2;
+                W *= 2;
                 ops::instance_norm(y.data(), C, H * W, kInstEps, true);
-            act.swap(y);
+                act.swap(y);
+            }
+        } else {
+            conv_unit(input_conv_, act, y, C, H, W, 1, true, ws);
+            for (const auto& up : upsample_) {
+                conv_unit(up, act, y, C, H, W, 1, false, ws);
+                const int64_t out = C / 4;
+                fit(y, act.size());
+                ops::pixel_shuffle2(act.data(), out, H, W, y.data());
+                C = out;
+                H *= 2;
+                W *= 2;
+                if (up.norm)
+                    ops::rms_norm2d(y.data(), C, H * W, floats(up.norm, ws.pbuf, ws), kEps, true);
+                else
+                    ops::instance_norm(y.data(), C, H * W, kInstEps, true);
+                act.swap(y);
+            }
         }
         for (const auto& c : convs_) conv_unit(c, act, y, C, H, W, 1, true, ws);
+        conv_unit(final_, act, y, C, H, W, 1, false, ws);
     }
-    conv_unit(final_, act, y, C, H, W, 1, false, ws);
     auto put = [&](size_t idx, const Floats& data, std::vector<int64_t> shape) {
         Output& o = outs[idx];
         if (B == 1) {  // one image: a copy (not a zero-fill and then a copy)

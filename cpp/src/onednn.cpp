@@ -56,6 +56,7 @@ struct Api {
     decltype(&dnnl_stream_create) stream_create;
     decltype(&dnnl_stream_destroy) stream_destroy;
     decltype(&dnnl_memory_desc_create_with_strides) md_create;
+    decltype(&dnnl_memory_desc_create_with_tag) md_create_tag;
     decltype(&dnnl_memory_desc_destroy) md_destroy;
     decltype(&dnnl_memory_desc_get_size) md_size;
     decltype(&dnnl_primitive_attr_create) attr_create;
@@ -63,6 +64,8 @@ struct Api {
     decltype(&dnnl_primitive_attr_set_scratchpad_mode) attr_scratchpad;
     decltype(&dnnl_primitive_attr_set_fpmath_mode) attr_fpmath;
     decltype(&dnnl_matmul_primitive_desc_create) matmul_pd;
+    decltype(&dnnl_deconvolution_forward_primitive_desc_create) deconv_pd;
+    decltype(&dnnl_reorder_primitive_desc_create) reorder_pd;
     decltype(&dnnl_primitive_desc_query_md) pd_query_md;
     decltype(&dnnl_primitive_desc_destroy) pd_destroy;
     decltype(&dnnl_primitive_create) prim_create;
@@ -105,6 +108,9 @@ std::string open_library(const std::string& path) {
     need("dnnl_engine_create", a.engine_create), need("dnnl_stream_create", a.stream_create);
     need("dnnl_stream_destroy", a.stream_destroy), need("dnnl_stream_wait", a.stream_wait);
     need("dnnl_memory_desc_create_with_strides", a.md_create), need("dnnl_memory_desc_destroy", a.md_destroy);
+    need("dnnl_memory_desc_create_with_tag", a.md_create_tag);
+    need("dnnl_deconvolution_forward_primitive_desc_create", a.deconv_pd);
+    need("dnnl_reorder_primitive_desc_create", a.reorder_pd);
     need("dnnl_memory_desc_get_size", a.md_size), need("dnnl_memory_create", a.mem_create);
     need("dnnl_memory_destroy", a.mem_destroy), need("dnnl_primitive_attr_create", a.attr_create);
     need("dnnl_primitive_attr_destroy", a.attr_destroy), need("dnnl_primitive_attr_set_scratchpad_mode", a.attr_scratchpad);
@@ -132,6 +138,9 @@ struct Md {
     Md(int nd, const dnnl_dims_t dims, dnnl_data_type_t dt, const dnnl_dims_t strides) {
         check(g_api.md_create(&md, nd, dims, dt, strides), "memory descriptor");
     }
+    Md(int nd, const dnnl_dims_t dims, dnnl_data_type_t dt, dnnl_format_tag_t tag) {
+        check(g_api.md_create_tag(&md, nd, dims, dt, tag), "memory descriptor");
+    }
     ~Md() { if (md) g_api.md_destroy(md); }
 };
 struct Mem {
@@ -140,70 +149,87 @@ struct Mem {
     ~Mem() { if (m) g_api.mem_destroy(m); }
 };
 
-// The calling thread's scratchpad of at least `bytes`, kept between calls: a fresh one per matmul
-// (oneDNN packs the weights into it, several MB) cost a zero-fill, page faults and an munmap per GEMM
-// (about 2 % of a 0.1b bf16 run). Owned per thread, so concurrent runs share nothing; 64-byte aligned.
-uint8_t* scratchpad(size_t bytes) {
+// The calling thread's buffer `slot` of at least `bytes`, kept between calls: slot 0 is the
+// scratchpad (a fresh one per matmul, where oneDNN packs the weights, several MB, cost a zero-fill,
+// page faults and an munmap per GEMM: about 2 % of a 0.1b bf16 run), slot 1 a convolution's weights
+// in oneDNN's layout. Owned per thread, so concurrent runs share nothing; 64-byte aligned.
+uint8_t* thread_buffer(int slot, size_t bytes) {
     struct Free {
         void operator()(uint8_t* p) const { std::free(p); }
     };
-    thread_local std::unique_ptr<uint8_t, Free> buf;
-    thread_local size_t size = 0;
-    if (bytes > size) {
+    thread_local std::unique_ptr<uint8_t, Free> buf[2];
+    thread_local size_t size[2] = {0, 0};
+    if (bytes > size[slot]) {
         const size_t rounded = (bytes + 63) / 64 * 64;
-        buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
-        if (!buf) throw std::bad_alloc();
-        size = rounded;
+        buf[slot].reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
+        if (!buf[slot]) throw std::bad_alloc();
+        size[slot] = rounded;
     }
-    return buf.get();
+    return buf[slot].get();
 }
 
-// One matmul call: the primitive descriptor (a oneDNN primitive-cache hit after the first call of
-// a shape), the calling thread's scratchpad, then execute.
-void run_matmul(const Md& src, const Md& wei, const Md* bias, const Md& dst, const void* a, const void* b,
-                const float* bias_data, void* c) {
-    dnnl_primitive_attr_t attr = nullptr;
-    check(g_api.attr_create(&attr), "attributes");
+// Owner of a primitive descriptor.
+struct Pd {
     dnnl_primitive_desc_t pd = nullptr;
-    dnnl_status_t st = g_api.attr_scratchpad(attr, dnnl_scratchpad_mode_user);
-    // Strict: float32 operands are multiplied in float32 even where ONEDNN_DEFAULT_FPMATH_MODE asks
-    // oneDNN to round them to bf16 on AMX; the fp32 engine must compute what it verified.
-    if (st == dnnl_success) st = g_api.attr_fpmath(attr, dnnl_fpmath_mode_strict);
-    if (st == dnnl_success)
-        st = g_api.matmul_pd(&pd, g_api.engine, src.md, wei.md, bias ? bias->md : nullptr, dst.md, attr);
-    g_api.attr_destroy(attr);
-    check(st, "matmul for this CPU");
-    dnnl_primitive_t prim = nullptr;
-    st = g_api.prim_create(&prim, pd);
-    const_dnnl_memory_desc_t pad_md = g_api.pd_query_md(pd, dnnl_query_scratchpad_md, 0);
-    uint8_t* pad = scratchpad(pad_md ? g_api.md_size(pad_md) : 0);
-    if (st != dnnl_success) {
-        g_api.pd_destroy(pd);
-        check(st, "matmul primitive");
-    }
-    try {
-        Mem ms(src.md, const_cast<void*>(a)), mw(wei.md, const_cast<void*>(b)), md(dst.md, c);
-        Mem mp(pad_md, pad);
-        std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m},
-                                             {DNNL_ARG_SCRATCHPAD, mp.m}};
-        std::unique_ptr<Mem> mb;
-        if (bias) {
-            mb = std::make_unique<Mem>(bias->md, const_cast<float*>(bias_data));
-            args.push_back({DNNL_ARG_BIAS, mb->m});
+    ~Pd() { if (pd) g_api.pd_destroy(pd); }
+};
+
+// Attributes every primitive here is made with: the scratchpad is ours (thread_buffer), and float32
+// operands are multiplied in float32 even where ONEDNN_DEFAULT_FPMATH_MODE asks oneDNN to round them
+// to bf16 on AMX (the fp32 engine must compute what it verified).
+struct Attr {
+    dnnl_primitive_attr_t attr = nullptr;
+    Attr() {
+        check(g_api.attr_create(&attr), "attributes");
+        dnnl_status_t st = g_api.attr_scratchpad(attr, dnnl_scratchpad_mode_user);
+        if (st == dnnl_success) st = g_api.attr_fpmath(attr, dnnl_fpmath_mode_strict);
+        if (st != dnnl_success) {
+            g_api.attr_destroy(attr);
+            check(st, "attributes");
         }
+    }
+    ~Attr() { g_api.attr_destroy(attr); }
+};
+
+// Creates the primitive of `pd` (a oneDNN primitive-cache hit after the first call of a shape) and
+// executes it on `args` with the calling thread's scratchpad, waiting for it to finish.
+void execute(const Pd& pd, std::vector<dnnl_exec_arg_t> args, const char* what) {
+    dnnl_primitive_t prim = nullptr;
+    check(g_api.prim_create(&prim, pd.pd), what);
+    try {
+        const_dnnl_memory_desc_t pad_md = g_api.pd_query_md(pd.pd, dnnl_query_scratchpad_md, 0);
+        Mem mp(pad_md, thread_buffer(0, pad_md ? g_api.md_size(pad_md) : 0));
+        args.push_back({DNNL_ARG_SCRATCHPAD, mp.m});
         dnnl_stream_t stream = nullptr;
         check(g_api.stream_create(&stream, g_api.engine, dnnl_stream_default_flags), "stream");
-        st = g_api.execute(prim, stream, static_cast<int>(args.size()), args.data());
+        dnnl_status_t st = g_api.execute(prim, stream, static_cast<int>(args.size()), args.data());
         if (st == dnnl_success) st = g_api.stream_wait(stream);
         g_api.stream_destroy(stream);
-        check(st, "matmul");
+        check(st, what);
     } catch (...) {
         g_api.prim_destroy(prim);
-        g_api.pd_destroy(pd);
         throw;
     }
     g_api.prim_destroy(prim);
-    g_api.pd_destroy(pd);
+}
+
+// One matmul call on the calling thread's scratchpad.
+void run_matmul(const Md& src, const Md& wei, const Md* bias, const Md& dst, const void* a, const void* b,
+                const float* bias_data, void* c) {
+    Pd pd;
+    {
+        Attr attr;
+        check(g_api.matmul_pd(&pd.pd, g_api.engine, src.md, wei.md, bias ? bias->md : nullptr, dst.md, attr.attr),
+              "matmul for this CPU");
+    }
+    Mem ms(src.md, const_cast<void*>(a)), mw(wei.md, const_cast<void*>(b)), md(dst.md, c);
+    std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}};
+    std::unique_ptr<Mem> mb;
+    if (bias) {
+        mb = std::make_unique<Mem>(bias->md, const_cast<float*>(bias_data));
+        args.push_back({DNNL_ARG_BIAS, mb->m});
+    }
+    execute(pd, std::move(args), "matmul");
 }
 
 void require() {
@@ -311,6 +337,40 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
     strided_matmul(dnnl_f32, M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
+void deconv4x4s2_bf16(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
+    require();
+    if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
+    const int64_t Ho = 2 * H, Wo = 2 * W;
+    // (N, C, H, W) dimensions as oneDNN names them, in NHWC memory; the weights (OC, IC, 4, 4) read from
+    // torch's (IC, OC, 4, 4) layout through strides.
+    const dnnl_dims_t sd = {1, cin, H, W}, ss = {H * W * cin, 1, W * cin, cin};
+    const dnnl_dims_t dd = {1, cout, Ho, Wo}, ds = {Ho * Wo * cout, 1, Wo * cout, cout};
+    const dnnl_dims_t wd = {cout, cin, 4, 4}, wst = {16, cout * 16, 4, 1};
+    const dnnl_dims_t strides = {2, 2}, dense = {0, 0}, pad = {1, 1};
+    Md src(4, sd, dnnl_bf16, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, dnnl_f32, wst);
+    Md w_any(4, wd, dnnl_bf16, dnnl_format_tag_any);
+    Pd pd;
+    {
+        Attr attr;
+        check(g_api.deconv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_deconvolution_direct, src.md, w_any.md,
+                              nullptr, dst.md, strides, dense, pad, pad, attr.attr),
+              "transposed convolution for this CPU");
+    }
+    // the weights rounded to bf16 (ties to even) in the layout the kernel reads, in one reorder
+    const_dnnl_memory_desc_t w_md = g_api.pd_query_md(pd.pd, dnnl_query_weights_md, 0);
+    uint8_t* w_packed = thread_buffer(1, g_api.md_size(w_md));
+    {
+        Pd reorder;
+        Attr attr;
+        check(g_api.reorder_pd(&reorder.pd, w_torch.md, g_api.engine, w_md, g_api.engine, attr.attr),
+              "weight reorder for this CPU");
+        Mem from(w_torch.md, const_cast<float*>(w)), to(w_md, w_packed);
+        execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "weight reorder");
+    }
+    Mem ms(src.md, const_cast<uint16_t*>(x)), mw(w_md, w_packed), md(dst.md, y);
+    execute(pd, {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}}, "transposed convolution");
+}
+
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
     require();
     if (M == 0 || N == 0) return;
@@ -398,6 +458,9 @@ void linear_f32(const float*, int64_t, int64_t, const float*, const float*, int6
 }
 void matmul_f32(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t,
                 float) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void deconv4x4s2_bf16(const uint16_t*, int64_t, int64_t, int64_t, const float*, int64_t, float*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*) {

@@ -508,6 +508,63 @@ void instance_norm(float* x, int64_t C, int64_t HW, float eps, bool silu) {
     for (int64_t c = 0; c < C; ++c) normalize_plane(x + c * HW, HW, eps, silu);
 }
 
+S2E_CPU_CLONES static void shifted_sums_row(const float* row, const float* shift, int64_t C, double* sum,
+                                             double* sq) {
+    for (int64_t c = 0; c < C; ++c) {
+        const double d = static_cast<double>(row[c]) - shift[c];
+        sum[c] += d;
+        sq[c] += d * d;
+    }
+}
+
+S2E_CPU_CLONES static void normalize_row_bf16(const float* row, const float* mean, const float* inv, int64_t C,
+                                               bool silu, uint16_t* out) {
+    if (silu) {
+        for (int64_t c = 0; c < C; ++c) {
+            const float z = (row[c] - mean[c]) * inv[c];
+            out[c] = float_to_bf16(z / (1.0f + exp_vec(-z)));
+        }
+    } else {
+        for (int64_t c = 0; c < C; ++c) out[c] = float_to_bf16((row[c] - mean[c]) * inv[c]);
+    }
+}
+
+void instance_norm_nhwc_bf16(const float* y, int64_t HW, int64_t C, float eps, bool silu, uint16_t* out) {
+    if (HW == 0 || C == 0) return;
+    // One pass of float64 sums shifted by the first pixel (no cancellation for channels far from zero),
+    // each thread's over its static share of pixels, added in thread order: the same bits every run.
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    std::vector<double> part(static_cast<size_t>(2 * threads * C), 0.0);
+    const float* shift = y;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = 0, n = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+        double* sum = part.data() + static_cast<size_t>(2 * t * C);
+        const int64_t lo = HW * t / n, hi = HW * (t + 1) / n;
+        for (int64_t p = lo; p < hi; ++p) shifted_sums_row(y + p * C, shift, C, sum, sum + C);
+    }
+    std::vector<float> mean(static_cast<size_t>(C)), inv(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+        double s = 0.0, q = 0.0;
+        for (int t = 0; t < threads; ++t) {
+            s += part[static_cast<size_t>(2 * t * C + c)];
+            q += part[static_cast<size_t>((2 * t + 1) * C + c)];
+        }
+        const double m = s / HW, var = std::max(0.0, q / HW - m * m);
+        mean[c] = static_cast<float>(shift[c] + m);
+        inv[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < HW; ++p) normalize_row_bf16(y + p * C, mean.data(), inv.data(), C, silu, out + p * C);
+}
+
 S2E_CPU_CLONES static void scale_silu_row(float* row, int64_t n, const float* inv, float w) {
     for (int64_t i = 0; i < n; ++i) {
         const float z = row[i] * inv[i] * w;

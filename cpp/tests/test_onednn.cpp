@@ -127,16 +127,12 @@ S2E_TEST(gemm_bf16_transposed_operands_and_beta) {
     CHECK(rel_max(c, want) < 1e-5);
 }
 
-S2E_TEST(conv_transpose_bf16_over_several_row_tiles) {
-    if (!usable()) return;
-    // Tall enough for three tiles of input rows, which share weights rounded to bf16 once: the result is
-    // the float64 transposed convolution of the rounded input and weights.
-    const int64_t cin = 8, cout = 64, H = 70, W = 128, Ho = 2 * H, Wo = 2 * W;
-    auto x = randn(cin * H * W, 21), w = randn(cin * cout * 16, 22);
-    std::vector<float> y(cout * Ho * Wo, 1e30f), scratch;  // every output written (NaN would not show in rel_max)
-    s2e::ops::conv_transpose4x4s2(x.data(), cin, H, W, w.data(), cout, y.data(), scratch, s2e::ops::Gemm::onednn_bf16);
-    CHECK(static_cast<int64_t>(scratch.size()) < cout * 16 * H * W);  // it did run in tiles
-    std::vector<double> want(y.size(), 0.0);
+// Float64 ConvTranspose2d(4, stride 2, padding 1) of bf16-rounded x (cin, H, W) and w (cin, cout, 4, 4),
+// channels first.
+static std::vector<double> deconv_reference(const std::vector<float>& x, const std::vector<float>& w, int64_t cin,
+                                            int64_t cout, int64_t H, int64_t W) {
+    const int64_t Ho = 2 * H, Wo = 2 * W;
+    std::vector<double> want(static_cast<size_t>(cout * Ho * Wo), 0.0);
     for (int64_t ci = 0; ci < cin; ++ci)
         for (int64_t co = 0; co < cout; ++co)
             for (int64_t ky = 0; ky < 4; ++ky)
@@ -152,7 +148,44 @@ S2E_TEST(conv_transpose_bf16_over_several_row_tiles) {
                         }
                     }
                 }
+    return want;
+}
+
+S2E_TEST(conv_transpose_bf16_over_several_row_tiles) {
+    if (!usable()) return;
+    // Tall enough for three tiles of input rows, which share weights rounded to bf16 once: the result is
+    // the float64 transposed convolution of the rounded input and weights.
+    const int64_t cin = 8, cout = 64, H = 70, W = 128, Ho = 2 * H, Wo = 2 * W;
+    auto x = randn(cin * H * W, 21), w = randn(cin * cout * 16, 22);
+    std::vector<float> y(cout * Ho * Wo, 1e30f), scratch;  // every output written (NaN would not show in rel_max)
+    s2e::ops::conv_transpose4x4s2(x.data(), cin, H, W, w.data(), cout, y.data(), scratch, s2e::ops::Gemm::onednn_bf16);
+    CHECK(static_cast<int64_t>(scratch.size()) < cout * 16 * H * W);  // it did run in tiles
+    const auto want = deconv_reference(x, w, cin, cout, H, W);
     CHECK(rel_max(y, want) < 1e-5);
+}
+
+S2E_TEST(deconv_bf16_channels_last_is_the_transposed_convolution) {
+    if (!usable()) {
+        if (!dnn::load().empty()) {
+            float y = 0;
+            uint16_t x = 0;
+            EXPECT_THROW(dnn::deconv4x4s2_bf16(&x, 1, 1, 1, &y, 1, &y), s2e::UnsupportedError);
+        }
+        return;
+    }
+    // odd sizes and channel counts that are not multiples of oneDNN's blocks; every output written
+    const int64_t cin = 19, cout = 21, H = 7, W = 11, Ho = 2 * H, Wo = 2 * W;
+    auto x = randn(cin * H * W, 31), w = randn(cin * cout * 16, 32);
+    std::vector<uint16_t> xb(static_cast<size_t>(cin * H * W));  // channels last
+    for (int64_t c = 0; c < cin; ++c)
+        for (int64_t p = 0; p < H * W; ++p) xb[p * cin + c] = s2e::float_to_bf16(x[c * H * W + p]);
+    std::vector<float> y(static_cast<size_t>(cout * Ho * Wo), 1e30f);
+    dnn::deconv4x4s2_bf16(xb.data(), cin, H, W, w.data(), cout, y.data());
+    const auto want = deconv_reference(x, w, cin, cout, H, W);
+    std::vector<float> got(y.size());  // back to channels first
+    for (int64_t c = 0; c < cout; ++c)
+        for (int64_t p = 0; p < Ho * Wo; ++p) got[c * Ho * Wo + p] = y[p * cout + c];
+    CHECK(rel_max(got, want) < 1e-5);
 }
 
 S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {

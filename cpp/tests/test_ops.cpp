@@ -133,6 +133,27 @@ S2E_TEST(norms_and_softmax) {
         ops::silu_inplace(plain.data(), static_cast<int64_t>(plain.size()));
         CHECK(max_diff(fused, plain) < 1e-6);
     }
+    // channels last, written as bf16: the same normalisation as channels first (rounded to bf16), also
+    // for channels far from zero (the shifted sums), with and without SiLU
+    for (bool silu : {false, true}) {
+        const int64_t C = 37, HW = 301;
+        auto first = randn(C * HW, 14);
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t p = 0; p < HW; ++p) first[c * HW + p] = first[c * HW + p] * (1 + c) + 100.0f * c;
+        std::vector<float> last(first.size());
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t p = 0; p < HW; ++p) last[p * C + c] = first[c * HW + p];
+        ops::instance_norm(first.data(), C, HW, 1e-5f, silu);
+        std::vector<uint16_t> out(first.size());
+        ops::instance_norm_nhwc_bf16(last.data(), HW, C, 1e-5f, silu, out.data());
+        double worst = 0;
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t p = 0; p < HW; ++p) {
+                const float want = first[c * HW + p], got = s2e::bf16_to_float(out[p * C + c]);
+                worst = std::max(worst, static_cast<double>(std::fabs(got - want) / std::max(1.0f, std::fabs(want))));
+            }
+        CHECK(worst <= 1.0 / 256);  // bf16's rounding (8 significant bits), nothing more
+    }
     auto r = randn(4 * 8, 10);
     std::vector<float> w(8, 2.0f), out(r.size());
     ops::rms_norm(r.data(), out.data(), 4, 8, 8, w.data(), 1e-6f);
