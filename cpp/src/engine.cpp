@@ -12,6 +12,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "s2e/attention.hpp"
 #include "s2e/onednn.hpp"
@@ -127,7 +128,8 @@ void fit(V& v, size_t n) {
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o;
     Floats u, a;  // the FFN's hidden rows; in the head, the activation and the next layer's output
-    Halves hb;    // the bf16 pose / seg head's activations, channels last
+    Halves hb;    // the pose / seg head's activations, channels last: bf16
+    Floats hf;    // or float32
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
@@ -819,40 +821,66 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
     W = Wo;
 }
 
-void Engine::deconv_head_bf16(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
-    Halves& x = ws.hb;  // each layer's input: bf16, (H*W, C)
+namespace {
+// y (M, N; row stride ldy) = a . b for the channels-last head's 1x1 convolutions, in the precision of E
+// (bf16 bits: float32 accumulation; float: strict fp32), read through strides as onednn::matmul_*.
+void head_matmul(int64_t M, int64_t K, int64_t N, const uint16_t* a, int64_t a_row, int64_t a_col, const uint16_t* b,
+                 int64_t b_row, int64_t b_col, float* y, int64_t ldy) {
+    onednn::matmul_bf16(M, K, N, a, a_row, a_col, b, b_row, b_col, y, ldy, 1.0f);
+}
+void head_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                 int64_t b_row, int64_t b_col, float* y, int64_t ldy) {
+    onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, y, ldy, 1.0f);
+}
+}  // namespace
+
+template <class E>
+void Engine::deconv_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
+    constexpr bool kBf16 = std::is_same<E, uint16_t>::value;
+    auto& x = [&]() -> auto& {  // each layer's input, (H*W, C)
+        if constexpr (kBf16) return ws.hb; else return ws.hf;
+    }();
+    // a weight (n values) in the precision of E
+    auto weights = [&](const Param& p, int64_t n) -> const E* {
+        const float* f = floats(p, ws.wbuf, ws);
+        if constexpr (kBf16) {
+            ws.wb.resize(static_cast<size_t>(n));
+            onednn::to_bf16(f, 1, n, n, ws.wb.data());
+            return ws.wb.data();
+        } else {
+            return f;
+        }
+    };
     int64_t HW = H * W;
     fit(x, static_cast<size_t>(C * HW));
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < HW; ++p)
-        for (int64_t c = 0; c < C; ++c) x[p * C + c] = float_to_bf16(feat[c * HW + p]);
+        for (int64_t c = 0; c < C; ++c) {
+            if constexpr (kBf16) x[p * C + c] = float_to_bf16(feat[c * HW + p]); else x[p * C + c] = feat[c * HW + p];
+        }
     for (const auto& dc : deconv_) {
         fit(ws.u, static_cast<size_t>(dc.cout * 4 * HW));
-        onednn::deconv4x4s2_bf16(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+        onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
         C = dc.cout;
         H *= 2;
         W *= 2;
         HW = H * W;
         fit(x, static_cast<size_t>(C * HW));
-        ops::instance_norm_nhwc_bf16(ws.u.data(), HW, C, kInstEps, true, x.data());
+        ops::instance_norm_nhwc(ws.u.data(), HW, C, kInstEps, true, x.data());
     }
     // 1x1 convolutions (the only kernel size of these heads) as GEMMs on the channels-last rows. Each is
     // followed by an InstanceNorm, which removes a per-channel bias exactly: it is not added.
     for (const auto& c : convs_) {
         fit(ws.u, static_cast<size_t>(c.cout * HW));
-        ws.wb.resize(static_cast<size_t>(c.cout * C));
-        onednn::to_bf16(floats(c.w, ws.wbuf, ws), 1, c.cout * C, c.cout * C, ws.wb.data());
-        onednn::matmul_bf16(HW, C, c.cout, x.data(), C, 1, ws.wb.data(), 1, C, ws.u.data(), c.cout, 1.0f);
+        head_matmul(HW, C, c.cout, x.data(), C, 1, weights(c.w, c.cout * C), 1, C, ws.u.data(), c.cout);
         C = c.cout;
         fit(x, static_cast<size_t>(C * HW));
-        ops::instance_norm_nhwc_bf16(ws.u.data(), HW, C, kInstEps, true, x.data());
+        ops::instance_norm_nhwc(ws.u.data(), HW, C, kInstEps, true, x.data());
     }
     // the final 1x1 convolution, channels first (the output's layout): (cout, H*W) = W (cout, C) . x^T
     const int64_t out = final_.cout;
     fit(ws.a, static_cast<size_t>(out * HW));
-    ws.wb.resize(static_cast<size_t>(out * C));
-    onednn::to_bf16(floats(final_.w, ws.wbuf, ws), 1, out * C, out * C, ws.wb.data());
-    onednn::matmul_bf16(out, C, HW, ws.wb.data(), C, 1, x.data(), 1, C, ws.a.data(), HW, 1.0f);
+    head_matmul(out, C, HW, weights(final_.w, out * C), C, 1, x.data(), 1, C, ws.a.data(), HW);
     if (final_.b) {
         const float* b = floats(final_.b, ws.wbuf2, ws);
         float* y = ws.a.data();
@@ -871,7 +899,9 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     bool pointwise = final_.k == 1;  // the channels-last path runs 1x1 convolutions (those of the official heads)
     for (const auto& c : convs_) pointwise = pointwise && c.k == 1;
     if ((h.task == "pose" || h.task == "seg") && bf16_ && pointwise) {
-        deconv_head_bf16(feat, C, H, W, ws);
+        deconv_head<uint16_t>(feat, C, H, W, ws);
+    } else if ((h.task == "pose" || h.task == "seg") && dnnl_f32_ && pointwise) {
+        deconv_head<float>(feat, C, H, W, ws);
     } else {
         fit(act, static_cast<size_t>(C * H * W));
         std::copy(feat, feat + C * H * W, act.begin());

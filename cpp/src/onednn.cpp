@@ -337,7 +337,11 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
     strided_matmul(dnnl_f32, M, K, N, a, a_row, a_col, b, b_row, b_col, c, ldc, alpha);
 }
 
-void deconv4x4s2_bf16(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
+namespace {
+
+// deconv4x4s2 on operands of type `dt` (bf16 or f32; the output float32).
+void deconv4x4s2_as(dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout,
+                    float* y) {
     require();
     if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
     const int64_t Ho = 2 * H, Wo = 2 * W;
@@ -347,8 +351,8 @@ void deconv4x4s2_bf16(const uint16_t* x, int64_t cin, int64_t H, int64_t W, cons
     const dnnl_dims_t dd = {1, cout, Ho, Wo}, ds = {Ho * Wo * cout, 1, Wo * cout, cout};
     const dnnl_dims_t wd = {cout, cin, 4, 4}, wst = {16, cout * 16, 4, 1};
     const dnnl_dims_t strides = {2, 2}, dense = {0, 0}, pad = {1, 1};
-    Md src(4, sd, dnnl_bf16, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, dnnl_f32, wst);
-    Md w_any(4, wd, dnnl_bf16, dnnl_format_tag_any);
+    Md src(4, sd, dt, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, dnnl_f32, wst);
+    Md w_any(4, wd, dt, dnnl_format_tag_any);
     Pd pd;
     {
         Attr attr;
@@ -356,7 +360,7 @@ void deconv4x4s2_bf16(const uint16_t* x, int64_t cin, int64_t H, int64_t W, cons
                               nullptr, dst.md, strides, dense, pad, pad, attr.attr),
               "transposed convolution for this CPU");
     }
-    // the weights rounded to bf16 (ties to even) in the layout the kernel reads, in one reorder
+    // the weights in the layout the kernel reads (for bf16 rounded, ties to even), in one reorder
     const_dnnl_memory_desc_t w_md = g_api.pd_query_md(pd.pd, dnnl_query_weights_md, 0);
     uint8_t* w_packed = thread_buffer(1, g_api.md_size(w_md));
     {
@@ -367,8 +371,18 @@ void deconv4x4s2_bf16(const uint16_t* x, int64_t cin, int64_t H, int64_t W, cons
         Mem from(w_torch.md, const_cast<float*>(w)), to(w_md, w_packed);
         execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "weight reorder");
     }
-    Mem ms(src.md, const_cast<uint16_t*>(x)), mw(w_md, w_packed), md(dst.md, y);
+    Mem ms(src.md, const_cast<void*>(x)), mw(w_md, w_packed), md(dst.md, y);
     execute(pd, {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}}, "transposed convolution");
+}
+
+}  // namespace
+
+void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
+    deconv4x4s2_as(dnnl_bf16, x, cin, H, W, w, cout, y);
+}
+
+void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
+    deconv4x4s2_as(dnnl_f32, x, cin, H, W, w, cout, y);
 }
 
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
@@ -460,7 +474,10 @@ void matmul_f32(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const
                 float) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
-void deconv4x4s2_bf16(const uint16_t*, int64_t, int64_t, int64_t, const float*, int64_t, float*) {
+void deconv4x4s2(const uint16_t*, int64_t, int64_t, int64_t, const float*, int64_t, float*) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void deconv4x4s2(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*) {

@@ -517,19 +517,38 @@ S2E_CPU_CLONES static void shifted_sums_row(const float* row, const float* shift
     }
 }
 
-S2E_CPU_CLONES static void normalize_row_bf16(const float* row, const float* mean, const float* inv, int64_t C,
-                                               bool silu, uint16_t* out) {
+template <class E>
+__attribute__((always_inline)) inline E stored_as(float z);
+template <>
+__attribute__((always_inline)) inline float stored_as<float>(float z) { return z; }
+template <>
+__attribute__((always_inline)) inline uint16_t stored_as<uint16_t>(float z) { return float_to_bf16(z); }
+
+template <class E>
+__attribute__((always_inline)) inline void normalize_row_as(const float* row, const float* mean, const float* inv,
+                                                            int64_t C, bool silu, E* out) {
     if (silu) {
         for (int64_t c = 0; c < C; ++c) {
             const float z = (row[c] - mean[c]) * inv[c];
-            out[c] = float_to_bf16(z / (1.0f + exp_vec(-z)));
+            out[c] = stored_as<E>(z / (1.0f + exp_vec(-z)));
         }
     } else {
-        for (int64_t c = 0; c < C; ++c) out[c] = float_to_bf16((row[c] - mean[c]) * inv[c]);
+        for (int64_t c = 0; c < C; ++c) out[c] = stored_as<E>((row[c] - mean[c]) * inv[c]);
     }
 }
 
-void instance_norm_nhwc_bf16(const float* y, int64_t HW, int64_t C, float eps, bool silu, uint16_t* out) {
+S2E_CPU_CLONES static void normalize_row(const float* row, const float* mean, const float* inv, int64_t C, bool silu,
+                                         uint16_t* out) {
+    normalize_row_as(row, mean, inv, C, silu, out);
+}
+
+S2E_CPU_CLONES static void normalize_row(const float* row, const float* mean, const float* inv, int64_t C, bool silu,
+                                         float* out) {
+    normalize_row_as(row, mean, inv, C, silu, out);
+}
+
+template <class E>
+static void instance_norm_nhwc_as(const float* y, int64_t HW, int64_t C, float eps, bool silu, E* out) {
     if (HW == 0 || C == 0) return;
     // One pass of float64 sums shifted by the first pixel (no cancellation for channels far from zero),
     // each thread's over its static share of pixels, added in thread order: the same bits every run.
@@ -562,7 +581,15 @@ void instance_norm_nhwc_bf16(const float* y, int64_t HW, int64_t C, float eps, b
         inv[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
     }
 #pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < HW; ++p) normalize_row_bf16(y + p * C, mean.data(), inv.data(), C, silu, out + p * C);
+    for (int64_t p = 0; p < HW; ++p) normalize_row(y + p * C, mean.data(), inv.data(), C, silu, out + p * C);
+}
+
+void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool silu, uint16_t* out) {
+    instance_norm_nhwc_as(y, HW, C, eps, silu, out);
+}
+
+void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool silu, float* out) {
+    instance_norm_nhwc_as(y, HW, C, eps, silu, out);
 }
 
 S2E_CPU_CLONES static void scale_silu_row(float* row, int64_t n, const float* inv, float w) {

@@ -127,24 +127,25 @@ S2E_TEST(gemm_bf16_transposed_operands_and_beta) {
     CHECK(rel_max(c, want) < 1e-5);
 }
 
-// Float64 ConvTranspose2d(4, stride 2, padding 1) of bf16-rounded x (cin, H, W) and w (cin, cout, 4, 4),
-// channels first.
+// Float64 ConvTranspose2d(4, stride 2, padding 1) of x (cin, H, W) and w (cin, cout, 4, 4), channels first,
+// both rounded to bf16 first when `bf16`.
 static std::vector<double> deconv_reference(const std::vector<float>& x, const std::vector<float>& w, int64_t cin,
-                                            int64_t cout, int64_t H, int64_t W) {
+                                            int64_t cout, int64_t H, int64_t W, bool bf16 = true) {
+    auto r = [bf16](float v) { return bf16 ? s2e::round_bf16(v) : v; };
     const int64_t Ho = 2 * H, Wo = 2 * W;
     std::vector<double> want(static_cast<size_t>(cout * Ho * Wo), 0.0);
     for (int64_t ci = 0; ci < cin; ++ci)
         for (int64_t co = 0; co < cout; ++co)
             for (int64_t ky = 0; ky < 4; ++ky)
                 for (int64_t kx = 0; kx < 4; ++kx) {
-                    const double wv = s2e::round_bf16(w[((ci * cout + co) * 4 + ky) * 4 + kx]);
+                    const double wv = r(w[((ci * cout + co) * 4 + ky) * 4 + kx]);
                     for (int64_t iy = 0; iy < H; ++iy) {
                         const int64_t oy = 2 * iy - 1 + ky;
                         if (oy < 0 || oy >= Ho) continue;
                         for (int64_t ix = 0; ix < W; ++ix) {
                             const int64_t ox = 2 * ix - 1 + kx;
                             if (ox >= 0 && ox < Wo)
-                                want[(co * Ho + oy) * Wo + ox] += wv * s2e::round_bf16(x[(ci * H + iy) * W + ix]);
+                                want[(co * Ho + oy) * Wo + ox] += wv * r(x[(ci * H + iy) * W + ix]);
                         }
                     }
                 }
@@ -164,28 +165,39 @@ S2E_TEST(conv_transpose_bf16_over_several_row_tiles) {
     CHECK(rel_max(y, want) < 1e-5);
 }
 
-S2E_TEST(deconv_bf16_channels_last_is_the_transposed_convolution) {
-    if (!usable()) {
-        if (!dnn::load().empty()) {
-            float y = 0;
-            uint16_t x = 0;
-            EXPECT_THROW(dnn::deconv4x4s2_bf16(&x, 1, 1, 1, &y, 1, &y), s2e::UnsupportedError);
-        }
+S2E_TEST(deconv_channels_last_is_the_transposed_convolution) {
+    const int64_t cin = 19, cout = 21, H = 7, W = 11, Ho = 2 * H, Wo = 2 * W;
+    if (!dnn::load().empty()) {
+        float y = 0;
+        uint16_t x = 0;
+        EXPECT_THROW(dnn::deconv4x4s2(&x, 1, 1, 1, &y, 1, &y), s2e::UnsupportedError);
+        EXPECT_THROW(dnn::deconv4x4s2(&y, 1, 1, 1, &y, 1, &y), s2e::UnsupportedError);
         return;
     }
     // odd sizes and channel counts that are not multiples of oneDNN's blocks; every output written
-    const int64_t cin = 19, cout = 21, H = 7, W = 11, Ho = 2 * H, Wo = 2 * W;
     auto x = randn(cin * H * W, 31), w = randn(cin * cout * 16, 32);
-    std::vector<uint16_t> xb(static_cast<size_t>(cin * H * W));  // channels last
+    std::vector<float> xf(static_cast<size_t>(cin * H * W));  // channels last
+    std::vector<uint16_t> xb(xf.size());
     for (int64_t c = 0; c < cin; ++c)
-        for (int64_t p = 0; p < H * W; ++p) xb[p * cin + c] = s2e::float_to_bf16(x[c * H * W + p]);
-    std::vector<float> y(static_cast<size_t>(cout * Ho * Wo), 1e30f);
-    dnn::deconv4x4s2_bf16(xb.data(), cin, H, W, w.data(), cout, y.data());
-    const auto want = deconv_reference(x, w, cin, cout, H, W);
-    std::vector<float> got(y.size());  // back to channels first
-    for (int64_t c = 0; c < cout; ++c)
-        for (int64_t p = 0; p < Ho * Wo; ++p) got[c * Ho * Wo + p] = y[p * cout + c];
-    CHECK(rel_max(got, want) < 1e-5);
+        for (int64_t p = 0; p < H * W; ++p) {
+            xf[p * cin + c] = x[c * H * W + p];
+            xb[p * cin + c] = s2e::float_to_bf16(x[c * H * W + p]);
+        }
+    const bool bf16 = usable();
+    for (bool rounded : {false, true}) {
+        if (rounded && !bf16) continue;
+        std::vector<float> y(static_cast<size_t>(cout * Ho * Wo), 1e30f);
+        if (rounded)
+            dnn::deconv4x4s2(xb.data(), cin, H, W, w.data(), cout, y.data());
+        else
+            dnn::deconv4x4s2(xf.data(), cin, H, W, w.data(), cout, y.data());
+        const auto want = deconv_reference(x, w, cin, cout, H, W, rounded);
+        std::vector<float> got(y.size());  // back to channels first
+        for (int64_t c = 0; c < cout; ++c)
+            for (int64_t p = 0; p < Ho * Wo; ++p) got[c * Ho * Wo + p] = y[p * cout + c];
+        std::printf("  %s: max error %.2e of the largest output\n", rounded ? "bf16" : "f32", rel_max(got, want));
+        CHECK(rel_max(got, want) < 1e-5);
+    }
 }
 
 S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {

@@ -145,14 +145,19 @@ S2E_TEST(norms_and_softmax) {
             for (int64_t p = 0; p < HW; ++p) last[p * C + c] = first[c * HW + p];
         ops::instance_norm(first.data(), C, HW, 1e-5f, silu);
         std::vector<uint16_t> out(first.size());
-        ops::instance_norm_nhwc_bf16(last.data(), HW, C, 1e-5f, silu, out.data());
-        double worst = 0;
+        std::vector<float> outf(first.size());
+        ops::instance_norm_nhwc(last.data(), HW, C, 1e-5f, silu, out.data());
+        ops::instance_norm_nhwc(last.data(), HW, C, 1e-5f, silu, outf.data());
+        double worst = 0, worst_f = 0;
         for (int64_t c = 0; c < C; ++c)
             for (int64_t p = 0; p < HW; ++p) {
                 const float want = first[c * HW + p], got = s2e::bf16_to_float(out[p * C + c]);
-                worst = std::max(worst, static_cast<double>(std::fabs(got - want) / std::max(1.0f, std::fabs(want))));
+                const float scale = std::max(1.0f, std::fabs(want));
+                worst = std::max(worst, static_cast<double>(std::fabs(got - want) / scale));
+                worst_f = std::max(worst_f, static_cast<double>(std::fabs(outf[p * C + c] - want) / scale));
             }
         CHECK(worst <= 1.0 / 256);  // bf16's rounding (8 significant bits), nothing more
+        CHECK(worst_f <= 1e-5);     // float32: the same normalisation
     }
     auto r = randn(4 * 8, 10);
     std::vector<float> w(8, 2.0f), out(r.size());

@@ -58,10 +58,11 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // ConvTranspose2d(kernel 4, stride 2, padding 1, no bias) on oneDNN's transposed-convolution kernels,
-// channels last: x (H, W, cin) bf16 bits -> y (2H, 2W, cout) float32, with w (cin, cout, 4, 4) (a torch
-// weight, float32) rounded to bf16 and float32 accumulation. No column buffer and no col2im pass: the
-// kernel writes each output once.
-void deconv4x4s2_bf16(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
+// channels last: x (H, W, cin) -> y (2H, 2W, cout) float32, with w (cin, cout, 4, 4) (a torch weight,
+// float32). bf16 x: w rounded to bf16, float32 accumulation; float32 x: strict fp32 math. No column
+// buffer and no col2im pass: the kernel writes each output once.
+void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
+void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
 // c[M, N] (int32, dense) = a[M, K] . W[N, K]^T on int8 operands (a torch Linear weight layout), exact
 // int32 accumulation on oneDNN's int8 kernels (VNNI / AMX where the CPU has them).
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c);

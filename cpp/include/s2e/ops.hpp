@@ -42,9 +42,10 @@ bool exp_rows_bf16_vectorized();
 // Per-channel normalisation over H*W (biased variance), no affine: InstanceNorm2d(affine=False);
 // `silu`: SiLU applied in the same pass.
 void instance_norm(float* x, int64_t C, int64_t HW, float eps, bool silu = false);
-// instance_norm of y (HW, C) channels last (float32), the result written as bf16 bits to `out` (HW, C):
-// the bf16 heads' normalisation, whose output is the next layer's bf16 input.
-void instance_norm_nhwc_bf16(const float* y, int64_t HW, int64_t C, float eps, bool silu, uint16_t* out);
+// instance_norm of y (HW, C) channels last (float32), the result written to `out` (HW, C) as bf16 bits or
+// floats: the channels-last heads' normalisation, whose output is the next layer's input.
+void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool silu, uint16_t* out);
+void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool silu, float* out);
 // Per-pixel RMSNorm over channels with weight (C,); `silu` as instance_norm's.
 void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps, bool silu = false);
 
