@@ -896,11 +896,12 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     const HeadConfig& h = cfg_.head;
     int64_t C = h.in_channels, H = hp, W = wp;
     Floats &act = ws.a, &y = ws.u;  // the backbone's largest buffers, done with
-    bool pointwise = final_.k == 1;  // the channels-last path runs 1x1 convolutions (those of the official heads)
-    for (const auto& c : convs_) pointwise = pointwise && c.k == 1;
-    if ((h.task == "pose" || h.task == "seg") && bf16_ && pointwise) {
+    // the channels-last path runs 1x1 convolutions after the transposed ones (those of the official heads)
+    bool channels_last = (h.task == "pose" || h.task == "seg") && final_.k == 1;
+    for (const auto& c : convs_) channels_last = channels_last && c.k == 1;
+    if (channels_last && bf16_) {
         deconv_head<uint16_t>(feat, C, H, W, ws);
-    } else if ((h.task == "pose" || h.task == "seg") && dnnl_f32_ && pointwise) {
+    } else if (channels_last && dnnl_f32_) {
         deconv_head<float>(feat, C, H, W, ws);
     } else {
         fit(act, static_cast<size_t>(C * H * W));
