@@ -98,7 +98,14 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     if precision not in PRECISIONS:
         raise ConfigError(f"ONNX precision {precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
     from .gate_split import split_gate_projections
-    from .onnx_quant import export_attention_inputs, export_modules, needed_opset, openvino_module, translation_table
+    from .onnx_quant import (
+        export_attention_inputs,
+        export_head,
+        export_modules,
+        needed_opset,
+        openvino_module,
+        translation_table,
+    )
 
     opset = needed_opset(model, opset)
     path = out_dir / MODEL_FILE
@@ -109,7 +116,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
-            export_attention_inputs(model), \
+            export_attention_inputs(model), export_head(model), \
             (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
         warnings.simplefilter("ignore")

@@ -51,11 +51,13 @@ import contextlib
 from typing import Callable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import numerics as nx
 from ..quantization.attention_inputs import AttentionInputQuant, fake_quant_int8, quantized_attentions
 from ..quantization.decomposed import DecomposedLinear
+from ..quantization.head_int8 import QuantDeconv, quantized_deconvs
 from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"
@@ -101,6 +103,51 @@ def qdq_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 @qdq_int8.register_fake
 def _(x, scale):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::dq_channels", mutates_args=())
+def dq_channels(w: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
+    """int8 ``w`` times its per-channel float32 ``scale`` along ``axis``: DequantizeLinear without a zero
+    point (0); OpenVINO folds a Subtract of a zero point input into no int8 convolution."""
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    return w.float() * scale.reshape(shape)
+
+
+@dq_channels.register_fake
+def _(w, scale, axis):
+    return torch.empty(w.shape, dtype=torch.float32, device=w.device)
+
+
+class ExportQuantDeconv(nn.Module):
+    """Export-time stand-in for a :class:`~sapiens2_edge.quantization.head_int8.QuantDeconv`: the input's
+    ``qdq_int8`` and the weights' ``dq_channels`` (axis 1, output channels) around a float ConvTranspose."""
+
+    def __init__(self, m: QuantDeconv):
+        super().__init__()
+        self.stride, self.padding = m.stride, m.padding
+        self.register_buffer("weight", m.weight.detach().clone())
+        self.register_buffer("weight_scale", m.weight_scale.detach().clone())
+        self.register_buffer("input_scale", m.input_scale.detach().reshape(()).clone())  # QuantizeLinear's scalar
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(qdq_int8(x, self.input_scale), dq_channels(self.weight, self.weight_scale, 1),
+                                  stride=self.stride, padding=self.padding)
+
+
+@contextlib.contextmanager
+def export_head(model: nn.Module) -> Iterator[int]:
+    """Swap every int8 transposed convolution of the head for its ONNX form for the duration; yields how many."""
+    from ..quantization.model import set_module
+
+    found = quantized_deconvs(model)
+    try:
+        for n, m in found.items():
+            set_module(model, n, ExportQuantDeconv(m))
+        yield len(found)
+    finally:
+        for n, m in found.items():
+            set_module(model, n, m)
 
 
 class ExportAttentionInputQuant(nn.Module):
@@ -231,7 +278,8 @@ def translation_table(opset: int) -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``."""
     return {torch.ops.s2e_export.qlinear.default: _make_translation(opset),
             torch.ops.s2e_export.qlinear4.default: _make_translation4(),
-            torch.ops.s2e_export.qdq_int8.default: _make_qdq_translation()}
+            torch.ops.s2e_export.qdq_int8.default: _make_qdq_translation(),
+            torch.ops.s2e_export.dq_channels.default: _make_dq_channels_translation()}
 
 
 def _make_qdq_translation():
@@ -245,6 +293,15 @@ def _make_qdq_translation():
         return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
 
     return qdq_int8_onnx
+
+
+def _make_dq_channels_translation():
+    from onnxscript import opset18 as op
+
+    def dq_channels_onnx(w, scale, axis: int):
+        return op.DequantizeLinear(w, scale, axis=axis)
+
+    return dq_channels_onnx
 
 
 #: MatMulNBits accuracy_level 1: the activations stay float32 (level 4 would quantize them to int8)

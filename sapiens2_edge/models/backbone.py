@@ -339,6 +339,11 @@ class Sapiens2Backbone(nn.Module):
             t = blk(t, rope)
         return self.ln1(t), hp, wp
 
+    @staticmethod
+    def featmap(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """Final-normed tokens (B, 9+N, C) -> the patch tokens as a feature map (B, C, Hp, Wp)."""
+        return t[:, NUM_PREFIX_TOKENS:].transpose(1, 2).reshape(t.shape[0], -1, hp, wp)
+
     def forward(self, x: torch.Tensor, output: str = "featmap") -> torch.Tensor:
         """``output``: ``featmap`` (B,C,Hp,Wp), ``raw`` (B,9+N,C) or ``cls_token`` (B,C) (spec 1.2)."""
         t, hp, wp = self.forward_tokens(x)
@@ -347,6 +352,5 @@ class Sapiens2Backbone(nn.Module):
         if output == "cls_token":
             return t[:, 0]
         if output == "featmap":
-            prefix = NUM_PREFIX_TOKENS
-            return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], -1, hp, wp)
+            return self.featmap(t, hp, wp)
         raise ConfigError(f"unknown backbone output {output!r}; expected 'featmap', 'raw' or 'cls_token'")

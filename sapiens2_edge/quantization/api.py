@@ -22,7 +22,7 @@ from .schemes import Calibration, Mixed, SchemeConfig, as_scheme_config, config_
 from .sensitivity import search_mixed
 
 #: options that pick layers rather than say how to quantize them: accepted with config objects too
-SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens", "float_storage", "attention")
+SELECTION_OPTIONS = ("exclude", "quantize_tokenizer", "prefix_tokens", "float_storage", "attention", "head")
 
 
 def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> tuple[SchemeConfig, QuantRecipe]:
@@ -70,6 +70,9 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     rounding), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
     among them, as float16), ``attention`` (``int8``: q, k and v of every backbone attention rounded to int8 with
     per-tensor scales read from the calibration data, which OpenVINO runs as int8 attention; default ``float``),
+    ``head`` (``int8``: the pose / seg head's transposed convolutions with int8 weights per output channel and
+    int8 inputs with a scale read from the calibration data, which OpenVINO runs with its int8 convolution
+    kernels; default ``float``),
     ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
     ``auto``), the calibration settings ``calibration_size``, ``batch_size``, ``input_size``,
     ``report_samples`` (shorthands of the Calibration fields); with a scheme name also any other

@@ -53,13 +53,13 @@ def applies(model, calib: CalibrationSet, groups, static: list[str]) -> bool:
 
 
 def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe, device, desc: str,
-              show, release_inputs: bool = False) -> tuple[set[str], dict[str, float]]:
+              show, release_inputs: bool = False, head: bool = False) -> tuple[set[str], dict[str, float]]:
     """SmoothQuant folding and static ranges of ``base`` (modified in place) block by block.
 
     groups: (SmoothGroup, alpha, explicit) of the groups to smooth; static: names of the layers
     with static activations. ``release_inputs``: drop the calibration images once embedded (the
     caller needs them no more; 9.4 MB per 1024x768 image). Returns (smoothed layer names, layer
-    name -> clipping value)."""
+    name -> clipping value). ``head``: run the head on the last block's outputs too (its input observers)."""
     smooth = {g.norm: (g, alpha) for g, alpha, _ in groups}
     static_set = set(static)
     backbone = base.backbone
@@ -67,7 +67,7 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
     observers: dict[str, RangeObserver] = {}
     smoothed: set[str] = set()
     with torch.no_grad():
-        states, rope = _embed(base, calib, device)
+        states, rope, hp, wp = _embed(base, calib, device)
         if release_inputs:
             calib.release()
         for i, blk in enumerate(progress(backbone.blocks, len(backbone.blocks), desc, show, unit="block")):
@@ -88,6 +88,10 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
                         states[j] = run(states[j])
                 finally:
                     remove()
+        if head:
+            for j in range(len(states)):
+                base.decode_head(backbone.featmap(backbone.ln1(states[j]), hp, wp))
+                states[j] = None
     ranges = {}
     for n in static:
         act = configs[n].activation
@@ -95,15 +99,16 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
     return smoothed, ranges
 
 
-def _embed(base, calib: CalibrationSet, device) -> tuple[list[torch.Tensor], Any]:
-    """The first block's input of every calibration batch, and the RoPE tables (one input size)."""
-    states, rope = [], None
+def _embed(base, calib: CalibrationSet, device) -> tuple[list[torch.Tensor], Any, int, int]:
+    """The first block's input of every calibration batch, the RoPE tables and the patch grid (one
+    input size)."""
+    states, rope, hp, wp = [], None, 0, 0
     for b in calib:
         b = b.to(device)
         base.check_input(b)
-        t, rope, _, _ = base.backbone.embed(b.to(base.backbone.cls_token.dtype))
+        t, rope, hp, wp = base.backbone.embed(b.to(base.backbone.cls_token.dtype))
         states.append(t)
-    return states, rope
+    return states, rope, hp, wp
 
 
 def _smooth(base, modules, group, inputs: Iterable[torch.Tensor], recipe) -> tuple[str, ...]:

@@ -46,6 +46,9 @@ CALIBRATION_PRECISIONS = ("auto", "fp32", "bf16")
 #: their float precision) or ``int8`` (q, k, v rounded to int8 with calibrated per-tensor scales,
 #: see :mod:`.attention_inputs`; needs calibration data)
 ATTENTION_MODES = ("float", "int8")
+#: The pose / seg head's transposed convolutions: ``float`` or ``int8`` (int8 weights per output
+#: channel, inputs per tensor from the calibration maxima, see :mod:`.head_int8`; needs calibration data)
+HEAD_MODES = ("float", "int8")
 
 #: Default exclusions (glob patterns over module names). Only ``nn.Linear`` modules inside the
 #: backbone are ever quantized, so these are documentation as much as filters: the patch
@@ -237,7 +240,8 @@ class QuantRecipe:
     calibration_precision: precision of the calibration forwards (see :data:`CALIBRATION_PRECISIONS`;
     a quantized model records the one it was calibrated in). attention: ``float`` or ``int8``
     (q, k, v of every backbone attention not excluded rounded to int8 with calibrated scales; see
-    :data:`ATTENTION_MODES`).
+    :data:`ATTENTION_MODES`). head: ``float`` or ``int8`` (the pose / seg head's transposed
+    convolutions in int8 with a calibrated input scale; see :data:`HEAD_MODES`).
     """
 
     scheme: str
@@ -260,10 +264,12 @@ class QuantRecipe:
     float_storage: str = "fp32"
     calibration_precision: str = "auto"
     attention: str = "float"
+    head: str = "float"
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
         _check_choice("attention", self.attention, ATTENTION_MODES)
+        _check_choice("head", self.head, HEAD_MODES)
         _check_choice("float_storage", self.float_storage, FLOAT_STORAGE)
         _check_choice("calibration_precision", self.calibration_precision, CALIBRATION_PRECISIONS)
         check_group_size(self.group_size)

@@ -35,7 +35,7 @@ import torch
 from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, QuantizationError
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
-from . import attention_inputs, blockwise
+from . import attention_inputs, blockwise, head_int8
 from .calibration import CalibrationSet, build_calibration_set, calibration_autocast, calibration_precision, progress
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
@@ -168,9 +168,15 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     if attentions and calib is None:
         raise CalibrationError(f"attention='int8' needs calibration data to set the q, k, v ranges of {len(attentions)} "
                                "attentions; pass calibration= (images or normalised tensors) or attention='float'")
+    deconvs = head_int8.selected(base, recipe)
+    if deconvs and calib is None:
+        raise CalibrationError(f"head='int8' needs calibration data to set the input ranges of the head's {len(deconvs)} "
+                               "transposed convolutions; pass calibration= (images or normalised tensors) or head='float'")
     observers = attention_inputs.attach_observers(base, attentions)  # they see the calibration forwards below
+    deconv_observers = {n: head_int8.DeconvInputObserver() for n in deconvs}
+    remove_deconv_observers = attach_input_observers(base, deconv_observers)
     try:
-        if groups or static or attentions:
+        if groups or static or attentions or deconvs:
             precision, why = calibration_precision(recipe.calibration_precision, device)
             recipe = replace(recipe, calibration_precision=precision)
             notes.append(f"calibration forwards in {precision} ({why})")
@@ -178,12 +184,14 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             with calibration_autocast(precision, device):
                 if groups or static:
                     smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
-                                                  release_inputs=held_out is not None)
+                                                  release_inputs=held_out is not None, head=bool(deconvs))
                 else:
-                    _run_backbone(base, calib, device, f"calibrate attention inputs ({calib.num_samples} images)",
-                                  progress, len(calib))
+                    what = " + ".join(w for w, on in (("attention inputs", attentions), ("head inputs", deconvs)) if on)
+                    _run_backbone(base, calib, device, f"calibrate {what} ({calib.num_samples} images)",
+                                  progress, len(calib), head=bool(deconvs))
     finally:
         attention_inputs.remove(base, attentions)
+        remove_deconv_observers()
 
     # -- convert ----------------------------------------------------------------------------------
     qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
@@ -200,6 +208,10 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     if observers:
         notes.append(f"int8 attention inputs: q, k, v of {len(observers)} attentions, per-tensor scales from the "
                      f"largest |x| over {calib.num_samples} calibration images")
+    head_int8.install(qmodel, {n: obs.amax for n, obs in deconv_observers.items()})
+    if deconv_observers:
+        notes.append(f"int8 head: {len(deconv_observers)} transposed convolutions with int8 weights per output channel "
+                     f"and int8 inputs, per-tensor scales from the largest |x| over {calib.num_samples} calibration images")
     qmodel = as_quantized(qmodel, recipe, {n: s.name for n, s in specs.items()}).eval()
     if recipe.float_storage == "fp16":
         round_float_storage(qmodel)
@@ -266,25 +278,29 @@ def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, de
 
 
 def _run_backbone(model: Sapiens2Model, batches: Iterable[torch.Tensor], device: torch.device, desc: str,
-                  show: bool | None, total: int | None) -> None:
-    """Forward the backbone only: every observed layer is a backbone linear, the head's output is unused."""
+                  show: bool | None, total: int | None, head: bool = False) -> None:
+    """Forward the backbone only (the observed layers are backbone linears), or with ``head`` the head
+    too (its transposed convolutions are observed)."""
     with torch.no_grad():
         for b in progress(batches, total, desc, show):
             b = b.to(device)
             model.check_input(b)
-            model.backbone(b.to(model.backbone.cls_token.dtype), "featmap")
+            feat = model.backbone(b.to(model.backbone.cls_token.dtype), "featmap")
+            if head:
+                model.decode_head(feat)
 
 
-def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, desc: str, show) -> None:
+def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, desc: str, show,
+              head: bool = False) -> None:
     remove = attach_input_observers(base, observers)
     try:
-        _run_backbone(base, calib, device, desc, show, len(calib))
+        _run_backbone(base, calib, device, desc, show, len(calib), head)
     finally:
         remove()
 
 
 def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe: QuantRecipe, device,
-               show, release_inputs: bool = False) -> tuple[set[str], dict[str, float]]:
+               show, release_inputs: bool = False, head: bool = False) -> tuple[set[str], dict[str, float]]:
     """SmoothQuant statistics and folding, then the static ranges of the layers in ``static``.
 
     One backbone pass collects the per-channel maxima of each smoothing group's input and the
@@ -293,7 +309,8 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     known; an unsmoothed layer's input is what the float model computes anyway. A second pass, on
     the smoothed model, only when a layer of a smoothed group needs a histogram (``percentile``,
     ``mse``) of the smoothed input. Layers reading the same tensor (a group's linears) share one
-    observer. Returns (smoothed layer names, layer name -> clipping value).
+    observer. ``head``: the first pass runs the head too (for its observers). Returns (smoothed layer
+    names, layer name -> clipping value).
     """
     feeds = {n: g for g in find_groups(base) for n in g.linears}  # layer -> the group reading its input
     smooth = {n for g, _, _ in groups for n in g.linears}
@@ -303,12 +320,13 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     if set(first) != set(static) and blockwise.applies(base, calib, groups, static):
         what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", static)) if on)
         return blockwise.calibrate(base, calib, groups, static, configs, recipe, device,
-                                   f"calibrate {what} ({n_images} images, block by block)", show, release_inputs)
+                                   f"calibrate {what} ({n_images} images, block by block)", show, release_inputs,
+                                   head)
     channel = {g.linears[0]: ChannelAbsMaxObserver(recipe.prefix_tokens_for(g.linears[0])) for g, _, _ in groups}
     direct = _shared_observers([n for n in first if n not in smooth], feeds, recipe,
                                lambda n: estimator[n] != "minmax")
     what = " + ".join(w for w, on in (("smoothquant", groups), ("ranges", first)) if on)
-    _observed(base, {**channel, **direct}, calib, device, f"calibrate {what} ({n_images} images)", show)
+    _observed(base, {**channel, **direct}, calib, device, f"calibrate {what} ({n_images} images)", show, head)
 
     ranges = {n: obs.range(estimator[n], configs[n].activation.percentile, configs[n].activation.dtype)
               for n, obs in _expand(direct, [n for n in first if n not in smooth], feeds).items()}

@@ -3,9 +3,11 @@
 
 Everything else (patch embedding, norms, RoPE, softmax/attention, residuals, LayerScale, the
 head) stays float; with ``recipe.attention == "int8"`` the attention's q, k, v are rounded to int8
-first (:mod:`.attention_inputs`). ``state_dict()`` / ``official_state_dict()`` hold the quantized
+first (:mod:`.attention_inputs`), and with ``recipe.head == "int8"`` the head's transposed convolutions are
+:class:`~.head_int8.QuantDeconv` modules. ``state_dict()`` / ``official_state_dict()`` hold the quantized
 tensors under the official names (``...wq.weight`` int8/fp8/fp16, ``...wq.weight_scale``,
-``...input_scale``) and the attention input scales as ``...attn.input_quant.{q,k,v}_scale``.
+``...input_scale``), the attention input scales as ``...attn.input_quant.{q,k,v}_scale`` and an int8
+head's ``decode_head.deconv_layers.N.{weight,weight_scale,input_scale}``.
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def float_copy(model: Sapiens2Model, skip: Iterable[str] = ()) -> Sapiens2Model:
 def float_keys(model: nn.Module) -> list[str]:
     """State-dict keys of the float32 tensors outside the quantized layers (head, patch embedding,
     norms, tokens): what ``float_storage="fp16"`` stores as float16."""
-    quant = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    from .head_int8 import QuantDeconv
+
+    quant = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantDeconv)))
     return [k for k, v in model.state_dict().items() if v.dtype == torch.float32 and not k.startswith(quant)]
 
 

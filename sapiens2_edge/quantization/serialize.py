@@ -11,6 +11,8 @@ pretrain checkpoints do):
                                             F16 (N, K/G) for int4 layers, one per group
 ``backbone.blocks.0.attn.wq.input_scale``   F32     (1,), static activations only
 ``backbone.blocks.0.attn.input_quant.q_scale`` F32  (1,) each of q, k, v: ``attention="int8"`` only
+``decode_head.deconv_layers.0.weight``      I8      (in, out, 4, 4): ``head="int8"`` only, with
+                                                    ``weight_scale`` F32 (out,), ``input_scale`` F32 (1,)
 everything else                             as held by the model (F32; RoPE periods BF16), F16 with
                                             the recipe's ``float_storage="fp16"`` (values rounded so)
 =========================================== ======= ==========================================
@@ -45,7 +47,7 @@ from ..models.checkpoint import (
 )
 from ..models.layout import RANDOM_WEIGHTS_KEY, check_shapes, is_random_checkpoint
 from ..models.model import Sapiens2Model
-from . import attention_inputs
+from . import attention_inputs, head_int8
 from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
 from .linear import QuantLinear
 from .model import QuantizedModel, as_quantized, float_keys, set_module
@@ -231,6 +233,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
         set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
                                             prefix[name]))
     attention_inputs.install(model, {n: (1.0, 1.0, 1.0) for n in attention_inputs.selected(model, recipe)})
+    head_int8.install(model, head_int8.selected(model, recipe))
     expected = model.state_dict()
     names = _file_names(model)
     found = {k: header.tensors[k].shape for k in header.tensors}
