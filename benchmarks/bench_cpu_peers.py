@@ -11,6 +11,7 @@ other processes, and cached under --work):
     ort-qstatic        onnxruntime.quantization.quantize_static with its defaults on --calib samples
     ours-ov-int8       s2e int8 (static) OpenVINO artifact, run as the Predictor runs it (its precision policy)
     ours-ov-int8-attn  the same with the attention's inputs in int8 too (recipe attention="int8")
+    ours-ov-int8-head  the same with the head's transposed convolutions in int8 too (recipe head="int8")
     ours-ov-bf16       s2e OpenVINO bf16 artifact
     ours-ov-fp32       s2e OpenVINO fp32 artifact (f32, accuracy mode)
     ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
@@ -53,9 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
-        "ours-ov-bf16", "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16",
+        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16",
         "ours-native-int8", "ours-native-int8-attn")
-INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ort-int8": "onnx",
+INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
+             "ours-ort-int8": "onnx",
              "ours-native-int8": "native", "ours-native-int8-attn": "native"}
 TASK = "seg"
 
@@ -102,7 +104,8 @@ def prepare(row: str, a) -> None:
         # report_samples=1: the bench reads no report (each report input costs a float and a quantized forward)
         q, _ = s2e.quantize(float_model, "int8", calibration=calib, input_size=a.size, activation_mode="static",
                             report_samples=1, progress=False,
-                            attention="int8" if row.endswith("-attn") else "float")
+                            attention="int8" if row.endswith(("-attn", "-head")) else "float",
+                            head="int8" if row.endswith("-head") else "float")
         s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model)
     if row in ("ours-native-fp32", "ours-native-w8", "ours-native-bf16"):
         m = model(a)
@@ -170,7 +173,8 @@ def runner_for(row: str, a):
     from sapiens2_edge.runtime import open_artifact
 
     root = w / {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32"}.get(row, row)
-    backend = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-bf16": "openvino",
+    backend = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
+               "ours-ov-bf16": "openvino",
                "ours-ov-fp32": "openvino", "ours-ort-int8": "onnxruntime"}.get(row, "native")
     m, r, _ = open_artifact(root, backend, "cpu")
     size = sum(f["size"] for f in m.files.values() if f["role"] != "reference")
@@ -217,7 +221,7 @@ def cpu_peaks() -> tuple[dict[str, float], str]:
 def gemm_precision(row: str, what: str) -> str:
     """The precision a row's GEMMs run in (for its share of the peak). The native int8-weight engine
     expands weights to fp32 per layer, so its GEMMs are fp32; the native bf16 row says which it ran."""
-    if row.endswith(("int8", "int8-attn")) or row == "ort-qstatic":
+    if row.endswith(("int8", "int8-attn", "int8-head")) or row == "ort-qstatic":
         return "int8"
     if row == "ours-native-bf16":
         return "bf16" if "bf16 GEMMs" in what else "fp32"

@@ -26,7 +26,8 @@ class Format:
     best first (CUDA-capable runtimes first). export_extra: the extra that installs what exporting
     to it needs; export_packages: the packages (beyond torch) its exporter imports.
     static_ranges: whether it carries calibrated static activation ranges (a format that quantizes
-    activations only at run time, per token, does not).
+    activations only at run time, per token, does not). int8_head: whether it carries a recipe's int8
+    head (``head="int8"``: int8 transposed convolutions with a calibrated input scale).
     """
 
     name: str
@@ -39,6 +40,7 @@ class Format:
     export_extra: str = "torch"
     export_packages: tuple[str, ...] = ()
     static_ranges: bool = True
+    int8_head: bool = False
 
     @property
     def export_options(self) -> tuple[str, ...]:
@@ -57,16 +59,16 @@ _ET_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
            files=("model.onnx", "model.onnx.data"), options={"opset": 18}, export_extra="export",
-           export_packages=("onnx",)),
+           export_packages=("onnx",), int8_head=True),
     # bf16: OpenVINO computes in bf16 on CPUs with native bf16 (ONNX Runtime's CPU provider has no bf16
     # MatMul/Add kernels, so onnx offers none).
     Format("openvino", precisions=("fp32", "bf16", *_NO_FP8), schemes=_NO_FP8, backends=("openvino",),
            files=("openvino/model.xml", "openvino/model.bin"), options={"opset": 18}, export_extra="export",
-           export_packages=("onnx", "openvino")),
+           export_packages=("onnx", "openvino"), int8_head=True),
     Format("coreml", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("coreml",),
            files=("model.mlpackage",), default_precision="fp16", export_extra="coreml", export_packages=("coremltools",)),
     Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
-           files=("model.pt2", "model_aoti.pt2")),
+           files=("model.pt2", "model_aoti.pt2"), int8_head=True),
     # The engine runs float, fp16, int8-weight and int8 (W8A8, on oneDNN's int8 GEMMs) layers, not int4
     # or fp8; its weights file is a self-describing checkpoint, so torch can run it too.
     Format("native", precisions=("fp32", "fp16", "bf16"), schemes=("fp16", "int8-weight", "int8", "mixed"), backends=("native", "torch"),
@@ -82,7 +84,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # stay com.microsoft MatMulNBits holding our packed values (ORT mobile runs them).
     Format("ort", precisions=("fp32", *_ORT_SCHEMES), schemes=_ORT_SCHEMES, backends=("onnxruntime",),
            files=("model.ort", "required_operators.config"), options={"opset": 18}, export_extra="export",
-           export_packages=("onnx", "onnxruntime")),
+           export_packages=("onnx", "onnxruntime"), int8_head=True),
     # ExecuTorch: a .pte lowered to XNNPACK at batch 1 (the runtime runs a batch image by image);
     # quantized layers become XNNPACK's dynamically quantized GEMMs (int8 activations per token) with
     # our int8 / int4 weights; static activation ranges and fp8 have no XNNPACK form.

@@ -27,12 +27,14 @@ from .export_checks import WEIGHT_ONLY, check_export_flags
 from .options import (
     ATTENTION_HELP,
     CALIB_PRECISION_HELP,
+    HEAD_HELP,
     Activations,
     Arch,
     AttentionInputs,
     Backend,
     CalibPrecision,
     DemoFormat,
+    HeadPrecision,
     DemoScheme,
     DemoSize,
     Dtype,
@@ -271,6 +273,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  activation_mode: Activations = typer.Option("dynamic", help="int8/fp8 activations"),
                  calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
                  attention: AttentionInputs = typer.Option("float", help=ATTENTION_HELP),
+                 head: HeadPrecision = typer.Option("float", help=HEAD_HELP),
                  group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale "
                                                 "(16, 32, 64, 128 or 256)"),
                  input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
@@ -290,6 +293,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
         options["calibration_precision"] = str(calibration_precision)
     if str(attention) != "float":
         options["attention"] = str(attention)
+    if str(head) != "float":
+        options["head"] = str(head)
     options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
@@ -318,6 +323,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale"),
                calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
                attention: AttentionInputs = typer.Option("float", help=ATTENTION_HELP),
+               head: HeadPrecision = typer.Option("float", help=HEAD_HELP),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
@@ -328,7 +334,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
     .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
-    check_export_flags(scheme, fmt, calib, str(activations), str(attention))
+    check_export_flags(scheme, fmt, calib, str(activations), str(attention), str(head))
     from .. import export, load_model
     from ..runtime.inputs import split_images
 
@@ -345,7 +351,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
         kwargs["detector"] = detector
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
-        if calib is not None and (scheme not in WEIGHT_ONLY or str(attention) == "int8"):
+        if calib is not None and (scheme not in WEIGHT_ONLY or "int8" in (str(attention), str(head))):
             calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
             talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
                      f"{len(calib_images)} calibration images")
@@ -354,6 +360,8 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
             quantize_options["calibration_size"] = calib_size
         if str(attention) != "float":
             quantize_options["attention"] = str(attention)
+        if str(head) != "float":
+            quantize_options["head"] = str(head)
         if scheme == "int4-weight":
             quantize_options["group_size"] = group_size
         if scheme not in WEIGHT_ONLY:

@@ -14,15 +14,19 @@ WEIGHT_ONLY = ("int8-weight", "int4-weight")  # quantized export schemes that ne
 
 
 def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path], activations: str = "static",
-                       attention: str = "float") -> None:
+                       attention: str = "float", head: str = "float") -> None:
     from ..workflows import check_scheme_format
 
     check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt, static=activations == "static")
-    if attention == "int8" and scheme not in QUANT_SCHEMES:
-        raise ConfigError(f"--attention int8 is part of a quantization recipe: pass --scheme (e.g. int8), not "
-                          f"{'--scheme ' + scheme if scheme else 'a float export'}")
-    if attention == "int8" and calib is None:
-        raise ConfigError("--attention int8 reads the q, k, v ranges from calibration images: pass --calib DIR")
+    for flag, value, ranges in (("--attention", attention, "the q, k, v ranges"), ("--head", head, "the head's input ranges")):
+        if value == "int8" and scheme not in QUANT_SCHEMES:
+            raise ConfigError(f"{flag} int8 is part of a quantization recipe: pass --scheme (e.g. int8), not "
+                              f"{'--scheme ' + scheme if scheme else 'a float export'}")
+        if value == "int8" and calib is None:
+            raise ConfigError(f"{flag} int8 reads {ranges} from calibration images: pass --calib DIR")
+    if head == "int8" and not FORMATS[fmt].int8_head:
+        takes = ", ".join(f.name for f in FORMATS.values() if f.int8_head)
+        raise ConfigError(f"--head int8 exports to {takes}; the {fmt} format has no int8 head")
     if scheme in QUANT_SCHEMES and scheme not in WEIGHT_ONLY and calib is None:
         raise ConfigError(f"--scheme {scheme} quantizes activations and needs calibration images: pass --calib DIR "
                           "(a folder of images of the task's domain; 32 are used), or use --scheme int8-weight "

@@ -44,6 +44,9 @@ Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
 AttentionInputs = _choices("AttentionInputs", ("float", "int8"))
 ATTENTION_HELP = ("what the attention products read: float, or int8 (q, k, v rounded to int8 with scales from the "
                   "calibration images; OpenVINO then runs the attention in int8). Needs --calib")
+HeadPrecision = _choices("HeadPrecision", ("float", "int8"))
+HEAD_HELP = ("the pose / seg head's transposed convolutions: float, or int8 (int8 weights and inputs, the input "
+             "scales from the calibration images; OpenVINO then runs them with its int8 kernels). Needs --calib")
 
 
 def error_line(e: BaseException) -> str:

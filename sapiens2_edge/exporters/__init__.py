@@ -108,6 +108,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     if scheme is not None and precision is not None:
         raise ConfigError(f"pass scheme= (quantize, then export as that scheme) or precision=, not both "
                           f"(got scheme={_scheme_name(scheme)!r}, precision={precision!r})")
+    _check_int8_head(fmt, getattr(scheme, "head", None) or (quantize_options or {}).get("head"))
     check_destination(out_dir, overwrite, replace_problem)  # before any work; again under the lock at the end
     from ..loading import load_model
     from ..models.model import Sapiens2Model
@@ -119,6 +120,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     bundled = check_bundled_detector(detector, model.task) if detector is not None else None
     if scheme is not None:
         model, options = _quantize_first(model, scheme, calibration, input_size, quantize_options, options)
+    _check_int8_head(fmt, getattr(getattr(model, "recipe", None), "head", None))
     precision = export_precision(model, format, precision if precision is not None or scheme_of(model)
                                  else fmt.default_precision)
     fid_opts = {k: options.pop(k) for k in FIDELITY_OPTIONS if k in options}
@@ -132,6 +134,13 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
     with _rope_mode(model, rope) as official:
         return _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options,
                        fid_opts, tolerance, verify, overwrite, official, bundled)
+
+
+def _check_int8_head(fmt, head: str | None) -> None:
+    if head == "int8" and not fmt.int8_head:
+        takes = ", ".join(f.name for f in FORMATS.values() if f.int8_head)
+        raise ConfigError(f"the {fmt.name} format has no int8 head (recipe head='int8': int8 transposed convolutions "
+                          f"with calibrated inputs); export it to {takes}, or quantize with head='float'")
 
 
 def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_batch, format_options, fid_opts,
