@@ -20,6 +20,7 @@ other processes, and cached under --work):
     ours-native-bf16   s2e native engine, bf16 artifact (bf16 weights; bf16 GEMMs on oneDNN where the CPU has them)
     ours-native-int8   s2e native engine, int8 (static) artifact: int8 GEMMs on oneDNN (the ours-ov-int8 recipe)
     ours-native-int8-attn  the same with int8 attention inputs (the ours-ov-int8-attn recipe)
+    ours-native-int8-head  the same with the int8 head too (the ours-ov-int8-head recipe)
 
 --interleave keeps one process per row alive and times the rows' calls in turn (row 1, row 2, ...,
 row 1, ...), with a pause between calls: on a machine whose speed drifts between minutes, every row
@@ -55,10 +56,10 @@ sys.path.insert(0, str(ROOT))
 
 ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
         "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16",
-        "ours-native-int8", "ours-native-int8-attn")
+        "ours-native-int8", "ours-native-int8-attn", "ours-native-int8-head")
 INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
              "ours-ort-int8": "onnx",
-             "ours-native-int8": "native", "ours-native-int8-attn": "native"}
+             "ours-native-int8": "native", "ours-native-int8-attn": "native", "ours-native-int8-head": "native"}
 TASK = "seg"
 
 

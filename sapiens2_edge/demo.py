@@ -176,7 +176,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     total = sum(result.estimate.values())
     talk.say(f"      estimate for the rest: about {duration_text(total)} on this machine (from the model's FLOPs "
              f"and a matmul test; {', '.join(f'{k} ~{duration_text(v)}' for k, v in result.estimate.items())})")
-    qmodel = _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk)
+    qmodel = _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_count, result, talk)
     _export(qmodel, model, fmt, scheme, output, size_hw, result, talk)
     _predict(image_path, output, result, talk)
     if bench:
@@ -216,24 +216,30 @@ def _load(task, size, checkpoint, input_size, talk):
     return model, result
 
 
-def _quantize(model, scheme, picture, image_path, output, size_hw, calib_count, result, talk):
+def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_count, result, talk):
+    from .artifact import FORMATS
+    from .quantization.head_int8 import deconv_names
     from .workflows import quantize_and_save
 
     t = time.perf_counter()
     calibrated = scheme in CALIBRATED_SCHEMES
     # int8 attention inputs: OpenVINO runs the attention with int8 products (faster at the same fidelity);
-    # every format that takes the demo's static int8 carries them (LiteRT, which refuses them, takes no int8)
+    # every format that takes the demo's static int8 carries them (LiteRT, which refuses them, takes no int8).
+    # The pose / seg head's transposed convolutions in int8 where the format carries them (OpenVINO's int8
+    # convolution kernels; the trained fixtures keep the int8 gates)
     attention = "int8" if scheme == "int8" else "float"
+    head = "int8" if scheme == "int8" and FORMATS[fmt].int8_head and deconv_names(model) else "float"
     held_out = calibration_views(picture, HELD_OUT_VIEWS + 1, seed=1)[1:]  # other crops than the calibration ones
     path = output / f"model_{scheme}.safetensors"
-    how = (f"static activations{' and int8 attention inputs' if attention == 'int8' else ''} calibrated on "
+    extras = [w for w, on in (("int8 attention inputs", attention == "int8"), ("an int8 head", head == "int8")) if on]
+    how = (f"static activations{''.join(' and ' + w for w in extras)} calibrated on "
            f"{calib_count} augmented views of {image_path.name}" if calibrated
            else "weights only: no calibration data needed")
     talk.say(f"[2/5] quantize: {scheme} ({how}), then compare with the fp32 model on {len(held_out)} other views "
              f"(about {duration_text(result.estimate['quantize'])}, estimate)")
     # Static activation scales: the form ONNX Runtime and OpenVINO run with int8 kernels.
-    extra = {"activation_mode": "static", "calibration_size": calib_count, "attention": attention} if calibrated \
-        else {}
+    extra = {"activation_mode": "static", "calibration_size": calib_count, "attention": attention,
+             "head": head} if calibrated else {}
     output.mkdir(parents=True, exist_ok=True)
     qmodel, report = quantize_and_save(
         model, scheme, calibration_views(picture, calib_count) if calibrated else None, path, held_out=held_out,

@@ -85,8 +85,8 @@ MISTAKES = [
      "ConfigError", "--head int8 reads the head's input ranges from calibration images: pass --calib DIR"),
     (["export", "SEG", "--format", "onnx", "--head", "int8", "-o", "OUT"], "ConfigError",
      "--head int8 is part of a quantization recipe: pass --scheme (e.g. int8), not a float export"),
-    (["export", "SEG", "--format", "native", "--scheme", "int8", "--head", "int8", "--calib", "IMAGES", "-o", "OUT"],
-     "ConfigError", "--head int8 exports to onnx, openvino, torch, ort; the native format has no int8 head"),
+    (["export", "SEG", "--format", "coreml", "--scheme", "int8", "--head", "int8", "--calib", "IMAGES", "-o", "OUT"],
+     "ConfigError", "--head int8 exports to onnx, openvino, torch, native, ort; the coreml format has no int8 head"),
     # devices
     (["predict", "NATIVE", "-i", "A", "-o", "OUT", "--device", "tpu"], "ConfigError",
      "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),

@@ -167,7 +167,7 @@ def coarse(seg):
     return q, plain
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino", "torch", "ort"])
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "torch", "ort", "native"])
 def test_artifacts_compute_the_int8_head(coarse, fmt, tmp_path):
     q, plain = coarse
     x = _data(11)[0]
@@ -183,6 +183,10 @@ def test_artifacts_compute_the_int8_head(coarse, fmt, tmp_path):
         from sapiens2_edge.runtime.openvino_backend import OpenVINOBackend
 
         run = OpenVINOBackend(tmp_path / fmt / "openvino" / "model.xml", max_batch=2)
+    elif fmt == "native":  # fp32: oneDNN's int8 transposed convolution where exact, else the float form
+        from sapiens2_edge.runtime.native_backend import NativeBackend
+
+        run = NativeBackend(tmp_path / fmt, precision="fp32")
     else:
         run = open_artifact(tmp_path / fmt, {"onnx": "onnxruntime", "ort": "onnxruntime"}.get(fmt, fmt))[1]
     got = run(x.numpy())[0]
@@ -225,16 +229,36 @@ def test_openvino_runs_the_transposed_convolutions_in_int8(seg_head, tmp_path):
     assert kinds == ["i8"] * 4, kinds
 
 
-@pytest.mark.parametrize("fmt", ["native", "coreml", "litert", "executorch"])
+@pytest.mark.parametrize("fmt", ["coreml", "litert", "executorch"])
 def test_formats_without_an_int8_head_refuse_it(seg_head, fmt, tmp_path):
     q, _ = seg_head
     with pytest.raises(ConfigError, match=f"the {fmt} format has no int8 head .*; export it to onnx, openvino, "
-                                          "torch, ort, or quantize with head='float'"):
+                                          "torch, native, ort, or quantize with head='float'"):
         s2e.export(q, tmp_path / fmt, format=fmt, input_size=INPUT)
     assert not (tmp_path / fmt).exists()
     with pytest.raises(ConfigError, match=f"the {fmt} format has no int8 head"):  # before quantizing
         s2e.export(tiny_model("seg"), tmp_path / fmt, format=fmt, scheme="int8-weight",
                    quantize_options={"head": "int8"}, input_size=INPUT)
+
+
+def test_native_engine_refuses_an_inconsistent_int8_head(seg, tmp_path):
+    """The engine reads a quantized checkpoint file as it is: int8 transposed-convolution weights need
+    their input scale, and an input scale needs int8 weights."""
+    from sapiens2_edge import _native as native
+
+    q, _ = quantize(seg, "int8-weight", calibration=_data(1), input_size=INPUT, head="int8", progress=False)
+    path = save_quantized(q, tmp_path / "q.safetensors")
+    assert native.Engine(str(path)).task == "seg"
+    header, tensors = read_header(path), read_tensors(path)
+    pre = "decode_head.deconv_layers.0"
+    no_scale = {k: v for k, v in tensors.items() if k != pre + ".input_scale"}
+    with pytest.raises(StateDictMismatchError, match=f"missing tensor '{pre}.input_scale' of shape \\(1,\\)"):
+        native.Engine(str(write_tensors(no_scale, tmp_path / "a.safetensors", metadata=header.metadata)))
+    float_w = {k: v for k, v in tensors.items() if k != pre + ".weight_scale"}
+    float_w[pre + ".weight"] = quantized_deconvs(q)[pre].dequantized_weight()
+    with pytest.raises(StateDictMismatchError, match=f"'{pre}.input_scale' belongs to int8 weights, but "
+                                                   f"'{pre}.weight' is F32"):
+        native.Engine(str(write_tensors(float_w, tmp_path / "b.safetensors", metadata=header.metadata)))
 
 
 def test_quantdeconv_refuses_other_forms():

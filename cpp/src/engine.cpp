@@ -265,7 +265,7 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
     load();
 }
 
-Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable) {
+Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable, int scale_axis) {
     const std::string& p = st_->path();
     const TensorView* t = st_->find(name);
     if (!t) throw WeightsMismatchError(p + ": missing tensor '" + name + "' of shape " + shape_str(shape));
@@ -278,13 +278,15 @@ Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, b
         case DType::F32: case DType::F16: case DType::BF16: break;
         case DType::I8: case DType::F8_E4M3: {
             if (!quantizable)
-                throw WeightsMismatchError(p + ": tensor '" + name + "' is " + dtype_name(t->dtype) + "; only linear weights of the backbone may be quantized (expected F32, F16 or BF16)");
+                throw WeightsMismatchError(p + ": tensor '" + name + "' is " + dtype_name(t->dtype) + "; only linear weights of the backbone and the head's transposed convolutions may be quantized (expected F32, F16 or BF16)");
             const std::string sname = name + "_scale";
             const TensorView* s = st_->find(sname);
             if (!s) throw WeightsMismatchError(p + ": quantized tensor '" + name + "' has no '" + sname + "'");
-            if (s->dtype != DType::F32 || s->shape.size() != 1 || (s->shape[0] != shape[0] && s->shape[0] != 1))
-                throw WeightsMismatchError(p + ": '" + sname + "' must be F32 of shape (" + std::to_string(shape[0]) + ",) or (1,), found " + dtype_name(s->dtype) + " " + s->shape_str());
+            const int64_t n = shape[static_cast<size_t>(scale_axis)];
+            if (s->dtype != DType::F32 || s->shape.size() != 1 || (s->shape[0] != n && s->shape[0] != 1))
+                throw WeightsMismatchError(p + ": '" + sname + "' must be F32 of shape (" + std::to_string(n) + ",) or (1,), found " + dtype_name(s->dtype) + " " + s->shape_str());
             out.scale = s;
+            out.scale_axis = scale_axis;
             used_.push_back(sname);
             break;
         }
@@ -382,7 +384,18 @@ void Engine::load() {
         if (h.task == "pose" || h.task == "seg") {
             for (size_t i = 0; i < h.deconv.size(); ++i) {
                 ConvWeights c;
-                c.w = need(hd_ + "deconv_layers." + std::to_string(3 * i) + ".weight", {cur, h.deconv[i], 4, 4});
+                const std::string pre = hd_ + "deconv_layers." + std::to_string(3 * i);
+                c.w = need(pre + ".weight", {cur, h.deconv[i], 4, 4}, true, 1);
+                const bool int8 = c.w.t->dtype == DType::I8;
+                if (c.w.scale && !int8)
+                    throw WeightsMismatchError(st_->path() + ": '" + pre + ".weight' is " + dtype_name(c.w.t->dtype) + "; a transposed convolution's weights are float or int8 (head='int8')");
+                if (int8) {
+                    c.input_scale = need(pre + ".input_scale", {1});
+                    if (c.input_scale.t->dtype != DType::F32)
+                        throw WeightsMismatchError(st_->path() + ": '" + pre + ".input_scale' must be F32");
+                } else if (st_->find(pre + ".input_scale")) {
+                    throw WeightsMismatchError(st_->path() + ": '" + pre + ".input_scale' belongs to int8 weights, but '" + pre + ".weight' is " + dtype_name(c.w.t->dtype));
+                }
                 c.cin = cur;
                 c.cout = h.deconv[i];
                 c.k = 4;
@@ -470,6 +483,14 @@ const float* Engine::floats(const Param& p, std::vector<float>& out, Workspace& 
     if (p.scale) {
         scale.resize(static_cast<size_t>(p.scale->numel()));
         st_->read(*p.scale, 0, p.scale->nbytes, scale.data());
+    }
+    if (p.scale_axis == 1) {  // int8 (cin, cout, k, k) with a scale per output channel: value * scale[o]
+        std::vector<int8_t> q(static_cast<size_t>(n));
+        st_->read(t, 0, t.nbytes, q.data());
+        const int64_t cout = t.shape[1], inner = n / (t.shape[0] * cout);
+        for (int64_t i = 0; i < n; ++i)
+            out[static_cast<size_t>(i)] = static_cast<float>(q[static_cast<size_t>(i)]) * scale[scale.size() == 1 ? 0 : static_cast<size_t>((i / inner) % cout)];
+        return out.data();
     }
     const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
     const int64_t cols = rows ? n / rows : 0;
@@ -860,7 +881,20 @@ void Engine::deconv_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, 
         }
     for (const auto& dc : deconv_) {
         fit(ws.u, static_cast<size_t>(dc.cout * 4 * HW));
-        onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+        if (dc.input_scale && onednn::exact_int8()) {  // int8 operands, exact int32 sums, scaled once
+            const float xs = floats(dc.input_scale, ws.pbuf, ws)[0];
+            ws.x8.resize(static_cast<size_t>(C * HW));
+            ops::quantize_int8(x.data(), C * HW, xs, ws.x8.data());
+            ws.w8.resize(static_cast<size_t>(dc.w.t->numel()));
+            st_->read(*dc.w.t, 0, dc.w.t->nbytes, ws.w8.data());
+            ws.wscale.resize(static_cast<size_t>(dc.w.scale->numel()));
+            st_->read(*dc.w.scale, 0, dc.w.scale->nbytes, ws.wscale.data());
+            if (ws.wscale.size() == 1) ws.wscale.assign(static_cast<size_t>(dc.cout), ws.wscale[0]);
+            onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), ws.wscale.data(), dc.cout, ws.u.data());
+        } else {
+            if (dc.input_scale) ops::fake_quant_int8(x.data(), C * HW, floats(dc.input_scale, ws.pbuf, ws)[0]);
+            onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+        }
         C = dc.cout;
         H *= 2;
         W *= 2;
@@ -909,6 +943,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
         if (h.task == "pose" || h.task == "seg") {
             for (const auto& dc : deconv_) {
                 fit(y, static_cast<size_t>(dc.cout * 4 * H * W));
+                if (dc.input_scale) ops::fake_quant_int8(act.data(), C * H * W, floats(dc.input_scale, ws.pbuf, ws)[0]);
                 ops::conv_transpose4x4s2(act.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, y.data(), ws.cols,
                                          conv_gemm());
                 C = dc.cout;

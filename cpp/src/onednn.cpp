@@ -63,6 +63,7 @@ struct Api {
     decltype(&dnnl_primitive_attr_destroy) attr_destroy;
     decltype(&dnnl_primitive_attr_set_scratchpad_mode) attr_scratchpad;
     decltype(&dnnl_primitive_attr_set_fpmath_mode) attr_fpmath;
+    decltype(&dnnl_primitive_attr_set_scales_mask) attr_scales_mask;
     decltype(&dnnl_matmul_primitive_desc_create) matmul_pd;
     decltype(&dnnl_deconvolution_forward_primitive_desc_create) deconv_pd;
     decltype(&dnnl_reorder_primitive_desc_create) reorder_pd;
@@ -115,6 +116,7 @@ std::string open_library(const std::string& path) {
     need("dnnl_memory_destroy", a.mem_destroy), need("dnnl_primitive_attr_create", a.attr_create);
     need("dnnl_primitive_attr_destroy", a.attr_destroy), need("dnnl_primitive_attr_set_scratchpad_mode", a.attr_scratchpad);
     need("dnnl_primitive_attr_set_fpmath_mode", a.attr_fpmath);
+    need("dnnl_primitive_attr_set_scales_mask", a.attr_scales_mask);
     need("dnnl_matmul_primitive_desc_create", a.matmul_pd), need("dnnl_primitive_desc_query_md", a.pd_query_md);
     need("dnnl_primitive_desc_destroy", a.pd_destroy), need("dnnl_primitive_create", a.prim_create);
     need("dnnl_primitive_destroy", a.prim_destroy), need("dnnl_primitive_execute", a.execute);
@@ -259,6 +261,13 @@ std::string describe() {
            " (" + name + ")";
 }
 
+bool exact_int8() {
+    if (!available()) return false;
+    const dnnl_cpu_isa_t isa = g_api.effective_isa();
+    return isa == dnnl_cpu_isa_avx512_core_vnni || isa == dnnl_cpu_isa_avx512_core_bf16 ||
+           isa == dnnl_cpu_isa_avx512_core_amx || isa == dnnl_cpu_isa_avx2_vnni || isa == dnnl_cpu_isa_avx2_vnni_2;
+}
+
 bool native_bf16() {
     if (!available()) return false;
     const dnnl_cpu_isa_t isa = g_api.effective_isa();
@@ -385,6 +394,48 @@ void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float*
     deconv4x4s2_as(dnnl_f32, x, cin, H, W, w, cout, y);
 }
 
+void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
+                    const float* w_scale, int64_t cout, float* y) {
+    require();
+    if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
+    const int64_t Ho = 2 * H, Wo = 2 * W;
+    const dnnl_dims_t sd = {1, cin, H, W}, ss = {H * W * cin, 1, W * cin, cin};
+    const dnnl_dims_t dd = {1, cout, Ho, Wo}, ds = {Ho * Wo * cout, 1, Wo * cout, cout};
+    const dnnl_dims_t wd = {cout, cin, 4, 4}, wst = {16, cout * 16, 4, 1};
+    const dnnl_dims_t strides = {2, 2}, dense = {0, 0}, pad = {1, 1};
+    Md src(4, sd, dnnl_s8, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, dnnl_s8, wst);
+    Md w_any(4, wd, dnnl_s8, dnnl_format_tag_any);
+    Pd pd;
+    {
+        Attr attr;
+        // y = x_scale * w_scale[oc] * (int32 sum): one scale for the input, one per output channel (dim 0
+        // of oneDNN's (OC, IC, KH, KW) weights)
+        check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_SRC, 0), "input scale");
+        check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_WEIGHTS, 1), "weight scales");
+        check(g_api.deconv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_deconvolution_direct, src.md, w_any.md,
+                              nullptr, dst.md, strides, dense, pad, pad, attr.attr),
+              "int8 transposed convolution for this CPU");
+    }
+    // the weights in the layout the kernel reads (with the compensation its int8 input needs), in one reorder
+    const_dnnl_memory_desc_t w_md = g_api.pd_query_md(pd.pd, dnnl_query_weights_md, 0);
+    uint8_t* w_packed = thread_buffer(1, g_api.md_size(w_md));
+    {
+        Pd reorder;
+        Attr attr;
+        check(g_api.reorder_pd(&reorder.pd, w_torch.md, g_api.engine, w_md, g_api.engine, attr.attr),
+              "int8 weight reorder for this CPU");
+        Mem from(w_torch.md, const_cast<int8_t*>(w)), to(w_md, w_packed);
+        execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "int8 weight reorder");
+    }
+    const dnnl_dims_t one = {1}, many = {cout}, unit = {1};
+    Md xs_md(1, one, dnnl_f32, unit), ws_md(1, many, dnnl_f32, unit);
+    Mem ms(src.md, const_cast<int8_t*>(x)), mw(w_md, w_packed), md(dst.md, y);
+    Mem mxs(xs_md.md, &x_scale), mws(ws_md.md, const_cast<float*>(w_scale));
+    execute(pd, {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m},
+                 {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, mxs.m}, {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, mws.m}},
+            "int8 transposed convolution");
+}
+
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
     require();
     if (M == 0 || N == 0) return;
@@ -451,6 +502,7 @@ std::string load(const std::string&) { return "the native extension was built wi
 bool available() { return false; }
 std::string describe() { return "oneDNN unavailable: " + load(); }
 bool native_bf16() { return false; }
+bool exact_int8() { return false; }
 void linear_bf16(const float*, int64_t, int64_t, const uint16_t*, const float*, const float*, int64_t, float*, int64_t,
                  std::vector<uint16_t>&) {
     throw UnsupportedError("bfloat16 GEMMs need oneDNN: " + load());
@@ -481,6 +533,9 @@ void deconv4x4s2(const float*, int64_t, int64_t, int64_t, const float*, int64_t,
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void deconv4x4s2_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, int64_t, float*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void gemm_f32(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,

@@ -450,6 +450,36 @@ static void round_int8_to(float* x, int64_t n, float scale, float out_scale) {
 
 void fake_quant_int8(float* x, int64_t n, float scale) { round_int8_to(x, n, scale, scale); }
 
+static inline int8_t to_int8(float v) {
+    v = v < -127.0f ? -127.0f : v;
+    v = v > 127.0f ? 127.0f : v;
+    return static_cast<int8_t>((v + 12582912.0f) - 12582912.0f);  // round half to even, as round_int8
+}
+
+S2E_CPU_CLONES static void quantize_span_int8(const float* x, int64_t n, float scale, int8_t* q) {
+    for (int64_t i = 0; i < n; ++i) q[i] = to_int8(x[i] / scale);
+}
+
+S2E_CPU_CLONES static void quantize_span_int8(const uint16_t* x, int64_t n, float scale, int8_t* q) {
+    for (int64_t i = 0; i < n; ++i) q[i] = to_int8(bf16_to_float(x[i]) / scale);
+}
+
+template <class E>
+static void quantize_int8_as(const E* x, int64_t n, float scale, int8_t* q) {
+    const int64_t chunk = 1 << 14;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i += chunk) quantize_span_int8(x + i, std::min(chunk, n - i), scale, q + i);
+}
+
+void quantize_int8(const float* x, int64_t n, float scale, int8_t* q) { quantize_int8_as(x, n, scale, q); }
+
+void quantize_int8(const uint16_t* x, int64_t n, float scale, int8_t* q) { quantize_int8_as(x, n, scale, q); }
+
+void fake_quant_int8(uint16_t* x, int64_t n, float scale) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) x[i] = float_to_bf16(static_cast<float>(to_int8(bf16_to_float(x[i]) / scale)) * scale);
+}
+
 void round_int8(float* x, int64_t n, float scale) { round_int8_to(x, n, scale, 1.0f); }
 
 S2E_CPU_CLONES static void dequantize_row_int32(float* y, int64_t N, float rs, const float* cs, const float* b) {

@@ -200,6 +200,42 @@ S2E_TEST(deconv_channels_last_is_the_transposed_convolution) {
     }
 }
 
+S2E_TEST(deconv_s8_is_the_scaled_integer_transposed_convolution) {
+    // int8 input (one scale) and weights (a scale per output channel) at the extremes +-127 and at
+    // random values, odd sizes: y = x_scale * w_scale[o] * the exact integer sum, so the float64
+    // reference of the dequantized operands matches to float rounding.
+    const int64_t cin = 37, cout = 21, H = 5, W = 9, Ho = 2 * H, Wo = 2 * W;
+    if (!dnn::load().empty() || !dnn::exact_int8()) {
+        if (!dnn::load().empty()) {
+            float y = 0;
+            int8_t x = 0;
+            EXPECT_THROW(dnn::deconv4x4s2_s8(&x, 1.0f, 1, 1, 1, &x, &y, 1, &y), s2e::UnsupportedError);
+        }
+        return;
+    }
+    std::mt19937 rng(9);
+    std::uniform_int_distribution<int> pick(-127, 127);
+    std::vector<int8_t> xq(static_cast<size_t>(cin * H * W)), wq(static_cast<size_t>(cin * cout * 16));
+    for (size_t i = 0; i < xq.size(); ++i) xq[i] = static_cast<int8_t>(i % 3 == 0 ? (i % 2 ? 127 : -127) : pick(rng));
+    for (size_t i = 0; i < wq.size(); ++i) wq[i] = static_cast<int8_t>(i % 5 == 0 ? 127 : pick(rng));
+    const float xs = 0.0371f;
+    std::vector<float> ws(static_cast<size_t>(cout));
+    for (int64_t o = 0; o < cout; ++o) ws[o] = 0.001f * static_cast<float>(o + 1);
+    // channels-first float copies of the dequantized values for the reference
+    std::vector<float> x(xq.size()), w(wq.size());
+    for (int64_t c = 0; c < cin; ++c)
+        for (int64_t p = 0; p < H * W; ++p) x[c * H * W + p] = static_cast<float>(xq[p * cin + c]) * xs;
+    for (size_t i = 0; i < wq.size(); ++i) w[i] = static_cast<float>(wq[i]) * ws[(i / 16) % cout];
+    std::vector<float> y(static_cast<size_t>(cout * Ho * Wo), 1e30f);
+    dnn::deconv4x4s2_s8(xq.data(), xs, cin, H, W, wq.data(), ws.data(), cout, y.data());
+    const auto want = deconv_reference(x, w, cin, cout, H, W, false);
+    std::vector<float> got(y.size());
+    for (int64_t c = 0; c < cout; ++c)
+        for (int64_t p = 0; p < Ho * Wo; ++p) got[c * Ho * Wo + p] = y[p * cout + c];
+    std::printf("  s8: max error %.2e of the largest output\n", rel_max(got, want));
+    CHECK(rel_max(got, want) < 1e-6);
+}
+
 S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {
     // Rows that reach +-127 everywhere (dynamic per-token quantization puts each row's largest value
     // there) and long K: a kernel that saturates 16-bit partial sums, or mishandles the s8 -> u8 shift,

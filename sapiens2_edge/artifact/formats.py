@@ -72,7 +72,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # The engine runs float, fp16, int8-weight and int8 (W8A8, on oneDNN's int8 GEMMs) layers, not int4
     # or fp8; its weights file is a self-describing checkpoint, so torch can run it too.
     Format("native", precisions=("fp32", "fp16", "bf16"), schemes=("fp16", "int8-weight", "int8", "mixed"), backends=("native", "torch"),
-           files=("weights.safetensors",)),
+           files=("weights.safetensors",), int8_head=True),
     # LiteRT / TFLite: float activations only (int8 weights from our scales, fp16 weights); a
     # batch-1 graph, run here by the LiteRT interpreter (CPU, XNNPACK).
     Format("litert", precisions=("fp32", "fp16", "int8-weight", "mixed"), schemes=("fp16", "int8-weight", "mixed"),

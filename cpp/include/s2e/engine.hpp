@@ -53,6 +53,7 @@ struct Output {
 struct Param {
     const TensorView* t = nullptr;
     const TensorView* scale = nullptr;
+    int scale_axis = 0;  // the dimension `scale` runs along (1: a transposed convolution's output channels)
     explicit operator bool() const { return t != nullptr; }
 };
 
@@ -77,6 +78,7 @@ struct BlockWeights {
 
 struct ConvWeights {
     Param w, b, norm;  // norm: RMSNorm2d weight (albedo) or empty (InstanceNorm)
+    Param input_scale;  // int8 transposed convolutions (head="int8"): their input's scale
     int64_t cin = 0, cout = 0, k = 1;
 };
 
@@ -110,7 +112,7 @@ public:
 private:
     struct Workspace;
     void load();
-    Param need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable = false);
+    Param need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable = false, int scale_axis = 0);
     Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias = true);
     ConvWeights conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias = true);
     // The tensor of `p` as floats in `out` (read from the file, dequantized with its scale).

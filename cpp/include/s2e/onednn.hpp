@@ -23,6 +23,9 @@ std::string describe();
 // True when bfloat16 GEMMs run on native bf16 instructions here (AVX-512-BF16 or AMX), i.e. faster
 // than float32; on other CPUs oneDNN emulates them or refuses.
 bool native_bf16();
+// Whether this CPU multiplies int8 with VNNI or AMX (exact int32 sums; without them oneDNN's x86 int8
+// kernels pair u8 x s8 products in int16, which saturates, or halve the weights).
+bool exact_int8();
 
 // x[rows, cols] (row stride ld) rounded to bfloat16 bits (ties to even), packed in `out`.
 void to_bf16(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out);
@@ -63,6 +66,11 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 // buffer and no col2im pass: the kernel writes each output once.
 void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
 void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
+// The same on int8 operands: x (H, W, cin) int8 with one scale, w (cin, cout, 4, 4) int8 (a torch weight)
+// with one scale per output channel; y = x_scale * w_scale[o] * (exact int32 sum), float32. Use where
+// exact_int8().
+void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
+                    const float* w_scale, int64_t cout, float* y);
 // c[M, N] (int32, dense) = a[M, K] . W[N, K]^T on int8 operands (a torch Linear weight layout), exact
 // int32 accumulation on oneDNN's int8 kernels (VNNI / AMX where the CPU has them).
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c);

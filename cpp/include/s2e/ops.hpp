@@ -81,6 +81,11 @@ void quantize_rows_int8(const float* x, int64_t rows, int64_t K, float* scales, 
 // x = clamp(round(x / scale), -127, 127) * scale in place (one scale for all n values): int8 values
 // of the attention inputs, as the quantized torch model rounds them.
 void fake_quant_int8(float* x, int64_t n, float scale);
+// The same on bfloat16 bits (the result rounded back to bf16).
+void fake_quant_int8(uint16_t* x, int64_t n, float scale);
+// q = clamp(round(x / scale), -127, 127) as int8 (x float32 or bfloat16 bits).
+void quantize_int8(const float* x, int64_t n, float scale, int8_t* q);
+void quantize_int8(const uint16_t* x, int64_t n, float scale, int8_t* q);
 // x = clamp(round(x / scale), -127, 127) in place: the int8 values themselves, as floats (exact in
 // bfloat16 too), for GEMMs that apply the scales to their results.
 void round_int8(float* x, int64_t n, float scale);
