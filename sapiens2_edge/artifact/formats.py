@@ -69,8 +69,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            files=("model.mlpackage",), default_precision="fp16", export_extra="coreml", export_packages=("coremltools",)),
     Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
            files=("model.pt2", "model_aoti.pt2"), int8_head=True),
-    # The engine runs float, fp16, int8-weight and int8 (W8A8, on oneDNN's int8 GEMMs) layers, not int4
-    # or fp8; its weights file is a self-describing checkpoint, so torch can run it too.
+    # The engine runs float, fp16, int8-weight and int8 (W8A8, on oneDNN's int8 GEMMs) layers and an int8
+    # head, not int4 or fp8; its weights file is a self-describing checkpoint, so torch can run it too.
     Format("native", precisions=("fp32", "fp16", "bf16"), schemes=("fp16", "int8-weight", "int8", "mixed"), backends=("native", "torch"),
            files=("weights.safetensors",), int8_head=True),
     # LiteRT / TFLite: float activations only (int8 weights from our scales, fp16 weights); a
