@@ -348,9 +348,22 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
 
 namespace {
 
-// deconv4x4s2 on operands of type `dt` (bf16 or f32; the output float32).
-void deconv4x4s2_as(dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout,
-                    float* y) {
+// A convolution's weights `w` (described by `from`) reordered into the layout `to` its kernel reads, in
+// the calling thread's weight buffer (slot 1).
+uint8_t* packed_weights(const Md& from, const void* w, const_dnnl_memory_desc_t to) {
+    uint8_t* packed = thread_buffer(1, g_api.md_size(to));
+    Pd reorder;
+    Attr attr;
+    check(g_api.reorder_pd(&reorder.pd, from.md, g_api.engine, to, g_api.engine, attr.attr), "weight reorder for this CPU");
+    Mem src(from.md, const_cast<void*>(w)), dst(to, packed);
+    execute(reorder, {{DNNL_ARG_FROM, src.m}, {DNNL_ARG_TO, dst.m}}, "weight reorder");
+    return packed;
+}
+
+// deconv4x4s2 on operands of type `dt` (bf16 or f32, the weights given as f32; or s8, the weights
+// given as s8, with `x_scale` and per-output-channel `w_scale`); the output float32.
+void deconv4x4s2_as(dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, int64_t W, const void* w, int64_t cout,
+                    float* y, const float* x_scale = nullptr, const float* w_scale = nullptr) {
     require();
     if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
     const int64_t Ho = 2 * H, Wo = 2 * W;
@@ -360,28 +373,38 @@ void deconv4x4s2_as(dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, 
     const dnnl_dims_t dd = {1, cout, Ho, Wo}, ds = {Ho * Wo * cout, 1, Wo * cout, cout};
     const dnnl_dims_t wd = {cout, cin, 4, 4}, wst = {16, cout * 16, 4, 1};
     const dnnl_dims_t strides = {2, 2}, dense = {0, 0}, pad = {1, 1};
-    Md src(4, sd, dt, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, dnnl_f32, wst);
+    const bool int8 = dt == dnnl_s8;
+    Md src(4, sd, dt, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, int8 ? dnnl_s8 : dnnl_f32, wst);
     Md w_any(4, wd, dt, dnnl_format_tag_any);
     Pd pd;
     {
         Attr attr;
+        if (int8) {  // y = x_scale * w_scale[oc] * (int32 sum): dim 0 of oneDNN's (OC, IC, KH, KW) weights
+            check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_SRC, 0), "input scale");
+            check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_WEIGHTS, 1), "weight scales");
+        }
         check(g_api.deconv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_deconvolution_direct, src.md, w_any.md,
                               nullptr, dst.md, strides, dense, pad, pad, attr.attr),
               "transposed convolution for this CPU");
     }
-    // the weights in the layout the kernel reads (for bf16 rounded, ties to even), in one reorder
+    // the weights in the layout the kernel reads (bf16: rounded, ties to even; s8: with the compensation
+    // its int8 input needs), in one reorder
     const_dnnl_memory_desc_t w_md = g_api.pd_query_md(pd.pd, dnnl_query_weights_md, 0);
-    uint8_t* w_packed = thread_buffer(1, g_api.md_size(w_md));
-    {
-        Pd reorder;
-        Attr attr;
-        check(g_api.reorder_pd(&reorder.pd, w_torch.md, g_api.engine, w_md, g_api.engine, attr.attr),
-              "weight reorder for this CPU");
-        Mem from(w_torch.md, const_cast<float*>(w)), to(w_md, w_packed);
-        execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "weight reorder");
-    }
+    uint8_t* w_packed = packed_weights(w_torch, w, w_md);
     Mem ms(src.md, const_cast<void*>(x)), mw(w_md, w_packed), md(dst.md, y);
-    execute(pd, {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}}, "transposed convolution");
+    std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}};
+    const dnnl_dims_t one = {1}, per_channel = {cout}, unit = {1};
+    std::unique_ptr<Md> xs_md, ws_md;
+    std::unique_ptr<Mem> mxs, mws;
+    if (int8) {
+        xs_md = std::make_unique<Md>(1, one, dnnl_f32, unit);
+        ws_md = std::make_unique<Md>(1, per_channel, dnnl_f32, unit);
+        mxs = std::make_unique<Mem>(xs_md->md, const_cast<float*>(x_scale));
+        mws = std::make_unique<Mem>(ws_md->md, const_cast<float*>(w_scale));
+        args.push_back({DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, mxs->m});
+        args.push_back({DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, mws->m});
+    }
+    execute(pd, std::move(args), "transposed convolution");
 }
 
 }  // namespace
@@ -396,44 +419,7 @@ void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float*
 
 void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
                     const float* w_scale, int64_t cout, float* y) {
-    require();
-    if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
-    const int64_t Ho = 2 * H, Wo = 2 * W;
-    const dnnl_dims_t sd = {1, cin, H, W}, ss = {H * W * cin, 1, W * cin, cin};
-    const dnnl_dims_t dd = {1, cout, Ho, Wo}, ds = {Ho * Wo * cout, 1, Wo * cout, cout};
-    const dnnl_dims_t wd = {cout, cin, 4, 4}, wst = {16, cout * 16, 4, 1};
-    const dnnl_dims_t strides = {2, 2}, dense = {0, 0}, pad = {1, 1};
-    Md src(4, sd, dnnl_s8, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, dnnl_s8, wst);
-    Md w_any(4, wd, dnnl_s8, dnnl_format_tag_any);
-    Pd pd;
-    {
-        Attr attr;
-        // y = x_scale * w_scale[oc] * (int32 sum): one scale for the input, one per output channel (dim 0
-        // of oneDNN's (OC, IC, KH, KW) weights)
-        check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_SRC, 0), "input scale");
-        check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_WEIGHTS, 1), "weight scales");
-        check(g_api.deconv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_deconvolution_direct, src.md, w_any.md,
-                              nullptr, dst.md, strides, dense, pad, pad, attr.attr),
-              "int8 transposed convolution for this CPU");
-    }
-    // the weights in the layout the kernel reads (with the compensation its int8 input needs), in one reorder
-    const_dnnl_memory_desc_t w_md = g_api.pd_query_md(pd.pd, dnnl_query_weights_md, 0);
-    uint8_t* w_packed = thread_buffer(1, g_api.md_size(w_md));
-    {
-        Pd reorder;
-        Attr attr;
-        check(g_api.reorder_pd(&reorder.pd, w_torch.md, g_api.engine, w_md, g_api.engine, attr.attr),
-              "int8 weight reorder for this CPU");
-        Mem from(w_torch.md, const_cast<int8_t*>(w)), to(w_md, w_packed);
-        execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "int8 weight reorder");
-    }
-    const dnnl_dims_t one = {1}, many = {cout}, unit = {1};
-    Md xs_md(1, one, dnnl_f32, unit), ws_md(1, many, dnnl_f32, unit);
-    Mem ms(src.md, const_cast<int8_t*>(x)), mw(w_md, w_packed), md(dst.md, y);
-    Mem mxs(xs_md.md, &x_scale), mws(ws_md.md, const_cast<float*>(w_scale));
-    execute(pd, {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m},
-                 {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, mxs.m}, {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, mws.m}},
-            "int8 transposed convolution");
+    deconv4x4s2_as(dnnl_s8, x, cin, H, W, w, cout, y, &x_scale, w_scale);
 }
 
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {

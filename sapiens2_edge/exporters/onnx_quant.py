@@ -136,18 +136,22 @@ class ExportQuantDeconv(nn.Module):
 
 
 @contextlib.contextmanager
-def export_head(model: nn.Module) -> Iterator[int]:
-    """Swap every int8 transposed convolution of the head for its ONNX form for the duration; yields how many."""
+def _swapped(model: nn.Module, found: dict[str, nn.Module], make: Callable[[nn.Module], nn.Module]) -> Iterator[int]:
+    """Replace each named module by ``make(module)`` for the duration; yields how many."""
     from ..quantization.model import set_module
 
-    found = quantized_deconvs(model)
     try:
         for n, m in found.items():
-            set_module(model, n, ExportQuantDeconv(m))
+            set_module(model, n, make(m))
         yield len(found)
     finally:
         for n, m in found.items():
             set_module(model, n, m)
+
+
+def export_head(model: nn.Module):
+    """Swap every int8 transposed convolution of the head for its ONNX form for the duration; yields how many."""
+    return _swapped(model, quantized_deconvs(model), ExportQuantDeconv)
 
 
 class ExportAttentionInputQuant(nn.Module):
@@ -162,19 +166,12 @@ class ExportAttentionInputQuant(nn.Module):
         return qdq_int8(q, self.q_scale), qdq_int8(k, self.k_scale), qdq_int8(v, self.v_scale)
 
 
-@contextlib.contextmanager
-def export_attention_inputs(model: nn.Module) -> Iterator[int]:
+def export_attention_inputs(model: nn.Module):
     """Swap every attention's int8 input quantization for its ONNX form for the duration; yields how many."""
     from ..quantization.attention_inputs import SLOT
 
-    found = {n: (model.get_submodule(n), m) for n, m in quantized_attentions(model).items()}
-    try:
-        for attn, m in found.values():
-            setattr(attn, SLOT, ExportAttentionInputQuant(m))
-        yield len(found)
-    finally:
-        for attn, m in found.values():
-            setattr(attn, SLOT, m)
+    return _swapped(model, {f"{n}.{SLOT}": m for n, m in quantized_attentions(model).items()},
+                    ExportAttentionInputQuant)
 
 
 class ExportQLinear(nn.Module):
