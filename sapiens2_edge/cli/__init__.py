@@ -291,10 +291,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
         options = {"group_size": group_size}
     if scheme not in WEIGHT_ONLY:
         options["calibration_precision"] = str(calibration_precision)
-    if str(attention) != "float":
-        options["attention"] = str(attention)
-    if str(head) != "float":
-        options["head"] = str(head)
+    options.update({k: str(v) for k, v in (("attention", attention), ("head", head)) if str(v) != "float"})
     options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
@@ -358,10 +355,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
         quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate}
         if calib_images is not None:
             quantize_options["calibration_size"] = calib_size
-        if str(attention) != "float":
-            quantize_options["attention"] = str(attention)
-        if str(head) != "float":
-            quantize_options["head"] = str(head)
+        quantize_options.update({k: str(v) for k, v in (("attention", attention), ("head", head)) if str(v) != "float"})
         if scheme == "int4-weight":
             quantize_options["group_size"] = group_size
         if scheme not in WEIGHT_ONLY:

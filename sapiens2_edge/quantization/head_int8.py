@@ -113,11 +113,11 @@ def selected(model: nn.Module, recipe) -> list[str]:
 def install(model: nn.Module, amax: Mapping[str, float] | Iterable[str]) -> None:
     """Replace each named ConvTranspose2d by its :class:`QuantDeconv`: from the float layer with the given
     input maxima (a mapping), or as empty placeholders to load a state dict into (names)."""
-    from .model import set_module
-
     for n in amax:
         m = model.get_submodule(n)
-        set_module(model, n, QuantDeconv.from_float(m, amax[n]) if isinstance(amax, Mapping) else QuantDeconv.like(m))
+        parent, _, leaf = n.rpartition(".")  # always inside decode_head
+        setattr(model.get_submodule(parent), leaf,
+                QuantDeconv.from_float(m, amax[n]) if isinstance(amax, Mapping) else QuantDeconv.like(m))
 
 
 def quantized_deconvs(model: nn.Module) -> dict[str, QuantDeconv]:
