@@ -231,8 +231,10 @@ def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_co
     head = "int8" if scheme == "int8" and FORMATS[fmt].int8_head and deconv_names(model) else "float"
     held_out = calibration_views(picture, HELD_OUT_VIEWS + 1, seed=1)[1:]  # other crops than the calibration ones
     path = output / f"model_{scheme}.safetensors"
-    extras = [w for w, on in (("int8 attention inputs", attention == "int8"), ("an int8 head", head == "int8")) if on]
-    how = (f"static activations{''.join(' and ' + w for w in extras)} calibrated on "
+    parts = ["static activations"] + [w for w, on in (("int8 attention inputs", attention == "int8"),
+                                                      ("an int8 head", head == "int8")) if on]
+    what = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    how = (f"{what} calibrated on "
            f"{calib_count} augmented views of {image_path.name}" if calibrated
            else "weights only: no calibration data needed")
     talk.say(f"[2/5] quantize: {scheme} ({how}), then compare with the fp32 model on {len(held_out)} other views "
