@@ -546,16 +546,20 @@ const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out,
     return out.data();
 }
 
-const float* Engine::w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const {
-    const int64_t N = l.out;
-    ws.w8.resize(static_cast<size_t>(N * l.in));
-    st_->read(*l.w.t, 0, l.w.t->nbytes, ws.w8.data());
+const float* Engine::int8_weights(const Param& w, int64_t out, Workspace& ws) const {
+    ws.w8.resize(static_cast<size_t>(w.t->numel()));
+    st_->read(*w.t, 0, w.t->nbytes, ws.w8.data());
     std::vector<float>& cs = ws.wscale;
-    cs.resize(static_cast<size_t>(l.w.scale->numel()));
-    st_->read(*l.w.scale, 0, l.w.scale->nbytes, cs.data());
-    if (cs.size() == 1) cs.assign(static_cast<size_t>(N), cs[0]);
-    b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
+    cs.resize(static_cast<size_t>(w.scale->numel()));
+    st_->read(*w.scale, 0, w.scale->nbytes, cs.data());
+    if (cs.size() == 1) cs.assign(static_cast<size_t>(out), cs[0]);
     return cs.data();
+}
+
+const float* Engine::w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const {
+    const float* cs = int8_weights(l.w, l.out, ws);
+    b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
+    return cs;
 }
 
 float* Engine::w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const {
@@ -885,12 +889,8 @@ void Engine::deconv_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, 
             const float xs = floats(dc.input_scale, ws.pbuf, ws)[0];
             ws.x8.resize(static_cast<size_t>(C * HW));
             ops::quantize_int8(x.data(), C * HW, xs, ws.x8.data());
-            ws.w8.resize(static_cast<size_t>(dc.w.t->numel()));
-            st_->read(*dc.w.t, 0, dc.w.t->nbytes, ws.w8.data());
-            ws.wscale.resize(static_cast<size_t>(dc.w.scale->numel()));
-            st_->read(*dc.w.scale, 0, dc.w.scale->nbytes, ws.wscale.data());
-            if (ws.wscale.size() == 1) ws.wscale.assign(static_cast<size_t>(dc.cout), ws.wscale[0]);
-            onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), ws.wscale.data(), dc.cout, ws.u.data());
+            const float* w_scale = int8_weights(dc.w, dc.cout, ws);
+            onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, dc.cout, ws.u.data());
         } else {
             if (dc.input_scale) ops::fake_quant_int8(x.data(), C * HW, floats(dc.input_scale, ws.pbuf, ws)[0]);
             onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());

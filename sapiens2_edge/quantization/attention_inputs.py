@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..kernels import numerics as nx
-from .observers import non_finite_activations
+from .observers import finite_absmax
 
 SLOT = "input_quant"  # the Attention attribute that holds the module below
 
@@ -58,10 +58,7 @@ class AttentionInputObserver(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         for i, x in enumerate((q, k, v)):
-            m = float(x.detach().abs().amax())
-            if not m < float("inf"):  # NaN or inf
-                raise non_finite_activations()
-            self.amax[i] = max(self.amax[i], m)
+            self.amax[i] = max(self.amax[i], finite_absmax(x))
         return q, k, v
 
     def scales(self) -> tuple[float, float, float]:

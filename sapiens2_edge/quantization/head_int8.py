@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..kernels import numerics as nx
 from .attention_inputs import fake_quant_int8
-from .observers import non_finite_activations
+from .observers import finite_absmax
 
 HEAD = "decode_head."
 
@@ -86,10 +86,7 @@ class DeconvInputObserver:
         self.amax = 0.0
 
     def observe(self, x: torch.Tensor) -> None:
-        m = float(x.detach().abs().amax())
-        if not m < float("inf"):  # NaN or inf
-            raise non_finite_activations()
-        self.amax = max(self.amax, m)
+        self.amax = max(self.amax, finite_absmax(x))
 
 
 def deconv_names(model: nn.Module) -> list[str]:

@@ -37,6 +37,14 @@ def _abs_float(rows: torch.Tensor) -> torch.Tensor:
     return rows.abs() if rows.dtype == torch.float32 else rows.float().abs_()
 
 
+def finite_absmax(x: torch.Tensor) -> float:
+    """The largest |x| of an observed activation; a calibration error when it is NaN or inf."""
+    m = float(x.detach().abs().amax())
+    if not m < float("inf"):  # NaN or inf
+        raise non_finite_activations()
+    return m
+
+
 def non_finite_activations():
     """The error of a calibration forward whose observed activations are NaN or inf."""
     from ..errors import CalibrationError
@@ -161,4 +169,4 @@ def attach_input_observers(model: nn.Module, observers: dict[str, object]) -> Ca
     return remove
 
 
-__all__ = ["non_finite_activations", "RangeObserver", "ChannelAbsMaxObserver", "attach_input_observers", "NUM_BINS"]
+__all__ = ["non_finite_activations", "finite_absmax", "RangeObserver", "ChannelAbsMaxObserver", "attach_input_observers", "NUM_BINS"]

@@ -127,6 +127,9 @@ private:
     // `T`: tokens per sequence (rows of x come B sequences of T tokens), for int8 layers' prefix tokens.
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T = 0) const;
     void apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const;
+    // Stored int8 weights into ws.w8; returns their `out` per-output-channel scales (ws.wscale; a per-tensor
+    // scale repeated).
+    const float* int8_weights(const Param& w, int64_t out, Workspace& ws) const;
     // A W8A8 layer's int8 weights into ws.w8; returns its per-output scales, `b` its bias (or null).
     const float* w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const;
     // Its input's per-row scales in ws.xs: the static scale, 0 for rows quantized dynamically.
