@@ -276,10 +276,18 @@ def test_openvino_int8_runs_int8_kernels_and_matches(seg_openvino_int8, seg):
     kinds = collections.Counter(op.get_type_name() for op in
                                 ov.Core().read_model(str(seg_openvino_int8 / "openvino" / "model.xml")).get_ops())
     depth = seg.arch.depth
-    assert kinds["Split"] == 0 and kinds["MatMul"] == 7 * depth, kinds
-    assert kinds["FakeQuantize"] == 4 * depth, kinds  # ln1 -> q/k/v, attention -> proj, ln2 -> gate/up, -> w3
+    # where OpenVINO builds int8 GEMMs, each linear is two: its prefix rows' and its patch rows' (one weight)
+    gemms = 2 if signed else 1
+    assert kinds["Split"] == 0 and kinds["MatMul"] == gemms * 7 * depth, kinds
+    # ln1 -> q/k/v, attention -> proj, ln2 -> gate/up, -> w3 (per rows' GEMM)
+    assert kinds["FakeQuantize"] == gemms * 4 * depth, kinds
     if signed:
-        assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) == 7 * depth, prec
+        assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) == 2 * 7 * depth, prec
+        assert m["quantization"]["export"]["prefix_rows_apart"] == 6 * depth
+        weights = [op for op in ov.Core().read_model(str(seg_openvino_int8 / "openvino" / "model.xml")).get_ops()
+                   if op.get_type_name() == "Constant" and str(op.get_output_element_type(0)) == "<Type: 'int8_t'>"
+                   and len(op.get_output_shape(0)) == 2]
+        assert len(weights) == 7 * depth  # each held once: the two GEMMs of a linear read one weight
 
 
 @pytest.mark.parametrize("flags,signed,why", [

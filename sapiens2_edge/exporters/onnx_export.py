@@ -106,6 +106,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
         openvino_module,
         translation_table,
     )
+    from .prefix_split import split_prefix_rows
 
     opset = needed_opset(model, opset)
     path = out_dir / MODEL_FILE
@@ -117,7 +118,8 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
             export_attention_inputs(model), export_head(model), \
-            (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), warnings.catch_warnings(), torch.no_grad(), \
+            (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), \
+            (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -190,7 +192,7 @@ def store_float16(path: Path, external: bool) -> None:
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    from .onnx_quant import describe
+    from .quant_notes import describe
 
     files = export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):

@@ -15,7 +15,9 @@ int8, static       ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (uint
                    (QuantizeLinear alone saturates at -128). The first ``prefix`` tokens (CLS +
                    storage) keep their own per-token scale as in the recipe, in the same GEMM: their
                    rows are multiplied by s / s_token before the Q/DQ and their outputs by s_token / s
-                   after (exact to float rounding; no second GEMM and no second weight copy).
+                   after (exact to float rounding; no second GEMM and no second weight copy). Graphs
+                   made for OpenVINO on CPUs with VNNI or AMX run those rows as a GEMM of their own
+                   over the same weight instead (:mod:`.prefix_split`: fused post-ops).
 int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are constants or one per
                    tensor; ``DynamicQuantizeLinear`` is per tensor, losing the recipe's per-token
                    range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip -> +128 ->
@@ -69,9 +71,12 @@ WEIGHT_ZERO = 128  # zero point of int8 weights stored as uint8 (see the module 
 def qlinear(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor,
             bias: Optional[torch.Tensor], in_scale: Optional[torch.Tensor], prefix: int, wdtype: str,
             amode: str) -> torch.Tensor:
-    """What the ONNX graph computes, in torch: the decomposed layer's own arithmetic."""
+    """What the ONNX graph computes, in torch: the decomposed layer's own arithmetic. ``amode`` "rows":
+    static, every row a prefix row (its own per-token scale; see :mod:`.prefix_split`)."""
     if w_t.dtype == torch.uint8:  # int8 weights stored as uint8 + 128
         w_t = (w_t.to(torch.int16) - WEIGHT_ZERO).to(torch.int8)
+    if amode == "rows":
+        amode, prefix = "static", x.shape[-2]
     return DecomposedLinear(w_t.t(), w_scale, bias, wdtype, None if amode == "none" else wdtype, amode, in_scale,
                             prefix).forward(x)
 
@@ -370,15 +375,25 @@ def _make_translation(opset: int):
             zero = const(0.0, TP.FLOAT8E4M3FN)
         return op.DequantizeLinear(op.QuantizeLinear(x, s, zero), s, zero)
 
+    def row_scales(x, wdtype: str):
+        """Each row's own scale, largest |x| / qmax (EPS for an all-zero row), as the recipe's."""
+        qmax = INT8_MAX if wdtype == "int8" else FP8_MAX
+        s_tok = op.Div(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1), const(qmax, TP.FLOAT))
+        return op.Where(op.Greater(s_tok, const(0.0, TP.FLOAT)), s_tok, const(EPS, TP.FLOAT))
+
+    def static_rows(x, w_t, w_scale, w_zero, s, wdtype: str):
+        """Every row with its own scale, through the static Q/DQ: rows scaled by s / s_row onto the
+        static grid before it, outputs by s_row / s after (the prefix rows' GEMM of .prefix_split)."""
+        s_row = row_scales(x, wdtype)
+        y = op.MatMul(static_qdq(op.Mul(x, op.Div(s, s_row)), s, wdtype), weight_dq(w_t, w_scale, w_zero))
+        return op.Mul(y, op.Div(s_row, s))
+
     def static_with_prefix(x, w_t, w_scale, w_zero, s, prefix: int, wdtype: str):
         """One quantized GEMM for all tokens: prefix rows are scaled by s / s_token onto the static
         grid before Q/DQ and their outputs by s_token / s after, which quantizes them with their own
         per-token scale as the recipe does (to float rounding) without a second GEMM or weight copy."""
-        qmax = INT8_MAX if wdtype == "int8" else FP8_MAX
         axis = op.Constant(value_ints=[1])
-        head = op.Slice(x, op.Constant(value_ints=[0]), op.Constant(value_ints=[prefix]), axis)
-        s_tok = op.Div(op.ReduceMax(op.Abs(head), op.Constant(value_ints=[-1]), keepdims=1), const(qmax, TP.FLOAT))
-        s_tok = op.Where(op.Greater(s_tok, const(0.0, TP.FLOAT)), s_tok, const(EPS, TP.FLOAT))
+        s_tok = row_scales(op.Slice(x, op.Constant(value_ints=[0]), op.Constant(value_ints=[prefix]), axis), wdtype)
         shape = op.Shape(x)
         rest = op.Concat(op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[1])),
                          op.Sub(op.Slice(shape, op.Constant(value_ints=[1]), op.Constant(value_ints=[2])),
@@ -406,6 +421,8 @@ def _make_translation(opset: int):
             y = dynamic_int8(x, w_t, w_scale, w_zero)
         elif amode == "dynamic":
             y = op.MatMul(token_qdq(x, wdtype), weight_dq(w_t, w_scale, w_zero))
+        elif amode == "rows":
+            y = static_rows(x, w_t, w_scale, w_zero, in_scale, wdtype)
         elif prefix:
             y = static_with_prefix(x, w_t, w_scale, w_zero, in_scale, prefix, wdtype)
         else:
@@ -423,46 +440,5 @@ def needed_opset(model: nn.Module, opset: int) -> int:
     return max(opset, 19) if fp8 else opset
 
 
-NOTES = {
-    "attention/int8": "int8 attention inputs: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (int8, zero point 0) "
-                      "on q, k and v of each attention with their calibrated per-tensor scales (OpenVINO: FakeQuantize "
-                      "on its fused attention's inputs, int8 attention products)",
-    "int8-weight/none": "int8 weight initializers, per-channel DequantizeLinear(axis=1) -> MatMul, float activations",
-    "int4-weight/none": "int4 weights as com.microsoft MatMulNBits (bits 4, block_size = group size, zero point 8, "
-                        "accuracy_level 1): our packed nibbles and float16 group scales (as float32), float activations",
-    "int8/static": "static activations: Clip(+-127 s) -> QuantizeLinear/DequantizeLinear (uint8, zero point 128 = the "
-                   "recipe's symmetric int8) on the patch tokens with the calibrated scale, our int8 weights as uint8 + "
-                   "128 with zero point 128 (exact on CPUs without VNNI, where u8 x s8 saturates); the prefix tokens keep "
-                   "their per-token scale (rows scaled by s/s_token before Q/DQ and by s_token/s after), as in the "
-                   "recipe",
-    "int8/dynamic": "dynamic per-token activations have no QDQ form (QuantizeLinear takes constant or per-tensor "
-                    "scales; DynamicQuantizeLinear is per tensor): exported exactly as ReduceMax(Abs)/127 -> Round "
-                    "-> Clip -> uint8 (+128) -> MatMulInteger(our int8 weights as uint8 + 128, zero point 128) -> scales",
-    "fp8/static": "FLOAT8E4M3FN weights + per-channel DQ; static activations Q/DQ FLOAT8E4M3FN per tensor (TensorRT "
-                  "builds fp8 GEMMs from this); prefix tokens rescaled onto the static grid per token",
-    "fp8/dynamic": "FLOAT8E4M3FN weights + per-channel DQ; dynamic per-token activations by exact Cast(E4M3, "
-                   "saturate) emulation (no QDQ form; TensorRT runs these GEMMs from the dequantized weights)",
-}
-
-
-def describe(model: nn.Module, fmt: str, opset: int) -> dict:
-    """How the quantized layers were written (manifest.quantization.export)."""
-    kinds: dict[str, int] = {}
-    for m in model.modules():
-        if isinstance(m, QuantLinear):
-            k = m.decompose().kind
-            kinds[k] = kinds.get(k, 0) + 1
-    out = {"format": fmt, "opset": needed_opset(model, opset), "layers": kinds,
-           "notes": [NOTES[k] for k in kinds if k in NOTES]}
-    attentions = len(quantized_attentions(model))
-    if attentions:
-        out["attention_inputs"] = {"int8": attentions}
-        out["notes"].append(NOTES["attention/int8"])
-    if any(k.startswith("fp8") for k in kinds):
-        out["target"] = ("TensorRT (FLOAT8E4M3FN Q/DQ, opset >= 19); ONNX Runtime CPU runs the graph through "
-                         "float dequantization, for verification only")
-    return out
-
-
-__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear", "describe",
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear",
            "export_attention_inputs"]

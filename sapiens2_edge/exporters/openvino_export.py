@@ -79,7 +79,8 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
     files = export_openvino(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
     xml = out_dir / IR_DIR / "model.xml"
     if hasattr(model, "recipe_dict"):
-        from .onnx_quant import describe, int8_dot_products
+        from .onnx_quant import int8_dot_products
+        from .quant_notes import describe
 
         policy = precision_policy(opts.precision, _check_float_precisions(model, xml, opts))
         info = describe(model, "openvino", opts.opset)

@@ -130,7 +130,7 @@ def write(model, out_dir: Path, opts) -> dict[str, str]:
     files, notes = export_ort(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
     opts.notes["ort_mobile"] = notes
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
-        from .onnx_quant import describe
+        from .quant_notes import describe
 
         opts.notes["quantization"] = describe(model, "ort", opts.opset)
     return files

@@ -1,0 +1,108 @@
+"""The prefix tokens' rows as a GEMM of their own in graphs made for OpenVINO: the recipe's arithmetic
+row by row (prefix rows with their per-token scales, patch rows with the static scale), two GEMMs over
+one int8 weight, and only for the layers it is meant for."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from sapiens2_edge.exporters.onnx_quant import _export_module, export_modules, int8_dot_products, translation_table
+from sapiens2_edge.exporters.prefix_split import PrefixRowsApart, rows_apart, split_prefix_rows
+from sapiens2_edge.quantization.config import layer_config
+from sapiens2_edge.quantization.linear import QuantLinear
+
+PREFIX = 9
+
+
+class TwoLayers(nn.Module):
+    def __init__(self, mode: str = "static"):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        cfg = layer_config("int8", activation_mode=mode)
+        a, b = nn.Linear(64, 128), nn.Linear(128, 32)
+        with torch.no_grad():
+            for lin in (a, b):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.1)
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
+        self.a = QuantLinear.from_float(a, cfg, PREFIX, torch.tensor([0.02]))
+        self.b = QuantLinear.from_float(b, cfg, PREFIX, torch.tensor([0.01]))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def tokens(batch: int = 2) -> torch.Tensor:
+    x = torch.randn(batch, PREFIX + 40, 64, generator=torch.Generator().manual_seed(1))
+    x[:, :PREFIX] *= 20  # prefix outliers, far outside the static range: their own scales matter
+    x[:, PREFIX:PREFIX + 3] *= 5  # patch tokens past the static range: clipped, as the recipe does
+    return x
+
+
+def signed(d):
+    return _export_module(d, signed_weights=True)  # the OpenVINO graph's form on CPUs with VNNI / AMX
+
+
+@pytest.mark.parametrize("name,wdtype,amode,prefix,is_signed,apart", [
+    ("backbone.blocks.0.attn.wq", "int8", "static", 9, True, True),
+    ("backbone.blocks.3.ffn.w3", "int8", "static", 9, True, True),
+    ("backbone.tokenizer.blocks.0.attn.wq", "int8", "static", 1, True, False),  # 4K windows: 1 prefix of 17
+    ("backbone.blocks.0.attn.wq", "int8", "static", 9, False, False),  # uint8 weights: no int8 FullyConnected
+    ("backbone.blocks.0.attn.wq", "int8", "dynamic", 0, True, False),  # per-token everywhere: nothing apart
+    ("backbone.blocks.0.attn.wq", "int8", "static", 0, True, False),  # no prefix tokens
+    ("backbone.blocks.0.attn.wq", "fp8", "static", 9, True, False),
+])
+def test_which_layers_run_their_prefix_rows_apart(name, wdtype, amode, prefix, is_signed, apart):
+    assert rows_apart(name, wdtype, amode, prefix, is_signed) is apart
+
+
+def test_rows_apart_compute_the_recipe_row_by_row_and_hold_one_weight(tmp_path):
+    import onnxruntime as ort
+    import openvino as ov
+
+    module, x = TwoLayers().eval(), tokens()
+    with torch.no_grad():
+        ref = module(x).numpy()  # the torch QuantLinears: prefix rows per token, patch rows static
+        with export_modules(module, signed), split_prefix_rows(module) as n:
+            assert n == 2 and all(isinstance(m, PrefixRowsApart) for m in (module.a, module.b))
+            split = module(x).numpy()  # the export forms' torch side
+            assert np.linalg.norm(split - ref) / np.linalg.norm(ref) < 2e-6
+            path = tmp_path / "m.onnx"
+            torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=18, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4)},),
+                              custom_translation_table=translation_table(18))
+    assert type(module.a) is QuantLinear  # swapped back
+    graph = onnx.load(str(path)).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    int8_weights = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert ops["MatMul"] == 4 and len(int8_weights) == 2  # two GEMMs per layer over one stored weight
+    dequantized = {node.output[0]: node.input[0] for node in graph.node
+                   if node.op_type == "DequantizeLinear" and node.input[0] in int8_weights}
+    gemms = collections.Counter(dequantized[i] for node in graph.node if node.op_type == "MatMul"
+                                for i in node.input if i in dequantized)
+    assert gemms == {w: 2 for w in int8_weights}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for batch in (1, 2):
+        xb = tokens(batch).numpy()
+        want = ref[:batch]
+        for runtime, y in (("onnxruntime", sess.run(None, {sess.get_inputs()[0].name: xb})[0]),
+                           ("openvino", compiled({0: xb})[0])):
+            assert np.linalg.norm(y - want) / np.linalg.norm(want) < 2e-6, runtime
+    if int8_dot_products()[0]:  # OpenVINO runs all four GEMMs in int8, the two layers' weights held once each
+        fcs = [op for op in compiled.get_runtime_model().get_ops()
+               if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected")]
+        assert len(fcs) == 4
+        assert {op.get_rt_info()["runtimePrecision"].astype(str) for op in fcs} <= {"i8", "u8"}
+
+
+def test_dynamic_layers_keep_one_gemm():
+    module = TwoLayers("dynamic").eval()
+    with export_modules(module, signed), split_prefix_rows(module) as n:
+        assert n == 0 and not isinstance(module.a, PrefixRowsApart)
