@@ -276,14 +276,15 @@ def test_openvino_int8_runs_int8_kernels_and_matches(seg_openvino_int8, seg):
     kinds = collections.Counter(op.get_type_name() for op in
                                 ov.Core().read_model(str(seg_openvino_int8 / "openvino" / "model.xml")).get_ops())
     depth = seg.arch.depth
-    # where OpenVINO builds int8 GEMMs, each linear is two: its prefix rows' and its patch rows' (one weight)
-    gemms = 2 if signed else 1
-    assert kinds["Split"] == 0 and kinds["MatMul"] == gemms * 7 * depth, kinds
-    # ln1 -> q/k/v, attention -> proj, ln2 -> gate/up, -> w3 (per rows' GEMM)
-    assert kinds["FakeQuantize"] == gemms * 4 * depth, kinds
+    # where OpenVINO builds int8 GEMMs, each FFN linear (gate, up, w3) is two: its prefix rows' and its patch
+    # rows' (one weight)
+    apart = 3 if signed else 0
+    assert kinds["Split"] == 0 and kinds["MatMul"] == (7 + apart) * depth, kinds
+    # ln1 -> q/k/v, attention -> proj, ln2 -> gate/up, -> w3; the FFN's two per rows' GEMM
+    assert kinds["FakeQuantize"] == (4 + 2 * bool(apart)) * depth, kinds
     if signed:
-        assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) == 2 * 7 * depth, prec
-        assert m["quantization"]["export"]["prefix_rows_apart"] == 6 * depth
+        assert prec.get("FullyConnected i8", 0) + prec.get("FullyConnected u8", 0) == 10 * depth, prec
+        assert m["quantization"]["export"]["prefix_rows_apart"] == 2 * depth  # w12 and w3 of each block
         weights = [op for op in ov.Core().read_model(str(seg_openvino_int8 / "openvino" / "model.xml")).get_ops()
                    if op.get_type_name() == "Constant" and str(op.get_output_element_type(0)) == "<Type: 'int8_t'>"
                    and len(op.get_output_shape(0)) == 2]

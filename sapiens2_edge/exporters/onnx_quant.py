@@ -16,8 +16,8 @@ int8, static       ``Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear`` (uint
                    storage) keep their own per-token scale as in the recipe, in the same GEMM: their
                    rows are multiplied by s / s_token before the Q/DQ and their outputs by s_token / s
                    after (exact to float rounding; no second GEMM and no second weight copy). Graphs
-                   made for OpenVINO on CPUs with VNNI or AMX run those rows as a GEMM of their own
-                   over the same weight instead (:mod:`.prefix_split`: fused post-ops).
+                   made for OpenVINO on CPUs with VNNI or AMX run them in the FFN as a GEMM of their
+                   own over the same weight instead (:mod:`.prefix_split`: fused post-ops).
 int8, dynamic      per-token scales have no QDQ form (QuantizeLinear scales are constants or one per
                    tensor; ``DynamicQuantizeLinear`` is per tensor, losing the recipe's per-token
                    range). Exact instead: ``ReduceMax(Abs)/127 -> Round -> Clip -> +128 ->

@@ -22,7 +22,7 @@ NOTES = {
                    "128 with zero point 128 (exact on CPUs without VNNI, where u8 x s8 saturates); the prefix tokens keep "
                    "their per-token scale (rows scaled by s/s_token before Q/DQ and by s_token/s after), as in the "
                    "recipe",
-    "prefix/apart": "OpenVINO graph: each static int8 linear of the encoder runs its prefix tokens' rows as a GEMM of "
+    "prefix/apart": "OpenVINO graph: each static int8 FFN linear of the encoder runs its prefix tokens' rows as a GEMM of "
                     "their own (per-token scales) and the patch rows as a second GEMM over the same int8 weights (the "
                     "static scale alone), so the bias and the element-wise ops after it fuse into the patch rows' GEMM",
     "int8/dynamic": "dynamic per-token activations have no QDQ form (QuantizeLinear takes constant or per-tensor "
