@@ -25,30 +25,13 @@ from sapiens2_edge.exporters.onnx_quant import export_modules, int8_dot_products
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 from sapiens2_edge.runtime.onnxruntime_backend import session_options
+from tests.fixtures.quant_layers import PREFIX, TwoLayers
 from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 SIZE = (128, 96)
 CALIB = list(make_people(16, seed=1001, size=SIZE)[0])
 HELD_OUT = list(make_people(16, seed=2002, size=SIZE)[0])
-PREFIX = 9
-
-
-class TwoLayers(nn.Module):
-    def __init__(self, scheme: str, mode: str, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        cfg = layer_config(scheme, activation_mode=mode)
-        a, b = nn.Linear(64, 128), nn.Linear(128, 32)
-        for lin in (a, b):  # biases too: drawn from the global RNG, they made the test depend on test order
-            with torch.no_grad():
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.1)
-                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
-        self.a = QuantLinear.from_float(a, cfg, PREFIX, torch.tensor([0.02]))
-        self.b = QuantLinear.from_float(b, cfg, PREFIX, torch.tensor([0.01]))
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
 
 
 def layer_input(seed: int = 1) -> torch.Tensor:

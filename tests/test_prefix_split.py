@@ -16,25 +16,7 @@ from sapiens2_edge.exporters.onnx_quant import _export_module, export_modules, i
 from sapiens2_edge.exporters.prefix_split import PrefixRowsApart, rows_apart, split_prefix_rows
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
-
-PREFIX = 9
-
-
-class TwoLayers(nn.Module):
-    def __init__(self, mode: str = "static"):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        cfg = layer_config("int8", activation_mode=mode)
-        a, b = nn.Linear(64, 128), nn.Linear(128, 32)
-        with torch.no_grad():
-            for lin in (a, b):
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.1)
-                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
-        self.a = QuantLinear.from_float(a, cfg, PREFIX, torch.tensor([0.02]))
-        self.b = QuantLinear.from_float(b, cfg, PREFIX, torch.tensor([0.01]))
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
+from tests.fixtures.quant_layers import PREFIX, TwoLayers
 
 
 class Block(nn.Module):
@@ -47,7 +29,7 @@ class Block(nn.Module):
             proj.weight.copy_(torch.randn(64, 64, generator=torch.Generator().manual_seed(2)) * 0.1)
         self.proj = QuantLinear.from_float(proj, layer_config("int8", activation_mode=mode), PREFIX,
                                            torch.tensor([0.3]))
-        self.ffn = TwoLayers(mode)
+        self.ffn = TwoLayers("int8", mode)
 
     def forward(self, x):
         return self.ffn(self.proj(x))
