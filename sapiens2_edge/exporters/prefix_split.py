@@ -11,10 +11,10 @@ Here each FFN linear (the SwiGLU's gate, up and w3) runs as two GEMMs over the s
 (one initializer; OpenVINO packs it once): the prefix rows with their per-token scales (a GEMM of
 ``prefix`` rows), the patch rows with the static scale alone, whose post-ops then fuse; the outputs
 are concatenated on the token axis (in place in OpenVINO). The arithmetic is the recipe's, row by
-row. Measured on an AMD EPYC (benchmarks/results/cpu_peers.md): 0.1b 418 -> 397 ms, 0.4b
-6.35 -> 6.24 s. The attention's q/k/v and output projections stay one GEMM: splitting them too gained
-nothing more (397.5 ms) and each extra FullyConnected holds ~0.4 MB of OpenVINO's per-layer state
-(+13 MB at 0.1b). Only where OpenVINO builds int8 FullyConnected layers (signed int8 weights, i.e.
+row. Measured on an AMD EPYC (benchmarks/results/cpu_peers.md): 0.1b 418 -> 397 ms (2.4-5 % by
+run), 0.4b 0.4-1.7 %. The attention's q/k/v and output projections stay one GEMM: splitting them
+too gained nothing more (397.5 ms) and each extra FullyConnected holds ~0.4 MB of OpenVINO's
+per-layer state (+13 MB at 0.1b). Only where OpenVINO builds int8 FullyConnected layers (signed int8 weights, i.e.
 CPUs with VNNI or AMX); not the 4K tokenizer's windows (one prefix token of 17), and not ONNX
 Runtime, whose int8 GEMM with the one-GEMM form is faster (all linears split: 2.00 s against 1.43 s
 at 0.1b on the same EPYC).
