@@ -47,6 +47,7 @@ from .options import (
     _Group,
     detector_option,
     error_line,
+    opt_in_parts,
     parse_size,
 )
 from .tables import report_table
@@ -291,7 +292,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
         options = {"group_size": group_size}
     if scheme not in WEIGHT_ONLY:
         options["calibration_precision"] = str(calibration_precision)
-    options.update({k: str(v) for k, v in (("attention", attention), ("head", head)) if str(v) != "float"})
+    options.update(opt_in_parts(attention, head))
     options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
@@ -355,7 +356,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
         quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate}
         if calib_images is not None:
             quantize_options["calibration_size"] = calib_size
-        quantize_options.update({k: str(v) for k, v in (("attention", attention), ("head", head)) if str(v) != "float"})
+        quantize_options.update(opt_in_parts(attention, head))
         if scheme == "int4-weight":
             quantize_options["group_size"] = group_size
         if scheme not in WEIGHT_ONLY:

@@ -101,6 +101,11 @@ class _Group(TyperGroup):
         return code
 
 
+def opt_in_parts(attention, head) -> dict[str, str]:
+    """The recipe's opt-in parts the user asked for (``attention``, ``head``), as quantize options."""
+    return {k: str(v) for k, v in (("attention", attention), ("head", head)) if str(v) != "float"}
+
+
 def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     """``--input-size 1024x768`` -> (H, W)."""
     if text is None:

@@ -141,7 +141,7 @@ class ExportQuantDeconv(nn.Module):
 
 
 @contextlib.contextmanager
-def _swapped(model: nn.Module, found: dict[str, nn.Module], make: Callable[[nn.Module], nn.Module]) -> Iterator[int]:
+def swapped_modules(model: nn.Module, found: dict[str, nn.Module], make: Callable[[nn.Module], nn.Module]) -> Iterator[int]:
     """Replace each named module by ``make(module)`` for the duration; yields how many."""
     from ..quantization.model import set_module
 
@@ -156,7 +156,7 @@ def _swapped(model: nn.Module, found: dict[str, nn.Module], make: Callable[[nn.M
 
 def export_head(model: nn.Module):
     """Swap every int8 transposed convolution of the head for its ONNX form for the duration; yields how many."""
-    return _swapped(model, quantized_deconvs(model), ExportQuantDeconv)
+    return swapped_modules(model, quantized_deconvs(model), ExportQuantDeconv)
 
 
 class ExportAttentionInputQuant(nn.Module):
@@ -175,7 +175,7 @@ def export_attention_inputs(model: nn.Module):
     """Swap every attention's int8 input quantization for its ONNX form for the duration; yields how many."""
     from ..quantization.attention_inputs import SLOT
 
-    return _swapped(model, {f"{n}.{SLOT}": m for n, m in quantized_attentions(model).items()},
+    return swapped_modules(model, {f"{n}.{SLOT}": m for n, m in quantized_attentions(model).items()},
                     ExportAttentionInputQuant)
 
 
@@ -381,12 +381,15 @@ def _make_translation(opset: int):
         s_tok = op.Div(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1), const(qmax, TP.FLOAT))
         return op.Where(op.Greater(s_tok, const(0.0, TP.FLOAT)), s_tok, const(EPS, TP.FLOAT))
 
+    def rescaled_gemm(x, into, back, w_t, w_scale, w_zero, s, wdtype: str):
+        """Rows multiplied by ``into`` onto the static grid, the static Q/DQ and GEMM, outputs by ``back``."""
+        return op.Mul(op.MatMul(static_qdq(op.Mul(x, into), s, wdtype), weight_dq(w_t, w_scale, w_zero)), back)
+
     def static_rows(x, w_t, w_scale, w_zero, s, wdtype: str):
         """Every row with its own scale, through the static Q/DQ: rows scaled by s / s_row onto the
         static grid before it, outputs by s_row / s after (the prefix rows' GEMM of .prefix_split)."""
         s_row = row_scales(x, wdtype)
-        y = op.MatMul(static_qdq(op.Mul(x, op.Div(s, s_row)), s, wdtype), weight_dq(w_t, w_scale, w_zero))
-        return op.Mul(y, op.Div(s_row, s))
+        return rescaled_gemm(x, op.Div(s, s_row), op.Div(s_row, s), w_t, w_scale, w_zero, s, wdtype)
 
     def static_with_prefix(x, w_t, w_scale, w_zero, s, prefix: int, wdtype: str):
         """One quantized GEMM for all tokens: prefix rows are scaled by s / s_token onto the static
@@ -401,8 +404,7 @@ def _make_translation(opset: int):
         ones = op.Expand(const(1.0, TP.FLOAT), rest)
         into = op.Concat(op.Div(s, s_tok), ones, axis=1)  # (B, T, 1): rows onto the static grid
         back = op.Concat(op.Div(s_tok, s), ones, axis=1)
-        y = op.MatMul(static_qdq(op.Mul(x, into), s, wdtype), weight_dq(w_t, w_scale, w_zero))
-        return op.Mul(y, back)
+        return rescaled_gemm(x, into, back, w_t, w_scale, w_zero, s, wdtype)
 
     def dynamic_int8(x, w_t, w_scale, w_zero):
         amax = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
@@ -440,5 +442,5 @@ def needed_opset(model: nn.Module, opset: int) -> int:
     return max(opset, 19) if fp8 else opset
 
 
-__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear",
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear", "swapped_modules",
            "export_attention_inputs"]

@@ -22,13 +22,10 @@ at 0.1b on the same EPYC).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 from torch import nn
 
-from .onnx_quant import ExportQLinear, qlinear
+from .onnx_quant import ExportQLinear, qlinear, swapped_modules
 
 
 def rows_apart(name: str, wdtype: str, amode: str, prefix: int, signed: bool) -> bool:
@@ -55,22 +52,12 @@ class PrefixRowsApart(nn.Module):
         return torch.cat([head, rest], dim=1)
 
 
-@contextlib.contextmanager
-def split_prefix_rows(model: nn.Module) -> Iterator[int]:
+def split_prefix_rows(model: nn.Module):
     """For the duration, every export form that :func:`rows_apart` selects runs as
     :class:`PrefixRowsApart`; yields how many. Call it inside ``export_modules``."""
-    from ..quantization.model import set_module
-
-    swapped = {}
-    try:
-        for name, m in list(model.named_modules()):
-            if type(m) is ExportQLinear and rows_apart(name, m.wdtype, m.amode, m.prefix, m.w_t.dtype == torch.int8):
-                swapped[name] = m
-                set_module(model, name, PrefixRowsApart(m))
-        yield len(swapped)
-    finally:
-        for name, m in swapped.items():
-            set_module(model, name, m)
+    found = {name: m for name, m in model.named_modules() if type(m) is ExportQLinear
+             and rows_apart(name, m.wdtype, m.amode, m.prefix, m.w_t.dtype == torch.int8)}
+    return swapped_modules(model, found, PrefixRowsApart)
 
 
 __all__ = ["PrefixRowsApart", "rows_apart", "split_prefix_rows"]

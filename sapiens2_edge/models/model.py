@@ -115,3 +115,10 @@ def build_model(arch: str | ArchSpec = "0.4b", task: str | None = None, *, head:
     model = Sapiens2Model(spec, head, rope_mode)
     init_weights(model, seed)
     return model.eval()
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` (dotted path) of ``model`` is."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import numerics as nx
+from ..models.model import set_module
 from .attention_inputs import fake_quant_int8
 from .observers import finite_absmax
 
@@ -112,9 +113,7 @@ def install(model: nn.Module, amax: Mapping[str, float] | Iterable[str]) -> None
     input maxima (a mapping), or as empty placeholders to load a state dict into (names)."""
     for n in amax:
         m = model.get_submodule(n)
-        parent, _, leaf = n.rpartition(".")  # always inside decode_head
-        setattr(model.get_submodule(parent), leaf,
-                QuantDeconv.from_float(m, amax[n]) if isinstance(amax, Mapping) else QuantDeconv.like(m))
+        set_module(model, n, QuantDeconv.from_float(m, amax[n]) if isinstance(amax, Mapping) else QuantDeconv.like(m))
 
 
 def quantized_deconvs(model: nn.Module) -> dict[str, QuantDeconv]:

@@ -18,7 +18,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..models.model import Sapiens2Model
+from ..models.model import Sapiens2Model, set_module
 from .config import QuantRecipe
 from .kernels import check_kernel
 from .linear import QuantLinear
@@ -63,12 +63,6 @@ def is_quantized(model: nn.Module) -> bool:
 def candidate_linears(model: nn.Module) -> list[str]:
     """Module names of every plain ``nn.Linear`` in the backbone (the only layers ever quantized)."""
     return [n for n, m in model.named_modules() if type(m) is nn.Linear and n.startswith("backbone.")]
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
 
 
 def as_quantized(model: Sapiens2Model, recipe: QuantRecipe, layer_schemes: dict[str, str]) -> QuantizedModel:
@@ -123,4 +117,4 @@ def state_bytes(model: nn.Module) -> int:
 
 
 __all__ = ["QuantizedModel", "is_quantized", "candidate_linears", "as_quantized", "state_bytes", "float_keys",
-           "round_float_storage", "stores_float16"]
+           "round_float_storage", "stores_float16", "set_module"]
