@@ -64,6 +64,44 @@ def test_observer_rejects_nan():
         RangeObserver().observe(torch.tensor([[[float("nan"), 1.0]]]))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_bf16_observer_rejects_non_finite(bad):
+    x = torch.ones(1, 12, 4, dtype=torch.bfloat16)
+    x[0, 10, 2] = bad
+    with pytest.raises(CalibrationError, match="NaN or inf"):
+        RangeObserver(prefix_tokens=9).observe(x)
+
+
+def test_bf16_observer_histogram_is_histc_on_the_widened_values():
+    """bf16 inputs are counted by bit pattern; the histogram, maximum and count must be those of
+    torch.histc on the float32 values, observation after observation (range doubling included),
+    for a strided batch and for an input large enough to be counted on several threads."""
+    g = torch.Generator().manual_seed(0)
+    big = (torch.randn(1, 9 + 1100, 1024, generator=g) * 3).bfloat16()  # > 1M patch values
+    edges = torch.linspace(0, 6, 2049)[None, :, None].repeat(2, 1, 1).bfloat16()  # bin edges, both signs
+    edges[1] *= -1
+    batch = (torch.randn(3, 40, 64, generator=g) * 20).bfloat16()  # rows 9.. of 3 images: not contiguous
+    zeros = torch.zeros(1, 20, 8, dtype=torch.bfloat16)
+    fast, ref = RangeObserver(prefix_tokens=9), {"hist": torch.zeros(2048, dtype=torch.float64), "top": 0.0, "amax": 0.0}
+    for x in (zeros, edges, batch, big):
+        fast.observe(x)
+        a = x[:, 9:].float().abs().flatten()
+        m = float(a.max())
+        ref["amax"] = max(ref["amax"], m)
+        if m > 0:
+            ref["top"] = ref["top"] or m
+            while m > ref["top"]:
+                ref["hist"] = torch.cat([ref["hist"].view(-1, 2).sum(1), torch.zeros(1024, dtype=torch.float64)])
+                ref["top"] *= 2
+            ref["hist"] += torch.histc(a, 2048, 0.0, ref["top"]).double()
+        else:
+            ref["hist"][0] += a.numel()
+        assert fast.amax == ref["amax"] and fast.hist_max == ref["top"]
+        assert torch.equal(fast.hist, ref["hist"])
+    assert fast.count == sum(x[:, 9:].numel() for x in (zeros, big, edges, batch))
+    assert fast.hist.sum() == fast.count
+
+
 # --- SmoothQuant ----------------------------------------------------------------------------------
 def _outlier_model():
     m = tiny_model("seg").set_rope_mode("fp32")
