@@ -239,6 +239,31 @@ def test_bf16_rotation_is_bit_identical_to_native_bf16_arithmetic(grid):
     assert torch.equal(apply_rope(q, sin, cos, round_bf16=True), native)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads_after_tokens", [False, True])
+def test_traced_and_eager_bf16_rotations_are_bit_identical(monkeypatch, dtype, heads_after_tokens):
+    """Exports trace the float32-with-rounding steps; torch runs them as bf16 ops: the same bits, for
+    float32 and bf16 q/k (bf16: the calibration forwards), in both layouts, prefix rows included."""
+    from sapiens2_edge.kernels import switch
+
+    sin, cos = RopeEmbedding(64)(16, 12)
+    q = (torch.randn(2, 4, 9 + 16 * 12, 64, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    if heads_after_tokens:
+        q = q.transpose(1, 2).contiguous()
+    eager = apply_rope(q, sin, cos, True, heads_after_tokens)
+    monkeypatch.setattr(switch, "exporting", lambda: True)
+    traced = apply_rope(q, sin, cos, True, heads_after_tokens)
+    assert eager.dtype == traced.dtype == dtype
+    assert torch.equal(eager, traced)
+    # tables that are not bf16 values (not the reference's) keep the float32-with-rounding steps in torch too
+    monkeypatch.setattr(switch, "exporting", lambda: False)
+    fine_sin, fine_cos = RopeEmbedding(64, mode="fp32")(16, 12)
+    assert not torch.equal(fine_sin, fine_sin.to(torch.bfloat16).float())
+    eager = apply_rope(q, fine_sin, fine_cos, True, heads_after_tokens)
+    monkeypatch.setattr(switch, "exporting", lambda: True)
+    assert torch.equal(eager, apply_rope(q, fine_sin, fine_cos, True, heads_after_tokens))
+
+
 def test_frozen_tables_are_used_only_for_their_grid():
     rope = RopeEmbedding(16)
     rope.freeze(4, 3)
