@@ -72,34 +72,56 @@ def test_bf16_observer_rejects_non_finite(bad):
         RangeObserver(prefix_tokens=9).observe(x)
 
 
-def test_bf16_observer_histogram_is_histc_on_the_widened_values():
-    """bf16 inputs are counted by bit pattern; the histogram, maximum and count must be those of
-    torch.histc on the float32 values, observation after observation (range doubling included),
-    for a strided batch and for an input large enough to be counted on several threads."""
-    g = torch.Generator().manual_seed(0)
-    big = (torch.randn(1, 9 + 1100, 1024, generator=g) * 3).bfloat16()  # > 1M patch values
-    edges = torch.linspace(0, 6, 2049)[None, :, None].repeat(2, 1, 1).bfloat16()  # bin edges, both signs
-    edges[1] *= -1
-    batch = (torch.randn(3, 40, 64, generator=g) * 20).bfloat16()  # rows 9.. of 3 images: not contiguous
-    zeros = torch.zeros(1, 20, 8, dtype=torch.bfloat16)
-    fast, ref = RangeObserver(prefix_tokens=9), {"hist": torch.zeros(2048, dtype=torch.float64), "top": 0.0, "amax": 0.0}
-    for x in (zeros, edges, batch, big):
-        fast.observe(x)
-        a = x[:, 9:].float().abs().flatten()
+def _histc_reference(inputs, prefix: int = 9, bins: int = 2048) -> list[tuple[float, float, torch.Tensor]]:
+    """(amax, histogram top, histogram) after each input, by the widened values and torch.histc."""
+    hist, top, amax, out = torch.zeros(bins, dtype=torch.float64), 0.0, 0.0, []
+    for x in inputs:
+        a = x[:, prefix:].float().abs().flatten()
         m = float(a.max())
-        ref["amax"] = max(ref["amax"], m)
+        amax = max(amax, m)
         if m > 0:
-            ref["top"] = ref["top"] or m
-            while m > ref["top"]:
-                ref["hist"] = torch.cat([ref["hist"].view(-1, 2).sum(1), torch.zeros(1024, dtype=torch.float64)])
-                ref["top"] *= 2
-            ref["hist"] += torch.histc(a, 2048, 0.0, ref["top"]).double()
+            top = top or m
+            while m > top:
+                hist = torch.cat([hist.view(-1, 2).sum(1), torch.zeros(bins // 2, dtype=torch.float64)])
+                top *= 2
+            hist = hist + torch.histc(a, bins, 0.0, top).double()
         else:
-            ref["hist"][0] += a.numel()
-        assert fast.amax == ref["amax"] and fast.hist_max == ref["top"]
-        assert torch.equal(fast.hist, ref["hist"])
-    assert fast.count == sum(x[:, 9:].numel() for x in (zeros, big, edges, batch))
-    assert fast.hist.sum() == fast.count
+            hist = hist.clone()
+            hist[0] += a.numel()
+        out.append((amax, top, hist))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_observer_histogram_is_histc_on_the_float32_values(dtype):
+    """The histogram (bf16: counted by bit pattern; float32: bins computed element-wise, counted on
+    several threads), maximum and count are those of torch.histc on the float32 values, observation
+    after observation (range doubling included), for values on bin edges, a strided batch and an
+    input large enough to be counted on several threads."""
+    g = torch.Generator().manual_seed(0)
+    top = float(torch.tensor(5.3))  # the histogram's top after the first observation: its maximum
+    edge = (torch.arange(2049, dtype=torch.float64) * top / 2048).float()  # the bin edges, and the floats beside them
+    edge = torch.cat([edge, torch.nextafter(edge, torch.tensor(0.0)), torch.nextafter(edge, torch.tensor(9.0))])
+    edges = torch.stack([edge, -edge]).clamp(-top, top)[:, :, None]  # both signs
+    inputs = [torch.zeros(1, 20, 8), edges,
+              torch.randn(3, 40, 64, generator=g) * 20,  # rows 9.. of 3 images: not contiguous
+              torch.randn(1, 9 + 1100, 1024, generator=g) * 3]  # > 1M patch values
+    inputs = [x.to(dtype) for x in inputs]
+    fast = RangeObserver(prefix_tokens=9)
+    for x, (amax, top, hist) in zip(inputs, _histc_reference(inputs), strict=True):
+        fast.observe(x)
+        assert fast.amax == amax and fast.hist_max == top
+        assert torch.equal(fast.hist, hist)
+    assert fast.count == sum(x[:, 9:].numel() for x in inputs) == fast.hist.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_observer_histogram_of_huge_activations_stays_in_range(dtype):
+    """Above 1e30, v * bins would overflow float32: those bins are computed in float64."""
+    x = torch.tensor([[[0.0], [1e35], [2e37], [3e38]]]).to(dtype)
+    obs = RangeObserver()
+    obs.observe(x)
+    assert obs.hist.sum() == 4 and obs.hist[-1] == 1 and obs.hist[0] == 2
 
 
 # --- SmoothQuant ----------------------------------------------------------------------------------

@@ -11,25 +11,19 @@
 Both leave out the first ``prefix_tokens`` tokens of each (B, T, C) sequence (CLS + storage
 tokens carry outlier activations and get per-token scales at run time).
 
-A bf16 input (the calibration forwards on CPUs with native bf16) is histogrammed by its bit
-patterns: one count per distinct |x| (32,768 codes, split over threads), then each distinct value
-binned with ``torch.histc``'s own float32 arithmetic. The histogram is the one ``histc`` gives on
-the widened values, bin for bin, at a quarter of its time (histc is one thread and the widened copy
-one more pass: 82 ms of a 0.4b block's 740 ms for the FFN's 3072 x 4096 input alone).
+The histogram is ``torch.histc``'s, bin for bin, computed on every thread (:mod:`.histogram`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..kernels.numerics import FP8_MAX, INT8_MAX
+from .histogram import bf16_magnitudes, histc_counts
 
 NUM_BINS = 2048
 
@@ -44,50 +38,6 @@ def _body(x: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
 def _abs_float(rows: torch.Tensor) -> torch.Tensor:
     """|rows| as float32 in one new tensor (a bf16 input is widened, then made absolute in place)."""
     return rows.abs() if rows.dtype == torch.float32 else rows.float().abs_()
-
-
-#: bf16 bit patterns of |x| (the sign bit cleared): 0x7f80 is +inf, above it NaN
-BF16_MAGNITUDES = 1 << 15
-#: below this many elements the bit-pattern counts run in one thread
-_SPLIT_ELEMENTS = 1 << 20
-_pool: ThreadPoolExecutor | None = None
-
-
-def _counting_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)),
-                                   thread_name_prefix="s2e-histogram")
-    return _pool
-
-
-def bf16_magnitudes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distinct |x| values as float32 in ascending order, how often each occurs as float64) of a
-    bf16 tensor, from counts of its bit patterns (a NaN or inf present is the last value)."""
-    codes = rows.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1)
-    parts = 1 if codes.size < _SPLIT_ELEMENTS else _counting_pool()._max_workers
-    if parts == 1:
-        counts = np.bincount(codes, minlength=2 * BF16_MAGNITUDES)
-    else:  # np.bincount releases the GIL: one chunk per thread
-        chunks = np.array_split(codes, parts)
-        counts = sum(f.result() for f in [_counting_pool().submit(np.bincount, c, None, 2 * BF16_MAGNITUDES)
-                                          for c in chunks])
-    counts = counts[:BF16_MAGNITUDES] + counts[BF16_MAGNITUDES:]  # +v and -v have the same |x|
-    present = np.flatnonzero(counts)
-    values = torch.from_numpy(present.astype(np.int16)).view(torch.bfloat16).float()
-    return values, torch.from_numpy(counts[present]).double()
-
-
-def _histogram(values: torch.Tensor, counts: torch.Tensor | None, bins: int, top: float) -> torch.Tensor:
-    """float64 histogram over [0, top] of ``values`` (each occurring ``counts`` times; None: once),
-    binned as ``torch.histc(values, bins, 0, top)`` bins: pos = trunc(v * bins / top) in float32, the
-    top edge in the last bin."""
-    if counts is None:
-        return torch.histc(values, bins, 0.0, top).double()
-    pos = torch.div(values * bins, torch.tensor(top, dtype=torch.float32), rounding_mode="trunc").long()
-    keep = values <= top
-    pos = pos.clamp_(max=bins - 1)[keep]
-    return torch.zeros(bins, dtype=torch.float64).index_add_(0, pos, counts[keep])
 
 
 def finite_absmax(x: torch.Tensor) -> float:
@@ -146,7 +96,7 @@ class RangeObserver:
         while m > self.hist_max:  # double the range: merge bin pairs
             self.hist = torch.cat([self.hist.view(-1, 2).sum(1), torch.zeros(self.bins // 2, dtype=torch.float64)])
             self.hist_max *= 2.0
-        self.hist += _histogram(values, counts, self.bins, self.hist_max)
+        self.hist += histc_counts(values, counts, self.bins, self.hist_max)
 
     # -- estimators --------------------------------------------------------------------------------
     def _edges(self) -> torch.Tensor:
