@@ -12,7 +12,7 @@ from sapiens2_edge.models.model import Sapiens2Model
 from sapiens2_edge.quantization import quantize
 from sapiens2_edge.quantization.evaluate import evaluate, run_outputs
 from sapiens2_edge.quantization.fidelity import output_error
-from sapiens2_edge.quantization.measure import energies
+from sapiens2_edge.quantization.measure import LAYER_TOKENS, energies, layer_energies, token_rows
 from sapiens2_edge.quantization.model import candidate_linears, float_copy
 from sapiens2_edge.quantization.observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers
 from sapiens2_edge.quantization.smoothquant import apply_smoothing, find_groups, smoothing_scales
@@ -234,6 +234,51 @@ def test_energies_accumulate_in_float64():
     r64, t64 = ref.double(), test.double()
     assert s == pytest.approx(float((r64 * r64).sum()), rel=1e-7)
     assert e == pytest.approx(float(((r64 - t64) ** 2).sum()), rel=1e-5)  # the difference is rounded in float32
+
+
+@pytest.mark.parametrize("tokens,prefix,rows,weight", [
+    (9 + 768, 9, None, 1.0),  # 512x384: every token
+    (9 + LAYER_TOKENS, 9, None, 1.0),
+    (9 + 3072, 9, 9 + 1024, 3.0),  # 1024x768: every third patch token
+    (9 + 3073, 9, 9 + 769, 3073 / 769),  # ceil: a stride of 4
+    (17, 1, None, 1.0),  # a 4K tokenizer window
+])
+def test_per_layer_sqnr_reads_at_most_layer_tokens_patch_tokens(tokens, prefix, rows, weight):
+    idx, w = token_rows(tokens, prefix)
+    assert w == pytest.approx(weight)
+    if rows is None:
+        assert idx is None
+        return
+    assert len(idx) == rows and idx[:prefix].tolist() == list(range(prefix)) and int(idx[-1]) < tokens
+    steps = (idx[prefix + 1:] - idx[prefix:-1]).unique()
+    assert len(steps) == 1 and len(idx) - prefix <= LAYER_TOKENS  # evenly spaced
+
+
+def test_per_layer_energies_of_a_token_sample_estimate_the_whole():
+    """The sampled rows are the rows of the whole layer output (every row is quantized on its own; the
+    prefix rows keep their per-token scales), and the weighted energies estimate the whole: exactly
+    when every patch row is alike, closely for random rows."""
+    from sapiens2_edge.quantization.config import layer_config
+    from sapiens2_edge.quantization.linear import QuantLinear
+
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(32, 64, generator=g) * 0.1)
+    q = QuantLinear.from_float(lin, layer_config("int8", activation_mode="static"), 9, torch.tensor([0.03]))
+    x = torch.randn(2, 9 + 3072, 64, generator=g)
+    x[:, :9] *= 30  # prefix outliers: their own scales, their own (full) weight
+    with torch.no_grad():
+        ref = lin(x)
+        whole = energies(ref, q(x))
+        alike = x.clone()
+        alike[:, 9:] = x[:, 9:10]
+        assert layer_energies(lin(alike), q, alike) == pytest.approx(energies(lin(alike), q(alike)), rel=1e-6)
+        s, e = layer_energies(ref, q, x)
+    assert s == pytest.approx(whole[0], rel=0.02) and e == pytest.approx(whole[1], rel=0.02)
+    small = x[:, :9 + 100]
+    with torch.no_grad():
+        assert layer_energies(lin(small), q, small) == energies(lin(small), q(small))  # short sequences: all rows
 
 
 def test_a_max_only_observer_keeps_the_maximum_and_no_histogram():

@@ -40,7 +40,7 @@ from .calibration import CalibrationSet, build_calibration_set, calibration_auto
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
 from .linear import QuantLinear
-from .measure import measure_outputs
+from .measure import LAYER_TOKENS, measure_outputs
 from .model import (
     QuantizedModel,
     as_quantized,
@@ -225,7 +225,8 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                          size_before_bytes=state_bytes(model), size_after_bytes=state_bytes(qmodel), notes=notes)
     if calib is not None and cal.report_samples > 0:
         report.calibration = {"num_samples": calib.num_samples, "input_size": list(calib.input_size),
-                              "source": calib.source, "precision": recipe.calibration_precision}
+                              "source": calib.source, "precision": recipe.calibration_precision,
+                              "layer_sqnr_patch_tokens_max": LAYER_TOKENS}
         if held_out is None:
             batches = calib.head(cal.report_samples)
             _report_outputs(base, qmodel, batches, device, report, progress, "report")
