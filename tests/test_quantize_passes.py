@@ -281,14 +281,21 @@ def test_per_layer_energies_of_a_token_sample_estimate_the_whole():
         assert layer_energies(lin(small), q, small) == energies(lin(small), q(small))  # short sequences: all rows
 
 
-def test_a_max_only_observer_keeps_the_maximum_and_no_histogram():
-    x = torch.randn(2, 40, 8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_max_only_observer_keeps_the_maximum_and_no_histogram(dtype):
+    from sapiens2_edge.errors import CalibrationError
+
+    x = torch.randn(2, 40, 8).to(dtype)
     full, lean = RangeObserver(9), RangeObserver(9, histogram=False)
     full.observe(x)
     lean.observe(x)
-    assert lean.range("minmax") == full.range("minmax") and float(lean.hist.sum()) == 0.0
+    assert lean.range("minmax") == full.range("minmax") == float(x[:, 9:].abs().max())
+    assert float(lean.hist.sum()) == 0.0 and lean.count == full.count
     with pytest.raises(ValueError, match="histogram"):
         lean.range("percentile")
+    x[1, 20, 3] = float("nan")
+    with pytest.raises(CalibrationError, match="NaN or inf"):
+        lean.observe(x)
 
 
 @pytest.mark.parametrize("estimator", ["minmax", "percentile"])

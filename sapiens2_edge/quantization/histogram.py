@@ -27,24 +27,25 @@ BF16_MAGNITUDES = 1 << 15
 SPLIT_VALUES = 1 << 20
 #: above this ``top`` v * bins could overflow float32: the bins are computed in float64 there
 LARGEST_TOP = 1e30
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[ThreadPoolExecutor, int] | None = None
 
 
-def _counting_pool() -> ThreadPoolExecutor:
+def _counting_pool() -> tuple[ThreadPoolExecutor, int]:
+    """(the counting threads, how many): as many as torch's intra-op threads, made on first use."""
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)),
-                                   thread_name_prefix="s2e-histogram")
+        threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="s2e-histogram"), threads
     return _pool
 
 
 def count(codes: np.ndarray, length: int) -> np.ndarray:
     """``np.bincount(codes, minlength=length)`` of a flat array of non-negative integers, in chunks on
     several threads when it is large."""
-    threads = _counting_pool()._max_workers
-    if codes.size < SPLIT_VALUES or threads == 1:
+    if codes.size < SPLIT_VALUES:
         return np.bincount(codes, minlength=length)
-    futures = [_counting_pool().submit(np.bincount, c, None, length) for c in np.array_split(codes, threads)]
+    pool, threads = _counting_pool()
+    futures = [pool.submit(np.bincount, c, None, length) for c in np.array_split(codes, threads)]
     return sum(f.result() for f in futures)
 
 

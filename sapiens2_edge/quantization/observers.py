@@ -76,7 +76,9 @@ class RangeObserver:
         n = rows.numel()
         if n == 0:
             return
-        if rows.dtype == torch.bfloat16:
+        if not self.histogram:
+            m = float(rows.abs().amax())  # exact in any float dtype
+        elif rows.dtype == torch.bfloat16:
             values, counts = bf16_magnitudes(rows)
             m = float(values[-1])
         else:
