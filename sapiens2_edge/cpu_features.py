@@ -1,8 +1,8 @@
 """What this CPU computes natively, from the flags the Linux kernel lists in /proc/cpuinfo.
 
 One reader for every choice made per CPU: the runtime precision of OpenVINO artifacts, the int8
-weight layout of graphs made for OpenVINO, and the precision of the quantizer's calibration
-forwards. Where there are no flags to read (macOS, Windows) the callers decide what that means.
+weight layout of graphs made for OpenVINO, the precision of the quantizer's calibration forwards
+and the kernel of torch-side int8 GEMMs. Where there are no flags to read (macOS, Windows) the callers decide what that means.
 """
 
 from __future__ import annotations
@@ -38,4 +38,16 @@ def bf16_flags(cpuinfo: str | None = None) -> tuple[bool | None, str]:
     return False, "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"
 
 
-__all__ = ["BF16_FLAGS", "INT8_DOT_FLAGS", "bf16_flags", "cpu_flags"]
+def int8_dot_products(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """(whether this CPU has int8 dot-product instructions, why): x86 with VNNI (avx512_vnni, avx_vnni)
+    or AMX does; x86 without them pairs u8 x s8 products in int16 (vpmaddubsw, which saturates) and
+    torch's int8 GEMM falls back to a plain loop. A machine without /proc/cpuinfo flags (macOS,
+    Windows, ARM) is taken as able."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return True, "no CPU flags to read here"
+    found = [f for f in INT8_DOT_FLAGS if f in flags]
+    return (True, f"this CPU has {', '.join(found)}") if found else (False, "this CPU has no VNNI or AMX")
+
+
+__all__ = ["BF16_FLAGS", "INT8_DOT_FLAGS", "bf16_flags", "cpu_flags", "int8_dot_products"]

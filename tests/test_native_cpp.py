@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from sapiens2_edge.cpu_features import bf16_flags
 from sapiens2_edge.exporters import export, verification_inputs
 from sapiens2_edge.runtime.native_backend import onednn_library
 from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, input_size, tiny_model
@@ -64,7 +65,9 @@ def test_ctest_release(tmp_path, engine_cases):
                          env={"S2E_ONEDNN_LIBRARY": lib} if lib else None)
     if lib:
         assert "PASS linear_bf16_matches_rounded_product" in out and "oneDNN not usable here" not in out
-        assert "PASS attention_bf16_on_int8_values_applies_the_scales" in out and "bf16 on int8 values" in out
+        ran = "PASS attention_bf16_on_int8_values_applies_the_scales" in out and "bf16 on int8 values" in out
+        # the bf16 attention runs where oneDNN has native bf16 (an AVX2-only CPU has none)
+        assert ran if bf16_flags()[0] else ran or "no native bf16 oneDNN here" in out
     for name in ("test_json", "test_safetensors", "test_ops", "test_engine", "test_onednn"):
         assert f"{name} " in out and "0 failed checks" in out
     assert out.count("rel L2") == 7  # 6 cases, pointmap has two outputs

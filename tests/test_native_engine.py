@@ -122,12 +122,18 @@ def test_fp8_activation_models_refused(tmp_path):
 
 
 def test_thread_safety(tmp_path):
-    """One engine, several threads at once: every result equals the serial one."""
+    """One engine, several threads at once: every result equals the serial one. The serial calls run in
+    a thread of their own too: a new thread starts with the process's OpenMP thread count (the tests'
+    main thread runs one, see conftest.py), and oneDNN's AVX2 kernels split their sums by it."""
     model = tiny_model("seg", seed=11)
     root = export(model, tmp_path / "a", format="native", input_size=input_size("seg"), verify=False)
     backend = NativeBackend(root)
     inputs = [verification_inputs(input_size("seg"), batch=1 + i % 2, seed=20 + i) for i in range(6)]
-    serial = [backend(x)[0] for x in inputs]
+    serial: list[np.ndarray] = []
+    one = threading.Thread(target=lambda: serial.extend(backend(x)[0] for x in inputs))
+    one.start()
+    one.join()
+    assert len(serial) == len(inputs)
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
 

@@ -24,9 +24,10 @@ class Block(nn.Module):
 
     def __init__(self, mode: str = "static"):
         super().__init__()
-        proj = nn.Linear(64, 64)
-        with torch.no_grad():
-            proj.weight.copy_(torch.randn(64, 64, generator=torch.Generator().manual_seed(2)) * 0.1)
+        proj, g = nn.Linear(64, 64), torch.Generator().manual_seed(2)
+        with torch.no_grad():  # the bias too: from the global RNG it made the result depend on test order
+            proj.weight.copy_(torch.randn(64, 64, generator=g) * 0.1)
+            proj.bias.copy_(torch.randn(64, generator=g) * 0.1)
         self.proj = QuantLinear.from_float(proj, layer_config("int8", activation_mode=mode), PREFIX,
                                            torch.tensor([0.3]))
         self.ffn = TwoLayers("int8", mode)
@@ -87,6 +88,10 @@ def test_rows_apart_compute_the_recipe_row_by_row_and_hold_one_weight(tmp_path):
     gemms = collections.Counter(dequantized[i] for node in graph.node if node.op_type == "MatMul"
                                 for i in node.input if i in dequantized)
     assert sorted(gemms.values()) == [1, 2, 2]
+    if not int8_dot_products()[0]:
+        # this signed form is made only for CPUs with VNNI / AMX: without them both runtimes pair
+        # the u8 x s8 products in int16 (vpmaddubsw), which saturates on these outlier rows
+        return
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -98,11 +103,10 @@ def test_rows_apart_compute_the_recipe_row_by_row_and_hold_one_weight(tmp_path):
         for runtime, y, tol in (("onnxruntime", sess.run(None, {sess.get_inputs()[0].name: xb})[0], 2e-6),
                                 ("openvino", compiled({0: xb})[0], 5e-4)):
             assert np.linalg.norm(y - want) / np.linalg.norm(want) < tol, runtime
-    if int8_dot_products()[0]:  # OpenVINO runs all five GEMMs in int8
-        fcs = [op for op in compiled.get_runtime_model().get_ops()
-               if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected")]
-        assert len(fcs) == 5
-        assert {op.get_rt_info()["runtimePrecision"].astype(str) for op in fcs} <= {"i8", "u8"}
+    fcs = [op for op in compiled.get_runtime_model().get_ops()
+           if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected")]
+    assert len(fcs) == 5  # OpenVINO runs all five GEMMs in int8
+    assert {op.get_rt_info()["runtimePrecision"].astype(str) for op in fcs} <= {"i8", "u8"}
 
 
 def test_dynamic_layers_keep_one_gemm():

@@ -118,7 +118,10 @@ def test_int_mm_equals_exact_emulation():
     assert not nx.int_mm_supported(16, 64, 40) and not nx.int_mm_supported(33, 60, 40)
 
 
-def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch):
+@pytest.mark.parametrize("int8_dot", [True, False], ids=["cpu-with-int8-dot", "cpu-without"])
+def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch, int8_dot):
+    """A CPU with int8 dot products runs torch._int_mm; one without runs float32 GEMMs (its
+    torch._int_mm is a plain loop); both give the reference's integers."""
     calls = []
     real = torch._int_mm
 
@@ -127,6 +130,7 @@ def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(torch, "_int_mm", counting)
+    monkeypatch.setattr(nx, "_cpu_int8_dot", lambda: int8_dot)
     g = torch.Generator().manual_seed(1)
     lin = torch.nn.Linear(64, 48)
     with torch.no_grad():
@@ -137,7 +141,7 @@ def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch):
         x = torch.randn(2, 20, 64, generator=g)
         calls.clear()
         fast = ql(x)
-        assert calls, "torch._int_mm did not run"
+        assert bool(calls) == int8_dot, "torch._int_mm ran where it should not, or did not run"
         ql.kernel = "reference"
         calls.clear()
         ref = ql(x)
@@ -148,6 +152,38 @@ def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch):
         calls.clear()
         ql(torch.randn(1, 5, 64, generator=g))
         assert not calls
+
+
+def _large_int8_operands(m: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 operands whose dot products run far past 2**24 (|q| in 100..127, a few negatives)."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.where(torch.rand(m, k, generator=g) < 0.02, -1, 1)
+    a = (torch.randint(100, 128, (m, k), generator=g, dtype=torch.int16) * sign).to(torch.int8)
+    w = torch.randint(100, 128, (n, k), generator=g, dtype=torch.int16).to(torch.int8)
+    return a, w
+
+
+def test_int8_matmul_fp32_is_exact_past_float32s_integers(monkeypatch):
+    a, w = _large_int8_operands(64, 8192, 48)
+    exact = (a.long() @ w.long().t()).int()
+    assert exact.abs().max() > 2**26  # the sums themselves are far beyond float32's exact integers
+    out = nx.int8_matmul_fp32(a, w)
+    assert out.dtype == torch.int32 and torch.equal(out, exact)
+    odd = nx.int8_matmul_fp32(a[:, :1000], w[:, :1000])  # K not a multiple of the slice
+    assert torch.equal(odd, (a[:, :1000].long() @ w[:, :1000].long().t()).int())
+    # the slice bound is what makes it exact: twice as long a slice already loses integers here
+    monkeypatch.setattr(nx, "FP32_EXACT_K", 2 * nx.FP32_EXACT_K)
+    assert not torch.equal(nx.int8_matmul_fp32(a, w), exact)
+
+
+def test_int8_matmul_fp32_falls_back_to_float64_when_float32_matmuls_round(monkeypatch):
+    a, w = _large_int8_operands(32, 2048, 16, seed=1)
+    used = []
+    real = nx.int8_matmul_reference
+    monkeypatch.setattr(nx, "int8_matmul_reference", lambda a, w: used.append(1) or real(a, w))
+    assert torch.equal(nx.int8_matmul_fp32(a, w), (a.long() @ w.long().t()).int()) and not used
+    monkeypatch.setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16")
+    assert torch.equal(nx.int8_matmul_fp32(a, w), (a.long() @ w.long().t()).int()) and used
 
 
 def test_quantlinear_w8a8_matches_hand_written_fake_quant():

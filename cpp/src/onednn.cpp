@@ -422,9 +422,41 @@ void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int6
     deconv4x4s2_as(dnnl_s8, x, cin, H, W, w, cout, y, &x_scale, w_scale);
 }
 
+namespace {
+
+// Without VNNI or AMX, oneDNN's int8 kernels add u8 x s8 products in int16 pairs (vpmaddubsw), which
+// saturate. There the same integers come from float32 GEMMs over K slices of 1024: |a w| <= 2^14, so
+// every partial sum within a slice is an integer of at most 2^24, which float32 holds exactly in any
+// order of addition; the slices are summed in int32.
+void matmul_s8_by_f32(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
+    constexpr int64_t kSlice = 1024;
+    thread_local std::vector<float> af, wf, part;
+    af.resize(static_cast<size_t>(M * K));
+    wf.resize(static_cast<size_t>(N * K));
+    part.resize(static_cast<size_t>(M * N));
+    float* ap = af.data();
+    float* wp = wf.data();
+    float* pp = part.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * K; ++i) ap[i] = static_cast<float>(a[i]);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * K; ++i) wp[i] = static_cast<float>(w[i]);
+    for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
+        const int64_t kk = std::min(kSlice, K - k0);
+        // a (M, K) row-major and W (N, K) row-major read as W^T (K, N) through strides
+        matmul_f32(M, kk, N, ap + k0, K, 1, wp + k0, 1, K, pp, N, 1.0f);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < M * N; ++i)
+            c[i] = (k0 == 0 ? 0 : c[i]) + static_cast<int32_t>(pp[i]);
+    }
+}
+
+}  // namespace
+
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
     require();
     if (M == 0 || N == 0) return;
+    if (!exact_int8()) return matmul_s8_by_f32(M, K, N, a, w, c);
     const dnnl_dims_t ad = {M, K}, as = {K, 1}, wd = {K, N}, wst = {1, K}, cd = {M, N}, cs = {N, 1};
     Md src(2, ad, dnnl_s8, as), wei(2, wd, dnnl_s8, wst), dst(2, cd, dnnl_s32, cs);
     run_matmul(src, wei, nullptr, dst, a, w, nullptr, c);

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_features import int8_dot_products
 from ..kernels import numerics as nx
 from ..quantization.attention_inputs import AttentionInputQuant, fake_quant_int8, quantized_attentions
 from ..quantization.decomposed import DecomposedLinear
@@ -222,19 +223,6 @@ def _export_module(d: DecomposedLinear, signed_weights: bool = False) -> nn.Modu
     if d.weight_dtype == "fp16":
         return float_linear(d)
     return ExportQLinear4(d) if d.weight_dtype == "int4" else ExportQLinear(d, signed_weights)
-
-
-def int8_dot_products(cpuinfo: str | None = None) -> tuple[bool, str]:
-    """(whether this CPU multiplies u8 x s8 without saturating, why): x86 with VNNI (avx512_vnni,
-    avx_vnni) or AMX does; x86 without them pairs products in int16 (vpmaddubsw) and saturates. A
-    machine without /proc/cpuinfo flags (macOS, Windows, ARM) is taken as able."""
-    from ..cpu_features import INT8_DOT_FLAGS, cpu_flags
-
-    flags = cpu_flags(cpuinfo)
-    if flags is None:
-        return True, "no CPU flags to read here"
-    found = [f for f in INT8_DOT_FLAGS if f in flags]
-    return (True, f"this CPU has {', '.join(found)}") if found else (False, "this CPU has no VNNI or AMX")
 
 
 def openvino_module(d: DecomposedLinear) -> nn.Module:

@@ -72,7 +72,8 @@ void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float*
 void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
                     const float* w_scale, int64_t cout, float* y);
 // c[M, N] (int32, dense) = a[M, K] . W[N, K]^T on int8 operands (a torch Linear weight layout), exact
-// int32 accumulation on oneDNN's int8 kernels (VNNI / AMX where the CPU has them).
+// int32 sums: oneDNN's int8 kernels where exact_int8() (VNNI / AMX), float32 GEMMs over K slices whose
+// partial sums float32 holds exactly elsewhere.
 void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c);
 
 }  // namespace onednn
