@@ -87,7 +87,8 @@ def format_reason(format: str) -> tuple[str, str]:
         return format, "asked for"
     fmt = default_format()
     if fmt == "openvino":
-        return fmt, "auto: OpenVINO is installed (int8 kernels with VNNI/AMX, bf16 float ops where the CPU has them)"
+        return fmt, ("auto: OpenVINO is installed (its int8 kernels, on VNNI/AMX where the CPU has them; "
+                     "bf16 float ops where the CPU has native bf16)")
     return fmt, "auto: OpenVINO is not installed, ONNX Runtime runs ONNX"
 
 
