@@ -219,6 +219,7 @@ def _load(task, size, checkpoint, input_size, talk):
 
 def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_count, result, talk):
     from .artifact import FORMATS
+    from .cpu_features import int8_dot_products
     from .quantization.head_int8 import deconv_names
     from .workflows import quantize_and_save
 
@@ -226,10 +227,12 @@ def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_co
     calibrated = scheme in CALIBRATED_SCHEMES
     # int8 attention inputs: OpenVINO runs the attention with int8 products (faster at the same fidelity);
     # every format that takes the demo's static int8 carries them (LiteRT, which refuses them, takes no int8).
-    # The pose / seg head's transposed convolutions in int8 where the format carries them (OpenVINO's int8
-    # convolution kernels; the trained fixtures keep the int8 gates)
+    # The pose / seg head's transposed convolutions in int8 where the format carries them and the CPU has
+    # int8 dot products (OpenVINO's int8 convolution kernels; the trained fixtures keep the int8 gates);
+    # without VNNI / AMX the exported head computes in float anyway, so int8 would only add its rounding.
     attention = "int8" if scheme == "int8" else "float"
-    head = "int8" if scheme == "int8" and FORMATS[fmt].int8_head and deconv_names(model) else "float"
+    head = ("int8" if scheme == "int8" and FORMATS[fmt].int8_head and deconv_names(model)
+            and int8_dot_products()[0] else "float")
     held_out = calibration_views(picture, HELD_OUT_VIEWS + 1, seed=1)[1:]  # other crops than the calibration ones
     path = output / f"model_{scheme}.safetensors"
     parts = ["static activations"] + [w for w, on in (("int8 attention inputs", attention == "int8"),

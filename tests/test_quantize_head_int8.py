@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import sapiens2_edge as s2e
 import sapiens2_edge.quantization.head_int8 as head_int8
 from sapiens2_edge.errors import CalibrationError, ConfigError, StateDictMismatchError
+from sapiens2_edge.exporters import read_manifest
 from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_tensors
 from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
 from sapiens2_edge.quantization.config import QuantRecipe, make_recipe
@@ -227,6 +228,29 @@ def test_openvino_runs_the_transposed_convolutions_in_int8(seg_head, tmp_path):
     kinds = [n.get_rt_info()["runtimePrecision"].astype(str) for n in compiled.get_runtime_model().get_ordered_ops()
              if n.get_rt_info()["layerType"].astype(str) == "Deconvolution"]
     assert kinds == ["i8"] * 4, kinds
+
+
+def test_openvino_keeps_the_head_float_on_a_cpu_without_int8_dot_products(seg_head, tmp_path, monkeypatch):
+    """Without VNNI / AMX OpenVINO's int8 convolutions miss the recipe (rel L2 0.12 on an AVX2-only EPYC,
+    static batch): its graph then computes the head's int8 rounding in float ops around a float
+    convolution, and the artifact passes its own check against the torch model."""
+    from sapiens2_edge.exporters import onnx_quant
+    from sapiens2_edge.runtime.openvino_backend import import_openvino
+
+    monkeypatch.setattr(onnx_quant, "int8_dot_products", lambda cpuinfo=None: (False, "no VNNI (test)"))
+    q, _ = seg_head
+    root = s2e.export(q, tmp_path / "v", format="openvino", input_size=INPUT, max_batch=1)  # verified as it exports
+    assert read_manifest(root).precision == "int8"
+    ov = import_openvino()
+    model = ov.Core().read_model(str(root / "openvino" / "model.xml"))
+    deconvs = [n for n in model.get_ordered_ops() if n.get_type_name() == "ConvolutionBackpropData"]
+    assert len(deconvs) == 4
+    assert not any(n.get_type_name() == "FakeQuantize" for d in deconvs for n in
+                   (d.input_value(0).get_node(), d.input_value(1).get_node()))
+    compiled = ov.Core().compile_model(model, "CPU")
+    kinds = [n.get_rt_info()["runtimePrecision"].astype(str) for n in compiled.get_runtime_model().get_ordered_ops()
+             if n.get_rt_info()["layerType"].astype(str) == "Deconvolution"]
+    assert len(kinds) == 4 and "i8" not in kinds and "u8" not in kinds, kinds
 
 
 @pytest.mark.parametrize("fmt", ["coreml", "litert", "executorch"])

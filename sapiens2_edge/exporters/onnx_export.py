@@ -102,6 +102,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
         export_attention_inputs,
         export_head,
         export_modules,
+        int8_dot_products,
         needed_opset,
         openvino_module,
         translation_table,
@@ -117,7 +118,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
-            export_attention_inputs(model), export_head(model), \
+            export_attention_inputs(model), export_head(model, not for_openvino or int8_dot_products()[0]), \
             (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), \
             (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
