@@ -14,7 +14,10 @@ other processes, and cached under --work):
     ours-ov-int8-head  the same with the head's transposed convolutions in int8 too (recipe head="int8")
     ours-ov-bf16       s2e OpenVINO bf16 artifact
     ours-ov-fp32       s2e OpenVINO fp32 artifact (f32, accuracy mode)
+    ours-ov-fp16       s2e OpenVINO fp16 artifact (fp16 weights; f32 compute)
+    ours-ov-w8         s2e OpenVINO int8-weight artifact (int8 weights, float activations)
     ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
+    ours-ort-fp32      s2e fp32 ONNX artifact on ONNX Runtime
     ours-native-fp32   s2e native engine, float weights
     ours-native-w8     s2e native engine, int8-weight
     ours-native-bf16   s2e native engine, bf16 artifact (bf16 weights; bf16 GEMMs on oneDNN where the CPU has them)
@@ -55,12 +58,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
-        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ort-int8", "ours-native-fp32", "ours-native-w8", "ours-native-bf16",
-        "ours-native-int8", "ours-native-int8-attn", "ours-native-int8-head")
+        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-fp32",
+        "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8", "ours-native-int8-attn",
+        "ours-native-int8-head")
 INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
              "ours-ort-int8": "onnx",
              "ours-native-int8": "native", "ours-native-int8-attn": "native", "ours-native-int8-head": "native"}
 TASK = "seg"
+#: rows whose artifact is another row's folder under --work
+FOLDERS = {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32", "ours-ort-fp32": "onnx-fp32"}
 
 
 def inputs(size, seeds) -> list[np.ndarray]:
@@ -90,14 +96,14 @@ def prepare(row: str, a) -> None:
     import sapiens2_edge as s2e
 
     w = a.work
-    target = w / {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32"}.get(row, row)
+    target = w / FOLDERS.get(row, row)
     if row != "torch-fp32" and row != "torch-bf16" and target.exists():
         return  # made by an earlier run
     if row in ("ov-plain", "nncf-int8", "ours-ov-fp32") and not (w / "ov-fp32").exists():
         s2e.export(model(a), w / "ov-fp32", format="openvino", input_size=a.size, max_batch=1, verify=False)
     if row == "ours-ov-bf16":
         s2e.export(model(a), w / "ov-bf16", format="openvino", precision="bf16", input_size=a.size, max_batch=1)
-    if row == "ort-qstatic" and not (w / "onnx-fp32").exists():
+    if row in ("ort-qstatic", "ours-ort-fp32") and not (w / "onnx-fp32").exists():
         s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
     if row in INT8_ROWS:
         calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
@@ -108,6 +114,10 @@ def prepare(row: str, a) -> None:
                             attention="int8" if row.endswith(("-attn", "-head")) else "float",
                             head="int8" if row.endswith("-head") else "float")
         s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model)
+    if row in ("ours-ov-fp16", "ours-ov-w8"):
+        q, _ = s2e.quantize(model(a), "fp16" if row == "ours-ov-fp16" else "int8-weight", report_samples=1,
+                            progress=False)
+        s2e.export(q, w / row, format="openvino", input_size=a.size, max_batch=1, float_model=model(a))
     if row in ("ours-native-fp32", "ours-native-w8", "ours-native-bf16"):
         m = model(a)
         if row == "ours-native-w8":
@@ -173,10 +183,10 @@ def runner_for(row: str, a):
         return (lambda x: r(x)[0]), _bytes(w / "ort-qstatic"), r.describe()
     from sapiens2_edge.runtime import open_artifact
 
-    root = w / {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32"}.get(row, row)
+    root = w / FOLDERS.get(row, row)
     backend = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
-               "ours-ov-bf16": "openvino",
-               "ours-ov-fp32": "openvino", "ours-ort-int8": "onnxruntime"}.get(row, "native")
+               "ours-ov-bf16": "openvino", "ours-ov-fp16": "openvino", "ours-ov-w8": "openvino",
+               "ours-ov-fp32": "openvino", "ours-ort-int8": "onnxruntime", "ours-ort-fp32": "onnxruntime"}.get(row, "native")
     m, r, _ = open_artifact(root, backend, "cpu")
     size = sum(f["size"] for f in m.files.values() if f["role"] != "reference")
     return (lambda x: r(x)[0]), size, r.describe()

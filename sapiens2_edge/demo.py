@@ -32,8 +32,11 @@ RANDOM_DEFAULT = ("0.1b", (512, 384))
 REAL_DEFAULT_SIZE = "0.4b"
 #: Schemes that quantize activations from calibration data; the others need none.
 CALIBRATED_SCHEMES = ("int8", "fp8")
-#: Schemes the demo offers (``mixed`` needs a budget, which the quantize command takes).
-DEMO_SCHEMES = ("fp16", "int8-weight", "int8", "fp8")
+#: Schemes the demo offers (``mixed`` needs a budget, which the quantize command takes); ``auto`` is
+#: :func:`scheme_reason`'s choice for this machine, ``fp32`` exports the float model unquantized.
+DEMO_SCHEMES = ("auto", "fp32", "fp16", "int8-weight", "int8", "fp8")
+#: Formats whose artifacts the demo runs on this machine's CPU (the others are made for phones).
+HOST_FORMATS = ("openvino", "onnx", "native", "torch")
 HELD_OUT_VIEWS = 3
 
 
@@ -73,23 +76,61 @@ def calibration_views(image: np.ndarray, count: int = 8, seed: int = 0) -> list[
     return views
 
 
-def default_format() -> str:
-    """The artifact format this machine runs fastest on the CPU: OpenVINO IR when OpenVINO is
-    installed (int8 kernels with VNNI/AMX), else ONNX."""
+#: Measured on an AVX2-only EPYC (no VNNI / AMX), 0.1b seg at 512x384, batch 1, interleaved medians
+#: (benchmarks/results/cpu_peers.md): ONNX Runtime int8 1.53 s, OpenVINO fp32 1.58 s (OpenVINO's
+#: defaults 1.57 s), ONNX Runtime fp32 1.83 s, OpenVINO int8 1.83 s, native fp32 1.84 s, native int8 1.96 s.
+AVX2_TIMES = "0.1b at 512x384: ONNX Runtime int8 1.53 s, OpenVINO fp32 1.58 s, OpenVINO int8 1.83 s"
+
+
+def format_reason(format: str, int8_dot: tuple[bool, str] | None = None) -> tuple[str, str]:
+    """(the artifact format the demo exports, why). ``auto``: OpenVINO IR where OpenVINO is installed
+    and the CPU has int8 dot products (VNNI, AMX); on a CPU without them OpenVINO runs int8 layers as
+    float GEMMs on decompressed weights while ONNX Runtime has exact AVX2 int8 kernels, so ONNX there
+    (and wherever OpenVINO is not installed). ``int8_dot``:
+    :func:`~sapiens2_edge.cpu_features.int8_dot_products` (read if None)."""
     import importlib.util
 
-    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
+    from .cpu_features import int8_dot_products
 
-
-def format_reason(format: str) -> tuple[str, str]:
-    """(the artifact format the demo exports, why): ``auto`` is :func:`default_format`."""
     if format != "auto":
         return format, "asked for"
-    fmt = default_format()
-    if fmt == "openvino":
-        return fmt, ("auto: OpenVINO is installed (its int8 kernels, on VNNI/AMX where the CPU has them; "
-                     "bf16 float ops where the CPU has native bf16)")
-    return fmt, "auto: OpenVINO is not installed, ONNX Runtime runs ONNX"
+    openvino, ort = (importlib.util.find_spec(p) is not None for p in ("openvino", "onnxruntime"))
+    has, evidence = int8_dot if int8_dot is not None else int8_dot_products()
+    if openvino and (has or not ort):
+        return "openvino", ("auto: OpenVINO is installed (its int8 kernels, on VNNI/AMX where the CPU has them; "
+                            "bf16 float ops where the CPU has native bf16)")
+    if openvino:
+        return "onnx", (f"auto: {evidence}, so OpenVINO has no int8 kernels here while ONNX Runtime's int8 kernels "
+                        f"make an int8 ONNX artifact the fastest ({AVX2_TIMES})")
+    return "onnx", "auto: OpenVINO is not installed, ONNX Runtime runs ONNX"
+
+
+def scheme_reason(scheme: str, fmt: str, int8_dot: tuple[bool, str] | None = None) -> tuple[str, str]:
+    """(the scheme the demo quantizes with, why): ``auto`` is the fastest artifact of ``fmt`` for this
+    machine that keeps the demo's fidelity. ONNX Runtime runs int8 faster than float on every x86 CPU
+    kind; OpenVINO, the native engine and torch only where the CPU has int8 dot products (VNNI, AMX).
+    Without them OpenVINO multiplies decompressed int8 weights in float, and the native engine and
+    torch sum int8 products as float32 or in a plain loop: fp32 is the fastest artifact of those
+    formats there. ``int8_dot``: as in :func:`format_reason`."""
+    from .cpu_features import int8_dot_products
+
+    if scheme != "auto":
+        return scheme, "asked for"
+    if fmt not in HOST_FORMATS:
+        from .artifact.formats import get_format
+
+        made = get_format(fmt)
+        if "int8" in made.schemes and made.static_ranges:
+            return "int8", f"auto: a {fmt} artifact runs on a phone, whose runtime has int8 kernels"
+        return "int8-weight", f"auto: a {fmt} artifact takes int8 weights, not calibrated int8 activations"
+    if fmt == "onnx":
+        return "int8", ("auto: ONNX Runtime runs int8 faster than fp32 with or without VNNI / AMX (on an AVX2-only "
+                        "CPU at 0.1b: 1.53 s vs 1.83 s)")
+    has, evidence = int8_dot if int8_dot is not None else int8_dot_products()
+    if has:
+        return "int8", f"auto: {evidence}, so int8 kernels make an int8 artifact the fastest here"
+    return "fp32", (f"auto: {evidence} (no int8 dot products), so {fmt} computes int8 no faster than float here and "
+                    f"an fp32 artifact is its fastest ({AVX2_TIMES})")
 
 
 # --- the estimate ---------------------------------------------------------------------------------
@@ -138,9 +179,8 @@ def estimate_stages(arch: Any, input_size: tuple[int, int], scheme: str, fmt: st
     # two backbone-only calibration passes (SmoothQuant maxima, then the percentile ranges of the
     # smoothed inputs); the report is measured on the held-out forwards of ``evaluate``
     calibrate = calib_count * 2 if scheme in CALIBRATED_SCHEMES else 0
-    stages = {"quantize": forward_s * (calibrate + evaluate),
-              "export": forward_s * EXPORT_FORWARDS + EXPORT_FIXED_S[fmt],
-              "predict": forward_s * 2}
+    stages = {} if scheme == "fp32" else {"quantize": forward_s * (calibrate + evaluate)}
+    stages.update(export=forward_s * EXPORT_FORWARDS + EXPORT_FIXED_S[fmt], predict=forward_s * 2)
     if bench:
         stages["bench"] = forward_s * BENCH_FORWARDS_PER_RUN * (1 + bench_runs) + 10.0
     return stages
@@ -148,7 +188,7 @@ def estimate_stages(arch: Any, input_size: tuple[int, int], scheme: str, fmt: st
 
 # --- the chain ------------------------------------------------------------------------------------
 def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = None, image: Path | None = None,
-              output: Path = Path("sapiens2_demo"), scheme: str = "int8", format: str = "auto",
+              output: Path = Path("sapiens2_demo"), scheme: str = "auto", format: str = "auto",
               input_size: tuple[int, int] | None = None, calib_count: int = 8, bench_runs: int = 3,
               bench: bool = True, talk: Talk | None = None) -> ChainResult:
     """Run every stage, announcing each through ``talk`` before it starts; returns what each produced."""
@@ -162,6 +202,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     if bench_runs < 1:
         raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
     fmt, why = format_reason(format)
+    scheme, scheme_why = scheme_reason(scheme, fmt)
     check_scheme_format(scheme, fmt, static=scheme in CALIBRATED_SCHEMES)  # before minutes of quantizing
     require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
     from .tasks import load_image
@@ -171,7 +212,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     output = Path(output)
     start = time.perf_counter()
     model, result = _load(task, size, checkpoint, input_size, talk)
-    result.facts["format_reason"] = why
+    result.facts.update(format_reason=why, scheme=scheme, scheme_reason=scheme_why)
     size_hw = result.facts["input_size"]
     result.estimate = estimate_stages(model.arch, size_hw, scheme, fmt, calib_count, bench_runs, bench)
     total = sum(result.estimate.values())
@@ -224,6 +265,10 @@ def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_co
     from .workflows import quantize_and_save
 
     t = time.perf_counter()
+    result.facts.update(calibrated=False, calib_count=0, image=image_path)
+    if scheme == "fp32":
+        talk.say(f"[2/5] quantize: none, the fp32 model goes to the export ({result.facts['scheme_reason']})")
+        return model
     calibrated = scheme in CALIBRATED_SCHEMES
     # int8 attention inputs: OpenVINO runs the attention with int8 products (faster at the same fidelity);
     # every format that takes the demo's static int8 carries them (LiteRT, which refuses them, takes no int8).
@@ -243,6 +288,7 @@ def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_co
            else "weights only: no calibration data needed")
     talk.say(f"[2/5] quantize: {scheme} ({how}), then compare with the fp32 model on {len(held_out)} other views "
              f"(about {duration_text(result.estimate['quantize'])}, estimate)")
+    talk.say(f"      {scheme}: {result.facts['scheme_reason']}")
     # Static activation scales: the form ONNX Runtime and OpenVINO run with int8 kernels.
     extra = {"activation_mode": "static", "calibration_size": calib_count, "attention": attention,
              "head": head} if calibrated else {}
@@ -271,7 +317,7 @@ def _export(qmodel, float_model, fmt, scheme, output, size_hw, result, talk):
         # the float model (bf16 flips int8 roundings, which moves it off the recipe's exact outputs but
         # no further from the float model: see exporters/openvino_export.py)
         artifact = export(qmodel, output / f"{fmt}-{scheme}", format=fmt, input_size=size_hw, max_batch=1,
-                          overwrite=True, float_model=float_model)
+                          overwrite=True, float_model=None if qmodel is float_model else float_model)
     result.artifact = artifact
     result.timings["export_s"] = time.perf_counter() - t
     m = result.manifest = read_manifest(artifact, verify=False)
@@ -343,11 +389,14 @@ def summary_lines(res: ChainResult, output: Path, width: int = 80) -> list[str]:
     h, w = f["input_size"]
     items = [("model", f"{res.model_source}, {f['parameters'] / 1e6:.1f} M parameters, input {h}x{w}"
               + ("" if res.real_weights else " - RANDOM WEIGHTS: the predictions are noise"))]
-    items.append(("quantized", f"{rep.scheme}"
-                  + (f", calibrated on {f['calib_count']} views of {f['image'].name}" if f["calibrated"]
-                     else ", weights only (no calibration)")
-                  + f"; {rep.size_before_bytes / 1e6:.1f} MB -> {rep.size_after_bytes / 1e6:.1f} MB; "
-                  f"{fidelity_text(rep)}; saved as {f['quantized']}"))
+    if rep is None:
+        items.append(("quantized", f"no: {f['scheme_reason']}"))
+    else:
+        items.append(("quantized", f"{rep.scheme}"
+                      + (f", calibrated on {f['calib_count']} views of {f['image'].name}" if f["calibrated"]
+                         else ", weights only (no calibration)")
+                      + f"; {rep.size_before_bytes / 1e6:.1f} MB -> {rep.size_after_bytes / 1e6:.1f} MB; "
+                      f"{fidelity_text(rep)}; saved as {f['quantized']}"))
     items.append(("artifact", f"{res.artifact} ({artifact_label(m)}, {_dir_mb(res.artifact):.1f} MB); its outputs "
                   f"vs {m.fidelity.get('reference', 'the torch model')} on the same input: rel L2 "
                   f"{m.fidelity.get('rel_l2', float('nan')):.1e} (tolerance {m.fidelity.get('tolerance', 0):g})"))

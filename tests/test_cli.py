@@ -108,10 +108,10 @@ def test_demo_runs_the_whole_chain_on_real_weights(tmp_path, monkeypatch):
     save(tiny_model("seg"), root / "seg" / "sapiens2_0.4b_seg.safetensors")
     monkeypatch.setenv("SAPIENS_CHECKPOINT_ROOT", str(root))
     out = tmp_path / "d"
-    res = runner.invoke(app, ["demo", "--output", str(out), "--input-size", "128x96", "--runs", "1"])
+    res = runner.invoke(app, ["demo", "--output", str(out), "--input-size", "128x96", "--runs", "1", "--scheme", "int8"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "real weights" in text and "RANDOM" not in text
+    assert "real weights" in text and "RANDOM" not in text and "int8: asked for" in text
     for stage in ("[1/5] load", "[2/5] quantize: int8", "[3/5] export", "[4/5] predict", "[5/5] bench"):
         assert stage in text, stage
     assert (out / "model_int8.safetensors").exists() and (out / "predictions" / "astronaut_labels.npy").exists()

@@ -199,6 +199,73 @@ def test_demo_judges_a_bf16_run_of_its_int8_artifact_against_the_float_model(tmp
         assert "bf16 run: not checked here" in text
 
 
+VNNI, AVX2_ONLY = (True, "this CPU has avx512_vnni"), (False, "this CPU has no VNNI or AMX")
+
+
+def test_auto_scheme_is_int8_only_where_int8_kernels_make_it_the_fastest():
+    from sapiens2_edge.artifact.formats import FORMATS
+    from sapiens2_edge.workflows import check_scheme_format
+
+    for fmt in ("openvino", "native", "torch"):
+        assert demo.scheme_reason("auto", fmt, VNNI) == (
+            "int8", "auto: this CPU has avx512_vnni, so int8 kernels make an int8 artifact the fastest here")
+        scheme, why = demo.scheme_reason("auto", fmt, AVX2_ONLY)
+        assert scheme == "fp32" and why.startswith("auto: this CPU has no VNNI or AMX (no int8 dot products)")
+        assert f"so {fmt} computes int8 no faster than float here and an fp32 artifact is its fastest" in why
+    # ONNX Runtime has int8 kernels on AVX2 too
+    assert demo.scheme_reason("auto", "onnx", VNNI)[0] == demo.scheme_reason("auto", "onnx", AVX2_ONLY)[0] == "int8"
+    # formats made for phones do not depend on this CPU
+    assert demo.scheme_reason("auto", "coreml", AVX2_ONLY)[0] == "int8"
+    assert demo.scheme_reason("auto", "litert", VNNI)[0] == "int8-weight"  # takes no int8 activations
+    assert demo.scheme_reason("auto", "executorch", VNNI)[0] == "int8-weight"  # no static ranges
+    assert demo.scheme_reason("int8", "openvino", AVX2_ONLY) == ("int8", "asked for")
+    for fmt in FORMATS:  # auto never picks what the format refuses
+        for cpu in (VNNI, AVX2_ONLY):
+            scheme, _ = demo.scheme_reason("auto", fmt, cpu)
+            check_scheme_format(scheme, fmt, static=scheme in demo.CALIBRATED_SCHEMES)
+
+
+@pytest.mark.parametrize("installed,cpu,fmt,why", [
+    ({"openvino", "onnxruntime"}, VNNI, "openvino", "auto: OpenVINO is installed (its int8 kernels"),
+    ({"openvino", "onnxruntime"}, AVX2_ONLY, "onnx", "auto: this CPU has no VNNI or AMX, so OpenVINO has no int8 "
+                                                     "kernels here while ONNX Runtime's int8 kernels make"),
+    ({"openvino"}, AVX2_ONLY, "openvino", "auto: OpenVINO is installed"),
+    ({"onnxruntime"}, VNNI, "onnx", "auto: OpenVINO is not installed, ONNX Runtime runs ONNX"),
+])
+def test_auto_format_is_the_runtime_with_int8_kernels_on_this_cpu(monkeypatch, installed, cpu, fmt, why):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in installed else None)
+    assert demo.format_reason("auto", cpu)[0] == fmt and demo.format_reason("auto", cpu)[1].startswith(why)
+    assert demo.format_reason("native", cpu) == ("native", "asked for")
+
+
+@pytest.mark.parametrize("cpu", [VNNI, AVX2_ONLY], ids=["int8-dot", "avx2-only"])
+def test_the_demo_default_scheme_follows_the_cpu(tmp_path, monkeypatch, random_tiny, cpu):
+    """By default the demo quantizes to int8 where the CPU has int8 dot products and exports the fp32
+    model unquantized where it has none, saying why in both cases."""
+    import sapiens2_edge.cpu_features
+
+    monkeypatch.setattr(sapiens2_edge.cpu_features, "int8_dot_products", lambda cpuinfo=None: cpu)
+    monkeypatch.setattr(cli, "console", Console(width=80, highlight=False))
+    out = tmp_path / "d"
+    res = runner.invoke(cli.app, ["demo", "--task", "seg", "--output", str(out), "--format", "native", "--no-bench"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    scheme = "int8" if cpu[0] else "fp32"
+    manifest = json.loads((out / f"native-{scheme}" / "manifest.json").read_text())
+    assert manifest["precision"] == scheme
+    if cpu[0]:
+        assert "[2/5] quantize: int8 (static activations" in text and (out / "model_int8.safetensors").exists()
+        assert "int8: auto: this CPU has avx512_vnni, so int8 kernels" in text
+    else:
+        assert "[2/5] quantize: none, the fp32 model goes to the export (auto: this CPU has no VNNI or AMX" in text
+        assert "quantized: no: auto: this CPU has no VNNI or AMX" in text
+        assert not list(out.glob("model_*.safetensors")) and "estimate for the rest" in text
+        assert "quantize ~" not in text  # nothing to quantize, nothing estimated for it
+    assert (out / "predictions" / "astronaut_labels.npy").exists()
+
+
 def test_precision_checks_text_names_each_check():
     lines = demo.precision_checks_text({"fidelity": {
         "f32": {"rel_l2": 0.0078, "tolerance": 0.05, "passed": True, "against": "torch QuantizedModel"},

@@ -250,6 +250,12 @@ def test_openvino_int8_runs_int8_kernels_and_matches(seg_openvino_int8, seg):
         assert not any(k.startswith("FullyConnected f") or k.startswith("FullyConnected bf") for k in prec), prec
     else:  # u8 x s8 saturates here: the weights stay uint8 + 128, exact, run decompressed by OpenVINO
         assert m["quantization"]["export"]["int8_gemm_weights"].startswith(f"uint8 + 128 ({why}")
+        assert prec.get("FullyConnected f32", 0) >= 108, prec  # float GEMMs on decompressed weights
+    # the runtime says where its int8 linears run as float GEMMs (an fp32 artifact is faster there)
+    from sapiens2_edge.runtime import open_artifact
+
+    note = f"no int8 GEMM kernels here ({why}): its int8 linears run as float GEMMs on decompressed weights"
+    assert (note in open_artifact(seg_openvino_int8, "openvino")[1].describe()) == (not signed)
     assert m["fidelity"]["rel_l2"] <= 0.05
     assert m["fidelity"]["vs_float"]["artifact"]["seg_agreement"] >= 0.99
     # the FFN's gate and up projections are two int8 GEMMs on one quantized input: no Split (OpenVINO's

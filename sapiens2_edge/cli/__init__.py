@@ -463,8 +463,11 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
                                                     "512x384"),
          image: Optional[Path] = typer.Option(None, help="input image (default: the bundled sample photo)"),
          output: Path = typer.Option(Path("sapiens2_demo"), help="output folder"),
-         scheme: DemoScheme = typer.Option("int8", help="quantization (int8-weight and fp16 need no calibration)"),
-         format: DemoFormat = typer.Option("auto", "--format", help="artifact (auto: openvino if installed, else onnx)"),
+         scheme: DemoScheme = typer.Option("auto", help="quantization; auto: int8 where the CPU has int8 dot "
+                                           "products (VNNI/AMX), else fp32 (the fastest there); int8-weight and "
+                                           "fp16 need no calibration"),
+         format: DemoFormat = typer.Option("auto", "--format", help="artifact (auto: openvino where the CPU has "
+                                           "int8 dot products, else onnx)"),
          input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
          runs: int = typer.Option(3, help="timed runs per bench row (at least 1)"),
          no_bench: bool = typer.Option(False, "--no-bench", help="stop after predict")) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.paths import inside
-from ..cpu_features import bf16_flags
+from ..cpu_features import bf16_flags, int8_dot_products
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from .base import batch_input, check_input_size, load_errors, run_errors
 from .page_release import PageReleaser, release_mapped_file
@@ -215,4 +215,17 @@ def open_runner(root: Path, manifest, device: str, max_batch: int) -> OpenVINOBa
             raise ArtifactError(f"{path} does not take one (B, 3, H, W) image batch")
         dims = [d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape()]
     check_input_size(path, dims, manifest)
+    if manifest.precision == "int8":
+        backend.reason += int8_kernels_note(backend.matmul_precisions())
     return backend
+
+
+def int8_kernels_note(precisions: dict[str, int]) -> str:
+    """What to add to an int8 artifact's reason when OpenVINO compiled none of its linears to an int8
+    GEMM (CPUs without VNNI or AMX: it multiplies decompressed weights in float instead, so an fp32
+    artifact runs faster there); "" where it did. ``precisions``: :meth:`OpenVINOBackend.matmul_precisions`."""
+    if any(k.startswith("FullyConnected") and k.endswith((" i8", " u8")) for k in precisions):
+        return ""
+    _, evidence = int8_dot_products()
+    return (f"; no int8 GEMM kernels here ({evidence}): its int8 linears run as float GEMMs on decompressed "
+            "weights, so an fp32 artifact is faster on this CPU")
