@@ -35,6 +35,10 @@ def session_options(threads: int | None = None):
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # ORT's memory pattern plans one block for every intermediate of a run from the first run's
+    # sizes; without it the arena reuses freed blocks: 0.1b int8 at 512x384 peaks at 672 MB instead
+    # of 877 MB at the same speed (benchmarks/results/cpu_peers.md)
+    opts.enable_mem_pattern = False
     # ORT turns weight-only DequantizeLinear -> MatMul into MatMulNBits (int8 weights kept in memory)
     # and by default also quantizes its activations (accuracy level 4); an int8-weight artifact
     # promises float activations, so compute in fp32 (level 1) there.
