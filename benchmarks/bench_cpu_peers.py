@@ -115,9 +115,10 @@ def prepare(row: str, a) -> None:
                             head="int8" if row.endswith("-head") else "float")
         s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model)
     if row in ("ours-ov-fp16", "ours-ov-w8"):
-        q, _ = s2e.quantize(model(a), "fp16" if row == "ours-ov-fp16" else "int8-weight", report_samples=1,
+        float_model = model(a)
+        q, _ = s2e.quantize(float_model, "fp16" if row == "ours-ov-fp16" else "int8-weight", report_samples=1,
                             progress=False)
-        s2e.export(q, w / row, format="openvino", input_size=a.size, max_batch=1, float_model=model(a))
+        s2e.export(q, w / row, format="openvino", input_size=a.size, max_batch=1, float_model=float_model)
     if row in ("ours-native-fp32", "ours-native-w8", "ours-native-bf16"):
         m = model(a)
         if row == "ours-native-w8":
@@ -184,9 +185,8 @@ def runner_for(row: str, a):
     from sapiens2_edge.runtime import open_artifact
 
     root = w / FOLDERS.get(row, row)
-    backend = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
-               "ours-ov-bf16": "openvino", "ours-ov-fp16": "openvino", "ours-ov-w8": "openvino",
-               "ours-ov-fp32": "openvino", "ours-ort-int8": "onnxruntime", "ours-ort-fp32": "onnxruntime"}.get(row, "native")
+    backend = ("openvino" if row.startswith("ours-ov-") else "onnxruntime" if row.startswith("ours-ort-")
+               else "native")
     m, r, _ = open_artifact(root, backend, "cpu")
     size = sum(f["size"] for f in m.files.values() if f["role"] != "reference")
     return (lambda x: r(x)[0]), size, r.describe()

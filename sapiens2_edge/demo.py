@@ -192,6 +192,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
               input_size: tuple[int, int] | None = None, calib_count: int = 8, bench_runs: int = 3,
               bench: bool = True, talk: Talk | None = None) -> ChainResult:
     """Run every stage, announcing each through ``talk`` before it starts; returns what each produced."""
+    from .cpu_features import int8_dot_products
     from .workflows import require
 
     talk = talk or Talk()
@@ -201,8 +202,9 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
         raise ConfigError(f"the demo quantizes with {', '.join(DEMO_SCHEMES)}, got --scheme {scheme!r}")
     if bench_runs < 1:
         raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
-    fmt, why = format_reason(format)
-    scheme, scheme_why = scheme_reason(scheme, fmt)
+    int8_dot = int8_dot_products()  # read once: every choice of this run follows the same answer
+    fmt, why = format_reason(format, int8_dot)
+    scheme, scheme_why = scheme_reason(scheme, fmt, int8_dot)
     check_scheme_format(scheme, fmt, static=scheme in CALIBRATED_SCHEMES)  # before minutes of quantizing
     require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
     from .tasks import load_image
@@ -212,7 +214,7 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     output = Path(output)
     start = time.perf_counter()
     model, result = _load(task, size, checkpoint, input_size, talk)
-    result.facts.update(format_reason=why, scheme=scheme, scheme_reason=scheme_why)
+    result.facts.update(format_reason=why, scheme=scheme, scheme_reason=scheme_why, int8_dot_products=int8_dot[0])
     size_hw = result.facts["input_size"]
     result.estimate = estimate_stages(model.arch, size_hw, scheme, fmt, calib_count, bench_runs, bench)
     total = sum(result.estimate.values())
@@ -260,7 +262,6 @@ def _load(task, size, checkpoint, input_size, talk):
 
 def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_count, result, talk):
     from .artifact import FORMATS
-    from .cpu_features import int8_dot_products
     from .quantization.head_int8 import deconv_names
     from .workflows import quantize_and_save
 
@@ -277,7 +278,7 @@ def _quantize(model, scheme, fmt, picture, image_path, output, size_hw, calib_co
     # without VNNI / AMX the exported head computes in float anyway, so int8 would only add its rounding.
     attention = "int8" if scheme == "int8" else "float"
     head = ("int8" if scheme == "int8" and FORMATS[fmt].int8_head and deconv_names(model)
-            and int8_dot_products()[0] else "float")
+            and result.facts["int8_dot_products"] else "float")
     held_out = calibration_views(picture, HELD_OUT_VIEWS + 1, seed=1)[1:]  # other crops than the calibration ones
     path = output / f"model_{scheme}.safetensors"
     parts = ["static activations"] + [w for w, on in (("int8 attention inputs", attention == "int8"),

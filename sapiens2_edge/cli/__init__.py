@@ -463,8 +463,8 @@ def demo(checkpoint: Optional[str] = typer.Option(None, help="a task checkpoint;
                                                     "512x384"),
          image: Optional[Path] = typer.Option(None, help="input image (default: the bundled sample photo)"),
          output: Path = typer.Option(Path("sapiens2_demo"), help="output folder"),
-         scheme: DemoScheme = typer.Option("auto", help="quantization; auto: int8 where the CPU has int8 dot "
-                                           "products (VNNI/AMX), else fp32 (the fastest there); int8-weight and "
+         scheme: DemoScheme = typer.Option("auto", help="quantization; auto: the fastest for this CPU and format "
+                                           "(int8 on ONNX Runtime or with VNNI/AMX, else fp32); int8-weight and "
                                            "fp16 need no calibration"),
          format: DemoFormat = typer.Option("auto", "--format", help="artifact (auto: openvino where the CPU has "
                                            "int8 dot products, else onnx)"),
