@@ -8,7 +8,9 @@ other processes, and cached under --work):
     ov-plain           OpenVINO IR of the float model compiled with OpenVINO's defaults
                        (its default precision: bf16 on CPUs with native bf16)
     nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
-    ort-qstatic        onnxruntime.quantization.quantize_static with its defaults on --calib samples
+    ort-plain          the float model's ONNX graph in standard operators (as torch.onnx.export writes it) on
+                       an ONNX Runtime session with its defaults
+    ort-qstatic        onnxruntime.quantization.quantize_static of that graph with its defaults on --calib samples
     ours-ov-int8       s2e int8 (static) OpenVINO artifact, run as the Predictor runs it (its precision policy)
     ours-ov-int8-attn  the same with the attention's inputs in int8 too (recipe attention="int8")
     ours-ov-int8-head  the same with the head's transposed convolutions in int8 too (recipe head="int8")
@@ -17,6 +19,8 @@ other processes, and cached under --work):
     ours-ov-fp16       s2e OpenVINO fp16 artifact (fp16 weights; f32 compute)
     ours-ov-w8         s2e OpenVINO int8-weight artifact (int8 weights, float activations)
     ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
+    ours-ort-int8-sdpa the same exported with attention_op="standard" (the attention as MatMul / Softmax / MatMul
+                       instead of ONNX Runtime's MultiHeadAttention)
     ours-ort-fp32      s2e fp32 ONNX artifact on ONNX Runtime
     ours-native-fp32   s2e native engine, float weights
     ours-native-w8     s2e native engine, int8-weight
@@ -57,16 +61,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
-        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-fp32",
+ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
+        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-sdpa", "ours-ort-fp32",
         "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8", "ours-native-int8-attn",
         "ours-native-int8-head")
 INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
-             "ours-ort-int8": "onnx",
+             "ours-ort-int8": "onnx", "ours-ort-int8-sdpa": "onnx",
              "ours-native-int8": "native", "ours-native-int8-attn": "native", "ours-native-int8-head": "native"}
 TASK = "seg"
 #: rows whose artifact is another row's folder under --work
-FOLDERS = {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32", "ours-ort-fp32": "onnx-fp32"}
+FOLDERS = {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32", "ours-ort-fp32": "onnx-fp32",
+           "ort-plain": "onnx-plain"}
 
 
 def inputs(size, seeds) -> list[np.ndarray]:
@@ -103,8 +108,11 @@ def prepare(row: str, a) -> None:
         s2e.export(model(a), w / "ov-fp32", format="openvino", input_size=a.size, max_batch=1, verify=False)
     if row == "ours-ov-bf16":
         s2e.export(model(a), w / "ov-bf16", format="openvino", precision="bf16", input_size=a.size, max_batch=1)
-    if row in ("ort-qstatic", "ours-ort-fp32") and not (w / "onnx-fp32").exists():
+    if row == "ours-ort-fp32":
         s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
+    if row in ("ort-plain", "ort-qstatic") and not (w / "onnx-plain").exists():
+        s2e.export(model(a), w / "onnx-plain", format="onnx", input_size=a.size, max_batch=1, verify=False,
+                   attention_op="standard")
     if row in INT8_ROWS:
         calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
         float_model = model(a)
@@ -113,7 +121,8 @@ def prepare(row: str, a) -> None:
                             report_samples=1, progress=False,
                             attention="int8" if row.endswith(("-attn", "-head")) else "float",
                             head="int8" if row.endswith("-head") else "float")
-        s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model)
+        options = {"attention_op": "standard"} if row.endswith("-sdpa") else {}
+        s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model, **options)
     if row in ("ours-ov-fp16", "ours-ov-w8"):
         float_model = model(a)
         q, _ = s2e.quantize(float_model, "fp16" if row == "ours-ov-fp16" else "int8-weight", report_samples=1,
@@ -138,7 +147,7 @@ def prepare(row: str, a) -> None:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-        name = onnx.load(str(w / "onnx-fp32" / "model.onnx"), load_external_data=False).graph.input[0].name
+        name = onnx.load(str(w / "onnx-plain" / "model.onnx"), load_external_data=False).graph.input[0].name
 
         class Reader(CalibrationDataReader):
             def __init__(self):
@@ -148,7 +157,7 @@ def prepare(row: str, a) -> None:
                 return next(self.it, None)
 
         (w / "ort-qstatic").mkdir(exist_ok=True)
-        quantize_static(str(w / "onnx-fp32" / "model.onnx"), str(w / "ort-qstatic" / "model.onnx"), Reader(),
+        quantize_static(str(w / "onnx-plain" / "model.onnx"), str(w / "ort-qstatic" / "model.onnx"), Reader(),
                         use_external_data_format=True)
 
 
@@ -177,6 +186,12 @@ def runner_for(row: str, a):
         prec = c.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         return (lambda x: np.array(req.infer({0: x})[c.outputs[0]]), _bytes(xml.parent),
                 f"openvino {ov.__version__} defaults ({prec})")
+    if row == "ort-plain":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(w / "onnx-plain" / "model.onnx"), providers=["CPUExecutionProvider"])
+        return (lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0]), _bytes(w / "onnx-plain"), \
+            f"onnxruntime {ort.__version__} defaults"
     if row == "ort-qstatic":
         from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -232,7 +247,7 @@ def cpu_peaks() -> tuple[dict[str, float], str]:
 def gemm_precision(row: str, what: str) -> str:
     """The precision a row's GEMMs run in (for its share of the peak). The native int8-weight engine
     expands weights to fp32 per layer, so its GEMMs are fp32; the native bf16 row says which it ran."""
-    if row.endswith(("int8", "int8-attn", "int8-head")) or row == "ort-qstatic":
+    if row.endswith(("int8", "int8-attn", "int8-head", "int8-sdpa")) or row == "ort-qstatic":
         return "int8"
     if row == "ours-native-bf16":
         return "bf16" if "bf16 GEMMs" in what else "fp32"

@@ -5,7 +5,7 @@ picks its backends from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError, UnknownSchemeError
 
@@ -27,7 +27,8 @@ class Format:
     to it needs; export_packages: the packages (beyond torch) its exporter imports.
     static_ranges: whether it carries calibrated static activation ranges (a format that quantizes
     activations only at run time, per token, does not). int8_head: whether it carries a recipe's int8
-    head (``head="int8"``: int8 transposed convolutions with a calibrated input scale).
+    head (``head="int8"``: int8 transposed convolutions with a calibrated input scale). choices: the
+    values an option takes, where they are a fixed set (checked before any work).
     """
 
     name: str
@@ -41,6 +42,7 @@ class Format:
     export_packages: tuple[str, ...] = ()
     static_ranges: bool = True
     int8_head: bool = False
+    choices: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def export_options(self) -> tuple[str, ...]:
@@ -52,19 +54,25 @@ class Format:
 
 
 ALL_SCHEMES = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
+#: How an ONNX graph writes each attention product: "onnxruntime", ONNX Runtime's fused
+#: ``com.microsoft`` MultiHeadAttention (flash attention on CPU: no (T, T) scores in memory); "standard",
+#: standard operators any ONNX runtime reads (TensorRT on its own); "auto", the first, except in graphs
+#: with fp8 layers (made for TensorRT): the second. See exporters.onnx_attention.
+ONNX_ATTENTION = ("auto", "onnxruntime", "standard")
+_ONNX_CHOICES = {"opset": (18, 23), "attention_op": ONNX_ATTENTION}
 _NO_FP8 = ("fp16", "int8-weight", "int4-weight", "int8", "mixed")
 _ORT_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 _ET_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
-           files=("model.onnx", "model.onnx.data"), options={"opset": 18}, export_extra="export",
-           export_packages=("onnx",), int8_head=True),
+           files=("model.onnx", "model.onnx.data"), options={"opset": 18, "attention_op": "auto"},
+           export_extra="export", export_packages=("onnx",), int8_head=True, choices=_ONNX_CHOICES),
     # bf16: OpenVINO computes in bf16 on CPUs with native bf16 (ONNX Runtime's CPU provider has no bf16
     # MatMul/Add kernels, so onnx offers none).
     Format("openvino", precisions=("fp32", "bf16", *_NO_FP8), schemes=_NO_FP8, backends=("openvino",),
            files=("openvino/model.xml", "openvino/model.bin"), options={"opset": 18}, export_extra="export",
-           export_packages=("onnx", "openvino"), int8_head=True),
+           export_packages=("onnx", "openvino"), int8_head=True, choices={"opset": _ONNX_CHOICES["opset"]}),
     Format("coreml", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("coreml",),
            files=("model.mlpackage",), default_precision="fp16", export_extra="coreml", export_packages=("coremltools",)),
     Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
@@ -83,8 +91,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # it would bake fp32 casts (and fp32 weights) into the file; fp8 targets TensorRT. int4-weight layers
     # stay com.microsoft MatMulNBits holding our packed values (ORT mobile runs them).
     Format("ort", precisions=("fp32", *_ORT_SCHEMES), schemes=_ORT_SCHEMES, backends=("onnxruntime",),
-           files=("model.ort", "required_operators.config"), options={"opset": 18}, export_extra="export",
-           export_packages=("onnx", "onnxruntime"), int8_head=True),
+           files=("model.ort", "required_operators.config"), options={"opset": 18, "attention_op": "auto"},
+           export_extra="export", export_packages=("onnx", "onnxruntime"), int8_head=True, choices=_ONNX_CHOICES),
     # ExecuTorch: a .pte lowered to XNNPACK at batch 1 (the runtime runs a batch image by image);
     # quantized layers become XNNPACK's dynamically quantized GEMMs (int8 activations per token) with
     # our int8 / int4 weights; static activation ranges and fp8 have no XNNPACK form.
@@ -103,15 +111,21 @@ def get_format(name: str) -> Format:
     return FORMATS[name]
 
 
-def check_export_request(name: str, options: Iterable[str] = (), precision: str | None = None,
+def check_export_request(name: str, options: Iterable[str] | Mapping[str, Any] = (), precision: str | None = None,
                          scheme: str | None = None) -> Format:
-    """The format ``name``, after checking the names of the keyword ``options``, the precision and
-    the quantization scheme asked of it (before any work is done)."""
+    """The format ``name``, after checking the keyword ``options`` (their names; their values where a
+    mapping is given), the precision and the quantization scheme asked of it (before any work is done)."""
     fmt = get_format(name)
     unknown = [o for o in options if o not in fmt.export_options]
     if unknown:
         raise ConfigError(f"unknown export option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                           f"for format {name!r}; its options are {', '.join(fmt.export_options)}")
+    if isinstance(options, Mapping):
+        for option, allowed in fmt.choices.items():
+            value = options.get(option, allowed[0])
+            if isinstance(value, bool) or value not in allowed:
+                raise ConfigError(f"{name} option {option}={value!r:.60} is not supported; expected one of "
+                                  f"{', '.join(map(repr, allowed))}")
     if scheme is not None and scheme not in ALL_SCHEMES:
         raise UnknownSchemeError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(ALL_SCHEMES)}")
     if precision is not None and precision not in fmt.precisions:

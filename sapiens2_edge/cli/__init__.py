@@ -23,14 +23,16 @@ from .._version import __version__
 from ..errors import ConfigError
 from ..runtime.inputs import VIDEO_SUFFIXES, is_video
 from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
-from .export_checks import WEIGHT_ONLY, check_export_flags
+from .export_checks import WEIGHT_ONLY, check_export_flags, given_options
 from .options import (
     ATTENTION_HELP,
+    ATTENTION_OP_HELP,
     CALIB_PRECISION_HELP,
     HEAD_HELP,
     Activations,
     Arch,
     AttentionInputs,
+    AttentionOp,
     Backend,
     CalibPrecision,
     DemoFormat,
@@ -325,6 +327,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
+               attention_op: Optional[AttentionOp] = typer.Option(None, "--attention-op", help=ATTENTION_OP_HELP),
                detector: Optional[Path] = typer.Option(None, "--detector", help="pose: an exported person "
                                                        "detector artifact to carry inside the pose artifact"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
@@ -332,43 +335,39 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
     .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
-    check_export_flags(scheme, fmt, calib, str(activations), str(attention), str(head))
+    options = given_options(opset=opset, attention_op=attention_op)
+    check_export_flags(scheme, fmt, calib, str(activations), str(attention), str(head), options)
     from .. import export, load_model
     from ..runtime.inputs import split_images
 
-    start = time.perf_counter()
-    size = parse_size(input_size)
-    talk = _talk()
+    start, size, talk = time.perf_counter(), parse_size(input_size), _talk()
     from ..detection.export import as_graph
     from ..exporters import detector_checkpoint
 
     model = as_graph(detector_checkpoint(checkpoint))
     model = load_model(model) if isinstance(model, str) else model
-    kwargs: dict = {"precision": scheme} if scheme is not None and scheme not in QUANT_SCHEMES else {}
-    if detector is not None:
-        kwargs["detector"] = detector
+    kwargs = given_options(precision=None if scheme in QUANT_SCHEMES else scheme, detector=detector)
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
         if calib is not None and (scheme not in WEIGHT_ONLY or "int8" in (str(attention), str(head))):
             calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
             talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
                      f"{len(calib_images)} calibration images")
-        quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate}
+        quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate,
+                                  **opt_in_parts(attention, head)}
         if calib_images is not None:
             quantize_options["calibration_size"] = calib_size
-        quantize_options.update(opt_in_parts(attention, head))
         if scheme == "int4-weight":
             quantize_options["group_size"] = group_size
         if scheme not in WEIGHT_ONLY:
             quantize_options["activation_mode"] = str(activations)
             quantize_options["calibration_precision"] = str(calibration_precision)
-        kwargs = {"scheme": scheme, "calibration": calib_images, "quantize_options": quantize_options}
-        if held_out:
-            kwargs["fidelity_data"] = held_out
+        kwargs.update(scheme=scheme, calibration=calib_images, quantize_options=quantize_options,  # detector kept
+                      **({"fidelity_data": held_out} if held_out else {}))
     talk.say(f"exporting {model.arch.name} {model.task} to {fmt}, then verifying it against the torch model")
     with talk.bar(f"export {fmt} + verify", 1, "step") as advance:
         root = export(model, output, format=fmt, input_size=size, max_batch=max_batch, overwrite=overwrite,
-                      **({"opset": opset} if opset is not None else {}), **kwargs)
+                      **options, **kwargs)
         advance()
     from ..artifact import read_manifest
     from ..workflows import artifact_label

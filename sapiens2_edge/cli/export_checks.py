@@ -3,8 +3,10 @@ calibration images for the schemes that need them, and the packages the format n
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 from ..artifact.formats import FORMATS
 from ..errors import ConfigError
@@ -13,9 +15,19 @@ from ..workflows import QUANT_SCHEMES, require
 WEIGHT_ONLY = ("int8-weight", "int4-weight")  # quantized export schemes that need no calibration images
 
 
+def given_options(**options) -> dict:
+    """The format options given on the command line (as plain values), the others left to the format's defaults."""
+    return {k: str(v) if isinstance(v, StrEnum) else v for k, v in options.items() if v is not None}
+
+
 def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path], activations: str = "static",
-                       attention: str = "float", head: str = "float") -> None:
+                       attention: str = "float", head: str = "float", options: Mapping = MappingProxyType({})) -> None:
     from ..workflows import check_scheme_format
+
+    if "attention_op" in options and "attention_op" not in FORMATS[fmt].options:
+        takes = ", ".join(f.name for f in FORMATS.values() if "attention_op" in f.options)
+        raise ConfigError(f"--attention-op chooses how an ONNX graph writes attention ({takes}); the {fmt} format "
+                          "has no such choice")
 
     check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt, static=activations == "static")
     for flag, value, ranges in (("--attention", attention, "the q, k, v ranges"), ("--head", head, "the head's input ranges")):

@@ -85,18 +85,22 @@ def output_names(task: str | None) -> list[str]:
 
 
 def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
-                precision: str = "fp32", for_openvino: bool = False) -> dict[str, str]:
+                precision: str = "fp32", for_openvino: bool = False, attention: str = "standard") -> dict[str, str]:
     """Write ``model.onnx`` (+ ``model.onnx.data`` past 2 GB) into ``out_dir``; returns {file: role}.
     ``for_openvino``: the graph OpenVINO converts (int8 GEMM weights signed, see onnx_quant; the SwiGLU's
-    gate and up projections as two GEMMs, see gate_split)."""
+    gate and up projections as two GEMMs, see gate_split). ``attention``: "onnxruntime" writes each
+    attention product as ONNX Runtime's fused operator, "standard" as standard ops (see onnx_attention)."""
     import torch
 
     from ..quantization.model import stores_float16
+    from .onnx_attention import attention_form, fused_attention
+    from .onnx_attention import translation as attention_translation
 
     if opset not in OPSETS:
         raise ConfigError(f"unsupported opset {opset}; expected one of {OPSETS} (23 adds native RMSNormalization)")
     if precision not in PRECISIONS:
         raise ConfigError(f"ONNX precision {precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    attention = attention_form(model, attention)
     from .gate_split import split_gate_projections
     from .onnx_quant import (
         export_attention_inputs,
@@ -120,7 +124,8 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
             export_attention_inputs(model), export_head(model, not for_openvino or int8_dot_products()[0]), \
             (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), \
-            (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), warnings.catch_warnings(), torch.no_grad(), \
+            (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), fused_attention(model, attention), \
+            warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -128,7 +133,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
             torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, opset_version=opset,
                               input_names=["image"], output_names=output_names(model.task),
                               dynamic_shapes=dynamic, external_data=external, verbose=False,
-                              custom_translation_table=translation_table(opset))
+                              custom_translation_table={**translation_table(opset), **attention_translation()})
         except Exception as e:  # noqa: BLE001 - surface any exporter failure as ours
             raise ExportError(f"torch.onnx.export failed for {model.arch.name} {model.task}: {e}") from e
     if precision == "fp16":
@@ -193,9 +198,12 @@ def store_float16(path: Path, external: bool) -> None:
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
+    from .onnx_attention import attention_form
     from .quant_notes import describe
 
-    files = export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision)
+    opts.notes["attention_op"] = attention_form(model, opts.extra["attention_op"])  # "auto" resolved
+    files = export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision,
+                        attention=opts.notes["attention_op"])
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
         opts.notes["quantization"] = describe(model, "onnx", opts.opset)
     return files

@@ -430,11 +430,14 @@ def _make_translation(opset: int):
     return qlinear_onnx
 
 
+def has_fp8_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantLinear) and m.config.weight.dtype == "fp8" for m in model.modules())
+
+
 def needed_opset(model: nn.Module, opset: int) -> int:
     """fp8 Q/DQ needs opset 19 (FLOAT8E4M3FN); everything else exports at the asked opset."""
-    fp8 = any(isinstance(m, QuantLinear) and m.config.weight.dtype == "fp8" for m in model.modules())
-    return max(opset, 19) if fp8 else opset
+    return max(opset, 19) if has_fp8_layers(model) else opset
 
 
-__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "qlinear", "swapped_modules",
+__all__ = ["ExportQLinear", "ExportQLinear4", "export_modules", "openvino_module", "int8_dot_products", "translation_table", "needed_opset", "has_fp8_layers", "qlinear", "swapped_modules",
            "export_attention_inputs"]

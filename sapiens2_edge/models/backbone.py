@@ -167,6 +167,9 @@ class Attention(nn.Module):
         # q, k, v -> q, k, v right before the attention product: int8 attention inputs of a quantized
         # model (quantization.attention_inputs), or a calibration observer; None: left as computed
         self.input_quant: nn.Module | None = None
+        # q, k, v (B, T, heads, d) -> (B, T, C): the attention product of an export made for a runtime
+        # with a fused attention operator (exporters.onnx_attention); None: scaled_dot_product_attention
+        self.product: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:
         if self.fused and switch.enabled(x):  # Triton for x's device; exports always trace the code below
@@ -185,6 +188,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope, heads_after_tokens=True), apply_rope(k, *rope, heads_after_tokens=True)
         if self.input_quant is not None:  # before the transposes, which OpenVINO folds into its attention
             q, k, v = self.input_quant(q, k, v)
+        if self.product is not None:
+            return self.project(self.product(q, k, v))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         groups = self.heads // self.kv_heads
         if groups > 1 and self.repeat_kv:
