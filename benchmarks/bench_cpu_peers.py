@@ -19,8 +19,8 @@ other processes, and cached under --work):
     ours-ov-fp16       s2e OpenVINO fp16 artifact (fp16 weights; f32 compute)
     ours-ov-w8         s2e OpenVINO int8-weight artifact (int8 weights, float activations)
     ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
-    ours-ort-int8-sdpa the same exported with attention_op="standard" (the attention as MatMul / Softmax / MatMul
-                       instead of ONNX Runtime's MultiHeadAttention)
+    ours-ort-int8-std  the same exported with graph="standard" (attention as MatMul / Softmax / MatMul and
+                       ConvTranspose for the head, instead of the graph shaped for ONNX Runtime)
     ours-ort-fp32      s2e fp32 ONNX artifact on ONNX Runtime
     ours-native-fp32   s2e native engine, float weights
     ours-native-w8     s2e native engine, int8-weight
@@ -62,11 +62,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
-        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-sdpa", "ours-ort-fp32",
+        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-std", "ours-ort-fp32",
         "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8", "ours-native-int8-attn",
         "ours-native-int8-head")
 INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
-             "ours-ort-int8": "onnx", "ours-ort-int8-sdpa": "onnx",
+             "ours-ort-int8": "onnx", "ours-ort-int8-std": "onnx",
              "ours-native-int8": "native", "ours-native-int8-attn": "native", "ours-native-int8-head": "native"}
 TASK = "seg"
 #: rows whose artifact is another row's folder under --work
@@ -112,7 +112,7 @@ def prepare(row: str, a) -> None:
         s2e.export(model(a), w / "onnx-fp32", format="onnx", input_size=a.size, max_batch=1, verify=False)
     if row in ("ort-plain", "ort-qstatic") and not (w / "onnx-plain").exists():
         s2e.export(model(a), w / "onnx-plain", format="onnx", input_size=a.size, max_batch=1, verify=False,
-                   attention_op="standard")
+                   graph="standard")
     if row in INT8_ROWS:
         calib = [torch.from_numpy(x[0]) for x in calib_inputs(a)]
         float_model = model(a)
@@ -121,7 +121,7 @@ def prepare(row: str, a) -> None:
                             report_samples=1, progress=False,
                             attention="int8" if row.endswith(("-attn", "-head")) else "float",
                             head="int8" if row.endswith("-head") else "float")
-        options = {"attention_op": "standard"} if row.endswith("-sdpa") else {}
+        options = {"graph": "standard"} if row.endswith("-std") else {}
         s2e.export(q, w / row, format=INT8_ROWS[row], input_size=a.size, max_batch=1, float_model=float_model, **options)
     if row in ("ours-ov-fp16", "ours-ov-w8"):
         float_model = model(a)
@@ -247,7 +247,7 @@ def cpu_peaks() -> tuple[dict[str, float], str]:
 def gemm_precision(row: str, what: str) -> str:
     """The precision a row's GEMMs run in (for its share of the peak). The native int8-weight engine
     expands weights to fp32 per layer, so its GEMMs are fp32; the native bf16 row says which it ran."""
-    if row.endswith(("int8", "int8-attn", "int8-head", "int8-sdpa")) or row == "ort-qstatic":
+    if row.endswith(("int8", "int8-attn", "int8-head", "int8-std")) or row == "ort-qstatic":
         return "int8"
     if row == "ours-native-bf16":
         return "bf16" if "bf16 GEMMs" in what else "fp32"

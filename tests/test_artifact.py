@@ -45,7 +45,7 @@ def test_formats_registry_is_the_one_source():
 
 def test_unknown_export_option_is_named_with_the_allowed_ones(tmp_path):
     model = tiny_model("seg")
-    with pytest.raises(ConfigError, match="unknown export option 'opst' for format 'onnx'; its options are opset, attention_op, "
+    with pytest.raises(ConfigError, match="unknown export option 'opst' for format 'onnx'; its options are opset, graph, "
                                           "float_model, fidelity_data, fidelity_keypoints, report"):
         s2e.export(model, tmp_path / "a", format="onnx", opst=23)
     with pytest.raises(ConfigError, match="unknown export options 'opset', 'foo' for format 'native'; its options "

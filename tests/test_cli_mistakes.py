@@ -87,8 +87,8 @@ MISTAKES = [
      "--head int8 is part of a quantization recipe: pass --scheme (e.g. int8), not a float export"),
     (["export", "SEG", "--format", "coreml", "--scheme", "int8", "--head", "int8", "--calib", "IMAGES", "-o", "OUT"],
      "ConfigError", "--head int8 exports to onnx, openvino, torch, native, ort; the coreml format has no int8 head"),
-    (["export", "SEG", "--format", "openvino", "--attention-op", "standard", "-o", "OUT"], "ConfigError",
-     "--attention-op chooses how an ONNX graph writes attention (onnx, ort); the openvino format has no such choice"),
+    (["export", "SEG", "--format", "openvino", "--graph", "standard", "-o", "OUT"], "ConfigError",
+     "--graph chooses the form of an ONNX graph (onnx, ort); the openvino format has no such choice"),
     # devices
     (["predict", "NATIVE", "-i", "A", "-o", "OUT", "--device", "tpu"], "ConfigError",
      "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
@@ -197,7 +197,7 @@ def test_version():
     ("predict", "backend", list(BACKENDS)), ("verify", "backend", list(BACKENDS)), ("bench", "backend", list(BACKENDS)),
     ("quantize", "scheme", list(ALL_SCHEMES)), ("demo", "task", list(TASKS)), ("demo", "format", ["auto", *FORMATS]),
     ("init-random", "task", [*TASKS, "none"]), ("export", "attention", ["float", "int8"]),
-    ("export", "attention-op", ["auto", "onnxruntime", "standard"]),
+    ("export", "graph", ["auto", "onnxruntime", "standard"]),
     ("quantize", "attention", ["float", "int8"]),
 ])
 def test_choices_come_from_the_registries(command, option, names):

@@ -52,7 +52,7 @@ def test_ort_artifact_matches_torch_and_lists_its_operators(seg, seg_ort):
     ops = read_config(seg_ort / CONFIG_FILE)
     assert "MatMul" in ops["ai.onnx;13"] and "Conv" in ops["ai.onnx;11"]
     # each attention is ONNX Runtime's fused operator, so a minimal build must carry it
-    assert "MultiHeadAttention" in ops["com.microsoft;1"] and m.options["attention_op"] == "onnxruntime"
+    assert "MultiHeadAttention" in ops["com.microsoft;1"] and m.options["graph"] == "onnxruntime"
     assert m.options["ort_mobile"]["operators"] == ops
     assert m.options["ort_mobile"]["converter"]["target_platform"] == "arm"
     # the runtime runs the saved file, independently of the export's check

@@ -54,19 +54,20 @@ class Format:
 
 
 ALL_SCHEMES = ("fp16", "int8-weight", "int4-weight", "int8", "fp8", "mixed")
-#: How an ONNX graph writes each attention product: "onnxruntime", ONNX Runtime's fused
-#: ``com.microsoft`` MultiHeadAttention (flash attention on CPU: no (T, T) scores in memory); "standard",
-#: standard operators any ONNX runtime reads (TensorRT on its own); "auto", the first, except in graphs
-#: with fp8 layers (made for TensorRT): the second. See exporters.onnx_attention.
-ONNX_ATTENTION = ("auto", "onnxruntime", "standard")
-_ONNX_CHOICES = {"opset": (18, 23), "attention_op": ONNX_ATTENTION}
+#: The forms of an ONNX graph: "onnxruntime", shaped for ONNX Runtime (each attention its fused
+#: ``com.microsoft`` MultiHeadAttention: no (T, T) scores in memory; the head's transposed convolutions as
+#: sub-pixel convolutions: no column buffer); "standard", torch.onnx's standard operators, which any ONNX
+#: runtime reads (TensorRT on its own); "auto", the first, except in graphs with fp8 layers (made for
+#: TensorRT): the second. See exporters.onnxruntime_graph.
+ONNX_GRAPHS = ("auto", "onnxruntime", "standard")
+_ONNX_CHOICES = {"opset": (18, 23), "graph": ONNX_GRAPHS}
 _NO_FP8 = ("fp16", "int8-weight", "int4-weight", "int8", "mixed")
 _ORT_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 _ET_SCHEMES = ("int8-weight", "int4-weight", "int8", "mixed")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("onnxruntime", "openvino"),
-           files=("model.onnx", "model.onnx.data"), options={"opset": 18, "attention_op": "auto"},
+           files=("model.onnx", "model.onnx.data"), options={"opset": 18, "graph": "auto"},
            export_extra="export", export_packages=("onnx",), int8_head=True, choices=_ONNX_CHOICES),
     # bf16: OpenVINO computes in bf16 on CPUs with native bf16 (ONNX Runtime's CPU provider has no bf16
     # MatMul/Add kernels, so onnx offers none).
@@ -91,7 +92,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # it would bake fp32 casts (and fp32 weights) into the file; fp8 targets TensorRT. int4-weight layers
     # stay com.microsoft MatMulNBits holding our packed values (ORT mobile runs them).
     Format("ort", precisions=("fp32", *_ORT_SCHEMES), schemes=_ORT_SCHEMES, backends=("onnxruntime",),
-           files=("model.ort", "required_operators.config"), options={"opset": 18, "attention_op": "auto"},
+           files=("model.ort", "required_operators.config"), options={"opset": 18, "graph": "auto"},
            export_extra="export", export_packages=("onnx", "onnxruntime"), int8_head=True, choices=_ONNX_CHOICES),
     # ExecuTorch: a .pte lowered to XNNPACK at batch 1 (the runtime runs a batch image by image);
     # quantized layers become XNNPACK's dynamically quantized GEMMs (int8 activations per token) with

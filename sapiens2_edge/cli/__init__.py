@@ -26,13 +26,12 @@ from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
 from .export_checks import WEIGHT_ONLY, check_export_flags, given_options
 from .options import (
     ATTENTION_HELP,
-    ATTENTION_OP_HELP,
     CALIB_PRECISION_HELP,
+    GRAPH_HELP,
     HEAD_HELP,
     Activations,
     Arch,
     AttentionInputs,
-    AttentionOp,
     Backend,
     CalibPrecision,
     DemoFormat,
@@ -42,6 +41,7 @@ from .options import (
     ExportScheme,
     Format,
     HeadPrecision,
+    OnnxGraph,
     Scheme,
     Task,
     TaskOrNone,
@@ -327,7 +327,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
-               attention_op: Optional[AttentionOp] = typer.Option(None, "--attention-op", help=ATTENTION_OP_HELP),
+               graph: Optional[OnnxGraph] = typer.Option(None, "--graph", help=GRAPH_HELP),
                detector: Optional[Path] = typer.Option(None, "--detector", help="pose: an exported person "
                                                        "detector artifact to carry inside the pose artifact"),
                overwrite: bool = typer.Option(False, help="replace an existing artifact")) -> None:
@@ -335,7 +335,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     it first with --scheme int8-weight/int4-weight/int8/fp8). The person detector (convert's RTMDet-m
     .safetensors) exports the same way."""
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
-    options = given_options(opset=opset, attention_op=attention_op)
+    options = given_options(opset=opset, graph=graph)
     check_export_flags(scheme, fmt, calib, str(activations), str(attention), str(head), options)
     from .. import export, load_model
     from ..runtime.inputs import split_images

@@ -24,10 +24,10 @@ def check_export_flags(scheme: Optional[str], fmt: str, calib: Optional[Path], a
                        attention: str = "float", head: str = "float", options: Mapping = MappingProxyType({})) -> None:
     from ..workflows import check_scheme_format
 
-    if "attention_op" in options and "attention_op" not in FORMATS[fmt].options:
-        takes = ", ".join(f.name for f in FORMATS.values() if "attention_op" in f.options)
-        raise ConfigError(f"--attention-op chooses how an ONNX graph writes attention ({takes}); the {fmt} format "
-                          "has no such choice")
+    if "graph" in options and "graph" not in FORMATS[fmt].options:
+        takes = ", ".join(f.name for f in FORMATS.values() if "graph" in f.options)
+        raise ConfigError(f"--graph chooses the form of an ONNX graph ({takes}); the {fmt} format has no such "
+                          "choice")
 
     check_scheme_format(scheme or FORMATS[fmt].default_precision, fmt, static=activations == "static")
     for flag, value, ranges in (("--attention", attention, "the q, k, v ranges"), ("--head", head, "the head's input ranges")):

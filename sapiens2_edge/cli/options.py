@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from ..artifact.formats import ALL_SCHEMES, FORMATS, ONNX_ATTENTION
+from ..artifact.formats import ALL_SCHEMES, FORMATS, ONNX_GRAPHS
 from ..demo import DEMO_SCHEMES
 from ..errors import ConfigError, Sapiens2EdgeError
 from ..runtime.opener import BACKENDS
@@ -44,10 +44,10 @@ Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
 AttentionInputs = _choices("AttentionInputs", ("float", "int8"))
 ATTENTION_HELP = ("what the attention products read: float, or int8 (q, k, v rounded to int8 with scales from the "
                   "calibration images; OpenVINO then runs the attention in int8). Needs --calib")
-AttentionOp = _choices("AttentionOp", ONNX_ATTENTION)
-ATTENTION_OP_HELP = ("onnx, ort: how the graph writes each attention: onnxruntime (default: ONNX Runtime's fused "
-                     "MultiHeadAttention, no score matrices in memory) or standard (standard operators, for other "
-                     "ONNX runtimes such as TensorRT)")
+OnnxGraph = _choices("OnnxGraph", ONNX_GRAPHS)
+GRAPH_HELP = ("onnx, ort: the graph's form: auto (default: onnxruntime, or standard for fp8), onnxruntime (shaped "
+              "for ONNX Runtime: its fused MultiHeadAttention, sub-pixel convolutions for the head's transposed "
+              "ones; less memory) or standard (standard operators, for other ONNX runtimes such as TensorRT)")
 HeadPrecision = _choices("HeadPrecision", ("float", "int8"))
 HEAD_HELP = ("the pose / seg head's transposed convolutions: float, or int8 (int8 weights and inputs, the input "
              "scales from the calibration images; OpenVINO then runs them with its int8 kernels). Needs --calib")

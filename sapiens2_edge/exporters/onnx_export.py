@@ -85,22 +85,22 @@ def output_names(task: str | None) -> list[str]:
 
 
 def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
-                precision: str = "fp32", for_openvino: bool = False, attention: str = "standard") -> dict[str, str]:
+                precision: str = "fp32", for_openvino: bool = False, graph: str = "standard") -> dict[str, str]:
     """Write ``model.onnx`` (+ ``model.onnx.data`` past 2 GB) into ``out_dir``; returns {file: role}.
     ``for_openvino``: the graph OpenVINO converts (int8 GEMM weights signed, see onnx_quant; the SwiGLU's
-    gate and up projections as two GEMMs, see gate_split). ``attention``: "onnxruntime" writes each
-    attention product as ONNX Runtime's fused operator, "standard" as standard ops (see onnx_attention)."""
+    gate and up projections as two GEMMs, see gate_split). ``graph``: "onnxruntime" shapes the graph for
+    ONNX Runtime, "standard" writes standard operators as torch.onnx does (see onnxruntime_graph)."""
     import torch
 
     from ..quantization.model import stores_float16
-    from .onnx_attention import attention_form, fused_attention
-    from .onnx_attention import translation as attention_translation
+    from .onnxruntime_graph import graph_form, onnxruntime_graph
+    from .onnxruntime_graph import translation as attention_translation
 
     if opset not in OPSETS:
         raise ConfigError(f"unsupported opset {opset}; expected one of {OPSETS} (23 adds native RMSNormalization)")
     if precision not in PRECISIONS:
         raise ConfigError(f"ONNX precision {precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
-    attention = attention_form(model, attention)
+    graph = graph_form(model, graph)
     from .gate_split import split_gate_projections
     from .onnx_quant import (
         export_attention_inputs,
@@ -124,7 +124,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
             export_attention_inputs(model), export_head(model, not for_openvino or int8_dot_products()[0]), \
             (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), \
-            (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), fused_attention(model, attention), \
+            (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), onnxruntime_graph(model, graph), \
             warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():
         warnings.simplefilter("ignore")
@@ -198,12 +198,12 @@ def store_float16(path: Path, external: bool) -> None:
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    from .onnx_attention import attention_form
+    from .onnxruntime_graph import graph_form
     from .quant_notes import describe
 
-    opts.notes["attention_op"] = attention_form(model, opts.extra["attention_op"])  # "auto" resolved
+    opts.notes["graph"] = graph_form(model, opts.extra["graph"])  # "auto" resolved
     files = export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision,
-                        attention=opts.notes["attention_op"])
+                        graph=opts.notes["graph"])
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
         opts.notes["quantization"] = describe(model, "onnx", opts.opset)
     return files

@@ -112,14 +112,14 @@ def read_config(path: Path) -> dict[str, list[str]]:
 
 
 def export_ort(model, out_dir: Path, input_size: tuple[int, int], max_batch: int, opset: int = 18,
-               precision: str = "fp32", attention: str = "auto") -> tuple[dict[str, str], dict]:
+               precision: str = "fp32", graph: str = "auto") -> tuple[dict[str, str], dict]:
     from ..quantization.model import stores_float16
 
     check_model(model, precision)
     staging = out_dir / ".onnx"
     staging.mkdir()
     try:
-        export_onnx(model, staging, input_size, max_batch, opset, precision, attention=attention)
+        export_onnx(model, staging, input_size, max_batch, opset, precision, graph=graph)
         notes = convert(staging / MODEL_FILE, out_dir / ORT_FILE, out_dir / CONFIG_FILE, stores_float16(model))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -127,11 +127,11 @@ def export_ort(model, out_dir: Path, input_size: tuple[int, int], max_batch: int
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    from .onnx_attention import attention_form
+    from .onnxruntime_graph import graph_form
 
-    opts.notes["attention_op"] = attention_form(model, opts.extra["attention_op"])  # "auto" resolved
+    opts.notes["graph"] = graph_form(model, opts.extra["graph"])  # "auto" resolved
     files, notes = export_ort(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision,
-                              opts.notes["attention_op"])
+                              opts.notes["graph"])
     opts.notes["ort_mobile"] = notes
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
         from .quant_notes import describe

@@ -168,7 +168,7 @@ class Attention(nn.Module):
         # model (quantization.attention_inputs), or a calibration observer; None: left as computed
         self.input_quant: nn.Module | None = None
         # q, k, v (B, T, heads, d) -> (B, T, C): the attention product of an export made for a runtime
-        # with a fused attention operator (exporters.onnx_attention); None: scaled_dot_product_attention
+        # with a fused attention operator (exporters.onnxruntime_graph); None: scaled_dot_product_attention
         self.product: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, bool] | None = None) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""ONNX graphs shaped for ONNX Runtime (the ``graph="onnxruntime"`` form of the onnx / ort formats).
+
+Two parts of the model, written differently (same values to float rounding; the export's check holds
+them to the fp32 tolerance):
+
+- **Attention**: the exporter writes ``scaled_dot_product_attention`` as Transpose -> MatMul -> Softmax ->
+  MatMul, which ONNX Runtime runs as written, every head's (T, T) scores in memory (607 MB per tensor at
+  0.4b 1024x768). Here each attention is one ``com.microsoft`` ``MultiHeadAttention`` (Q, K, V as
+  (B, T, heads x d)): MLAS' flash attention on CPU (score blocks sized to the L2 cache, an online softmax),
+  fused kernels on CUDA. One 0.4b attention on a 2-core AVX2 EPYC: 0.26 s and 187 MB instead of 0.32 s
+  and 774 MB. ONNX's own ``Attention`` (opset 23) still materialises the scores in ONNX Runtime 1.32
+  (0.34 s, 762 MB) and would tie the graph to opset 23.
+- **The head's transposed convolutions** (kernel 4, stride 2, padding 1): ONNX Runtime's ConvTranspose
+  multiplies into a column buffer of C_out x 16 x H_in x W_in floats before folding it (805 MB for the
+  0.4b seg head's last one at 1024x768). Each output pixel of such a layer reads a 2 x 2 input window
+  through one of four 2 x 2 slices of the kernel, fixed by the pixel's row and column parity; so the
+  layer is four 2 x 2 convolutions (one per parity, its padding on the side its window reaches past)
+  whose outputs interleave by pixel shuffle: the same products, on MLAS' convolution, whose im2col runs
+  in bounded segments. The 0.4b seg head alone: 1.58 s and 0.9 GB instead of 1.63 s and 1.6 GB.
+
+OpenVINO reads both (its graphs are exported in the standard form all the same: it fuses attention and
+runs deconvolutions on oneDNN itself). A graph for another ONNX runtime (TensorRT on its own, which has
+no contrib operators) is exported with ``graph="standard"``; "auto" picks it for fp8 graphs (TensorRT's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..artifact.formats import ONNX_GRAPHS
+from ..errors import ConfigError
+from .onnx_quant import NAMESPACE, has_fp8_layers, swapped_modules
+
+#: The Attention attribute that holds an export's attention product (None: scaled_dot_product_attention).
+SLOT = "product"
+
+
+@torch.library.custom_op(f"{NAMESPACE}::multi_head_attention", mutates_args=())
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v per head of (B, T, heads x d) inputs, as (B, T, heads x d)."""
+    b, t = q.shape[:2]
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(b, x.shape[1], heads, -1).transpose(1, 2)
+
+    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, t, -1)
+
+
+@multi_head_attention.register_fake
+def _(q, k, v, heads):
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+class ExportAttentionProduct(nn.Module):
+    """An attention's product in its export form: q (B, T, heads, d), k / v (B, T, kv_heads, d) -> (B, T, C).
+    Grouped key/value heads are repeated first (the operator takes as many as the queries have)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, t, heads = q.shape[:3]
+        groups = heads // k.shape[2]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+        return multi_head_attention(q.reshape(b, t, -1), k.reshape(b, t, -1), v.reshape(b, t, -1), heads)
+
+
+def graph_form(model: nn.Module, form: str) -> str:
+    """The form a ``graph`` option asks for: "auto" is "onnxruntime", or "standard" for a graph with fp8
+    layers (its runtime is TensorRT, whose ONNX parser has no contrib operators)."""
+    if form not in ONNX_GRAPHS:
+        raise ConfigError(f"ONNX graph form {form!r} is not supported; expected one of {', '.join(ONNX_GRAPHS)}")
+    if form != "auto":
+        return form
+    return "standard" if has_fp8_layers(model) else "onnxruntime"
+
+
+#: Each parity's two kernel taps, in input order: output row 2i reads input rows i - 1, i through kernel
+#: rows 3, 1; row 2i + 1 reads rows i, i + 1 through kernel rows 2, 0 (columns alike).
+PARITY_TAPS = ((3, 1), (2, 0))
+
+
+class PhasedDeconv(nn.Module):
+    """A ConvTranspose2d(kernel 4, stride 2, padding 1) as four 2 x 2 convolutions and a pixel shuffle."""
+
+    def __init__(self, deconv: nn.ConvTranspose2d):
+        super().__init__()
+        w = deconv.weight.detach()  # (C_in, C_out, 4, 4)
+        for a in (0, 1):
+            for b in (0, 1):
+                taps = w[:, :, list(PARITY_TAPS[a])][:, :, :, list(PARITY_TAPS[b])]
+                self.register_buffer(f"weight_{a}{b}", taps.transpose(0, 1).contiguous())  # (C_out, C_in, 2, 2)
+        self.register_buffer("bias", None if deconv.bias is None else deconv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phases = [F.conv2d(F.pad(x, (1 - b, b, 1 - a, a)), getattr(self, f"weight_{a}{b}"))
+                  for a in (0, 1) for b in (0, 1)]
+        y = torch.stack(phases, 2)  # (B, C_out, 4, H, W): channel c's parities in pixel-shuffle order
+        y = F.pixel_shuffle(y.flatten(1, 2), 2)
+        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+
+
+def _phased(m: nn.Module) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4) and m.stride == (2, 2)
+            and m.padding == (1, 1) and m.output_padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1)
+
+
+@contextlib.contextmanager
+def onnxruntime_graph(model: nn.Module, form: str):
+    """For the duration, ``model`` computes in the form ``form`` ("onnxruntime": every attention's product
+    as one ``multi_head_attention``, every kernel-4 stride-2 transposed convolution as a
+    :class:`PhasedDeconv`; "standard": as it is). Yields {part: how many}."""
+    from ..models.backbone import Attention
+
+    if form == "standard":
+        yield {}
+        return
+    attentions = {f"{n}.{SLOT}": None for n, m in model.named_modules() if isinstance(m, Attention)}
+    deconvs = {n: m for n, m in model.named_modules() if _phased(m)}
+    with swapped_modules(model, attentions, lambda _: ExportAttentionProduct()) as n_att, \
+            swapped_modules(model, deconvs, PhasedDeconv) as n_deconv:
+        yield {"attention": n_att, "deconvolution": n_deconv}
+
+
+def translation() -> dict:
+    """``custom_translation_table`` entry: ``multi_head_attention`` -> ``com.microsoft::MultiHeadAttention``."""
+    op = _multi_head_graph()
+
+    def multi_head_attention_onnx(q, k, v, heads: int):
+        return op(q, k, v, num_heads=heads)
+
+    return {torch.ops.s2e_export.multi_head_attention.default: multi_head_attention_onnx}
+
+
+def _multi_head_graph():
+    """onnxscript's handle on ``com.microsoft::MultiHeadAttention`` (ONNX has no schema for contrib ops)."""
+    from onnx.defs import OpSchema
+    from onnxscript.values import Op, Opset
+
+    param = OpSchema.FormalParameter
+    schema = OpSchema(
+        "MultiHeadAttention", "com.microsoft", 1,
+        inputs=[param("query", "T"), param("key", "T"), param("value", "T")], outputs=[param("output", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "activations")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "")])
+    return Op(Opset("com.microsoft", 1), "MultiHeadAttention", schema)
+
+
+__all__ = ["graph_form", "ExportAttentionProduct", "PhasedDeconv", "onnxruntime_graph", "multi_head_attention",
+           "translation"]
