@@ -4,6 +4,7 @@ traceback, and (where the mistake can be seen up front) before any slow work sta
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -238,3 +239,21 @@ def test_scheme_format_check_follows_the_registry(scheme, fmt):
     for other in str(info.value).split("--format ")[-1].split(" for ")[0].split(" / "):
         if other != fmt:
             check_scheme_format(scheme, other)  # and so do the formats it names
+
+
+def test_export_passes_every_flag_on_with_a_quantizing_scheme(files, monkeypatch):
+    """--scheme int8 with --detector and --graph: the export call gets the scheme's work and the
+    detector and graph form too (the call is stopped there: what it was given is the subject)."""
+    import sapiens2_edge
+
+    given = {}
+
+    def fake_export(model, out, **kwargs):
+        given.update(kwargs)
+        raise ConfigError("stopped at the export call")
+    monkeypatch.setattr(sapiens2_edge, "export", fake_export)
+    res = runner.invoke(app, ["export", files["POSE"], "--format", "onnx", "--scheme", "int8", "--calib", files["IMAGES"],
+                              "--detector", files["OUT"], "--graph", "standard", "-o", files["OUT"] + "/pose"])
+    _one_line_error(res, "ConfigError", "stopped at the export call", alone=False)  # after the progress lines
+    assert given["scheme"] == "int8" and given["detector"] == Path(files["OUT"]) and given["graph"] == "standard"
+    assert given["calibration"] and "precision" not in given
