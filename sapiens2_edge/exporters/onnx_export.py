@@ -198,12 +198,11 @@ def store_float16(path: Path, external: bool) -> None:
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    from .onnxruntime_graph import graph_form
+    from .onnxruntime_graph import record_graph_form
     from .quant_notes import describe
 
-    opts.notes["graph"] = graph_form(model, opts.extra["graph"])  # "auto" resolved
     files = export_onnx(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision,
-                        graph=opts.notes["graph"])
+                        graph=record_graph_form(model, opts))
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
         opts.notes["quantization"] = describe(model, "onnx", opts.opset)
     return files

@@ -77,6 +77,12 @@ def graph_form(model: nn.Module, form: str) -> str:
     return "standard" if has_fp8_layers(model) else "onnxruntime"
 
 
+def record_graph_form(model: nn.Module, opts) -> str:
+    """The form an export's ``graph`` option resolves to, recorded in its notes (-> manifest options)."""
+    opts.notes["graph"] = graph_form(model, opts.extra["graph"])
+    return opts.notes["graph"]
+
+
 #: Each parity's two kernel taps, in input order: output row 2i reads input rows i - 1, i through kernel
 #: rows 3, 1; row 2i + 1 reads rows i, i + 1 through kernel rows 2, 0 (columns alike).
 PARITY_TAPS = ((3, 1), (2, 0))
@@ -126,7 +132,7 @@ def onnxruntime_graph(model: nn.Module, form: str):
 
 def translation() -> dict:
     """``custom_translation_table`` entry: ``multi_head_attention`` -> ``com.microsoft::MultiHeadAttention``."""
-    op = _multi_head_graph()
+    op = _multi_head_attention_op()
 
     def multi_head_attention_onnx(q, k, v, heads: int):
         return op(q, k, v, num_heads=heads)
@@ -134,7 +140,7 @@ def translation() -> dict:
     return {torch.ops.s2e_export.multi_head_attention.default: multi_head_attention_onnx}
 
 
-def _multi_head_graph():
+def _multi_head_attention_op():
     """onnxscript's handle on ``com.microsoft::MultiHeadAttention`` (ONNX has no schema for contrib ops)."""
     from onnx.defs import OpSchema
     from onnxscript.values import Op, Opset
@@ -148,5 +154,5 @@ def _multi_head_graph():
     return Op(Opset("com.microsoft", 1), "MultiHeadAttention", schema)
 
 
-__all__ = ["graph_form", "ExportAttentionProduct", "PhasedDeconv", "onnxruntime_graph", "multi_head_attention",
+__all__ = ["graph_form", "record_graph_form", "ExportAttentionProduct", "PhasedDeconv", "onnxruntime_graph", "multi_head_attention",
            "translation"]

@@ -127,11 +127,10 @@ def export_ort(model, out_dir: Path, input_size: tuple[int, int], max_batch: int
 
 
 def write(model, out_dir: Path, opts) -> dict[str, str]:
-    from .onnxruntime_graph import graph_form
+    from .onnxruntime_graph import record_graph_form
 
-    opts.notes["graph"] = graph_form(model, opts.extra["graph"])  # "auto" resolved
     files, notes = export_ort(model, out_dir, opts.input_size, opts.max_batch, opts.opset, opts.precision,
-                              opts.notes["graph"])
+                              record_graph_form(model, opts))
     opts.notes["ort_mobile"] = notes
     if opts.precision not in ("fp32", "fp16") or hasattr(model, "recipe_dict"):
         from .quant_notes import describe
