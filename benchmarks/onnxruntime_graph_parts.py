@@ -4,8 +4,9 @@ provider, each form in its own process (peak RSS is the form's own):
     attention  one attention product at (tokens, heads, 64): standard ops (Transpose, MatMul, Softmax,
                MatMul, as torch.onnx writes it), com.microsoft MultiHeadAttention (our graph), and ONNX's
                Attention (opset 23)
-    head       the seg head's transposed convolutions (kernel 4, stride 2) with SiLU between them, from the
-               backbone's feature map: ConvTranspose (standard) against PhasedDeconv (our graph)
+    head       the whole seg head from the backbone's feature map: its transposed convolutions as ConvTranspose
+               (standard), each as four parity convolutions and a pixel shuffle (phased), and the last one's
+               parity maps kept apart to the head's output (parity: our graph; see parity_deconv)
 
     python benchmarks/onnxruntime_graph_parts.py --arch 0.4b --size 1024x768
 
@@ -28,7 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FORMS = {"attention": ("standard", "multi_head_attention", "attention_opset23"), "head": ("standard", "phased")}
+FORMS = {"attention": ("standard", "multi_head_attention", "attention_opset23"),
+         "head": ("standard", "phased", "parity")}
 
 
 def attention_graph(form: str, tokens: int, heads: int, d: int = 64):
@@ -67,20 +69,27 @@ def head_graph(form: str, arch: str, size: tuple[int, int], work: Path):
     import torch
     from torch import nn
 
-    from sapiens2_edge.exporters.onnxruntime_graph import PhasedDeconv
+    from sapiens2_edge.exporters.parity_deconv import ParityHead, PhasedDeconv
     from sapiens2_edge.models.arch import default_head_spec, get_preset
+    from sapiens2_edge.models.heads import build_head
 
     spec = default_head_spec("seg", get_preset(arch))
     torch.manual_seed(0)
-    layers, cin = [], spec.in_channels
-    for cout in spec.deconv:
-        deconv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False)
-        layers += [PhasedDeconv(deconv) if form == "phased" else deconv, nn.SiLU()]
-        cin = cout
+    head = build_head(spec).eval()
+    for p in head.parameters():
+        nn.init.normal_(p, std=0.02)
+    if form == "phased":
+        for i, m in enumerate(head.deconv_layers):
+            if isinstance(m, nn.ConvTranspose2d):
+                head.deconv_layers[i] = PhasedDeconv(m)
+    elif form == "parity":
+        head = ParityHead(head)
+        for i, m in enumerate(head.early):
+            if isinstance(m, nn.ConvTranspose2d):
+                head.early[i] = PhasedDeconv(m)
     x = torch.randn(1, spec.in_channels, size[0] // 16, size[1] // 16)
     path = work / f"head-{form}.onnx"
-    torch.onnx.export(nn.Sequential(*layers).eval(), (x,), str(path), dynamo=True, opset_version=18,
-                      input_names=["x"], verbose=False)
+    torch.onnx.export(head, (x,), str(path), dynamo=True, opset_version=18, input_names=["x"], verbose=False)
     return str(path), {"x": x.numpy()}
 
 

@@ -13,12 +13,9 @@ import torch
 import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, read_manifest, verification_inputs
-from sapiens2_edge.exporters.onnxruntime_graph import (
-    ExportAttentionProduct,
-    PhasedDeconv,
-    graph_form,
-    onnxruntime_graph,
-)
+from sapiens2_edge.exporters.onnxruntime_graph import ExportAttentionProduct, graph_form, onnxruntime_graph
+from sapiens2_edge.exporters.parity_deconv import ParityHead, PhasedDeconv, parity_head, pooled_norm_silu
+from sapiens2_edge.models.heads import DeconvHead
 from sapiens2_edge.runtime import open_artifact
 from tests.fixtures.tiny import INPUT, tiny_model
 
@@ -48,20 +45,22 @@ def graph_ops(root):
 
 def test_onnxruntime_form_computes_what_the_model_computes(model):
     """The export forms (attention: grouped heads repeated, one product over (B, T, heads x d); the head's
-    deconvolutions as four parity convolutions) against the model's own code; the tiny arch has grouped
-    key/value heads in its middle blocks."""
+    deconvolutions as four parity convolutions, the last one's parity maps apart to the head's output)
+    against the model's own code; the tiny arch has grouped key/value heads in its middle blocks."""
     assert any(kv < model.arch.num_heads for kv in model.arch.kv_heads)
     deconvs = [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    head = model.decode_head
     x = torch.from_numpy(verification_inputs(INPUT, 2, seed=3))
     with torch.no_grad():
         want = model(x)
         with onnxruntime_graph(model, "onnxruntime") as n:
-            assert n == {"attention": model.arch.depth, "deconvolution": len(deconvs)} and len(deconvs) == 4
+            assert n == {"attention": model.arch.depth, "parity head": 1, "deconvolution": len(deconvs)}
+            assert len(deconvs) == 4 and isinstance(model.decode_head, ParityHead)
             assert all(isinstance(b.attn.product, ExportAttentionProduct) for b in model.backbone.blocks)
             assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
             got = model(x)
     assert all(b.attn.product is None for b in model.backbone.blocks)  # given back
-    assert [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == deconvs
+    assert model.decode_head is head and [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == deconvs
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with onnxruntime_graph(model, "standard") as n:
         assert n == {} and all(b.attn.product is None for b in model.backbone.blocks)
@@ -79,6 +78,44 @@ def test_phased_deconvolution_is_the_transposed_convolution(bias):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("task", ["seg", "pose"])
+def test_parity_head_is_the_head(task):
+    """The whole pose / seg head (random weights, biased last deconvolution, batch of 2, non-square) against
+    itself in the parity form: every output pixel."""
+    torch.manual_seed(1)
+    head = tiny_model(task, seed=4).decode_head.eval()
+    last = head.deconv_layers[-3]
+    last.bias = torch.nn.Parameter(torch.randn(last.out_channels))
+    assert parity_head(head)
+    x = torch.randn(2, head.deconv_layers[0].in_channels, 5, 3)
+    with torch.no_grad():
+        want, got = head(x), ParityHead(head)(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_norm_is_the_instance_norm_of_the_interleaved_image():
+    """Hand-made maps: each channel normalised over all four maps' pixels (not per map), then SiLU."""
+    maps = [torch.full((1, 2, 2, 2), v) for v in (0.0, 1.0, 2.0, 3.0)]
+    maps[3][0, 1] = 7.0  # channel 1: 0, 1, 2, 7 (four pixels each)
+    got = pooled_norm_silu(maps)
+    for c, values in ((0, torch.tensor([0.0, 1.0, 2.0, 3.0])), (1, torch.tensor([0.0, 1.0, 2.0, 7.0]))):
+        z = (values - values.mean()) / torch.sqrt(values.var(unbiased=False) + 1e-5)
+        want = z * torch.sigmoid(z)
+        for i in range(4):
+            torch.testing.assert_close(got[i][0, c], want[i].expand(2, 2))
+
+
+def test_quantized_heads_keep_their_form(model):
+    """An int8 head (its transposed convolutions quantized) is no float head: the parity form leaves it."""
+    calibration = [torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(0))]
+    q, _ = s2e.quantize(model, "int8", calibration=calibration, input_size=INPUT, head="int8", progress=False)
+    assert isinstance(model.decode_head, DeconvHead) and parity_head(model.decode_head)
+    assert not parity_head(q.decode_head)
+    with onnxruntime_graph(q, "onnxruntime") as n:
+        assert n["parity head"] == 0 and not isinstance(q.decode_head, ParityHead)
+
+
 def test_default_graph_is_shaped_for_onnxruntime(artifacts, model):
     nodes = graph_ops(artifacts["onnxruntime"])
     mha = [n for n in nodes if n.op_type == "MultiHeadAttention"]
@@ -87,6 +124,9 @@ def test_default_graph_is_shaped_for_onnxruntime(artifacts, model):
     assert not any(n.op_type == "Softmax" for n in nodes)  # no (T, T) scores in the graph
     ops = collections.Counter(n.op_type for n in nodes)
     assert ops["ConvTranspose"] == 0 and ops["Conv"] >= 4 * deconvolutions(model)  # four parity convolutions each
+    # the norms after the last deconvolution are pooled over its parity maps (no InstanceNormalization)
+    assert ops["InstanceNormalization"] == deconvolutions(model) - 1
+    assert ops["Split"] == 0  # the SwiGLU's gate and up projections are two GEMMs
     m = read_manifest(artifacts["onnxruntime"])
     assert m.options["graph"] == "onnxruntime" and m.fidelity["rel_l2"] <= 1e-4  # "auto", resolved
 
@@ -94,7 +134,7 @@ def test_default_graph_is_shaped_for_onnxruntime(artifacts, model):
 def test_standard_graph_keeps_standard_operators_and_the_same_outputs(artifacts, model):
     ops = collections.Counter(n.op_type for n in graph_ops(artifacts["standard"]))
     assert ops["Softmax"] == model.arch.depth and ops["MultiHeadAttention"] == 0
-    assert ops["ConvTranspose"] == deconvolutions(model)
+    assert ops["ConvTranspose"] == deconvolutions(model) and ops["Split"] == model.arch.depth
     assert read_manifest(artifacts["standard"]).options["graph"] == "standard"
     x = verification_inputs(INPUT, 2, seed=5)
     outs = {}

@@ -187,3 +187,52 @@ def test_openvino_results_are_arrays_of_their_own(tmp_path, monkeypatch):
             assert a.flags.owndata and a.flags.writeable
             np.testing.assert_array_equal(a, b)
     assert one[0].shape[0] == 1 and not np.array_equal(first[0], second[0])
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@linux
+def test_freed_heap_pages_go_back_to_the_system():
+    """128 MiB of 64 KiB heap blocks (below glibc's mmap threshold), freed under a block that keeps the
+    heap's top: they stay resident until ``release_freed_heap``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("this C library has no malloc_trim (not glibc)")
+    from sapiens2_edge.runtime.page_release import release_freed_heap
+
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 64 << 10, 2048
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)
+    top = libc.malloc(size)
+    try:
+        for b in blocks:
+            libc.free(b)
+        held = _rss_bytes()
+        assert release_freed_heap()
+        assert held - _rss_bytes() > 96 << 20
+    finally:
+        libc.free(top)
+
+
+def test_onnxruntime_backend_gives_back_the_freed_heap_after_loading(tmp_path, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    import sapiens2_edge.runtime.onnxruntime_backend as backend
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 4, 4]) for n in ("image", "out")]
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["out"])], "g", io[:1],
+                                                io[1:]), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "m.onnx")
+    calls = []
+    monkeypatch.setattr(backend, "release_freed_heap", lambda: calls.append(True) or True)
+    b = backend.OnnxRuntimeBackend(tmp_path / "m.onnx", providers=["CPUExecutionProvider"])
+    assert calls == [True] and b.session is not None

@@ -1,10 +1,12 @@
-"""The SwiGLU's fused gate/up projection as two GEMMs in the graphs made for OpenVINO.
+"""The SwiGLU's fused gate/up projection as two GEMMs in the graphs made for OpenVINO and ONNX Runtime.
 
 ``SwiGLU`` computes ``w12(x)`` (2H wide) and splits it into gate and up halves. In torch the split is
 a view; OpenVINO's CPU plugin runs it as a ``Split`` on its reference (slow, generic) kernel: 3-4 %
-of the int8 artifact's time at 0.1b and 0.4b on an AMX Xeon (benchmarks/results/cpu_peers.md). Two
-GEMMs over the two halves of the weight compute the same dot products (an output column's sum is
-over the same K inputs in either form) and leave nothing to split.
+of the int8 artifact's time at 0.1b and 0.4b on an AMX Xeon (benchmarks/results/cpu_peers.md). ONNX
+Runtime copies both halves out of the (T, 2H) product, which with the int8 linears' rescale and bias
+is three (T, 2H) float tensors in turn (100 MB each at 0.4b 1024x768). Two GEMMs over the two halves
+of the weight compute the same dot products (an output column's sum is over the same K inputs in
+either form) and leave nothing to split.
 
 Each half is built from the module the export put in ``w12``: a float ``nn.Linear`` (halves are
 views of its rows: no copy), or the quantized export forms of :mod:`.onnx_quant`, whose per-output

@@ -89,7 +89,8 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     """Write ``model.onnx`` (+ ``model.onnx.data`` past 2 GB) into ``out_dir``; returns {file: role}.
     ``for_openvino``: the graph OpenVINO converts (int8 GEMM weights signed, see onnx_quant; the SwiGLU's
     gate and up projections as two GEMMs, see gate_split). ``graph``: "onnxruntime" shapes the graph for
-    ONNX Runtime, "standard" writes standard operators as torch.onnx does (see onnxruntime_graph)."""
+    ONNX Runtime (see onnxruntime_graph; gate and up as two GEMMs too), "standard" writes standard
+    operators as torch.onnx does."""
     import torch
 
     from ..quantization.model import stores_float16
@@ -114,6 +115,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     from .prefix_split import split_prefix_rows
 
     opset = needed_opset(model, opset)
+    split_gates = for_openvino or graph == "onnxruntime"  # see gate_split
     path = out_dir / MODEL_FILE
     n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     external = n_bytes > EXTERNAL_DATA_LIMIT
@@ -123,7 +125,7 @@ def export_onnx(model, out_dir: Path, input_size: tuple[int, int], max_batch: in
     # The exporter narrates its passes on stdout and warns about torchvision ops we never use.
     with frozen_rope(model, input_size), export_modules(model, openvino_module if for_openvino else None), \
             export_attention_inputs(model), export_head(model, not for_openvino or int8_dot_products()[0]), \
-            (split_gate_projections(model) if for_openvino else contextlib.nullcontext()), \
+            (split_gate_projections(model) if split_gates else contextlib.nullcontext()), \
             (split_prefix_rows(model) if for_openvino else contextlib.nullcontext()), onnxruntime_graph(model, graph), \
             warnings.catch_warnings(), torch.no_grad(), \
             contextlib.redirect_stdout(io.StringIO()), without_multi_output_rewrites():

@@ -12,11 +12,9 @@ them to the fp32 tolerance):
   (0.34 s, 762 MB) and would tie the graph to opset 23.
 - **The head's transposed convolutions** (kernel 4, stride 2, padding 1): ONNX Runtime's ConvTranspose
   multiplies into a column buffer of C_out x 16 x H_in x W_in floats before folding it (805 MB for the
-  0.4b seg head's last one at 1024x768). Each output pixel of such a layer reads a 2 x 2 input window
-  through one of four 2 x 2 slices of the kernel, fixed by the pixel's row and column parity; so the
-  layer is four 2 x 2 convolutions (one per parity, its padding on the side its window reaches past)
-  whose outputs interleave by pixel shuffle: the same products, on MLAS' convolution, whose im2col runs
-  in bounded segments. The 0.4b seg head alone: 1.58 s and 0.9 GB instead of 1.63 s and 1.6 GB.
+  0.4b seg head's last one at 1024x768). Each is four 2 x 2 convolutions, one per output parity, whose
+  outputs interleave by pixel shuffle; in a pose / seg head the last one's four parity maps stay apart
+  until the head's output (:mod:`.parity_deconv`).
 
 OpenVINO reads both (its graphs are exported in the standard form all the same: it fuses attention and
 runs deconvolutions on oneDNN itself). A graph for another ONNX runtime (TensorRT on its own, which has
@@ -34,6 +32,7 @@ from torch import nn
 from ..artifact.formats import ONNX_GRAPHS
 from ..errors import ConfigError
 from .onnx_quant import NAMESPACE, has_fp8_layers, swapped_modules
+from .parity_deconv import ParityHead, PhasedDeconv, parity_head, phased
 
 #: The Attention attribute that holds an export's attention product (None: scaled_dot_product_attention).
 SLOT = "product"
@@ -83,51 +82,24 @@ def record_graph_form(model: nn.Module, opts) -> str:
     return opts.notes["graph"]
 
 
-#: Each parity's two kernel taps, in input order: output row 2i reads input rows i - 1, i through kernel
-#: rows 3, 1; row 2i + 1 reads rows i, i + 1 through kernel rows 2, 0 (columns alike).
-PARITY_TAPS = ((3, 1), (2, 0))
-
-
-class PhasedDeconv(nn.Module):
-    """A ConvTranspose2d(kernel 4, stride 2, padding 1) as four 2 x 2 convolutions and a pixel shuffle."""
-
-    def __init__(self, deconv: nn.ConvTranspose2d):
-        super().__init__()
-        w = deconv.weight.detach()  # (C_in, C_out, 4, 4)
-        for a in (0, 1):
-            for b in (0, 1):
-                taps = w[:, :, list(PARITY_TAPS[a])][:, :, :, list(PARITY_TAPS[b])]
-                self.register_buffer(f"weight_{a}{b}", taps.transpose(0, 1).contiguous())  # (C_out, C_in, 2, 2)
-        self.register_buffer("bias", None if deconv.bias is None else deconv.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        phases = [F.conv2d(F.pad(x, (1 - b, b, 1 - a, a)), getattr(self, f"weight_{a}{b}"))
-                  for a in (0, 1) for b in (0, 1)]
-        y = torch.stack(phases, 2)  # (B, C_out, 4, H, W): channel c's parities in pixel-shuffle order
-        y = F.pixel_shuffle(y.flatten(1, 2), 2)
-        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
-
-
-def _phased(m: nn.Module) -> bool:
-    return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4) and m.stride == (2, 2)
-            and m.padding == (1, 1) and m.output_padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1)
-
-
 @contextlib.contextmanager
 def onnxruntime_graph(model: nn.Module, form: str):
     """For the duration, ``model`` computes in the form ``form`` ("onnxruntime": every attention's product
-    as one ``multi_head_attention``, every kernel-4 stride-2 transposed convolution as a
-    :class:`PhasedDeconv`; "standard": as it is). Yields {part: how many}."""
+    as one ``multi_head_attention``, a float pose / seg head as a :class:`ParityHead`, every other
+    kernel-4 stride-2 transposed convolution as a :class:`PhasedDeconv`; "standard": as it is).
+    Yields {part: how many}."""
     from ..models.backbone import Attention
 
     if form == "standard":
         yield {}
         return
     attentions = {f"{n}.{SLOT}": None for n, m in model.named_modules() if isinstance(m, Attention)}
-    deconvs = {n: m for n, m in model.named_modules() if _phased(m)}
+    heads = {n: m for n, m in model.named_modules() if parity_head(m)}
     with swapped_modules(model, attentions, lambda _: ExportAttentionProduct()) as n_att, \
-            swapped_modules(model, deconvs, PhasedDeconv) as n_deconv:
-        yield {"attention": n_att, "deconvolution": n_deconv}
+            swapped_modules(model, heads, ParityHead) as n_heads:
+        deconvs = {n: m for n, m in model.named_modules() if phased(m)}  # those the parity heads left
+        with swapped_modules(model, deconvs, PhasedDeconv) as n_deconv:
+            yield {"attention": n_att, "parity head": n_heads, "deconvolution": n_deconv + n_heads}
 
 
 def translation() -> dict:
@@ -154,5 +126,5 @@ def _multi_head_attention_op():
     return Op(Opset("com.microsoft", 1), "MultiHeadAttention", schema)
 
 
-__all__ = ["graph_form", "record_graph_form", "ExportAttentionProduct", "PhasedDeconv", "onnxruntime_graph", "multi_head_attention",
+__all__ = ["graph_form", "record_graph_form", "ExportAttentionProduct", "onnxruntime_graph", "multi_head_attention",
            "translation"]
