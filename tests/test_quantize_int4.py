@@ -179,15 +179,21 @@ def test_onnx_matmulnbits_holds_our_values(q4, onnx_artifact):
             inits[n.output[0]] = inits[n.input[0]].astype(np.float32)
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     ours = _ours(q4[0])
-    assert len(nodes) == len(ours) and all(n.domain == "com.microsoft" for n in nodes)
-    by_bytes = {m.weight.numpy().tobytes(): m for m in ours.values()}
+    # (packed weight, scales, K) of each GEMM: the SwiGLU's w12 runs as two, its gate and up rows
+    gemms = []
+    for name, m in ours.items():
+        w, sc = m.weight.numpy(), m.weight_scale.float().numpy()
+        halves = (slice(0, m.out_features // 2), slice(m.out_features // 2, None)) if name.endswith(".w12") else (slice(None),)
+        gemms += [(w[rows], sc[rows], m.in_features) for rows in halves]
+    assert len(nodes) == len(gemms) == len(ours) + q4[0].arch.depth and all(n.domain == "com.microsoft" for n in nodes)
+    by_bytes = {w.tobytes(): (w, sc, k) for w, sc, k in gemms}
     for node in nodes:
         attrs = {a.name: a.i for a in node.attribute}
         b, scales = inits[node.input[1]], inits[node.input[2]]
-        m = by_bytes[b.tobytes()]  # B is our packed bytes, (N, K/G, G/2)
-        assert b.shape == (m.out_features, m.in_features // 32, 16) and b.dtype == np.uint8
-        assert attrs == {"K": m.in_features, "N": m.out_features, "bits": 4, "block_size": 32, "accuracy_level": 1}
-        assert scales.dtype == np.float32 and np.array_equal(scales, m.weight_scale.float().numpy().reshape(-1))
+        w, sc, k = by_bytes[b.tobytes()]  # B is our packed bytes, (N, K/G, G/2)
+        assert b.shape == (w.shape[0], k // 32, 16) and b.dtype == np.uint8
+        assert attrs == {"K": k, "N": w.shape[0], "bits": 4, "block_size": 32, "accuracy_level": 1}
+        assert scales.dtype == np.float32 and np.array_equal(scales, sc.reshape(-1))
         assert len(node.input) == 3  # no zero points: the default 8 is our offset
     manifest = json.loads((onnx_artifact / "manifest.json").read_text())
     assert manifest["precision"] == "int4-weight" and manifest["fidelity"]["rel_l2"] <= 1e-3
