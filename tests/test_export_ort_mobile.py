@@ -20,6 +20,7 @@ from sapiens2_edge.exporters.ort_export import CONFIG_FILE, ORT_FILE, check_mode
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 from sapiens2_edge.runtime.verify import verify_artifact
+from tests.fixtures.quant_layers import int4_gemms
 from tests.fixtures.synthetic import make_people
 from tests.fixtures.tiny import save, tiny_model
 
@@ -153,15 +154,15 @@ def test_ort_int4_keeps_matmulnbits_with_our_values(seg, tmp_path):
     # the saved graph: one MatMulNBits per int4 layer, B our packed bytes and scales our group scales
     nodes, inits = read_ort_graph(root / ORT_FILE)
     ours = {n: mod for n, mod in qmodel.named_modules() if isinstance(mod, QuantLinear)}
-    by_bytes = {mod.weight.numpy().tobytes(): mod for mod in ours.values()}
-    assert len(nodes) == len(ours) == len(by_bytes)
+    by_bytes = {w.tobytes(): (w, sc, k) for w, sc, k in int4_gemms(qmodel)}  # the SwiGLU's w12 as two GEMMs
+    assert len(nodes) == len(by_bytes) == len(ours) + qmodel.arch.depth
     for inputs, attrs in nodes:
         (b_shape, b), (_, scales) = inits[inputs[1]], inits[inputs[2]]
-        mod = by_bytes.pop(b)
-        assert b_shape == (mod.out_features, mod.in_features // 32, 16)
-        assert scales == mod.weight_scale.float().numpy().tobytes()
-        assert {k: attrs[k] for k in ("K", "N", "bits", "block_size", "accuracy_level")} == {
-            "K": mod.in_features, "N": mod.out_features, "bits": 4, "block_size": 32, "accuracy_level": 1}
+        w, sc, k = by_bytes.pop(b)
+        assert b_shape == (w.shape[0], k // 32, 16)
+        assert scales == np.ascontiguousarray(sc).tobytes()
+        assert {a: attrs[a] for a in ("K", "N", "bits", "block_size", "accuracy_level")} == {
+            "K": k, "N": w.shape[0], "bits": 4, "block_size": 32, "accuracy_level": 1}
     assert not by_bytes
     # the runtime runs the saved file like the torch QuantizedModel
     x = verification_inputs(SIZE, batch=2, seed=5)

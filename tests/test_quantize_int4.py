@@ -22,6 +22,7 @@ from sapiens2_edge.quantization import (  # noqa: E402
     save_quantized,
 )
 from sapiens2_edge.quantization.config import DEFAULT_GROUP_SIZE, layer_config  # noqa: E402
+from tests.fixtures.quant_layers import int4_gemms  # noqa: E402
 from tests.fixtures.tiny import INPUT, tiny_model  # noqa: E402
 
 
@@ -179,12 +180,7 @@ def test_onnx_matmulnbits_holds_our_values(q4, onnx_artifact):
             inits[n.output[0]] = inits[n.input[0]].astype(np.float32)
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     ours = _ours(q4[0])
-    # (packed weight, scales, K) of each GEMM: the SwiGLU's w12 runs as two, its gate and up rows
-    gemms = []
-    for name, m in ours.items():
-        w, sc = m.weight.numpy(), m.weight_scale.float().numpy()
-        halves = (slice(0, m.out_features // 2), slice(m.out_features // 2, None)) if name.endswith(".w12") else (slice(None),)
-        gemms += [(w[rows], sc[rows], m.in_features) for rows in halves]
+    gemms = int4_gemms(q4[0])  # the SwiGLU's w12 as two GEMMs
     assert len(nodes) == len(gemms) == len(ours) + q4[0].arch.depth and all(n.domain == "com.microsoft" for n in nodes)
     by_bytes = {w.tobytes(): (w, sc, k) for w, sc, k in gemms}
     for node in nodes:
