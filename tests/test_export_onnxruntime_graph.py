@@ -57,9 +57,10 @@ def test_onnxruntime_form_computes_what_the_model_computes(model):
             assert n == {"attention": model.arch.depth, "parity head": 1, "deconvolution": len(deconvs)}
             assert len(deconvs) == 4 and isinstance(model.decode_head, ParityHead)
             assert all(isinstance(b.attn.product, ExportAttentionProduct) for b in model.backbone.blocks)
+            assert not any(b.attn.rope_gather for b in model.backbone.blocks)  # RoPE's halves: Split + Concat
             assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
             got = model(x)
-    assert all(b.attn.product is None for b in model.backbone.blocks)  # given back
+    assert all(b.attn.product is None and b.attn.rope_gather for b in model.backbone.blocks)  # given back
     assert model.decode_head is head and [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == deconvs
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with onnxruntime_graph(model, "standard") as n:
@@ -126,7 +127,8 @@ def test_default_graph_is_shaped_for_onnxruntime(artifacts, model):
     assert ops["ConvTranspose"] == 0 and ops["Conv"] >= 4 * deconvolutions(model)  # four parity convolutions each
     # the norms after the last deconvolution are pooled over its parity maps (no InstanceNormalization)
     assert ops["InstanceNormalization"] == deconvolutions(model) - 1
-    assert ops["Split"] == 0  # the SwiGLU's gate and up projections are two GEMMs
+    # RoPE swaps q's and k's halves by Split + Concat (no Gather); the SwiGLU's gate and up are two GEMMs
+    assert ops["Split"] == 2 * model.arch.depth and ops["Gather"] == 0
     m = read_manifest(artifacts["onnxruntime"])
     assert m.options["graph"] == "onnxruntime" and m.fidelity["rel_l2"] <= 1e-4  # "auto", resolved
 

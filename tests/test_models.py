@@ -255,6 +255,12 @@ def test_traced_and_eager_bf16_rotations_are_bit_identical(monkeypatch, dtype, h
     traced = apply_rope(q, sin, cos, True, heads_after_tokens)
     assert eager.dtype == traced.dtype == dtype
     assert torch.equal(eager, traced)
+    # the graph form for ONNX Runtime swaps the halves by Split + Concat, not a Gather: the same bits
+    gathers = []
+    index_select = torch.Tensor.index_select
+    monkeypatch.setattr(torch.Tensor, "index_select", lambda t, *a: gathers.append(a) or index_select(t, *a))
+    assert torch.equal(apply_rope(q, sin, cos, True, heads_after_tokens, gather=False), eager) and not gathers
+    assert torch.equal(apply_rope(q, sin, cos, True, heads_after_tokens), eager) and len(gathers) == 1
     # tables that are not bf16 values (not the reference's) keep the float32-with-rounding steps in torch too
     monkeypatch.setattr(switch, "exporting", lambda: False)
     fine_sin, fine_cos = RopeEmbedding(64, mode="fp32")(16, 12)

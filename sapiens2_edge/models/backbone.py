@@ -110,7 +110,7 @@ def _rotation_tables(sin: torch.Tensor, cos: torch.Tensor, tokens: int, d: int):
 
 
 def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16: bool = True,
-               heads_after_tokens: bool = False) -> torch.Tensor:
+               heads_after_tokens: bool = False, gather: bool = True) -> torch.Tensor:
     """Rotate (B, heads, T, d), or (B, T, heads, d) with ``heads_after_tokens``, leaving the leading
     prefix tokens (T - len(sin)) unrotated.
 
@@ -119,7 +119,8 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16
     float32 and is rounded to bf16, which exports as plain Cast nodes; run in torch, the same steps
     are torch's bf16 ops, which compute in float32 and round: bit-identical, at a fifth of the
     memory traffic (nine float32 copies of q and k less per call). The prefix rows come out exactly
-    as they went in (x * 1 + x' * 0).
+    as they went in (x * 1 + x' * 0). ``gather`` False swaps the halves as a Split and a Concat in exported
+    graphs too (what ONNX Runtime runs fastest); the values are the same.
     """
     dtype = x.dtype
     exporting = switch.exporting()
@@ -132,9 +133,10 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, round_bf16
         sin, cos = sin.to(torch.bfloat16), cos.to(torch.bfloat16)  # exact: bf16 values
     if heads_after_tokens:
         sin, cos = sin[:, None], cos[:, None]  # (T, 1, d): the same row for every head
-    # the same halves swapped either way: a Gather in exported graphs, two views concatenated in
-    # torch (whose index_select on the last dim is 10-70x slower than that)
-    rotated = x.index_select(-1, swap) if exporting else torch.cat(x.chunk(2, dim=-1)[::-1], dim=-1)
+    # the same halves swapped either way: a Gather in exported graphs (OpenVINO runs Split / Concat as
+    # reference kernels), two views concatenated in torch (whose index_select on the last dim is 10-70x
+    # slower than that) and in graphs made for ONNX Runtime (its Gather on the last axis: 9x slower)
+    rotated = x.index_select(-1, swap) if exporting and gather else torch.cat(x.chunk(2, dim=-1)[::-1], dim=-1)
     if round_bf16 and not native_bf16:
         x = _round_bf16(_round_bf16(x * cos) + _round_bf16(rotated * sin))
     else:
@@ -167,6 +169,8 @@ class Attention(nn.Module):
         # q, k, v -> q, k, v right before the attention product: int8 attention inputs of a quantized
         # model (quantization.attention_inputs), or a calibration observer; None: left as computed
         self.input_quant: nn.Module | None = None
+        # RoPE's half swap as one Gather in exported graphs (False: a Split and a Concat, for ONNX Runtime)
+        self.rope_gather = True
         # q, k, v (B, T, heads, d) -> (B, T, C): the attention product of an export made for a runtime
         # with a fused attention operator (exporters.onnxruntime_graph); None: scaled_dot_product_attention
         self.product: nn.Module | None = None
@@ -185,7 +189,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope, heads_after_tokens=True), apply_rope(k, *rope, heads_after_tokens=True)
+            q = apply_rope(q, *rope, heads_after_tokens=True, gather=self.rope_gather)
+            k = apply_rope(k, *rope, heads_after_tokens=True, gather=self.rope_gather)
         if self.input_quant is not None:  # before the transposes, which OpenVINO folds into its attention
             q, k, v = self.input_quant(q, k, v)
         if self.product is not None:
