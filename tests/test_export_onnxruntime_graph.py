@@ -15,6 +15,7 @@ from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, read_manifest, verification_inputs
 from sapiens2_edge.exporters.onnxruntime_graph import ExportAttentionProduct, graph_form, onnxruntime_graph
 from sapiens2_edge.exporters.parity_deconv import ParityHead, PhasedDeconv, parity_head, pooled_norm_silu
+from sapiens2_edge.models.backbone import RMSNorm
 from sapiens2_edge.models.heads import DeconvHead
 from sapiens2_edge.runtime import open_artifact
 from tests.fixtures.tiny import INPUT, tiny_model
@@ -49,18 +50,21 @@ def test_onnxruntime_form_computes_what_the_model_computes(model):
     against the model's own code; the tiny arch has grouped key/value heads in its middle blocks."""
     assert any(kv < model.arch.num_heads for kv in model.arch.kv_heads)
     deconvs = [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    norms = sum(type(m) is RMSNorm for m in model.modules())
     head = model.decode_head
     x = torch.from_numpy(verification_inputs(INPUT, 2, seed=3))
     with torch.no_grad():
         want = model(x)
         with onnxruntime_graph(model, "onnxruntime") as n:
-            assert n == {"attention": model.arch.depth, "parity head": 1, "deconvolution": len(deconvs)}
+            assert n == {"attention": model.arch.depth, "norm": norms, "parity head": 1, "deconvolution": len(deconvs)}
+            assert not any(type(m) is RMSNorm for m in model.modules())
             assert len(deconvs) == 4 and isinstance(model.decode_head, ParityHead)
             assert all(isinstance(b.attn.product, ExportAttentionProduct) for b in model.backbone.blocks)
             assert not any(b.attn.rope_gather for b in model.backbone.blocks)  # RoPE's halves: Split + Concat
             assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
             got = model(x)
     assert all(b.attn.product is None and b.attn.rope_gather for b in model.backbone.blocks)  # given back
+    assert sum(type(m) is RMSNorm for m in model.modules()) == norms
     assert model.decode_head is head and [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == deconvs
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with onnxruntime_graph(model, "standard") as n:
@@ -131,6 +135,24 @@ def test_default_graph_is_shaped_for_onnxruntime(artifacts, model):
     assert ops["Split"] == 2 * model.arch.depth and ops["Gather"] == 0
     m = read_manifest(artifacts["onnxruntime"])
     assert m.options["graph"] == "onnxruntime" and m.fidelity["rel_l2"] <= 1e-4  # "auto", resolved
+
+
+def test_onnxruntime_runs_each_norm_as_one_fused_operator(artifacts, model, tmp_path):
+    """Every RMSNorm of the default graph becomes one SimplifiedLayerNormalization in the graph ONNX Runtime
+    runs; the standard graph's (a Reciprocal of the root mean square, then products) is left in pieces."""
+    import onnx
+
+    from sapiens2_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    norms = sum(type(m) is RMSNorm for m in model.modules())
+    ops = {}
+    for form in ("onnxruntime", "standard"):
+        OnnxRuntimeBackend(artifacts[form] / "model.onnx", providers=["CPUExecutionProvider"],
+                           optimized_path=tmp_path / f"{form}.onnx")
+        ops[form] = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / f"{form}.onnx")).graph.node)
+    assert ops["onnxruntime"]["SimplifiedLayerNormalization"] == norms
+    assert ops["standard"]["SimplifiedLayerNormalization"] == 0
+    assert ops["standard"]["Reciprocal"] >= norms  # one per norm, unfused
 
 
 def test_standard_graph_keeps_standard_operators_and_the_same_outputs(artifacts, model):
