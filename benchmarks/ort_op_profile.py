@@ -107,21 +107,13 @@ def profile(root: Path, runs: int, threads: int) -> dict:
 
 
 def markdown(r: dict, top: int = 12) -> str:
+    from ov_layer_profile import share_table
+
     size = "x".join(map(str, r["input_size"]))
     lines = [f"`{Path(r['artifact']).name}` ({r['precision']}, {size}, onnxruntime {r['onnxruntime']}, "
-             f"{r['threads']} threads): wall median {r['wall_median_s']:.3f} s, kernels sum {r['counted_ms']:.0f} ms",
-             "", "| role | ms | share |", "|---|---|---|"]
-    lines += [f"| {k} | {ms:.1f} | {100 * share:.1f} % |" for k, ms, share in r["by_role"][:top]]
-    rest = r["by_role"][top:]
-    if rest:
-        lines.append(f"| (other {len(rest)}) | {sum(x[1] for x in rest):.1f} | {100 * sum(x[2] for x in rest):.1f} % |")
-    lines += ["", "| operator | nodes | ms | share |", "|---|---|---|---|"]
-    lines += [f"| {k} | {n} | {ms:.1f} | {100 * share:.1f} % |" for k, ms, share, n in r["by_op"][:top]]
-    rest = r["by_op"][top:]
-    if rest:
-        lines.append(f"| (other {len(rest)}) | {sum(x[3] for x in rest)} | {sum(x[1] for x in rest):.1f} | "
-                     f"{100 * sum(x[2] for x in rest):.1f} % |")
-    return "\n".join(lines)
+             f"{r['threads']} threads): wall median {r['wall_median_s']:.3f} s, kernels sum {r['counted_ms']:.0f} ms", ""]
+    lines += share_table(["role", "ms", "share"], r["by_role"], top) + [""]
+    return "\n".join(lines + share_table(["operator", "nodes", "ms", "share"], r["by_op"], top))
 
 
 def main() -> None:

@@ -98,17 +98,24 @@ def profile(root: Path, runs: int, size: tuple[int, int] | None = None) -> dict:
                               key=lambda r: -r[1])}
 
 
+def share_table(columns: list[str], rows: list[tuple], top: int) -> list[str]:
+    """Markdown lines of ``rows`` (name, ms, share[, count]), slowest first, those past ``top`` summed in one."""
+    def line(name, ms, share, *count) -> str:
+        return "| " + " | ".join([str(name), *map(str, count), f"{ms:.1f}", f"{100 * share:.1f} %"]) + " |"
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [line(*r[:2], r[2], *r[3:]) for r in rows[:top]]
+    rest = rows[top:]
+    if rest:
+        sums = [sum(x[i] for x in rest) for i in range(1, len(rest[0]))]
+        lines.append(line(f"(other {len(rest)})", *sums))
+    return lines
+
+
 def markdown(r: dict, top: int = 14) -> str:
     lines = [f"`{Path(r['artifact']).name}` ({r['precision']}, compiled {r['compiled_as']}): wall median "
-             f"{r['wall_median_s']:.3f} s, counters sum {r['counted_ms']:.0f} ms", "",
-             "| layer type [kernel] | layers | ms | share |", "|---|---|---|---|"]
-    for kind, ms, share, n in r["by_exec"][:top]:
-        lines.append(f"| {kind} | {n} | {ms:.1f} | {100 * share:.1f} % |")
-    rest = r["by_exec"][top:]
-    if rest:
-        lines.append(f"| (other {len(rest)}) | {sum(x[3] for x in rest)} | {sum(x[1] for x in rest):.1f} | "
-                     f"{100 * sum(x[2] for x in rest):.1f} % |")
-    return "\n".join(lines)
+             f"{r['wall_median_s']:.3f} s, counters sum {r['counted_ms']:.0f} ms", ""]
+    return "\n".join(lines + share_table(["layer type [kernel]", "layers", "ms", "share"], r["by_exec"], top))
 
 
 def main() -> None:
