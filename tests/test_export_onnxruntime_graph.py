@@ -83,6 +83,25 @@ def test_phased_deconvolution_is_the_transposed_convolution(bias):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_phased_int8_deconvolution_is_the_int8_deconvolution():
+    """An int8 transposed convolution (int8 kernel, per-output-channel scales, the input rounded to int8 with its
+    scale) in its ONNX form and as four parity convolutions of the int8 kernel's slices, against the quantized
+    model's own layer on a non-square batch of 2: every output pixel."""
+    from sapiens2_edge.exporters.onnx_quant import ExportQuantDeconv
+    from sapiens2_edge.exporters.parity_deconv import PhasedQuantDeconv, phased_quant
+    from sapiens2_edge.quantization.head_int8 import QuantDeconv
+
+    torch.manual_seed(2)
+    q = QuantDeconv.from_float(torch.nn.ConvTranspose2d(5, 3, 4, stride=2, padding=1, bias=False), input_amax=2.5)
+    export_form = ExportQuantDeconv(q)
+    assert phased_quant(export_form) and not phased_quant(q)
+    x = torch.randn(2, 5, 7, 4) * 1.5  # some inputs past the calibrated range: clipped alike
+    with torch.no_grad():
+        want, got = q(x), PhasedQuantDeconv(export_form)(x)
+    assert got.shape == want.shape == (2, 3, 14, 8)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("task", ["seg", "pose"])
 def test_parity_head_is_the_head(task):
     """The whole pose / seg head (random weights, biased last deconvolution, batch of 2, non-square) against
@@ -111,7 +130,7 @@ def test_pooled_norm_is_the_instance_norm_of_the_interleaved_image():
             torch.testing.assert_close(got[i][0, c], want[i].expand(2, 2))
 
 
-def test_quantized_heads_keep_their_form(model):
+def test_quantized_heads_keep_their_form(model, tmp_path):
     """An int8 head (its transposed convolutions quantized) is no float head: the parity form leaves it."""
     calibration = [torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(0))]
     q, _ = s2e.quantize(model, "int8", calibration=calibration, input_size=INPUT, head="int8", progress=False)
@@ -119,6 +138,12 @@ def test_quantized_heads_keep_their_form(model):
     assert not parity_head(q.decode_head)
     with onnxruntime_graph(q, "onnxruntime") as n:
         assert n["parity head"] == 0 and not isinstance(q.decode_head, ParityHead)
+    # exported for ONNX Runtime, its int8 transposed convolutions are parity convolutions too (no ConvTranspose
+    # and its column buffer), holding the same values as the quantized model
+    root = export(q, tmp_path / "int8-head", format="onnx", input_size=INPUT, max_batch=1)
+    ops = collections.Counter(n.op_type for n in graph_ops(root))
+    assert ops["ConvTranspose"] == 0 and ops["Conv"] >= 4 * deconvolutions(model), ops
+    assert read_manifest(root).fidelity["rel_l2"] <= 0.05
 
 
 def test_default_graph_is_shaped_for_onnxruntime(artifacts, model):

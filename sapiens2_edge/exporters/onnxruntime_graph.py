@@ -14,7 +14,8 @@ them to the fp32 tolerance):
   multiplies into a column buffer of C_out x 16 x H_in x W_in floats before folding it (805 MB for the
   0.4b seg head's last one at 1024x768). Each is four 2 x 2 convolutions, one per output parity, whose
   outputs interleave by pixel shuffle; in a pose / seg head the last one's four parity maps stay apart
-  until the head's output (:mod:`.parity_deconv`).
+  until the head's output (:mod:`.parity_deconv`). An int8 head's (recipe ``head="int8"``) are four
+  convolutions over the int8 kernel's slices after the input's int8 rounding, the same Q/DQ values.
 - **RoPE's half swap** of q and k: a Split and a Concat instead of the one Gather other exported graphs
   hold (OpenVINO runs Split / Concat as reference kernels). ONNX Runtime gathers along the last axis element
   by element: 13.1 ms for one 0.4b q (3081 x 16 x 64) against 1.5 ms for Split + Concat on a 2-core AVX2 EPYC,
@@ -39,7 +40,7 @@ from torch import nn
 from ..artifact.formats import ONNX_GRAPHS
 from ..errors import ConfigError
 from .onnx_quant import NAMESPACE, has_fp8_layers, swapped_modules
-from .parity_deconv import ParityHead, PhasedDeconv, parity_head, phased
+from .parity_deconv import ParityHead, PhasedDeconv, PhasedQuantDeconv, parity_head, phased, phased_quant
 
 #: The Attention attribute that holds an export's attention product (None: scaled_dot_product_attention).
 SLOT = "product"
@@ -94,7 +95,8 @@ def onnxruntime_graph(model: nn.Module, form: str):
     """For the duration, ``model`` computes in the form ``form`` ("onnxruntime": every attention's product
     as one ``multi_head_attention`` and its RoPE's half swap as a Split and a Concat, every RMSNorm as a
     :class:`FusableRMSNorm`, a float pose / seg head as a :class:`ParityHead`, every other kernel-4 stride-2
-    transposed convolution as a :class:`PhasedDeconv`; "standard": as it is). Yields {part: how many}."""
+    transposed convolution as a :class:`PhasedDeconv` (an int8 one, in its export form, as a
+    :class:`PhasedQuantDeconv`); "standard": as it is). Yields {part: how many}."""
     from ..models.backbone import Attention, RMSNorm
 
     if form == "standard":
@@ -109,8 +111,11 @@ def onnxruntime_graph(model: nn.Module, form: str):
             swapped_modules(model, norms, FusableRMSNorm) as n_norms, \
             swapped_modules(model, heads, ParityHead) as n_heads:
         deconvs = {n: m for n, m in model.named_modules() if phased(m)}  # those the parity heads left
-        with swapped_modules(model, deconvs, PhasedDeconv) as n_deconv:
-            yield {"attention": n_att, "norm": n_norms, "parity head": n_heads, "deconvolution": n_deconv + n_heads}
+        int8_deconvs = {n: m for n, m in model.named_modules() if phased_quant(m)}  # an int8 head's, in export form
+        with swapped_modules(model, deconvs, PhasedDeconv) as n_deconv, \
+                swapped_modules(model, int8_deconvs, PhasedQuantDeconv) as n_int8:
+            yield {"attention": n_att, "norm": n_norms, "parity head": n_heads,
+                   "deconvolution": n_deconv + n_heads + n_int8}
 
 
 class FusableRMSNorm(nn.Module):

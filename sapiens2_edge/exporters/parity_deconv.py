@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.heads import DeconvHead, InstanceNorm
+from .onnx_quant import ExportQuantDeconv, dq_channels, qdq_int8
 
 #: Each parity's two kernel taps, in input order: output row 2i reads input rows i - 1, i through kernel
 #: rows 3, 1; row 2i + 1 reads rows i, i + 1 through kernel rows 2, 0 (columns alike).
@@ -34,7 +35,11 @@ EPS = 1e-5  # InstanceNorm's
 
 def parity_weights(deconv: nn.ConvTranspose2d) -> dict[str, torch.Tensor]:
     """The four (C_out, C_in, 2, 2) convolution kernels of ``deconv``, named ``weight_{row}{column}``."""
-    w = deconv.weight.detach()  # (C_in, C_out, 4, 4)
+    return parity_kernels(deconv.weight.detach())
+
+
+def parity_kernels(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The four (C_out, C_in, 2, 2) slices of a transposed convolution's (C_in, C_out, 4, 4) kernel ``w``."""
     return {f"weight_{a}{b}": w[:, :, list(PARITY_TAPS[a])][:, :, :, list(PARITY_TAPS[b])].transpose(0, 1).contiguous()
             for a, b in PARITIES}
 
@@ -63,6 +68,31 @@ class PhasedDeconv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _interleave(_parity_maps(self, x))
+
+
+class PhasedQuantDeconv(nn.Module):
+    """An int8 transposed convolution in its ONNX form (:class:`~.onnx_quant.ExportQuantDeconv`: the input
+    rounded to int8 with its scale, int8 weights times per-output-channel scales) as four 2 x 2 convolutions
+    over the int8 kernel's slices and a pixel shuffle, like :class:`PhasedDeconv`: the same values."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        for name, w in parity_kernels(m.weight).items():
+            self.register_buffer(name, w)
+        self.register_buffer("weight_scale", m.weight_scale.clone())
+        self.register_buffer("input_scale", m.input_scale.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = qdq_int8(x, self.input_scale)
+        return _interleave([F.conv2d(F.pad(x, (1 - b, b, 1 - a, a)),
+                                     dq_channels(getattr(self, f"weight_{a}{b}"), self.weight_scale, 0))
+                            for a, b in PARITIES])
+
+
+def phased_quant(m: nn.Module) -> bool:
+    """Whether ``m`` is an int8 transposed convolution's ONNX form of the kind :class:`PhasedQuantDeconv` takes."""
+    return (type(m) is ExportQuantDeconv and tuple(m.weight.shape[2:]) == (4, 4) and m.stride in (2, (2, 2))
+            and m.padding in (1, (1, 1)))
 
 
 def phased(m: nn.Module) -> bool:
@@ -117,4 +147,5 @@ class ParityHead(nn.Module):
         return _interleave([self.final(m) for m in maps])
 
 
-__all__ = ["PARITY_TAPS", "PhasedDeconv", "ParityHead", "parity_head", "parity_weights", "phased", "pooled_norm_silu"]
+__all__ = ["PARITY_TAPS", "PhasedDeconv", "PhasedQuantDeconv", "ParityHead", "parity_head", "parity_kernels",
+           "parity_weights", "phased", "phased_quant", "pooled_norm_silu"]
