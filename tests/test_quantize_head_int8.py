@@ -195,21 +195,28 @@ def test_artifacts_compute_the_int8_head(coarse, fmt, tmp_path):
 
 
 def test_onnx_graph_has_int8_weights_and_input_qdq_per_transposed_convolution(seg_head, tmp_path):
+    """Standard graph: each transposed convolution reads its input through Q/DQ and its int8 kernel through a
+    per-output-channel DQ. The graph for ONNX Runtime (the default) writes each as four parity convolutions,
+    each reading the same Q/DQ input (padded) and one int8 slice of the kernel through its own DQ."""
     import onnx
 
     q, _ = seg_head
+    s2e.export(q, tmp_path / "s", format="onnx", input_size=INPUT, max_batch=1, graph="standard")
     s2e.export(q, tmp_path / "a", format="onnx", input_size=INPUT, max_batch=1)
-    g = onnx.load(str(tmp_path / "a" / "model.onnx")).graph
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {i.name: i for i in g.initializer}
-    deconvs = [n for n in g.node if n.op_type == "ConvTranspose"]
-    assert len(deconvs) == 4
-    for n in deconvs:
-        x, w = producer[n.input[0]], producer[n.input[1]]
-        assert x.op_type == "DequantizeLinear" and producer[x.input[0]].op_type == "QuantizeLinear"
-        assert w.op_type == "DequantizeLinear" and len(w.input) == 2  # zero point 0: no input
-        assert [a.i for a in w.attribute if a.name == "axis"] == [1]
-        assert inits[w.input[0]].data_type == onnx.TensorProto.INT8
+    for form, op, per_layer, axis in (("s", "ConvTranspose", 1, 1), ("a", "Conv", 4, 0)):
+        g = onnx.load(str(tmp_path / form / "model.onnx")).graph
+        producer = {o: n for n in g.node for o in n.output}
+        inits = {i.name: i for i in g.initializer}
+        convs = [n for n in g.node if n.op_type == op and n.input[1] in producer
+                 and producer[n.input[1]].op_type == "DequantizeLinear"]
+        assert len(convs) == 4 * per_layer and not (form == "a" and any(n.op_type == "ConvTranspose" for n in g.node))
+        for n in convs:
+            x, w = producer[n.input[0]], producer[n.input[1]]
+            x = producer[x.input[0]] if x.op_type == "Pad" else x  # the parity convolution's window
+            assert x.op_type == "DequantizeLinear" and producer[x.input[0]].op_type == "QuantizeLinear"
+            assert w.op_type == "DequantizeLinear" and len(w.input) == 2  # zero point 0: no input
+            assert [a.i for a in w.attribute if a.name == "axis"] == [axis]  # the output channels
+            assert inits[w.input[0]].data_type == onnx.TensorProto.INT8
 
 
 def test_openvino_runs_the_transposed_convolutions_in_int8(seg_head, tmp_path):
