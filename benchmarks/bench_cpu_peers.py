@@ -5,6 +5,8 @@ other processes, and cached under --work):
 
     torch-fp32         torch eager, float32 (the baseline and the reference outputs)
     torch-bf16         torch eager under torch.autocast("cpu", bfloat16)
+    ours-torch-fp32    s2e's torch backend on the same float model (the Predictor's eager path: freed heap pages
+                       reused while it runs, see sapiens2_edge/heap.py)
     ov-plain           OpenVINO IR of the float model compiled with OpenVINO's defaults
                        (its default precision: bf16 on CPUs with native bf16)
     nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
@@ -61,7 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("torch-fp32", "torch-bf16", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
+ROWS = ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
         "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-std", "ours-ort-fp32",
         "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8", "ours-native-int8-attn",
         "ours-native-int8-head")
@@ -102,7 +104,7 @@ def prepare(row: str, a) -> None:
 
     w = a.work
     target = w / FOLDERS.get(row, row)
-    if row != "torch-fp32" and row != "torch-bf16" and target.exists():
+    if row not in ("torch-fp32", "torch-bf16", "ours-torch-fp32") and target.exists():
         return  # made by an earlier run
     if row in ("ov-plain", "nncf-int8", "ours-ov-fp32") and not (w / "ov-fp32").exists():
         s2e.export(model(a), w / "ov-fp32", format="openvino", input_size=a.size, max_batch=1, verify=False)
@@ -177,6 +179,11 @@ def runner_for(row: str, a):
                 out = m(torch.from_numpy(x))
             return (out[0] if isinstance(out, tuple) else out).float().numpy()
         return run, size, f"torch {torch.__version__}"
+    if row == "ours-torch-fp32":
+        from sapiens2_edge.runtime.torch_backend import TorchBackend
+
+        r = TorchBackend(model(a), "cpu")
+        return (lambda x: r(x)[0]), sum(p.numel() * p.element_size() for p in r.model.parameters()), r.describe()
     if row in ("ov-plain", "nncf-int8"):
         import openvino as ov
 
@@ -260,6 +267,8 @@ def gemm_precision(row: str, what: str) -> str:
         return "int8"
     if row == "ours-native-bf16":
         return "bf16" if "bf16 GEMMs" in what else "fp32"
+    if row == "ours-torch-fp32":  # its description names the RoPE's bf16 rounding, not its GEMMs
+        return "fp32"
     if "bf16" in row or "bf16" in what:
         return "bf16"
     return "fp32"

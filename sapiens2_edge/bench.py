@@ -53,6 +53,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def plain_torch(model):
+    """The baseline as a user's own code runs it: the model called under ``inference_mode``, nothing of
+    ours around it (the torch backend keeps freed heap pages for reuse, see :mod:`sapiens2_edge.heap`)."""
+    import torch
+
+    def run(x):
+        with torch.inference_mode():
+            out = model(torch.from_numpy(x))
+        return tuple(o.float().numpy() for o in (out if isinstance(out, tuple) else (out,)))
+    return run
+
+
 def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int, tick=None) -> dict[str, Any]:
     """One row, in this process: ``target`` is an artifact directory or BASELINE:<artifact>.
     ``tick()`` is called after loading and after each call (the parent's progress bar)."""
@@ -66,10 +78,9 @@ def measure_row(target: str, backend: str, warmup: int, runs: int, batch: int, t
         m = read_manifest(root, verify=False)
         from .models.arch import ArchSpec, HeadSpec
         from .models.model import build_model
-        from .runtime.torch_backend import TorchBackend
 
         model = build_model(ArchSpec.from_dict(m.arch), head=HeadSpec.from_dict(m.head) if m.head else None)
-        runner, name, size_mb, fidelity, label = TorchBackend(model, "cpu"), "torch", \
+        runner, name, size_mb, fidelity, label = plain_torch(model.eval()), "torch", \
             sum(p.numel() * 4 for p in model.parameters()) / 1e6, None, BASELINE
         reference = None
     else:

@@ -189,38 +189,6 @@ def test_openvino_results_are_arrays_of_their_own(tmp_path, monkeypatch):
     assert one[0].shape[0] == 1 and not np.array_equal(first[0], second[0])
 
 
-def _rss_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@linux
-def test_freed_heap_pages_go_back_to_the_system():
-    """128 MiB of 64 KiB heap blocks (below glibc's mmap threshold), freed under a block that keeps the
-    heap's top: they stay resident until ``release_freed_heap``."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "malloc_trim"):
-        pytest.skip("this C library has no malloc_trim (not glibc)")
-    from sapiens2_edge.runtime.page_release import release_freed_heap
-
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    size, count = 64 << 10, 2048
-    blocks = [libc.malloc(size) for _ in range(count)]
-    for b in blocks:
-        ctypes.memset(b, 1, size)
-    top = libc.malloc(size)
-    try:
-        for b in blocks:
-            libc.free(b)
-        held = _rss_bytes()
-        assert release_freed_heap()
-        assert held - _rss_bytes() > 96 << 20
-    finally:
-        libc.free(top)
-
-
 def test_onnxruntime_backend_gives_back_the_freed_heap_after_loading(tmp_path, monkeypatch):
     import onnx
     from onnx import TensorProto, helper

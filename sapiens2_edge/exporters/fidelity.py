@@ -10,12 +10,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifact import compare, verification_inputs
+from ..heap import reuse_freed_pages
 
 
 def torch_outputs(model, x: np.ndarray) -> tuple[np.ndarray, ...]:
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), reuse_freed_pages(release=True):
         out = model(torch.from_numpy(x))
     return tuple(o.float().numpy() for o in (out if isinstance(out, tuple) else (out,)))
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..heap import reuse_freed_pages
 from ..models.model import Sapiens2Model
 from .config import QuantRecipe, make_recipe
 from .convert import apply, check_float_model, plan_layers
@@ -92,10 +93,11 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     run_options = {k: options.pop(k) for k in ("held_out", "held_out_samples", "inplace") if k in options}
     cal = Calibration.of(calibration, options, scheme if isinstance(scheme, QuantRecipe) else None)
     config, recipe = _request(scheme, cal, options)
-    if isinstance(config, Mixed) and config.budget is not None:
-        return search_mixed(model, config, recipe, cal, kernel=kernel, progress=show)
-    return apply(model, plan_layers(config, recipe, candidate_linears(model)), cal, recipe=recipe, kernel=kernel,
-                 progress=show, **run_options)
+    with reuse_freed_pages(release=True):  # the forwards' freed pages reused, given back at the end
+        if isinstance(config, Mixed) and config.budget is not None:
+            return search_mixed(model, config, recipe, cal, kernel=kernel, progress=show)
+        return apply(model, plan_layers(config, recipe, candidate_linears(model)), cal, recipe=recipe, kernel=kernel,
+                     progress=show, **run_options)
 
 
 __all__ = ["quantize"]

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..heap import reuse_freed_pages
 from .calibration import CalibrationSet, build_calibration_set, progress
 from .fidelity import task_fidelity
 
@@ -26,7 +27,7 @@ def as_batches(data: Any, task: str | None, input_size: Sequence[int], samples: 
 def run_outputs(model, batches: CalibrationSet, desc: str = "evaluate", show: bool | None = None) -> tuple[np.ndarray, ...]:
     """Raw outputs of ``model`` over all batches, concatenated per output."""
     parts = []
-    with torch.inference_mode():
+    with torch.inference_mode(), reuse_freed_pages(release=True):
         for b in progress(batches, len(batches), desc, show):
             out = model(b)
             parts.append(tuple(o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))))

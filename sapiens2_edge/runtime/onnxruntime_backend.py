@@ -12,8 +12,8 @@ import numpy as np
 
 from ..artifact.paths import inside
 from ..errors import ArtifactError, BackendUnavailableError
+from ..heap import release_freed_heap
 from .base import batch_input, check_input_size, load_errors, run_errors
-from .page_release import release_freed_heap
 
 # Preference order when the caller does not choose.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -68,7 +68,7 @@ class OnnxRuntimeBackend:
         self.path = Path(model_path)
         self.session = ort.InferenceSession(str(Path(model_path)), sess_options=opts,
                                             providers=chosen)
-        release_freed_heap()  # the weights' parsed copies, freed once prepacked (see page_release)
+        release_freed_heap()  # the weights' parsed copies, freed once prepacked (see sapiens2_edge.heap)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] != "CPUExecutionProvider" else "cpu"
         self.input_name = self.session.get_inputs()[0].name

@@ -12,12 +12,6 @@ copies being built): :class:`PageReleaser` drops the file's pages every few mill
 runtime compiles, from shared read-only mappings only (a page of one can only be the page cache's,
 so dropping it can never lose data, whatever the runtime does meanwhile; a page it reads again is
 faulted back in). A 0.4b fp32 OpenVINO artifact's peak went from 3378 MB to 1860 MB while compiling.
-
-Loading frees memory too: ONNX Runtime parses a model's weights into many buffers, copies them into its
-own layouts (prepacked GEMM weights) and frees them. glibc keeps freed blocks of its heap for later
-allocations unless they lie at the heap's top, so where they fell decided whether a 0.4b int8 session
-held 581 MB or 721 MB for the life of the process. :func:`release_freed_heap` (``malloc_trim(0)``)
-returns every free page of the heap to the system: 521 MB either way, in milliseconds.
 """
 
 from __future__ import annotations
@@ -37,19 +31,6 @@ def _libc_madvise():
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     return madvise
-
-
-def release_freed_heap() -> bool:
-    """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``); whether it ran (not
-    off Linux, nor on a C library without it)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is None:
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True
 
 
 def mapped_ranges(path: str | os.PathLike, maps: str) -> list[tuple[int, int, str]]:

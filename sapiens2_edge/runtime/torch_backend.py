@@ -12,6 +12,7 @@ import torch
 from ..artifact import looks_like_artifact
 from ..artifact.paths import inside
 from ..errors import ArtifactError, ConfigError
+from ..heap import reuse_freed_pages
 from ..models.model import Sapiens2Model
 from .base import batch_input, check_input_size, load_errors, run_errors
 from .pt2_check import check_program_archive
@@ -55,9 +56,10 @@ class TorchBackend:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         step = self.batch_size or len(x)
         parts = []
-        for chunk in x.split(step):
-            out = self.model(chunk.to(self.torch_device))
-            parts.append(tuple(o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))))
+        with reuse_freed_pages():
+            for chunk in x.split(step):
+                out = self.model(chunk.to(self.torch_device))
+                parts.append(tuple(o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))))
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
@@ -153,7 +155,7 @@ class ExportedProgramBackend(_BatchLimit):
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         x = self.check_batch(batch).to(self.torch_device)
-        with run_errors(self.path):
+        with run_errors(self.path), reuse_freed_pages():
             out = self.module(x)
             return tuple(o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
 
