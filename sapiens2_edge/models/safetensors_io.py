@@ -1,7 +1,8 @@
 """Safetensors tensor data: reading (after the header is validated) and atomic writing.
 
-Nothing is ever unpickled: data is read through ``safetensors.safe_open`` only, once
-:func:`~.safetensors_header.read_header` has validated the whole header. ``torch`` is imported
+Nothing is ever unpickled: data is read through ``safetensors.safe_open``, or as raw bytes at the
+offsets of the header (:func:`iter_tensors`), only once :func:`~.safetensors_header.read_header` has
+validated the whole header (offsets, overlaps, holes, truncation). ``torch`` is imported
 inside the functions, so importing this module needs no torch.
 """
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from ..errors import CheckpointError, ConfigError, CorruptCheckpointError, StateDictMismatchError
 from .safetensors_header import DTYPE_TABLE, METADATA_KEY, PICKLE_SUFFIXES, read_header, shorten
@@ -93,6 +95,40 @@ def read_tensors(
     if target is not None:
         out = {n: t.to(target) for n, t in out.items()}
     return out
+
+
+def iter_tensors(path: str | os.PathLike, names: Iterable[str]) -> Iterator[tuple[str, "torch.Tensor"]]:
+    """(name, tensor) for each of ``names`` in a safetensors file, one at a time, each read from the file
+    straight into a fresh torch tensor of its stored dtype (torch's 64-byte aligned allocation) that
+    nothing else holds: a loader that hands each on keeps the file's bytes once, not twice.
+    (``safe_open`` copies into Python bytes objects, not 64-byte aligned, which torch's kernels can
+    round differently on.) On a big-endian host the tensors come from :func:`read_tensors`."""
+    import torch
+
+    names = list(names)
+    if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+        yield from read_tensors(path, names).items()
+        return
+    header = read_header(path)
+    where = f"safetensors file {str(header.path)!r}"
+    missing = [n for n in names if n not in header.tensors]
+    if missing:
+        raise StateDictMismatchError(f"{where} has no tensor named {shorten(missing)}")
+    with open(header.path, "rb") as f:
+        for n in names:
+            info = header.tensors[n]
+            dtype = torch_dtype(info.dtype)
+            if dtype is None:
+                raise CheckpointError(f"{where}, tensor {n!r}: dtype {info.dtype} has no torch equivalent in torch "
+                                      f"{torch.__version__}")
+            t = torch.empty(info.shape, dtype=dtype)
+            if info.nbytes:
+                f.seek(header.data_start + info.begin)
+                got = f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy()))
+                if got != info.nbytes:
+                    raise CorruptCheckpointError(f"{where}, tensor {n!r}: read {got} of its {info.nbytes} bytes "
+                                                 "(file truncated or modified while reading?)")
+            yield n, t
 
 
 def _checked_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
