@@ -77,7 +77,8 @@ def reuse_freed_pages(release: bool = False) -> Iterator[bool]:
     """``with reuse_freed_pages():`` large blocks come from the heap and freed pages stay mapped while
     the block runs (in every thread: mallopt is process-wide; blocks nest and overlap, the last to end
     sets glibc's thresholds back). ``release``: give the heap's free pages back if the policy ends with
-    this block (not while an enclosing or overlapping block still runs). Yields whether the policy is on (glibc, not turned off by ``SAPIENS2_EDGE_HEAP_REUSE=0``)."""
+    this block (not while an enclosing or overlapping block still runs). Yields whether the policy is
+    on (glibc, not turned off by ``SAPIENS2_EDGE_HEAP_REUSE=0``)."""
     global _depth
     libc = None if os.environ.get(OPT_OUT, "1") == "0" else _glibc()
     if libc is None:
@@ -98,4 +99,3 @@ def reuse_freed_pages(release: bool = False) -> Iterator[bool]:
                 libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
                 if release:
                     libc.malloc_trim(0)
-
