@@ -76,17 +76,24 @@ def load_model(source: str | os.PathLike, task: str | None = None, *, input_size
 
 
 def _model_holding(path, arch, head, rope_mode: str, bb_files: dict, head_files: dict):
-    """(model, state) where the model's parameters are the checkpoint's tensors themselves.
-
-    The model is built on the meta device (no random weights to make and throw away) and takes each
-    tensor as read from the file, one at a time (``assign``): an fp32 file's tensors as they are,
-    others cast to the parameter's dtype (fp32; the RoPE periods buffer bf16) and the read one dropped
-    at once. The weights are held once plus one tensor: loading a 0.4b fp32 checkpoint held them twice
-    before (the read tensors and the initialised parameters: 3.3 GiB peak)."""
+    """(model, state): the model built on the meta device (no random weights to make and throw away)
+    holding the checkpoint's tensors as its parameters (:func:`assign_file_tensors`)."""
     with torch.device("meta"):
         model = Sapiens2Model(arch, head, rope_mode)
+    names = {**{f"backbone.{k}": v for k, v in bb_files.items()}, **{f"decode_head.{k}": v for k, v in head_files.items()}}
+    return model, assign_file_tensors(model, path, names)
+
+
+def assign_file_tensors(model: torch.nn.Module, path, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Give ``model`` (built on the meta device) the tensors of the safetensors file ``path`` as its
+    parameters and buffers (``names``: state key -> tensor name in the file); returns the state.
+
+    Each tensor is read from the file straight into its own torch allocation, one at a time, and
+    becomes the parameter itself (``assign``): in the file's dtype where it is the parameter's, else
+    cast and the read one dropped at once. The weights are held once plus one tensor: loading a 0.4b
+    fp32 checkpoint held them twice before (the read tensors and initialised parameters: 3.3 GiB peak)."""
     wanted = {k: v.dtype for k, v in model.state_dict().items()}
-    key_of = {**{v: f"backbone.{k}" for k, v in bb_files.items()}, **{v: f"decode_head.{k}" for k, v in head_files.items()}}
+    key_of = {v: k for k, v in names.items()}
     state = {}
     for name, t in iter_tensors(path, key_of):
         key = key_of[name]
@@ -94,4 +101,4 @@ def _model_holding(path, arch, head, rope_mode: str, bb_files: dict, head_files:
         del t
     with torch.no_grad():
         model.load_state_dict(state, strict=True, assign=True)
-    return model, state
+    return state

@@ -41,11 +41,11 @@ from ..models.checkpoint import (
     SafetensorsHeader,
     _torch_dtype,
     read_header,
-    read_tensors,
     resolve_checkpoint,
     write_tensors,
 )
 from ..models.layout import RANDOM_WEIGHTS_KEY, check_shapes, is_random_checkpoint
+from ..models.loading import assign_file_tensors
 from ..models.model import Sapiens2Model
 from . import attention_inputs, head_int8
 from .config import LAYER_SCHEMES, LayerQuantConfig, QuantRecipe
@@ -223,17 +223,18 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
     _check_declared_size(header, arch, head, where,
                          tuple(n for n, c in configs.items() if c is not None and c.weight.dtype == "int4"))
 
-    model = Sapiens2Model(arch, head, rope_mode)
-    modules = dict(model.named_modules())
-    for name, cfg in configs.items():
-        lin = modules.get(name)
-        if type(lin) is not nn.Linear:
-            raise StateDictMismatchError(f"{where}: the recipe quantizes {name!r:.100}, which is not a linear layer of "
-                                         "this architecture")
-        set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
-                                            prefix[name]))
-    attention_inputs.install(model, {n: (1.0, 1.0, 1.0) for n in attention_inputs.selected(model, recipe)})
-    head_int8.install(model, head_int8.selected(model, recipe))
+    with torch.device("meta"):  # no weights made to be replaced: the file's tensors become the model's below
+        model = Sapiens2Model(arch, head, rope_mode)
+        modules = dict(model.named_modules())
+        for name, cfg in configs.items():
+            lin = modules.get(name)
+            if type(lin) is not nn.Linear:
+                raise StateDictMismatchError(f"{where}: the recipe quantizes {name!r:.100}, which is not a linear layer "
+                                             "of this architecture")
+            set_module(model, name, QuantLinear(lin.in_features, lin.out_features, cfg, lin.bias is not None,
+                                                prefix[name]))
+        attention_inputs.install(model, {n: (1.0, 1.0, 1.0) for n in attention_inputs.selected(model, recipe)})
+        head_int8.install(model, head_int8.selected(model, recipe))
     expected = model.state_dict()
     names = _file_names(model)
     found = {k: header.tensors[k].shape for k in header.tensors}
@@ -246,9 +247,7 @@ def load_quantized(source: str | os.PathLike, task: str | None = None, *, rope_m
             bad.append(f"{names[k]!r} is {header.tensors[names[k]].dtype}, expected {v.dtype}")
     if bad:
         raise StateDictMismatchError(f"{where}: wrong tensor dtypes: " + "; ".join(bad[:8]))
-    tensors = read_tensors(path)
-    with torch.no_grad():
-        model.load_state_dict({k: tensors[names[k]] for k in expected}, strict=True)
+    assign_file_tensors(model, path, {k: names[k] for k in expected})
     model = as_quantized(model, recipe, dict(layers))
     model.source, model.pretrained = str(path), not is_random_checkpoint(header.metadata)
     model = model.to(device)
