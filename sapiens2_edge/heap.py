@@ -11,10 +11,11 @@ reuses pages already resident. What the heap holds once the block ends stays for
 is returned at once with ``release=True`` (``malloc_trim``), and glibc's usual thresholds are set
 back when the last such block ends.
 
-The price is memory a long job leaves in holes: a freed block too small for a later request stays
-resident beside the heap's new top. Measured (AVX2 EPYC, see benchmarks/results/quantize.md): forwards
-keep their peak (0.1b 512x384, 0.4b 1024x768) and run 10-16 % faster; quantizing runs 21-27 % faster
-at an 11-13 % higher peak (0.4b at 1024x768 with 4 + 2 images: 270 -> 214 s, 3.54 -> 3.95 GiB).
+The price can be memory left in holes: a freed block too small for a later request stays resident
+beside the heap's new top. Measured (AVX2 EPYC, see benchmarks/results/quantize.md): forwards keep
+their peak (0.1b 512x384, 0.4b 1024x768) and run 10-16 % faster; quantizing 0.4b at 1024x768 (4 + 2
+images) runs 21 % faster at the same peak (3.68 GiB on, 3.72 off; it was 3.95 against 3.54 while loading
+left 1.6 GB of freed heap behind it), a tiny checkpoint's at 1.21-1.24 GB against 1.10.
 ``SAPIENS2_EDGE_HEAP_REUSE=0`` turns it off where memory is the limit.
 
 Loading frees memory too: ONNX Runtime parses a model's weights into many buffers, copies them into its
