@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -46,8 +47,10 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.cache
 def _glibc():
-    """The C library when it is glibc (it has ``gnu_get_libc_version``, ``mallopt`` and ``malloc_trim``)."""
+    """The C library when it is glibc (it has ``gnu_get_libc_version``, ``mallopt`` and ``malloc_trim``);
+    looked up once (the torch backend enters :func:`reuse_freed_pages` on every call)."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None)
