@@ -72,3 +72,25 @@ def test_loading_holds_the_weights_once(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     grew = int(out.stdout.strip().splitlines()[-1])
     assert grew < 1.3 * size, (grew, size)
+
+
+def test_loading_does_not_wake_torchs_symbolic_machinery(tmp_path):
+    """The model is built on the meta device; nothing in it may compute there: a meta-device
+    ``arange`` runs torch's Python decompositions, which import sympy and ~900 modules more on
+    first use (1.2 s of every load, a tiny checkpoint's load took 2.6 s instead of 1.4)."""
+    import sapiens2_edge as s2e
+    from sapiens2_edge.quantization.serialize import save_quantized
+
+    model = tiny_model("seg")
+    float_path = save(model, tmp_path / "m.safetensors")
+    quantized_path = save_quantized(s2e.quantize(model, "int8-weight")[0], tmp_path / "q.safetensors")
+    for path in (float_path, quantized_path):
+        script = textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {str(ROOT)!r})
+            import sapiens2_edge
+            sapiens2_edge.load_model({str(path)!r})
+            print(sorted(m for m in sys.modules if m.split(".")[0] in ("sympy", "mpmath")))
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == "[]", (path.name, out.stdout)

@@ -56,7 +56,9 @@ class RopeEmbedding(nn.Module):
             raise ConfigError(f"unknown RoPE mode {mode!r}; expected one of {ROPE_MODES}")
         self.mode = mode
         quarter = head_dim // 4
-        exponent = 2 * torch.arange(quarter, dtype=torch.bfloat16) / (head_dim // 2)
+        # on the CPU even where the model is built on the meta device (the loaders): arange on meta
+        # goes through torch's Python decompositions, whose first import costs ~1.2 s
+        exponent = 2 * torch.arange(quarter, dtype=torch.bfloat16, device="cpu") / (head_dim // 2)
         self.register_buffer("periods", base**exponent, persistent=True)
         self.frozen: tuple[int, int, str] | None = None
 
