@@ -90,6 +90,12 @@ MISTAKES = [
      "ConfigError", "--head int8 exports to onnx, openvino, torch, native, ort; the coreml format has no int8 head"),
     (["export", "SEG", "--format", "openvino", "--graph", "standard", "-o", "OUT"], "ConfigError",
      "--graph chooses the form of an ONNX graph (onnx, ort); the openvino format has no such choice"),
+    (["export", "SEG", "--format", "onnx", "--calib-input-size", "64x48", "-o", "OUT"], "ConfigError",
+     "--calib-input-size sets the input of the calibration forwards, and this export runs none (they need --calib DIR"),
+    (["quantize", "SEG", "--calib", "IMAGES", "-o", "OUT", "--calib-input-size", "half"], "ConfigError",
+     "--calib-input-size must look like 1024x768 (H x W), got 'half'"),
+    (["quantize", "SEG", "--calib", "IMAGES", "-o", "OUT", "--activation-mode", "static", "--calib-input-size",
+      "60x40"], "InputSizeError", "calibration_input_size: input size 60x40 is not a positive multiple of 16", False),
     # devices
     (["predict", "NATIVE", "-i", "A", "-o", "OUT", "--device", "tpu"], "ConfigError",
      "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),

@@ -26,6 +26,7 @@ from ..workflows import QUANT_SCHEMES, RichTalk, Talk, artifact_info, require
 from .export_checks import WEIGHT_ONLY, check_export_flags, given_options
 from .options import (
     ATTENTION_HELP,
+    CALIB_INPUT_HELP,
     CALIB_PRECISION_HELP,
     GRAPH_HELP,
     HEAD_HELP,
@@ -217,7 +218,9 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     if not as_json:
         say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
     if streaming:
-        _predict_stream(pred, camera if camera is not None else input, output, detect_every, smooth, as_json)
+        from .stream_predict import predict_stream
+
+        predict_stream(pred, camera if camera is not None else input, output, detect_every, smooth, as_json, say, _json)
         return
     failed: list[tuple[Path, Exception]] = []
 
@@ -240,28 +243,6 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
         raise typer.Exit(code=1)
 
 
-def _predict_stream(pred, source, output: Path, detect_every: int, smooth: bool, as_json: bool) -> None:
-    """A video, URL or camera: an annotated video and one JSON line per frame."""
-    from ..runtime.tracking import OneEuro
-    from ..runtime.video import write_stream
-
-    name = f"camera{source}" if isinstance(source, int) else Path(str(source).rstrip("/")).stem or "stream"
-    output.mkdir(parents=True, exist_ok=True)
-    video, jsonl = output / f"{name}.annotated.mp4", output / f"{name}.jsonl"
-    start = time.perf_counter()
-    stream = pred.stream(source, detect_every=detect_every, smooth=OneEuro() if smooth else None)
-    counts = write_stream(stream, video, jsonl)
-    seconds = time.perf_counter() - start
-    if as_json:
-        _json({"task": pred.task, "backend": pred.backend, "video": str(video), "jsonl": str(jsonl),
-               "seconds": seconds, **counts})
-        return
-    fps = counts["written"] / seconds if seconds > 0 else 0.0
-    say(f"{counts['written']} frame(s) written ({counts['frames']} read, {counts['dropped']} dropped"
-        f"{', the source ended early' if counts.get('truncated') else ''}) at {fps:.1f} FPS; "
-        f"{video} and {jsonl}")
-
-
 # --- quantize ---------------------------------------------------------------------------------------
 @app.command(name="quantize")
 def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.safetensors, directory or HF id)"),
@@ -279,14 +260,15 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  head: HeadPrecision = typer.Option("float", help=HEAD_HELP),
                  group_size: int = typer.Option(DEFAULT_GROUP_SIZE, help="int4-weight: inputs per weight scale "
                                                 "(16, 32, 64, 128 or 256)"),
-                 input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)")) -> None:
+                 input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
+                 calib_input_size: Optional[str] = typer.Option(None, help=CALIB_INPUT_HELP)) -> None:
     """Quantize a checkpoint, report its task fidelity against the float model, save it."""
     require("torch", "quantize")
     from .. import load_model
     from ..runtime.inputs import split_images
     from ..workflows import quantize_and_save
 
-    scheme = str(scheme)
+    scheme, calib_shape = str(scheme), parse_size(calib_input_size, "--calib-input-size")
     calib_images, eval_images, eval_source = split_images(calib, holdout, calib_size, eval_samples)
     model = load_model(checkpoint)
     options = {} if scheme == "mixed" and budget is not None else {"activation_mode": str(activation_mode)}
@@ -294,7 +276,7 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
         options = {"group_size": group_size}
     if scheme not in WEIGHT_ONLY:
         options["calibration_precision"] = str(calibration_precision)
-    options.update(opt_in_parts(attention, head))
+    options.update(opt_in_parts(attention, head), calibration_input_size=calib_shape)
     options["inplace"] = True  # the loaded float model is not used again: no second copy of its weights
     if budget is not None:
         options["budget"] = budget
@@ -325,6 +307,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                attention: AttentionInputs = typer.Option("float", help=ATTENTION_HELP),
                head: HeadPrecision = typer.Option("float", help=HEAD_HELP),
                input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
+               calib_input_size: Optional[str] = typer.Option(None, help=CALIB_INPUT_HELP),
                max_batch: int = typer.Option(8, min=1, help="largest batch the artifact accepts"),
                opset: Optional[int] = typer.Option(None, help="ONNX opset (onnx, openvino): 18 (default, portable) or 23"),
                graph: Optional[OnnxGraph] = typer.Option(None, "--graph", help=GRAPH_HELP),
@@ -337,6 +320,12 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     fmt, scheme = str(format), (str(scheme) if scheme is not None else None)
     options = given_options(opset=opset, graph=graph)
     check_export_flags(scheme, fmt, calib, str(activations), str(attention), str(head), options)
+    calib_shape = parse_size(calib_input_size, "--calib-input-size")
+    calibrates = scheme in QUANT_SCHEMES and calib is not None and (scheme not in WEIGHT_ONLY or "int8" in (
+        str(attention), str(head)))
+    if calib_shape is not None and not calibrates:
+        raise ConfigError("--calib-input-size sets the input of the calibration forwards, and this export runs none "
+                          "(they need --calib DIR and a scheme with int8 activations, --attention int8 or --head int8)")
     from .. import export, load_model
     from ..runtime.inputs import split_images
 
@@ -349,12 +338,12 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
     kwargs = given_options(precision=None if scheme in QUANT_SCHEMES else scheme, detector=detector)
     if scheme in QUANT_SCHEMES:
         calib_images, held_out = None, None
-        if calib is not None and (scheme not in WEIGHT_ONLY or "int8" in (str(attention), str(head))):
+        if calibrates:
             calib_images, held_out, _ = split_images(calib, None, calib_size, 8)
             talk.say(f"{model.arch.name} {model.task}: {scheme} ({activations} activations) with "
                      f"{len(calib_images)} calibration images")
         quantize_options: dict = {"input_size": tuple(size or model.input_size), "progress": talk.iterate,
-                                  **opt_in_parts(attention, head)}
+                                  "calibration_input_size": calib_shape, **opt_in_parts(attention, head)}
         if calib_images is not None:
             quantize_options["calibration_size"] = calib_size
         if scheme == "int4-weight":

@@ -38,6 +38,8 @@ Arch = _choices("Arch", RELEASED_PRETRAIN_SIZES)
 DemoSize = _choices("DemoSize", ("auto", *RELEASED_PRETRAIN_SIZES))
 Activations = _choices("Activations", ("static", "dynamic"))
 CalibPrecision = _choices("CalibPrecision", ("auto", "fp32", "bf16"))
+CALIB_INPUT_HELP = ("network input HxW of the calibration forwards, e.g. 512x384: half the side is ~5x faster "
+                    "at 1024x768; the held-out fidelity is still measured at --input-size (default: --input-size)")
 CALIB_PRECISION_HELP = ("precision of the calibration forwards: auto (bf16 on a CPU with native bf16, "
                         "faster; else fp32), fp32 or bf16")
 Dtype = _choices("Dtype", ("fp32", "bf16", "fp16"))
@@ -110,14 +112,14 @@ def opt_in_parts(attention, head) -> dict[str, str]:
     return {k: str(v) for k, v in (("attention", attention), ("head", head)) if str(v) != "float"}
 
 
-def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+def parse_size(text: Optional[str], flag: str = "--input-size") -> Optional[tuple[int, int]]:
     """``--input-size 1024x768`` -> (H, W)."""
     if text is None:
         return None
     try:
         h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
     except ValueError:
-        raise ConfigError(f"--input-size must look like 1024x768 (H x W), got {text!r}") from None
+        raise ConfigError(f"{flag} must look like 1024x768 (H x W), got {text!r}") from None
     return h, w
 
 

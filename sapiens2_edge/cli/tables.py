@@ -12,6 +12,9 @@ def report_table(report) -> Table:
     table.add_column("value", justify="right")
     table.add_row("size", f"{report.size_before_bytes / 1e6:.2f} MB -> {report.size_after_bytes / 1e6:.2f} MB "
                           f"({report.size_after_bytes / max(report.size_before_bytes, 1):.3f}x)")
+    calibration = report.calibration or {}
+    if calibration.get("input_size"):
+        table.add_row("calibration", f"{calibration.get('num_samples')} images at {'x'.join(map(str, calibration['input_size']))}")
     if report.output_sqnr_db is not None:
         table.add_row("output SQNR (calibration)", f"{report.output_sqnr_db:.1f} dB")
     for k, v in report.fidelity.items():

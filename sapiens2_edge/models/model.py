@@ -60,6 +60,16 @@ class Sapiens2Model(nn.Module):
             return {k[len("backbone."):]: v for k, v in sd.items()}
         return dict(sd)
 
+    def check_input_size(self, h: int, w: int) -> None:
+        """An :class:`InputSizeError` unless the model runs at (h, w)."""
+        m = self.arch.input_multiple
+        if h < m or w < m or h % m or w % m:
+            kind = "the 4K tokenizer (16-px patches in 4x4 windows)" if self.arch.is_4k else "16-px patches"
+            raise InputSizeError(f"input size {h}x{w} is not a positive multiple of {m} in both sides, as {kind} need")
+        if self.task == "pointmap" and (h, w) != tuple(self.input_size):
+            want = "x".join(map(str, self.input_size))
+            raise InputSizeError(f"the pointmap head's scale branch was built for {want} inputs, got {h}x{w}")
+
     def check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise InvalidTensorError(f"expected a torch.Tensor of shape (B,3,H,W), got {type(x).__name__}")
@@ -67,14 +77,7 @@ class Sapiens2Model(nn.Module):
             raise InvalidTensorError(f"expected input of shape (B,3,H,W), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise InvalidTensorError(f"expected a normalised float input, got dtype {x.dtype}")
-        h, w = x.shape[-2:]
-        m = self.arch.input_multiple
-        if h < m or w < m or h % m or w % m:
-            kind = "the 4K tokenizer (16-px patches in 4x4 windows)" if self.arch.is_4k else "16-px patches"
-            raise InputSizeError(f"input size {h}x{w} is not a positive multiple of {m} in both sides, as {kind} need")
-        if self.task == "pointmap" and (h, w) != self.input_size:
-            want = "x".join(map(str, self.input_size))
-            raise InputSizeError(f"the pointmap head's scale branch was built for {want} inputs, got {h}x{w}")
+        self.check_input_size(*x.shape[-2:])
         if not torch.compiler.is_compiling() and not torch.jit.is_tracing() and torch.isnan(x).any():
             raise InvalidTensorError("the input holds NaN values")
 

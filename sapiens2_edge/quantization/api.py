@@ -47,7 +47,8 @@ def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> 
     if stray:
         raise ConfigError(f"quantize option(s) {stray} set what the config object already says; with "
                           f"{type(config).__name__}(...) only {', '.join(SELECTION_OPTIONS)}, kernel, progress, held_out, inplace "
-                          "and the calibration settings (calibration_size, batch_size, input_size, report_samples) are "
+                          "and the calibration settings (calibration_size, batch_size, input_size, report_samples, "
+                          "calibration_input_size) are "
                           "accepted: put the rest on the config (e.g. Int8(activations=Static('mse')))")
     return config, make_recipe(config.name, **config.recipe_options(), **options, **calibration.recipe_options())
 
@@ -76,7 +77,7 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     kernels; default ``float``),
     ``progress`` (None = bar on a terminal only), ``kernel`` (the GEMM path, default
     ``auto``), the calibration settings ``calibration_size``, ``batch_size``, ``input_size``,
-    ``report_samples`` (shorthands of the Calibration fields); with a scheme name also any other
+    ``report_samples``, ``calibration_input_size`` (shorthands of the Calibration fields); with a scheme name also any other
     :class:`QuantRecipe` field (``weight_granularity``, ``activation_mode``, ``estimator``,
     ``percentile``, ``smoothquant_alpha``, ``layer_schemes``, ``default_scheme``) and, with
     ``scheme="mixed"``, ``budget="seg_agreement>=0.995"`` (and/or ``size<=0.3``), ``mixed_scheme``

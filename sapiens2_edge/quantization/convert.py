@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, QuantizationError
+from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, InputSizeError, QuantizationError
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
 from . import attention_inputs, blockwise, head_int8
@@ -145,9 +145,15 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     groups = [(g, alpha, explicit) for g, alpha, explicit in groups if alpha is not None]
 
     calib: CalibrationSet | None = None
+    input_size = tuple(cal.input_size or model.input_size)  # the report's held-out forwards'
     if cal.data is not None:
-        input_size = tuple(cal.input_size or model.input_size)
-        calib = build_calibration_set(cal.data, model.task, input_size, cal.num_samples, cal.batch_size, progress)
+        calib_size = tuple(cal.calibration_input_size or input_size)
+        if cal.calibration_input_size is not None:
+            try:
+                model.check_input_size(*calib_size)
+            except InputSizeError as e:
+                raise InputSizeError(f"calibration_input_size: {e}") from None
+        calib = build_calibration_set(cal.data, model.task, calib_size, cal.num_samples, cal.batch_size, progress)
     elif static:
         raise CalibrationError(f"activation_mode='static' needs calibration data to set the input ranges of "
                                f"{len(static)} layers; pass calibration= (images or normalised tensors) or use "
@@ -227,15 +233,17 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
         report.calibration = {"num_samples": calib.num_samples, "input_size": list(calib.input_size),
                               "source": calib.source, "precision": recipe.calibration_precision,
                               "layer_sqnr_patch_tokens_max": LAYER_TOKENS}
-        if held_out is None:
+        if held_out is None:  # the calibration inputs, at the calibration forwards' size
             batches = calib.head(cal.report_samples)
             _report_outputs(base, qmodel, batches, device, report, progress, "report")
-            report.calibration["report_samples"] = min(cal.report_samples, calib.num_samples)
+            report.calibration.update(report_samples=min(cal.report_samples, calib.num_samples),
+                                      report_input_size=list(calib.input_size))
         else:  # one float and one quantized forward per held-out batch give the report and the fidelity
             from .evaluate import as_batches
             from .fidelity import FidelityAccumulator
 
-            size = tuple(calib.input_size)
+            size = input_size
+            report.calibration["report_input_size"] = list(size)
             batches = as_batches(held_out, model.task, size, held_out_samples, report_batch_size(cal.batch_size, size),
                                  progress)
             fidelity = FidelityAccumulator(model.task, size)

@@ -30,6 +30,7 @@ from .config import (
     LayerQuantConfig,
     QuantRecipe,
     _check_choice,
+    as_size,
     check_alpha,
     check_calibration_settings,
     check_count,
@@ -247,7 +248,10 @@ class Calibration:
     """Calibration data and how it is used: at most ``num_samples`` inputs, forward batches of
     ``batch_size``, network input ``input_size`` (H, W) (None = the model's), and
     ``report_samples`` inputs for the report's per-layer output SQNR (held-out ones where the
-    report has them, else calibration inputs, which then also give its output SQNR). ``data``: a
+    report has them, else calibration inputs, which then also give its output SQNR), and
+    ``calibration_input_size`` (H, W), the calibration forwards' input where it is not
+    ``input_size`` (None = ``input_size``; smaller is cheaper, the held-out report stays at
+    ``input_size``). ``data``: a
     folder of images, an iterable of RGB uint8 images / paths, or of normalised (B,3,H,W) tensors
     (None = no data)."""
 
@@ -256,18 +260,18 @@ class Calibration:
     batch_size: int = 4
     input_size: tuple[int, int] | None = None
     report_samples: int = 8
+    calibration_input_size: tuple[int, int] | None = None
 
     #: the keyword options of ``quantize`` that are shorthands of these fields
     SHORTHANDS: ClassVar[dict[str, str]] = {"calibration_size": "num_samples", "batch_size": "batch_size",
-                                            "input_size": "input_size", "report_samples": "report_samples"}
+                                            "input_size": "input_size", "report_samples": "report_samples",
+                                            "calibration_input_size": "calibration_input_size"}
 
     def __post_init__(self) -> None:
-        if self.input_size is not None and not isinstance(self.input_size, (str, bytes)):
-            try:
-                object.__setattr__(self, "input_size", tuple(self.input_size))
-            except TypeError:
-                pass
-        check_calibration_settings(self.num_samples, self.batch_size, self.input_size, self.report_samples)
+        for key in ("input_size", "calibration_input_size"):
+            object.__setattr__(self, key, as_size(getattr(self, key)))
+        check_calibration_settings(self.num_samples, self.batch_size, self.input_size, self.report_samples,
+                                   self.calibration_input_size)
 
     @classmethod
     def of(cls, calibration: Any, options: dict[str, Any], recipe: QuantRecipe | None = None) -> "Calibration":
@@ -277,14 +281,15 @@ class Calibration:
         if isinstance(calibration, Calibration):
             base = calibration
         elif recipe is not None:
-            base = cls(calibration, recipe.calibration_size, recipe.batch_size, recipe.input_size, recipe.report_samples)
+            base = cls(calibration, recipe.calibration_size, recipe.batch_size, recipe.input_size, recipe.report_samples,
+                       recipe.calibration_input_size)
         else:
             base = cls(calibration)
         return cls(**{**{f: getattr(base, f) for f in ("data", *cls.SHORTHANDS.values())}, **given})
 
     def recipe_options(self) -> dict[str, Any]:
         return {"calibration_size": self.num_samples, "batch_size": self.batch_size, "input_size": self.input_size,
-                "report_samples": self.report_samples}
+                "report_samples": self.report_samples, "calibration_input_size": self.calibration_input_size}
 
 
 # --- strings and recipes <-> config objects ----------------------------------------------------------
