@@ -21,11 +21,11 @@ from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_ten
 from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
 from sapiens2_edge.quantization.attention_inputs import quantized_attentions
 from sapiens2_edge.quantization.config import QuantRecipe, make_recipe
-from sapiens2_edge.quantization.evaluate import evaluate
 from sapiens2_edge.runtime import open_artifact
 from sapiens2_edge.runtime.native_backend import NativeBackend, onednn_status
 from sapiens2_edge.runtime.openvino_backend import OpenVINOBackend
-from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
+from tests.fixtures.gates import assert_int8_gates
+from tests.fixtures.synthetic import make_people
 from tests.fixtures.tiny import INPUT, tiny_model
 
 DATA = Path(__file__).parent / "fixtures" / "data"
@@ -202,15 +202,10 @@ def test_trained_fixtures_keep_their_gates(task):
     int8 attention inputs on top of the int8 static recipe."""
     model = s2e.load_model(DATA / f"trained_tiny_{task}.safetensors")
     calib = list(make_people(16, seed=1001, size=SIZE)[0])
-    held_out = list(make_people(16, seed=2002, size=SIZE)[0])
     q, _ = s2e.quantize(model, "int8", calibration=calib, input_size=SIZE, activation_mode="static",
                         attention="int8", progress=False)
     assert len(quantized_attentions(q)) > 0
-    if task == "seg":
-        assert evaluate(model, q, held_out, input_size=SIZE, samples=16)["seg_agreement"] >= 0.99
-    else:
-        fid = evaluate(model, q, held_out, input_size=SIZE, samples=16, keypoints=VISIBLE_KEYPOINTS)
-        assert fid["pose_mean_px"] <= 0.5, fid
+    assert_int8_gates(model, q, task)
 
 
 def test_native_long_sequence_runs_the_int8_values_through_its_attention(tmp_path):

@@ -20,7 +20,8 @@ from sapiens2_edge.quantization.config import QuantRecipe
 from sapiens2_edge.quantization.evaluate import evaluate
 from sapiens2_edge.quantization.schemes import Calibration
 from sapiens2_edge.quantization.serialize import load_quantized, save_quantized
-from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
+from tests.fixtures.gates import assert_int8_gates
+from tests.fixtures.synthetic import make_people
 from tests.fixtures.tiny import save, tiny_model
 
 DATA = Path(__file__).parent / "fixtures" / "data"
@@ -65,12 +66,7 @@ def test_trained_fixtures_calibrated_at_half_the_side_meet_the_gates(seg, task):
     >= 99 %, pose displacement <= 0.5 px, the gates of full-size calibration."""
     model = seg if task == "seg" else s2e.load_model(DATA / "trained_tiny_pose.safetensors")
     q, _ = s2e.quantize(model, "int8", CALIB, input_size=SIZE, calibration_input_size=SMALL, **STATIC)
-    held = list(make_people(16, seed=2002, size=SIZE)[0])
-    if task == "seg":
-        assert evaluate(model, q, held, input_size=SIZE, samples=16)["seg_agreement"] >= 0.99
-    else:
-        fid = evaluate(model, q, held, input_size=SIZE, samples=16, keypoints=VISIBLE_KEYPOINTS)
-        assert fid["pose_mean_px"] <= 0.5, fid
+    assert_int8_gates(model, q, task)
 
 
 def test_the_recipe_keeps_both_sizes_through_a_saved_checkpoint(tmp_path):
@@ -101,11 +97,15 @@ def test_pointmap_calibrates_at_the_size_its_head_was_built_for():
         s2e.quantize(model, "int8", CALIB, calibration_input_size=small, **STATIC)
 
 
+def _image_folder(path: Path, n: int) -> Path:
+    path.mkdir()
+    for i, image in enumerate(CALIB[:n]):
+        cv2.imwrite(str(path / f"{i}.png"), image[:, :, ::-1])
+    return path
+
+
 def test_cli_quantize_calibrates_at_the_asked_size(tmp_path):
-    images = tmp_path / "imgs"
-    images.mkdir()
-    for i, image in enumerate(CALIB[:6]):
-        cv2.imwrite(str(images / f"{i}.png"), image[:, :, ::-1])
+    images = _image_folder(tmp_path / "imgs", 6)
     ckpt = save(tiny_model("seg"), tmp_path / "seg.safetensors")
     out, report = tmp_path / "q.safetensors", tmp_path / "q.json"
     res = CliRunner().invoke(app, ["quantize", str(ckpt), "--calib", str(images), "--calib-size", "4",
@@ -119,10 +119,7 @@ def test_cli_quantize_calibrates_at_the_asked_size(tmp_path):
 
 
 def test_cli_export_calibrates_at_the_asked_size(tmp_path):
-    images = tmp_path / "imgs"
-    images.mkdir()
-    for i, image in enumerate(CALIB[:4]):
-        cv2.imwrite(str(images / f"{i}.png"), image[:, :, ::-1])
+    images = _image_folder(tmp_path / "imgs", 4)
     ckpt = save(tiny_model("seg"), tmp_path / "seg.safetensors")
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--scheme", "int8", "--calib", str(images),
                                    "--calib-size", "4", "--input-size", "128x96", "--calib-input-size", "64x48",
