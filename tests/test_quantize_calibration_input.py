@@ -69,6 +69,16 @@ def test_trained_fixtures_calibrated_at_half_the_side_meet_the_gates(seg, task):
     assert_int8_gates(model, q, task)
 
 
+def test_a_mixed_budget_search_calibrates_its_candidates_at_the_asked_size(seg):
+    """The search measures each candidate at the network input, and calibrates it at the smaller one."""
+    q, rep = s2e.quantize(seg, "mixed", CALIB, input_size=SIZE, calibration_input_size=SMALL,
+                          budget="seg_agreement>=0.995", samples=4, **STATIC)
+    assert rep.calibration["input_size"] == list(SMALL) and q.recipe.calibration_input_size == SMALL
+    assert rep.fidelity["seg_agreement"] >= 0.995
+    assert evaluate(seg, q, CALIB[:4], input_size=SIZE, samples=4)["seg_agreement"] == pytest.approx(
+        rep.fidelity["seg_agreement"], abs=1e-6)
+
+
 def test_the_recipe_keeps_both_sizes_through_a_saved_checkpoint(tmp_path):
     q, _ = s2e.quantize(tiny_model("seg"), "int8", CALIB, input_size=SIZE, calibration_input_size=SMALL,
                         calibration_size=2, **STATIC)

@@ -115,6 +115,9 @@ def search_mixed(model, config, recipe, calibration, *, kernel: str = "auto", pr
     size_c = [c for c in constraints if c.metric in SIZE_METRICS]
     input_size = tuple(calibration.input_size or model.input_size)
     batches = as_batches(calibration.data, model.task, input_size, config.search_samples, calibration.batch_size)
+    calib_size = tuple(calibration.calibration_input_size or input_size)  # each candidate calibrates at this size
+    calib_batches = batches if calib_size == input_size else as_batches(
+        calibration.data, model.task, calib_size, config.search_samples, calibration.batch_size)
     reference = run_outputs(model, batches, "float", False)
     float_bytes = state_bytes(model)
     candidates = candidate_linears(model)
@@ -131,7 +134,7 @@ def search_mixed(model, config, recipe, calibration, *, kernel: str = "auto", pr
             return None, None, fid
         mixed = replace(config, budget=None, layers={n: config.fallback for n in order[:k]})
         record = replace(recipe, layer_schemes={n: fallback for n in order[:k]})
-        qm, rep = apply(model, plan_layers(mixed, record, candidates), replace(calibration, data=batches),
+        qm, rep = apply(model, plan_layers(mixed, record, candidates), replace(calibration, data=calib_batches),
                         recipe=record, kernel=kernel, progress=False)
         fid = task_fidelity(model.task, reference, run_outputs(qm, batches, show=False), input_size)
         fid["size"] = state_bytes(qm) / float_bytes
