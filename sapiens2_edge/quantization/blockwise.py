@@ -84,8 +84,8 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
                                             static_set, configs, recipe)
                 remove = attach_input_observers(base, attached)
                 try:
-                    for j in range(len(states)):  # in place: each old state is freed as it is replaced
-                        states[j] = run(states[j])
+                    for j in range(len(states)):
+                        _advance(states, j, run)
                 finally:
                     remove()
         if head:
@@ -97,6 +97,19 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
         act = configs[n].activation
         ranges[n] = observers[n].range(act.estimator, act.percentile, act.dtype)
     return smoothed, ranges
+
+
+def _advance(states: list[torch.Tensor], j: int, run) -> None:
+    """``states[j] = run(states[j])``, the result written into the state's own buffer where it fits:
+    the kept states then never move, and every allocation of the forward is freed before the next
+    image's. A fresh buffer per image and block, allocated while the forward's transients were live,
+    left holes the reused heap (:mod:`sapiens2_edge.heap`) could not fill: 0.4b at 1024x768 with 32
+    images peaked at 5.4 GB instead of under 4."""
+    out = run(states[j])
+    if out.dtype == states[j].dtype and out.shape == states[j].shape:
+        states[j].copy_(out)
+    else:
+        states[j] = out
 
 
 def _embed(base, calib: CalibrationSet, device) -> tuple[list[torch.Tensor], Any, int, int]:
