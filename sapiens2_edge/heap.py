@@ -16,7 +16,11 @@ beside the heap's new top. Measured (AVX2 EPYC, see benchmarks/results/quantize.
 their peak (0.1b 512x384, 0.4b 1024x768) and run 10-16 % faster; quantizing 0.4b at 1024x768 (4 + 2
 images) runs 21 % faster at the same peak (3.68 GiB on, 3.72 off; it was 3.95 against 3.54 while loading
 left 1.6 GB of freed heap behind it), a tiny checkpoint's at 1.21-1.24 GB against 1.10.
-``SAPIENS2_EDGE_HEAP_REUSE=0`` turns it off where memory is the limit.
+``SAPIENS2_EDGE_HEAP_REUSE=0`` turns it off where memory is the limit. Work that runs in phases
+gives the free pages back between them with :func:`release_freed_heap`: quantization after
+preprocessing, after each calibration pass and after each half block of block-by-block calibration,
+whose heap otherwise grew over a half block's 32 forwards and kept it (2.63 -> 2.26 GB for an 8-block
+model of 0.4b's width; benchmarks/results/quantize.md).
 
 Loading frees memory too: ONNX Runtime parses a model's weights into many buffers, copies them into its
 own layouts (prepacked GEMM weights) and frees them. glibc keeps freed blocks of its heap for later

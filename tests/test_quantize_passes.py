@@ -450,3 +450,15 @@ def test_bf16_calibration_forwards_use_the_smoothed_weights(seg, block_by_block,
         # the bf16 forwards round differently where the folded factors differ by float32 ulps
         # (block by block, the maxima are read behind blocks already smoothed)
         assert lr.input_range == pytest.approx(want[lr.name], rel=2e-2), lr.name
+
+
+def test_block_by_block_calibration_gives_freed_heap_back_after_embedding_and_each_half_block(seg, monkeypatch):
+    """The heap's freed pages go back to the system between the phases of calibration (kept within a
+    phase: see sapiens2_edge/heap.py), not after every image."""
+    from sapiens2_edge.quantization import blockwise
+
+    calls: list[int] = []
+    monkeypatch.setattr(blockwise, "release_freed_heap", lambda: calls.append(1) or True)
+    quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+             activation_mode="static", estimator="percentile")
+    assert len(calls) == 1 + 2 * len(seg.backbone.blocks)

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, InputSizeError, QuantizationError
+from ..heap import release_freed_heap
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
 from . import attention_inputs, blockwise, head_int8
@@ -154,6 +155,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             except InputSizeError as e:
                 raise InputSizeError(f"calibration_input_size: {e}") from None
         calib = build_calibration_set(cal.data, model.task, calib_size, cal.num_samples, cal.batch_size, progress)
+        release_freed_heap()  # the decoded images' pages (each phase's forwards allocate afresh; see heap.py)
     elif static:
         raise CalibrationError(f"activation_mode='static' needs calibration data to set the input ranges of "
                                f"{len(static)} layers; pass calibration= (images or normalised tensors) or use "
@@ -198,6 +200,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     finally:
         attention_inputs.remove(base, attentions)
         remove_deconv_observers()
+    release_freed_heap()
 
     # -- convert ----------------------------------------------------------------------------------
     qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
@@ -306,6 +309,7 @@ def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, de
         _run_backbone(base, calib, device, desc, show, len(calib), head)
     finally:
         remove()
+    release_freed_heap()
 
 
 def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe: QuantRecipe, device,
