@@ -462,3 +462,13 @@ def test_block_by_block_calibration_gives_freed_heap_back_after_embedding_and_ea
     quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
              activation_mode="static", estimator="percentile")
     assert len(calls) == 1 + 2 * len(seg.backbone.blocks)
+
+
+def test_the_report_gives_freed_heap_back_after_each_batch(seg, monkeypatch):
+    from sapiens2_edge.quantization import measure
+
+    calls: list[int] = []
+    monkeypatch.setattr(measure, "release_freed_heap", lambda: calls.append(1) or True)
+    _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="fp32",
+                      held_out=HELD_OUT, batch_size=1)
+    assert rep.fidelity["samples"] == 4 and len(calls) == 4

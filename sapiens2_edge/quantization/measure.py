@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..heap import release_freed_heap
 from ..kernels import numerics as nx
 from .calibration import progress
 
@@ -71,6 +72,12 @@ def _numpy(out) -> Outputs:
     return tuple(o.float().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
 
 
+def _output_energies(ref: Outputs, test: Outputs) -> tuple[float, float]:
+    """:func:`energies` summed over the outputs of one batch."""
+    pairs = [energies(torch.from_numpy(r), torch.from_numpy(t)) for r, t in zip(ref, test, strict=True)]
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
 def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.Module],
                     batches: Iterable[torch.Tensor], total: int | None, device, *,
                     on_outputs: Callable[[Outputs, Outputs], None] | None = None,
@@ -105,14 +112,15 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
             for b in progress(batches, total, desc, show):
                 b = b.to(device)
                 ref, test = _numpy(base(b)), _numpy(qmodel(b))
-                for r, t in zip(ref, test, strict=True):
-                    s, e = energies(torch.from_numpy(r), torch.from_numpy(t))
-                    sig, noise = sig + s, noise + e
+                s, e = _output_energies(ref, test)
+                sig, noise = sig + s, noise + e
                 if on_outputs is not None:
                     on_outputs(ref, test)
                 if layer_samples is None or seen[0] < layer_samples:
                     layer_inputs += b.shape[0]
                 seen[0] += b.shape[0]
+                del ref, test
+                release_freed_heap()  # a batch's forwards grow the reused heap; see sapiens2_edge.heap
     finally:
         for h in handles:
             h.remove()
