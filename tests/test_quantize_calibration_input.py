@@ -5,6 +5,7 @@ trained fixtures still meet the fidelity gates at their own size."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -39,16 +40,18 @@ def seg():
 def test_calibrating_smaller_is_the_calibration_at_that_size_and_the_report_stays_at_the_input(seg):
     """The quantized tensors are those of a model calibrated with ``input_size`` = the small size
     (same images, same forwards); the held-out report is measured at the network input and equals
-    a separate ``evaluate`` there."""
-    q, rep = s2e.quantize(seg, "int8", CALIB, input_size=SIZE, calibration_input_size=SMALL, held_out=HELD_OUT,
-                          held_out_samples=4, **STATIC)
+    a separate ``evaluate`` there, against the same (smoothed: ``inplace``) float model."""
+    smoothed = copy.deepcopy(seg)
+    q, rep = s2e.quantize(smoothed, "int8", CALIB, input_size=SIZE, calibration_input_size=SMALL, held_out=HELD_OUT,
+                          held_out_samples=4, inplace=True, **STATIC)
     ref, _ = s2e.quantize(seg, "int8", CALIB, input_size=SMALL, **STATIC)
     got, want = q.state_dict(), ref.state_dict()
     assert list(got) == list(want)
     for k in want:
         assert torch.equal(got[k], want[k]), k
     assert rep.calibration["input_size"] == list(SMALL) and rep.calibration["report_input_size"] == list(SIZE)
-    separate = evaluate(seg, q, HELD_OUT, input_size=SIZE, samples=4)
+    # against the caller's own float model the labels could differ where float rounding flips a near tie
+    separate = evaluate(smoothed, q, HELD_OUT, input_size=SIZE, samples=4)
     assert rep.fidelity["seg_agreement"] == pytest.approx(separate["seg_agreement"], abs=1e-6)
     assert q.recipe.calibration_input_size == SMALL and q.recipe.input_size == SIZE
 
