@@ -46,33 +46,35 @@ def _two_pass_ranges(model, estimator: str, alpha: float = 0.5) -> dict[str, flo
     return {n: o.range(estimator) for n, o in _observe_ranges(_smoothed_copy(model, alpha)).items()}
 
 
-def _smoothed_copy(model, alpha: float | None = 0.5):
+def _smoothed_copy(model, alpha: float | None = 0.5, bf16: bool = False):
     """A float copy with SmoothQuant folded in, from its own full pass over the calibration batches."""
     base = float_copy(model).eval()
     if alpha is None:
         return base
     groups = find_groups(base)
     obs = {g.linears[0]: ChannelAbsMaxObserver(NUM_PREFIX_TOKENS) for g in groups}
-    remove = attach_input_observers(base, obs)
-    with torch.no_grad():
-        for b in BATCHES:
-            base(b)
-    remove()
+    _observed_pass(base, obs, bf16)
     mods = dict(base.named_modules())
     for g in groups:
         apply_smoothing(base, g, smoothing_scales(obs[g.linears[0]].amax, [mods[n].weight for n in g.linears], alpha))
     return base
 
 
-def _observe_ranges(base) -> dict:
+def _observe_ranges(base, bf16: bool = False) -> dict:
     """One plain observation pass of every candidate linear's input over the calibration batches."""
     ranges = {n: RangeObserver(NUM_PREFIX_TOKENS) for n in candidate_linears(base)}
-    remove = attach_input_observers(base, ranges)
-    with torch.no_grad():
+    _observed_pass(base, ranges, bf16)
+    return ranges
+
+
+def _observed_pass(base, observers: dict, bf16: bool) -> None:
+    """``base`` over the calibration batches with ``observers`` attached; ``bf16``: under an autocast
+    context of the pass's own (its weights cast afresh)."""
+    remove = attach_input_observers(base, observers)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for b in BATCHES:
             base(b)
     remove()
-    return ranges
 
 
 @pytest.mark.parametrize("estimator, block_by_block", [("minmax", False), ("percentile", True), ("mse", True)])
@@ -409,29 +411,6 @@ def test_block_by_block_calibration_keeps_each_image_state_in_its_own_buffer(seg
     assert states[0] is not x and states[0].dtype == torch.float64
 
 
-def _bf16_two_pass_ranges(model, estimator: str, alpha: float = 0.5) -> dict[str, float]:
-    """The two-pass reference with every forward under bf16 autocast, each pass in a context of its
-    own (weights cast afresh after the smoothing is folded in)."""
-    base = float_copy(model).eval()
-    groups = find_groups(base)
-    obs = {g.linears[0]: ChannelAbsMaxObserver(NUM_PREFIX_TOKENS) for g in groups}
-    remove = attach_input_observers(base, obs)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for b in BATCHES:
-            base(b)
-    remove()
-    mods = dict(base.named_modules())
-    for g in groups:
-        apply_smoothing(base, g, smoothing_scales(obs[g.linears[0]].amax, [mods[n].weight for n in g.linears], alpha))
-    ranges = {n: RangeObserver(NUM_PREFIX_TOKENS) for n in candidate_linears(base)}
-    remove = attach_input_observers(base, ranges)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for b in BATCHES:
-            base(b)
-    remove()
-    return {n: o.range(estimator) for n, o in ranges.items()}
-
-
 @pytest.mark.parametrize("block_by_block", [True, False])
 def test_bf16_calibration_forwards_use_the_smoothed_weights(seg, block_by_block, monkeypatch):
     """bf16 calibration folds SmoothQuant into the float weights between forwards: the forwards after
@@ -445,7 +424,7 @@ def test_bf16_calibration_forwards_use_the_smoothed_weights(seg, block_by_block,
     _, rep = quantize(seg, "int8", calibration=CALIB, input_size=INPUT, calibration_precision="bf16",
                       activation_mode="static", estimator="percentile", progress=hook)
     assert any("block by block" in s for s in seen) == block_by_block, seen
-    want = _bf16_two_pass_ranges(seg, "percentile")
+    want = {n: o.range("percentile") for n, o in _observe_ranges(_smoothed_copy(seg, bf16=True), bf16=True).items()}
     for lr in rep.layers:
         # the bf16 forwards round differently where the folded factors differ by float32 ulps
         # (block by block, the maxima are read behind blocks already smoothed)
