@@ -19,9 +19,9 @@ left 1.6 GB of freed heap behind it), a tiny checkpoint's at 1.21-1.24 GB agains
 ``SAPIENS2_EDGE_HEAP_REUSE=0`` turns it off where memory is the limit. Work that runs in phases
 gives the free pages back between them with :func:`release_freed_heap`: quantization after
 preprocessing, after each calibration pass, after each half block of block-by-block calibration
-(whose heap otherwise grew over a half block's 32 forwards and kept it: 2.63 -> 2.26 GB for an 8-block
-model of 0.4b's width) and after each batch of its report (0.4b: 4.48 -> 4.22 GB;
-benchmarks/results/quantize.md).
+(whose heap otherwise grew over a half block's 32 forwards and kept it: RSS after the last half block
+2624 -> 1517 MiB for an 8-block model of 0.4b's width) and before each batch of its report
+(benchmarks/results/quantize.md).
 
 Loading frees memory too: ONNX Runtime parses a model's weights into many buffers, copies them into its
 own layouts (prepacked GEMM weights) and frees them. glibc keeps freed blocks of its heap for later

@@ -443,7 +443,7 @@ def test_block_by_block_calibration_gives_freed_heap_back_after_embedding_and_ea
     assert len(calls) == 1 + 2 * len(seg.backbone.blocks)
 
 
-def test_the_report_gives_freed_heap_back_after_each_batch(seg, monkeypatch):
+def test_the_report_gives_freed_heap_back_before_each_batch(seg, monkeypatch):
     from sapiens2_edge.quantization import measure
 
     calls: list[int] = []

@@ -110,6 +110,8 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
     try:
         with torch.no_grad():
             for b in progress(batches, total, desc, show):
+                # the forwards before (a batch's, the conversion's) grew the reused heap: see sapiens2_edge.heap
+                release_freed_heap()
                 b = b.to(device)
                 ref, test = _numpy(base(b)), _numpy(qmodel(b))
                 s, e = _output_energies(ref, test)
@@ -120,7 +122,6 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
                     layer_inputs += b.shape[0]
                 seen[0] += b.shape[0]
                 del ref, test
-                release_freed_heap()  # a batch's forwards grow the reused heap; see sapiens2_edge.heap
     finally:
         for h in handles:
             h.remove()
