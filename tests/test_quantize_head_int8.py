@@ -48,7 +48,6 @@ class DeconvInputs:
             return real(x, w, *args, **kw)
 
         monkeypatch.setattr(torch.nn.functional, "conv_transpose2d", spy)
-        monkeypatch.setattr(head_int8.F, "conv_transpose2d", spy)
 
 
 @pytest.fixture(scope="module")

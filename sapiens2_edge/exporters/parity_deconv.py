@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.heads import DeconvHead, InstanceNorm
+from ..models.heads import INSTANCE_NORM_EPS, DeconvHead, InstanceNorm
 from .onnx_quant import ExportQuantDeconv, dq_channels, qdq_int8
 
 #: Each parity's two kernel taps, in input order: output row 2i reads input rows i - 1, i through kernel
@@ -30,7 +30,6 @@ from .onnx_quant import ExportQuantDeconv, dq_channels, qdq_int8
 PARITY_TAPS = ((3, 1), (2, 0))
 #: The four parities (row, column) in pixel-shuffle order.
 PARITIES = ((0, 0), (0, 1), (1, 0), (1, 1))
-EPS = 1e-5  # InstanceNorm's
 
 
 def parity_weights(deconv: nn.ConvTranspose2d) -> dict[str, torch.Tensor]:
@@ -107,7 +106,7 @@ def pooled_norm_silu(maps: list[torch.Tensor]) -> list[torch.Tensor]:
     mean = sum(m.mean((2, 3), keepdim=True) for m in maps) / len(maps)
     centred = [m - mean for m in maps]
     var = sum((c * c).mean((2, 3), keepdim=True) for c in centred) / len(maps)
-    scale = torch.rsqrt(var + EPS)
+    scale = torch.rsqrt(var + INSTANCE_NORM_EPS)
     return [F.silu(c * scale) for c in centred]
 
 

@@ -10,13 +10,20 @@ from torch import nn
 from ..spec import PATCH_SIZE, check_task
 from .arch import HeadSpec, scale_grid_for
 from .backbone import EPS
+from .lean_head import eager_cpu_inference, instance_norm_, run_units
+
+INSTANCE_NORM_EPS = 1e-5
 
 
 class InstanceNorm(nn.Module):
     """InstanceNorm2d without affine parameters or running statistics (eps 1e-5)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, eps=1e-5)
+        return F.instance_norm(x, eps=INSTANCE_NORM_EPS)
+
+    def forward_(self, x: torch.Tensor) -> torch.Tensor:
+        """The same, written into ``x`` (the eager head's lean path: :mod:`.lean_head`)."""
+        return instance_norm_(x, INSTANCE_NORM_EPS)
 
 
 class RMSNorm2d(nn.Module):
@@ -65,7 +72,10 @@ class DeconvHead(nn.Module):
         self.add_module(self.final_name, nn.Conv2d(spec.conv[-1], spec.out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.final_name)(self.conv_layers(self.deconv_layers(x)))
+        final = getattr(self, self.final_name)
+        if eager_cpu_inference(x):  # the same layers without the full-resolution maps' transients
+            return run_units([*self.deconv_layers, *self.conv_layers, final], x)
+        return final(self.conv_layers(self.deconv_layers(x)))
 
 
 class UpsampleUnit(nn.Sequential):

@@ -22,11 +22,11 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import numerics as nx
+from ..models.lean_head import conv_transpose2d
 from ..models.model import set_module
 from .attention_inputs import fake_quant_int8
 from .observers import finite_absmax
@@ -66,8 +66,8 @@ class QuantDeconv(nn.Module):
         return self.weight.float() * self.weight_scale.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(fake_quant_int8(x, self.input_scale), self.dequantized_weight().to(x.dtype),
-                                  stride=self.stride, padding=self.padding)
+        return conv_transpose2d(fake_quant_int8(x, self.input_scale), self.dequantized_weight().to(x.dtype), None,
+                                self.stride, self.padding)
 
 
 def check_deconv(m: nn.ConvTranspose2d) -> None:

@@ -1,0 +1,137 @@
+"""The pose / seg head's lean eager path (:mod:`sapiens2_edge.models.lean_head`): in CPU inference it
+computes what the head's layers compute one by one (the reference: the same modules run with autograd
+on, which takes the plain path), its transposed convolutions run by groups of output channels no larger
+than the bound, the input is never written, hooks see their layers as usual, and traced, autocast or
+autograd forwards keep the plain layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sapiens2_edge.models.lean_head as lean_head
+from sapiens2_edge.quantization import quantize
+from tests.fixtures.tiny import INPUT, tiny_model
+
+FEATURES = (2, 64, 8, 6)  # the tiny backbone's feature map of a batch of two
+
+
+def _features(seed=0):
+    return torch.randn(*FEATURES, generator=torch.Generator().manual_seed(seed))
+
+
+def _one_by_one(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The head's layers in turn with autograd on: torch's own layers, no lean path."""
+    with torch.enable_grad():
+        for m in (*head.deconv_layers, *head.conv_layers, getattr(head, head.final_name)):
+            x = m(x)
+    return x.detach()
+
+
+class DeconvCalls:
+    """Output bytes of every conv_transpose2d call."""
+
+    def __init__(self, monkeypatch):
+        self.out_bytes: list[int] = []
+        real = F.conv_transpose2d
+
+        def spy(*args, **kw):
+            y = real(*args, **kw)
+            self.out_bytes.append(y.numel() * y.element_size())
+            return y
+
+        monkeypatch.setattr(torch.nn.functional, "conv_transpose2d", spy)
+
+
+def _last_deconv_channel_bytes(head) -> int:
+    """Bytes of one output channel of the head's last transposed convolution for :data:`FEATURES`."""
+    n, _, h, w = FEATURES
+    return n * (h << len(head.deconv_layers) // 3) * (w << len(head.deconv_layers) // 3) * 4
+
+
+@pytest.mark.parametrize("task", ["seg", "pose"])
+def test_lean_path_is_the_layers_one_by_one_with_grouped_transposed_convolutions(task, monkeypatch):
+    head = tiny_model(task).decode_head.eval()
+    x = _features()
+    ref = _one_by_one(head, x)
+    bound = 3 * _last_deconv_channel_bytes(head)  # groups of 3 channels in the last transposed convolution
+    monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
+    calls = DeconvCalls(monkeypatch)
+    before = x.clone()
+    with torch.no_grad():
+        out = head(x)
+    assert torch.equal(x, before)  # norms and SiLU write into what the layers made, never into the input
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    deconvs = len(head.deconv_layers) // 3
+    assert len(calls.out_bytes) > deconvs  # some layer ran as several calls
+    assert max(calls.out_bytes) <= bound
+
+
+def test_int8_head_runs_grouped_too(monkeypatch):
+    model = tiny_model("seg")
+    data = [torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(1))]
+    q, _ = quantize(model, "int8", calibration=data, input_size=INPUT, activation_mode="static", head="int8",
+                    report_samples=0, progress=False)
+    x = _features(3)
+    ref = _one_by_one(q.decode_head, x)
+    bound = 3 * _last_deconv_channel_bytes(model.decode_head)
+    monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
+    calls = DeconvCalls(monkeypatch)
+    with torch.no_grad():
+        out = q.decode_head(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert len(calls.out_bytes) > 4 and max(calls.out_bytes) <= bound
+
+
+def test_hooked_layers_are_called_as_modules():
+    head = tiny_model("seg").decode_head.eval()
+    x = _features(1)
+    seen = []
+    norm, silu, conv = head.deconv_layers[1], head.deconv_layers[2], head.conv_layers[0]
+    handles = [m.register_forward_hook(lambda m, a, out, _k=k: seen.append((_k, out.clone())))
+               for k, m in (("norm", norm), ("silu", silu), ("conv", conv))]
+    try:
+        with torch.no_grad():
+            out = head(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [k for k, _ in seen] == ["norm", "silu", "conv"]
+    with torch.no_grad():
+        first = F.instance_norm(head.deconv_layers[0](x), eps=1e-5)
+    torch.testing.assert_close(seen[0][1], first, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(seen[1][1], F.silu(first), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, _one_by_one(head, x), rtol=1e-5, atol=1e-5)
+
+
+def test_traced_autocast_and_autograd_forwards_take_the_plain_layers(monkeypatch):
+    head = tiny_model("seg").decode_head.eval()
+    x = _features(2)
+    monkeypatch.setattr(lean_head, "GROUP_BYTES", 1)  # the lean path would split every transposed convolution
+    calls = DeconvCalls(monkeypatch)
+    with torch.no_grad():
+        graph = torch.jit.trace(head, x).inlined_graph
+    kinds = [n.kind() for n in graph.nodes()]
+    assert kinds.count("aten::_convolution") == 4 + 2 + 1  # one node per layer: 4 transposed, 2 + 1 1x1 convs
+    assert "aten::instance_norm" in kinds and "aten::var_mean" not in kinds and "aten::addmm" not in kinds
+    calls.out_bytes.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = head(x)
+    assert len(calls.out_bytes) == 4 and y.dtype == torch.bfloat16
+    calls.out_bytes.clear()
+    head(x)
+    assert len(calls.out_bytes) == 4
+
+
+def test_eager_cpu_inference_is_false_under_grad_autocast_and_tracing():
+    x = torch.zeros(1)
+    with torch.no_grad():
+        assert lean_head.eager_cpu_inference(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not lean_head.eager_cpu_inference(x)
+    with torch.enable_grad():
+        assert not lean_head.eager_cpu_inference(x)
+    with torch.inference_mode():
+        assert lean_head.eager_cpu_inference(x)
