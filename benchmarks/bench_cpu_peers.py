@@ -3,10 +3,12 @@
 Rows (each timed in its own process, so peak RSS is the row's own; artifacts are made first, in
 other processes, and cached under --work):
 
-    torch-fp32         torch eager, float32 (the baseline and the reference outputs)
+    torch-fp32         torch eager, float32 (the baseline and the reference outputs), the head's layers one by
+                       one as the official model runs them
     torch-bf16         torch eager under torch.autocast("cpu", bfloat16)
     ours-torch-fp32    s2e's torch backend on the same float model (the Predictor's eager path: freed heap pages
-                       reused while it runs, see sapiens2_edge/heap.py)
+                       reused while it runs, see sapiens2_edge/heap.py; the head's lean eager path,
+                       sapiens2_edge/models/lean_head.py)
     ov-plain           OpenVINO IR of the float model compiled with OpenVINO's defaults
                        (its default precision: bf16 on CPUs with native bf16)
     nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
@@ -174,8 +176,11 @@ def runner_for(row: str, a):
         m = model(a).eval()
         size = sum(p.numel() * p.element_size() for p in m.parameters())
 
+        from sapiens2_edge.models.lean_head import layer_by_layer
+
         def run(x):
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=row == "torch-bf16"):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=row == "torch-bf16"), \
+                    layer_by_layer():
                 out = m(torch.from_numpy(x))
             return (out[0] if isinstance(out, tuple) else out).float().numpy()
         return run, size, f"torch {torch.__version__}"

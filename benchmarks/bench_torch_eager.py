@@ -1,4 +1,5 @@
-"""Baseline: the torch fp32 eager reference model, any preset and input size.
+"""Baseline: the torch fp32 eager reference model, any preset and input size (the head's layers one
+by one, as the official model runs them, not the package's lean eager head).
 
 Each configuration runs in a fresh process so its peak RSS is its own. Weights are random (speed
 does not depend on them). Reports build time, latency count/min/median/p90/max, throughput and
@@ -34,7 +35,9 @@ def measure(arch: str, task: str | None, size: tuple[int, int], warmup: int, run
     model = build_model(arch, task, input_size=size)
     build_s = time.perf_counter() - t0
     x = torch.randn(batch, 3, *size)
-    with torch.inference_mode():
+    from sapiens2_edge.models.lean_head import layer_by_layer
+
+    with torch.inference_mode(), layer_by_layer():
         stats = latency_stats(time_calls(lambda: model(x), warmup, runs))
     return {
         "arch": model.arch.name, "task": task or "featmap", "input": f"{size[0]}x{size[1]}", "batch": batch,

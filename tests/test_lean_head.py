@@ -125,7 +125,7 @@ def test_traced_autocast_and_autograd_forwards_take_the_plain_layers(monkeypatch
     assert len(calls.out_bytes) == 4
 
 
-def test_eager_cpu_inference_is_false_under_grad_autocast_and_tracing():
+def test_eager_cpu_inference_is_false_under_grad_autocast_and_layer_by_layer():
     x = torch.zeros(1)
     with torch.no_grad():
         assert lean_head.eager_cpu_inference(x)
@@ -134,4 +134,7 @@ def test_eager_cpu_inference_is_false_under_grad_autocast_and_tracing():
     with torch.enable_grad():
         assert not lean_head.eager_cpu_inference(x)
     with torch.inference_mode():
+        assert lean_head.eager_cpu_inference(x)
+        with lean_head.layer_by_layer():
+            assert not lean_head.eager_cpu_inference(x)
         assert lean_head.eager_cpu_inference(x)

@@ -11,6 +11,8 @@ compiled or exported: an exported graph keeps the plain layers):
 - a 1x1 convolution is one GEMM per image on the (C, H x W) view of its NCHW input (no reorder);
 - InstanceNorm and SiLU write into their input (the tensor the layer before made).
 
+:func:`layer_by_layer` turns it off (the benchmarks' baseline: the official model's layers).
+
 The 0.4b seg head at 1024x768 (AVX-512 EPYC, 2 threads): peak over its input 1534 -> 489 MiB with the
 freed pages kept, 768 -> 456 MiB without; time 2.13 -> 2.28 s and 3.22 -> 3.12 s. The output differs
 from the layer-by-layer one by float rounding (rel L2 ~2e-6: sums taken in another order).
@@ -18,7 +20,8 @@ from the layer-by-layer one by float rounding (rel L2 ~2e-6: sums taken in anoth
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +29,27 @@ from torch import nn
 
 #: the largest output of one transposed-convolution call (a 16-channel group at 1024x768)
 GROUP_BYTES = 48 << 20
+_plain_depth = 0  # layer_by_layer() blocks running
+
+
+@contextlib.contextmanager
+def layer_by_layer() -> Iterator[None]:
+    """The head's layers one by one even in eager CPU inference: what the official PyTorch model runs
+    (the benchmarks' baseline)."""
+    global _plain_depth
+    _plain_depth += 1
+    try:
+        yield
+    finally:
+        _plain_depth -= 1
 
 
 def eager_cpu_inference(x: torch.Tensor) -> bool:
     """Whether ``x`` goes through an eager forward on the CPU with no autograd graph to keep (and no
     autocast, whose casts decide each layer's dtype)."""
-    return (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
-            and not torch.onnx.is_in_onnx_export())
+    return (x.device.type == "cpu" and not _plain_depth and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
 def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
@@ -115,4 +130,4 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-__all__ = ["eager_cpu_inference", "conv_transpose2d", "pointwise_conv", "instance_norm_", "run_units", "GROUP_BYTES"]
+__all__ = ["eager_cpu_inference", "layer_by_layer", "conv_transpose2d", "pointwise_conv", "instance_norm_", "run_units", "GROUP_BYTES"]
