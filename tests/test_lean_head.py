@@ -138,3 +138,28 @@ def test_eager_cpu_inference_is_false_under_grad_autocast_and_layer_by_layer():
         with lean_head.layer_by_layer():
             assert not lean_head.eager_cpu_inference(x)
         assert lean_head.eager_cpu_inference(x)
+
+
+def test_a_norm_subclass_with_its_own_forward_is_called_and_half_precision_takes_the_layers(monkeypatch):
+    from sapiens2_edge.models.heads import InstanceNorm
+
+    calls = []
+
+    class Float32Norm(InstanceNorm):  # as an exporter's float32 norm in a float16 program
+        def forward(self, x):
+            calls.append(x.dtype)
+            return super().forward(x.float()).to(x.dtype)
+
+    head = tiny_model("seg").decode_head.eval()
+    for i in (1, 4, 7, 10):
+        head.deconv_layers[i] = Float32Norm()
+    x = _features(4)
+    with torch.no_grad():
+        out = head(x)
+    assert len(calls) == 4
+    torch.testing.assert_close(out, _one_by_one(head, x), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(lean_head, "GROUP_BYTES", 1)
+    deconvs = DeconvCalls(monkeypatch)
+    with torch.no_grad():
+        head.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert len(deconvs.out_bytes) == 4  # not grouped: low-precision heads run their layers as they are

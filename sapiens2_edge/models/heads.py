@@ -73,7 +73,7 @@ class DeconvHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         final = getattr(self, self.final_name)
-        if eager_cpu_inference(x):  # the same layers without the full-resolution maps' transients
+        if eager_cpu_inference(x) and x.dtype == torch.float32:  # the same layers without the maps' transients
             return run_units([*self.deconv_layers, *self.conv_layers, final], x)
         return final(self.conv_layers(self.deconv_layers(x)))
 
