@@ -99,6 +99,13 @@ def test_hooked_layers_are_called_as_modules():
         for h in handles:
             h.remove()
     assert [k for k, _ in seen] == ["norm", "silu", "conv"]
+    last = head.deconv_layers[9]
+    last.forward = lambda y: seen.append(("own forward", None)) or F.conv_transpose2d(y, last.weight, None, 2, 1)
+    with torch.no_grad():
+        again = head(x)
+    del last.forward
+    assert seen[-1][0] == "own forward"  # a forward set on the instance is what runs
+    torch.testing.assert_close(again, out, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         first = F.instance_norm(head.deconv_layers[0](x), eps=1e-5)
     torch.testing.assert_close(seen[0][1], first, rtol=1e-6, atol=1e-6)

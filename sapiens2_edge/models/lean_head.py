@@ -94,8 +94,9 @@ def instance_norm_(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x.sub_(mean).mul_(torch.rsqrt(var.add_(eps)))
 
 
-def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks)
+def _called_as_module(m: nn.Module) -> bool:
+    """Hooks, or a forward set on the instance: the layer runs as its own call."""
+    return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -117,12 +118,12 @@ def _in_place_form(m: nn.Module):
 
 def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """``x`` through ``layers`` in turn, the lean way where a layer is one this module knows (and has no
-    hooks, which then see the call as usual); a norm with an in-place form (``forward_``) and SiLU write
+    hooks or forward of its own, which then see the call as usual); a norm with an in-place form (``forward_``) and SiLU write
     into a tensor an earlier layer made, never into ``x``."""
     source = x.untyped_storage().data_ptr()
     for m in layers:
         own = x.untyped_storage().data_ptr() != source
-        if _hooked(m):
+        if _called_as_module(m):
             x = m(x)
         elif _is_plain_deconv(m):
             x = conv_transpose2d(x, m.weight, m.bias, m.stride, m.padding)
