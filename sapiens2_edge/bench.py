@@ -55,11 +55,14 @@ def peak_rss_mb() -> float:
 
 def plain_torch(model):
     """The baseline as a user's own code runs it: the model called under ``inference_mode``, nothing of
-    ours around it (the torch backend keeps freed heap pages for reuse, see :mod:`sapiens2_edge.heap`)."""
+    ours around it (the torch backend keeps freed heap pages for reuse, see :mod:`sapiens2_edge.heap`),
+    the head's layers one by one as the official model runs them (not :mod:`sapiens2_edge.models.lean_head`)."""
     import torch
 
+    from .models.lean_head import layer_by_layer
+
     def run(x):
-        with torch.inference_mode():
+        with torch.inference_mode(), layer_by_layer():
             out = model(torch.from_numpy(x))
         return tuple(o.float().numpy() for o in (out if isinstance(out, tuple) else (out,)))
     return run

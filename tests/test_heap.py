@@ -198,14 +198,24 @@ def test_the_exports_reference_forward_runs_inside():
     assert seen == [1] and reuse_depth() == 0 and ref[0].shape == (1, 29, *INPUT)
 
 
-def test_the_bench_baseline_is_plain_torch_outside_it():
-    """``sapiens2-edge bench`` compares against what a user's own torch code runs: glibc's default heap."""
+def test_the_bench_baseline_is_plain_torch_outside_it(monkeypatch):
+    """``sapiens2-edge bench`` compares against what a user's own torch code runs: glibc's default heap and
+    the head's layers one by one (not the torch backend's lean head)."""
+    import sapiens2_edge.models.heads as heads
     from sapiens2_edge.bench import plain_torch
+    from sapiens2_edge.models.lean_head import layer_by_layer
     from sapiens2_edge.runtime.torch_backend import TorchBackend
 
     model = tiny_model("seg").eval()
     seen = _depth_seen_by(model)
+    lean = []
+    run_units = heads.run_units
+    monkeypatch.setattr(heads, "run_units", lambda *a: lean.append(1) or run_units(*a))
     x = np.random.default_rng(0).normal(size=(1, 3, *INPUT)).astype(np.float32)
     base = plain_torch(model)(x)
-    assert seen == [0]
-    np.testing.assert_array_equal(base[0], TorchBackend(model, device="cpu")(x)[0])
+    assert seen == [0] and lean == []
+    ours = TorchBackend(model, device="cpu")(x)[0]
+    assert lean == [1]
+    np.testing.assert_allclose(base[0], ours, rtol=1e-4, atol=1e-5)  # the lean head's rounding
+    with layer_by_layer():
+        np.testing.assert_array_equal(base[0], TorchBackend(model, device="cpu")(x)[0])
