@@ -52,13 +52,15 @@ def eager_cpu_inference(x: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
-def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
+def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride,
+                     padding) -> torch.Tensor:
     """``F.conv_transpose2d`` (no groups, dilation or output padding), by groups of output channels in
     eager CPU inference (see the module's docstring)."""
     if not eager_cpu_inference(x):
         return F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding)
     cout, k = weight.shape[1], weight.shape[2:]
-    size = tuple((n - 1) * s - 2 * p + kk for n, s, p, kk in zip(x.shape[2:], _pair(stride), _pair(padding), k, strict=True))
+    size = tuple((n - 1) * s - 2 * p + kk
+                 for n, s, p, kk in zip(x.shape[2:], _pair(stride), _pair(padding), k, strict=True))
     group = max(1, GROUP_BYTES // max(x.shape[0] * size[0] * size[1] * x.element_size(), 1))
     if group >= cout:
         return F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding)
@@ -72,6 +74,7 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
+
 
 def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A 1x1 convolution (stride 1, no padding or groups) as one GEMM per image of an NCHW input."""
@@ -118,8 +121,8 @@ def _in_place_form(m: nn.Module):
 
 def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """``x`` through ``layers`` in turn, the lean way where a layer is one this module knows (and has no
-    hooks or forward of its own, which then see the call as usual); a norm with an in-place form (``forward_``) and SiLU write
-    into a tensor an earlier layer made, never into ``x``."""
+    hooks or forward of its own, which then see the call as usual); a norm with an in-place form
+    (``forward_``) and SiLU write into a tensor an earlier layer made, never into ``x``."""
     source = x.untyped_storage().data_ptr()
     for m in layers:
         own = x.untyped_storage().data_ptr() != source
@@ -138,4 +141,5 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-__all__ = ["eager_cpu_inference", "layer_by_layer", "conv_transpose2d", "pointwise_conv", "instance_norm_", "run_units", "GROUP_BYTES"]
+__all__ = ["eager_cpu_inference", "layer_by_layer", "conv_transpose2d", "pointwise_conv", "instance_norm_",
+           "run_units", "GROUP_BYTES"]
