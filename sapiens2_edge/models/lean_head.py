@@ -132,8 +132,8 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
             x = conv_transpose2d(x, m.weight, m.bias, m.stride, m.padding)
         elif _is_pointwise(m) and x.dim() == 4 and x.is_contiguous():
             x = pointwise_conv(x, m)
-        elif own and _in_place_form(m) is not None:
-            x = _in_place_form(m)(m, x)
+        elif own and (in_place := _in_place_form(m)) is not None:
+            x = in_place(m, x)
         elif own and type(m) is nn.SiLU:
             x = F.silu(x, inplace=True)
         else:
