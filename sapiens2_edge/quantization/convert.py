@@ -37,7 +37,14 @@ from ..heap import release_freed_heap
 from ..kernels import numerics as nx
 from ..models.model import Sapiens2Model
 from . import attention_inputs, blockwise, head_int8
-from .calibration import CalibrationSet, build_calibration_set, calibration_autocast, calibration_precision, progress
+from .calibration import (
+    CalibrationSet,
+    attention_on_openvino,
+    build_calibration_set,
+    calibration_autocast,
+    calibration_precision,
+    progress,
+)
 from .config import DEFAULT_PREFIX_TOKENS, QuantRecipe, assign, make_recipe
 from .kernels import check_kernel
 from .linear import QuantLinear
@@ -189,7 +196,9 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             recipe = replace(recipe, calibration_precision=precision)
             notes.append(f"calibration forwards in {precision} ({why})")
             # with held-out data the report does not read the calibration images again
-            with calibration_autocast(precision, device):
+            with calibration_autocast(precision, device), attention_on_openvino(base, precision, device) as ov_attn:
+                if ov_attn:
+                    notes.append("calibration attention on OpenVINO's bf16 kernel")
                 if groups or static:
                     smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
                                                   release_inputs=held_out is not None, head=bool(deconvs))
