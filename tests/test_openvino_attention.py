@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("openvino")
 
 from sapiens2_edge.kernels import openvino_attention as ova  # noqa: E402
+from sapiens2_edge.kernels import switch  # noqa: E402
 from sapiens2_edge.models.backbone import Attention  # noqa: E402
 from sapiens2_edge.quantization import calibration, quantize  # noqa: E402
 from tests.fixtures.tiny import INPUT, tiny_model  # noqa: E402
@@ -102,7 +103,9 @@ def test_calibration_hands_attentions_to_openvino_only_for_bf16_on_a_bf16_cpu(mo
     for precision, device in (("fp32", "cpu"), ("bf16", "cuda")):
         with calibration.attention_on_openvino(model, precision, device) as on:
             assert not on and all(m.product is None for m in attentions[1:])
-    monkeypatch.setattr(ova, "available", lambda: False)
+    with switch.override(mode="reference"), calibration.attention_on_openvino(model, "bf16", "cpu") as on:
+        assert not on and all(m.product is None for m in attentions[1:])  # torch's kernels only
+    monkeypatch.setattr(ova, "available", lambda: False)  # OpenVINO not installed
     with calibration.attention_on_openvino(model, "bf16", "cpu") as on:
         assert not on and all(m.product is None for m in attentions[1:])
     monkeypatch.setattr(ova, "available", lambda: True)

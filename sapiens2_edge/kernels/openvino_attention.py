@@ -18,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import switch
+
 #: shorter sequences (the 4K tokenizer's 17-token windows) stay on torch's kernel
 MIN_TOKENS = 256
 
 
 def available() -> bool:
-    """Whether OpenVINO is installed (it is an extra)."""
-    return importlib.util.find_spec("openvino") is not None
+    """Whether OpenVINO is installed (it is an extra) and the kernels are not held to torch's own
+    (``SAPIENS2_EDGE_KERNELS=reference``, :mod:`.switch`)."""
+    return switch.mode() != "reference" and importlib.util.find_spec("openvino") is not None
 
 
 class OpenVINOAttention:
