@@ -12,10 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from sapiens2_edge.exporters.gate_split import split_gate_projections
 from sapiens2_edge.exporters.onnx_quant import _export_module, export_modules, int8_dot_products, translation_table
-from sapiens2_edge.exporters.prefix_split import FFNRowsApart, PrefixRowsApart, rows_apart, split_prefix_rows
-from sapiens2_edge.models.backbone import SwiGLU
+from sapiens2_edge.exporters.prefix_split import PrefixRowsApart, rows_apart, split_prefix_rows
 from sapiens2_edge.quantization.config import layer_config
 from sapiens2_edge.quantization.linear import QuantLinear
 from tests.fixtures.quant_layers import PREFIX, TwoLayers
@@ -115,64 +113,3 @@ def test_dynamic_layers_keep_one_gemm():
     module = Block("dynamic").eval()
     with export_modules(module, signed), split_prefix_rows(module) as n:
         assert n == 0 and not isinstance(module.ffn.a, PrefixRowsApart)
-
-
-class SwiGLUBlock(nn.Module):
-    """A projection, then a SwiGLU FFN of static int8 linears: each FFN runs whole on each group of rows."""
-
-    def __init__(self):
-        super().__init__()
-        g, cfg = torch.Generator().manual_seed(3), layer_config("int8", activation_mode="static")
-        proj, self.ffn = nn.Linear(64, 64), SwiGLU(64, 48)
-        for lin in (proj, self.ffn.w12, self.ffn.w3):
-            with torch.no_grad():
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.1)
-                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
-        self.proj = QuantLinear.from_float(proj, cfg, PREFIX, torch.tensor([0.3]))
-        self.ffn.w12 = QuantLinear.from_float(self.ffn.w12, cfg, PREFIX, torch.tensor([0.05]))
-        self.ffn.w3 = QuantLinear.from_float(self.ffn.w3, cfg, PREFIX, torch.tensor([0.004]))
-
-    def forward(self, x):
-        return self.ffn(self.proj(x))
-
-
-def test_a_whole_ffn_runs_each_group_of_rows_apart_with_one_concatenation(tmp_path):
-    import openvino as ov
-
-    module, x = SwiGLUBlock().eval(), tokens()
-    with torch.no_grad():
-        ref = module(x).numpy()  # the torch QuantLinears, w12 fused, rows scaled as the recipe does
-        with export_modules(module, signed), split_gate_projections(module), split_prefix_rows(module) as n:
-            assert n == 3 and isinstance(module.ffn, FFNRowsApart) and not isinstance(module.proj, PrefixRowsApart)
-            split = module(x).numpy()
-            assert np.linalg.norm(split - ref) / np.linalg.norm(ref) < 2e-6
-            path = tmp_path / "m.onnx"
-            torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=18, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4)},),
-                              custom_translation_table=translation_table(18))
-    assert type(module.ffn) is SwiGLU and type(module.ffn.w12) is QuantLinear  # swapped back
-    nodes = onnx.load(str(path)).graph.node
-    made_by = {out: node.op_type for node in nodes for out in node.output}
-    ops = collections.Counter(node.op_type for node in nodes)
-    # the tensors concatenated (not shapes): the outputs of w3, once; the projection's GEMM, then gate,
-    # up and w3 twice (prefix rows, patch rows)
-    joins = [node for node in nodes if node.op_type == "Concat" and {made_by.get(i) for i in node.input} <= {"Add", "MatMul"}]
-    assert ops["MatMul"] == 7 and len(joins) == 1
-    if not int8_dot_products()[0]:
-        return  # the signed form is made only for CPUs with VNNI / AMX (see the test above)
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    for batch in (1, 2):
-        y = compiled({0: tokens(batch).numpy()})[0]
-        assert np.linalg.norm(y - ref[:batch]) / np.linalg.norm(ref[:batch]) < 5e-4  # FakeQuantize rounding, as above
-    fcs = [op for op in compiled.get_runtime_model().get_ops()
-           if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected")]
-    assert len(fcs) == 7 and {op.get_rt_info()["runtimePrecision"].astype(str) for op in fcs} <= {"i8", "u8"}
-
-
-def test_an_ffn_with_a_float_linear_splits_its_int8_ones_alone():
-    module = SwiGLUBlock().eval()
-    module.ffn.w3 = nn.Linear(48, 64)  # kept float (a mixed recipe): the FFN does not run whole
-    with export_modules(module, signed), split_gate_projections(module), split_prefix_rows(module) as n:
-        assert n == 2 and not isinstance(module.ffn, FFNRowsApart)
-        assert isinstance(module.ffn.gate, PrefixRowsApart) and isinstance(module.ffn.up, PrefixRowsApart)
