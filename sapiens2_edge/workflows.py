@@ -16,7 +16,7 @@ QUANT_SCHEMES = ("int8-weight", "int4-weight", "int8", "fp8")
 ACTIVATION_SCHEMES = ("int8", "fp8")
 """The schemes that quantize activations (calibrated static ranges or per token at run time)."""
 FLOAT_SCHEMES = ("fp32", "bf16", "fp16")
-"""Float precisions ``export(precision=...)`` writes (bf16: OpenVINO only, computed in bf16 where the CPU has it)."""
+"""Float precisions ``export(precision=...)`` writes (bf16: OpenVINO, native and torch, computed in bf16 where the CPU has it)."""
 
 
 def checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:

@@ -12,6 +12,7 @@ pytest.importorskip("openvino")
 
 from sapiens2_edge.kernels import openvino_attention as ova  # noqa: E402
 from sapiens2_edge.kernels import switch  # noqa: E402
+from sapiens2_edge.models import bf16 as bf16_forwards  # noqa: E402
 from sapiens2_edge.models.backbone import Attention  # noqa: E402
 from sapiens2_edge.quantization import calibration, quantize  # noqa: E402
 from tests.fixtures.tiny import INPUT, tiny_model  # noqa: E402
@@ -94,7 +95,7 @@ def test_calibration_hands_attentions_to_openvino_only_for_bf16_on_a_bf16_cpu(mo
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     own = object()
     attentions[0].product = own  # an export's product of its own is kept
-    monkeypatch.setattr(calibration, "bf16_flags", lambda: (True, "this CPU has avx512_bf16"))
+    monkeypatch.setattr(bf16_forwards, "bf16_flags", lambda: (True, "this CPU has avx512_bf16"))
     with calibration.attention_on_openvino(model, "bf16", "cpu") as on:
         assert on
         assert attentions[0].product is own
@@ -109,7 +110,7 @@ def test_calibration_hands_attentions_to_openvino_only_for_bf16_on_a_bf16_cpu(mo
     with calibration.attention_on_openvino(model, "bf16", "cpu") as on:
         assert not on and all(m.product is None for m in attentions[1:])
     monkeypatch.setattr(ova, "available", lambda: True)
-    monkeypatch.setattr(calibration, "bf16_flags", lambda: (False, "this CPU has no native bf16"))
+    monkeypatch.setattr(bf16_forwards, "bf16_flags", lambda: (False, "this CPU has no native bf16"))
     with calibration.attention_on_openvino(model, "bf16", "cpu") as on:
         assert not on
 
@@ -119,7 +120,7 @@ def test_bf16_calibration_on_openvino_gives_the_ranges_of_torchs_kernel(monkeypa
     images = [torch.randn(1, 3, *INPUT, generator=g) for _ in range(2)]
     opts = dict(calibration=images, input_size=INPUT, activation_mode="static", calibration_precision="bf16",
                 batch_size=1, progress=False)
-    monkeypatch.setattr(calibration, "bf16_flags", lambda: (True, "this CPU has avx512_bf16"))
+    monkeypatch.setattr(bf16_forwards, "bf16_flags", lambda: (True, "this CPU has avx512_bf16"))
     monkeypatch.setattr(ova, "available", lambda: False)
     _, plain = quantize(tiny_model("seg"), "int8", **opts)
     monkeypatch.setattr(ova, "available", lambda: True)

@@ -136,6 +136,12 @@ def _plant_target(entries: dict, marker: Path) -> None:
     entries[name] = entries[name].replace(b'"torch.ops.aten.silu.default"', b'"torch.os.system"')
 
 
+def _plant_higher_order(entries: dict, marker: Path) -> None:
+    """A higher-order op other than the bf16 programs' autocast region (those run subgraphs of their own)."""
+    name = _entry(entries, "models/model.json")
+    entries[name] = entries[name].replace(b'"torch.ops.aten.silu.default"', b'"torch.ops.higher_order.invoke_subgraph"')
+
+
 def _plant_aoti(entries: dict, marker: Path) -> None:
     entries["model/data/aotinductor/model/model.so"] = b"\x7fELF"
 
@@ -146,6 +152,7 @@ def _plant_aoti(entries: dict, marker: Path) -> None:
     (_plant_guards, "carries guard code, which torch runs with exec"),
     (_plant_sym_expr, "which is not arithmetic on shape symbols"),
     (_plant_target, "calls 'torch.os.system', which is not a torch operator"),
+    (_plant_higher_order, "calls 'torch.ops.higher_order.invoke_subgraph', which is not a torch operator"),
     (_plant_aoti, "holds 'data/aotinductor/model/model.so', which a torch.export program of a model does not"),
 ])
 def test_pt2_payload_is_refused_and_never_runs(bases, tmp_path, plant, message):

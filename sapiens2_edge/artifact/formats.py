@@ -76,7 +76,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            export_packages=("onnx", "openvino"), int8_head=True, choices={"opset": _ONNX_CHOICES["opset"]}),
     Format("coreml", precisions=("fp32", *_NO_FP8), schemes=_NO_FP8, backends=("coreml",),
            files=("model.mlpackage",), default_precision="fp16", export_extra="coreml", export_packages=("coremltools",)),
-    Format("torch", precisions=("fp32", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
+    Format("torch", precisions=("fp32", "bf16", *ALL_SCHEMES), schemes=ALL_SCHEMES, backends=("torch",),
            files=("model.pt2", "model_aoti.pt2"), int8_head=True),
     # The engine runs float, fp16, int8-weight and int8 (W8A8, on oneDNN's int8 GEMMs) layers and an int8
     # head, not int4 or fp8; its weights file is a self-describing checkpoint, so torch can run it too.

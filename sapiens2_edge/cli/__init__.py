@@ -30,6 +30,7 @@ from .options import (
     CALIB_PRECISION_HELP,
     GRAPH_HELP,
     HEAD_HELP,
+    TORCH_PRECISION_HELP,
     Activations,
     Arch,
     AttentionInputs,
@@ -46,6 +47,7 @@ from .options import (
     Scheme,
     Task,
     TaskOrNone,
+    TorchPrecision,
     _echo_error,
     _Group,
     detector_option,
@@ -180,6 +182,7 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
             input_size: Optional[str] = typer.Option(None, help="network input HxW (default: the model's)"),
             no_flip: bool = typer.Option(False, "--no-flip", help="pose: skip the flip test"),
             backend: Backend = typer.Option("auto", help="runtime for an artifact (auto: the best installed one)"),
+            precision: Optional[TorchPrecision] = typer.Option(None, help=TORCH_PRECISION_HELP),
             skip_errors: bool = typer.Option(True, "--skip-errors/--fail-fast",
                                              help="on a bad image: report it and go on (default), or stop"),
             as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of text"),
@@ -196,7 +199,8 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     check_options(ray, address, concurrency, gpus)
     if ray:
         raise typer.Exit(run_ray(checkpoint, input, output, camera, boxes, skip_errors, detector, address, concurrency,
-                                 gpus, str(backend), device, parse_size(input_size), not no_flip, as_json, say))
+                                 gpus, str(backend), device, parse_size(input_size), not no_flip, as_json, say,
+                                 None if precision is None else str(precision)))
     from ..artifact import is_artifact
     from ..runtime.inputs import list_images, load_boxes
     from ..runtime.outputs import run_predictions
@@ -214,7 +218,8 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     if not is_artifact(checkpoint):
         require("torch", "predict with a checkpoint (it runs in PyTorch; an exported artifact runs without it)")
     pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=parse_size(input_size),
-                     flip_test=not no_flip, detector=detector_option(detector))
+                     flip_test=not no_flip, detector=detector_option(detector),
+                     precision=None if precision is None else str(precision))
     if not as_json:
         say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
     if streaming:
@@ -296,7 +301,7 @@ def export_cmd(checkpoint: str = typer.Argument(..., help="task checkpoint (.saf
                format: Format = typer.Option("onnx", "--format", "-f", help="artifact format"),
                output: Path = typer.Option(..., "--output", "-o", help="artifact directory to create"),
                scheme: Optional[ExportScheme] = typer.Option(
-                   None, help="fp32, bf16 (openvino, native) or fp16 (float), or a scheme to quantize with on the fly; "
+                   None, help="fp32, bf16 (openvino, native, torch) or fp16 (float), or a scheme to quantize with on the fly; "
                    "default: the format's float precision, or the scheme of a quantized checkpoint"),
                calib: Optional[Path] = typer.Option(None, "--calib", help="calibration images (int8/fp8 schemes)"),
                activations: Activations = typer.Option("static", help="int8/fp8 activations: static (int8 kernels in "

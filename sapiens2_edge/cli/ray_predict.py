@@ -26,7 +26,7 @@ def check_options(ray: bool, address: Optional[str], concurrency: Optional[int],
 def run_ray(checkpoint: str, input: Optional[str], output: Path, camera: Optional[int], boxes: Optional[Path],
             skip_errors: bool, detector: Optional[str], address: Optional[str], concurrency: Optional[int],
             gpus: Optional[float], backend: str, device: str, input_size: Optional[tuple[int, int]], flip: bool,
-            as_json: bool, say: Callable[[str], None]) -> int:
+            as_json: bool, say: Callable[[str], None], precision: Optional[str] = None) -> int:
     """Run ``predict --ray``; returns the exit code (1 when nothing was written and something failed)."""
     if camera is not None or input is None:
         raise ConfigError("--ray predicts files (a folder, a glob or a video file); a camera runs without --ray")
@@ -42,7 +42,7 @@ def run_ray(checkpoint: str, input: Optional[str], output: Path, camera: Optiona
     detector = None if detector is None or detector.lower() == "none" else detector  # .onnx: opened per actor
     summary = predict_dataset(input, checkpoint, output, detector=detector, concurrency=concurrency or 1,
                               num_gpus_per_actor=gpus or 0, backend=backend, device=device, input_size=input_size,
-                              flip_test=flip, address=address, progress=not as_json)
+                              flip_test=flip, address=address, progress=not as_json, precision=precision)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
     else:

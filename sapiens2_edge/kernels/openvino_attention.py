@@ -5,7 +5,8 @@ one 0.4b attention at 1024x768 (3081 tokens, 16 heads of 64) takes 267-290 ms in
 slower than its float32 kernel's 247 ms) against 131-135 ms for OpenVINO's (AMD EPYC with AVX-512 BF16,
 2 cores; torch's bf16 linears there run at 370-430 GFLOP/s). That attention is over a third of a bf16
 calibration's time, which runs every calibration image through every block, so the calibration
-forwards hand it to OpenVINO where it is installed (``quantization.calibration.attention_on_openvino``): one small graph
+forwards and the torch backend's bf16 inference hand it to OpenVINO where it is installed
+(``models.bf16.attention_on_openvino``): one small graph
 (the attention alone, static shapes, compiled once per shape) fed and read in place through the
 tensors' memory. Float32 forwards keep torch's kernel (OpenVINO's is not faster there: 224 ms).
 """

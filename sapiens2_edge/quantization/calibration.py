@@ -19,15 +19,15 @@ import contextlib
 import inspect
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from ..cpu_features import bf16_flags
 from ..errors import CalibrationError
+from ..models.bf16 import attention_on_openvino as openvino_attention
+from ..models.bf16 import bf16_autocast, bf16_precision
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -54,55 +54,23 @@ def progress(iterable: Iterable, total: int | None, desc: str, enabled: Any = No
 def calibration_precision(asked: str, device: Any, cpuinfo: str | None = None) -> tuple[str, str]:
     """(``fp32`` or ``bf16``, why) for the calibration forwards on ``device``: ``auto`` is bf16 on a
     CPU with native bf16 (``cpuinfo``: its /proc/cpuinfo text, default this machine's), else fp32."""
-    if asked != "auto":
-        return asked, "asked for"
-    kind = torch.device(device).type
-    if kind != "cpu":
-        return "fp32", f"auto: fp32 on {kind}"
-    has, evidence = bf16_flags(cpuinfo)
-    return ("bf16" if has else "fp32"), f"auto: {evidence}"
+    return bf16_precision(asked, device, cpuinfo)
 
 
 def calibration_autocast(precision: str, device: Any) -> contextlib.AbstractContextManager:
     """The forwards' autocast for ``precision`` (bf16 GEMMs and attention, norms and the kept
-    block-boundary activations in float32); nothing for fp32.
-
-    Without autocast's weight cache: it keeps the bf16 copy of every weight it casts until the context
-    ends, so calibration would hold a second copy of the model (0.8 GB at 0.4b) and, where SmoothQuant
-    folds its factors into the float weights between two passes, run the second on the copies cast
-    before. Casting afresh costs a weight's read per forward."""
-    stack = contextlib.ExitStack()
-    if precision == "bf16":
-        stack.enter_context(warnings.catch_warnings())
-        # QK-norm gets the projections' bf16 outputs with its float32 weight: torch takes its unfused
-        # path and says so; the values are what autocast means
-        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        stack.enter_context(torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False))
-    return stack
+    block-boundary activations in float32; no weight cache, see :func:`~sapiens2_edge.models.bf16.bf16_autocast`);
+    nothing for fp32."""
+    return bf16_autocast(device, enabled=precision == "bf16")
 
 
-@contextlib.contextmanager
-def attention_on_openvino(model: torch.nn.Module, precision: str, device: Any) -> Iterator[bool]:
+def attention_on_openvino(model: torch.nn.Module, precision: str, device: Any) -> contextlib.AbstractContextManager:
     """For the duration, the long attentions of ``model``'s bf16 CPU calibration forwards run on
-    OpenVINO's kernel (about twice torch's bf16 speed, see :mod:`sapiens2_edge.kernels.openvino_attention`)
-    where OpenVINO is installed and the CPU computes bf16 natively; yields whether they do. Attentions with
-    a product of their own keep it."""
-    from ..kernels import openvino_attention as ova
-    from ..models.backbone import Attention
-
-    attentions = [m for m in model.modules() if isinstance(m, Attention) and m.product is None]
-    if not (precision == "bf16" and torch.device(device).type == "cpu" and bf16_flags()[0] and attentions
-            and ova.available()):
-        yield False
-        return
-    product = ova.AttentionProduct(ova.OpenVINOAttention())
-    for m in attentions:
-        m.product = product
-    try:
-        yield True
-    finally:
-        for m in attentions:
-            m.product = None
+    OpenVINO's kernel (about twice torch's bf16 speed; :func:`sapiens2_edge.models.bf16.attention_on_openvino`);
+    the context yields whether they do. fp32 forwards keep torch's kernel."""
+    if precision != "bf16":
+        return contextlib.nullcontext(False)
+    return openvino_attention(model, device)
 
 
 def _is_image_item(item: Any) -> bool:

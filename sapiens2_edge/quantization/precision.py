@@ -20,7 +20,7 @@ FLOAT_PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "fp16"),
     "openvino": ("fp32", "fp16", "bf16"),  # bf16: computed in bf16 where the CPU has it natively
     "coreml": ("fp16", "fp32"),  # FLOAT16 compute, the Neural Engine's, unless fp32 is asked for
-    "torch": ("fp32",),  # the program keeps the model's own numerics
+    "torch": ("fp32", "bf16"),  # fp32 keeps the model's own numerics; bf16: the program under bf16 autocast
     "native": ("fp32", "fp16", "bf16"),  # bf16: bf16 weights, bf16 GEMMs where oneDNN runs them natively
 }
 #: why a format lacks a float precision the others have

@@ -44,19 +44,27 @@ class Predictor:
     ``keypoints`` (pose): decode only these: ``"coco17"`` or a list of keypoint names / indices of
     the 308 set (results then hold them in that order); decoding costs in proportion, and each
     equals the full decoding's value exactly. None: all 308.
+
+    ``precision`` (a checkpoint run by torch): ``"fp32"`` (default, the reference numerics), ``"bf16"``
+    (bf16 autocast; 1.8x faster at 0.4b 1024x768 on an AVX-512 BF16 CPU, seg label agreement ~97 % on
+    random weights; refused where the CPU does not compute bf16 natively) or ``"auto"`` (bf16 where it
+    is native, else fp32). An artifact runs at the precision it was exported for.
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, task: str | None = None, device: str = "auto",
                  input_size: Sequence[int] | None = None, flip_test: bool = True, batch_size: int | None = None,
-                 max_boxes: int = MAX_BOXES, detector: Any = None, keypoints: Any = None):
+                 max_boxes: int = MAX_BOXES, detector: Any = None, keypoints: Any = None, precision: str | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if is_artifact(model) or looks_like_artifact(model):  # the latter: refused, it lacks its manifest
+            if precision is not None:
+                raise ConfigError(f"precision={precision!r} chooses how torch runs a checkpoint; an artifact runs at the "
+                                  "precision it was exported for (export --scheme bf16, for one): drop precision=")
             self._open_artifact(model, backend, device, input_size, batch_size)
         else:
-            self._open_checkpoint(model, backend, device, input_size, batch_size, task)
+            self._open_checkpoint(model, backend, device, input_size, batch_size, task, precision)
         if self.task is None:
             raise ConfigError("this is a pretrain (backbone-only) model: the Predictor needs a task checkpoint "
                               "(pose, seg, normal, pointmap or albedo); call the model directly for features")
@@ -107,18 +115,21 @@ class Predictor:
         self.max_batch = self.manifest.max_batch
         self.random_weights = bool(self.manifest.options.get("random_weights", False))
 
-    def _open_checkpoint(self, model, backend, device, input_size, batch_size, task) -> None:
+    def _open_checkpoint(self, model, backend, device, input_size, batch_size, task, precision) -> None:
         if backend not in ("auto", "torch"):
             raise ConfigError(f"backend {backend!r} runs exported artifacts; export the checkpoint first "
                               "(s2e.export / sapiens2-edge export) or use backend='torch'")
         from .torch_backend import open_checkpoint
 
-        self.runner = open_checkpoint(model, task=task, device=device, batch_size=batch_size)
+        self.runner = open_checkpoint(model, task=task, device=device, batch_size=batch_size,
+                                      precision=precision or "fp32")
         self.model, self.manifest, self.root = self.runner.model, None, None
         self.task = self.model.task
         self.input_size = tuple(input_size) if input_size is not None else self.model.input_size
         self.backend = self.runner.name
         self.backend_reason = "asked for" if backend == "torch" else "auto: a checkpoint runs on torch"
+        if precision is not None:
+            self.backend_reason += f"; {self.runner.precision}: {self.runner.precision_reason}"
         self.max_batch = batch_size
         self.random_weights = not getattr(self.model, "pretrained", True)
 

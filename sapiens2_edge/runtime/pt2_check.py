@@ -27,9 +27,11 @@ _PAYLOAD = {"data/weights/": re.compile(r"weight_\d+"), "data/constants/": re.co
 _FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
           f"models/{MODEL}.json", f"data/weights/{MODEL}_weights_config.json",
           f"data/constants/{MODEL}_constants_config.json", f"data/sample_inputs/{MODEL}.pt"}
-# torch operators, and the arithmetic torch.export writes on symbolic sizes (a dynamic batch times the
-# tokens per image): the operator-module functions its deserializer accepts for symbolic ints
-_TARGET = re.compile(r"torch\.ops\.(aten|prims|sapiens2_edge)\.\w+\.\w+|"
+# torch operators, the autocast region of a bf16 program (its arguments are a device name, a dtype, two
+# flags and a subgraph of calls that is checked like the rest), and the arithmetic torch.export writes on
+# symbolic sizes (a dynamic batch times the tokens per image): the operator-module functions its
+# deserializer accepts for symbolic ints
+_TARGET = re.compile(r"torch\.ops\.(aten|prims|sapiens2_edge)\.\w+\.\w+|torch\.ops\.higher_order\.wrap_with_autocast|"
                      r"_operator\.(getitem|eq|ne|le|ge|lt|gt|neg|pos|mul|add|sub|floordiv|mod|pow|truediv)")
 # a symbolic shape expression: shape symbols, integers and sympy's arithmetic, nothing callable else
 _SYMPY_NAMES = ("Symbol|Integer|Rational|Float|Add|Mul|Pow|Max|Min|Abs|Eq|Ne|Le|Lt|Ge|Gt|And|Or|Not|"

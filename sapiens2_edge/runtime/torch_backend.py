@@ -4,6 +4,7 @@ exported torch programs. The one runtime module that may import models: it loads
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import torch
 
 from ..artifact import looks_like_artifact
 from ..artifact.paths import inside
+from ..cpu_features import bf16_flags
 from ..errors import ArtifactError, ConfigError
 from ..heap import reuse_freed_pages
+from ..models.bf16 import PRECISIONS, attention_on_openvino, bf16_autocast, bf16_precision, openvino_attention_kernel
 from ..models.model import Sapiens2Model
 from .base import batch_input, check_input_size, load_errors, run_errors
 from .pt2_check import check_program_archive
@@ -36,19 +39,30 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 class TorchBackend:
+    """A task model run eagerly. ``precision``: fp32 (the reference numerics), bf16 (torch's bf16 autocast,
+    the long attentions on OpenVINO's bf16 kernel where it is installed: :mod:`sapiens2_edge.models.bf16`)
+    or auto (bf16 on a CPU that computes it natively, else fp32). bf16 is refused where torch would
+    emulate it (a CPU without avx512_bf16 / AMX, a GPU without bf16): slower than fp32 there."""
+
     name = "torch"
 
-    def __init__(self, model: Sapiens2Model, device: str | torch.device | None = "auto", batch_size: int | None = None):
+    def __init__(self, model: Sapiens2Model, device: str | torch.device | None = "auto", batch_size: int | None = None,
+                 precision: str = "fp32"):
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.torch_device = select_device(device)
         self.device = str(self.torch_device)
+        self.precision, self.precision_reason = resolve_precision(precision, self.torch_device)
         self.model = model.to(self.torch_device).eval()
         self.batch_size = batch_size
+        # compiled once per shape and kept: every call's long attentions reuse its graphs
+        self._attention = openvino_attention_kernel(self.torch_device) if self.precision == "bf16" else None
 
     def describe(self) -> str:
         arch = self.model.arch
-        return (f"torch {torch.__version__} eager fp32 on {self.device} "
+        how = "fp32" if self.precision == "fp32" else "bf16 autocast" + (
+            ", long attentions on OpenVINO's bf16 kernel" if self._attention is not None else "")
+        return (f"torch {torch.__version__} eager {how} on {self.device} "
                 f"({arch.name}, {self.model.task or 'featmap'}, RoPE {self.model.rope_mode})")
 
     @torch.inference_mode()
@@ -56,14 +70,34 @@ class TorchBackend:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         step = self.batch_size or len(x)
         parts = []
-        with reuse_freed_pages():
+        bf16 = self.precision == "bf16"
+        with reuse_freed_pages(), bf16_autocast(self.torch_device, enabled=bf16), \
+                attention_on_openvino(self.model, self.torch_device, self._attention) if bf16 else nullcontext():
             for chunk in x.split(step):
                 out = self.model(chunk.to(self.torch_device))
                 parts.append(tuple(o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))))
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
-def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_size: int | None = None) -> TorchBackend:
+def resolve_precision(asked: str, device: torch.device) -> tuple[str, str]:
+    """(fp32 or bf16, why) of a :class:`TorchBackend` on ``device``; bf16 only where it is computed natively."""
+    if asked not in PRECISIONS:
+        raise ConfigError(f"precision {asked!r} is not one a checkpoint runs at in torch; expected one of "
+                          f"{', '.join(PRECISIONS)}")
+    precision, why = bf16_precision(asked, device)
+    if precision != "bf16":
+        return precision, why
+    if device.type == "cpu" and bf16_flags()[0] is False:
+        raise ConfigError(f"precision='bf16' runs slower than fp32 on this CPU: {bf16_flags()[1]}, so torch would "
+                          "emulate it; use precision='fp32' (or 'auto', which picks bf16 only where it is native)")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision='bf16' needs a GPU with bf16 arithmetic; {torch.cuda.get_device_name(device)} "
+                          "has none: use precision='fp32'")
+    return precision, why
+
+
+def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_size: int | None = None,
+                    precision: str = "fp32") -> TorchBackend:
     """A :class:`TorchBackend` for a loaded model or anything ``load_model`` accepts."""
     from ..models.loading import load_model  # sapiens2_edge.loading.load_model once that module exists
 
@@ -76,7 +110,7 @@ def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_
 
             read_manifest(model)
         model = load_model(model, task=task)
-    return TorchBackend(model, device=device, batch_size=batch_size)
+    return TorchBackend(model, device=device, batch_size=batch_size, precision=precision)
 
 
 def open_detector(path: str | os.PathLike, device: str = "auto", **options):

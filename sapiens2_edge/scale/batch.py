@@ -41,7 +41,7 @@ class PredictorFactory:
     ``detector`` (pose): an RTMDet-m ``.safetensors`` path, an exported ``.onnx`` path (run by
     onnxruntime, RTMDet outputs) or a picklable callable image -> boxes; None: the whole image.
     ``batch_size``: images per Predictor call in a worker (pose: crops per backend call follow
-    the artifact's limit).
+    the artifact's limit). ``precision``: how torch runs a checkpoint (see the Predictor).
     """
 
     model: str
@@ -52,6 +52,7 @@ class PredictorFactory:
     input_size: tuple[int, int] | None = None
     flip_test: bool = True
     batch_size: int = 8
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -74,7 +75,8 @@ class PredictorFactory:
         from ..runtime.predictor import Predictor
 
         return Predictor(self.model, backend=self.backend, task=self.task, device=self.device,
-                         input_size=self.input_size, flip_test=self.flip_test, detector=self.open_detector())
+                         input_size=self.input_size, flip_test=self.flip_test, detector=self.open_detector(),
+                         precision=self.precision)
 
 
 def _column(batch: dict[str, Any], name: str, n: int) -> list[Any] | None:

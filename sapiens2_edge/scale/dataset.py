@@ -101,7 +101,7 @@ def predict_dataset(source: Any, artifact: str | os.PathLike, output: str | os.P
                     detector: Any = None, batch_size: int = 8, concurrency: int = 1, num_gpus_per_actor: float = 0,
                     num_cpus_per_actor: float = 1, backend: str = "auto", device: str = "auto",
                     input_size: tuple[int, int] | None = None, flip_test: bool = True, address: str | None = None,
-                    rows_per_block: int | None = None, progress: bool = True) -> Summary:
+                    rows_per_block: int | None = None, progress: bool = True, precision: str | None = None) -> Summary:
     """Predict every image and video frame of ``source`` (a folder, a glob, files, or a list) with
     ``artifact`` (an artifact directory or checkpoint) on Ray, writing Parquet rows to ``output``
     (columns: :mod:`sapiens2_edge.scale.encode`).
@@ -112,7 +112,8 @@ def predict_dataset(source: Any, artifact: str | os.PathLike, output: str | os.P
     ``address``: a running cluster ("auto", "ray://host:10001"); None: the one this process is
     connected to, else a new local one. ``rows_per_block``: image paths per actor call (default:
     a few batches, at least 4 calls per actor); a video is always one call. ``progress``: Ray
-    Data's progress bars. Returns a :class:`Summary` of this run.
+    Data's progress bars. ``precision``: how torch runs a checkpoint (fp32, bf16, auto; see the
+    Predictor). Returns a :class:`Summary` of this run.
     """
     ray = import_ray()
     for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
@@ -122,7 +123,7 @@ def predict_dataset(source: Any, artifact: str | os.PathLike, output: str | os.P
         raise ConfigError("num_gpus_per_actor and num_cpus_per_actor must be >= 0")
     factory = PredictorFactory(os.fspath(artifact), task=task, detector=detector, backend=backend, device=device,
                                input_size=None if input_size is None else tuple(input_size), flip_test=flip_test,
-                               batch_size=batch_size)
+                               batch_size=batch_size, precision=precision)
     start = time.perf_counter()
     inputs = list_inputs(source)
     out = Path(output)
