@@ -9,6 +9,8 @@ other processes, and cached under --work):
     ours-torch-fp32    s2e's torch backend on the same float model (the Predictor's eager path: freed heap pages
                        reused while it runs, see sapiens2_edge/heap.py; the head's lean eager path,
                        sapiens2_edge/models/lean_head.py)
+    ours-torch-bf16    the same at precision="bf16": bf16 autocast, the long attentions on OpenVINO's bf16 kernel
+                       where it is installed (sapiens2_edge/models/bf16.py)
     ov-plain           OpenVINO IR of the float model compiled with OpenVINO's defaults
                        (its default precision: bf16 on CPUs with native bf16)
     nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
@@ -65,7 +67,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
+ROWS = ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ours-torch-bf16", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
         "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-std", "ours-ort-fp32",
         "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8", "ours-native-int8-attn",
         "ours-native-int8-head")
@@ -106,7 +108,7 @@ def prepare(row: str, a) -> None:
 
     w = a.work
     target = w / FOLDERS.get(row, row)
-    if row not in ("torch-fp32", "torch-bf16", "ours-torch-fp32") and target.exists():
+    if row not in ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ours-torch-bf16") and target.exists():
         return  # made by an earlier run
     if row in ("ov-plain", "nncf-int8", "ours-ov-fp32") and not (w / "ov-fp32").exists():
         s2e.export(model(a), w / "ov-fp32", format="openvino", input_size=a.size, max_batch=1, verify=False)
@@ -184,10 +186,10 @@ def runner_for(row: str, a):
                 out = m(torch.from_numpy(x))
             return (out[0] if isinstance(out, tuple) else out).float().numpy()
         return run, size, f"torch {torch.__version__}"
-    if row == "ours-torch-fp32":
+    if row in ("ours-torch-fp32", "ours-torch-bf16"):
         from sapiens2_edge.runtime.torch_backend import TorchBackend
 
-        r = TorchBackend(model(a), "cpu")
+        r = TorchBackend(model(a), "cpu", precision=row.rsplit("-", 1)[1])
         return (lambda x: r(x)[0]), sum(p.numel() * p.element_size() for p in r.model.parameters()), r.describe()
     if row in ("ov-plain", "nncf-int8"):
         import openvino as ov

@@ -21,9 +21,11 @@ from torch import nn
 
 from . import switch
 
-#: shorter sequences stay on torch's kernel: the 4K tokenizer's 17-token windows (thousands per image as
-#: the batch) were not measured; from 256 tokens up OpenVINO's was faster (0.1b's 777 tokens: 2x)
-MIN_TOKENS = 256
+#: shorter sequences stay on torch's kernel. One attention, bf16, 2 threads, quiet AVX-512 BF16 EPYC (torch /
+#: OpenVINO): 777 tokens (0.1b at 512x384) 14.8 / 13.4 ms, and inside the 0.1b backbone OpenVINO's was no
+#: faster (0.75 against 0.73 s: the q, k, v copies and the threads' hand-over); 1545 tokens 53 / 31 ms,
+#: 3081 tokens (1024x768) 295 / 136 ms. The 4K tokenizer's 17-token windows stay on torch's kernel.
+MIN_TOKENS = 1024
 
 
 def available() -> bool:
@@ -36,19 +38,20 @@ class OpenVINOAttention:
     """Compiled attention graphs by shape: (B, T, heads, d) bf16 q, k, v -> (B, T, heads * d) bf16."""
 
     def __init__(self, threads: int | None = None):
-        import openvino as ov
-
-        self._ov = ov
-        self._core = ov.Core()
         self._threads = threads or torch.get_num_threads()
-        # bf16 arithmetic where the CPU has it; elsewhere the bf16 inputs are computed on in float32
-        self._precision = "bf16" if "BF16" in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
         self._requests: dict[tuple[int, ...], object] = {}
+        self._ov = self._core = None  # OpenVINO is loaded with the first long sequence (its runtime costs memory)
 
     def _request(self, shape: tuple[int, ...]):
         if shape not in self._requests:
-            ov = self._ov
+            import openvino as ov
             import openvino.opset13 as ops
+
+            if self._core is None:
+                self._ov, self._core = ov, ov.Core()
+                # bf16 arithmetic where the CPU has it; elsewhere the bf16 inputs are computed on in float32
+                caps = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+                self._precision = "bf16" if "BF16" in caps else "f32"
 
             params = [ops.parameter(list(shape), ov.Type.bf16, name=n) for n in ("q", "k", "v")]
             to_heads = ops.constant([0, 2, 1, 3])
