@@ -9,8 +9,9 @@ other processes, and cached under --work):
     ours-torch-fp32    s2e's torch backend on the same float model (the Predictor's eager path: freed heap pages
                        reused while it runs, see sapiens2_edge/heap.py; the head's lean eager path,
                        sapiens2_edge/models/lean_head.py)
-    ours-torch-bf16    the same at precision="bf16": bf16 autocast, the long attentions on OpenVINO's bf16 kernel
-                       where it is installed (sapiens2_edge/models/bf16.py)
+    ours-torch-bf16    the same at precision="bf16" (as Predictor(checkpoint, precision="bf16") runs it): bf16
+                       autocast, GEMM weights stored in bf16, the long attentions on OpenVINO's bf16 kernel where
+                       it is installed (sapiens2_edge/models/bf16.py)
     ov-plain           OpenVINO IR of the float model compiled with OpenVINO's defaults
                        (its default precision: bf16 on CPUs with native bf16)
     nncf-int8          NNCF post-training int8 with its defaults on --calib samples, compiled with defaults
@@ -189,7 +190,8 @@ def runner_for(row: str, a):
     if row in ("ours-torch-fp32", "ours-torch-bf16"):
         from sapiens2_edge.runtime.torch_backend import TorchBackend
 
-        r = TorchBackend(model(a), "cpu", precision=row.rsplit("-", 1)[1])
+        # the row's model is the backend's alone, as when the Predictor loads a checkpoint itself
+        r = TorchBackend(model(a), "cpu", precision=row.rsplit("-", 1)[1], owns_model=True)
         return (lambda x: r(x)[0]), sum(p.numel() * p.element_size() for p in r.model.parameters()), r.describe()
     if row in ("ov-plain", "nncf-int8"):
         import openvino as ov

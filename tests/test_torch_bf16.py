@@ -201,3 +201,35 @@ def test_cli_exports_a_bf16_torch_program(tmp_path):
                                  str(tmp_path / "art"), "--input-size", f"{INPUT[0]}x{INPUT[1]}", "--max-batch", "1"])
     assert r.exit_code == 0, r.output
     assert read_manifest(tmp_path / "art").precision == "bf16"
+
+
+@pytest.mark.parametrize("task, arch", [("seg", None), ("pose", None), ("normal", None), ("pointmap", None),
+                                        ("albedo", None), (None, None), ("seg", "4k")])
+def test_a_model_the_backend_owns_keeps_its_gemm_weights_in_bf16_with_the_same_outputs(task, arch, native_bf16):
+    from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, input_size
+
+    spec, size = (TINY_4K, INPUT_4K) if arch == "4k" else (TINY, input_size(task))
+    x = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
+    shared = TorchBackend(tiny_model(task, arch=spec), "cpu", precision="bf16")
+    owned = TorchBackend(tiny_model(task, arch=spec), "cpu", precision="bf16", owns_model=True)
+    assert not shared.weights_in_bf16 and owned.weights_in_bf16
+    assert "GEMM weights stored in bf16" in owned.describe() and "stored" not in shared.describe()
+    for m in owned.model.modules():
+        if type(m) in bf16_forwards.GEMM_LAYERS:
+            assert m.weight.dtype == torch.bfloat16 and (m.bias is None or m.bias.dtype == torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in shared.model.parameters())
+    for a, b in zip(shared(x), owned(x), strict=True):  # autocast rounds the float32 weights the same way per call
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_path_is_owned_and_a_users_model_is_left_as_it_is(tmp_path, native_bf16):
+    from tests.fixtures.tiny import save
+
+    model = tiny_model("seg")
+    save(model, tmp_path / "seg.safetensors")
+    assert s2e.Predictor(tmp_path / "seg.safetensors", precision="bf16").runner.weights_in_bf16
+    pred = s2e.Predictor(model, precision="bf16")
+    assert not pred.runner.weights_in_bf16 and all(p.dtype == torch.float32 for p in model.parameters())
+    freed = bf16_forwards.store_gemm_weights_in_bf16_(model)
+    gemm = sum(p.numel() for m in model.modules() if type(m) in bf16_forwards.GEMM_LAYERS for p in m.parameters())
+    assert freed == 2 * gemm and bf16_forwards.store_gemm_weights_in_bf16_(model) == 0  # once

@@ -15,7 +15,14 @@ from ..artifact.paths import inside
 from ..cpu_features import bf16_flags
 from ..errors import ArtifactError, ConfigError
 from ..heap import reuse_freed_pages
-from ..models.bf16 import PRECISIONS, attention_on_openvino, bf16_autocast, bf16_precision, openvino_attention_kernel
+from ..models.bf16 import (
+    PRECISIONS,
+    attention_on_openvino,
+    bf16_autocast,
+    bf16_precision,
+    openvino_attention_kernel,
+    store_gemm_weights_in_bf16_,
+)
 from ..models.model import Sapiens2Model
 from .base import batch_input, check_input_size, load_errors, run_errors
 from .pt2_check import check_program_archive
@@ -42,12 +49,14 @@ class TorchBackend:
     """A task model run eagerly. ``precision``: fp32 (the reference numerics), bf16 (torch's bf16 autocast,
     the long attentions on OpenVINO's bf16 kernel where it is installed: :mod:`sapiens2_edge.models.bf16`)
     or auto (bf16 on a CPU that computes it natively, else fp32). bf16 is refused where torch would
-    emulate it (a CPU without avx512_bf16 / AMX, a GPU without bf16): slower than fp32 there."""
+    emulate it (a CPU without avx512_bf16 / AMX, a GPU without bf16): slower than fp32 there.
+    ``owns_model``: nothing else runs ``model`` (the backend loaded it), so in bf16 its linear and
+    convolution weights are stored in bf16 once (the same outputs, half their memory, no per-call cast)."""
 
     name = "torch"
 
     def __init__(self, model: Sapiens2Model, device: str | torch.device | None = "auto", batch_size: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", owns_model: bool = False):
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.torch_device = select_device(device)
@@ -55,12 +64,14 @@ class TorchBackend:
         self.precision, self.precision_reason = resolve_precision(precision, self.torch_device)
         self.model = model.to(self.torch_device).eval()
         self.batch_size = batch_size
+        self.weights_in_bf16 = self.precision == "bf16" and owns_model and store_gemm_weights_in_bf16_(self.model) > 0
         # compiled once per shape and kept: every call's long attentions reuse its graphs
         self._attention = openvino_attention_kernel(self.torch_device) if self.precision == "bf16" else None
 
     def describe(self) -> str:
         arch = self.model.arch
         how = "fp32" if self.precision == "fp32" else "bf16 autocast" + (
+            ", GEMM weights stored in bf16" if self.weights_in_bf16 else "") + (
             ", long attentions on OpenVINO's bf16 kernel" if self._attention is not None else "")
         return (f"torch {torch.__version__} eager {how} on {self.device} "
                 f"({arch.name}, {self.model.task or 'featmap'}, RoPE {self.model.rope_mode})")
@@ -101,7 +112,8 @@ def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_
     """A :class:`TorchBackend` for a loaded model or anything ``load_model`` accepts."""
     from ..models.loading import load_model  # sapiens2_edge.loading.load_model once that module exists
 
-    if not isinstance(model, Sapiens2Model):
+    owned = not isinstance(model, Sapiens2Model)
+    if owned:
         if not isinstance(model, (str, os.PathLike)):
             raise ConfigError(f"expected an artifact directory, a Sapiens2Model, a checkpoint path or a "
                               f"Hugging Face id, got {type(model).__name__}")
@@ -110,7 +122,7 @@ def open_checkpoint(model, task: str | None = None, device: str = "auto", batch_
 
             read_manifest(model)
         model = load_model(model, task=task)
-    return TorchBackend(model, device=device, batch_size=batch_size, precision=precision)
+    return TorchBackend(model, device=device, batch_size=batch_size, precision=precision, owns_model=owned)
 
 
 def open_detector(path: str | os.PathLike, device: str = "auto", **options):
