@@ -6,7 +6,8 @@ that computes bf16 natively (avx512_bf16, AMX) torch's bf16 linears run at about
 GEMMs, but its bf16 ``scaled_dot_product_attention`` is no faster than float32, so where OpenVINO is
 installed the attentions of long sequences go to OpenVINO's kernel
 (:mod:`sapiens2_edge.kernels.openvino_attention`): 0.4b at 1024x768 on an AVX-512 BF16 EPYC, one
-image, 2 cores: float32 23.0 s, bf16 autocast 16.1 s, bf16 with OpenVINO's attention 12.7 s.
+image, 2 cores: float32 25.1 s, torch's bf16 autocast 15.9 s, the torch backend's bf16 11.3 s
+(benchmarks/results/cpu_peers.md).
 """
 
 from __future__ import annotations
