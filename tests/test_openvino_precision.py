@@ -256,5 +256,5 @@ def test_cli_exports_bf16_and_the_predictor_says_why(seg, tmp_path):
     assert expected in pred.runner.describe() and NATIVE[1] in pred.runner.describe()
     # a format without bf16 refuses it before any work, naming the one that takes it
     res = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--scheme", "bf16", "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "or --format openvino / native for bf16" in " ".join(res.output.split()), res.output
+    assert res.exit_code == 2 and "or --format openvino / torch / native for bf16" in " ".join(res.output.split()), res.output
     assert not (tmp_path / "o").exists()

@@ -156,12 +156,16 @@ def test_the_scale_out_factory_carries_the_precision(tmp_path, native_bf16):
     save(tiny_model("seg"), ckpt)
     factory = pickle.loads(pickle.dumps(PredictorFactory(str(ckpt), precision="bf16", device="cpu")))
     assert factory().runner.precision == "bf16"
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "model.onnx").write_bytes(b"")
+    with pytest.raises(ConfigError, match="precision='bf16' chooses how torch runs a checkpoint"):
+        PredictorFactory(str(tmp_path / "art"), precision="bf16")  # in the driver, not in every worker
 
 
 def test_a_bf16_torch_program_computes_the_eager_bf16_forward(tmp_path):
-    """``export --format torch --scheme bf16``: the program records the autocast region; it gives the eager
-    bf16 outputs bit for bit (without OpenVINO's attention), verifies within the bf16 bound against fp32,
-    and its archive passes the loader's checks."""
+    """``export --format torch --scheme bf16``: the program records the autocast region and holds the GEMM
+    weights in bf16; it gives the eager bf16 outputs bit for bit (without OpenVINO's attention), verifies
+    within the bf16 bound against fp32, and its archive passes the loader's checks."""
     model = tiny_model("seg")
     root = s2e.export(model, tmp_path / "pt2", format="torch", precision="bf16", input_size=INPUT, max_batch=2)
     manifest = read_manifest(root)
@@ -174,6 +178,19 @@ def test_a_bf16_torch_program_computes_the_eager_bf16_forward(tmp_path):
         want = model(torch.from_numpy(x)).float().numpy()
     assert got[0].dtype == np.float32
     np.testing.assert_array_equal(got[0], want)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the exported model's own weights are back
+    fp32 = s2e.export(model, tmp_path / "fp32", format="torch", input_size=INPUT, max_batch=2)
+    gemm = sum(p.numel() for m in model.modules() if type(m) in bf16_forwards.GEMM_LAYERS for p in m.parameters())
+    saved = tensor_bytes(fp32 / "model.pt2") - tensor_bytes(root / "model.pt2")
+    assert saved == pytest.approx(2 * gemm, rel=0.02)  # the GEMM weights in bf16: two bytes less each
+
+
+def tensor_bytes(pt2: Path) -> int:
+    """The bytes of a program's weights and constants (the graph's JSON aside)."""
+    import zipfile
+
+    with zipfile.ZipFile(pt2) as z:
+        return sum(i.file_size for i in z.infolist() if "/data/weights/" in i.filename or "/data/constants/" in i.filename)
 
 
 def test_a_planted_call_inside_the_autocast_region_is_refused(tmp_path):

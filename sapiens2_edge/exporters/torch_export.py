@@ -10,9 +10,11 @@ AOTInductor needs a compiler toolchain and is only built for CUDA: on a CPU-only
 manifest says it was not built, and the runtime runs ``model.pt2``.
 
 Precision ``bf16`` exports the float model under torch's bf16 autocast (no weight cache), float32
-outputs: ``torch.export`` records the autocast region in the program (``wrap_with_autocast``), which
-then computes what ``Predictor(checkpoint, precision="bf16")`` does in eager mode (bit for bit, minus
-the eager path's OpenVINO attention); where the CPU lacks native bf16 torch emulates it (slower than fp32).
+outputs, its linear and convolution weights stored in bf16 (what autocast rounds them to at every
+call: half the file): ``torch.export`` records the autocast region in the program
+(``wrap_with_autocast``), which then computes what ``Predictor(checkpoint, precision="bf16")`` does in
+eager mode (bit for bit, minus the eager path's OpenVINO attention); where the CPU lacks native bf16
+torch emulates it (slower than fp32).
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ def export_program(model, input_size, max_batch: int, device: str = "cpu", preci
     bf16: under bf16 autocast, :func:`bf16_program`)."""
     import torch
 
+    from ..models.bf16 import gemm_weights_in_bf16
     from .onnx_export import frozen_rope
 
     x = torch.zeros(min(2, max_batch), 3, *input_size, device=device)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
-    program = bf16_program(model.eval(), torch.device(device).type) if precision == "bf16" else model.eval()
-    with frozen_rope(model, input_size), torch.no_grad(), warnings.catch_warnings():
+    bf16 = precision == "bf16"
+    program = bf16_program(model.eval(), torch.device(device).type) if bf16 else model.eval()
+    with frozen_rope(model, input_size), gemm_weights_in_bf16(model) if bf16 else contextlib.nullcontext(), \
+            torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return torch.export.export(program, (x,), dynamic_shapes=dynamic)

@@ -78,6 +78,21 @@ def store_gemm_weights_in_bf16_(model: nn.Module) -> int:
     return freed
 
 
+@contextlib.contextmanager
+def gemm_weights_in_bf16(model: nn.Module) -> Iterator[None]:
+    """For the duration, ``model``'s linear and convolution weights stored in bf16
+    (:func:`store_gemm_weights_in_bf16_`); its own float32 ones again after (e.g. while a bf16 program
+    of it is exported: the program then holds bf16 weights, half the file)."""
+    saved = [(m, name, getattr(m, name)) for m in model.modules() if type(m) in GEMM_LAYERS
+             for name in ("weight", "bias") if getattr(m, name) is not None]
+    store_gemm_weights_in_bf16_(model)
+    try:
+        yield
+    finally:
+        for m, name, p in saved:
+            setattr(m, name, p)
+
+
 def openvino_attention_kernel(device: Any) -> ova.OpenVINOAttention | None:
     """OpenVINO's attention kernel for bf16 forwards on ``device`` where it applies (a CPU that computes
     bf16 natively, OpenVINO installed, the kernels not held to torch's own); None elsewhere."""
@@ -110,4 +125,4 @@ def attention_on_openvino(model: torch.nn.Module, device: Any,
 
 
 __all__ = ["GEMM_LAYERS", "PRECISIONS", "attention_on_openvino", "bf16_autocast", "bf16_precision",
-           "openvino_attention_kernel", "store_gemm_weights_in_bf16_"]
+           "gemm_weights_in_bf16", "openvino_attention_kernel", "store_gemm_weights_in_bf16_"]

@@ -18,6 +18,13 @@ from .opener import BACKENDS, open_artifact
 
 log = logging.getLogger("sapiens2_edge")
 
+def check_precision_target(model: Any, precision: str | None) -> None:
+    """``precision=`` chooses how torch runs a checkpoint: refused, before any work, for an artifact."""
+    if precision is not None and (is_artifact(model) or looks_like_artifact(model)):
+        raise ConfigError(f"precision={precision!r} chooses how torch runs a checkpoint; an artifact runs at the "
+                          "precision it was exported for (export --scheme bf16, for one): drop precision=")
+
+
 class Predictor:
     """Run a Sapiens2 task model on images.
 
@@ -58,10 +65,8 @@ class Predictor:
             raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_precision_target(model, precision)
         if is_artifact(model) or looks_like_artifact(model):  # the latter: refused, it lacks its manifest
-            if precision is not None:
-                raise ConfigError(f"precision={precision!r} chooses how torch runs a checkpoint; an artifact runs at the "
-                                  "precision it was exported for (export --scheme bf16, for one): drop precision=")
             self._open_artifact(model, backend, device, input_size, batch_size)
         else:
             self._open_checkpoint(model, backend, device, input_size, batch_size, task, precision)

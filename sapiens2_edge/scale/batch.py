@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..runtime.inputs import is_video
+from ..runtime.predictor import check_precision_target
 from ..tasks.image import load_image
 from .encode import encode_result, error_row, to_arrow, to_numpy
 
@@ -61,6 +62,7 @@ class PredictorFactory:
         if not isinstance(self.model, str):
             raise ConfigError(f"the model of a PredictorFactory must be an artifact directory or checkpoint path "
                               f"(it is opened again in every worker), got {type(self.model).__name__}")
+        check_precision_target(self.model, self.precision)  # here, not in every worker
 
     def open_detector(self) -> Any:
         spec = self.detector
