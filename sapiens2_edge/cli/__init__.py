@@ -197,10 +197,11 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     from .ray_predict import check_options, run_ray
 
     check_options(ray, address, concurrency, gpus)
+    precision = None if precision is None else str(precision)
     if ray:
         raise typer.Exit(run_ray(checkpoint, input, output, camera, boxes, skip_errors, detector, address, concurrency,
                                  gpus, str(backend), device, parse_size(input_size), not no_flip, as_json, say,
-                                 None if precision is None else str(precision)))
+                                 precision))
     from ..artifact import is_artifact
     from ..runtime.inputs import list_images, load_boxes
     from ..runtime.outputs import run_predictions
@@ -218,8 +219,7 @@ def predict(checkpoint: str = typer.Argument(..., help="an exported artifact dir
     if not is_artifact(checkpoint):
         require("torch", "predict with a checkpoint (it runs in PyTorch; an exported artifact runs without it)")
     pred = Predictor(checkpoint, backend=str(backend), device=device, input_size=parse_size(input_size),
-                     flip_test=not no_flip, detector=detector_option(detector),
-                     precision=None if precision is None else str(precision))
+                     flip_test=not no_flip, detector=detector_option(detector), precision=precision)
     if not as_json:
         say(f"{pred.task} model on {pred.backend} ({pred.backend_reason}): {pred.runner.describe()}")
     if streaming:

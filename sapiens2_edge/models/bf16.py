@@ -60,22 +60,22 @@ def bf16_autocast(device: Any, enabled: bool = True) -> contextlib.AbstractConte
 GEMM_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
+def _float32_gemm_params(model: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """(layer, "weight" or "bias", parameter) of every float32 weight and bias of ``model``'s layers of
+    exactly the :data:`GEMM_LAYERS` types (subclasses and quantized layers are left out)."""
+    return [(m, name, p) for m in model.modules() if type(m) in GEMM_LAYERS
+            for name in ("weight", "bias") if (p := getattr(m, name)) is not None and p.dtype == torch.float32]
+
+
 def store_gemm_weights_in_bf16_(model: nn.Module) -> int:
     """Store the weights and biases of ``model``'s linear and convolution layers in bf16, in place;
     returns the bytes that frees. Under bf16 autocast the model computes exactly the same (autocast
     rounds them to nearest bf16 at every call; now they are already), without that per-call cast and
-    with half these weights' memory; only for a model nothing runs in fp32 any more. Layers of other
-    types (subclasses, quantized layers) keep theirs."""
-    freed = 0
-    for m in model.modules():
-        if type(m) not in GEMM_LAYERS:
-            continue
-        for name in ("weight", "bias"):
-            p = getattr(m, name)
-            if p is not None and p.dtype == torch.float32:
-                freed += p.numel() * 2
-                setattr(m, name, nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
-    return freed
+    with half these weights' memory; only for a model nothing runs in fp32 any more."""
+    params = _float32_gemm_params(model)
+    for m, name, p in params:
+        setattr(m, name, nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
+    return sum(2 * p.numel() for _, _, p in params)
 
 
 @contextlib.contextmanager
@@ -83,8 +83,7 @@ def gemm_weights_in_bf16(model: nn.Module) -> Iterator[None]:
     """For the duration, ``model``'s linear and convolution weights stored in bf16
     (:func:`store_gemm_weights_in_bf16_`); its own float32 ones again after (e.g. while a bf16 program
     of it is exported: the program then holds bf16 weights, half the file)."""
-    saved = [(m, name, getattr(m, name)) for m in model.modules() if type(m) in GEMM_LAYERS
-             for name in ("weight", "bias") if getattr(m, name) is not None]
+    saved = _float32_gemm_params(model)
     store_gemm_weights_in_bf16_(model)
     try:
         yield
@@ -110,7 +109,8 @@ def attention_on_openvino(model: torch.nn.Module, device: Any,
     product of their own (an export's) keep it; anything but a long sequence under bf16 CPU autocast
     still takes torch's kernel (:class:`~sapiens2_edge.kernels.openvino_attention.AttentionProduct`)."""
     attentions = [m for m in model.modules() if isinstance(m, Attention) and m.product is None]
-    kernel = kernel if kernel is not None or not attentions else openvino_attention_kernel(device)
+    if attentions and kernel is None:
+        kernel = openvino_attention_kernel(device)
     if kernel is None or not attentions:
         yield False
         return

@@ -98,8 +98,9 @@ def resolve_precision(asked: str, device: torch.device) -> tuple[str, str]:
     precision, why = bf16_precision(asked, device)
     if precision != "bf16":
         return precision, why
-    if device.type == "cpu" and bf16_flags()[0] is False:
-        raise ConfigError(f"precision='bf16' runs slower than fp32 on this CPU: {bf16_flags()[1]}, so torch would "
+    native, evidence = bf16_flags()
+    if device.type == "cpu" and native is False:
+        raise ConfigError(f"precision='bf16' runs slower than fp32 on this CPU: {evidence}, so torch would "
                           "emulate it; use precision='fp32' (or 'auto', which picks bf16 only where it is native)")
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision='bf16' needs a GPU with bf16 arithmetic; {torch.cuda.get_device_name(device)} "
