@@ -44,12 +44,15 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 def quantize_and_save(model: Any, scheme: str, calibration: Any, path: str | os.PathLike, *, held_out: Any,
                       held_out_source: str, input_size: Sequence[int] | None = None, calibration_size: int = 32,
-                      eval_samples: int = 16, report_path: str | os.PathLike | None = None,
-                      progress: Any = None, **options: Any) -> tuple[Any, Any]:
+                      eval_samples: int = 16, eval_min_samples: int | None = 4,
+                      report_path: str | os.PathLike | None = None, progress: Any = None,
+                      **options: Any) -> tuple[Any, Any]:
     """Quantize ``model`` (loaded, or anything ``load_model`` accepts) on ``calibration``, measure its
     task fidelity against the float model on ``held_out`` (with calibration data, the report's output
     SQNR is measured on the same forwards), and save it
-    to ``path`` (and the report's JSON to ``report_path``). ``options`` go to ``quantize`` (e.g.
+    to ``path`` (and the report's JSON to ``report_path``). Up to ``eval_samples`` held-out images are
+    read; after ``eval_min_samples`` of them (None: all), only until the task's headline metric is known
+    to its 95 % interval (:mod:`.quantization.enough`). ``options`` go to ``quantize`` (e.g.
     ``activation_mode``, ``budget``). ``progress``: None (bars on a terminal), a bool, or a
     ``(iterable, total, desc) -> iterable`` hook such as :meth:`Talk.iterate`. Returns (QuantizedModel, QuantReport)."""
     from . import load_model
@@ -62,9 +65,10 @@ def quantize_and_save(model: Any, scheme: str, calibration: Any, path: str | os.
         options["progress"] = progress
     qmodel, report = quantize(model, scheme, calibration=calibration, input_size=size,
                               calibration_size=calibration_size, held_out=held_out, held_out_samples=eval_samples,
-                              **options)
+                              held_out_min_samples=eval_min_samples, **options)
     if not report.fidelity:  # nothing measured on the held-out data yet (no calibration data, e.g. weight-only)
-        report.fidelity = evaluate(model, qmodel, held_out, input_size=size, samples=eval_samples, show=progress)
+        report.fidelity = evaluate(model, qmodel, held_out, input_size=size, samples=eval_samples, show=progress,
+                                   min_samples=eval_min_samples)
     report.fidelity["evaluated_on"] = held_out_source
     save_quantized(qmodel, Path(path), report=report)
     if report_path is not None:
@@ -215,10 +219,15 @@ class Talk:
         self.write(f"      {desc}: done in {time.monotonic() - start:.1f} s")
 
     def iterate(self, iterable: Any, total: int | None, desc: str, unit: str = "batch"):
-        """``iterable`` with a bar (the ``progress=`` hook of ``quantize`` and ``evaluate``)."""
+        """``iterable`` with a bar (the ``progress=`` hook of ``quantize`` and ``evaluate``); a caller that
+        stops early (an evaluation with enough images) ends the bar at the items it took."""
         with self.bar(desc, total, unit) as advance:
             for item in iterable:
-                yield item
+                try:
+                    yield item
+                except GeneratorExit:  # the caller's loop ended after using this item
+                    advance()
+                    return
                 advance()
 
 

@@ -57,7 +57,7 @@ def test_demo_talks_at_80_columns(tmp_path, monkeypatch, random_tiny):
     text = " ".join(res.output.split())
     # int8-weight needs no data: no calibration pass, only the comparison with the fp32 model
     assert "weights only: no calibration data needed" in text and "calibrate:" not in text
-    assert "float: 0/1 batch" in text and "quantized: 1 batch in" in text
+    assert "evaluate (3 held-out): 0/1 batch" in text and "evaluate (3 held-out): 1 batch in" in text
     # the summary says what each number is measured against
     assert "vs the torch fp32 model on 3 other augmented views of astronaut.jpg" in text
     assert "(native int8-weight," in text and "vs torch int8-weight QuantizedModel" in text

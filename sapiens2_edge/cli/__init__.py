@@ -28,6 +28,7 @@ from .options import (
     ATTENTION_HELP,
     CALIB_INPUT_HELP,
     CALIB_PRECISION_HELP,
+    EVAL_MIN_HELP,
     GRAPH_HELP,
     HEAD_HELP,
     TORCH_PRECISION_HELP,
@@ -258,7 +259,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
                  report: Optional[Path] = typer.Option(None, "--report", help="also write the report JSON here"),
                  holdout: Optional[Path] = typer.Option(None, help="held-out images for the fidelity report"),
                  calib_size: int = typer.Option(32, min=1, help="calibration images to use"),
-                 eval_samples: int = typer.Option(16, min=1, help="held-out images to evaluate"),
+                 eval_samples: int = typer.Option(16, min=1, help="held-out images to evaluate at most"),
+                 eval_min_samples: int = typer.Option(4, min=1, help=EVAL_MIN_HELP),
                  activation_mode: Activations = typer.Option("dynamic", help="int8/fp8 activations"),
                  calibration_precision: CalibPrecision = typer.Option("auto", help=CALIB_PRECISION_HELP),
                  attention: AttentionInputs = typer.Option("float", help=ATTENTION_HELP),
@@ -290,7 +292,8 @@ def quantize_cmd(checkpoint: str = typer.Argument(..., help="float checkpoint (.
     talk.say(f"{model.arch.name} {model.task}: {scheme} with {len(calib_images)} calibration images")
     _, rep = quantize_and_save(model, scheme, calib_images, path, held_out=eval_images, held_out_source=eval_source,
                                input_size=parse_size(input_size), calibration_size=calib_size,
-                               eval_samples=eval_samples, report_path=report, progress=talk.iterate, **options)
+                               eval_samples=eval_samples, eval_min_samples=eval_min_samples, report_path=report,
+                               progress=talk.iterate, **options)
     console.print(report_table(rep))
     say(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)" + (f" and {report}" if report else ""))
 

@@ -56,6 +56,8 @@ GRAPH_HELP = ("onnx, ort: the graph's form: auto (default: onnxruntime, or stand
 HeadPrecision = _choices("HeadPrecision", ("float", "int8"))
 HEAD_HELP = ("the pose / seg head's transposed convolutions: float, or int8 (int8 weights and inputs, the input "
              "scales from the calibration images; OpenVINO then runs them with its int8 kernels). Needs --calib")
+EVAL_MIN_HELP = ("held-out images read at least; after them, the evaluation stops once the task's headline metric "
+                 "(seg agreement, pose displacement, ...) is known to its 95 % interval (>= --eval-samples: read all)")
 
 
 def error_line(e: BaseException) -> str:

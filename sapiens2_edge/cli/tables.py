@@ -20,8 +20,13 @@ def report_table(report) -> Table:
     for k, v in report.fidelity.items():
         if isinstance(v, float):
             table.add_row(f"{k} (held-out)", f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3g}")
-        elif k in ("samples", "budget", "evaluated_on"):
+        elif k in ("budget", "evaluated_on", "stopped"):
             table.add_row(k, str(v))
+        elif k == "samples":
+            table.add_row("held-out images read", f"{v} of {report.fidelity.get('samples_available', v)}")
+        elif k == "interval":
+            table.add_row(f"{v['metric']} 95 % interval", f"+/- {v['half_width_95']:.4g} "
+                          f"(stops at +/- {v['target_half_width_95']:.4g})")
     worst = sorted((lr for lr in report.layers if lr.output_sqnr_db is not None), key=lambda lr: lr.output_sqnr_db)
     for lr in worst[:5]:
         table.add_row(f"weak layer {lr.name}", f"{lr.scheme}, {lr.output_sqnr_db:.1f} dB")

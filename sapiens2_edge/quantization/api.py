@@ -67,7 +67,8 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     options: ``exclude``, ``quantize_tokenizer``, ``prefix_tokens`` (which layers, how many prefix
     tokens), ``held_out`` / ``held_out_samples`` (data the report measures on instead of the
     calibration inputs, which also fills ``report.fidelity`` from the same forwards; ignored by a
-    budget search, which measures on its own samples), ``inplace`` (True: smooth ``model`` itself rather than
+    budget search, which measures on its own samples), ``held_out_min_samples`` (stop reading held-out
+    data after at least that many inputs once the task metric's 95 % interval is tight; default: read all), ``inplace`` (True: smooth ``model`` itself rather than
     a copy of it, saving one copy of the weights in memory; the model stays the same function up to float
     rounding), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
     among them, as float16), ``attention`` (``int8``: q, k and v of every backbone attention rounded to int8 with
@@ -91,7 +92,8 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     check_float_model(model)
     show = options.pop("progress", None)
     kernel = options.pop("kernel", "auto")
-    run_options = {k: options.pop(k) for k in ("held_out", "held_out_samples", "inplace") if k in options}
+    run_options = {k: options.pop(k) for k in ("held_out", "held_out_samples", "held_out_min_samples", "inplace")
+                   if k in options}
     cal = Calibration.of(calibration, options, scheme if isinstance(scheme, QuantRecipe) else None)
     config, recipe = _request(scheme, cal, options)
     with reuse_freed_pages(release=True):  # the forwards' freed pages reused, given back at the end

@@ -109,7 +109,7 @@ def _group_alpha(group, layers: Mapping[str, LayerScheme], configs) -> tuple[flo
 def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = None, *,
           recipe: QuantRecipe | None = None, prefix_tokens: int = DEFAULT_PREFIX_TOKENS, kernel: str = "auto",
           progress: bool | None = None, held_out: Any = None, held_out_samples: int = 16,
-          inplace: bool = False) -> tuple[QuantizedModel, QuantReport]:
+          held_out_min_samples: int | None = None, inplace: bool = False) -> tuple[QuantizedModel, QuantReport]:
     """Quantize the named backbone linears of ``model``, each with its own config; ``model`` is not changed.
 
     layers: module name -> ``Int8WeightOnly()``, ``Int8(...)``, ``Fp8(...)``, ``Fp16()`` or a
@@ -120,7 +120,9 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     kept out of static ranges (ignored when ``recipe`` is given). held_out: data the report measures
     on instead of the calibration inputs (up to ``held_out_samples``), also filling
     ``report.fidelity`` from the same forwards (only with calibration data; without it, no
-    output is measured). inplace: ``model`` itself (float32) is the float copy SmoothQuant folds
+    output is measured); with ``held_out_min_samples``, the report stops reading held-out images,
+    after at least that many, once the task's headline metric is known to its 95 % interval
+    (:mod:`.enough`). inplace: ``model`` itself (float32) is the float copy SmoothQuant folds
     into and the report's float side, instead of a copy of it: one copy of the weights less in
     memory, and ``model`` is left smoothed (the same function up to float rounding).
     """
@@ -251,21 +253,25 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             report.calibration.update(report_samples=min(cal.report_samples, calib.num_samples),
                                       report_input_size=list(calib.input_size))
         else:  # one float and one quantized forward per held-out batch give the report and the fidelity
-            from .evaluate import as_batches
+            from .enough import EnoughImages
+            from .evaluate import as_batches, shuffled
             from .fidelity import FidelityAccumulator
 
             size = input_size
             report.calibration["report_input_size"] = list(size)
-            batches = as_batches(held_out, model.task, size, held_out_samples, report_batch_size(cal.batch_size, size),
-                                 progress)
+            batch = report_batch_size(cal.batch_size, size)
+            batches = as_batches(held_out, model.task, size, held_out_samples, batch, progress)
             fidelity = FidelityAccumulator(model.task, size)
-            # every held-out image gives the task fidelity and the output SQNR; the per-layer SQNR
+            enough = EnoughImages(fidelity, held_out_min_samples, batches.num_samples)
+            batches = shuffled(batches, batch) if enough.early else batches
+            # every held-out image read gives the task fidelity and the output SQNR; the per-layer SQNR
             # comes from the first report_samples of them
             layer_inputs = _report_outputs(base, qmodel, batches, device, report, progress,
-                                           f"report + fidelity ({batches.num_samples} held-out)", fidelity.add,
-                                           layer_samples=cal.report_samples)
-            report.fidelity = {**fidelity.result(), "samples": batches.num_samples}
-            report.calibration.update(report_samples=batches.num_samples, report_on="held-out",
+                                           f"report + fidelity ({'up to ' if enough.early else ''}"
+                                           f"{batches.num_samples} held-out)", fidelity.add,
+                                           layer_samples=cal.report_samples, enough=enough)
+            report.fidelity = {**fidelity.result(), **enough.summary()}
+            report.calibration.update(report_samples=report.fidelity["samples"], report_on="held-out",
                                       layer_sqnr_samples=layer_inputs)
     report.calibration["seconds"] = round(time.perf_counter() - t0, 3)
     return qmodel, report
@@ -287,11 +293,12 @@ def _all_float32(model) -> bool:
 
 
 def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, desc: str, on_outputs=None,
-                    layer_samples: int | None = None) -> int:
-    """Fill the report's per-layer and end-to-end output SQNR (``on_outputs``, ``layer_samples``: see
-    :func:`.measure.measure_outputs`); returns the inputs the per-layer SQNR was measured on."""
+                    layer_samples: int | None = None, enough=None) -> int:
+    """Fill the report's per-layer and end-to-end output SQNR (``on_outputs``, ``layer_samples``,
+    ``enough``: see :func:`.measure.measure_outputs`); returns the inputs the per-layer SQNR was measured on."""
     layer_sqnr, total, layer_inputs = measure_outputs(base, qmodel, qmodel.quantized_layers(), batches, len(batches), device,
-                                        on_outputs=on_outputs, desc=desc, show=show, layer_samples=layer_samples)
+                                                      on_outputs=on_outputs, desc=desc, show=show,
+                                                      layer_samples=layer_samples, enough=enough)
     for lr in report.layers:
         lr.output_sqnr_db = layer_sqnr[lr.name]
     report.output_sqnr_db = total

@@ -145,6 +145,13 @@ class FidelityAccumulator:
         self.task, self.input_size, self.keypoints, self.kpt_thr = task, tuple(input_size), keypoints, kpt_thr
         self.sums = _ErrorSums()
         self.parts: list[tuple] = []
+        #: per image, the terms of the headline metric's ratio (see :mod:`.enough`): (sum, count)
+        #: pairs; pose: (displacement sum, keypoints) over confident keypoints, then over all
+        self.per_image: list[tuple[float, ...]] = []
+
+    @property
+    def images(self) -> int:
+        return len(self.per_image)
 
     def add(self, ref: Outputs, test: Outputs) -> None:
         ref, test = tuple(ref), tuple(test)
@@ -152,15 +159,55 @@ class FidelityAccumulator:
             raise ValueError(f"{len(ref)} reference outputs against {len(test)} tested ones")
         for a, b in zip(ref, test, strict=True):
             self.sums.add(a, b)
+        n = len(ref[0])
         if self.task == "seg":
             labels = np.uint8 if ref[0].shape[1] <= 256 else np.int32
             self.parts.append((ref[0].argmax(1).astype(labels), test[0].argmax(1).astype(labels)))
+            agree = (self.parts[-1][0] == self.parts[-1][1]).reshape(n, -1)
+            self.per_image += [(float(row.sum()), float(row.size)) for row in agree]
         elif self.task == "pose":
             self.parts.append(_pose_distances(ref[0], test[0], self.input_size, self.kpt_thr, self.keypoints))
+            d, m = (x.reshape(n, -1) for x in self.parts[-1])
+            self.per_image += [(float(di[mi].sum()), float(mi.sum()), float(di.sum()), float(di.size))
+                               for di, mi in zip(d, m, strict=True)]
         elif self.task == "normal":
             self.parts.append((_normal_angles(ref[0], test[0]),))
+            self.per_image += [(float(a.sum()), float(a.size)) for a in self.parts[-1][0]]
         elif self.task in ("pointmap", "albedo"):
             self.parts.append((ref, test))
+        self.per_image += self._ratio_terms(ref, test, n)
+
+    def _ratio_terms(self, ref: Outputs, test: Outputs, n: int) -> list[tuple[float, float]]:
+        """Per image (numerator, denominator) of the headline metrics computed from the raw outputs:
+        pointmap |metric points error| over |metric points|, albedo squared error over pixels,
+        featmaps (no task) noise over signal energy."""
+        if self.task == "pointmap":
+            (pr, sr), (pt, st) = ref, test
+            mr = pr / np.asarray(sr, np.float64).reshape(n, 1, 1, 1)
+            mt = pt / np.asarray(st, np.float64).reshape(n, 1, 1, 1)
+            return [(float(np.abs(a - b).sum()), float(np.abs(a).sum())) for a, b in zip(mr, mt, strict=True)]
+        if self.task == "albedo":
+            return [(float(np.sum((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2)), float(a.size))
+                    for a, b in zip(ref[0], test[0], strict=True)]
+        if self.task is None:
+            out = []
+            for i in range(n):
+                image = _ErrorSums()
+                for a, b in zip(ref, test, strict=True):
+                    image.add(a[i], b[i])
+                out.append((image.noise, image.rr))
+            return out
+        return []
+
+    def interval(self) -> dict:
+        """The task's headline metric over the images so far with its 95 % interval
+        (:func:`.enough.headline_interval`)."""
+        from .enough import headline_interval
+
+        terms = np.asarray(self.per_image, np.float64).reshape(len(self.per_image), -1)
+        if self.task == "pose" and not terms[:, 1].any():  # no confident keypoint: all of them, as the summary
+            terms = terms[:, 2:]
+        return headline_interval(self.task, terms[:, 0], terms[:, 1])
 
     def result(self) -> dict[str, float]:
         out = self.sums.result()

@@ -68,7 +68,8 @@ def layer_energies(ref: torch.Tensor, layer: nn.Module, x: torch.Tensor) -> tupl
     return s0 + weight * s1, e0 + weight * e1
 
 
-def _numpy(out) -> Outputs:
+def numpy_outputs(out) -> Outputs:
+    """A model's output (a tensor or a tuple of them) as float32 numpy arrays."""
     return tuple(o.float().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,)))
 
 
@@ -81,8 +82,8 @@ def _output_energies(ref: Outputs, test: Outputs) -> tuple[float, float]:
 def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.Module],
                     batches: Iterable[torch.Tensor], total: int | None, device, *,
                     on_outputs: Callable[[Outputs, Outputs], None] | None = None,
-                    desc: str = "report", show=None,
-                    layer_samples: int | None = None) -> tuple[dict[str, float], float, int]:
+                    desc: str = "report", show=None, layer_samples: int | None = None,
+                    enough: Callable[[int], bool] | None = None) -> tuple[dict[str, float], float, int]:
     """Run ``base`` (the float model, with a hook on each module named in ``layers``) and ``qmodel``
     once per batch. Returns (layer name -> output SQNR dB, end-to-end output SQNR dB, inputs the
     per-layer SQNR was measured on);
@@ -92,7 +93,8 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
     running every quantized layer once more on the float inputs costs about a quarter of a
     held-out image's time, and a layer's SQNR over millions of values settles within a few images,
     while the task fidelity needs every image. Per image, a layer reads at most :data:`LAYER_TOKENS`
-    patch tokens (:func:`layer_energies`)."""
+    patch tokens (:func:`layer_energies`). ``enough(inputs run so far)``, called after each batch, ends
+    the run when it returns True (e.g. :class:`.enough.EnoughImages`)."""
     modules = dict(base.named_modules())
     energy = {n: [0.0, 0.0] for n in layers}
     handles = []
@@ -113,7 +115,7 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
                 # the forwards before (a batch's, the conversion's) grew the reused heap: see sapiens2_edge.heap
                 release_freed_heap()
                 b = b.to(device)
-                ref, test = _numpy(base(b)), _numpy(qmodel(b))
+                ref, test = numpy_outputs(base(b)), numpy_outputs(qmodel(b))
                 s, e = _output_energies(ref, test)
                 sig, noise = sig + s, noise + e
                 if on_outputs is not None:
@@ -122,10 +124,12 @@ def measure_outputs(base: nn.Module, qmodel: nn.Module, layers: Mapping[str, nn.
                     layer_inputs += b.shape[0]
                 seen[0] += b.shape[0]
                 del ref, test
+                if enough is not None and enough(seen[0]):
+                    break
     finally:
         for h in handles:
             h.remove()
     return {n: nx.sqnr_db(*e) for n, e in energy.items()}, nx.sqnr_db(sig, noise), layer_inputs
 
 
-__all__ = ["measure_outputs", "energies", "layer_energies", "token_rows", "LAYER_TOKENS"]
+__all__ = ["measure_outputs", "numpy_outputs", "energies", "layer_energies", "token_rows", "LAYER_TOKENS"]
