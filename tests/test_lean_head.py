@@ -1,8 +1,8 @@
 """The pose / seg head's lean eager path (:mod:`sapiens2_edge.models.lean_head`): in CPU inference it
 computes what the head's layers compute one by one (the reference: the same modules run with autograd
 on, which takes the plain path), its transposed convolutions run by groups of output channels no larger
-than the bound, the input is never written, hooks see their layers as usual, and traced, autocast or
-autograd forwards keep the plain layers."""
+than the bound, the input is never written, hooks see their layers as usual, and traced, float16 autocast
+or autograd forwards keep the plain layers; under bf16 autocast the same path runs on bf16 maps."""
 
 from __future__ import annotations
 
@@ -124,12 +124,73 @@ def test_traced_autocast_and_autograd_forwards_take_the_plain_layers(monkeypatch
     assert kinds.count("aten::_convolution") == 4 + 2 + 1  # one node per layer: 4 transposed, 2 + 1 1x1 convs
     assert "aten::instance_norm" in kinds and "aten::var_mean" not in kinds and "aten::addmm" not in kinds
     calls.out_bytes.clear()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # autocast in another dtype than bf16
         y = head(x)
-    assert len(calls.out_bytes) == 4 and y.dtype == torch.bfloat16
+    assert len(calls.out_bytes) == 4 and y.dtype == torch.float16
+    calls.out_bytes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autograd on
+        head(x)
+    assert len(calls.out_bytes) == 4
     calls.out_bytes.clear()
     head(x)
     assert len(calls.out_bytes) == 4
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("task", ["seg", "pose"])
+def test_bf16_autocast_runs_the_lean_path_on_bf16_maps(task, monkeypatch):
+    """What bf16 autocast computes layer by layer (bf16 maps, bf16-rounded weights), by groups of output
+    channels, the input untouched; float32 or bf16-stored weights alike."""
+    head = tiny_model(task).decode_head.eval()
+    x = _features(5)
+    with torch.no_grad():
+        full = head(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16), lean_head.layer_by_layer():
+            ref = head(x)
+    bound = 3 * _last_deconv_channel_bytes(head) // 2  # 3 bf16 channels of the last transposed convolution
+    monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
+    calls = DeconvCalls(monkeypatch)
+    before = x.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(x, before)
+    assert len(calls.out_bytes) > 4 and max(calls.out_bytes) <= bound
+    assert _rel_l2(out, ref) <= 4e-3  # bf16 rounding of sums taken in another order
+    assert _rel_l2(out, full) <= 1.1 * _rel_l2(ref, full)  # no less faithful to float32 than autocast's layers
+    for m in head.modules():  # the torch backend's bf16 models keep their convolution weights in bf16
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(head(x), out)
+
+
+def test_bf16_autocast_with_a_hooked_or_int8_layer_takes_autocast_s_layers(monkeypatch):
+    head = tiny_model("seg").decode_head.eval()
+    x = _features(6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), lean_head.layer_by_layer():
+        ref = head(x)
+    monkeypatch.setattr(lean_head, "GROUP_BYTES", 1)
+    calls = DeconvCalls(monkeypatch)
+    seen = []
+    handle = head.deconv_layers[1].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(x)
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16] and len(calls.out_bytes) == 4 and torch.equal(out, ref)
+    model = tiny_model("seg")
+    data = [torch.randn(2, 3, *INPUT, generator=torch.Generator().manual_seed(1))]
+    q, _ = quantize(model, "int8", calibration=data, input_size=INPUT, activation_mode="static", head="int8",
+                    report_samples=0, progress=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = q.decode_head(x)
+        with lean_head.layer_by_layer():
+            assert torch.equal(got, q.decode_head(x))
 
 
 def test_eager_cpu_inference_is_false_under_grad_autocast_and_layer_by_layer():

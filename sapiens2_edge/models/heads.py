@@ -10,7 +10,7 @@ from torch import nn
 from ..spec import PATCH_SIZE, check_task
 from .arch import HeadSpec, scale_grid_for
 from .backbone import EPS
-from .lean_head import eager_cpu_inference, instance_norm_, run_units
+from .lean_head import bf16_autocast_on, eager_cpu_inference, instance_norm_, run_units, run_units_bf16
 
 INSTANCE_NORM_EPS = 1e-5
 
@@ -73,8 +73,13 @@ class DeconvHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         final = getattr(self, self.final_name)
+        layers = [*self.deconv_layers, *self.conv_layers, final]
         if eager_cpu_inference(x) and x.dtype == torch.float32:  # the same layers without the maps' transients
-            return run_units([*self.deconv_layers, *self.conv_layers, final], x)
+            return run_units(layers, x)
+        if eager_cpu_inference(x, autocast=True) and bf16_autocast_on():
+            out = run_units_bf16(layers, x)
+            if out is not None:
+                return out
         return final(self.conv_layers(self.deconv_layers(x)))
 
 
