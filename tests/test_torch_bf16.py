@@ -252,6 +252,29 @@ def test_a_checkpoint_path_is_owned_and_a_users_model_is_left_as_it_is(tmp_path,
     assert freed == 2 * gemm and bf16_forwards.store_gemm_weights_in_bf16_(model) == 0  # once
 
 
+def test_storing_in_bf16_lets_each_float32_tensor_go_before_the_next_copy(monkeypatch):
+    """The load of a bf16 checkpoint peaks at the float32 model plus one layer's copy, not plus a bf16
+    copy of every layer: when each bf16 copy is made, no float32 parameter already replaced is alive."""
+    import gc
+    import weakref
+
+    model = tiny_model("seg")
+    originals = [weakref.ref(p) for _, _, p in bf16_forwards._float32_gemm_params(model)]
+    replaced_alive: list[int] = []
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if args and args[0] is torch.bfloat16:
+            gc.collect()
+            attached = {id(p) for p in model.parameters()}
+            replaced_alive.append(sum(1 for r in originals if (p := r()) is not None and id(p) not in attached))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    bf16_forwards.store_gemm_weights_in_bf16_(model)
+    assert len(replaced_alive) == len(originals) > 10 and max(replaced_alive) == 0
+
+
 def test_a_quantized_checkpoint_runs_its_float_parts_in_bf16(native_bf16):
     """int8-weight layers keep their own kernel; what stays float (attention, norms, head) runs in bf16,
     within the bf16 bound of the same model with fp32 float parts (measured 2.3e-2 on this tiny model)."""

@@ -63,9 +63,9 @@ def evaluate(float_model, qmodel, data: Any, *, input_size: Sequence[int] | None
     enough = EnoughImages(fidelity, None if reference is not None else min_samples, batches.num_samples)
     if enough.early:
         batches = shuffled(batches)
-    read = 0
+    read, desc = 0, f"evaluate ({'up to ' if enough.early else ''}{batches.num_samples} held-out)"
     with torch.inference_mode(), reuse_freed_pages(release=True):
-        for b in progress(batches, len(batches), f"evaluate ({'up to ' if enough.early else ''}{batches.num_samples} held-out)", show):
+        for b in progress(batches, len(batches), desc, show):
             ref = (tuple(r[read:read + b.shape[0]] for r in reference) if reference is not None
                    else numpy_outputs(float_model(b)))
             fidelity.add(ref, numpy_outputs(qmodel(b)))
