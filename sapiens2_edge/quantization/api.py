@@ -46,7 +46,8 @@ def _request(scheme: Any, calibration: Calibration, options: dict[str, Any]) -> 
     stray = sorted(set(options) - set(SELECTION_OPTIONS))
     if stray:
         raise ConfigError(f"quantize option(s) {stray} set what the config object already says; with "
-                          f"{type(config).__name__}(...) only {', '.join(SELECTION_OPTIONS)}, kernel, progress, held_out, inplace "
+                          f"{type(config).__name__}(...) only {', '.join(SELECTION_OPTIONS)}, kernel, progress, held_out, "
+                          "held_out_samples, held_out_min_samples, inplace "
                           "and the calibration settings (calibration_size, batch_size, input_size, report_samples, "
                           "calibration_input_size) are "
                           "accepted: put the rest on the config (e.g. Int8(activations=Static('mse')))")
