@@ -189,7 +189,8 @@ class Talk:
 
     @_contextmanager
     def bar(self, desc: str, total: int | None, unit: str = "step"):
-        """A context manager yielding ``advance(n=1)``."""
+        """A context manager yielding ``advance(n=1)``; a ``desc`` with :data:`UP_TO` says its time left
+        as an upper bound."""
         import time
 
         start = last = time.monotonic()
@@ -202,7 +203,7 @@ class Talk:
             now = time.monotonic()
             if now - last >= self.every and done != total:
                 last = now
-                self.write(f"      {desc}: {_counted(done, total, unit, now - start)}")
+                self.write(f"      {desc}: {_counted(done, total, unit, now - start, UP_TO in desc)}")
         yield advance
         self.write(f"      {desc}: {done} {plural(unit, done)} in {time.monotonic() - start:.1f} s")
 
@@ -260,11 +261,18 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def _counted(done: int, total: int | None, unit: str, elapsed: float) -> str:
+#: in a stage's description, marks a total the stage may stop short of (an evaluation that reads
+#: held-out images until its metric is known): its time left is then an upper bound
+UP_TO = "(up to "
+
+
+def _counted(done: int, total: int | None, unit: str, elapsed: float, most: bool = False) -> str:
+    """``most``: ``total`` is an upper bound (a stage that may stop early), so is the time left."""
     if not total or not done:
         return f"{done} {plural(unit, done)}, {elapsed:.0f} s elapsed"
     left = elapsed / done * (total - done)
-    return f"{done}/{total} {plural(unit, total)}, {elapsed:.0f} s elapsed, about {duration_text(left)} left"
+    return (f"{done}/{total} {plural(unit, total)}, {elapsed:.0f} s elapsed, {'at most' if most else 'about'} "
+            f"{duration_text(left)} left")
 
 
 class RichTalk(Talk):

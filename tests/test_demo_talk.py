@@ -76,6 +76,19 @@ def test_the_plain_talk_reports_progress_and_eta():
     assert any("/4 batches" in line and "left" in line for line in lines[1:-1]), lines
     assert lines[-1].startswith("      stage: 4 batches in ")
     assert list(talk.iterate(iter([1, 2, 3]), 3, "it")) == [1, 2, 3] and lines[-1].startswith("      it: 3 batches in")
+    assert all("about" in line for line in lines if "left" in line)
+
+
+def test_a_stage_that_may_stop_early_gives_its_time_left_as_a_bound_and_ends_where_it_stopped():
+    lines: list[str] = []
+    talk = Talk(write=lines.append, every=0.0)
+    for item in talk.iterate(iter(range(8)), 8, "report (up to 8 held-out)"):
+        time.sleep(0.01)
+        if item == 2:  # enough after three
+            break
+    left = [line for line in lines if "left" in line]
+    assert left and all("at most" in line and "about" not in line for line in left), lines
+    assert lines[-1].startswith("      report (up to 8 held-out): 3 batches in ")
 
 
 def test_the_timer_talks_while_a_step_is_silent():
