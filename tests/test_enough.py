@@ -19,7 +19,7 @@ from sapiens2_edge.cli import app
 from sapiens2_edge.quantization.enough import HEADLINE, headline_interval, ratio_interval, reading_order, t975
 from sapiens2_edge.quantization.evaluate import evaluate
 from sapiens2_edge.quantization.fidelity import FidelityAccumulator
-from tests.fixtures.synthetic import make_people
+from tests.fixtures.synthetic import VISIBLE_KEYPOINTS, make_people
 from tests.fixtures.tiny import save, tiny_model
 
 SIZE = (64, 48)
@@ -151,6 +151,24 @@ def test_evaluate_reads_every_image_while_the_interval_is_wide():
                           show=False)
     assert "stopped" not in everything and everything["samples"] == 16
     assert everything["seg_agreement"] == fid["seg_agreement"]  # the same images, read in another order
+
+
+def test_pose_reads_every_image_whatever_the_minimum():
+    """The trained pose fixture: its int8 displacement has one image with a flipped peak among 16; the
+    first few images alone would report a fraction of the mean."""
+    pose = s2e.load_model(Path(__file__).parent / "fixtures" / "data" / "trained_tiny_pose.safetensors")
+    size = (128, 96)
+    q, _ = s2e.quantize(pose, "int8", calibration=list(make_people(16, seed=1001, size=size)[0]), input_size=size,
+                        calibration_precision="fp32", progress=False)  # the same ranges on every CPU
+    held_out = list(make_people(16, seed=2002, size=size)[0])
+    fid = evaluate(pose, q, held_out, input_size=size, samples=16, min_samples=4, keypoints=VISIBLE_KEYPOINTS,
+                   show=False)
+    assert fid["samples"] == 16 and fid["stopped"].startswith("every image was read (pose: one keypoint")
+    first4 = evaluate(pose, q, [held_out[i] for i in reading_order(16)[:4]], input_size=size, samples=4,
+                      keypoints=VISIBLE_KEYPOINTS, show=False)
+    # what stopping after 4 would have said: tight, and far below the whole set's mean
+    assert first4["interval"]["half_width_95"] <= first4["interval"]["target_half_width_95"]
+    assert first4["pose_mean_px"] < 0.5 * fid["pose_mean_px"]
 
 
 def _people(n: int) -> list[np.ndarray]:
