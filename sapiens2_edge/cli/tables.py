@@ -25,8 +25,9 @@ def report_table(report) -> Table:
         elif k == "samples":
             table.add_row("held-out images read", f"{v} of {report.fidelity.get('samples_available', v)}")
         elif k == "interval":
-            table.add_row(f"{v['metric']} 95 % interval", f"+/- {v['half_width_95']:.4g} "
-                          f"(stops at +/- {v['target_half_width_95']:.4g})")
+            target = v.get("target_half_width_95")
+            table.add_row(f"{v['metric']} 95 % interval", f"+/- {v['half_width_95']:.4g}"
+                          + (f" (stops at +/- {target:.4g})" if target is not None else ""))
     worst = sorted((lr for lr in report.layers if lr.output_sqnr_db is not None), key=lambda lr: lr.output_sqnr_db)
     for lr in worst[:5]:
         table.add_row(f"weak layer {lr.name}", f"{lr.scheme}, {lr.output_sqnr_db:.1f} dB")
