@@ -86,12 +86,10 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     size = tuple((n - 1) * s - 2 * p + kk
                  for n, s, p, kk in zip(x.shape[2:], _pair(stride), _pair(padding), k, strict=True))
     group = max(1, GROUP_BYTES // max(x.shape[0] * size[0] * size[1] * x.element_size(), 1))
+    weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)  # bf16 maps: bf16 weights
     if group >= cout:
-        return F.conv_transpose2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride=stride,
-                                  padding=padding)
+        return F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding)
     out = x.new_empty((x.shape[0], cout) + size)
-    weight = weight.to(x.dtype)
-    bias = None if bias is None else bias.to(x.dtype)
     for c in range(0, cout, group):
         part = slice(c, min(c + group, cout))
         out[:, part] = F.conv_transpose2d(x, weight[:, part], None if bias is None else bias[part], stride=stride,

@@ -41,6 +41,10 @@ class _ErrorSums:
             self.rr, self.tt = self.rr + float(r @ r), self.tt + float(t @ t)
             self.rt, self.noise = self.rt + float(r @ t), self.noise + float(d @ d)
 
+    def merge(self, other: "_ErrorSums") -> None:
+        self.rr, self.tt, self.rt, self.noise = (self.rr + other.rr, self.tt + other.tt, self.rt + other.rt,
+                                                 self.noise + other.noise)
+
     def result(self) -> dict[str, float]:
         denom = float(np.sqrt(self.rr) * np.sqrt(self.tt))
         return {
@@ -157,9 +161,13 @@ class FidelityAccumulator:
         ref, test = tuple(ref), tuple(test)
         if len(ref) != len(test):
             raise ValueError(f"{len(ref)} reference outputs against {len(test)} tested ones")
-        for a, b in zip(ref, test, strict=True):
-            self.sums.add(a, b)
         n = len(ref[0])
+        images = [_ErrorSums() for _ in range(n)]  # per image: the featmap's headline, and the whole set's sums
+        for a, b in zip(ref, test, strict=True):
+            for i, image in enumerate(images):
+                image.add(a[i], b[i])
+        for image in images:
+            self.sums.merge(image)
         if self.task == "seg":
             labels = np.uint8 if ref[0].shape[1] <= 256 else np.int32
             self.parts.append((ref[0].argmax(1).astype(labels), test[0].argmax(1).astype(labels)))
@@ -175,12 +183,13 @@ class FidelityAccumulator:
             self.per_image += [(float(a.sum()), float(a.size)) for a in self.parts[-1][0]]
         elif self.task in ("pointmap", "albedo"):
             self.parts.append((ref, test))
+        if self.task is None:
+            self.per_image += [(image.noise, image.rr) for image in images]
         self.per_image += self._ratio_terms(ref, test, n)
 
     def _ratio_terms(self, ref: Outputs, test: Outputs, n: int) -> list[tuple[float, float]]:
         """Per image (numerator, denominator) of the headline metrics computed from the raw outputs:
-        pointmap |metric points error| over |metric points|, albedo squared error over pixels,
-        featmaps (no task) noise over signal energy."""
+        pointmap |metric points error| over |metric points|, albedo squared error over pixels."""
         if self.task == "pointmap":
             (pr, sr), (pt, st) = ref, test
             mr = pr / np.asarray(sr, np.float64).reshape(n, 1, 1, 1)
@@ -189,14 +198,6 @@ class FidelityAccumulator:
         if self.task == "albedo":
             return [(float(np.sum((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2)), float(a.size))
                     for a, b in zip(ref[0], test[0], strict=True)]
-        if self.task is None:
-            out = []
-            for i in range(n):
-                image = _ErrorSums()
-                for a, b in zip(ref, test, strict=True):
-                    image.add(a[i], b[i])
-                out.append((image.noise, image.rr))
-            return out
         return []
 
     def interval(self) -> dict:
