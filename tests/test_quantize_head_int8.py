@@ -76,14 +76,6 @@ def test_needs_calibration_data(seg):
         quantize(seg, "int8-weight", head="int8", progress=False)
 
 
-@pytest.mark.parametrize("task", ["normal", None])
-def test_models_without_transposed_convolutions_are_refused(task):
-    what = "this normal head" if task else "a backbone-only model"
-    with pytest.raises(ConfigError, match=f"head='int8' quantizes the transposed convolutions of the pose and seg "
-                                          f"heads; {what} has none: quantize with head='float'"):
-        quantize(tiny_model(task), "int8", calibration=_data(1), input_size=INPUT, head="int8", progress=False)
-
-
 @pytest.mark.parametrize("opts", [{"activation_mode": "dynamic", "smoothquant_alpha": None},
                                   {"activation_mode": "static", "estimator": "minmax"},
                                   {"activation_mode": "static"}],

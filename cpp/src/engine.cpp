@@ -278,7 +278,7 @@ Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, b
         case DType::F32: case DType::F16: case DType::BF16: break;
         case DType::I8: case DType::F8_E4M3: {
             if (!quantizable)
-                throw WeightsMismatchError(p + ": tensor '" + name + "' is " + dtype_name(t->dtype) + "; only linear weights of the backbone and the head's transposed convolutions may be quantized (expected F32, F16 or BF16)");
+                throw WeightsMismatchError(p + ": tensor '" + name + "' is " + dtype_name(t->dtype) + "; only linear weights of the backbone and the head's transposed and 3x3 convolutions may be quantized (expected F32, F16 or BF16)");
             const std::string sname = name + "_scale";
             const TensorView* s = st_->find(sname);
             if (!s) throw WeightsMismatchError(p + ": quantized tensor '" + name + "' has no '" + sname + "'");
@@ -319,9 +319,26 @@ Linear Engine::linear(const std::string& prefix, int64_t out, int64_t in, bool b
     return l;
 }
 
-ConvWeights Engine::conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias) {
+// An int8 head layer's weights (I8 with a scale per output channel) come with their input's scale;
+// float weights with none.
+void Engine::int8_input_scale(ConvWeights& c, const std::string& pre, const char* what) {
+    const bool int8 = c.w.t->dtype == DType::I8;
+    if (c.w.scale && !int8)
+        throw WeightsMismatchError(st_->path() + ": '" + pre + ".weight' is " + dtype_name(c.w.t->dtype) + "; " + what + " weights are float or int8 (head='int8')");
+    if (int8) {
+        c.input_scale = need(pre + ".input_scale", {1});
+        if (c.input_scale.t->dtype != DType::F32)
+            throw WeightsMismatchError(st_->path() + ": '" + pre + ".input_scale' must be F32");
+    } else if (st_->find(pre + ".input_scale")) {
+        throw WeightsMismatchError(st_->path() + ": '" + pre + ".input_scale' belongs to int8 weights, but '" + pre + ".weight' is " + dtype_name(c.w.t->dtype));
+    }
+}
+
+ConvWeights Engine::conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias,
+                         bool int8_ok) {
     ConvWeights c;
-    c.w = need(prefix + ".weight", {cout, cin, k, k});
+    c.w = need(prefix + ".weight", {cout, cin, k, k}, int8_ok, 0);
+    if (int8_ok) int8_input_scale(c, prefix, "a convolution's");
     if (bias) c.b = need(prefix + ".bias", {cout});
     if (!norm.empty()) c.norm = need(norm, {cout});
     c.cin = cin;
@@ -386,16 +403,7 @@ void Engine::load() {
                 ConvWeights c;
                 const std::string pre = hd_ + "deconv_layers." + std::to_string(3 * i);
                 c.w = need(pre + ".weight", {cur, h.deconv[i], 4, 4}, true, 1);
-                const bool int8 = c.w.t->dtype == DType::I8;
-                if (c.w.scale && !int8)
-                    throw WeightsMismatchError(st_->path() + ": '" + pre + ".weight' is " + dtype_name(c.w.t->dtype) + "; a transposed convolution's weights are float or int8 (head='int8')");
-                if (int8) {
-                    c.input_scale = need(pre + ".input_scale", {1});
-                    if (c.input_scale.t->dtype != DType::F32)
-                        throw WeightsMismatchError(st_->path() + ": '" + pre + ".input_scale' must be F32");
-                } else if (st_->find(pre + ".input_scale")) {
-                    throw WeightsMismatchError(st_->path() + ": '" + pre + ".input_scale' belongs to int8 weights, but '" + pre + ".weight' is " + dtype_name(c.w.t->dtype));
-                }
+                int8_input_scale(c, pre, "a transposed convolution's");
                 c.cin = cur;
                 c.cout = h.deconv[i];
                 c.k = 4;
@@ -408,17 +416,19 @@ void Engine::load() {
             }
         } else {
             const bool rms = h.task == "albedo";
-            input_conv_ = conv(hd_ + "input_conv.0", rms ? hd_ + "input_conv.1.norm.weight" : "", cur, cur, 3);
+            // every 3x3 convolution of a dense head may be int8 (head='int8')
+            input_conv_ = conv(hd_ + "input_conv.0", rms ? hd_ + "input_conv.1.norm.weight" : "", cur, cur, 3, true, true);
             for (size_t i = 0; i < h.upsample.size(); ++i) {
                 const std::string pre = hd_ + "upsample_blocks." + std::to_string(i);
-                ConvWeights c = conv(pre + ".0", "", cur, 4 * h.upsample[i], 3);
+                ConvWeights c = conv(pre + ".0", "", cur, 4 * h.upsample[i], 3, true, true);
                 if (rms) c.norm = need(pre + ".2.norm.weight", {h.upsample[i]});
                 upsample_.push_back(c);
                 cur = h.upsample[i];
             }
             for (size_t i = 0; i < h.conv.size(); ++i) {
                 const std::string pre = hd_ + "conv_layers.";
-                convs_.push_back(conv(pre + std::to_string(3 * i), rms ? pre + std::to_string(3 * i + 1) + ".norm.weight" : "", cur, h.conv[i], 3));
+                convs_.push_back(conv(pre + std::to_string(3 * i), rms ? pre + std::to_string(3 * i + 1) + ".norm.weight" : "", cur, h.conv[i], 3,
+                                      true, true));
                 cur = h.conv[i];
             }
         }
@@ -831,6 +841,8 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
     const int64_t pad = stride > 1 ? 0 : (c.k - 1) / 2;
     const int64_t Ho = ops::conv_out(H, c.k, stride, pad), Wo = ops::conv_out(W, c.k, stride, pad);
     fit(y, static_cast<size_t>(c.cout * Ho * Wo));
+    // an int8 layer: its input on the calibrated grid, its weights dequantized (the recipe's numerics)
+    if (c.input_scale) ops::fake_quant_int8(act.data(), C * H * W, floats(c.input_scale, ws.pbuf, ws)[0]);
     const float* w = floats(c.w, ws.wbuf, ws);
     const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
     ops::conv2d(act.data(), C, H, W, w, b, c.cout, c.k, stride, pad, y.data(), ws.cols, conv_gemm());

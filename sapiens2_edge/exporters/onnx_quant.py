@@ -60,7 +60,7 @@ from ..cpu_features import int8_dot_products
 from ..kernels import numerics as nx
 from ..quantization.attention_inputs import AttentionInputQuant, fake_quant_int8, quantized_attentions
 from ..quantization.decomposed import DecomposedLinear
-from ..quantization.head_int8 import QuantDeconv, quantized_deconvs
+from ..quantization.head_int8 import QuantConv, QuantDeconv, quantized_convs, quantized_deconvs
 from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"
@@ -141,6 +141,23 @@ class ExportQuantDeconv(nn.Module):
                                   stride=self.stride, padding=self.padding)
 
 
+class ExportQuantConv(nn.Module):
+    """Export-time stand-in for a :class:`~sapiens2_edge.quantization.head_int8.QuantConv`: the input's
+    ``qdq_int8`` and the weights' ``dq_channels`` (axis 0, output channels) around a float Conv with its bias."""
+
+    def __init__(self, m: QuantConv):
+        super().__init__()
+        self.padding = m.padding
+        self.register_buffer("weight", m.weight.detach().clone())
+        self.register_buffer("weight_scale", m.weight_scale.detach().clone())
+        self.register_buffer("input_scale", m.input_scale.detach().reshape(()).clone())  # QuantizeLinear's scalar
+        self.register_buffer("bias", m.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(qdq_int8(x, self.input_scale), dq_channels(self.weight, self.weight_scale, 0), self.bias,
+                        padding=self.padding)
+
+
 @contextlib.contextmanager
 def swapped_modules(model: nn.Module, found: dict[str, nn.Module], make: Callable[[nn.Module], nn.Module]) -> Iterator[int]:
     """Replace each named module by ``make(module)`` for the duration; yields how many."""
@@ -156,14 +173,15 @@ def swapped_modules(model: nn.Module, found: dict[str, nn.Module], make: Callabl
 
 
 def export_head(model: nn.Module, int8_kernels: bool = True):
-    """Swap every int8 transposed convolution of the head for its ONNX form (Q/DQ, which runtimes run on
+    """Swap every int8 (transposed) convolution of the head for its ONNX form (Q/DQ, which runtimes run on
     int8 convolution kernels) for the duration; yields how many. ``int8_kernels`` False keeps the torch
     form (the input's rounding and the weights' scaling as float ops, a float convolution): OpenVINO's
     int8 convolutions on a CPU without VNNI or AMX miss the recipe (rel L2 0.12 on a tiny seg model,
     where the check allows 0.05), so its graphs keep the head float there."""
     if not int8_kernels:
         return contextlib.nullcontext(0)
-    return swapped_modules(model, quantized_deconvs(model), ExportQuantDeconv)
+    found = {**quantized_deconvs(model), **quantized_convs(model)}
+    return swapped_modules(model, found, lambda m: (ExportQuantDeconv if isinstance(m, QuantDeconv) else ExportQuantConv)(m))
 
 
 class ExportAttentionInputQuant(nn.Module):

@@ -187,10 +187,11 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                                "attentions; pass calibration= (images or normalised tensors) or attention='float'")
     deconvs = head_int8.selected(base, recipe)
     if deconvs and calib is None:
-        raise CalibrationError(f"head='int8' needs calibration data to set the input ranges of the head's {len(deconvs)} "
-                               "transposed convolutions; pass calibration= (images or normalised tensors) or head='float'")
+        raise CalibrationError(f"head='int8' needs calibration data to set the input ranges of the head's "
+                               f"{head_int8.describe(deconvs, base)}; pass calibration= (images or normalised tensors) "
+                               "or head='float'")
     observers = attention_inputs.attach_observers(base, attentions)  # they see the calibration forwards below
-    deconv_observers = {n: head_int8.DeconvInputObserver() for n in deconvs}
+    deconv_observers = {n: head_int8.HeadInputObserver() for n in deconvs}
     remove_deconv_observers = attach_input_observers(base, deconv_observers)
     try:
         if groups or static or attentions or deconvs:
@@ -230,7 +231,7 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                      f"largest |x| over {calib.num_samples} calibration images")
     head_int8.install(qmodel, {n: obs.amax for n, obs in deconv_observers.items()})
     if deconv_observers:
-        notes.append(f"int8 head: {len(deconv_observers)} transposed convolutions with int8 weights per output channel "
+        notes.append(f"int8 head: {head_int8.describe(deconvs, base)} with int8 weights per output channel "
                      f"and int8 inputs, per-tensor scales from the largest |x| over {calib.num_samples} calibration images")
     qmodel = as_quantized(qmodel, recipe, {n: s.name for n, s in specs.items()}).eval()
     if recipe.float_storage == "fp16":

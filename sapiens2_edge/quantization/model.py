@@ -91,9 +91,9 @@ def float_copy(model: Sapiens2Model, skip: Iterable[str] = ()) -> Sapiens2Model:
 def float_keys(model: nn.Module) -> list[str]:
     """State-dict keys of the float32 tensors outside the quantized layers (head, patch embedding,
     norms, tokens): what ``float_storage="fp16"`` stores as float16."""
-    from .head_int8 import QuantDeconv
+    from .head_int8 import QuantConv, QuantDeconv
 
-    quant = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantDeconv)))
+    quant = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantDeconv, QuantConv)))
     return [k for k, v in model.state_dict().items() if v.dtype == torch.float32 and not k.startswith(quant)]
 
 

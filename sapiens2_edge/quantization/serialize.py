@@ -13,6 +13,8 @@ pretrain checkpoints do):
 ``backbone.blocks.0.attn.input_quant.q_scale`` F32  (1,) each of q, k, v: ``attention="int8"`` only
 ``decode_head.deconv_layers.0.weight``      I8      (in, out, 4, 4): ``head="int8"`` only, with
                                                     ``weight_scale`` F32 (out,), ``input_scale`` F32 (1,)
+``decode_head.input_conv.0.weight``         I8      (out, in, 3, 3): ``head="int8"`` on a dense head, with
+                                                    ``weight_scale`` F32 (out,), ``input_scale`` F32 (1,)
 everything else                             as held by the model (F32; RoPE periods BF16), F16 with
                                             the recipe's ``float_storage="fp16"`` (values rounded so)
 =========================================== ======= ==========================================

@@ -78,7 +78,7 @@ struct BlockWeights {
 
 struct ConvWeights {
     Param w, b, norm;  // norm: RMSNorm2d weight (albedo) or empty (InstanceNorm)
-    Param input_scale;  // int8 transposed convolutions (head="int8"): their input's scale
+    Param input_scale;  // int8 head layers (head="int8"): their input's scale
     int64_t cin = 0, cout = 0, k = 1;
 };
 
@@ -114,7 +114,9 @@ private:
     void load();
     Param need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable = false, int scale_axis = 0);
     Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias = true);
-    ConvWeights conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias = true);
+    ConvWeights conv(const std::string& prefix, const std::string& norm, int64_t cin, int64_t cout, int64_t k, bool bias = true,
+                     bool int8_ok = false);
+    void int8_input_scale(ConvWeights& c, const std::string& prefix, const char* what);
     // The tensor of `p` as floats in `out` (read from the file, dequantized with its scale).
     const float* floats(const Param& p, std::vector<float>& out, Workspace& ws) const;
     // The tensor of `p` as bfloat16 bits in `out`: float weights rounded, int8 / float8 values exact

@@ -1,0 +1,283 @@
+"""int8 head on the dense heads (normal, pointmap, albedo; recipe ``head="int8"``): every 3x3 convolution
+reads int8 inputs on its calibrated grid and int8 weights per output channel, the 1x1 convolutions (the
+final one, the pointmap's scale branch) stay float, the scales are what calibration saw, the checkpoint
+round-trips them and every format that carries an int8 head computes them (OpenVINO with its int8
+convolution kernels where the CPU multiplies int8 natively)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sapiens2_edge as s2e
+from sapiens2_edge.errors import CalibrationError, ConfigError, StateDictMismatchError
+from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_tensors
+from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
+from sapiens2_edge.quantization.head_int8 import QuantConv, quantized_convs, quantized_deconvs
+from sapiens2_edge.runtime import open_artifact
+from tests.fixtures.tiny import HEADS, input_size, tiny_model
+
+
+def _data(seed, size, n=1, b=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 3, *size, generator=g) for _ in range(n)]
+
+
+def _dense(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+class Conv3x3Inputs:
+    """Records input and weight of every 3x3 conv2d call (wraps torch's function, independent of the module
+    under test)."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        real = F.conv2d
+
+        def spy(x, w, *args, **kw):
+            if tuple(w.shape[2:]) == (3, 3):
+                self.calls.append((x.detach().clone(), w.detach().clone()))
+            return real(x, w, *args, **kw)
+
+        monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+
+
+def _expected_names(task):
+    spec = HEADS[task]
+    return (["decode_head.input_conv.0"] + [f"decode_head.upsample_blocks.{i}.0" for i in range(len(spec.upsample))]
+            + [f"decode_head.conv_layers.{3 * i}" for i in range(len(spec.conv))])
+
+
+@pytest.fixture(scope="module")
+def normal():
+    return tiny_model("normal")
+
+
+@pytest.fixture(scope="module")
+def normal_head(normal):
+    return quantize(normal, "int8", calibration=_data(1, input_size("normal")), input_size=input_size("normal"),
+                    activation_mode="static", head="int8", progress=False)
+
+
+@pytest.mark.parametrize("task", ["normal", "pointmap", "albedo"])
+def test_every_3x3_convolution_and_nothing_else(task):
+    model, size = tiny_model(task), input_size(task)
+    q, report = quantize(model, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)
+    assert list(quantized_convs(q)) == _expected_names(task) and not quantized_deconvs(q)
+    float_convs = [n for n, m in q.named_modules() if n.startswith("decode_head.") and type(m) is torch.nn.Conv2d]
+    assert float_convs and all(dict(q.named_modules())[n].kernel_size == (1, 1) for n in float_convs)
+    assert f"decode_head.conv_{task}" in float_convs
+    if task == "pointmap":
+        assert {f"decode_head.scale_conv_layers.{i}" for i in (0, 3, 6)} <= set(float_convs)
+    n = len(_expected_names(task))
+    assert any(f"int8 head: {n} 3x3 convolutions with int8 weights per output channel" in x for x in report.notes)
+
+
+def test_needs_calibration_data(normal):
+    with pytest.raises(CalibrationError, match=r"head='int8' needs calibration data to set the input ranges of the "
+                                               r"head's 8 3x3 convolutions"):
+        quantize(normal, "int8-weight", head="int8", progress=False)
+
+
+def test_scales_are_calibration_maxima_over_127(normal, monkeypatch):
+    """Input scales: max |x| / 127 of what each 3x3 convolution reads over the calibration set (the float
+    model, fp32 forwards). Weight scales: max |w| over (in, kh, kw) / 127 per output channel; bias as is."""
+    size = input_size("normal")
+    data = _data(1, size, n=2)
+    q, _ = quantize(normal, "int8-weight", calibration=data, input_size=size, head="int8",
+                    calibration_precision="fp32", progress=False)
+    spy = Conv3x3Inputs(monkeypatch)
+    with torch.no_grad():
+        for x in data:
+            normal(x)
+    quants = list(quantized_convs(q).values())
+    per_call = len(spy.calls) // len(data)
+    assert per_call == len(quants) == 8
+    floats = [normal.get_submodule(n) for n in _expected_names("normal")]
+    for i, (m, f) in enumerate(zip(quants, floats, strict=True)):
+        amax = max(float(spy.calls[i + b * per_call][0].abs().max()) for b in range(len(data)))
+        torch.testing.assert_close(float(m.input_scale), amax / 127, rtol=1e-4, atol=0)
+        w = f.weight.detach()
+        want = w.abs().amax(dim=(1, 2, 3)) / 127
+        torch.testing.assert_close(m.weight_scale, want, rtol=1e-6, atol=0)
+        assert m.weight.dtype == torch.int8 and int(m.weight.abs().max()) == 127
+        assert bool(((m.dequantized_weight() - w).abs() <= want.view(-1, 1, 1, 1) / 2 * (1 + 1e-6)).all())
+        assert torch.equal(m.bias.detach(), f.bias.detach())
+
+
+def test_head_reads_int8_grids(normal_head, monkeypatch):
+    q, _ = normal_head
+    spy = Conv3x3Inputs(monkeypatch)
+    with torch.no_grad():
+        q(_data(7, input_size("normal"))[0] * 1.5)  # beyond the calibrated ranges too: clipped, never off the grid
+    quants = list(quantized_convs(q).values())
+    assert len(spy.calls) == len(quants)
+    for (x, w), m in zip(spy.calls, quants, strict=True):
+        n = x / m.input_scale
+        assert float((n - n.round()).abs().max()) < 1e-4 and float(n.abs().max()) < 127 + 1e-4
+        k = w / m.weight_scale.view(-1, 1, 1, 1)
+        assert float((k - k.round()).abs().max()) < 1e-4
+
+
+def test_checkpoint_round_trip_and_strict_scales(normal_head, tmp_path):
+    q, _ = normal_head
+    path = save_quantized(q, tmp_path / "q.safetensors")
+    back = load_quantized(path)
+    assert back.recipe.head == "int8" and list(quantized_convs(back)) == _expected_names("normal")
+    x = _data(3, input_size("normal"))[0]
+    with torch.no_grad():
+        assert torch.equal(q(x), back(x))
+    header, tensors = read_header(path), read_tensors(path)
+    assert header.tensors["decode_head.upsample_blocks.2.0.weight"].dtype == "I8"
+    assert header.tensors["decode_head.upsample_blocks.2.0.bias"].dtype == "F32"
+    assert header.tensors["decode_head.conv_normal.weight"].dtype == "F32"
+    key = "decode_head.conv_layers.3.input_scale"
+    assert header.tensors[key].dtype == "F32" and tuple(header.tensors[key].shape) == (1,)
+    del tensors[key]
+    bad = write_tensors(tensors, tmp_path / "missing.safetensors", metadata=header.metadata)
+    with pytest.raises(StateDictMismatchError, match="conv_layers.3.input_scale"):
+        load_quantized(bad)
+
+
+@pytest.fixture(scope="module")
+def weight_only_head(normal):
+    """int8-weight linears (what the engine reads from a plain quantized file) and the int8 head."""
+    size = input_size("normal")
+    return quantize(normal, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)[0]
+
+
+@pytest.fixture(scope="module")
+def coarse(normal):
+    """The head with 16x coarser input grids (~8 levels): an artifact that ignored them would be far from
+    this reference, one that applies them close. int8-weight linears: float activations elsewhere."""
+    size = input_size("normal")
+    q, _ = quantize(normal, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)
+    with torch.no_grad():
+        for m in quantized_convs(q).values():
+            m.input_scale.mul_(16)
+    plain, _ = quantize(normal, "int8-weight", progress=False)
+    return q, plain
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "torch", "ort", "native"])
+def test_artifacts_compute_the_int8_head(coarse, fmt, tmp_path):
+    q, plain = coarse
+    size = input_size("normal")
+    x = _data(11, size)[0]
+    with torch.no_grad():
+        want, without = q(x).numpy(), plain(x).numpy()
+    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
+    apart = rel(without, want)
+    assert apart > 0.1  # the coarse grids matter
+    s2e.export(q, tmp_path / fmt, format=fmt, input_size=size, max_batch=2)
+    man = json.loads((tmp_path / fmt / "manifest.json").read_text())
+    assert man["quantization"]["recipe"]["head"] == "int8"
+    if fmt == "openvino":  # in f32: the reference's precision (the runtime's default here may be bf16)
+        from sapiens2_edge.runtime.openvino_backend import OpenVINOBackend
+
+        run = OpenVINOBackend(tmp_path / fmt / "openvino" / "model.xml", max_batch=2)
+    elif fmt == "native":
+        from sapiens2_edge.runtime.native_backend import NativeBackend
+
+        run = NativeBackend(tmp_path / fmt, precision="fp32")
+    else:
+        run = open_artifact(tmp_path / fmt, {"onnx": "onnxruntime", "ort": "onnxruntime"}.get(fmt, fmt))[1]
+    got = run(x.numpy())[0]
+    assert rel(got, want) < apart / 4, (rel(got, want), apart)
+
+
+def test_onnx_graph_has_int8_weights_and_input_qdq_per_3x3_convolution(normal_head, tmp_path):
+    import onnx
+
+    q, _ = normal_head
+    s2e.export(q, tmp_path / "o", format="onnx", input_size=input_size("normal"), max_batch=1)
+    g = onnx.load(str(tmp_path / "o" / "model.onnx")).graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    convs = [n for n in g.node if n.op_type == "Conv" and n.input[1] in producer
+             and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(convs) == 8
+    for n in convs:
+        x, w = producer[n.input[0]], producer[n.input[1]]
+        assert x.op_type == "DequantizeLinear" and producer[x.input[0]].op_type == "QuantizeLinear"
+        assert w.op_type == "DequantizeLinear" and len(w.input) == 2  # zero point 0: no input
+        assert [a.i for a in w.attribute if a.name == "axis"] == [0]  # the output channels
+        assert inits[w.input[0]].data_type == onnx.TensorProto.INT8 and len(n.input) == 3  # and the bias
+
+
+def test_openvino_runs_the_3x3_convolutions_in_int8(normal_head, tmp_path):
+    """Where this CPU multiplies int8 natively (VNNI / AMX), OpenVINO's compiled model runs every 3x3
+    convolution of the head with an int8 kernel, the final 1x1 one in float."""
+    from sapiens2_edge.exporters.onnx_quant import int8_dot_products
+    from sapiens2_edge.runtime.openvino_backend import import_openvino
+
+    signed, why = int8_dot_products()
+    if not signed:
+        pytest.skip(f"OpenVINO's int8 convolutions need VNNI or AMX: {why}")
+    q, _ = normal_head
+    s2e.export(q, tmp_path / "v", format="openvino", input_size=input_size("normal"), max_batch=1)
+    ov = import_openvino()
+    compiled = ov.Core().compile_model(str(tmp_path / "v" / "openvino" / "model.xml"), "CPU")
+    convs = [n.get_rt_info()["runtimePrecision"].astype(str) for n in compiled.get_runtime_model().get_ordered_ops()
+             if n.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    # the patch embedding and the final 1x1 convolution in float, the head's eight 3x3 ones in int8
+    assert sorted(convs).count("i8") + sorted(convs).count("u8") == 8 and len(convs) == 10, convs
+
+
+def test_backbone_only_models_are_refused():
+    with pytest.raises(ConfigError, match=r"head='int8' quantizes the head's transposed convolutions \(pose, seg\) or "
+                                          r"3x3 convolutions \(normal, pointmap, albedo\); a backbone-only model has "
+                                          r"none: quantize with head='float'"):
+        quantize(tiny_model(None), "int8", calibration=_data(1, input_size(None)), input_size=input_size(None),
+                 head="int8", progress=False)
+
+
+def test_quantconv_refuses_other_forms():
+    with pytest.raises(ConfigError, match="head='int8' takes convolutions with a square kernel of odd size, stride 1"):
+        QuantConv.like(torch.nn.Conv2d(4, 4, 3, stride=2, padding=1))
+    with pytest.raises(ConfigError, match="a bias and no groups or dilation"):
+        QuantConv.like(torch.nn.Conv2d(4, 4, 3, padding=1, bias=False))
+
+
+def test_native_engine_refuses_an_inconsistent_int8_head(weight_only_head, tmp_path):
+    """The engine reads a quantized checkpoint file as it is: int8 convolution weights need their input
+    scale, and an input scale needs int8 weights."""
+    from sapiens2_edge import _native as native
+
+    q = weight_only_head
+    path = save_quantized(q, tmp_path / "q.safetensors")
+    assert native.Engine(str(path)).task == "normal"
+    header, tensors = read_header(path), read_tensors(path)
+    pre = "decode_head.upsample_blocks.1.0"
+    no_scale = {k: v for k, v in tensors.items() if k != pre + ".input_scale"}
+    with pytest.raises(StateDictMismatchError, match=f"missing tensor '{pre}.input_scale' of shape \\(1,\\)"):
+        native.Engine(str(write_tensors(no_scale, tmp_path / "a.safetensors", metadata=header.metadata)))
+    float_w = {k: v for k, v in tensors.items() if k != pre + ".weight_scale"}
+    float_w[pre + ".weight"] = quantized_convs(q)[pre].dequantized_weight()
+    with pytest.raises(StateDictMismatchError, match=f"'{pre}.input_scale' belongs to int8 weights, but "
+                                                   f"'{pre}.weight' is F32"):
+        native.Engine(str(write_tensors(float_w, tmp_path / "b.safetensors", metadata=header.metadata)))
+    final = dict(tensors)
+    final["decode_head.conv_normal.weight"] = torch.ones_like(final["decode_head.conv_normal.weight"], dtype=torch.int8)
+    final["decode_head.conv_normal.weight_scale"] = torch.ones(3)
+    with pytest.raises(StateDictMismatchError, match="'decode_head.conv_normal.weight' is I8; only linear weights of the "
+                                                   "backbone and the head's transposed and 3x3 convolutions"):
+        native.Engine(str(write_tensors(final, tmp_path / "c.safetensors", metadata=header.metadata)))
+
+
+def test_int8_head_matches_the_torch_model_through_the_native_engine(weight_only_head, tmp_path):
+    """The engine's recipe numerics (inputs on the grid, weights dequantized) against torch's."""
+    from sapiens2_edge import _native as native
+
+    q = weight_only_head
+    path = save_quantized(q, tmp_path / "q.safetensors")
+    x = _data(5, input_size("normal"), b=1)[0]
+    with torch.no_grad():
+        want = _dense(q(x)).numpy()
+    got = np.asarray(native.Engine(str(path)).run(x.numpy())[0])
+    assert float(np.linalg.norm(got - want) / np.linalg.norm(want)) < 1e-4
