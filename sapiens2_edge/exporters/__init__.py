@@ -139,7 +139,7 @@ def export(model: Any, out_dir: str | os.PathLike, format: str = "onnx", *, sche
 def _check_int8_head(fmt, head: str | None) -> None:
     if head == "int8" and not fmt.int8_head:
         takes = ", ".join(f.name for f in FORMATS.values() if f.int8_head)
-        raise ConfigError(f"the {fmt.name} format has no int8 head (recipe head='int8': int8 transposed convolutions "
+        raise ConfigError(f"the {fmt.name} format has no int8 head (recipe head='int8': the head's convolutions in int8 "
                           f"with calibrated inputs); export it to {takes}, or quantize with head='float'")
 
 

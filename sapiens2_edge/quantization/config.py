@@ -46,8 +46,9 @@ CALIBRATION_PRECISIONS = ("auto", "fp32", "bf16")
 #: their float precision) or ``int8`` (q, k, v rounded to int8 with calibrated per-tensor scales,
 #: see :mod:`.attention_inputs`; needs calibration data)
 ATTENTION_MODES = ("float", "int8")
-#: The pose / seg head's transposed convolutions: ``float`` or ``int8`` (int8 weights per output
-#: channel, inputs per tensor from the calibration maxima, see :mod:`.head_int8`; needs calibration data)
+#: The head's upsampling layers (pose / seg: transposed convolutions; normal / pointmap / albedo: 3x3
+#: convolutions): ``float`` or ``int8`` (int8 weights per output channel, inputs per tensor from the
+#: calibration maxima, see :mod:`.head_int8`; needs calibration data)
 HEAD_MODES = ("float", "int8")
 
 #: Default exclusions (glob patterns over module names). Only ``nn.Linear`` modules inside the
@@ -257,8 +258,8 @@ class QuantRecipe:
     calibration_precision: precision of the calibration forwards (see :data:`CALIBRATION_PRECISIONS`;
     a quantized model records the one it was calibrated in). attention: ``float`` or ``int8``
     (q, k, v of every backbone attention not excluded rounded to int8 with calibrated scales; see
-    :data:`ATTENTION_MODES`). head: ``float`` or ``int8`` (the pose / seg head's transposed
-    convolutions in int8 with a calibrated input scale; see :data:`HEAD_MODES`).
+    :data:`ATTENTION_MODES`). head: ``float`` or ``int8`` (the head's transposed convolutions, or a
+    dense head's 3x3 convolutions, in int8 with a calibrated input scale; see :data:`HEAD_MODES`).
     """
 
     scheme: str
