@@ -28,9 +28,9 @@ HEADS = ("float", "int8")
 
 def build(a, work: Path) -> None:
     import torch
+    from bench_cpu_peers import inputs
 
     import sapiens2_edge as s2e
-    from bench_cpu_peers import inputs
     from sapiens2_edge.models.model import build_model
 
     missing = [h for h in HEADS if not (work / f"ov-int8-head-{h}" / "manifest.json").exists()]
@@ -96,6 +96,7 @@ def main() -> None:
     a.size = tuple(int(v) for v in a.size.split("x"))
     a.work.mkdir(parents=True, exist_ok=True)
     from bench_cpu_peers import inputs
+
     from sapiens2_edge.runtime import open_artifact
 
     build(a, a.work)

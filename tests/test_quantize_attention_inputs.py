@@ -5,7 +5,6 @@ and the trained fixtures keep their fidelity gates."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,8 @@ from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_ten
 from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
 from sapiens2_edge.quantization.attention_inputs import quantized_attentions
 from sapiens2_edge.quantization.config import QuantRecipe, make_recipe
-from sapiens2_edge.runtime import open_artifact
 from sapiens2_edge.runtime.native_backend import NativeBackend, onednn_status
-from sapiens2_edge.runtime.openvino_backend import OpenVINOBackend
+from tests.fixtures.coarse_grids import assert_artifact_applies_grids
 from tests.fixtures.gates import assert_int8_gates
 from tests.fixtures.synthetic import make_people
 from tests.fixtures.tiny import INPUT, tiny_model
@@ -162,21 +160,7 @@ def coarse():
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "native"])
 def test_artifacts_compute_the_int8_attention_inputs(coarse, fmt, tmp_path):
     q, plain = coarse
-    x = _data(11)[0]
-    with torch.no_grad():
-        want, without = q(x).numpy(), plain(x).numpy()
-    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
-    apart = rel(without, want)
-    assert apart > 0.2  # the coarse grids matter
-    s2e.export(q, tmp_path / fmt, format=fmt, input_size=INPUT, max_batch=2)
-    man = json.loads((tmp_path / fmt / "manifest.json").read_text())
-    assert man["quantization"]["recipe"]["attention"] == "int8"
-    if fmt == "openvino":  # in f32: the reference's precision (the runtime's default here may be bf16)
-        run = OpenVINOBackend(tmp_path / fmt / "openvino" / "model.xml", max_batch=2)
-    else:
-        run = open_artifact(tmp_path / fmt, {"onnx": "onnxruntime"}.get(fmt, fmt))[1]
-    got = run(x.numpy())[0]
-    assert rel(got, want) < apart / 4, (rel(got, want), apart)
+    man = assert_artifact_applies_grids(q, plain, _data(11)[0], fmt, tmp_path / fmt, INPUT, "attention", 0.2)
     if fmt != "native":
         assert man["quantization"]["export"]["attention_inputs"] == {"int8": 18}
 

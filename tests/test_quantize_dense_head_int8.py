@@ -6,8 +6,6 @@ convolution kernels where the CPU multiplies int8 natively)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,7 @@ from sapiens2_edge.errors import CalibrationError, ConfigError, StateDictMismatc
 from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_tensors
 from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
 from sapiens2_edge.quantization.head_int8 import QuantConv, quantized_convs, quantized_deconvs
-from sapiens2_edge.runtime import open_artifact
+from tests.fixtures.coarse_grids import assert_artifact_applies_grids
 from tests.fixtures.tiny import HEADS, input_size, tiny_model
 
 
@@ -151,44 +149,25 @@ def weight_only_head(normal):
     return quantize(normal, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)[0]
 
 
-@pytest.fixture(scope="module")
-def coarse(normal):
-    """The head with 16x coarser input grids (~8 levels): an artifact that ignored them would be far from
-    this reference, one that applies them close. int8-weight linears: float activations elsewhere."""
-    size = input_size("normal")
-    q, _ = quantize(normal, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)
+@pytest.fixture(scope="module", params=["seg", "normal"])
+def coarse(request):
+    """The head (transposed convolutions for seg, 3x3 ones for normal) with 16x coarser input grids (~8
+    levels): an artifact that ignored them would be far from this reference, one that applies them close.
+    int8-weight linears: float activations elsewhere."""
+    model, size = tiny_model(request.param), input_size(request.param)
+    q, _ = quantize(model, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)
     with torch.no_grad():
-        for m in quantized_convs(q).values():
+        for m in {**quantized_deconvs(q), **quantized_convs(q)}.values():
             m.input_scale.mul_(16)
-    plain, _ = quantize(normal, "int8-weight", progress=False)
-    return q, plain
+    plain, _ = quantize(model, "int8-weight", progress=False)
+    return q, plain, size
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "torch", "ort", "native"])
 def test_artifacts_compute_the_int8_head(coarse, fmt, tmp_path):
-    q, plain = coarse
-    size = input_size("normal")
-    x = _data(11, size)[0]
-    with torch.no_grad():
-        want, without = q(x).numpy(), plain(x).numpy()
-    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
-    apart = rel(without, want)
-    assert apart > 0.1  # the coarse grids matter
-    s2e.export(q, tmp_path / fmt, format=fmt, input_size=size, max_batch=2)
-    man = json.loads((tmp_path / fmt / "manifest.json").read_text())
-    assert man["quantization"]["recipe"]["head"] == "int8"
-    if fmt == "openvino":  # in f32: the reference's precision (the runtime's default here may be bf16)
-        from sapiens2_edge.runtime.openvino_backend import OpenVINOBackend
-
-        run = OpenVINOBackend(tmp_path / fmt / "openvino" / "model.xml", max_batch=2)
-    elif fmt == "native":
-        from sapiens2_edge.runtime.native_backend import NativeBackend
-
-        run = NativeBackend(tmp_path / fmt, precision="fp32")
-    else:
-        run = open_artifact(tmp_path / fmt, {"onnx": "onnxruntime", "ort": "onnxruntime"}.get(fmt, fmt))[1]
-    got = run(x.numpy())[0]
-    assert rel(got, want) < apart / 4, (rel(got, want), apart)
+    # the native engine in fp32: oneDNN's int8 transposed convolution where exact, else the float form
+    q, plain, size = coarse
+    assert_artifact_applies_grids(q, plain, _data(11, size)[0], fmt, tmp_path / fmt, size, "head", 0.1)
 
 
 def test_onnx_graph_has_int8_weights_and_input_qdq_per_3x3_convolution(normal_head, tmp_path):
@@ -244,24 +223,29 @@ def test_quantconv_refuses_other_forms():
         QuantConv.like(torch.nn.Conv2d(4, 4, 3, padding=1, bias=False))
 
 
-def test_native_engine_refuses_an_inconsistent_int8_head(weight_only_head, tmp_path):
-    """The engine reads a quantized checkpoint file as it is: int8 convolution weights need their input
-    scale, and an input scale needs int8 weights."""
+@pytest.mark.parametrize("task,pre", [("seg", "decode_head.deconv_layers.0"),
+                                      ("normal", "decode_head.upsample_blocks.1.0")])
+def test_native_engine_refuses_an_inconsistent_int8_head(task, pre, tmp_path):
+    """The engine reads a quantized checkpoint file as it is: int8 (transposed) convolution weights need
+    their input scale, and an input scale needs int8 weights; a dense head's 1x1 convolutions stay float."""
     from sapiens2_edge import _native as native
 
-    q = weight_only_head
+    size = input_size(task)
+    q, _ = quantize(tiny_model(task), "int8-weight", calibration=_data(1, size), input_size=size, head="int8",
+                    progress=False)
     path = save_quantized(q, tmp_path / "q.safetensors")
-    assert native.Engine(str(path)).task == "normal"
+    assert native.Engine(str(path)).task == task
     header, tensors = read_header(path), read_tensors(path)
-    pre = "decode_head.upsample_blocks.1.0"
     no_scale = {k: v for k, v in tensors.items() if k != pre + ".input_scale"}
     with pytest.raises(StateDictMismatchError, match=f"missing tensor '{pre}.input_scale' of shape \\(1,\\)"):
         native.Engine(str(write_tensors(no_scale, tmp_path / "a.safetensors", metadata=header.metadata)))
     float_w = {k: v for k, v in tensors.items() if k != pre + ".weight_scale"}
-    float_w[pre + ".weight"] = quantized_convs(q)[pre].dequantized_weight()
+    float_w[pre + ".weight"] = {**quantized_deconvs(q), **quantized_convs(q)}[pre].dequantized_weight()
     with pytest.raises(StateDictMismatchError, match=f"'{pre}.input_scale' belongs to int8 weights, but "
                                                    f"'{pre}.weight' is F32"):
         native.Engine(str(write_tensors(float_w, tmp_path / "b.safetensors", metadata=header.metadata)))
+    if task != "normal":
+        return
     final = dict(tensors)
     final["decode_head.conv_normal.weight"] = torch.ones_like(final["decode_head.conv_normal.weight"], dtype=torch.int8)
     final["decode_head.conv_normal.weight_scale"] = torch.ones(3)

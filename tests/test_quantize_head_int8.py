@@ -5,10 +5,8 @@ the formats without an int8 head refuse it, and the trained fixtures keep their 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +19,6 @@ from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_ten
 from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
 from sapiens2_edge.quantization.config import QuantRecipe, make_recipe
 from sapiens2_edge.quantization.head_int8 import QuantDeconv, quantized_deconvs
-from sapiens2_edge.runtime import open_artifact
 from tests.fixtures.gates import assert_int8_gates
 from tests.fixtures.synthetic import make_people
 from tests.fixtures.tiny import INPUT, tiny_model
@@ -147,44 +144,6 @@ def test_fp16_float_storage_keeps_the_head_scales_float32(seg, tmp_path):
     assert header.tensors["decode_head.conv_seg.weight"].dtype == "F16"
 
 
-@pytest.fixture(scope="module")
-def coarse(seg):
-    """The head with 16x coarser input grids (~8 levels): an artifact that ignored them would be far from
-    this reference, one that applies them close. int8-weight linears: float activations elsewhere."""
-    q, _ = quantize(seg, "int8-weight", calibration=_data(1), input_size=INPUT, head="int8", progress=False)
-    with torch.no_grad():
-        for m in quantized_deconvs(q).values():
-            m.input_scale.mul_(16)
-    plain, _ = quantize(seg, "int8-weight", progress=False)
-    return q, plain
-
-
-@pytest.mark.parametrize("fmt", ["onnx", "openvino", "torch", "ort", "native"])
-def test_artifacts_compute_the_int8_head(coarse, fmt, tmp_path):
-    q, plain = coarse
-    x = _data(11)[0]
-    with torch.no_grad():
-        want, without = q(x).numpy(), plain(x).numpy()
-    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
-    apart = rel(without, want)
-    assert apart > 0.1  # the coarse grids matter
-    s2e.export(q, tmp_path / fmt, format=fmt, input_size=INPUT, max_batch=2)
-    man = json.loads((tmp_path / fmt / "manifest.json").read_text())
-    assert man["quantization"]["recipe"]["head"] == "int8"
-    if fmt == "openvino":  # in f32: the reference's precision (the runtime's default here may be bf16)
-        from sapiens2_edge.runtime.openvino_backend import OpenVINOBackend
-
-        run = OpenVINOBackend(tmp_path / fmt / "openvino" / "model.xml", max_batch=2)
-    elif fmt == "native":  # fp32: oneDNN's int8 transposed convolution where exact, else the float form
-        from sapiens2_edge.runtime.native_backend import NativeBackend
-
-        run = NativeBackend(tmp_path / fmt, precision="fp32")
-    else:
-        run = open_artifact(tmp_path / fmt, {"onnx": "onnxruntime", "ort": "onnxruntime"}.get(fmt, fmt))[1]
-    got = run(x.numpy())[0]
-    assert rel(got, want) < apart / 4, (rel(got, want), apart)
-
-
 def test_onnx_graph_has_int8_weights_and_input_qdq_per_transposed_convolution(seg_head, tmp_path):
     """Standard graph: each transposed convolution reads its input through Q/DQ and its int8 kernel through a
     per-output-channel DQ. The graph for ONNX Runtime (the default) writes each as four parity convolutions,
@@ -261,26 +220,6 @@ def test_formats_without_an_int8_head_refuse_it(seg_head, fmt, tmp_path):
     with pytest.raises(ConfigError, match=f"the {fmt} format has no int8 head"):  # before quantizing
         s2e.export(tiny_model("seg"), tmp_path / fmt, format=fmt, scheme="int8-weight",
                    quantize_options={"head": "int8"}, input_size=INPUT)
-
-
-def test_native_engine_refuses_an_inconsistent_int8_head(seg, tmp_path):
-    """The engine reads a quantized checkpoint file as it is: int8 transposed-convolution weights need
-    their input scale, and an input scale needs int8 weights."""
-    from sapiens2_edge import _native as native
-
-    q, _ = quantize(seg, "int8-weight", calibration=_data(1), input_size=INPUT, head="int8", progress=False)
-    path = save_quantized(q, tmp_path / "q.safetensors")
-    assert native.Engine(str(path)).task == "seg"
-    header, tensors = read_header(path), read_tensors(path)
-    pre = "decode_head.deconv_layers.0"
-    no_scale = {k: v for k, v in tensors.items() if k != pre + ".input_scale"}
-    with pytest.raises(StateDictMismatchError, match=f"missing tensor '{pre}.input_scale' of shape \\(1,\\)"):
-        native.Engine(str(write_tensors(no_scale, tmp_path / "a.safetensors", metadata=header.metadata)))
-    float_w = {k: v for k, v in tensors.items() if k != pre + ".weight_scale"}
-    float_w[pre + ".weight"] = quantized_deconvs(q)[pre].dequantized_weight()
-    with pytest.raises(StateDictMismatchError, match=f"'{pre}.input_scale' belongs to int8 weights, but "
-                                                   f"'{pre}.weight' is F32"):
-        native.Engine(str(write_tensors(float_w, tmp_path / "b.safetensors", metadata=header.metadata)))
 
 
 def test_quantdeconv_refuses_other_forms():
