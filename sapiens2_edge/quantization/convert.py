@@ -185,16 +185,16 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     if attentions and calib is None:
         raise CalibrationError(f"attention='int8' needs calibration data to set the q, k, v ranges of {len(attentions)} "
                                "attentions; pass calibration= (images or normalised tensors) or attention='float'")
-    deconvs = head_int8.selected(base, recipe)
-    if deconvs and calib is None:
+    head_layers = head_int8.selected(base, recipe)
+    if head_layers and calib is None:
         raise CalibrationError(f"head='int8' needs calibration data to set the input ranges of the head's "
-                               f"{head_int8.describe(deconvs, base)}; pass calibration= (images or normalised tensors) "
+                               f"{head_int8.describe(head_layers, base)}; pass calibration= (images or normalised tensors) "
                                "or head='float'")
     observers = attention_inputs.attach_observers(base, attentions)  # they see the calibration forwards below
-    deconv_observers = {n: head_int8.HeadInputObserver() for n in deconvs}
-    remove_deconv_observers = attach_input_observers(base, deconv_observers)
+    head_observers = {n: head_int8.HeadInputObserver() for n in head_layers}
+    remove_head_observers = attach_input_observers(base, head_observers)
     try:
-        if groups or static or attentions or deconvs:
+        if groups or static or attentions or head_layers:
             precision, why = calibration_precision(recipe.calibration_precision, device)
             recipe = replace(recipe, calibration_precision=precision)
             notes.append(f"calibration forwards in {precision} ({why})")
@@ -204,14 +204,14 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                     notes.append("calibration attention on OpenVINO's bf16 kernel")
                 if groups or static:
                     smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
-                                                  release_inputs=held_out is not None, head=bool(deconvs))
+                                                  release_inputs=held_out is not None, head=bool(head_layers))
                 else:
-                    what = " + ".join(w for w, on in (("attention inputs", attentions), ("head inputs", deconvs)) if on)
+                    what = " + ".join(w for w, on in (("attention inputs", attentions), ("head inputs", head_layers)) if on)
                     _run_backbone(base, calib, device, f"calibrate {what} ({calib.num_samples} images)",
-                                  progress, len(calib), head=bool(deconvs))
+                                  progress, len(calib), head=bool(head_layers))
     finally:
         attention_inputs.remove(base, attentions)
-        remove_deconv_observers()
+        remove_head_observers()
     release_freed_heap()
 
     # -- convert ----------------------------------------------------------------------------------
@@ -229,9 +229,9 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     if observers:
         notes.append(f"int8 attention inputs: q, k, v of {len(observers)} attentions, per-tensor scales from the "
                      f"largest |x| over {calib.num_samples} calibration images")
-    head_int8.install(qmodel, {n: obs.amax for n, obs in deconv_observers.items()})
-    if deconv_observers:
-        notes.append(f"int8 head: {head_int8.describe(deconvs, base)} with int8 weights per output channel "
+    head_int8.install(qmodel, {n: obs.amax for n, obs in head_observers.items()})
+    if head_observers:
+        notes.append(f"int8 head: {head_int8.describe(head_layers, base)} with int8 weights per output channel "
                      f"and int8 inputs, per-tensor scales from the largest |x| over {calib.num_samples} calibration images")
     qmodel = as_quantized(qmodel, recipe, {n: s.name for n, s in specs.items()}).eval()
     if recipe.float_storage == "fp16":
