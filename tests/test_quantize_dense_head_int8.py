@@ -15,7 +15,7 @@ import sapiens2_edge as s2e
 from sapiens2_edge.errors import CalibrationError, ConfigError, StateDictMismatchError
 from sapiens2_edge.models.checkpoint import read_header, read_tensors, write_tensors
 from sapiens2_edge.quantization import load_quantized, quantize, save_quantized
-from sapiens2_edge.quantization.head_int8 import QuantConv, quantized_convs, quantized_deconvs
+from sapiens2_edge.quantization.head_int8 import QuantConv, quantized_convs, quantized_deconvs, quantized_head_layers
 from tests.fixtures.coarse_grids import assert_artifact_applies_grids
 from tests.fixtures.tiny import HEADS, input_size, tiny_model
 
@@ -157,7 +157,7 @@ def coarse(request):
     model, size = tiny_model(request.param), input_size(request.param)
     q, _ = quantize(model, "int8-weight", calibration=_data(1, size), input_size=size, head="int8", progress=False)
     with torch.no_grad():
-        for m in {**quantized_deconvs(q), **quantized_convs(q)}.values():
+        for m in quantized_head_layers(q).values():
             m.input_scale.mul_(16)
     plain, _ = quantize(model, "int8-weight", progress=False)
     return q, plain, size
@@ -240,7 +240,7 @@ def test_native_engine_refuses_an_inconsistent_int8_head(task, pre, tmp_path):
     with pytest.raises(StateDictMismatchError, match=f"missing tensor '{pre}.input_scale' of shape \\(1,\\)"):
         native.Engine(str(write_tensors(no_scale, tmp_path / "a.safetensors", metadata=header.metadata)))
     float_w = {k: v for k, v in tensors.items() if k != pre + ".weight_scale"}
-    float_w[pre + ".weight"] = {**quantized_deconvs(q), **quantized_convs(q)}[pre].dequantized_weight()
+    float_w[pre + ".weight"] = quantized_head_layers(q)[pre].dequantized_weight()
     with pytest.raises(StateDictMismatchError, match=f"'{pre}.input_scale' belongs to int8 weights, but "
                                                    f"'{pre}.weight' is F32"):
         native.Engine(str(write_tensors(float_w, tmp_path / "b.safetensors", metadata=header.metadata)))

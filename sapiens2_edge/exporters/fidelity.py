@@ -55,13 +55,13 @@ def rounds_activations(model) -> bool:
     """Whether ``model`` rounds activations (a layer's int8/fp8 inputs, int8 attention inputs or an
     int8 head's): then a tiny input change flips roundings that grow through the blocks."""
     from ..quantization.attention_inputs import quantized_attentions
-    from ..quantization.head_int8 import quantized_convs, quantized_deconvs
+    from ..quantization.head_int8 import quantized_head_layers
 
     quantized = getattr(model, "quantized_layers", None)
     if quantized is None:
         return False
     return (any(q.config.activation is not None for q in quantized().values()) or bool(quantized_attentions(model))
-            or bool(quantized_deconvs(model)) or bool(quantized_convs(model)))
+            or bool(quantized_head_layers(model)))
 
 
 def export_tolerance(model, precision: str, tolerance_of=None) -> float:

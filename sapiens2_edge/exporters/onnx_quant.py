@@ -60,7 +60,7 @@ from ..cpu_features import int8_dot_products
 from ..kernels import numerics as nx
 from ..quantization.attention_inputs import AttentionInputQuant, fake_quant_int8, quantized_attentions
 from ..quantization.decomposed import DecomposedLinear
-from ..quantization.head_int8 import QuantConv, QuantDeconv, quantized_convs, quantized_deconvs
+from ..quantization.head_int8 import QuantConv, QuantDeconv, quantized_head_layers
 from ..quantization.linear import QuantLinear
 
 NAMESPACE = "s2e_export"
@@ -180,8 +180,7 @@ def export_head(model: nn.Module, int8_kernels: bool = True):
     where the check allows 0.05), so its graphs keep the head float there."""
     if not int8_kernels:
         return contextlib.nullcontext(0)
-    found = {**quantized_deconvs(model), **quantized_convs(model)}
-    return swapped_modules(model, found, lambda m: (ExportQuantDeconv if isinstance(m, QuantDeconv) else ExportQuantConv)(m))
+    return swapped_modules(model, quantized_head_layers(model), lambda m: (ExportQuantDeconv if isinstance(m, QuantDeconv) else ExportQuantConv)(m))
 
 
 class ExportAttentionInputQuant(nn.Module):

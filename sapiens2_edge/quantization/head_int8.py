@@ -164,7 +164,7 @@ def head_layer_names(model: nn.Module) -> list[str]:
 
 
 def describe(names: list[str], model: nn.Module) -> str:
-    """"4 transposed convolutions" or "9 3x3 convolutions", for messages."""
+    """"4 transposed convolutions" or "8 3x3 convolutions", for messages."""
     deconv = bool(names) and isinstance(model.get_submodule(names[0]), (nn.ConvTranspose2d, QuantDeconv))
     return f"{len(names)} {'transposed' if deconv else '3x3'} convolution{'s' * (len(names) != 1)}"
 
@@ -199,5 +199,11 @@ def quantized_convs(model: nn.Module) -> dict[str, QuantConv]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantConv)}
 
 
+def quantized_head_layers(model: nn.Module) -> dict[str, QuantDeconv | QuantConv]:
+    """Every int8 head layer of ``model``, transposed or not."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantDeconv, QuantConv))}
+
+
 __all__ = ["QuantDeconv", "QuantConv", "HeadInputObserver", "deconv_names", "dense_conv_names", "head_layer_names",
-           "describe", "selected", "install", "quantized_deconvs", "quantized_convs", "check_deconv", "check_conv"]
+           "describe", "selected", "install", "quantized_deconvs", "quantized_convs", "quantized_head_layers", "check_deconv",
+           "check_conv"]
