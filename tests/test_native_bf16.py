@@ -107,7 +107,8 @@ def test_bf16_gemms_available_where_installed_and_native():
         assert ONEDNN.startswith("oneDNN 3.") if USABLE else ("oneDNN" in ONEDNN or "without oneDNN" in ONEDNN)
 
 
-@pytest.mark.parametrize("task,size", [("seg", SIZE), ("pose", SIZE), ("seg", LONG)])
+@pytest.mark.parametrize("task,size", [("seg", SIZE), ("pose", SIZE), ("seg", LONG), ("normal", SIZE),
+                                       ("albedo", SIZE)])
 def test_bf16_gemms_as_far_from_float_as_a_bf16_emulation(task, size, tmp_path):
     model = tiny_model(task, TINY, seed=5)
     root = export(model, tmp_path / "a", format="native", input_size=size, max_batch=2, verify=False)

@@ -57,6 +57,24 @@ def test_onednn_is_the_default_where_installed_and_matches_torch(case, monkeypat
     np.testing.assert_array_equal(NativeBackend(root)(x)[0], got)
 
 
+@pytest.mark.parametrize("task", ["normal", "albedo"])
+def test_dense_heads_match_torch_on_both_libraries(task, tmp_path, monkeypatch):
+    """A dense head runs channels last on oneDNN (its 3x3 convolution kernels, each PixelShuffle with its
+    InstanceNorm or RMSNorm in one pass) and channels first through im2col GEMMs on OpenBLAS: both are
+    the torch model in float32, and each says which library ran."""
+    model = tiny_model(task, TINY, seed=4)
+    root = export(model, tmp_path / "a", format="native", input_size=SIZE, verify=False)
+    x = verification_inputs(SIZE, batch=2, seed=8)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    for library in ("openblas", "onednn") if USABLE else ("openblas",):
+        monkeypatch.setenv("S2E_NATIVE_FP32_GEMM", library)
+        b = NativeBackend(root)
+        assert b.engine.fp32_gemm == {"openblas": "OpenBLAS", "onednn": "oneDNN"}[library]
+        got = b(x)[0]
+        assert got.shape == ref.shape and rel_l2(ref, got) <= FP32_TOL, (library, rel_l2(ref, got))
+
+
 def test_onednn_stays_fp32_when_its_environment_asks_for_bf16(case, tmp_path):
     """oneDNN reads ONEDNN_DEFAULT_FPMATH_MODE when it loads: a fresh process with it set to BF16."""
     if not USABLE:

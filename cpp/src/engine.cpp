@@ -872,7 +872,7 @@ void head_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row,
 }  // namespace
 
 template <class E>
-void Engine::deconv_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
+void Engine::channels_last_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
     constexpr bool kBf16 = std::is_same<E, uint16_t>::value;
     auto& x = [&]() -> auto& {  // each layer's input, (H*W, C)
         if constexpr (kBf16) return ws.hb; else return ws.hf;
@@ -895,33 +895,82 @@ void Engine::deconv_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, 
         for (int64_t c = 0; c < C; ++c) {
             if constexpr (kBf16) x[p * C + c] = float_to_bf16(feat[c * HW + p]); else x[p * C + c] = feat[c * HW + p];
         }
-    for (const auto& dc : deconv_) {
-        fit(ws.u, static_cast<size_t>(dc.cout * 4 * HW));
-        if (dc.input_scale && onednn::exact_int8()) {  // int8 operands, exact int32 sums, scaled once
-            const float xs = floats(dc.input_scale, ws.pbuf, ws)[0];
-            ws.x8.resize(static_cast<size_t>(C * HW));
-            ops::quantize_int8(x.data(), C * HW, xs, ws.x8.data());
-            const float* w_scale = int8_weights(dc.w, dc.cout, ws);
-            onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, dc.cout, ws.u.data());
-        } else {
-            if (dc.input_scale) ops::fake_quant_int8(x.data(), C * HW, floats(dc.input_scale, ws.pbuf, ws)[0]);
-            onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+    // x quantized with an int8 layer's input scale `xs`: into ws.x8 when the layer runs on int8 kernels
+    // (returns true), else onto its grid in place (the recipe's numerics on float kernels)
+    auto int8_input = [&](const ConvWeights& c, float& xs) -> bool {
+        if (!c.input_scale) return false;
+        xs = floats(c.input_scale, ws.pbuf, ws)[0];
+        if (!onednn::exact_int8()) {
+            ops::fake_quant_int8(x.data(), C * HW, xs);
+            return false;
         }
-        C = dc.cout;
-        H *= 2;
-        W *= 2;
-        HW = H * W;
-        fit(x, static_cast<size_t>(C * HW));
-        ops::instance_norm_nhwc(ws.u.data(), HW, C, kInstEps, true, x.data());
-    }
-    // 1x1 convolutions (the only kernel size of these heads) as GEMMs on the channels-last rows. Each is
-    // followed by an InstanceNorm, which removes a per-channel bias exactly: it is not added.
-    for (const auto& c : convs_) {
+        ws.x8.resize(static_cast<size_t>(C * HW));
+        ops::quantize_int8(x.data(), C * HW, xs, ws.x8.data());
+        return true;
+    };
+    // a 3x3 convolution (a dense head's) of x into ws.u (H*W, cout) float32, its bias added
+    auto conv3x3 = [&](const ConvWeights& c) {
         fit(ws.u, static_cast<size_t>(c.cout * HW));
-        head_matmul(HW, C, c.cout, x.data(), C, 1, weights(c.w, c.cout * C), 1, C, ws.u.data(), c.cout);
+        const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
+        float xs = 0.0f;
+        if (int8_input(c, xs)) {
+            const float* w_scale = int8_weights(c.w, c.cout, ws);
+            onednn::conv3x3_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, b, c.cout, ws.u.data());
+        } else {
+            onednn::conv3x3(x.data(), C, H, W, floats(c.w, ws.wbuf, ws), b, c.cout, ws.u.data());
+        }
         C = c.cout;
+    };
+    // ws.u (H*W, C) normalised (InstanceNorm, or the albedo head's RMSNorm) and SiLU'd into x
+    auto norm_silu = [&](const Param& norm) {
         fit(x, static_cast<size_t>(C * HW));
-        ops::instance_norm_nhwc(ws.u.data(), HW, C, kInstEps, true, x.data());
+        if (norm)
+            ops::rms_norm_nhwc(ws.u.data(), HW, C, floats(norm, ws.pbuf, ws), kEps, true, x.data());
+        else
+            ops::instance_norm_nhwc(ws.u.data(), HW, C, kInstEps, true, x.data());
+    };
+    if (cfg_.head.task == "pose" || cfg_.head.task == "seg") {  // transposed convolutions, 1x1 ones
+        for (const auto& dc : deconv_) {
+            fit(ws.u, static_cast<size_t>(dc.cout * 4 * HW));
+            float xs = 0.0f;
+            if (int8_input(dc, xs)) {  // int8 operands, exact int32 sums, scaled once
+                const float* w_scale = int8_weights(dc.w, dc.cout, ws);
+                onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, dc.cout, ws.u.data());
+            } else {
+                onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+            }
+            C = dc.cout;
+            H *= 2;
+            W *= 2;
+            HW = H * W;
+            norm_silu(Param{});
+        }
+        // 1x1 convolutions (the only kernel size of these heads) as GEMMs on the channels-last rows. Each is
+        // followed by an InstanceNorm, which removes a per-channel bias exactly: it is not added.
+        for (const auto& c : convs_) {
+            fit(ws.u, static_cast<size_t>(c.cout * HW));
+            head_matmul(HW, C, c.cout, x.data(), C, 1, weights(c.w, c.cout * C), 1, C, ws.u.data(), c.cout);
+            C = c.cout;
+            norm_silu(Param{});
+        }
+    } else {  // a dense head: 3x3 convolutions, PixelShuffle upsampling
+        conv3x3(input_conv_);
+        norm_silu(input_conv_.norm);
+        for (const auto& up : upsample_) {
+            conv3x3(up);
+            const int64_t out = C / 4;
+            fit(x, static_cast<size_t>(4 * HW * out));
+            ops::pixel_shuffle2_norm_nhwc(ws.u.data(), out, H, W, up.norm ? floats(up.norm, ws.pbuf, ws) : nullptr,
+                                          up.norm ? kEps : kInstEps, true, x.data());
+            C = out;
+            H *= 2;
+            W *= 2;
+            HW = H * W;
+        }
+        for (const auto& c : convs_) {
+            conv3x3(c);
+            norm_silu(c.norm);
+        }
     }
     // the final 1x1 convolution, channels first (the output's layout): (cout, H*W) = W (cout, C) . x^T
     const int64_t out = final_.cout;
@@ -942,17 +991,20 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     const HeadConfig& h = cfg_.head;
     int64_t C = h.in_channels, H = hp, W = wp;
     Floats &act = ws.a, &y = ws.u;  // the backbone's largest buffers, done with
-    // the channels-last path runs 1x1 convolutions after the transposed ones (those of the official heads)
-    bool channels_last = (h.task == "pose" || h.task == "seg") && final_.k == 1;
-    for (const auto& c : convs_) channels_last = channels_last && c.k == 1;
+    // the channels-last path runs the official heads' layers: 1x1 convolutions after the transposed ones
+    // (pose / seg), 3x3 ones around the PixelShuffle units (normal, pointmap, albedo), a final 1x1
+    const bool deconv_head = h.task == "pose" || h.task == "seg";
+    bool channels_last = final_.k == 1 && (deconv_head || input_conv_.k == 3);
+    for (const auto& c : convs_) channels_last = channels_last && c.k == (deconv_head ? 1 : 3);
+    for (const auto& c : upsample_) channels_last = channels_last && c.k == 3;
     if (channels_last && bf16_) {
-        deconv_head<uint16_t>(feat, C, H, W, ws);
+        channels_last_head<uint16_t>(feat, C, H, W, ws);
     } else if (channels_last && dnnl_f32_) {
-        deconv_head<float>(feat, C, H, W, ws);
+        channels_last_head<float>(feat, C, H, W, ws);
     } else {
         fit(act, static_cast<size_t>(C * H * W));
         std::copy(feat, feat + C * H * W, act.begin());
-        if (h.task == "pose" || h.task == "seg") {
+        if (deconv_head) {
             for (const auto& dc : deconv_) {
                 fit(y, static_cast<size_t>(dc.cout * 4 * H * W));
                 if (dc.input_scale) ops::fake_quant_int8(act.data(), C * H * W, floats(dc.input_scale, ws.pbuf, ws)[0]);

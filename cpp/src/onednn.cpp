@@ -66,6 +66,7 @@ struct Api {
     decltype(&dnnl_primitive_attr_set_scales_mask) attr_scales_mask;
     decltype(&dnnl_matmul_primitive_desc_create) matmul_pd;
     decltype(&dnnl_deconvolution_forward_primitive_desc_create) deconv_pd;
+    decltype(&dnnl_convolution_forward_primitive_desc_create) conv_pd;
     decltype(&dnnl_reorder_primitive_desc_create) reorder_pd;
     decltype(&dnnl_primitive_desc_query_md) pd_query_md;
     decltype(&dnnl_primitive_desc_destroy) pd_destroy;
@@ -111,6 +112,7 @@ std::string open_library(const std::string& path) {
     need("dnnl_memory_desc_create_with_strides", a.md_create), need("dnnl_memory_desc_destroy", a.md_destroy);
     need("dnnl_memory_desc_create_with_tag", a.md_create_tag);
     need("dnnl_deconvolution_forward_primitive_desc_create", a.deconv_pd);
+    need("dnnl_convolution_forward_primitive_desc_create", a.conv_pd);
     need("dnnl_reorder_primitive_desc_create", a.reorder_pd);
     need("dnnl_memory_desc_get_size", a.md_size), need("dnnl_memory_create", a.mem_create);
     need("dnnl_memory_destroy", a.mem_destroy), need("dnnl_primitive_attr_create", a.attr_create);
@@ -360,32 +362,47 @@ uint8_t* packed_weights(const Md& from, const void* w, const_dnnl_memory_desc_t 
     return packed;
 }
 
-// deconv4x4s2 on operands of type `dt` (bf16 or f32, the weights given as f32; or s8, the weights
-// given as s8, with `x_scale` and per-output-channel `w_scale`); the output float32.
-void deconv4x4s2_as(dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, int64_t W, const void* w, int64_t cout,
-                    float* y, const float* x_scale = nullptr, const float* w_scale = nullptr) {
+// The two convolutions of the heads: ConvTranspose2d(4, stride 2, padding 1), torch weight (IC, OC, 4, 4),
+// and Conv2d(3, stride 1, padding 1), torch weight (OC, IC, 3, 3).
+enum class ConvKind { deconv4x4s2, conv3x3 };
+
+// `kind` on operands of type `dt` (bf16 or f32, the weights given as f32; or s8, the weights given as s8,
+// with `x_scale` and per-output-channel `w_scale`), channels last, `b` (float32, may be null) added; the
+// output float32.
+void conv_as(ConvKind kind, dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, int64_t W, const void* w,
+             const float* b, int64_t cout, float* y, const float* x_scale = nullptr, const float* w_scale = nullptr) {
     require();
     if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
-    const int64_t Ho = 2 * H, Wo = 2 * W;
-    // (N, C, H, W) dimensions as oneDNN names them, in NHWC memory; the weights (OC, IC, 4, 4) read from
-    // torch's (IC, OC, 4, 4) layout through strides.
+    const bool transposed = kind == ConvKind::deconv4x4s2;
+    const int64_t k = transposed ? 4 : 3, Ho = transposed ? 2 * H : H, Wo = transposed ? 2 * W : W;
+    // (N, C, H, W) dimensions as oneDNN names them, in NHWC memory; the weights (OC, IC, k, k) read from
+    // torch's layout through strides ((IC, OC, k, k) for a transposed convolution).
     const dnnl_dims_t sd = {1, cin, H, W}, ss = {H * W * cin, 1, W * cin, cin};
     const dnnl_dims_t dd = {1, cout, Ho, Wo}, ds = {Ho * Wo * cout, 1, Wo * cout, cout};
-    const dnnl_dims_t wd = {cout, cin, 4, 4}, wst = {16, cout * 16, 4, 1};
-    const dnnl_dims_t strides = {2, 2}, dense = {0, 0}, pad = {1, 1};
+    const dnnl_dims_t wd = {cout, cin, k, k};
+    const dnnl_dims_t wst_deconv = {k * k, cout * k * k, k, 1}, wst_conv = {cin * k * k, k * k, k, 1};
+    const dnnl_dims_t strides_deconv = {2, 2}, strides_conv = {1, 1}, dense = {0, 0}, pad = {1, 1};
+    const dnnl_dims_t bd = {cout}, unit = {1};
     const bool int8 = dt == dnnl_s8;
-    Md src(4, sd, dt, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, int8 ? dnnl_s8 : dnnl_f32, wst);
-    Md w_any(4, wd, dt, dnnl_format_tag_any);
+    Md src(4, sd, dt, ss), dst(4, dd, dnnl_f32, ds), w_torch(4, wd, int8 ? dnnl_s8 : dnnl_f32,
+                                                           transposed ? wst_deconv : wst_conv);
+    Md w_any(4, wd, dt, dnnl_format_tag_any), bias(1, bd, dnnl_f32, unit);
     Pd pd;
     {
         Attr attr;
-        if (int8) {  // y = x_scale * w_scale[oc] * (int32 sum): dim 0 of oneDNN's (OC, IC, KH, KW) weights
+        if (int8) {  // y = x_scale * w_scale[oc] * (int32 sum) + b: dim 0 of oneDNN's (OC, IC, KH, KW) weights
             check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_SRC, 0), "input scale");
             check(g_api.attr_scales_mask(attr.attr, DNNL_ARG_WEIGHTS, 1), "weight scales");
         }
-        check(g_api.deconv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_deconvolution_direct, src.md, w_any.md,
-                              nullptr, dst.md, strides, dense, pad, pad, attr.attr),
-              "transposed convolution for this CPU");
+        const_dnnl_memory_desc_t bias_md = b ? bias.md : nullptr;
+        if (transposed)
+            check(g_api.deconv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_deconvolution_direct, src.md,
+                                  w_any.md, bias_md, dst.md, strides_deconv, dense, pad, pad, attr.attr),
+                  "transposed convolution for this CPU");
+        else
+            check(g_api.conv_pd(&pd.pd, g_api.engine, dnnl_forward_inference, dnnl_convolution_direct, src.md,
+                                w_any.md, bias_md, dst.md, strides_conv, dense, pad, pad, attr.attr),
+                  "convolution for this CPU");
     }
     // the weights in the layout the kernel reads (bf16: rounded, ties to even; s8: with the compensation
     // its int8 input needs), in one reorder
@@ -393,33 +410,52 @@ void deconv4x4s2_as(dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, 
     uint8_t* w_packed = packed_weights(w_torch, w, w_md);
     Mem ms(src.md, const_cast<void*>(x)), mw(w_md, w_packed), md(dst.md, y);
     std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}};
-    const dnnl_dims_t one = {1}, per_channel = {cout}, unit = {1};
+    std::unique_ptr<Mem> mb;
+    if (b) {
+        mb = std::make_unique<Mem>(bias.md, const_cast<float*>(b));
+        args.push_back({DNNL_ARG_BIAS, mb->m});
+    }
+    const dnnl_dims_t one = {1};
     std::unique_ptr<Md> xs_md, ws_md;
     std::unique_ptr<Mem> mxs, mws;
     if (int8) {
         xs_md = std::make_unique<Md>(1, one, dnnl_f32, unit);
-        ws_md = std::make_unique<Md>(1, per_channel, dnnl_f32, unit);
+        ws_md = std::make_unique<Md>(1, bd, dnnl_f32, unit);
         mxs = std::make_unique<Mem>(xs_md->md, const_cast<float*>(x_scale));
         mws = std::make_unique<Mem>(ws_md->md, const_cast<float*>(w_scale));
         args.push_back({DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, mxs->m});
         args.push_back({DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, mws->m});
     }
-    execute(pd, std::move(args), "transposed convolution");
+    execute(pd, std::move(args), transposed ? "transposed convolution" : "convolution");
 }
 
 }  // namespace
 
 void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
-    deconv4x4s2_as(dnnl_bf16, x, cin, H, W, w, cout, y);
+    conv_as(ConvKind::deconv4x4s2, dnnl_bf16, x, cin, H, W, w, nullptr, cout, y);
 }
 
 void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
-    deconv4x4s2_as(dnnl_f32, x, cin, H, W, w, cout, y);
+    conv_as(ConvKind::deconv4x4s2, dnnl_f32, x, cin, H, W, w, nullptr, cout, y);
 }
 
 void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
                     const float* w_scale, int64_t cout, float* y) {
-    deconv4x4s2_as(dnnl_s8, x, cin, H, W, w, cout, y, &x_scale, w_scale);
+    conv_as(ConvKind::deconv4x4s2, dnnl_s8, x, cin, H, W, w, nullptr, cout, y, &x_scale, w_scale);
+}
+
+void conv3x3(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
+             float* y) {
+    conv_as(ConvKind::conv3x3, dnnl_bf16, x, cin, H, W, w, b, cout, y);
+}
+
+void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y) {
+    conv_as(ConvKind::conv3x3, dnnl_f32, x, cin, H, W, w, b, cout, y);
+}
+
+void conv3x3_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
+                const float* w_scale, const float* b, int64_t cout, float* y) {
+    conv_as(ConvKind::conv3x3, dnnl_s8, x, cin, H, W, w, b, cout, y, &x_scale, w_scale);
 }
 
 namespace {
@@ -554,6 +590,16 @@ void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void deconv4x4s2_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, int64_t, float*) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void conv3x3(const uint16_t*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void conv3x3(const float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*) {
+    throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
+}
+void conv3x3_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, const float*, int64_t,
+                float*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void gemm_f32(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,

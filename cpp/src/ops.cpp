@@ -577,17 +577,19 @@ S2E_CPU_CLONES static void normalize_row(const float* row, const float* mean, co
     normalize_row_as(row, mean, inv, C, silu, out);
 }
 
-template <class E>
-static void instance_norm_nhwc_as(const float* y, int64_t HW, int64_t C, float eps, bool silu, E* out) {
-    if (HW == 0 || C == 0) return;
-    // One pass of float64 sums shifted by the first pixel (no cancellation for channels far from zero),
-    // each thread's over its static share of pixels, added in thread order: the same bits every run.
+// Per-channel mean and 1 / sqrt(var + eps) (biased variance) of y (HW, C * group) channels last, the
+// `group` adjacent columns of each channel pooled (a PixelShuffle's sub-pixels before the shuffle).
+// One pass of float64 sums shifted by the channel's first value (no cancellation for channels far from
+// zero), each thread's over its static share of pixels, added in thread order: the same bits every run.
+static void channel_stats(const float* y, int64_t HW, int64_t C, int64_t group, float eps, float* mean, float* inv) {
+    const int64_t cols = C * group;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    std::vector<double> part(static_cast<size_t>(2 * threads * C), 0.0);
-    const float* shift = y;
+    std::vector<double> part(static_cast<size_t>(2 * threads * cols), 0.0);
+    std::vector<float> shift(static_cast<size_t>(cols));
+    for (int64_t j = 0; j < cols; ++j) shift[j] = y[j - j % group];
 #pragma omp parallel num_threads(threads)
     {
         int t = 0, n = 1;
@@ -595,21 +597,29 @@ static void instance_norm_nhwc_as(const float* y, int64_t HW, int64_t C, float e
         t = omp_get_thread_num();
         n = omp_get_num_threads();
 #endif
-        double* sum = part.data() + static_cast<size_t>(2 * t * C);
+        double* sum = part.data() + static_cast<size_t>(2 * t * cols);
         const int64_t lo = HW * t / n, hi = HW * (t + 1) / n;
-        for (int64_t p = lo; p < hi; ++p) shifted_sums_row(y + p * C, shift, C, sum, sum + C);
+        for (int64_t p = lo; p < hi; ++p) shifted_sums_row(y + p * cols, shift.data(), cols, sum, sum + cols);
     }
-    std::vector<float> mean(static_cast<size_t>(C)), inv(static_cast<size_t>(C));
+    const double count = static_cast<double>(HW * group);
     for (int64_t c = 0; c < C; ++c) {
         double s = 0.0, q = 0.0;
-        for (int t = 0; t < threads; ++t) {
-            s += part[static_cast<size_t>(2 * t * C + c)];
-            q += part[static_cast<size_t>((2 * t + 1) * C + c)];
-        }
-        const double m = s / HW, var = std::max(0.0, q / HW - m * m);
-        mean[c] = static_cast<float>(shift[c] + m);
+        for (int t = 0; t < threads; ++t)
+            for (int64_t g = 0; g < group; ++g) {
+                s += part[static_cast<size_t>(2 * t * cols + c * group + g)];
+                q += part[static_cast<size_t>((2 * t + 1) * cols + c * group + g)];
+            }
+        const double m = s / count, var = std::max(0.0, q / count - m * m);
+        mean[c] = static_cast<float>(shift[c * group] + m);
         inv[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
     }
+}
+
+template <class E>
+static void instance_norm_nhwc_as(const float* y, int64_t HW, int64_t C, float eps, bool silu, E* out) {
+    if (HW == 0 || C == 0) return;
+    std::vector<float> mean(static_cast<size_t>(C)), inv(static_cast<size_t>(C));
+    channel_stats(y, HW, C, 1, eps, mean.data(), inv.data());
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < HW; ++p) normalize_row(y + p * C, mean.data(), inv.data(), C, silu, out + p * C);
 }
@@ -620,6 +630,82 @@ void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool s
 
 void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool silu, float* out) {
     instance_norm_nhwc_as(y, HW, C, eps, silu, out);
+}
+
+template <class E>
+__attribute__((always_inline)) inline void rms_normalize_row_as(const float* row, const float* w, int64_t C, float eps,
+                                                                bool silu, E* out) {
+    double ss = 0.0;
+    for (int64_t c = 0; c < C; ++c) ss += static_cast<double>(row[c]) * row[c];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / C + eps));
+    if (silu) {
+        for (int64_t c = 0; c < C; ++c) {
+            const float z = row[c] * inv * w[c];
+            out[c] = stored_as<E>(z / (1.0f + exp_vec(-z)));
+        }
+    } else {
+        for (int64_t c = 0; c < C; ++c) out[c] = stored_as<E>(row[c] * inv * w[c]);
+    }
+}
+
+S2E_CPU_CLONES static void rms_normalize_row(const float* row, const float* w, int64_t C, float eps, bool silu,
+                                             uint16_t* out) {
+    rms_normalize_row_as(row, w, C, eps, silu, out);
+}
+
+S2E_CPU_CLONES static void rms_normalize_row(const float* row, const float* w, int64_t C, float eps, bool silu,
+                                             float* out) {
+    rms_normalize_row_as(row, w, C, eps, silu, out);
+}
+
+void rms_norm_nhwc(const float* y, int64_t HW, int64_t C, const float* w, float eps, bool silu, uint16_t* out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < HW; ++p) rms_normalize_row(y + p * C, w, C, eps, silu, out + p * C);
+}
+
+void rms_norm_nhwc(const float* y, int64_t HW, int64_t C, const float* w, float eps, bool silu, float* out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < HW; ++p) rms_normalize_row(y + p * C, w, C, eps, silu, out + p * C);
+}
+
+template <class E>
+static void pixel_shuffle2_norm_nhwc_as(const float* y, int64_t c, int64_t H, int64_t W, const float* rms_w, float eps,
+                                        bool silu, E* out) {
+    if (H == 0 || W == 0 || c == 0) return;
+    std::vector<float> mean, inv;
+    if (!rms_w) {  // InstanceNorm: each output channel's statistics pool its 4 sub-pixel columns
+        mean.resize(static_cast<size_t>(c));
+        inv.resize(static_cast<size_t>(c));
+        channel_stats(y, H * W, c, 4, eps, mean.data(), inv.data());
+    }
+    const int64_t Wo = 2 * W;
+#pragma omp parallel
+    {
+        std::vector<float> row(static_cast<size_t>(c));  // one output pixel's channels, gathered
+#pragma omp for schedule(static)
+        for (int64_t ho = 0; ho < 2 * H; ++ho) {
+            const int64_t h = ho / 2, i = ho % 2;
+            for (int64_t wo = 0; wo < Wo; ++wo) {
+                const float* src = y + (h * W + wo / 2) * 4 * c + i * 2 + wo % 2;  // channel ch * 4 + i * 2 + j
+                for (int64_t ch = 0; ch < c; ++ch) row[ch] = src[ch * 4];
+                E* dst = out + (ho * Wo + wo) * c;
+                if (rms_w)
+                    rms_normalize_row(row.data(), rms_w, c, eps, silu, dst);
+                else
+                    normalize_row(row.data(), mean.data(), inv.data(), c, silu, dst);
+            }
+        }
+    }
+}
+
+void pixel_shuffle2_norm_nhwc(const float* y, int64_t c, int64_t H, int64_t W, const float* rms_w, float eps, bool silu,
+                              uint16_t* out) {
+    pixel_shuffle2_norm_nhwc_as(y, c, H, W, rms_w, eps, silu, out);
+}
+
+void pixel_shuffle2_norm_nhwc(const float* y, int64_t c, int64_t H, int64_t W, const float* rms_w, float eps, bool silu,
+                              float* out) {
+    pixel_shuffle2_norm_nhwc_as(y, c, H, W, rms_w, eps, silu, out);
 }
 
 S2E_CPU_CLONES static void scale_silu_row(float* row, int64_t n, const float* inv, float w) {

@@ -236,6 +236,106 @@ S2E_TEST(deconv_s8_is_the_scaled_integer_transposed_convolution) {
     CHECK(rel_max(got, want) < 1e-6);
 }
 
+// Float64 Conv2d(3, stride 1, padding 1) of x (cin, H, W), w (cout, cin, 3, 3) and b (cout), channels first.
+static std::vector<double> conv3x3_reference(const std::vector<float>& x, const std::vector<float>& w,
+                                             const std::vector<float>& b, int64_t cin, int64_t cout, int64_t H,
+                                             int64_t W, bool bf16) {
+    auto r = [bf16](float v) { return bf16 ? s2e::round_bf16(v) : v; };
+    std::vector<double> want(static_cast<size_t>(cout * H * W));
+    for (int64_t co = 0; co < cout; ++co)
+        for (int64_t p = 0; p < H * W; ++p) want[co * H * W + p] = b[co];
+    for (int64_t co = 0; co < cout; ++co)
+        for (int64_t ci = 0; ci < cin; ++ci)
+            for (int64_t ky = 0; ky < 3; ++ky)
+                for (int64_t kx = 0; kx < 3; ++kx) {
+                    const double wv = r(w[((co * cin + ci) * 3 + ky) * 3 + kx]);
+                    for (int64_t oy = 0; oy < H; ++oy) {
+                        const int64_t iy = oy - 1 + ky;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int64_t ox = 0; ox < W; ++ox) {
+                            const int64_t ix = ox - 1 + kx;
+                            if (ix >= 0 && ix < W) want[(co * H + oy) * W + ox] += wv * r(x[(ci * H + iy) * W + ix]);
+                        }
+                    }
+                }
+    return want;
+}
+
+// y (H*W, cout) channels last, back to channels first
+static std::vector<float> channels_first(const std::vector<float>& y, int64_t cout, int64_t HW) {
+    std::vector<float> got(y.size());
+    for (int64_t c = 0; c < cout; ++c)
+        for (int64_t p = 0; p < HW; ++p) got[c * HW + p] = y[p * cout + c];
+    return got;
+}
+
+S2E_TEST(conv3x3_channels_last_is_the_convolution) {
+    // float32 and bf16 operands, the bias added; odd sizes and channel counts; every output written
+    const int64_t cin = 19, cout = 21, H = 7, W = 11;
+    if (!dnn::load().empty()) {
+        float y = 0;
+        uint16_t x = 0;
+        EXPECT_THROW(dnn::conv3x3(&x, 1, 1, 1, &y, &y, 1, &y), s2e::UnsupportedError);
+        EXPECT_THROW(dnn::conv3x3(&y, 1, 1, 1, &y, &y, 1, &y), s2e::UnsupportedError);
+        return;
+    }
+    auto x = randn(cin * H * W, 51), w = randn(cout * cin * 9, 52), b = randn(cout, 53);
+    std::vector<float> xf(static_cast<size_t>(cin * H * W));
+    std::vector<uint16_t> xb(xf.size());
+    for (int64_t c = 0; c < cin; ++c)
+        for (int64_t p = 0; p < H * W; ++p) {
+            xf[p * cin + c] = x[c * H * W + p];
+            xb[p * cin + c] = s2e::float_to_bf16(x[c * H * W + p]);
+        }
+    for (bool rounded : {false, true}) {
+        if (rounded && !usable()) continue;
+        std::vector<float> y(static_cast<size_t>(cout * H * W), 1e30f);
+        if (rounded)
+            dnn::conv3x3(xb.data(), cin, H, W, w.data(), b.data(), cout, y.data());
+        else
+            dnn::conv3x3(xf.data(), cin, H, W, w.data(), b.data(), cout, y.data());
+        const auto got = channels_first(y, cout, H * W);
+        const auto want = conv3x3_reference(x, w, b, cin, cout, H, W, rounded);
+        std::printf("  %s: max error %.2e of the largest output\n", rounded ? "bf16" : "f32", rel_max(got, want));
+        CHECK(rel_max(got, want) < 1e-5);
+    }
+    // without a bias: the convolution alone
+    std::vector<float> y(static_cast<size_t>(cout * H * W), 1e30f), zero(static_cast<size_t>(cout), 0.0f);
+    dnn::conv3x3(xf.data(), cin, H, W, w.data(), nullptr, cout, y.data());
+    CHECK(rel_max(channels_first(y, cout, H * W), conv3x3_reference(x, w, zero, cin, cout, H, W, false)) < 1e-5);
+}
+
+S2E_TEST(conv3x3_s8_is_the_scaled_integer_convolution_plus_bias) {
+    // as the transposed convolution's int8 test: y = x_scale * w_scale[o] * (exact integer sum) + b[o]
+    const int64_t cin = 37, cout = 21, H = 5, W = 9;
+    if (!dnn::load().empty() || !dnn::exact_int8()) {
+        if (!dnn::load().empty()) {
+            float y = 0;
+            int8_t x = 0;
+            EXPECT_THROW(dnn::conv3x3_s8(&x, 1.0f, 1, 1, 1, &x, &y, &y, 1, &y), s2e::UnsupportedError);
+        }
+        return;
+    }
+    std::mt19937 rng(19);
+    std::uniform_int_distribution<int> pick(-127, 127);
+    std::vector<int8_t> xq(static_cast<size_t>(cin * H * W)), wq(static_cast<size_t>(cout * cin * 9));
+    for (size_t i = 0; i < xq.size(); ++i) xq[i] = static_cast<int8_t>(i % 3 == 0 ? (i % 2 ? 127 : -127) : pick(rng));
+    for (size_t i = 0; i < wq.size(); ++i) wq[i] = static_cast<int8_t>(i % 5 == 0 ? -127 : pick(rng));
+    const float xs = 0.0293f;
+    std::vector<float> ws(static_cast<size_t>(cout)), b = randn(cout, 54);
+    for (int64_t o = 0; o < cout; ++o) ws[o] = 0.002f * static_cast<float>(o + 1);
+    std::vector<float> x(xq.size()), w(wq.size());
+    for (int64_t c = 0; c < cin; ++c)
+        for (int64_t p = 0; p < H * W; ++p) x[c * H * W + p] = static_cast<float>(xq[p * cin + c]) * xs;
+    for (size_t i = 0; i < wq.size(); ++i) w[i] = static_cast<float>(wq[i]) * ws[i / (cin * 9)];
+    std::vector<float> y(static_cast<size_t>(cout * H * W), 1e30f);
+    dnn::conv3x3_s8(xq.data(), xs, cin, H, W, wq.data(), ws.data(), b.data(), cout, y.data());
+    const auto got = channels_first(y, cout, H * W);
+    const auto want = conv3x3_reference(x, w, b, cin, cout, H, W, false);
+    std::printf("  s8: max error %.2e of the largest output\n", rel_max(got, want));
+    CHECK(rel_max(got, want) < 1e-6);
+}
+
 S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {
     // Rows that reach +-127 everywhere (dynamic per-token quantization puts each row's largest value
     // there) and long K: a kernel that saturates 16-bit partial sums, or mishandles the s8 -> u8 shift,

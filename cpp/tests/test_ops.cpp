@@ -108,6 +108,56 @@ S2E_TEST(pixel_shuffle_layout) {
                 CHECK(y[(ch * 2 * H + oy) * 2 * W + ox] == x[((ch * 4 + (oy % 2) * 2 + ox % 2) * H + oy / 2) * W + ox / 2]);
 }
 
+S2E_TEST(pixel_shuffle_then_norm_channels_last) {
+    // The dense heads' PixelShuffle unit channels last in one pass: the same as the channels-first
+    // pixel_shuffle2 followed by InstanceNorm (channels far from zero: the shifted sums pool 4 sub-pixel
+    // columns) or the albedo head's per-pixel RMSNorm, with SiLU, as floats and as bf16 bits.
+    const int64_t c = 13, H = 5, W = 7, HW = 4 * H * W;
+    auto x = randn(4 * c * H * W, 41);  // channels first (4c, H, W)
+    for (int64_t k = 0; k < 4 * c; ++k)
+        for (int64_t p = 0; p < H * W; ++p) x[k * H * W + p] = x[k * H * W + p] * (1 + k % 3) + 50.0f * (k / 4);
+    std::vector<float> last(x.size());  // (H, W, 4c)
+    for (int64_t k = 0; k < 4 * c; ++k)
+        for (int64_t p = 0; p < H * W; ++p) last[p * 4 * c + k] = x[k * H * W + p];
+    const std::vector<float> rms_w = randn(c, 42);
+    for (bool rms : {false, true}) {
+        std::vector<float> want(x.size());  // (c, 2H, 2W)
+        ops::pixel_shuffle2(x.data(), c, H, W, want.data());
+        if (rms)
+            ops::rms_norm2d(want.data(), c, HW, rms_w.data(), 1e-6f, true);
+        else
+            ops::instance_norm(want.data(), c, HW, 1e-5f, true);
+        std::vector<float> gotf(x.size(), 1e30f);
+        std::vector<uint16_t> gotb(x.size());
+        const float* w = rms ? rms_w.data() : nullptr;
+        const float eps = rms ? 1e-6f : 1e-5f;
+        ops::pixel_shuffle2_norm_nhwc(last.data(), c, H, W, w, eps, true, gotf.data());
+        ops::pixel_shuffle2_norm_nhwc(last.data(), c, H, W, w, eps, true, gotb.data());
+        double worst = 0, worst_b = 0;
+        for (int64_t ch = 0; ch < c; ++ch)
+            for (int64_t p = 0; p < HW; ++p) {
+                const float v = want[ch * HW + p], scale = std::max(1.0f, std::fabs(v));
+                worst = std::max(worst, static_cast<double>(std::fabs(gotf[p * c + ch] - v) / scale));
+                worst_b = std::max(worst_b, static_cast<double>(std::fabs(s2e::bf16_to_float(gotb[p * c + ch]) - v) / scale));
+            }
+        std::printf("  %s: float max error %.2e, bf16 %.2e\n", rms ? "rms" : "instance", worst, worst_b);
+        CHECK(worst <= 1e-5);
+        CHECK(worst_b <= 1.0 / 256);
+    }
+    // the per-pixel RMSNorm channels last without the shuffle: rms_norm2d's values
+    auto first = randn(c * HW, 43);
+    std::vector<float> rows(first.size()), out(first.size());
+    for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t p = 0; p < HW; ++p) rows[p * c + ch] = first[ch * HW + p];
+    ops::rms_norm2d(first.data(), c, HW, rms_w.data(), 1e-6f, true);
+    ops::rms_norm_nhwc(rows.data(), HW, c, rms_w.data(), 1e-6f, true, out.data());
+    double worst = 0;
+    for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t p = 0; p < HW; ++p)
+            worst = std::max(worst, static_cast<double>(std::fabs(out[p * c + ch] - first[ch * HW + p])));
+    CHECK(worst <= 1e-5);
+}
+
 S2E_TEST(norms_and_softmax) {
     auto x = randn(3 * 50, 9);
     ops::instance_norm(x.data(), 3, 50, 1e-5f);

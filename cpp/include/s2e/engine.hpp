@@ -154,12 +154,13 @@ private:
     // act = conv(act); `spare` holds the output while it is computed, then the two swap.
     void conv_unit(const ConvWeights& c, Floats& act, Floats& spare, int64_t& C, int64_t& H, int64_t& W,
                    int64_t stride, bool norm_silu, Workspace& ws) const;
-    // The pose / seg head on oneDNN, in bf16 (E = uint16_t: bf16 bits) or float32 (E = float): channels
-    // last from its input to its last 1x1 convolution (oneDNN's transposed-convolution kernels, each
-    // normalisation writing the next layer's input), the final 1x1 convolution written channels first
-    // into ws.a. C, H, W: in, then out.
+    // The head on oneDNN, in bf16 (E = uint16_t: bf16 bits) or float32 (E = float): channels last from its
+    // input to its last normalisation (oneDNN's transposed-convolution kernels and 1x1 GEMMs for pose / seg,
+    // its 3x3 convolution kernels for the dense heads, int8 ones for int8 layers where exact; each
+    // normalisation writing the next layer's input), the final 1x1 convolution written channels first into
+    // ws.a. C, H, W: in, then out.
     template <class E>
-    void deconv_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const;
+    void channels_last_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const;
     void head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
               Workspace& ws) const;
 

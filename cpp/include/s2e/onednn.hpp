@@ -71,6 +71,16 @@ void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float*
 // exact_int8().
 void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
                     const float* w_scale, int64_t cout, float* y);
+// Conv2d(kernel 3, stride 1, padding 1) on oneDNN's convolution kernels, channels last: x (H, W, cin) ->
+// y (H, W, cout) float32, with w (cout, cin, 3, 3) (a torch weight, float32) and the bias b (cout,) added
+// (b may be null). Precisions as deconv4x4s2's; no column buffer.
+void conv3x3(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
+             float* y);
+void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y);
+// The same on int8 operands as deconv4x4s2_s8 (w (cout, cin, 3, 3) int8): y = x_scale * w_scale[o] * (exact
+// int32 sum) + b[o]. Use where exact_int8().
+void conv3x3_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
+                const float* w_scale, const float* b, int64_t cout, float* y);
 // c[M, N] (int32, dense) = a[M, K] . W[N, K]^T on int8 operands (a torch Linear weight layout), exact
 // int32 sums: oneDNN's int8 kernels where exact_int8() (VNNI / AMX), float32 GEMMs over K slices whose
 // partial sums float32 holds exactly elsewhere.

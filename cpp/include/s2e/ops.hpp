@@ -48,6 +48,16 @@ void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool s
 void instance_norm_nhwc(const float* y, int64_t HW, int64_t C, float eps, bool silu, float* out);
 // Per-pixel RMSNorm over channels with weight (C,); `silu` as instance_norm's.
 void rms_norm2d(float* x, int64_t C, int64_t HW, const float* w, float eps, bool silu = false);
+// rms_norm2d of y (HW, C) channels last, written to `out` (HW, C) as bf16 bits or floats (as instance_norm_nhwc).
+void rms_norm_nhwc(const float* y, int64_t HW, int64_t C, const float* w, float eps, bool silu, uint16_t* out);
+void rms_norm_nhwc(const float* y, int64_t HW, int64_t C, const float* w, float eps, bool silu, float* out);
+// PixelShuffle(2) of y (H, W, 4c) channels last, then per channel InstanceNorm (rms_w null) or per pixel
+// RMSNorm with weight rms_w (c,), `silu` after; written to `out` (2H, 2W, c) as bf16 bits or floats. One
+// pass over y: no shuffled float32 copy.
+void pixel_shuffle2_norm_nhwc(const float* y, int64_t c, int64_t H, int64_t W, const float* rms_w, float eps, bool silu,
+                              uint16_t* out);
+void pixel_shuffle2_norm_nhwc(const float* y, int64_t c, int64_t H, int64_t W, const float* rms_w, float eps, bool silu,
+                              float* out);
 
 // 2-D convolution (C_in,H,W) -> (C_out,Ho,Wo); weight (C_out, C_in, k, k); im2col tiled over output rows.
 // `how`: where its GEMMs run (see gemm).
