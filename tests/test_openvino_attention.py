@@ -124,12 +124,14 @@ def test_bf16_calibration_on_openvino_gives_the_ranges_of_torchs_kernel(monkeypa
     monkeypatch.setattr(ova, "available", lambda: False)
     _, plain = quantize(tiny_model("seg"), "int8", **opts)
     monkeypatch.setattr(ova, "available", lambda: True)
+    _, short = quantize(tiny_model("seg"), "int8", **opts)  # 57 tokens: every attention on torch's kernel
+    assert not any("OpenVINO" in n for n in short.notes)
     monkeypatch.setattr(ova, "MIN_TOKENS", 1)  # the tiny model's 57 tokens go to OpenVINO too
     spy = Spy(monkeypatch)
     _, fast = quantize(tiny_model("seg"), "int8", **opts)
     blocks = len(tiny_model("seg").backbone.blocks)
     assert spy.calls == blocks * len(images)
-    assert "calibration attention on OpenVINO's bf16 kernel" in fast.notes
+    assert "calibration's attentions of 1 tokens or more on OpenVINO's bf16 kernel (shorter ones on torch's)" in fast.notes
     assert not any("OpenVINO" in n for n in plain.notes)
     ranges = {lr.name: lr.input_range for lr in plain.layers}
     for lr in fast.layers:  # the same activations up to bf16 rounding in the attention

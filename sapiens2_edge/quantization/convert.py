@@ -35,6 +35,7 @@ import torch
 from ..errors import AlreadyQuantizedError, CalibrationError, ConfigError, InputSizeError, QuantizationError
 from ..heap import release_freed_heap
 from ..kernels import numerics as nx
+from ..kernels import openvino_attention as ova
 from ..models.model import Sapiens2Model
 from . import attention_inputs, blockwise, head_int8
 from .calibration import (
@@ -200,8 +201,10 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
             notes.append(f"calibration forwards in {precision} ({why})")
             # with held-out data the report does not read the calibration images again
             with calibration_autocast(precision, device), attention_on_openvino(base, precision, device) as ov_attn:
-                if ov_attn:
-                    notes.append("calibration attention on OpenVINO's bf16 kernel")
+                hp, wp = base.arch.grid(calib.input_size)
+                if ov_attn and hp * wp + DEFAULT_PREFIX_TOKENS >= ova.MIN_TOKENS:  # the main blocks' sequences
+                    notes.append(f"calibration's attentions of {ova.MIN_TOKENS} tokens or more on OpenVINO's bf16 "
+                                 "kernel (shorter ones on torch's)")
                 if groups or static:
                     smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
                                                   release_inputs=held_out is not None, head=bool(head_layers))
