@@ -40,12 +40,13 @@ other processes, and cached under --work):
 row 1, ...), with a pause between calls: on a machine whose speed drifts between minutes, every row
 then sees the same moments, so their ratios are comparable even when the medians move.
 
-Random weights (build_model, seed 0); calibration and evaluation on synthetic image-like inputs
-(verification_inputs, different seeds). Latency: batch 1, median of --runs after --warmup. rel L2
-and seg agreement (argmax of the logits) against torch fp32 on --eval inputs. A row that fails
-(out of memory, a missing package) is reported as such. Achieved GOP/s is the model's operation
-count (torch's FLOP counter over one forward: linears, attention, convolutions and the head) over the
-median, and its share of the peak of the precision the row's GEMMs run in on this CPU (see
+Random weights (build_model, seed 0; --task picks the head, seg by default); calibration and evaluation
+on synthetic image-like inputs (verification_inputs, different seeds). Latency: batch 1, median of --runs
+after --warmup. rel L2 of the main output and the task's measure (benchmarks/task_metrics.py: seg
+agreement, the argmax labels; pose keypoint displacement; normal mean angle; albedo PSNR) against
+torch fp32 on --eval inputs. A row that fails (out of memory, a missing package) is reported as such.
+Achieved GOP/s is the model's operation count (torch's FLOP counter over one forward: linears,
+attention, convolutions and the head) over the median, and its share of the peak of the precision the row's GEMMs run in on this CPU (see
 ``cpu_peaks``: AMX int8/bf16 tiles, AVX-512 VNNI/bf16 or FMA, at the nominal clock).
 
     python benchmarks/bench_cpu_peers.py --arch 0.1b --size 512x384
@@ -67,6 +68,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from task_metrics import METRIC, formatted, task_metric  # noqa: E402 - the benchmarks' folder, inserted above
 
 ROWS = ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ours-torch-bf16", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
         "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-std", "ours-ort-fp32",
@@ -75,7 +79,6 @@ ROWS = ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ours-torch-bf16", "ov-pl
 INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
              "ours-ort-int8": "onnx", "ours-ort-int8-std": "onnx",
              "ours-native-int8": "native", "ours-native-int8-attn": "native", "ours-native-int8-head": "native"}
-TASK = "seg"
 #: rows whose artifact is another row's folder under --work
 FOLDERS = {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32", "ours-ort-fp32": "onnx-fp32",
            "ort-plain": "onnx-plain"}
@@ -98,7 +101,7 @@ def eval_inputs(a) -> list[np.ndarray]:
 def model(a):
     from sapiens2_edge.models.model import build_model
 
-    return build_model(a.arch, TASK, input_size=a.size, seed=0)
+    return build_model(a.arch, a.task, input_size=a.size, seed=0)
 
 
 # -- preparing each row's artifact (in its own process) -----------------------------------------------
@@ -334,8 +337,8 @@ def time_interleaved(rows: list[str], a) -> list[dict]:
 
     procs = {}
     for row in rows:
-        cmd = [sys.executable, __file__, "--arch", a.arch, "--size", f"{a.size[0]}x{a.size[1]}", "--work",
-               str(a.work), "--calib", str(a.calib), "--eval", str(a.eval), "--serve", row]
+        cmd = [sys.executable, __file__, "--arch", a.arch, "--task", a.task, "--size", f"{a.size[0]}x{a.size[1]}",
+               "--work", str(a.work), "--calib", str(a.calib), "--eval", str(a.eval), "--serve", row]
         procs[row] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         if procs[row].stdout.readline().strip() != "ready":
@@ -378,8 +381,8 @@ def time_interleaved(rows: list[str], a) -> list[dict]:
 
 # -- the parent: every row in child processes, then the table -----------------------------------------
 def child(mode: str, row: str, a) -> tuple[dict | None, str]:
-    cmd = [sys.executable, __file__, "--arch", a.arch, "--size", f"{a.size[0]}x{a.size[1]}", "--work", str(a.work),
-           "--runs", str(a.runs), "--warmup", str(a.warmup), "--calib", str(a.calib), "--eval", str(a.eval),
+    cmd = [sys.executable, __file__, "--arch", a.arch, "--task", a.task, "--size", f"{a.size[0]}x{a.size[1]}",
+           "--work", str(a.work), "--runs", str(a.runs), "--warmup", str(a.warmup), "--calib", str(a.calib), "--eval", str(a.eval),
            f"--{mode}", row]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -390,21 +393,21 @@ def child(mode: str, row: str, a) -> tuple[dict | None, str]:
     return (json.loads(proc.stdout.strip().splitlines()[-1]) if mode == "time" else None), ""
 
 
-def fidelity(row: str, a) -> tuple[float, float]:
+def fidelity(row: str, a) -> tuple[float, float | None]:
     ref, got = np.load(a.work / "out-torch-fp32.npy").astype(np.float64), np.load(a.work / f"out-{row}.npy")
-    rel = float(np.linalg.norm(ref - got) / np.linalg.norm(ref))
-    return rel, float((ref.argmax(1) == got.argmax(1)).mean())
+    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref)), task_metric(a.task, ref, got)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="0.1b")
     p.add_argument("--size", default="512x384")
+    p.add_argument("--task", default="seg", choices=tuple(METRIC))
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ", ".join(ROWS))
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--calib", type=int, default=32, help="calibration samples for the int8 rows")
-    p.add_argument("--eval", type=int, default=4, help="inputs for rel L2 / seg agreement")
+    p.add_argument("--eval", type=int, default=4, help="inputs for rel L2 and the task's measure")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_cpu_peers"))
     p.add_argument("--out", type=Path, default=None,
                    help="Markdown record to append this run's section to (earlier runs are kept)")
@@ -450,7 +453,7 @@ def main(argv=None) -> None:
         results = [{**r, **timed.get(r["row"], {})} for r in results]
     for r in results:
         if "error" not in r:
-            r["rel_l2"], r["seg_agreement"] = fidelity(r["row"], a)
+            r["rel_l2"], r["task_metric"] = fidelity(r["row"], a)
         print(r["row"], json.dumps(r), flush=True)
     load.append(os.getloadavg())
     report(results, a, load, " ".join(["python", "benchmarks/bench_cpu_peers.py", *(argv or sys.argv[1:])]))
@@ -463,7 +466,7 @@ def report(results: list[dict], a, load, command: str) -> None:
     base = next(r["median_s"] for r in results if r["row"] == "torch-fp32" and "median_s" in r)
     gop = next(r["model_gop"] for r in results if r["row"] == "torch-fp32" and "model_gop" in r)
     peaks, how = cpu_peaks()
-    lines = [f"# CPU peers: {a.arch} {TASK} at {a.size[0]}x{a.size[1]} (random weights, batch 1)", "",
+    lines = [f"# CPU peers: {a.arch} {a.task} at {a.size[0]}x{a.size[1]} (random weights, batch 1)", "",
              f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, openvino {openvino.__version__}; load average (1/5/15 min) "
              f"{' / '.join(f'{v:.2f}' for v in load[0])} at the start, "
@@ -471,7 +474,7 @@ def report(results: list[dict], a, load, command: str) -> None:
              + (" Rows interleaved: each row's calls in turn, every row in its own live process." if a.interleave
                 else ""), "", f"`{command}`", "",
              "| row | runs as | median (s) | p90 (s) | speed-up vs torch fp32 | peak RSS (MB) | size (MB) | "
-             "rel L2 vs torch fp32 | seg agreement | GOP/s | share of peak |",
+             f"rel L2 vs torch fp32 | {METRIC[a.task] or 'task measure'} | GOP/s | share of peak |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
@@ -481,7 +484,7 @@ def report(results: list[dict], a, load, command: str) -> None:
         rate = gop / r["median_s"]
         lines.append(f"| {r['row']} | {r['what']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
                      f"{base / r['median_s']:.2f}x | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} | "
-                     f"{r['rel_l2']:.2e} | {100 * r['seg_agreement']:.1f} % | {rate:.0f} | "
+                     f"{r['rel_l2']:.2e} | {formatted(a.task, r['task_metric'])} | {rate:.0f} | "
                      f"{100 * rate / peaks[prec]:.1f} % of {prec} |")
     lines += ["", f"One forward: {gop:.0f} GOP (torch's FLOP counter). Peaks: "
               + ", ".join(f"{k} {v / 1e3:.2f} TOP/s" for k, v in peaks.items()) + f" ({how})."]

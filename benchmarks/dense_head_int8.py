@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from task_metrics import METRIC, task_metric  # noqa: E402 - the benchmarks' folder, inserted above
+
 HEADS = ("float", "int8")
 
 
@@ -71,14 +73,9 @@ def reference(a, work: Path, xs) -> list[np.ndarray]:
 def fidelity(task: str, ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
     r, g = ref[0].astype(np.float64), got[0].astype(np.float64)
     out = {"rel L2": float(np.linalg.norm(r - g) / np.linalg.norm(r))}
-    if task == "normal":
-        unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-8)  # noqa: E731
-        cos = np.clip((unit(r) * unit(g)).sum(1), -1.0, 1.0)
-        out["mean angle (deg)"] = float(np.degrees(np.arccos(cos)).mean())
-    elif task == "albedo":
-        mse = float(((np.clip(r, 0, 1) - np.clip(g, 0, 1)) ** 2).mean())
-        out["PSNR (dB)"] = float(10 * np.log10(1.0 / max(mse, 1e-12)))
-    elif task == "pointmap":
+    if METRIC[task]:
+        out[METRIC[task]] = task_metric(task, ref[0], got[0])
+    if task == "pointmap":
         out["scale rel err"] = float(np.abs(ref[1] - got[1]).mean() / np.abs(ref[1]).mean())
     return out
 
