@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 import sapiens2_edge as s2e  # noqa: E402
 from sapiens2_edge.tasks import get_pipeline  # noqa: E402
-from tests.fixtures.synthetic import BODY_KEYPOINTS, make_people  # noqa: E402
+from tests.fixtures.synthetic import BODY_KEYPOINTS, make_people, surface_normals  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
 INPUT = (128, 96)
@@ -107,3 +107,21 @@ def test_synthetic_people_are_deterministic_and_annotated():
     # facing the camera: the person's left shoulder / hip lie on the image's right
     assert (keypoints[:, 5, 0] > keypoints[:, 6, 0]).all() and (keypoints[:, 9, 0] > keypoints[:, 10, 0]).all()
     assert set(np.unique(labels)) <= {0, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 18, 20, 21, 22, 23}
+
+
+def test_synthetic_normals_are_unit_on_people_and_mirror_with_the_image():
+    _, labels, _, _ = make_people(4, 7)
+    n = surface_normals(labels)
+    assert n.dtype == np.float32 and n.shape == (4, 128, 96, 3)
+    person = labels > 0
+    np.testing.assert_allclose(np.linalg.norm(n[person], axis=-1), 1.0, atol=1e-5)
+    assert not n[~person].any()
+    assert (n[person][:, 2] < -0.7).all()  # towards the camera, tilted by at most 45 degrees
+    # a part's middle faces the camera, its edges tilt outwards: on a row through a wide part, x runs
+    # from negative (left edge) to positive (right edge)
+    mirrored = surface_normals(labels[:, :, ::-1].copy())
+    np.testing.assert_allclose(mirrored[:, :, ::-1] * np.array([-1, 1, 1], np.float32), n, atol=1e-6)
+    flat = np.zeros((1, 40, 40), np.uint8)
+    flat[0, 10:30, 5:35] = 22  # one torso-class rectangle, no blur
+    row = surface_normals(flat, blur=0)[0, 20, 5:35]
+    assert row[0, 0] < -0.5 and row[-1, 0] > 0.5 and abs(row[15, 0]) < 0.1 and row[15, 2] < -0.99

@@ -128,8 +128,7 @@ void fit(V& v, size_t n) {
 struct Engine::Workspace {
     std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o;
     Floats u, a;  // the FFN's hidden rows; in the head, the activation and the next layer's output
-    Halves hb;    // the pose / seg head's activations, channels last: bf16
-    Floats hf;    // or float32
+    Halves hb;    // the channels-last head's activations in bf16 (in float32 they run in a)
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
     std::vector<uint16_t> wb, xb, qb, kb, vb;  // bf16 runs: weights and GEMM inputs rounded to bf16
     std::vector<float> qf, kf, vf;  // fp32 attention on oneDNN: head-major q, k, v
@@ -872,11 +871,14 @@ void head_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row,
 }  // namespace
 
 template <class E>
-void Engine::channels_last_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
+const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const {
     constexpr bool kBf16 = std::is_same<E, uint16_t>::value;
-    auto& x = [&]() -> auto& {  // each layer's input, (H*W, C)
-        if constexpr (kBf16) return ws.hb; else return ws.hf;
+    // each layer's input, (H*W, C): in float32 the backbone's buffer ws.a (done with), the output then
+    // written to ws.u, so that the head holds two large float buffers, not three
+    auto& x = [&]() -> auto& {
+        if constexpr (kBf16) return ws.hb; else return ws.a;
     }();
+    Floats& result = kBf16 ? ws.a : ws.u;
     // a weight (n values) in the precision of E
     auto weights = [&](const Param& p, int64_t n) -> const E* {
         const float* f = floats(p, ws.wbuf, ws);
@@ -974,16 +976,17 @@ void Engine::channels_last_head(const float* feat, int64_t& C, int64_t& H, int64
     }
     // the final 1x1 convolution, channels first (the output's layout): (cout, H*W) = W (cout, C) . x^T
     const int64_t out = final_.cout;
-    fit(ws.a, static_cast<size_t>(out * HW));
-    head_matmul(out, C, HW, weights(final_.w, out * C), C, 1, x.data(), 1, C, ws.a.data(), HW);
+    fit(result, static_cast<size_t>(out * HW));
+    head_matmul(out, C, HW, weights(final_.w, out * C), C, 1, x.data(), 1, C, result.data(), HW);
     if (final_.b) {
         const float* b = floats(final_.b, ws.wbuf2, ws);
-        float* y = ws.a.data();
+        float* y = result.data();
 #pragma omp parallel for schedule(static)
         for (int64_t o = 0; o < out; ++o)
             for (int64_t p = 0; p < HW; ++p) y[o * HW + p] += b[o];
     }
     C = out;
+    return result;
 }
 
 void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
@@ -997,10 +1000,11 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
     bool channels_last = final_.k == 1 && (deconv_head || input_conv_.k == 3);
     for (const auto& c : convs_) channels_last = channels_last && c.k == (deconv_head ? 1 : 3);
     for (const auto& c : upsample_) channels_last = channels_last && c.k == 3;
+    const Floats* result = &act;  // the head's output, (C, H, W)
     if (channels_last && bf16_) {
-        channels_last_head<uint16_t>(feat, C, H, W, ws);
+        result = &channels_last_head<uint16_t>(feat, C, H, W, ws);
     } else if (channels_last && dnnl_f32_) {
-        channels_last_head<float>(feat, C, H, W, ws);
+        result = &channels_last_head<float>(feat, C, H, W, ws);
     } else {
         fit(act, static_cast<size_t>(C * H * W));
         std::copy(feat, feat + C * H * W, act.begin());
@@ -1051,7 +1055,7 @@ void Engine::head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>
         }
         std::copy(data.begin(), data.end(), o.data.begin() + b * static_cast<int64_t>(data.size()));
     };
-    put(0, act, {B, C, H, W});
+    put(0, *result, {B, C, H, W});
     if (h.task == "pointmap") {
         int64_t sc = h.in_channels, sh = hp, sw = wp;
         Floats s(feat, feat + sc * sh * sw), spare;  // small (strided convolutions): not the kept buffers

@@ -158,9 +158,9 @@ private:
     // input to its last normalisation (oneDNN's transposed-convolution kernels and 1x1 GEMMs for pose / seg,
     // its 3x3 convolution kernels for the dense heads, int8 ones for int8 layers where exact; each
     // normalisation writing the next layer's input), the final 1x1 convolution written channels first into
-    // ws.a. C, H, W: in, then out.
+    // the buffer returned (ws.a or ws.u). C, H, W: in, then out.
     template <class E>
-    void channels_last_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const;
+    const Floats& channels_last_head(const float* feat, int64_t& C, int64_t& H, int64_t& W, Workspace& ws) const;
     void head(const float* feat, int64_t hp, int64_t wp, std::vector<Output>& outs, int64_t b, int64_t B,
               Workspace& ws) const;
 
