@@ -27,7 +27,7 @@ class Format:
     to it needs; export_packages: the packages (beyond torch) its exporter imports.
     static_ranges: whether it carries calibrated static activation ranges (a format that quantizes
     activations only at run time, per token, does not). int8_head: whether it carries a recipe's int8
-    head (``head="int8"``: the head's transposed or 3x3 convolutions in int8 with a calibrated input scale). choices: the
+    head (``head="int8"``: the head's transposed or upsampling 3x3 convolutions in int8 with a calibrated input scale). choices: the
     values an option takes, where they are a fixed set (checked before any work).
     """
 

@@ -54,8 +54,8 @@ GRAPH_HELP = ("onnx, ort: the graph's form: auto (default: onnxruntime, or stand
               "for ONNX Runtime: its fused MultiHeadAttention, sub-pixel convolutions for the head's transposed "
               "ones; less memory) or standard (standard operators, for other ONNX runtimes such as TensorRT)")
 HeadPrecision = _choices("HeadPrecision", ("float", "int8"))
-HEAD_HELP = ("the head's upsampling layers (pose / seg: transposed convolutions; normal / pointmap / albedo: 3x3 "
-             "convolutions): float, or int8 (int8 weights and inputs, the input scales from the calibration images; "
+HEAD_HELP = ("the head's upsampling layers (pose / seg: transposed convolutions; normal / pointmap / albedo: the 3x3 "
+             "convolutions up to the output resolution): float, or int8 (int8 weights and inputs, the input scales from the calibration images; "
              "OpenVINO then runs them with its int8 kernels). Needs --calib")
 EVAL_MIN_HELP = ("held-out images read at least; after them, the evaluation stops once the task's headline metric "
                  "(seg agreement, pose displacement, ...) is known to its 95 % interval (>= --eval-samples: read all)")

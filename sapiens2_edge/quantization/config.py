@@ -259,7 +259,7 @@ class QuantRecipe:
     a quantized model records the one it was calibrated in). attention: ``float`` or ``int8``
     (q, k, v of every backbone attention not excluded rounded to int8 with calibrated scales; see
     :data:`ATTENTION_MODES`). head: ``float`` or ``int8`` (the head's transposed convolutions, or a
-    dense head's 3x3 convolutions, in int8 with a calibrated input scale; see :data:`HEAD_MODES`).
+    dense head's upsampling 3x3 convolutions, in int8 with a calibrated input scale; see :data:`HEAD_MODES`).
     """
 
     scheme: str

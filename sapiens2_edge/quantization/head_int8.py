@@ -3,9 +3,13 @@
 - pose / seg: the four ConvTranspose2d(4, stride 2) layers that upsample the backbone's features to the
   output resolution; at 0.1b 512x384 they are a quarter of our int8 OpenVINO artifact's time when they
   run in bf16.
-- normal / pointmap / albedo: every 3x3 convolution (``input_conv``, the PixelShuffle units' convolutions,
-  ``conv_layers``): a third of the 0.4b normal model's operations at 1024x768 and three fifths of the
-  pointmap model's (benchmarks/results/cpu_peers.md).
+- normal / pointmap / albedo: the 3x3 convolutions up to the output resolution (``input_conv`` and the
+  four PixelShuffle units' convolutions): 91 % of the 0.4b normal head's operations at 1024x768, the head a
+  third of the normal model's and three fifths of the pointmap model's (benchmarks/results/cpu_peers.md).
+  The three ``conv_layers`` at the output resolution stay float: narrow (64, 32, 16 channels), they shape
+  the output's last detail, and in int8 they turned the trained normal fixture's normals by 6.9 degrees
+  against its float model (the last alone 6.3) where the five upsampling ones cost 0.35
+  (benchmarks/results/quantize.md).
 
 OpenVINO runs them with its int8 kernels when they reach it as FakeQuantize on the input and int8 weight
 constants with per-output-channel scales. Here:
@@ -14,9 +18,9 @@ constants with per-output-channel scales. Here:
   (in, out, k, k) layout, axis 0 of a convolution's (out, in, k, k));
 - input: symmetric int8, one calibrated scale per tensor, the largest |x| over the calibration images
   (the inputs are the normed backbone features and norm -> SiLU outputs: narrow ranges);
-- everything else in the head (norms, SiLU, 1x1 convolutions, the final convolution, the pointmap's
-  scale branch) stays float: the 1x1 convolutions gain little in int8 and cost more fidelity (measured
-  with the transposed convolutions).
+- everything else in the head (norms, SiLU, 1x1 convolutions, the dense heads' full-resolution 3x3 ones,
+  the final convolution, the pointmap's scale branch) stays float: those gain little in int8 and cost
+  more fidelity (measured with the transposed convolutions and on the trained normal fixture).
 
 In torch :class:`QuantDeconv` computes ``conv_transpose2d(q(x), dequantized weights)`` and
 :class:`QuantConv` ``conv2d(q(x), dequantized weights, bias)``, the integers kept as float, so every
@@ -152,19 +156,22 @@ def deconv_names(model: nn.Module) -> list[str]:
 
 
 def dense_conv_names(model: nn.Module) -> list[str]:
-    """Module names of the dense heads' 3x3 convolutions (normal, pointmap and albedo heads; the pointmap's
-    scale branch and every head's final convolution are 1x1)."""
+    """Module names of the dense heads' upsampling 3x3 convolutions (normal, pointmap and albedo heads:
+    ``input_conv`` and the PixelShuffle units'; the full-resolution ``conv_layers`` after them, the
+    pointmap's scale branch and every head's final convolution are not)."""
     return [n for n, m in model.named_modules()
-            if n.startswith(HEAD) and type(m) is nn.Conv2d and m.kernel_size == (3, 3)]
+            if n.startswith((HEAD + "input_conv.", HEAD + "upsample_blocks.")) and type(m) is nn.Conv2d
+            and m.kernel_size == (3, 3)]
 
 
 def head_layer_names(model: nn.Module) -> list[str]:
-    """What ``head="int8"`` quantizes in ``model``: its transposed convolutions, else its 3x3 convolutions."""
+    """What ``head="int8"`` quantizes in ``model``: its transposed convolutions, else its upsampling 3x3
+    convolutions."""
     return deconv_names(model) or dense_conv_names(model)
 
 
 def describe(names: list[str], model: nn.Module) -> str:
-    """"4 transposed convolutions" or "8 3x3 convolutions", for messages."""
+    """"4 transposed convolutions" or "5 3x3 convolutions", for messages."""
     deconv = bool(names) and isinstance(model.get_submodule(names[0]), (nn.ConvTranspose2d, QuantDeconv))
     return f"{len(names)} {'transposed' if deconv else '3x3'} convolution{'s' * (len(names) != 1)}"
 
@@ -176,8 +183,9 @@ def selected(model: nn.Module, recipe) -> list[str]:
         return []
     names = head_layer_names(model)
     if not names:
-        raise ConfigError("head='int8' quantizes the head's transposed convolutions (pose, seg) or 3x3 convolutions "
-                          "(normal, pointmap, albedo); a backbone-only model has none: quantize with head='float'")
+        raise ConfigError("head='int8' quantizes the head's transposed convolutions (pose, seg) or upsampling 3x3 "
+                          "convolutions (normal, pointmap, albedo); a backbone-only model has none: quantize with "
+                          "head='float'")
     return names
 
 
