@@ -1,4 +1,4 @@
-"""The dense heads' 3x3 convolutions in int8 (recipe ``head="int8"``) against the same int8 OpenVINO
+"""The dense heads' upsampling 3x3 convolutions in int8 (recipe ``head="int8"``) against the same int8 OpenVINO
 artifact with its head in float: latency (the artifacts' calls in turn, in one process, compiled as the
 runtime compiles them), size, and fidelity against torch fp32 eager on the same inputs (rel L2 of the
 dense output; mean angle between unit normals for normal; PSNR for albedo; the scale's relative error
