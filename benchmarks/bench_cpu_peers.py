@@ -395,7 +395,7 @@ def child(mode: str, row: str, a) -> tuple[dict | None, str]:
 
 def fidelity(row: str, a) -> tuple[float, float | None]:
     ref, got = np.load(a.work / "out-torch-fp32.npy").astype(np.float64), np.load(a.work / f"out-{row}.npy")
-    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref)), task_metric(a.task, ref, got)
+    return float(np.linalg.norm(ref - got) / np.linalg.norm(ref)), task_metric(a.task, ref, got, a.size)
 
 
 def main(argv=None) -> None:

@@ -70,11 +70,11 @@ def reference(a, work: Path, xs) -> list[np.ndarray]:
         return [z[f"arr_{i}"] for i in range(len(z.files))]
 
 
-def fidelity(task: str, ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+def fidelity(task: str, ref: list[np.ndarray], got: list[np.ndarray], size) -> dict[str, float]:
     r, g = ref[0].astype(np.float64), got[0].astype(np.float64)
     out = {"rel L2": float(np.linalg.norm(r - g) / np.linalg.norm(r))}
     if METRIC[task]:
-        out[METRIC[task]] = task_metric(task, ref[0], got[0])
+        out[METRIC[task]] = task_metric(task, ref[0], got[0], size)
     if task == "pointmap":
         out["scale rel err"] = float(np.abs(ref[1] - got[1]).mean() / np.abs(ref[1]).mean())
     return out
@@ -113,12 +113,12 @@ def main() -> None:
     base = float(np.median(times["float"]))
     print(f"{a.arch} {a.task} {a.size[0]}x{a.size[1]}, {a.calib} calibration images, {a.eval} evaluation inputs, "
           f"{a.runs} calls each in turn")
-    print("| head | median (s) | vs float head | size (MB) | " + " | ".join(fidelity(a.task, ref, ref)) + " |")
-    print("|---|---|---|---|" + "---|" * len(fidelity(a.task, ref, ref)))
+    print("| head | median (s) | vs float head | size (MB) | " + " | ".join(fidelity(a.task, ref, ref, a.size)) + " |")
+    print("|---|---|---|---|" + "---|" * len(fidelity(a.task, ref, ref, a.size)))
     for head in HEADS:
         med = float(np.median(times[head]))
         size = sum(f.stat().st_size for f in (a.work / f"ov-int8-head-{head}").rglob("*") if f.is_file()) / 1e6
-        fid = fidelity(a.task, ref, runs[head][1])
+        fid = fidelity(a.task, ref, runs[head][1], a.size)
         print(f"| {head} | {med:.3f} | {base / med:.2f}x | {size:.1f} | "
               + " | ".join(f"{v:.4g}" for v in fid.values()) + " |")
 

@@ -29,7 +29,7 @@ SIZE = (128, 96)
 def main() -> None:
     import sapiens2_edge as s2e
     from sapiens2_edge.quantization import head_int8, quantize
-    from tests.fixtures.synthetic import make_people, surface_normals
+    from tests.fixtures.synthetic import make_people, normal_angles, surface_normals
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=16)
@@ -37,10 +37,10 @@ def main() -> None:
     model = s2e.load_model(ROOT / "tests" / "fixtures" / "data" / "trained_tiny_normal.safetensors").eval()
     calib = list(make_people(16, seed=1001, size=SIZE)[0])
     images, labels, _, _ = make_people(a.images, seed=2002, size=SIZE)
-    truth, person = surface_normals(labels), labels > 0
+    truth = surface_normals(labels)
     predict = lambda m: np.stack([r.normal for r in s2e.Predictor(m, input_size=SIZE)(list(images))])  # noqa: E731
     unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)  # noqa: E731
-    angle = lambda p, q: float(np.degrees(np.arccos(np.clip((unit(p) * unit(q)).sum(-1), -1, 1)))[person].mean())  # noqa: E731
+    angle = lambda p, q: float(normal_angles(p, unit(q), labels).mean())  # noqa: E731 - q as the reference
     ref = predict(model)
     every = [n for n, m in model.named_modules() if n.startswith("decode_head.") and getattr(m, "kernel_size", None) == (3, 3)]
     with mock.patch.object(head_int8, "head_layer_names", lambda m: every):

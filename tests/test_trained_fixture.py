@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 import sapiens2_edge as s2e  # noqa: E402
 from sapiens2_edge.tasks import get_pipeline  # noqa: E402
-from tests.fixtures.synthetic import BODY_KEYPOINTS, make_people, surface_normals  # noqa: E402
+from tests.fixtures.synthetic import BODY_KEYPOINTS, FACING_CAMERA, make_people, normal_angles, surface_normals  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
 INPUT = (128, 96)
@@ -100,11 +100,10 @@ def test_trained_normal(people):
     images, labels, _, _ = people
     results = s2e.Predictor(_load("normal"), input_size=INPUT)(list(images))
     pred = np.stack([r.normal for r in results])
-    truth, person = surface_normals(labels), labels > 0
+    truth = surface_normals(labels)
     assert pred.shape == truth.shape
-    unit = pred / np.maximum(np.linalg.norm(pred, axis=-1, keepdims=True), 1e-8)
-    angle = float(np.degrees(np.arccos(np.clip((unit * truth).sum(-1), -1, 1)))[person].mean())
-    facing = float(np.degrees(np.arccos(np.clip(-truth[..., 2], -1, 1)))[person].mean())
+    angle = float(normal_angles(pred, truth, labels).mean())
+    facing = float(normal_angles(np.broadcast_to(FACING_CAMERA, truth.shape), truth, labels).mean())
     assert angle <= NORMAL_MAX_MEAN_ANGLE_DEG, f"mean angle {angle:.2f} deg (facing the camera: {facing:.2f})"
     assert angle < facing - 5
 
