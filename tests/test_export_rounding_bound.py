@@ -97,7 +97,7 @@ def test_the_movement_is_measured_once_per_model_input_and_reference(static_int8
     ref = torch_outputs(static_int8, x)
     calls = []
     real = fidelity.torch_outputs
-    monkeypatch.setattr(fidelity, "torch_outputs", lambda m, a: calls.append(1) or real(m, a))
+    monkeypatch.setattr(fidelity, "torch_outputs", lambda m, a, **kw: calls.append(1) or real(m, a, **kw))
     first = fidelity.rounding_sensitivity(static_int8, x, ref, ["logits"])
     assert fidelity.rounding_sensitivity(static_int8, x, ref, ["logits"]) == first and len(calls) == 1
     fidelity.rounding_sensitivity(static_int8, x, tuple(r + 1 for r in ref), ["logits"])  # another reference

@@ -36,7 +36,7 @@ from ..errors import ConfigError, ExportError
 from ..runtime.verify import verify_artifact
 from ..spec import DETECTION_TASK, output_names
 from .bundle import BUNDLED_DETECTOR, check_bundled_detector, copy_detector
-from .fidelity import check_runner, export_tolerance, float_fidelity, quantized_bound, torch_outputs
+from .fidelity import check_runner, export_tolerance, float_fidelity, quantized_bound, shared_forwards, torch_outputs
 
 __all__ = ["export", "verify_artifact", "FORMATS", "MANIFEST", "REFERENCE", "Manifest", "read_manifest",
            "verification_inputs", "TOLERANCE", "ExportOptions", "EXPORTERS", "compare", "fingerprint",
@@ -203,7 +203,8 @@ def _export(model, exporter, fmt, format, out_dir, size, names, precision, max_b
                                   f"{result['rel_l2']:.3g} > {bound:g}{moved} ({result['outputs']})")
         return files
 
-    return write_artifact(out_dir, manifest, build, overwrite=overwrite)
+    with shared_forwards():
+        return write_artifact(out_dir, manifest, build, overwrite=overwrite)
 
 
 @contextmanager
