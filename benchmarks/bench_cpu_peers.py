@@ -25,7 +25,7 @@ other processes, and cached under --work):
     ours-ov-fp32       s2e OpenVINO fp32 artifact (f32, accuracy mode)
     ours-ov-fp16       s2e OpenVINO fp16 artifact (fp16 weights; f32 compute)
     ours-ov-w8         s2e OpenVINO int8-weight artifact (int8 weights, float activations)
-    ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime
+    ours-ort-int8      s2e int8 (static) ONNX artifact on ONNX Runtime (-head: with the ours-ov-int8-head recipe)
     ours-ort-int8-std  the same exported with graph="standard" (attention as MatMul / Softmax / MatMul and
                        ConvTranspose for the head, instead of the graph shaped for ONNX Runtime)
     ours-ort-fp32      s2e fp32 ONNX artifact on ONNX Runtime
@@ -73,11 +73,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from task_metrics import METRIC, formatted, task_metric  # noqa: E402 - the benchmarks' folder, inserted above
 
 ROWS = ("torch-fp32", "torch-bf16", "ours-torch-fp32", "ours-torch-bf16", "ov-plain", "nncf-int8", "ort-plain", "ort-qstatic", "ours-ov-int8", "ours-ov-int8-attn",
-        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-std", "ours-ort-fp32",
+        "ours-ov-int8-head", "ours-ov-bf16", "ours-ov-fp32", "ours-ov-fp16", "ours-ov-w8", "ours-ort-int8", "ours-ort-int8-head", "ours-ort-int8-std", "ours-ort-fp32",
         "ours-native-fp32", "ours-native-w8", "ours-native-bf16", "ours-native-int8", "ours-native-int8-attn",
         "ours-native-int8-head")
 INT8_ROWS = {"ours-ov-int8": "openvino", "ours-ov-int8-attn": "openvino", "ours-ov-int8-head": "openvino",
-             "ours-ort-int8": "onnx", "ours-ort-int8-std": "onnx",
+             "ours-ort-int8": "onnx", "ours-ort-int8-head": "onnx", "ours-ort-int8-std": "onnx",
              "ours-native-int8": "native", "ours-native-int8-attn": "native", "ours-native-int8-head": "native"}
 #: rows whose artifact is another row's folder under --work
 FOLDERS = {"ours-ov-bf16": "ov-bf16", "ours-ov-fp32": "ov-fp32", "ov-plain": "ov-fp32", "ours-ort-fp32": "onnx-fp32",

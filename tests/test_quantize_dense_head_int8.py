@@ -7,6 +7,7 @@ convolution kernels where the CPU multiplies int8 natively)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -265,16 +266,27 @@ def test_native_engine_refuses_an_inconsistent_int8_head(task, pre, tmp_path):
 
 
 def test_int8_head_matches_the_torch_model_through_the_native_engine(weight_only_head, tmp_path):
-    """The engine's recipe numerics (inputs on the grid, weights dequantized) against torch's."""
+    """The engine's recipe numerics (inputs on the grid, weights dequantized) against torch's, within 1e-4 or
+    twice the distance between two float evaluations of the same recipe by torch itself (its convolutions
+    channels first and channels last): each int8 input rounds what the previous float convolution summed,
+    and where a sum order moves a value across a rounding step the difference grows through the head. On an
+    AVX2 CPU without int8 dot products the engine's head is a float convolution on the grid, and torch's two
+    layouts measured 2.5e-4 apart on this fixture, as far as the engine from either."""
     from sapiens2_edge import _native as native
 
     q = weight_only_head
     path = save_quantized(q, tmp_path / "q.safetensors")
     x = _data(5, input_size("normal"), b=1)[0]
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
     with torch.no_grad():
         want = _dense(q(x)).numpy()
+        channels_last = copy.deepcopy(q).to(memory_format=torch.channels_last)
+        spread = rel(_dense(channels_last(x.contiguous(memory_format=torch.channels_last))).numpy(), want)
     got = np.asarray(native.Engine(str(path)).run(x.numpy())[0])
-    assert float(np.linalg.norm(got - want) / np.linalg.norm(want)) < 1e-4
+    assert spread < 1e-3  # two float orders of the recipe: rounding flips, not a different computation
+    assert rel(got, want) <= max(1e-4, 2 * spread)
 
 
 def test_trained_normal_fixture_keeps_its_gate():
