@@ -117,6 +117,47 @@ def test_scales_are_calibration_maxima_over_127(normal, monkeypatch):
         assert torch.equal(m.bias.detach(), f.bias.detach())
 
 
+def test_calibration_stops_the_head_once_its_int8_layers_have_read_their_inputs(normal, monkeypatch):
+    """Each calibration batch runs the head's first four 3x3 convolutions only: the last upsampling one has
+    read its input when the observers are done, and neither it nor the full-resolution ones are computed;
+    the scales are those a full forward gives (the test above)."""
+    size = input_size("normal")
+    data = _data(1, size, n=2)
+    spy = Conv3x3Inputs(monkeypatch)
+    quantize(normal, "int8-weight", calibration=data, input_size=size, head="int8", calibration_precision="fp32",
+             report_samples=0, batch_size=2, progress=False)  # two batches of two images
+    out_channels = [int(w.shape[0]) for _, w in spy.calls]
+    spec = HEADS["normal"]
+    assert out_channels == [spec.in_channels, 4 * spec.upsample[0], 4 * spec.upsample[1], 4 * spec.upsample[2]] * len(data)
+    assert max(x.shape[-1] for x, _ in spy.calls) < size[1] // 2
+
+
+@pytest.mark.parametrize("task", ["seg", "pointmap"])
+def test_a_head_runs_until_the_named_layers_have_read_their_inputs(task):
+    """A transposed-convolution head stops before its last transposed convolution; a pointmap head also
+    skips its scale branch. Layers outside the names run as usual before that moment."""
+    from sapiens2_edge.quantization.head_int8 import head_layer_names, run_head_until_observed
+
+    model = tiny_model(task)
+    names = head_layer_names(model)
+    ran: list[str] = []
+    for n, m in model.decode_head.named_modules(prefix="decode_head"):
+        if not list(m.children()):
+            m.register_forward_hook(lambda _m, _a, _o, n=n: ran.append(n))
+    read: list[str] = []
+    for n in names:
+        model.get_submodule(n).register_forward_pre_hook(lambda _m, _a, n=n: read.append(n))
+    size = input_size(task)
+    feat = torch.randn(1, 64, size[0] // 16, size[1] // 16)
+    with torch.no_grad():
+        run_head_until_observed(model, feat, names)
+    assert read == names and names[-1] not in ran and names[0] in ran
+    assert not [n for n in ran if n.startswith(("decode_head.conv_layers", "decode_head.scale", "decode_head.conv_"))]
+    assert not model.decode_head._forward_pre_hooks and all(not model.get_submodule(n)._forward_pre_hooks or
+                                                            len(model.get_submodule(n)._forward_pre_hooks) == 1
+                                                            for n in names)  # its own hooks are gone
+
+
 def test_head_reads_int8_grids(normal_head, monkeypatch):
     q, _ = normal_head
     spy = Conv3x3Inputs(monkeypatch)

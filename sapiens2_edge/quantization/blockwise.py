@@ -19,12 +19,13 @@ up to float rounding.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
 from ..heap import release_freed_heap
 from .calibration import CalibrationSet, progress
+from .head_int8 import run_head_until_observed
 from .observers import ChannelAbsMaxObserver, RangeObserver, attach_input_observers, non_finite_activations
 from .smoothquant import apply_smoothing, smoothing_scales
 
@@ -54,13 +55,13 @@ def applies(model, calib: CalibrationSet, groups, static: list[str]) -> bool:
 
 
 def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe, device, desc: str,
-              show, release_inputs: bool = False, head: bool = False) -> tuple[set[str], dict[str, float]]:
+              show, release_inputs: bool = False, head: Sequence[str] = ()) -> tuple[set[str], dict[str, float]]:
     """SmoothQuant folding and static ranges of ``base`` (modified in place) block by block.
 
     groups: (SmoothGroup, alpha, explicit) of the groups to smooth; static: names of the layers
     with static activations. ``release_inputs``: drop the calibration images once embedded (the
     caller needs them no more; 9.4 MB per 1024x768 image). Returns (smoothed layer names, layer
-    name -> clipping value). ``head``: run the head on the last block's outputs too (its input observers)."""
+    name -> clipping value). ``head``: run the head on the last block's outputs too, until these (observed) layers have read their inputs."""
     smooth = {g.norm: (g, alpha) for g, alpha, _ in groups}
     static_set = set(static)
     backbone = base.backbone
@@ -93,7 +94,7 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
                 release_freed_heap()  # see _advance
         if head:
             for j in range(len(states)):
-                base.decode_head(backbone.featmap(backbone.ln1(states[j]), hp, wp))
+                run_head_until_observed(base, backbone.featmap(backbone.ln1(states[j]), hp, wp), head)
                 states[j] = None
     ranges = {}
     for n in static:

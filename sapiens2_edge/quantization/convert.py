@@ -28,7 +28,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -207,11 +207,11 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
                                  "kernel (shorter ones on torch's)")
                 if groups or static:
                     smoothed, ranges = _calibrate(base, calib, groups, static, configs, recipe, device, progress,
-                                                  release_inputs=held_out is not None, head=bool(head_layers))
+                                                  release_inputs=held_out is not None, head=head_layers)
                 else:
                     what = " + ".join(w for w, on in (("attention inputs", attentions), ("head inputs", head_layers)) if on)
                     _run_backbone(base, calib, device, f"calibrate {what} ({calib.num_samples} images)",
-                                  progress, len(calib), head=bool(head_layers))
+                                  progress, len(calib), head=head_layers)
     finally:
         attention_inputs.remove(base, attentions)
         remove_head_observers()
@@ -310,20 +310,20 @@ def _report_outputs(base, qmodel, batches, device, report: QuantReport, show, de
 
 
 def _run_backbone(model: Sapiens2Model, batches: Iterable[torch.Tensor], device: torch.device, desc: str,
-                  show: bool | None, total: int | None, head: bool = False) -> None:
-    """Forward the backbone only (the observed layers are backbone linears), or with ``head`` the head
-    too (its transposed convolutions are observed)."""
+                  show: bool | None, total: int | None, head: Sequence[str] = ()) -> None:
+    """Forward the backbone only (the observed layers are backbone linears), or with ``head`` (observed
+    head layers) the head too, until those layers have read their inputs."""
     with torch.no_grad():
         for b in progress(batches, total, desc, show):
             b = b.to(device)
             model.check_input(b)
             feat = model.backbone(b.to(model.backbone.cls_token.dtype), "featmap")
             if head:
-                model.decode_head(feat)
+                head_int8.run_head_until_observed(model, feat, head)
 
 
 def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, desc: str, show,
-              head: bool = False) -> None:
+              head: Sequence[str] = ()) -> None:
     remove = attach_input_observers(base, observers)
     try:
         _run_backbone(base, calib, device, desc, show, len(calib), head)
@@ -333,7 +333,7 @@ def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, de
 
 
 def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, recipe: QuantRecipe, device,
-               show, release_inputs: bool = False, head: bool = False) -> tuple[set[str], dict[str, float]]:
+               show, release_inputs: bool = False, head: Sequence[str] = ()) -> tuple[set[str], dict[str, float]]:
     """SmoothQuant statistics and folding, then the static ranges of the layers in ``static``.
 
     One backbone pass collects the per-channel maxima of each smoothing group's input and the
@@ -342,7 +342,7 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     known; an unsmoothed layer's input is what the float model computes anyway. A second pass, on
     the smoothed model, only when a layer of a smoothed group needs a histogram (``percentile``,
     ``mse``) of the smoothed input. Layers reading the same tensor (a group's linears) share one
-    observer. ``head``: the first pass runs the head too (for its observers). Returns (smoothed layer
+    observer. ``head``: the first pass runs the head too, until these (observed) layers have read their inputs. Returns (smoothed layer
     names, layer name -> clipping value).
     """
     feeds = {n: g for g in find_groups(base) for n in g.linears}  # layer -> the group reading its input

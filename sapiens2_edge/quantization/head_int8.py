@@ -150,6 +150,36 @@ class HeadInputObserver:
         self.amax = max(self.amax, finite_absmax(x))
 
 
+class _InputsSeen(Exception):
+    """Raised by :func:`run_head_until_observed` once every observed layer has read its input."""
+
+
+def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterable[str]) -> None:
+    """``model.decode_head(feat)`` up to the moment each layer in ``names`` has read its input (their
+    observers, hooked before, have seen it), and no further: what the head computes after that, the last
+    observed layer itself included, is not needed to calibrate it. For a dense head's int8 recipe that is
+    the last upsampling convolution and the full-resolution layers after it: a quarter of a 0.1b normal
+    head's operations and its largest activations (four 128-channel maps at full resolution per batch)."""
+    modules = dict(model.named_modules())
+    waiting = set(names)
+    seen: set[str] = set()
+
+    def mark(name: str):
+        def hook(_module, _args):
+            seen.add(name)
+            if seen >= waiting:
+                raise _InputsSeen
+        return hook
+    handles = [modules[n].register_forward_pre_hook(mark(n)) for n in waiting]
+    try:
+        model.decode_head(feat)
+    except _InputsSeen:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def deconv_names(model: nn.Module) -> list[str]:
     """Module names of the head's transposed convolutions (pose and seg heads have four)."""
     return [n for n, m in model.named_modules() if n.startswith(HEAD) and isinstance(m, nn.ConvTranspose2d)]
