@@ -158,6 +158,36 @@ def test_a_head_runs_until_the_named_layers_have_read_their_inputs(task):
                                                             for n in names)  # its own hooks are gone
 
 
+def test_the_head_reads_a_batch_a_few_images_at_a_time_with_the_same_maxima(monkeypatch):
+    """Calibration's head forwards take at most HEAD_PIXELS input pixels: a batch of three images at a limit of
+    two images' pixels goes through as two slices, and the observers see the maxima of the whole batch."""
+    from sapiens2_edge.quantization import head_int8
+    from sapiens2_edge.quantization.observers import attach_input_observers
+
+    model = tiny_model("normal")
+    names = head_int8.head_layer_names(model)
+    size = input_size("normal")
+    feat = torch.randn(3, 64, size[0] // 16, size[1] // 16, generator=torch.Generator().manual_seed(3))
+    feat[2] *= 5  # the last image holds the maxima
+    whole = {n: head_int8.HeadInputObserver() for n in names}
+    remove = attach_input_observers(model, whole)
+    with torch.no_grad():
+        head_int8.run_head_until_observed(model, feat, names)  # the tiny images are far below the limit
+    remove()
+    monkeypatch.setattr(head_int8, "HEAD_PIXELS", 2 * size[0] * size[1])
+    sliced = {n: head_int8.HeadInputObserver() for n in names}
+    remove = attach_input_observers(model, sliced)
+    batches: list[int] = []
+    model.get_submodule(names[0]).register_forward_pre_hook(lambda _m, a: batches.append(a[0].shape[0]))
+    with torch.no_grad():
+        head_int8.run_head_until_observed(model, feat, names, size[0] * size[1])
+    remove()
+    assert batches == [2, 1]
+    for n in names:  # the same images; oneDNN sums a smaller batch's convolutions in another order
+        assert sliced[n].amax == pytest.approx(whole[n].amax, rel=1e-5)
+    assert all(o.amax > 0 for o in whole.values())
+
+
 def test_head_reads_int8_grids(normal_head, monkeypatch):
     q, _ = normal_head
     spy = Conv3x3Inputs(monkeypatch)

@@ -94,7 +94,8 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
                 release_freed_heap()  # see _advance
         if head:
             for j in range(len(states)):
-                run_head_until_observed(base, backbone.featmap(backbone.ln1(states[j]), hp, wp), head)
+                run_head_until_observed(base, backbone.featmap(backbone.ln1(states[j]), hp, wp), head,
+                                        calib.input_size[0] * calib.input_size[1])
                 states[j] = None
     ranges = {}
     for n in static:

@@ -319,7 +319,7 @@ def _run_backbone(model: Sapiens2Model, batches: Iterable[torch.Tensor], device:
             model.check_input(b)
             feat = model.backbone(b.to(model.backbone.cls_token.dtype), "featmap")
             if head:
-                head_int8.run_head_until_observed(model, feat, head)
+                head_int8.run_head_until_observed(model, feat, head, b.shape[-2] * b.shape[-1])
 
 
 def _observed(base, observers: dict[str, Any], calib: CalibrationSet, device, desc: str, show,

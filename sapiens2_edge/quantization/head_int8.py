@@ -154,12 +154,20 @@ class _InputsSeen(Exception):
     """Raised by :func:`run_head_until_observed` once every observed layer has read its input."""
 
 
-def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterable[str]) -> None:
-    """``model.decode_head(feat)`` up to the moment each layer in ``names`` has read its input (their
+#: input pixels per head forward at most while calibrating: the head's activations grow with the image
+#: (at 0.4b 1024x768 a normal head's last upsampling convolution reads a 512-channel 512x384 map, 0.4 GB per
+#: image), its observers only keep a maximum, so a batch's images go through the head a few at a time
+HEAD_PIXELS = 1 << 20
+
+
+def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterable[str],
+                            image_pixels: int | None = None) -> None:
+    """``model.decode_head`` on ``feat`` up to the moment each layer in ``names`` has read its input (their
     observers, hooked before, have seen it), and no further: what the head computes after that, the last
     observed layer itself included, is not needed to calibrate it. For a dense head's int8 recipe that is
     the last upsampling convolution and the full-resolution layers after it: a quarter of a 0.1b normal
-    head's operations and its largest activations (four 128-channel maps at full resolution per batch)."""
+    head's operations and its largest activations. The batch goes through in slices of at most
+    :data:`HEAD_PIXELS` input pixels (``image_pixels``: one image's; default, 256 per feature-map position)."""
     modules = dict(model.named_modules())
     waiting = set(names)
     seen: set[str] = set()
@@ -171,10 +179,14 @@ def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterabl
                 raise _InputsSeen
         return hook
     handles = [modules[n].register_forward_pre_hook(mark(n)) for n in waiting]
+    per_image = image_pixels or 256 * feat.shape[-2] * feat.shape[-1]
     try:
-        model.decode_head(feat)
-    except _InputsSeen:
-        pass
+        for part in feat.split(max(1, HEAD_PIXELS // per_image)):
+            seen.clear()
+            try:
+                model.decode_head(part)
+            except _InputsSeen:
+                pass
     finally:
         for h in handles:
             h.remove()
