@@ -61,7 +61,8 @@ def calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, r
     groups: (SmoothGroup, alpha, explicit) of the groups to smooth; static: names of the layers
     with static activations. ``release_inputs``: drop the calibration images once embedded (the
     caller needs them no more; 9.4 MB per 1024x768 image). Returns (smoothed layer names, layer
-    name -> clipping value). ``head``: run the head on the last block's outputs too, until these (observed) layers have read their inputs."""
+    name -> clipping value). ``head``: run the head on the last block's outputs too, until these
+    (observed) layers have read their inputs."""
     smooth = {g.norm: (g, alpha) for g, alpha, _ in groups}
     static_set = set(static)
     backbone = base.backbone

@@ -342,8 +342,8 @@ def _calibrate(base, calib: CalibrationSet, groups, static: list[str], configs, 
     known; an unsmoothed layer's input is what the float model computes anyway. A second pass, on
     the smoothed model, only when a layer of a smoothed group needs a histogram (``percentile``,
     ``mse``) of the smoothed input. Layers reading the same tensor (a group's linears) share one
-    observer. ``head``: the first pass runs the head too, until these (observed) layers have read their inputs. Returns (smoothed layer
-    names, layer name -> clipping value).
+    observer. ``head``: the first pass runs the head too, until these (observed) layers have read
+    their inputs. Returns (smoothed layer names, layer name -> clipping value).
     """
     feeds = {n: g for g in find_groups(base) for n in g.linears}  # layer -> the group reading its input
     smooth = {n for g, _, _ in groups for n in g.linears}
