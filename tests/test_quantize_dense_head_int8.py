@@ -150,7 +150,7 @@ def test_a_head_runs_until_the_named_layers_have_read_their_inputs(task):
     size = input_size(task)
     feat = torch.randn(1, 64, size[0] // 16, size[1] // 16)
     with torch.no_grad():
-        run_head_until_observed(model, feat, names)
+        run_head_until_observed(model, feat, names, size[0] * size[1])
     assert read == names and names[-1] not in ran and names[0] in ran
     assert not [n for n in ran if n.startswith(("decode_head.conv_layers", "decode_head.scale", "decode_head.conv_"))]
     assert not model.decode_head._forward_pre_hooks and all(not model.get_submodule(n)._forward_pre_hooks or
@@ -172,7 +172,7 @@ def test_the_head_reads_a_batch_a_few_images_at_a_time_with_the_same_maxima(monk
     whole = {n: head_int8.HeadInputObserver() for n in names}
     remove = attach_input_observers(model, whole)
     with torch.no_grad():
-        head_int8.run_head_until_observed(model, feat, names)  # the tiny images are far below the limit
+        head_int8.run_head_until_observed(model, feat, names, size[0] * size[1])  # far below the limit
     remove()
     monkeypatch.setattr(head_int8, "HEAD_PIXELS", 2 * size[0] * size[1])
     sliced = {n: head_int8.HeadInputObserver() for n in names}

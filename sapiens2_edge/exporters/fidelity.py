@@ -46,7 +46,7 @@ def torch_outputs(model, x: np.ndarray, *, remember: bool = True) -> tuple[np.nd
 
     seen = _FORWARDS.get() if remember else None
     key = _forward_key(model, x) if seen is not None else None
-    if key in (seen or {}):
+    if seen is not None and key in seen:
         return seen[key][1]
     with torch.inference_mode(), reuse_freed_pages(release=True):
         out = model(torch.from_numpy(x))

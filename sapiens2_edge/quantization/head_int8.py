@@ -160,14 +160,13 @@ class _InputsSeen(Exception):
 HEAD_PIXELS = 1 << 20
 
 
-def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterable[str],
-                            image_pixels: int | None = None) -> None:
+def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterable[str], image_pixels: int) -> None:
     """``model.decode_head`` on ``feat`` up to the moment each layer in ``names`` has read its input (their
     observers, hooked before, have seen it), and no further: what the head computes after that, the last
     observed layer itself included, is not needed to calibrate it. For a dense head's int8 recipe that is
     the last upsampling convolution and the full-resolution layers after it: a quarter of a 0.1b normal
     head's operations and its largest activations. The batch goes through in slices of at most
-    :data:`HEAD_PIXELS` input pixels (``image_pixels``: one image's; default, 256 per feature-map position)."""
+    :data:`HEAD_PIXELS` input pixels (``image_pixels``: one input image's)."""
     modules = dict(model.named_modules())
     waiting = set(names)
     seen: set[str] = set()
@@ -179,9 +178,8 @@ def run_head_until_observed(model: nn.Module, feat: torch.Tensor, names: Iterabl
                 raise _InputsSeen
         return hook
     handles = [modules[n].register_forward_pre_hook(mark(n)) for n in waiting]
-    per_image = image_pixels or 256 * feat.shape[-2] * feat.shape[-1]
     try:
-        for part in feat.split(max(1, HEAD_PIXELS // per_image)):
+        for part in feat.split(max(1, HEAD_PIXELS // image_pixels)):
             seen.clear()
             try:
                 model.decode_head(part)
