@@ -146,7 +146,9 @@ called from several threads at once.)doc")
         .def_property_readonly("weight_format", &s2e::Engine::weight_format)
         .def_property_readonly("precision", &s2e::Engine::precision)
         .def_property_readonly("fp32_gemm", &s2e::Engine::fp32_gemm)
-        .def_property_readonly("weights_path", &s2e::Engine::weights_path);
+        .def_property_readonly("weights_path", &s2e::Engine::weights_path)
+        .def_property_readonly("kept_bytes", &s2e::Engine::kept_bytes,
+                               "Bytes kept for the next run (the last run's buffers, this thread's oneDNN buffers).");
 
     m.def("parse_safetensors",
           [](const py::buffer& data) {

@@ -74,6 +74,8 @@ std::pair<int64_t, int64_t> scale_grid(int64_t h, int64_t w, int64_t stride, siz
 
 // Stored weights are read and converted in chunks of about this many bytes.
 constexpr size_t kReadChunk = 4u << 20;
+// A head layer's weight buffers smaller than this are kept for the next layer whatever it reads.
+constexpr int64_t kKeepWeightBytes = 1 << 20;
 
 // n 16-bit floats (unaligned, little-endian) to floats with `conv` (float16 or bfloat16).
 template <class Conv>
@@ -136,6 +138,7 @@ struct Engine::Workspace {
     std::vector<int8_t> q8, k8;  // int8 attention inputs: head-major q and k
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
+    size_t ffn_values = 0;  // the most values the FFN's rows took (u's largest size in the backbone)
 
     // Gives back what only the backbone uses (the token rows, the attention's operands, the int8 and
     // bf16 copies) before the head, whose own buffers are u, a and cols: the head's peak is not raised
@@ -144,6 +147,36 @@ struct Engine::Workspace {
         for (auto* f : {&att, &h, &q, &k, &v, &o, &qf, &kf, &vf, &xs}) std::vector<float>().swap(*f);
         for (auto* b : {&wb, &xb, &qb, &kb, &vb}) std::vector<uint16_t>().swap(*b);
         for (auto* b : {&w8, &x8, &q8, &k8}) std::vector<int8_t>().swap(*b);
+        onednn::release_thread_buffers();  // the backbone's GEMM scratchpad (36 MiB at 0.1b on AVX2 int8)
+    }
+
+    // Gives back the copies of one layer's weights: as floats (wbuf), as stored bytes (raw), in bf16 (wb), in
+    // int8 (w8), and oneDNN's packed copy and scratchpad (its thread buffers).
+    void release_weight_buffers() {
+        std::vector<float>().swap(wbuf);
+        std::vector<uint8_t>().swap(raw);
+        std::vector<uint16_t>().swap(wb);
+        std::vector<int8_t>().swap(w8);
+        onednn::release_thread_buffers();
+    }
+
+    // Gives back the head's maps where they outgrew the FFN's rows (a dense head's two full-resolution maps,
+    // 100 MB each at 0.1b normal 512x384, five times the rows): kept, they would sit beside the next run's
+    // largest head weights, and the peak would hold both.
+    void release_head_maps() {
+        for (auto* f : {&u, &a})
+            if (f->capacity() > ffn_values) Floats().swap(*f);
+        Halves().swap(hb);
+    }
+
+    // What the buffers hold, in bytes.
+    size_t bytes() const {
+        size_t n = (u.capacity() + a.capacity()) * sizeof(float) + hb.capacity() * sizeof(uint16_t) + raw.capacity();
+        for (const auto* f : {&wbuf, &wbuf2, &pbuf, &cols, &att, &h, &q, &k, &v, &o, &qf, &kf, &vf, &xs, &wscale})
+            n += f->capacity() * sizeof(float);
+        for (const auto* b : {&wb, &xb, &qb, &kb, &vb}) n += b->capacity() * sizeof(uint16_t);
+        for (const auto* b : {&w8, &x8, &q8, &k8}) n += b->capacity();
+        return n;
     }
 };
 
@@ -746,6 +779,7 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     ops::rms_norm(x, h, M, C, C, floats(b.ln2, ws.pbuf, ws), kEps);
     fit(ws.u, static_cast<size_t>(M * 2 * hid));
     fit(ws.a, static_cast<size_t>(M * hid));
+    ws.ffn_values = std::max(ws.ffn_values, static_cast<size_t>(M * 2 * hid));
     float *u = ws.u.data(), *act = ws.a.data();
     if (b.w12.act_int8 && b.w3.act_int8) {
         ffn_w8a8(b, h, M, T, h, ws);
@@ -879,6 +913,28 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
         if constexpr (kBf16) return ws.hb; else return ws.a;
     }();
     Floats& result = kBf16 ? ws.a : ws.u;
+    // The weight buffers grow to the largest layer's weights (a float copy and oneDNN's packed copy: 2 x 81 MiB at
+    // 0.1b normal), while the maps grow with the resolution, largest in the last layers, whose weights are
+    // small: once the layers left read at most half of what the buffers hold, they are given back. The next
+    // run faults them in again (~1 % of a run); the peak no longer holds both.
+    std::vector<int64_t> reads;  // the weight values of the head's layers, in the order they run
+    if (cfg_.head.task == "pose" || cfg_.head.task == "seg") {
+        for (const auto& dc : deconv_) reads.push_back(dc.w.t->numel());
+    } else {
+        reads.push_back(input_conv_.w.t->numel());
+        for (const auto& up : upsample_) reads.push_back(up.w.t->numel());
+    }
+    for (const auto& c : convs_) reads.push_back(c.w.t->numel());
+    size_t ran = 0;
+    int64_t held = 0;  // the most values a layer read since the buffers were last given back
+    auto layer_ran = [&]() {
+        held = std::max(held, reads[ran++]);
+        const int64_t later = ran < reads.size() ? *std::max_element(reads.begin() + ran, reads.end()) : 0;
+        if (held * static_cast<int64_t>(sizeof(float)) >= kKeepWeightBytes && 2 * later <= held) {
+            ws.release_weight_buffers();
+            held = 0;
+        }
+    };
     // a weight (n values) in the precision of E
     auto weights = [&](const Param& p, int64_t n) -> const E* {
         const float* f = floats(p, ws.wbuf, ws);
@@ -921,6 +977,7 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
         } else {
             onednn::conv3x3(x.data(), C, H, W, floats(c.w, ws.wbuf, ws), b, c.cout, ws.u.data());
         }
+        layer_ran();
         C = c.cout;
     };
     // ws.u (H*W, C) normalised (InstanceNorm, or the albedo head's RMSNorm) and SiLU'd into x
@@ -941,6 +998,7 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
             } else {
                 onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
             }
+            layer_ran();
             C = dc.cout;
             H *= 2;
             W *= 2;
@@ -952,6 +1010,7 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
         for (const auto& c : convs_) {
             fit(ws.u, static_cast<size_t>(c.cout * HW));
             head_matmul(HW, C, c.cout, x.data(), C, 1, weights(c.w, c.cout * C), 1, C, ws.u.data(), c.cout);
+            layer_ran();
             C = c.cout;
             norm_silu(Param{});
         }
@@ -1105,11 +1164,17 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
         outs[0].data.swap(feat);
     } else {
         for (int64_t b = 0; b < B; ++b) head(feat.data() + b * C * hp * wp, hp, wp, outs, b, B, ws);
+        ws.release_head_maps();
     }
     st_->check_unchanged();  // rewritten during the run (same size): the outputs may mix old and new weights
     std::lock_guard<std::mutex> lock(spare_mutex_);
     if (!spare_) spare_.swap(taken);
     return outs;
+}
+
+size_t Engine::kept_bytes() const {
+    std::lock_guard<std::mutex> lock(spare_mutex_);
+    return (spare_ ? spare_->bytes() : 0) + onednn::thread_buffer_bytes();
 }
 
 Engine::~Engine() = default;

@@ -157,19 +157,31 @@ struct Mem {
 // scratchpad (a fresh one per matmul, where oneDNN packs the weights, several MB, cost a zero-fill,
 // page faults and an munmap per GEMM: about 2 % of a 0.1b bf16 run), slot 1 a convolution's weights
 // in oneDNN's layout. Owned per thread, so concurrent runs share nothing; 64-byte aligned.
-uint8_t* thread_buffer(int slot, size_t bytes) {
+struct ThreadBuffers {
     struct Free {
         void operator()(uint8_t* p) const { std::free(p); }
     };
-    thread_local std::unique_ptr<uint8_t, Free> buf[2];
-    thread_local size_t size[2] = {0, 0};
-    if (bytes > size[slot]) {
+    std::unique_ptr<uint8_t, Free> buf[2];
+    size_t size[2] = {0, 0};
+    std::vector<float> s8_a, s8_w, s8_part;  // int8 products without VNNI: the operands and a slice's sums in float
+
+    size_t bytes() const { return size[0] + size[1] + (s8_a.capacity() + s8_w.capacity() + s8_part.capacity()) * 4; }
+};
+ThreadBuffers& thread_buffers() {
+    thread_local ThreadBuffers b;
+    return b;
+}
+uint8_t* thread_buffer(int slot, size_t bytes) {
+    ThreadBuffers& t = thread_buffers();
+    if (bytes > t.size[slot]) {
         const size_t rounded = (bytes + 63) / 64 * 64;
-        buf[slot].reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
-        if (!buf[slot]) throw std::bad_alloc();
-        size[slot] = rounded;
+        t.buf[slot].reset();  // the old one given back first: never both at once
+        t.size[slot] = 0;
+        t.buf[slot].reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
+        if (!t.buf[slot]) throw std::bad_alloc();
+        t.size[slot] = rounded;
     }
-    return buf[slot].get();
+    return t.buf[slot].get();
 }
 
 // Owner of a primitive descriptor.
@@ -466,7 +478,10 @@ namespace {
 // order of addition; the slices are summed in int32.
 void matmul_s8_by_f32(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
     constexpr int64_t kSlice = 1024;
-    thread_local std::vector<float> af, wf, part;
+    ThreadBuffers& t = thread_buffers();
+    std::vector<float>& af = t.s8_a;
+    std::vector<float>& wf = t.s8_w;
+    std::vector<float>& part = t.s8_part;  // kept: see release_thread_buffers
     af.resize(static_cast<size_t>(M * K));
     wf.resize(static_cast<size_t>(N * K));
     part.resize(static_cast<size_t>(M * N));
@@ -550,7 +565,14 @@ void gemm_bf16_rounded_a(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
     });
 }
 
+size_t thread_buffer_bytes() { return thread_buffers().bytes(); }
+
+void release_thread_buffers() { thread_buffers() = ThreadBuffers(); }
+
 #else  // built without oneDNN's headers: the engine runs float32 on OpenBLAS only
+
+size_t thread_buffer_bytes() { return 0; }
+void release_thread_buffers() {}
 
 std::string load(const std::string&) { return "the native extension was built without oneDNN's headers"; }
 bool available() { return false; }

@@ -99,6 +99,8 @@ public:
     // do not fault fresh pages in (at 0.1b 512x384 that was ~20 % of a run). The token-only buffers are
     // given back before the head, which reuses the FFN's two largest, so the peak is not raised by it.
     std::vector<Output> run(const float* x, int64_t B, int64_t H, int64_t W) const;
+    // Bytes kept for the next run: the last finished run's buffers and the calling thread's oneDNN buffers.
+    size_t kept_bytes() const;
 
     const EngineConfig& config() const { return cfg_; }
     const std::string& weights_path() const { return st_->path(); }

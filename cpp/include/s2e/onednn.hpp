@@ -27,6 +27,12 @@ bool native_bf16();
 // kernels pair u8 x s8 products in int16, which saturates, or halve the weights).
 bool exact_int8();
 
+// The calling thread's kept buffers (oneDNN's scratchpad, a convolution's weights in its layout, the float
+// operands of int8 products without VNNI; each as large as the largest asked for since), in bytes; and giving them back (the next call that needs one
+// allocates it afresh). Nothing is kept without oneDNN.
+size_t thread_buffer_bytes();
+void release_thread_buffers();
+
 // x[rows, cols] (row stride ld) rounded to bfloat16 bits (ties to even), packed in `out`.
 void to_bf16(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* out);
 
