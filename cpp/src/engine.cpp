@@ -128,7 +128,8 @@ void fit(V& v, size_t n) {
 }  // namespace
 
 struct Engine::Workspace {
-    std::vector<float> wbuf, wbuf2, pbuf, cols, att, h, q, k, v, o;
+    Floats wbuf;  // one layer's weights as floats (up to 81 MiB: a dense head's first upsampling convolution)
+    std::vector<float> wbuf2, pbuf, cols, att, h, q, k, v, o;
     Floats u, a;  // the FFN's hidden rows; in the head, the activation and the next layer's output
     Halves hb;    // the channels-last head's activations in bf16 (in float32 they run in a)
     std::vector<uint8_t> raw;  // stored weight bytes on their way to floats (at most kReadChunk + a row)
@@ -138,7 +139,6 @@ struct Engine::Workspace {
     std::vector<int8_t> q8, k8;  // int8 attention inputs: head-major q and k
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
-    size_t ffn_values = 0;  // the most values the FFN's rows took (u's largest size in the backbone)
 
     // Gives back what only the backbone uses (the token rows, the attention's operands, the int8 and
     // bf16 copies) before the head, whose own buffers are u, a and cols: the head's peak is not raised
@@ -153,26 +153,18 @@ struct Engine::Workspace {
     // Gives back the copies of one layer's weights: as floats (wbuf), as stored bytes (raw), in bf16 (wb), in
     // int8 (w8), and oneDNN's packed copy and scratchpad (its thread buffers).
     void release_weight_buffers() {
-        std::vector<float>().swap(wbuf);
+        Floats().swap(wbuf);
         std::vector<uint8_t>().swap(raw);
         std::vector<uint16_t>().swap(wb);
         std::vector<int8_t>().swap(w8);
         onednn::release_thread_buffers();
     }
 
-    // Gives back the head's maps where they outgrew the FFN's rows (a dense head's two full-resolution maps,
-    // 100 MB each at 0.1b normal 512x384, five times the rows): kept, they would sit beside the next run's
-    // largest head weights, and the peak would hold both.
-    void release_head_maps() {
-        for (auto* f : {&u, &a})
-            if (f->capacity() > ffn_values) Floats().swap(*f);
-        Halves().swap(hb);
-    }
-
     // What the buffers hold, in bytes.
     size_t bytes() const {
-        size_t n = (u.capacity() + a.capacity()) * sizeof(float) + hb.capacity() * sizeof(uint16_t) + raw.capacity();
-        for (const auto* f : {&wbuf, &wbuf2, &pbuf, &cols, &att, &h, &q, &k, &v, &o, &qf, &kf, &vf, &xs, &wscale})
+        size_t n = (u.capacity() + a.capacity() + wbuf.capacity()) * sizeof(float) + hb.capacity() * sizeof(uint16_t) +
+                   raw.capacity();
+        for (const auto* f : {&wbuf2, &pbuf, &cols, &att, &h, &q, &k, &v, &o, &qf, &kf, &vf, &xs, &wscale})
             n += f->capacity() * sizeof(float);
         for (const auto* b : {&wb, &xb, &qb, &kb, &vb}) n += b->capacity() * sizeof(uint16_t);
         for (const auto* b : {&w8, &x8, &q8, &k8}) n += b->capacity();
@@ -510,16 +502,25 @@ void Engine::load() {
 }
 
 const float* Engine::floats(const Param& p, std::vector<float>& out, Workspace& ws) const {
+    out.resize(static_cast<size_t>(p.t->numel()));
+    return floats_to(p, out.data(), ws);
+}
+
+const float* Engine::floats(const Param& p, Floats& out, Workspace& ws) const {
+    fit(out, static_cast<size_t>(p.t->numel()));
+    return floats_to(p, out.data(), ws);
+}
+
+const float* Engine::floats_to(const Param& p, float* out, Workspace& ws) const {
     // Weights are read from the file (pread) on each use, never through a mapping: a weights file
     // rewritten or truncated while the engine lives then gives FileChangedError, not SIGBUS. Only
     // one tensor is held as floats at a time per scratch buffer, and non-fp32 tensors are read in
     // bounded chunks (ws.raw) and converted, so peak memory stays one layer's weights.
     const TensorView& t = *p.t;
     const int64_t n = t.numel();
-    out.resize(static_cast<size_t>(n));
     if (t.dtype == DType::F32) {
-        st_->read(t, 0, t.nbytes, out.data());
-        return out.data();
+        st_->read(t, 0, t.nbytes, out);
+        return out;
     }
     std::vector<float> scale;
     if (p.scale) {
@@ -531,8 +532,8 @@ const float* Engine::floats(const Param& p, std::vector<float>& out, Workspace& 
         st_->read(t, 0, t.nbytes, q.data());
         const int64_t cout = t.shape[1], inner = n / (t.shape[0] * cout);
         for (int64_t i = 0; i < n; ++i)
-            out[static_cast<size_t>(i)] = static_cast<float>(q[static_cast<size_t>(i)]) * scale[scale.size() == 1 ? 0 : static_cast<size_t>((i / inner) % cout)];
-        return out.data();
+            out[i] = static_cast<float>(q[static_cast<size_t>(i)]) * scale[scale.size() == 1 ? 0 : static_cast<size_t>((i / inner) % cout)];
+        return out;
     }
     const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
     const int64_t cols = rows ? n / rows : 0;
@@ -544,9 +545,9 @@ const float* Engine::floats(const Param& p, std::vector<float>& out, Workspace& 
         st_->read(t, static_cast<size_t>(r0) * row_bytes, ws.raw.size(), ws.raw.data());
         const bool per_tensor = scale.size() == 1;
         const float* s = scale.empty() ? nullptr : per_tensor ? scale.data() : scale.data() + r0;
-        to_floats(t.dtype, ws.raw.data(), nr, cols, s, per_tensor, out.data() + r0 * cols);
+        to_floats(t.dtype, ws.raw.data(), nr, cols, s, per_tensor, out + r0 * cols);
     }
-    return out.data();
+    return out;
 }
 
 const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out, std::vector<float>& scale,
@@ -779,7 +780,6 @@ void Engine::block(const BlockWeights& b, float* x, int64_t B, int64_t T, const 
     ops::rms_norm(x, h, M, C, C, floats(b.ln2, ws.pbuf, ws), kEps);
     fit(ws.u, static_cast<size_t>(M * 2 * hid));
     fit(ws.a, static_cast<size_t>(M * hid));
-    ws.ffn_values = std::max(ws.ffn_values, static_cast<size_t>(M * 2 * hid));
     float *u = ws.u.data(), *act = ws.a.data();
     if (b.w12.act_int8 && b.w3.act_int8) {
         ffn_w8a8(b, h, M, T, h, ws);
@@ -902,6 +902,21 @@ void head_matmul(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row,
                  int64_t b_row, int64_t b_col, float* y, int64_t ldy) {
     onednn::matmul_f32(M, K, N, a, a_row, a_col, b, b_row, b_col, y, ldy, 1.0f);
 }
+// The capacity of `v` past its first `used` elements, lent to a layer for its weights: `v` is sized into it
+// (no reallocation, no fill) and sized back by the next fit.
+template <class V>
+onednn::Space spare_capacity(V& v, size_t used) {
+    if (v.capacity() <= used) return {};
+    v.resize(v.capacity());
+    return {v.data() + used, (v.capacity() - used) * sizeof(typename V::value_type)};
+}
+
+// Room for n floats in `s`, 64-byte aligned, or null.
+float* float_room(onednn::Space s, int64_t n) {
+    const uintptr_t start = reinterpret_cast<uintptr_t>(s.data), aligned = (start + 63) / 64 * 64;
+    if (!s.data || aligned - start + static_cast<size_t>(n) * sizeof(float) > s.bytes) return nullptr;
+    return reinterpret_cast<float*>(aligned);
+}
 }  // namespace
 
 template <class E>
@@ -913,10 +928,15 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
         if constexpr (kBf16) return ws.hb; else return ws.a;
     }();
     Floats& result = kBf16 ? ws.a : ws.u;
-    // The weight buffers grow to the largest layer's weights (a float copy and oneDNN's packed copy: 2 x 81 MiB at
-    // 0.1b normal), while the maps grow with the resolution, largest in the last layers, whose weights are
-    // small: once the layers left read at most half of what the buffers hold, they are given back. The next
-    // run faults them in again (~1 % of a run); the peak no longer holds both.
+    // A layer's weights take two copies (as floats and in the kernel's layout: 2 x 81 MiB for the first
+    // upsampling convolution at 0.1b normal), while the maps grow with the resolution, largest in the last
+    // layers, whose weights are small. Held side by side the two added up (462 MB at the peak of a 0.1b
+    // normal run at 512x384; 318 MB now). So a layer's weights go into the unused capacity of the two map
+    // buffers (x past the layer's input, ws.u past its output): kept from one run to the next, the maps
+    // have the head's largest size, and the weights fit there. Where they do not (a first run, a head whose
+    // weights outgrow its maps) they go to buffers of their own, given back once the layers left read at
+    // most half as much. Given back on every run instead, the maps and weights cost 8 % of that run in
+    // page faults.
     std::vector<int64_t> reads;  // the weight values of the head's layers, in the order they run
     if (cfg_.head.task == "pose" || cfg_.head.task == "seg") {
         for (const auto& dc : deconv_) reads.push_back(dc.w.t->numel());
@@ -966,16 +986,24 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
         ops::quantize_int8(x.data(), C * HW, xs, ws.x8.data());
         return true;
     };
+    // a layer's weights as floats: in x's capacity past the layer's input where they fit, else in ws.wbuf
+    auto layer_floats = [&](const Param& p) -> const float* {
+        float* room = float_room(spare_capacity(x, static_cast<size_t>(C * HW)), p.t->numel());
+        return room ? floats_to(p, room, ws) : floats(p, ws.wbuf, ws);
+    };
     // a 3x3 convolution (a dense head's) of x into ws.u (H*W, cout) float32, its bias added
     auto conv3x3 = [&](const ConvWeights& c) {
-        fit(ws.u, static_cast<size_t>(c.cout * HW));
+        const size_t out = static_cast<size_t>(c.cout * HW);
+        fit(ws.u, out);
         const float* b = c.b ? floats(c.b, ws.wbuf2, ws) : nullptr;
         float xs = 0.0f;
         if (int8_input(c, xs)) {
             const float* w_scale = int8_weights(c.w, c.cout, ws);
-            onednn::conv3x3_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, b, c.cout, ws.u.data());
+            onednn::conv3x3_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, b, c.cout, ws.u.data(),
+                               spare_capacity(ws.u, out));
         } else {
-            onednn::conv3x3(x.data(), C, H, W, floats(c.w, ws.wbuf, ws), b, c.cout, ws.u.data());
+            const float* w = layer_floats(c.w);
+            onednn::conv3x3(x.data(), C, H, W, w, b, c.cout, ws.u.data(), spare_capacity(ws.u, out));
         }
         layer_ran();
         C = c.cout;
@@ -990,13 +1018,16 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
     };
     if (cfg_.head.task == "pose" || cfg_.head.task == "seg") {  // transposed convolutions, 1x1 ones
         for (const auto& dc : deconv_) {
-            fit(ws.u, static_cast<size_t>(dc.cout * 4 * HW));
+            const size_t out = static_cast<size_t>(dc.cout * 4 * HW);
+            fit(ws.u, out);
             float xs = 0.0f;
             if (int8_input(dc, xs)) {  // int8 operands, exact int32 sums, scaled once
                 const float* w_scale = int8_weights(dc.w, dc.cout, ws);
-                onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, dc.cout, ws.u.data());
+                onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, dc.cout, ws.u.data(),
+                                       spare_capacity(ws.u, out));
             } else {
-                onednn::deconv4x4s2(x.data(), C, H, W, floats(dc.w, ws.wbuf, ws), dc.cout, ws.u.data());
+                const float* w = layer_floats(dc.w);
+                onednn::deconv4x4s2(x.data(), C, H, W, w, dc.cout, ws.u.data(), spare_capacity(ws.u, out));
             }
             layer_ran();
             C = dc.cout;
@@ -1164,7 +1195,6 @@ std::vector<Output> Engine::run(const float* x, int64_t B, int64_t H, int64_t W)
         outs[0].data.swap(feat);
     } else {
         for (int64_t b = 0; b < B; ++b) head(feat.data() + b * C * hp * wp, hp, wp, outs, b, B, ws);
-        ws.release_head_maps();
     }
     st_->check_unchanged();  // rewritten during the run (same size): the outputs may mix old and new weights
     std::lock_guard<std::mutex> lock(spare_mutex_);

@@ -163,7 +163,8 @@ struct ThreadBuffers {
     };
     std::unique_ptr<uint8_t, Free> buf[2];
     size_t size[2] = {0, 0};
-    std::vector<float> s8_a, s8_w, s8_part;  // int8 products without VNNI: the operands and a slice's sums in float
+    // int8 products without VNNI: the operands and a slice's sums in float (written in full before read)
+    std::vector<float, UninitializedAllocator<float>> s8_a, s8_w, s8_part;
 
     size_t bytes() const { return size[0] + size[1] + (s8_a.capacity() + s8_w.capacity() + s8_part.capacity()) * 4; }
 };
@@ -179,6 +180,7 @@ uint8_t* thread_buffer(int slot, size_t bytes) {
         t.size[slot] = 0;
         t.buf[slot].reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
         if (!t.buf[slot]) throw std::bad_alloc();
+        advise_huge_pages(t.buf[slot].get(), rounded);
         t.size[slot] = rounded;
     }
     return t.buf[slot].get();
@@ -363,9 +365,12 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
 namespace {
 
 // A convolution's weights `w` (described by `from`) reordered into the layout `to` its kernel reads, in
-// the calling thread's weight buffer (slot 1).
-uint8_t* packed_weights(const Md& from, const void* w, const_dnnl_memory_desc_t to) {
-    uint8_t* packed = thread_buffer(1, g_api.md_size(to));
+// `space` (64-byte aligned) where they fit, else in the calling thread's weight buffer (slot 1).
+uint8_t* packed_weights(const Md& from, const void* w, const_dnnl_memory_desc_t to, Space space) {
+    const size_t bytes = g_api.md_size(to);
+    const uintptr_t start = reinterpret_cast<uintptr_t>(space.data), aligned = (start + 63) / 64 * 64;
+    uint8_t* packed = space.data && aligned - start + bytes <= space.bytes ? reinterpret_cast<uint8_t*>(aligned)
+                                                                           : thread_buffer(1, bytes);
     Pd reorder;
     Attr attr;
     check(g_api.reorder_pd(&reorder.pd, from.md, g_api.engine, to, g_api.engine, attr.attr), "weight reorder for this CPU");
@@ -382,7 +387,8 @@ enum class ConvKind { deconv4x4s2, conv3x3 };
 // with `x_scale` and per-output-channel `w_scale`), channels last, `b` (float32, may be null) added; the
 // output float32.
 void conv_as(ConvKind kind, dnnl_data_type_t dt, const void* x, int64_t cin, int64_t H, int64_t W, const void* w,
-             const float* b, int64_t cout, float* y, const float* x_scale = nullptr, const float* w_scale = nullptr) {
+             const float* b, int64_t cout, float* y, Space space, const float* x_scale = nullptr,
+             const float* w_scale = nullptr) {
     require();
     if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
     const bool transposed = kind == ConvKind::deconv4x4s2;
@@ -419,7 +425,7 @@ void conv_as(ConvKind kind, dnnl_data_type_t dt, const void* x, int64_t cin, int
     // the weights in the layout the kernel reads (bf16: rounded, ties to even; s8: with the compensation
     // its int8 input needs), in one reorder
     const_dnnl_memory_desc_t w_md = g_api.pd_query_md(pd.pd, dnnl_query_weights_md, 0);
-    uint8_t* w_packed = packed_weights(w_torch, w, w_md);
+    uint8_t* w_packed = packed_weights(w_torch, w, w_md, space);
     Mem ms(src.md, const_cast<void*>(x)), mw(w_md, w_packed), md(dst.md, y);
     std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}};
     std::unique_ptr<Mem> mb;
@@ -443,31 +449,34 @@ void conv_as(ConvKind kind, dnnl_data_type_t dt, const void* x, int64_t cin, int
 
 }  // namespace
 
-void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
-    conv_as(ConvKind::deconv4x4s2, dnnl_bf16, x, cin, H, W, w, nullptr, cout, y);
+void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                 Space packed) {
+    conv_as(ConvKind::deconv4x4s2, dnnl_bf16, x, cin, H, W, w, nullptr, cout, y, packed);
 }
 
-void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y) {
-    conv_as(ConvKind::deconv4x4s2, dnnl_f32, x, cin, H, W, w, nullptr, cout, y);
+void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                 Space packed) {
+    conv_as(ConvKind::deconv4x4s2, dnnl_f32, x, cin, H, W, w, nullptr, cout, y, packed);
 }
 
 void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
-                    const float* w_scale, int64_t cout, float* y) {
-    conv_as(ConvKind::deconv4x4s2, dnnl_s8, x, cin, H, W, w, nullptr, cout, y, &x_scale, w_scale);
+                    const float* w_scale, int64_t cout, float* y, Space packed) {
+    conv_as(ConvKind::deconv4x4s2, dnnl_s8, x, cin, H, W, w, nullptr, cout, y, packed, &x_scale, w_scale);
 }
 
 void conv3x3(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
-             float* y) {
-    conv_as(ConvKind::conv3x3, dnnl_bf16, x, cin, H, W, w, b, cout, y);
+             float* y, Space packed) {
+    conv_as(ConvKind::conv3x3, dnnl_bf16, x, cin, H, W, w, b, cout, y, packed);
 }
 
-void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y) {
-    conv_as(ConvKind::conv3x3, dnnl_f32, x, cin, H, W, w, b, cout, y);
+void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y,
+             Space packed) {
+    conv_as(ConvKind::conv3x3, dnnl_f32, x, cin, H, W, w, b, cout, y, packed);
 }
 
 void conv3x3_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
-                const float* w_scale, const float* b, int64_t cout, float* y) {
-    conv_as(ConvKind::conv3x3, dnnl_s8, x, cin, H, W, w, b, cout, y, &x_scale, w_scale);
+                const float* w_scale, const float* b, int64_t cout, float* y, Space packed) {
+    conv_as(ConvKind::conv3x3, dnnl_s8, x, cin, H, W, w, b, cout, y, packed, &x_scale, w_scale);
 }
 
 namespace {
@@ -479,9 +488,9 @@ namespace {
 void matmul_s8_by_f32(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w, int32_t* c) {
     constexpr int64_t kSlice = 1024;
     ThreadBuffers& t = thread_buffers();
-    std::vector<float>& af = t.s8_a;
-    std::vector<float>& wf = t.s8_w;
-    std::vector<float>& part = t.s8_part;  // kept: see release_thread_buffers
+    auto& af = t.s8_a;
+    auto& wf = t.s8_w;
+    auto& part = t.s8_part;  // kept: see release_thread_buffers
     af.resize(static_cast<size_t>(M * K));
     wf.resize(static_cast<size_t>(N * K));
     part.resize(static_cast<size_t>(M * N));
@@ -602,26 +611,27 @@ void matmul_f32(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const
                 float) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
-void deconv4x4s2(const uint16_t*, int64_t, int64_t, int64_t, const float*, int64_t, float*) {
+void deconv4x4s2(const uint16_t*, int64_t, int64_t, int64_t, const float*, int64_t, float*, Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
-void deconv4x4s2(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*) {
+void deconv4x4s2(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*, Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
-void deconv4x4s2_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, int64_t, float*) {
+void deconv4x4s2_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, int64_t, float*,
+                    Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
-void conv3x3(const uint16_t*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*) {
+void conv3x3(const uint16_t*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*, Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
-void conv3x3(const float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*) {
+void conv3x3(const float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*, Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void conv3x3_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, const float*, int64_t,
-                float*) {
+                float*, Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
 void gemm_f32(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,

@@ -305,6 +305,28 @@ S2E_TEST(conv3x3_channels_last_is_the_convolution) {
     CHECK(rel_max(channels_first(y, cout, H * W), conv3x3_reference(x, w, zero, cin, cout, H, W, false)) < 1e-5);
 }
 
+S2E_TEST(thread_buffers_are_kept_until_given_back) {
+    // a convolution leaves its packed weights in the calling thread's buffer for the next call; given back,
+    // the buffers hold nothing, and the next convolution (same result) allocates them afresh
+    if (!dnn::load().empty()) {
+        CHECK(dnn::thread_buffer_bytes() == 0);
+        dnn::release_thread_buffers();
+        return;
+    }
+    const int64_t cin = 64, cout = 96, H = 4, W = 5;
+    auto x = randn(cin * H * W, 61), w = randn(cout * cin * 9, 62);
+    std::vector<float> y1(static_cast<size_t>(cout * H * W)), y2(y1.size());
+    dnn::release_thread_buffers();  // what earlier calls of this thread left
+    dnn::conv3x3(x.data(), cin, H, W, w.data(), nullptr, cout, y1.data());
+    const size_t kept = dnn::thread_buffer_bytes();
+    CHECK(kept >= static_cast<size_t>(cout * cin * 9) * sizeof(float));  // at least the packed weights
+    dnn::release_thread_buffers();
+    CHECK(dnn::thread_buffer_bytes() == 0);
+    dnn::conv3x3(x.data(), cin, H, W, w.data(), nullptr, cout, y2.data());
+    CHECK(dnn::thread_buffer_bytes() == kept);
+    CHECK(y1 == y2);
+}
+
 S2E_TEST(conv3x3_s8_is_the_scaled_integer_convolution_plus_bias) {
     // as the transposed convolution's int8 test: y = x_scale * w_scale[o] * (exact integer sum) + b[o]
     const int64_t cin = 37, cout = 21, H = 5, W = 9;

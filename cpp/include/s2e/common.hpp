@@ -1,13 +1,66 @@
-// Shared pieces of the native engine: typed errors (mapped to sapiens2_edge.errors by the bindings)
-// and the float16 / bfloat16 conversions the weight formats and the reference RoPE need.
+// Shared pieces of the native engine: typed errors (mapped to sapiens2_edge.errors by the bindings),
+// the float16 / bfloat16 conversions the weight formats and the reference RoPE need, and the advice
+// that large buffers be faulted in in huge pages.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace s2e {
+
+// Asks the kernel to fault the buffer [p, p + bytes) in 2 MiB pages (transparent huge pages; in their
+// usual "madvise" mode only advised memory gets them). Call before the buffer is first written. A buffer
+// the engine allocates afresh on every run then costs a fraction of its 4 KiB faults: 400 MB faulted in
+// 36 ms against 248 ms on a 2-core EPYC VM. Advice only: where the kernel has none, nothing changes.
+inline void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr uintptr_t kPage = 4096;
+    if (bytes < (4u << 20)) return;  // below two huge pages nothing is gained
+    const uintptr_t start = (reinterpret_cast<uintptr_t>(p) + kPage - 1) / kPage * kPage;
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) / kPage * kPage;
+    if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+// A std::allocator that leaves new float elements uninitialised: buffers that a kernel writes in
+// full before reading them are not zero-filled first (a serial memset that took 90 % of a run's
+// page faults; 8 % of a 0.1b bf16 run). Large ones are faulted in in huge pages (advise_huge_pages).
+template <class T>
+struct UninitializedAllocator : std::allocator<T> {
+    template <class U>
+    struct rebind {
+        using other = UninitializedAllocator<U>;
+    };
+    UninitializedAllocator() = default;
+    template <class U>
+    UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        T* p = std::allocator<T>::allocate(n);
+        advise_huge_pages(p, n * sizeof(T));
+        return p;
+    }
+    template <class U>
+    void construct(U* p) noexcept {
+        ::new (static_cast<void*>(p)) U;
+    }
+    template <class U, class... A>
+    void construct(U* p, A&&... a) {
+        ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+    }
+};
 
 struct Error : std::runtime_error {
     using std::runtime_error::runtime_error;

@@ -14,33 +14,13 @@
 #include <utility>
 #include <vector>
 
+#include "s2e/common.hpp"
 #include "s2e/config.hpp"
 #include "s2e/ops.hpp"
 #include "s2e/safetensors.hpp"
 
 namespace s2e {
 
-// A std::allocator that leaves new float elements uninitialised: buffers that a kernel writes in
-// full before reading them are not zero-filled first (a serial memset that took 90 % of a run's
-// page faults; 8 % of a 0.1b bf16 run).
-template <class T>
-struct UninitializedAllocator : std::allocator<T> {
-    template <class U>
-    struct rebind {
-        using other = UninitializedAllocator<U>;
-    };
-    UninitializedAllocator() = default;
-    template <class U>
-    UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
-    template <class U>
-    void construct(U* p) noexcept {
-        ::new (static_cast<void*>(p)) U;
-    }
-    template <class U, class... A>
-    void construct(U* p, A&&... a) {
-        ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
-    }
-};
 using Floats = std::vector<float, UninitializedAllocator<float>>;
 using Halves = std::vector<uint16_t, UninitializedAllocator<uint16_t>>;  // bf16 bits
 
@@ -98,6 +78,8 @@ public:
     // FFN's and the head's buffers of the last finished run are kept for the next one, so later runs
     // do not fault fresh pages in (at 0.1b 512x384 that was ~20 % of a run). The token-only buffers are
     // given back before the head, which reuses the FFN's two largest, so the peak is not raised by it.
+    // The head's layers read their weights into the spare capacity of its two map buffers where it is
+    // large enough, else into buffers given back once the layers after read at most half as much.
     std::vector<Output> run(const float* x, int64_t B, int64_t H, int64_t W) const;
     // Bytes kept for the next run: the last finished run's buffers and the calling thread's oneDNN buffers.
     size_t kept_bytes() const;
@@ -121,6 +103,9 @@ private:
     void int8_input_scale(ConvWeights& c, const std::string& prefix, const char* what);
     // The tensor of `p` as floats in `out` (read from the file, dequantized with its scale).
     const float* floats(const Param& p, std::vector<float>& out, Workspace& ws) const;
+    const float* floats(const Param& p, Floats& out, Workspace& ws) const;  // large weights (not zero-filled first)
+    // The same into `out` (room for its numel() floats).
+    const float* floats_to(const Param& p, float* out, Workspace& ws) const;
     // The tensor of `p` as bfloat16 bits in `out`: float weights rounded, int8 / float8 values exact
     // with their per-row scale in `scale` (empty when there is none), to apply after the GEMM.
     const uint16_t* bf16_weights(const Param& p, std::vector<uint16_t>& out, std::vector<float>& scale,

@@ -66,27 +66,37 @@ void matmul_f32(int64_t M, int64_t K, int64_t N, const float* a, int64_t a_row, 
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Memory a caller lends a convolution for its weights in the kernel's layout (used where they fit, else
+// the calling thread's own buffer): the engine's head lends the unused capacity of its output map.
+struct Space {
+    void* data = nullptr;
+    size_t bytes = 0;
+};
+
 // ConvTranspose2d(kernel 4, stride 2, padding 1, no bias) on oneDNN's transposed-convolution kernels,
 // channels last: x (H, W, cin) -> y (2H, 2W, cout) float32, with w (cin, cout, 4, 4) (a torch weight,
 // float32). bf16 x: w rounded to bf16, float32 accumulation; float32 x: strict fp32 math. No column
 // buffer and no col2im pass: the kernel writes each output once.
-void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
-void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y);
+void deconv4x4s2(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                 Space packed = {});
+void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                 Space packed = {});
 // The same on int8 operands: x (H, W, cin) int8 with one scale, w (cin, cout, 4, 4) int8 (a torch weight)
 // with one scale per output channel; y = x_scale * w_scale[o] * (exact int32 sum), float32. Use where
 // exact_int8().
 void deconv4x4s2_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
-                    const float* w_scale, int64_t cout, float* y);
+                    const float* w_scale, int64_t cout, float* y, Space packed = {});
 // Conv2d(kernel 3, stride 1, padding 1) on oneDNN's convolution kernels, channels last: x (H, W, cin) ->
 // y (H, W, cout) float32, with w (cout, cin, 3, 3) (a torch weight, float32) and the bias b (cout,) added
 // (b may be null). Precisions as deconv4x4s2's; no column buffer.
 void conv3x3(const uint16_t* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
-             float* y);
-void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y);
+             float* y, Space packed = {});
+void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y,
+             Space packed = {});
 // The same on int8 operands as deconv4x4s2_s8 (w (cout, cin, 3, 3) int8): y = x_scale * w_scale[o] * (exact
 // int32 sum) + b[o]. Use where exact_int8().
 void conv3x3_s8(const int8_t* x, float x_scale, int64_t cin, int64_t H, int64_t W, const int8_t* w,
-                const float* w_scale, const float* b, int64_t cout, float* y);
+                const float* w_scale, const float* b, int64_t cout, float* y, Space packed = {});
 // c[M, N] (int32, dense) = a[M, K] . W[N, K]^T on int8 operands (a torch Linear weight layout), exact
 // int32 sums: oneDNN's int8 kernels where exact_int8() (VNNI / AMX), float32 GEMMs over K slices whose
 // partial sums float32 holds exactly elsewhere.
