@@ -28,8 +28,8 @@ bool native_bf16();
 bool exact_int8();
 
 // The calling thread's kept buffers (oneDNN's scratchpad, a convolution's weights in its layout, the float
-// operands of int8 products without VNNI; each as large as the largest asked for since), in bytes; and giving them back (the next call that needs one
-// allocates it afresh). Nothing is kept without oneDNN.
+// operands of int8 products without VNNI; each as large as the largest asked for since), in bytes; and
+// giving them back (the next call that needs one allocates it afresh). Nothing is kept without oneDNN.
 size_t thread_buffer_bytes();
 void release_thread_buffers();
 
