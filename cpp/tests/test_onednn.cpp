@@ -325,6 +325,18 @@ S2E_TEST(thread_buffers_are_kept_until_given_back) {
     dnn::conv3x3(x.data(), cin, H, W, w.data(), nullptr, cout, y2.data());
     CHECK(dnn::thread_buffer_bytes() == kept);
     CHECK(y1 == y2);
+    // lent room for the packed weights (an unaligned start: the convolution aligns it) is used instead of the
+    // thread's buffer, with the same result
+    dnn::release_thread_buffers();
+    std::vector<uint8_t> room(static_cast<size_t>(cout * cin * 9) * sizeof(float) + 4096 + 1);
+    std::vector<float> y3(y1.size());
+    dnn::conv3x3(x.data(), cin, H, W, w.data(), nullptr, cout, y3.data(), {room.data() + 1, room.size() - 1});
+    CHECK(dnn::thread_buffer_bytes() < static_cast<size_t>(cout * cin * 9) * sizeof(float));
+    CHECK(y1 == y3);
+    // too little room: the thread's buffer again
+    dnn::conv3x3(x.data(), cin, H, W, w.data(), nullptr, cout, y3.data(), {room.data(), 64});
+    CHECK(dnn::thread_buffer_bytes() == kept);
+    CHECK(y1 == y3);
 }
 
 S2E_TEST(conv3x3_s8_is_the_scaled_integer_convolution_plus_bias) {
