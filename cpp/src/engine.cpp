@@ -910,13 +910,6 @@ onednn::Space spare_capacity(V& v, size_t used) {
     v.resize(v.capacity());
     return {v.data() + used, (v.capacity() - used) * sizeof(typename V::value_type)};
 }
-
-// Room for n floats in `s`, 64-byte aligned, or null.
-float* float_room(onednn::Space s, int64_t n) {
-    const uintptr_t start = reinterpret_cast<uintptr_t>(s.data), aligned = (start + 63) / 64 * 64;
-    if (!s.data || aligned - start + static_cast<size_t>(n) * sizeof(float) > s.bytes) return nullptr;
-    return reinterpret_cast<float*>(aligned);
-}
 }  // namespace
 
 template <class E>
@@ -988,8 +981,9 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
     };
     // a layer's weights as floats: in x's capacity past the layer's input where they fit, else in ws.wbuf
     auto layer_floats = [&](const Param& p) -> const float* {
-        float* room = float_room(spare_capacity(x, static_cast<size_t>(C * HW)), p.t->numel());
-        return room ? floats_to(p, room, ws) : floats(p, ws.wbuf, ws);
+        const size_t bytes = static_cast<size_t>(p.t->numel()) * sizeof(float);
+        void* room = spare_capacity(x, static_cast<size_t>(C * HW)).room(bytes);
+        return room ? floats_to(p, static_cast<float*>(room), ws) : floats(p, ws.wbuf, ws);
     };
     // a 3x3 convolution (a dense head's) of x into ws.u (H*W, cout) float32, its bias added
     auto conv3x3 = [&](const ConvWeights& c) {

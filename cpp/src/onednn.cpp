@@ -368,9 +368,8 @@ namespace {
 // `space` (64-byte aligned) where they fit, else in the calling thread's weight buffer (slot 1).
 uint8_t* packed_weights(const Md& from, const void* w, const_dnnl_memory_desc_t to, Space space) {
     const size_t bytes = g_api.md_size(to);
-    const uintptr_t start = reinterpret_cast<uintptr_t>(space.data), aligned = (start + 63) / 64 * 64;
-    uint8_t* packed = space.data && aligned - start + bytes <= space.bytes ? reinterpret_cast<uint8_t*>(aligned)
-                                                                           : thread_buffer(1, bytes);
+    void* lent = space.room(bytes);
+    uint8_t* packed = lent ? static_cast<uint8_t*>(lent) : thread_buffer(1, bytes);
     Pd reorder;
     Attr attr;
     check(g_api.reorder_pd(&reorder.pd, from.md, g_api.engine, to, g_api.engine, attr.attr), "weight reorder for this CPU");

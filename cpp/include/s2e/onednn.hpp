@@ -71,6 +71,12 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 struct Space {
     void* data = nullptr;
     size_t bytes = 0;
+
+    // A 64-byte aligned start for `n` bytes within the space, or null where they do not fit.
+    void* room(size_t n) const {
+        const uintptr_t start = reinterpret_cast<uintptr_t>(data), aligned = (start + 63) / 64 * 64;
+        return data && aligned - start + n <= bytes ? reinterpret_cast<void*>(aligned) : nullptr;
+    }
 };
 
 // ConvTranspose2d(kernel 4, stride 2, padding 1, no bias) on oneDNN's transposed-convolution kernels,
