@@ -1,4 +1,4 @@
-"""The pose / seg head's eager CPU forward alone: its layers one by one against the lean path of
+"""A task head's eager CPU forward alone: its layers one by one against the lean path of
 ``sapiens2_edge/models/lean_head.py``, in float32 or under bf16 autocast; time, peak memory over the
 input and the output's rel L2 against the float32 head.
 
@@ -32,22 +32,28 @@ def _rss_peak_mib() -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def _dense(out):
+    """The map a head returns (a pointmap head's first output; its scale is a few numbers)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def run_form(a, form: str) -> dict:
     import torch
 
     from sapiens2_edge.heap import release_freed_heap, reuse_freed_pages
     from sapiens2_edge.models.arch import default_head_spec, get_preset
-    from sapiens2_edge.models.heads import DeconvHead
+    from sapiens2_edge.models.heads import build_head
     from sapiens2_edge.models.lean_head import layer_by_layer
 
     torch.manual_seed(0)
     arch = get_preset(a.arch)
-    head = DeconvHead(default_head_spec(a.task, arch)).eval()
     h, w = a.size
-    x = torch.randn(1, head.deconv_layers[0].in_channels, h // 16, w // 16)
+    spec = default_head_spec(a.task, arch, input_size=a.size)
+    head = build_head(spec).eval()
+    x = torch.randn(1, spec.in_channels, h // 16, w // 16)
     bf16 = a.precision == "bf16"
     with torch.inference_mode():
-        ref = head(x).float()
+        ref = _dense(head(x)).float()
         if a.weights_bf16:
             for m in head.modules():
                 if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
@@ -65,7 +71,7 @@ def run_form(a, form: str) -> dict:
                     out = head(x)
                 times.append(time.perf_counter() - start)
                 peaks.append(_rss_peak_mib()[1] - before)
-                got = out.float()
+                got = _dense(out).float()
                 del out
     warm = sorted(times[1:]) or times
     return {"form": form, "median_s": warm[len(warm) // 2], "peak_mib": max(peaks[1:] or peaks),
@@ -75,7 +81,7 @@ def run_form(a, form: str) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="0.4b")
-    p.add_argument("--task", default="seg", choices=("seg", "pose"))
+    p.add_argument("--task", default="seg", choices=("seg", "pose", "normal", "albedo", "pointmap"))
     p.add_argument("--size", default="1024x768", help="network input HxW (the feature map is a 16th of it)")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--weights-bf16", action="store_true", help="convolution weights stored in bf16 (bf16 only)")

@@ -1,10 +1,13 @@
-"""The pose / seg head's lean eager path (:mod:`sapiens2_edge.models.lean_head`): in CPU inference it
-computes what the head's layers compute one by one (the reference: the same modules run with autograd
-on, which takes the plain path), its transposed convolutions run by groups of output channels no larger
-than the bound, the input is never written, hooks see their layers as usual, and traced, float16 autocast
-or autograd forwards keep the plain layers; under bf16 autocast the same path runs on bf16 maps."""
+"""The heads' lean eager path (:mod:`sapiens2_edge.models.lean_head`): in CPU inference it computes what
+the head's layers compute one by one (the reference: the same modules run with autograd on, which takes
+the plain path), its transposed convolutions run by groups of output channels and the dense heads'
+convolutions by bands of rows (PixelShuffle applied band by band) no larger than the bound, the input is
+never written, hooks see their layers as usual, and traced, float16 autocast or autograd forwards keep the
+plain layers; under bf16 autocast the same path runs on bf16 maps."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from torch import nn
 
 import sapiens2_edge.models.lean_head as lean_head
 from sapiens2_edge.quantization import quantize
-from tests.fixtures.tiny import INPUT, tiny_model
+from tests.fixtures.tiny import INPUT, input_size, tiny_model
 
 FEATURES = (2, 64, 8, 6)  # the tiny backbone's feature map of a batch of two
 
@@ -137,7 +140,7 @@ def test_traced_autocast_and_autograd_forwards_take_the_plain_layers(monkeypatch
 
 
 def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
+    a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
 
 
@@ -231,3 +234,145 @@ def test_a_norm_subclass_with_its_own_forward_is_called_and_half_precision_takes
     with torch.no_grad():
         head.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert len(deconvs.out_bytes) == 4  # not grouped: low-precision heads run their layers as they are
+
+
+# --- the dense heads (normal / albedo / pointmap): convolutions by bands of rows -------------------
+
+class ConvCalls:
+    """Output shapes of every conv2d call."""
+
+    def __init__(self, monkeypatch):
+        self.shapes: list[tuple[int, ...]] = []
+        real = F.conv2d
+
+        def spy(*args, **kw):
+            y = real(*args, **kw)
+            self.shapes.append(tuple(y.shape))
+            return y
+
+        monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+
+    def max_bytes(self, itemsize: int = 4) -> int:
+        return max(itemsize * torch.Size(s).numel() for s in self.shapes)
+
+
+def _dense_layers(head) -> list[nn.Module]:
+    return [*head.input_conv, *(m for b in head.upsample_blocks for m in b), *head.conv_layers,
+            getattr(head, head.final_name)]
+
+
+def _dense_one_by_one(head, x: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        for m in _dense_layers(head):
+            x = m(x)
+    return x.detach()
+
+
+def _dense_features(task: str, seed: int = 0) -> torch.Tensor:
+    h, w = input_size(task)
+    return torch.randn(2, 64, h // 16, w // 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _dense_map(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("task", ["normal", "albedo", "pointmap"])
+def test_dense_head_runs_its_convolutions_by_bands_of_rows(task, monkeypatch):
+    head = tiny_model(task).decode_head.eval()
+    x = _dense_features(task)
+    ref = _dense_one_by_one(head, x)
+    truth = _dense_one_by_one(copy.deepcopy(head).double(), x.double())  # the same layers in float64
+    n, _, h, w = x.shape
+    last = head.upsample_blocks[-1][0]  # its unshuffled output: out_channels at the map's size before the shuffle
+    unshuffled = n * last.out_channels * (h << len(head.upsample_blocks) - 1) * (w << len(head.upsample_blocks) - 1) * 4
+    bound = unshuffled // 5
+    monkeypatch.setattr(lean_head, "BAND_BYTES", bound)
+    calls = ConvCalls(monkeypatch)
+    before = x.clone()
+    with torch.no_grad():
+        out = head(x)
+    assert torch.equal(x, before)
+    assert _rel_l2(_dense_map(out), ref) <= 1e-5  # float32 rounding (sums and the RMS taken in another order)
+    assert _rel_l2(_dense_map(out), truth) <= 1.1 * _rel_l2(ref, truth)  # no less exact than the layers
+    convs = sum(type(m) is nn.Conv2d for m in _dense_layers(head))
+    assert len(calls.shapes) >= convs + 4  # the later layers ran as several calls each
+    assert calls.max_bytes() <= bound  # the unshuffled map (5x the bound) was never made whole
+    if task == "pointmap":  # the scale branch is the plain layers'
+        with torch.enable_grad():
+            scale = head.scale_final_layer(head.scale_conv_layers(x)).detach()
+        torch.testing.assert_close(out[1], scale, rtol=1e-6, atol=1e-6)
+
+
+def test_convolution_by_rows_reads_the_rows_either_side_and_zeros_past_the_edges(monkeypatch):
+    """One-row and uneven bands of a 5x5 convolution equal the whole convolution (a hand-built case of
+    every band position: first, inner, last, and a last band shorter than the rest)."""
+    gen = torch.Generator().manual_seed(7)
+    conv = nn.Conv2d(3, 8, 5, padding=2)
+    x = torch.randn(2, 3, 11, 6, generator=gen)
+    with torch.no_grad():
+        ref = conv(x)
+        conv12 = nn.Conv2d(3, 12, 3, padding=1)
+        shuffled = F.pixel_shuffle(conv12(x), 2)
+        calls = ConvCalls(monkeypatch)
+        for rows in (1, 2, 4, 11):
+            monkeypatch.setattr(lean_head, "BAND_BYTES", (rows + 4) * 2 * 8 * 6 * 4)  # bands of `rows`, read with 4 more
+            calls.shapes.clear()
+            torch.testing.assert_close(lean_head.conv2d_by_rows(x, conv), ref, rtol=1e-5, atol=1e-5)
+            assert [s[2] for s in calls.shapes] == [min(rows, 11 - r) for r in range(0, 11, rows)]
+        monkeypatch.setattr(lean_head, "BAND_BYTES", (3 + 2) * 2 * 12 * 6 * 4)
+        calls.shapes.clear()
+        torch.testing.assert_close(lean_head.conv2d_by_rows(x, conv12, shuffle=2), shuffled, rtol=1e-5, atol=1e-5)
+        assert [s[2] for s in calls.shapes] == [3, 3, 3, 2]
+
+
+def test_a_hooked_pixel_shuffle_sees_the_whole_map(monkeypatch):
+    head = tiny_model("normal").decode_head.eval()
+    x = _dense_features("normal", 1)
+    seen = []
+    shuffle = head.upsample_blocks[-1][1]
+    handle = shuffle.register_forward_hook(lambda m, a, out: seen.append((tuple(a[0].shape), tuple(out.shape))))
+    monkeypatch.setattr(lean_head, "BAND_BYTES", 1)
+    try:
+        with torch.no_grad():
+            out = head(x)
+    finally:
+        handle.remove()
+    (before, after), = seen
+    assert before[1] == 4 * after[1] and after[2:] == (2 * before[2], 2 * before[3])
+    torch.testing.assert_close(out, _dense_one_by_one(head, x), rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm_in_place_is_the_formula():
+    from sapiens2_edge.models.heads import RMSNorm2d
+
+    gen = torch.Generator().manual_seed(3)
+    norm = RMSNorm2d(5)
+    with torch.no_grad():
+        norm.norm.weight.copy_(torch.randn(5, generator=gen))
+    x = torch.randn(2, 5, 4, 3, generator=gen)
+    expected = x / torch.sqrt((x * x).mean(dim=1, keepdim=True) + 1e-6) * norm.norm.weight.view(1, 5, 1, 1)
+    y = x.clone()
+    assert norm.forward_(y) is y
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-6, atol=1e-6)
+    half = x.to(torch.bfloat16)
+    assert torch.equal(norm.forward_(half), norm(half)) and torch.equal(half, x.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("task", ["normal", "albedo"])
+def test_dense_head_under_bf16_autocast_runs_by_rows_on_bf16_maps(task, monkeypatch):
+    head = tiny_model(task).decode_head.eval()
+    x = _dense_features(task, 2)
+    with torch.no_grad():
+        full = head(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16), lean_head.layer_by_layer():
+            ref = head(x)
+    monkeypatch.setattr(lean_head, "BAND_BYTES", 2 * 16 * 64 * 48 * 2)  # 2 rows' bytes of the last unit's bf16 output
+    calls = ConvCalls(monkeypatch)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+    assert out.dtype == ref.dtype and calls.max_bytes(2) <= 2 * 16 * 64 * 48 * 2
+    assert len(calls.shapes) >= sum(type(m) is nn.Conv2d for m in _dense_layers(head)) + 4
+    assert _rel_l2(out, ref) <= 4e-3
+    assert _rel_l2(out, full) <= 1.1 * _rel_l2(ref, full)

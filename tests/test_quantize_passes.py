@@ -336,6 +336,15 @@ def test_inplace_smooths_the_callers_model_and_quantizes_to_the_same_model(seg):
     assert not torch.equal(own.backbone.blocks[0].ln1.weight, seg.backbone.blocks[0].ln1.weight)  # smoothed
     with torch.no_grad():
         torch.testing.assert_close(own(x), before, rtol=1e-4, atol=1e-4)
+    # what stays float is the caller's own tensors (one copy of the head less); fp16 storage rounds a copy
+    assert got.decode_head.conv_seg.weight is own.decode_head.conv_seg.weight
+    assert got.backbone.blocks[0].ln1.weight is own.backbone.blocks[0].ln1.weight
+    head = own.decode_head.conv_seg.weight.clone()
+    half, _ = quantize(own, "int8", calibration=CALIB, input_size=INPUT, activation_mode="static", progress=False,
+                       inplace=True, float_storage="fp16")
+    assert half.decode_head.conv_seg.weight is not own.decode_head.conv_seg.weight
+    assert torch.equal(own.decode_head.conv_seg.weight, head)
+    assert torch.equal(half.decode_head.conv_seg.weight, head.half().float())
 
 
 def test_the_quantized_model_shares_no_tensor_with_the_float_model(seg):

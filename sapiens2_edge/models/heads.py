@@ -10,9 +10,26 @@ from torch import nn
 from ..spec import PATCH_SIZE, check_task
 from .arch import HeadSpec, scale_grid_for
 from .backbone import EPS
-from .lean_head import bf16_autocast_on, eager_cpu_inference, instance_norm_, run_units, run_units_bf16
+from .lean_head import (
+    bf16_autocast_on,
+    eager_cpu_inference,
+    instance_norm_,
+    rms_norm_channels_,
+    run_units,
+    run_units_bf16,
+)
 
 INSTANCE_NORM_EPS = 1e-5
+
+
+def lean_forward(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
+    """``layers`` on ``x`` without the maps' transients (:mod:`.lean_head`) in eager CPU inference of
+    float32 maps or under bf16 autocast; None where the plain layers must run."""
+    if eager_cpu_inference(x) and x.dtype == torch.float32:
+        return run_units(layers, x)
+    if eager_cpu_inference(x, autocast=True) and bf16_autocast_on():
+        return run_units_bf16(layers, x)
+    return None
 
 
 class InstanceNorm(nn.Module):
@@ -37,6 +54,12 @@ class RMSNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.rms_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.norm.weight, EPS)
         return y.permute(0, 3, 1, 2)
+
+    def forward_(self, x: torch.Tensor) -> torch.Tensor:
+        """The same, written into a float32 ``x`` (the eager head's lean path); other dtypes: :meth:`forward`."""
+        if x.dtype != torch.float32:
+            return self.forward(x)
+        return rms_norm_channels_(x, self.norm.weight, EPS)
 
 
 def _norm(channels: int, rms: bool) -> nn.Module:
@@ -73,14 +96,8 @@ class DeconvHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         final = getattr(self, self.final_name)
-        layers = [*self.deconv_layers, *self.conv_layers, final]
-        if eager_cpu_inference(x) and x.dtype == torch.float32:  # the same layers without the maps' transients
-            return run_units(layers, x)
-        if eager_cpu_inference(x, autocast=True) and bf16_autocast_on():
-            out = run_units_bf16(layers, x)
-            if out is not None:
-                return out
-        return final(self.conv_layers(self.deconv_layers(x)))
+        out = lean_forward([*self.deconv_layers, *self.conv_layers, final], x)
+        return out if out is not None else final(self.conv_layers(self.deconv_layers(x)))
 
 
 class UpsampleUnit(nn.Sequential):
@@ -108,6 +125,10 @@ class DenseHead(nn.Module):
         self.add_module(self.final_name, nn.Conv2d(spec.conv[-1], spec.out_channels, 1))
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
+        out = lean_forward([*self.input_conv, *(m for b in self.upsample_blocks for m in b), *self.conv_layers,
+                            getattr(self, self.final_name)], x)
+        if out is not None:
+            return out
         x = self.input_conv(x)
         for blk in self.upsample_blocks:
             x = blk(x)

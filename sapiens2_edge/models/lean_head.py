@@ -1,4 +1,4 @@
-"""The pose / seg head's forward in torch on the CPU without the transients of its full-resolution maps.
+"""The heads' forward in torch on the CPU without the transients of their full-resolution maps.
 
 A seg head at 1024x768 ends on 64-channel maps of 192 MiB each. Run module by module, every unit
 holds its input and output and oneDNN adds reorders of both to its blocked layout: the 0.4b seg head
@@ -9,13 +9,17 @@ or autocast, not traced, compiled or exported: an exported graph keeps the plain
 - a transposed convolution runs by groups of output channels, each group's output at most
   :data:`GROUP_BYTES`, written into the layer's output: oneDNN's reorders are a group's, not the layer's;
 - a 1x1 convolution is one GEMM per image on the (C, H x W) view of its NCHW input (no reorder);
-- InstanceNorm and SiLU write into their input (the tensor the layer before made).
+- a same-size convolution (the dense heads' 3x3) runs by bands of rows, each band's input and output at
+  most :data:`BAND_BYTES`, and a PixelShuffle right after it is applied band by band (the dense heads'
+  upsampling units never hold their unshuffled map whole);
+- InstanceNorm, the albedo head's channel RMSNorm and SiLU write into their input (the tensor the layer
+  before made).
 
 :func:`layer_by_layer` turns it off (the benchmarks' baseline: the official model's layers).
 
 Under bf16 autocast (the torch backend's bf16 precision) the same path runs on bf16 maps
-(:func:`run_units_bf16`): the transposed convolutions by groups, the 1x1 convolutions as GEMMs,
-SiLU in place (InstanceNorm is torch's kernel there).
+(:func:`run_units_bf16`): the transposed convolutions by groups, the same-size convolutions by bands,
+the 1x1 convolutions as GEMMs, SiLU in place (the norms are torch's kernels there).
 
 The 0.4b seg head at 1024x768 (AVX-512 EPYC, 2 threads): peak over its input 1534 -> 489 MiB with the
 freed pages kept, 768 -> 456 MiB without; time 2.13 -> 2.28 s and 3.22 -> 3.12 s. The output differs
@@ -33,6 +37,9 @@ from torch import nn
 
 #: the largest output of one transposed-convolution call (a 16-channel group at 1024x768)
 GROUP_BYTES = 48 << 20
+#: the largest input or output of one band of a same-size convolution (oneDNN holds four such at once:
+#: the band's input and output, each also in its blocked layout)
+BAND_BYTES = 16 << 20
 _plain_depth = 0  # layer_by_layer() blocks running
 
 
@@ -68,8 +75,9 @@ def run_units_bf16(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor
     where a layer is not one this module knows or is called as its own module (hooks, an int8 layer):
     those run under autocast as they are."""
     layers = list(layers)
-    known = all(not _called_as_module(m) and (_is_plain_deconv(m) or _is_pointwise(m) or type(m) is nn.SiLU
-                                              or _in_place_form(m) is not None) for m in layers)
+    known = all(not _called_as_module(m) and (_is_plain_deconv(m) or _is_same_size_conv(m) or type(m) is nn.SiLU
+                                              or type(m) is nn.PixelShuffle or _in_place_form(m) is not None)
+                for m in layers)
     if not known:
         return None
     with torch.autocast("cpu", enabled=False):
@@ -116,6 +124,32 @@ def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out
 
 
+def conv2d_by_rows(x: torch.Tensor, conv: nn.Conv2d, shuffle: int = 1) -> torch.Tensor:
+    """A same-size convolution (:func:`_is_same_size_conv`) by bands of output rows, each band's output at
+    most :data:`BAND_BYTES` and its input too (oneDNN copies both to its blocked layout), written into the
+    layer's output; ``shuffle`` > 1 applies the following ``PixelShuffle(shuffle)`` to each band as it is
+    written (the unshuffled map is never whole). A band reads its rows of ``x`` and the ``k // 2`` rows on
+    either side (zeros past the edges)."""
+    n, c, h, w = x.shape
+    weight = conv.weight.to(x.dtype)
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    ph, pw = conv.padding
+    row_bytes = n * max(conv.out_channels, c) * w * x.element_size()
+    rows = max(1, BAND_BYTES // max(row_bytes, 1) - 2 * ph)
+    if rows >= h:
+        y = F.conv2d(x, weight, bias, padding=conv.padding)
+        return F.pixel_shuffle(y, shuffle) if shuffle > 1 else y
+    out = x.new_empty((n, conv.out_channels // shuffle ** 2, h * shuffle, w * shuffle))
+    for r0 in range(0, h, rows):
+        r1 = min(r0 + rows, h)
+        a, b = max(r0 - ph, 0), min(r1 + ph, h)
+        band = F.pad(x[:, :, a:b], (0, 0, ph - (r0 - a), ph - (b - r1)))
+        y = F.conv2d(band, weight, bias, padding=(0, pw))
+        out[:, :, r0 * shuffle:r1 * shuffle] = F.pixel_shuffle(y, shuffle) if shuffle > 1 else y
+        del band, y  # not alive beside the next band's
+    return out
+
+
 def instance_norm_(x: torch.Tensor, eps: float) -> torch.Tensor:
     """InstanceNorm without affine parameters, written into ``x`` (biased variance, as torch's); a
     bf16 ``x`` goes to torch's kernel (a new tensor: torch's ``var_mean`` in bf16 is 15x slower than it)."""
@@ -123,6 +157,14 @@ def instance_norm_(x: torch.Tensor, eps: float) -> torch.Tensor:
         return F.instance_norm(x, eps=eps)
     var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
     return x.sub_(mean).mul_(torch.rsqrt(var.add_(eps)))
+
+
+def rms_norm_channels_(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the channels of an NCHW float32 ``x`` at every pixel, written into ``x`` (the root
+    mean square from the channels' 2-norm: no squared copy of the map)."""
+    scale = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    scale.square_().div_(x.shape[1]).add_(eps).rsqrt_()
+    return x.mul_(scale).mul_(weight.to(x.dtype).view(1, -1, 1, 1))
 
 
 def _called_as_module(m: nn.Module) -> bool:
@@ -133,6 +175,19 @@ def _called_as_module(m: nn.Module) -> bool:
 def _is_pointwise(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding == (0, 0)
             and m.groups == 1 and m.dilation == (1, 1))
+
+
+def _is_same_size_conv(m: nn.Module) -> bool:
+    """A convolution whose output has its input's size (stride 1, odd kernel, zero padding of half of it)."""
+    return (type(m) is nn.Conv2d and m.stride == (1, 1) and m.groups == 1 and m.dilation == (1, 1)
+            and m.padding_mode == "zeros" and all(k % 2 for k in m.kernel_size)
+            and m.padding == tuple(k // 2 for k in m.kernel_size))
+
+
+def _shuffle_after(layers: list[nn.Module], i: int) -> int:
+    """The upscale factor of a plain ``PixelShuffle`` right after ``layers[i]`` (1 where there is none)."""
+    nxt = layers[i + 1] if i + 1 < len(layers) else None
+    return nxt.upscale_factor if type(nxt) is nn.PixelShuffle and not _called_as_module(nxt) else 1
 
 
 def _is_plain_deconv(m: nn.Module) -> bool:
@@ -152,7 +207,12 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     hooks or forward of its own, which then see the call as usual); a norm with an in-place form
     (``forward_``) and SiLU write into a tensor an earlier layer made, never into ``x``."""
     source = x.untyped_storage().data_ptr()
-    for m in layers:
+    layers = list(layers)
+    skip = False
+    for i, m in enumerate(layers):
+        if skip:  # a PixelShuffle applied by the convolution before it
+            skip = False
+            continue
         own = x.untyped_storage().data_ptr() != source
         if _called_as_module(m):
             x = m(x)
@@ -160,6 +220,9 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
             x = conv_transpose2d(x, m.weight, m.bias, m.stride, m.padding)
         elif _is_pointwise(m) and x.dim() == 4 and x.is_contiguous():
             x = pointwise_conv(x, m)
+        elif _is_same_size_conv(m) and x.dim() == 4:
+            shuffle = _shuffle_after(layers, i)
+            x, skip = conv2d_by_rows(x, m, shuffle), shuffle > 1
         elif own and (in_place := _in_place_form(m)) is not None:
             x = in_place(m, x)
         elif own and type(m) is nn.SiLU:
@@ -170,4 +233,5 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["eager_cpu_inference", "bf16_autocast_on", "layer_by_layer", "conv_transpose2d", "pointwise_conv",
-           "instance_norm_", "run_units", "run_units_bf16", "GROUP_BYTES"]
+           "conv2d_by_rows", "instance_norm_", "rms_norm_channels_", "run_units", "run_units_bf16", "GROUP_BYTES",
+           "BAND_BYTES"]

@@ -71,7 +71,7 @@ def quantize(model: Sapiens2Model, scheme: Any = "int8", calibration: Any = None
     budget search, which measures on its own samples), ``held_out_min_samples`` (stop reading held-out
     data after at least that many inputs once the task metric's 95 % interval is tight; default: read all), ``inplace`` (True: smooth ``model`` itself rather than
     a copy of it, saving one copy of the weights in memory; the model stays the same function up to float
-    rounding), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
+    rounding, and the quantized model shares the tensors that stay float with it), ``float_storage`` (``fp16``: round and store the unquantized float tensors, the head
     among them, as float16), ``attention`` (``int8``: q, k and v of every backbone attention rounded to int8 with
     per-tensor scales read from the calibration data, which OpenVINO runs as int8 attention; default ``float``),
     ``head`` (``int8``: the pose / seg head's transposed convolutions with int8 weights per output channel and

@@ -125,7 +125,8 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     after at least that many, once the task's headline metric is known to its 95 % interval
     (:mod:`.enough`). inplace: ``model`` itself (float32) is the float copy SmoothQuant folds
     into and the report's float side, instead of a copy of it: one copy of the weights less in
-    memory, and ``model`` is left smoothed (the same function up to float rounding).
+    memory, and ``model`` is left smoothed (the same function up to float rounding); the quantized
+    model then shares the tensors that stay float with it (unless ``float_storage="fp16"``).
     """
     check_float_model(model)
     if not isinstance(layers, Mapping):
@@ -218,7 +219,11 @@ def apply(model: Sapiens2Model, layers: Mapping[str, Any], calibration: Any = No
     release_freed_heap()
 
     # -- convert ----------------------------------------------------------------------------------
-    qmodel = float_copy(base, skip=configs)  # the layers replaced below are not copied
+    # the layers replaced below are not copied; in place, the caller's model is not used after the report
+    # and what stays float is shared with it too (the 0.4b dense heads' weights alone are 220 MiB), unless
+    # fp16 storage rounds it below
+    shared = [""] if base is model and recipe.float_storage == "fp32" else configs
+    qmodel = float_copy(base, skip=shared)
     modules = dict(base.named_modules())
     for n, cfg in configs.items():
         scale = None
