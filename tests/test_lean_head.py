@@ -79,13 +79,19 @@ def test_int8_head_runs_grouped_too(monkeypatch):
                     report_samples=0, progress=False)
     x = _features(3)
     ref = _one_by_one(q.decode_head, x)
+    float_ref = _one_by_one(model.decode_head.eval(), x)
     bound = 3 * _last_deconv_channel_bytes(model.decode_head)
     monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
     calls = DeconvCalls(monkeypatch)
     with torch.no_grad():
         out = q.decode_head(x)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert len(calls.out_bytes) > 4 and max(calls.out_bytes) <= bound
+    # the int8 layers round what the norms wrote, and the in-place norm's sums run in another order than
+    # torch's kernel: a few roundings flip (3e-4 here), far below int8's own error against the float head
+    # (5e-2), and the output is as faithful to the float head as the layers'
+    assert _rel_l2(out, ref) <= 0.02 * _rel_l2(ref, float_ref)
+    assert _rel_l2(out, float_ref) <= 1.01 * _rel_l2(ref, float_ref)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.999
 
 
 def test_hooked_layers_are_called_as_modules():
@@ -376,3 +382,16 @@ def test_dense_head_under_bf16_autocast_runs_by_rows_on_bf16_maps(task, monkeypa
     assert len(calls.shapes) >= sum(type(m) is nn.Conv2d for m in _dense_layers(head)) + 4
     assert _rel_l2(out, ref) <= 4e-3
     assert _rel_l2(out, full) <= 1.1 * _rel_l2(ref, full)
+
+
+def test_instance_norm_in_place_holds_on_a_map_far_from_zero():
+    """The in-place InstanceNorm centres the map before it measures its spread: on values of 1000 +/- 0.01
+    it is as exact as torch's kernel against float64 (a mean of squares minus the squared mean would
+    lose every digit there)."""
+    gen = torch.Generator().manual_seed(11)
+    x = 1000 + 0.01 * torch.randn(2, 3, 40, 30, generator=gen)
+    truth = F.instance_norm(x.double(), eps=1e-5)
+    torch_err = _rel_l2(F.instance_norm(x, eps=1e-5), truth)
+    y = x.clone()
+    assert lean_head.instance_norm_(y, 1e-5) is y
+    assert _rel_l2(y, truth) <= max(2 * torch_err, 1e-6)
