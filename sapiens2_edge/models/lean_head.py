@@ -24,6 +24,8 @@ the 1x1 convolutions as GEMMs, SiLU in place (the norms are torch's kernels ther
 The 0.4b seg head at 1024x768 (AVX-512 EPYC, 2 threads): peak over its input 1534 -> 489 MiB with the
 freed pages kept, 768 -> 456 MiB without; time 2.13 -> 2.28 s and 3.22 -> 3.12 s. The output differs
 from the layer-by-layer one by float rounding (rel L2 8.7e-7 at 0.4b seg: sums taken in another order).
+The 0.4b normal head at 1024x768 (AVX2 EPYC, 2 threads): peak over its input 1.3-2.1 GiB (it varies with
+the reused heap) -> 765 MiB, time 10.37 -> 10.22 s (benchmarks/results/quantize.md).
 """
 
 from __future__ import annotations
