@@ -25,27 +25,48 @@ def _features(seed=0):
     return torch.randn(*FEATURES, generator=torch.Generator().manual_seed(seed))
 
 
+def _layers(head: nn.Module) -> list[nn.Module]:
+    """A head's layers in the order its forward runs them (pose / seg, or a dense head's)."""
+    if hasattr(head, "deconv_layers"):
+        return [*head.deconv_layers, *head.conv_layers, getattr(head, head.final_name)]
+    return [*head.input_conv, *(m for b in head.upsample_blocks for m in b), *head.conv_layers,
+            getattr(head, head.final_name)]
+
+
 def _one_by_one(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The head's layers in turn with autograd on: torch's own layers, no lean path."""
     with torch.enable_grad():
-        for m in (*head.deconv_layers, *head.conv_layers, getattr(head, head.final_name)):
+        for m in _layers(head):
             x = m(x)
     return x.detach()
 
 
-class DeconvCalls:
-    """Output bytes of every conv_transpose2d call."""
+class Calls:
+    """Output shapes and bytes of every call of ``torch.nn.functional.<name>``."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, name: str):
+        self.shapes: list[tuple[int, ...]] = []
         self.out_bytes: list[int] = []
-        real = F.conv_transpose2d
+        real = getattr(F, name)
 
         def spy(*args, **kw):
             y = real(*args, **kw)
+            self.shapes.append(tuple(y.shape))
             self.out_bytes.append(y.numel() * y.element_size())
             return y
 
-        monkeypatch.setattr(torch.nn.functional, "conv_transpose2d", spy)
+        monkeypatch.setattr(torch.nn.functional, name, spy)
+
+    def max_bytes(self, itemsize: int = 4) -> int:
+        return max(itemsize * torch.Size(s).numel() for s in self.shapes)
+
+
+def deconv_calls(monkeypatch) -> Calls:
+    return Calls(monkeypatch, "conv_transpose2d")
+
+
+def conv_calls(monkeypatch) -> Calls:
+    return Calls(monkeypatch, "conv2d")
 
 
 def _last_deconv_channel_bytes(head) -> int:
@@ -61,7 +82,7 @@ def test_lean_path_is_the_layers_one_by_one_with_grouped_transposed_convolutions
     ref = _one_by_one(head, x)
     bound = 3 * _last_deconv_channel_bytes(head)  # groups of 3 channels in the last transposed convolution
     monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
-    calls = DeconvCalls(monkeypatch)
+    calls = deconv_calls(monkeypatch)
     before = x.clone()
     with torch.no_grad():
         out = head(x)
@@ -82,7 +103,7 @@ def test_int8_head_runs_grouped_too(monkeypatch):
     float_ref = _one_by_one(model.decode_head.eval(), x)
     bound = 3 * _last_deconv_channel_bytes(model.decode_head)
     monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
-    calls = DeconvCalls(monkeypatch)
+    calls = deconv_calls(monkeypatch)
     with torch.no_grad():
         out = q.decode_head(x)
     assert len(calls.out_bytes) > 4 and max(calls.out_bytes) <= bound
@@ -126,7 +147,7 @@ def test_traced_autocast_and_autograd_forwards_take_the_plain_layers(monkeypatch
     head = tiny_model("seg").decode_head.eval()
     x = _features(2)
     monkeypatch.setattr(lean_head, "GROUP_BYTES", 1)  # the lean path would split every transposed convolution
-    calls = DeconvCalls(monkeypatch)
+    calls = deconv_calls(monkeypatch)
     with torch.no_grad():
         graph = torch.jit.trace(head, x).inlined_graph
     kinds = [n.kind() for n in graph.nodes()]
@@ -162,7 +183,7 @@ def test_bf16_autocast_runs_the_lean_path_on_bf16_maps(task, monkeypatch):
             ref = head(x)
     bound = 3 * _last_deconv_channel_bytes(head) // 2  # 3 bf16 channels of the last transposed convolution
     monkeypatch.setattr(lean_head, "GROUP_BYTES", bound)
-    calls = DeconvCalls(monkeypatch)
+    calls = deconv_calls(monkeypatch)
     before = x.clone()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = head(x)
@@ -183,7 +204,7 @@ def test_bf16_autocast_with_a_hooked_or_int8_layer_takes_autocast_s_layers(monke
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), lean_head.layer_by_layer():
         ref = head(x)
     monkeypatch.setattr(lean_head, "GROUP_BYTES", 1)
-    calls = DeconvCalls(monkeypatch)
+    calls = deconv_calls(monkeypatch)
     seen = []
     handle = head.deconv_layers[1].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     try:
@@ -236,43 +257,13 @@ def test_a_norm_subclass_with_its_own_forward_is_called_and_half_precision_takes
     assert len(calls) == 4
     torch.testing.assert_close(out, _one_by_one(head, x), rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(lean_head, "GROUP_BYTES", 1)
-    deconvs = DeconvCalls(monkeypatch)
+    deconvs = deconv_calls(monkeypatch)
     with torch.no_grad():
         head.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert len(deconvs.out_bytes) == 4  # not grouped: low-precision heads run their layers as they are
 
 
 # --- the dense heads (normal / albedo / pointmap): convolutions by bands of rows -------------------
-
-class ConvCalls:
-    """Output shapes of every conv2d call."""
-
-    def __init__(self, monkeypatch):
-        self.shapes: list[tuple[int, ...]] = []
-        real = F.conv2d
-
-        def spy(*args, **kw):
-            y = real(*args, **kw)
-            self.shapes.append(tuple(y.shape))
-            return y
-
-        monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
-
-    def max_bytes(self, itemsize: int = 4) -> int:
-        return max(itemsize * torch.Size(s).numel() for s in self.shapes)
-
-
-def _dense_layers(head) -> list[nn.Module]:
-    return [*head.input_conv, *(m for b in head.upsample_blocks for m in b), *head.conv_layers,
-            getattr(head, head.final_name)]
-
-
-def _dense_one_by_one(head, x: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        for m in _dense_layers(head):
-            x = m(x)
-    return x.detach()
-
 
 def _dense_features(task: str, seed: int = 0) -> torch.Tensor:
     h, w = input_size(task)
@@ -287,21 +278,21 @@ def _dense_map(out):
 def test_dense_head_runs_its_convolutions_by_bands_of_rows(task, monkeypatch):
     head = tiny_model(task).decode_head.eval()
     x = _dense_features(task)
-    ref = _dense_one_by_one(head, x)
-    truth = _dense_one_by_one(copy.deepcopy(head).double(), x.double())  # the same layers in float64
+    ref = _one_by_one(head, x)
+    truth = _one_by_one(copy.deepcopy(head).double(), x.double())  # the same layers in float64
     n, _, h, w = x.shape
     last = head.upsample_blocks[-1][0]  # its unshuffled output: out_channels at the map's size before the shuffle
     unshuffled = n * last.out_channels * (h << len(head.upsample_blocks) - 1) * (w << len(head.upsample_blocks) - 1) * 4
     bound = unshuffled // 5
     monkeypatch.setattr(lean_head, "BAND_BYTES", bound)
-    calls = ConvCalls(monkeypatch)
+    calls = conv_calls(monkeypatch)
     before = x.clone()
     with torch.no_grad():
         out = head(x)
     assert torch.equal(x, before)
     assert _rel_l2(_dense_map(out), ref) <= 1e-5  # float32 rounding (sums and the RMS taken in another order)
     assert _rel_l2(_dense_map(out), truth) <= 1.1 * _rel_l2(ref, truth)  # no less exact than the layers
-    convs = sum(type(m) is nn.Conv2d for m in _dense_layers(head))
+    convs = sum(type(m) is nn.Conv2d for m in _layers(head))
     assert len(calls.shapes) >= convs + 4  # the later layers ran as several calls each
     assert calls.max_bytes() <= bound  # the unshuffled map (5x the bound) was never made whole
     if task == "pointmap":  # the scale branch is the plain layers'
@@ -320,7 +311,7 @@ def test_convolution_by_rows_reads_the_rows_either_side_and_zeros_past_the_edges
         ref = conv(x)
         conv12 = nn.Conv2d(3, 12, 3, padding=1)
         shuffled = F.pixel_shuffle(conv12(x), 2)
-        calls = ConvCalls(monkeypatch)
+        calls = conv_calls(monkeypatch)
         for rows in (1, 2, 4, 11):
             monkeypatch.setattr(lean_head, "BAND_BYTES", (rows + 4) * 2 * 8 * 6 * 4)  # bands of `rows`, read with 4 more
             calls.shapes.clear()
@@ -346,7 +337,7 @@ def test_a_hooked_pixel_shuffle_sees_the_whole_map(monkeypatch):
         handle.remove()
     (before, after), = seen
     assert before[1] == 4 * after[1] and after[2:] == (2 * before[2], 2 * before[3])
-    torch.testing.assert_close(out, _dense_one_by_one(head, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, _one_by_one(head, x), rtol=1e-5, atol=1e-5)
 
 
 def test_rms_norm_in_place_is_the_formula():
@@ -375,11 +366,11 @@ def test_dense_head_under_bf16_autocast_runs_by_rows_on_bf16_maps(task, monkeypa
         with torch.autocast("cpu", dtype=torch.bfloat16), lean_head.layer_by_layer():
             ref = head(x)
     monkeypatch.setattr(lean_head, "BAND_BYTES", 2 * 16 * 64 * 48 * 2)  # 2 rows' bytes of the last unit's bf16 output
-    calls = ConvCalls(monkeypatch)
+    calls = conv_calls(monkeypatch)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = head(x)
     assert out.dtype == ref.dtype and calls.max_bytes(2) <= 2 * 16 * 64 * 48 * 2
-    assert len(calls.shapes) >= sum(type(m) is nn.Conv2d for m in _dense_layers(head)) + 4
+    assert len(calls.shapes) >= sum(type(m) is nn.Conv2d for m in _layers(head)) + 4
     assert _rel_l2(out, ref) <= 4e-3
     assert _rel_l2(out, full) <= 1.1 * _rel_l2(ref, full)
 

@@ -10,26 +10,9 @@ from torch import nn
 from ..spec import PATCH_SIZE, check_task
 from .arch import HeadSpec, scale_grid_for
 from .backbone import EPS
-from .lean_head import (
-    bf16_autocast_on,
-    eager_cpu_inference,
-    instance_norm_,
-    rms_norm_channels_,
-    run_units,
-    run_units_bf16,
-)
+from .lean_head import instance_norm_, lean_forward, rms_norm_channels_
 
 INSTANCE_NORM_EPS = 1e-5
-
-
-def lean_forward(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
-    """``layers`` on ``x`` without the maps' transients (:mod:`.lean_head`) in eager CPU inference of
-    float32 maps or under bf16 autocast; None where the plain layers must run."""
-    if eager_cpu_inference(x) and x.dtype == torch.float32:
-        return run_units(layers, x)
-    if eager_cpu_inference(x, autocast=True) and bf16_autocast_on():
-        return run_units_bf16(layers, x)
-    return None
 
 
 class InstanceNorm(nn.Module):

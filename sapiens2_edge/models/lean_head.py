@@ -71,6 +71,21 @@ def bf16_autocast_on() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def lean_forward(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
+    """``layers`` on ``x`` without the maps' transients in eager CPU inference of float32 maps
+    (:func:`run_units`) or under bf16 autocast (:func:`run_units_bf16`); None where the plain layers must run."""
+    if eager_cpu_inference(x) and x.dtype == torch.float32:
+        return run_units(layers, x)
+    if eager_cpu_inference(x, autocast=True) and bf16_autocast_on():
+        return run_units_bf16(layers, x)
+    return None
+
+
+def _how_many(each: int, bound: int) -> int:
+    """How many parts of ``each`` bytes one call takes within ``bound`` bytes (at least one)."""
+    return max(1, bound // max(each, 1))
+
+
 def run_units_bf16(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
     """:func:`run_units` on bf16 maps, for a head under bf16 autocast: what autocast computes (bf16
     convolutions on bf16-rounded weights, bf16 maps) without the transients of its layers. None
@@ -95,7 +110,7 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     cout, k = weight.shape[1], weight.shape[2:]
     size = tuple((n - 1) * s - 2 * p + kk
                  for n, s, p, kk in zip(x.shape[2:], _pair(stride), _pair(padding), k, strict=True))
-    group = max(1, GROUP_BYTES // max(x.shape[0] * size[0] * size[1] * x.element_size(), 1))
+    group = _how_many(x.shape[0] * size[0] * size[1] * x.element_size(), GROUP_BYTES)
     weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)  # bf16 maps: bf16 weights
     if group >= cout:
         return F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding)
@@ -137,7 +152,7 @@ def conv2d_by_rows(x: torch.Tensor, conv: nn.Conv2d, shuffle: int = 1) -> torch.
     bias = None if conv.bias is None else conv.bias.to(x.dtype)
     ph, pw = conv.padding
     row_bytes = n * max(conv.out_channels, c) * w * x.element_size()
-    rows = max(1, BAND_BYTES // max(row_bytes, 1) - 2 * ph)
+    rows = max(1, _how_many(row_bytes, BAND_BYTES) - 2 * ph)
     if rows >= h:
         y = F.conv2d(x, weight, bias, padding=conv.padding)
         return F.pixel_shuffle(y, shuffle) if shuffle > 1 else y
@@ -171,7 +186,7 @@ def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
     1024x768 channel)."""
     n, c, h, w = x.shape
     out = x.new_zeros((n, c, 1, 1))
-    rows = max(1, BAND_BYTES // max(n * c * w * x.element_size(), 1))
+    rows = _how_many(n * c * w * x.element_size(), BAND_BYTES)
     for r in range(0, h, rows):
         out += x[:, :, r:r + rows].square().sum(dim=(2, 3), keepdim=True)
     return out
@@ -226,11 +241,8 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     (``forward_``) and SiLU write into a tensor an earlier layer made, never into ``x``."""
     source = x.untyped_storage().data_ptr()
     layers = list(layers)
-    skip = False
-    for i, m in enumerate(layers):
-        if skip:  # a PixelShuffle applied by the convolution before it
-            skip = False
-            continue
+    steps = iter(enumerate(layers))
+    for i, m in steps:
         own = x.untyped_storage().data_ptr() != source
         if _called_as_module(m):
             x = m(x)
@@ -240,7 +252,9 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
             x = pointwise_conv(x, m)
         elif _is_same_size_conv(m) and x.dim() == 4:
             shuffle = _shuffle_after(layers, i)
-            x, skip = conv2d_by_rows(x, m, shuffle), shuffle > 1
+            x = conv2d_by_rows(x, m, shuffle)
+            if shuffle > 1:
+                next(steps)  # the PixelShuffle, applied band by band
         elif own and (in_place := _in_place_form(m)) is not None:
             x = in_place(m, x)
         elif own and type(m) is nn.SiLU:
@@ -250,6 +264,6 @@ def run_units(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-__all__ = ["eager_cpu_inference", "bf16_autocast_on", "layer_by_layer", "conv_transpose2d", "pointwise_conv",
+__all__ = ["eager_cpu_inference", "bf16_autocast_on", "layer_by_layer", "lean_forward", "conv_transpose2d", "pointwise_conv",
            "conv2d_by_rows", "instance_norm_", "rms_norm_channels_", "run_units", "run_units_bf16", "GROUP_BYTES",
            "BAND_BYTES"]
