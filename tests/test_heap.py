@@ -201,7 +201,7 @@ def test_the_exports_reference_forward_runs_inside():
 def test_the_bench_baseline_is_plain_torch_outside_it(monkeypatch):
     """``sapiens2-edge bench`` compares against what a user's own torch code runs: glibc's default heap and
     the head's layers one by one (not the torch backend's lean head)."""
-    import sapiens2_edge.models.heads as heads
+    import sapiens2_edge.models.lean_head as lean_head
     from sapiens2_edge.bench import plain_torch
     from sapiens2_edge.models.lean_head import layer_by_layer
     from sapiens2_edge.runtime.torch_backend import TorchBackend
@@ -209,8 +209,8 @@ def test_the_bench_baseline_is_plain_torch_outside_it(monkeypatch):
     model = tiny_model("seg").eval()
     seen = _depth_seen_by(model)
     lean = []
-    run_units = heads.run_units
-    monkeypatch.setattr(heads, "run_units", lambda *a: lean.append(1) or run_units(*a))
+    run_units = lean_head.run_units
+    monkeypatch.setattr(lean_head, "run_units", lambda *a: lean.append(1) or run_units(*a))
     x = np.random.default_rng(0).normal(size=(1, 3, *INPUT)).astype(np.float32)
     base = plain_torch(model)(x)
     assert seen == [0] and lean == []
