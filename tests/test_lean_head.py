@@ -143,6 +143,37 @@ def test_hooked_layers_are_called_as_modules():
     torch.testing.assert_close(out, _one_by_one(head, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("task", ["seg", "normal"])
+def test_hooks_on_a_container_or_on_every_module_fire_as_in_the_plain_forward(task, monkeypatch):
+    head = tiny_model(task).decode_head.eval()
+    x = _features(2)
+    ref = _one_by_one(head, x)
+    container = head.conv_layers if task == "seg" else head.upsample_blocks[-1]
+    seen = []
+    handle = container.register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+    calls = conv_calls(monkeypatch)
+    try:
+        with torch.no_grad():
+            out = head(x)
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # the container was called, so the lean path did not run
+    if task == "seg":  # conv_layers' output is what the final 1x1 convolution reads
+        torch.testing.assert_close(getattr(head, head.final_name)(seen[0]), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert calls.shapes  # torch's own convolutions ran
+    names = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: names.append(type(m).__name__))
+    try:
+        with torch.no_grad():
+            again = head(x)
+    finally:
+        handle.remove()
+    layers = [type(m).__name__ for m in _layers(head)]
+    assert [n for n in names if n in set(layers)] == layers  # every layer was called, in order
+    torch.testing.assert_close(again, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_traced_autocast_and_autograd_forwards_take_the_plain_layers(monkeypatch):
     head = tiny_model("seg").decode_head.eval()
     x = _features(2)

@@ -79,7 +79,8 @@ class DeconvHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         final = getattr(self, self.final_name)
-        out = lean_forward([*self.deconv_layers, *self.conv_layers, final], x)
+        out = lean_forward([*self.deconv_layers, *self.conv_layers, final], x,
+                           containers=(self.deconv_layers, self.conv_layers))
         return out if out is not None else final(self.conv_layers(self.deconv_layers(x)))
 
 
@@ -109,7 +110,8 @@ class DenseHead(nn.Module):
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         out = lean_forward([*self.input_conv, *(m for b in self.upsample_blocks for m in b), *self.conv_layers,
-                            getattr(self, self.final_name)], x)
+                            getattr(self, self.final_name)], x,
+                           containers=(self.input_conv, *self.upsample_blocks, self.conv_layers))
         if out is not None:
             return out
         x = self.input_conv(x)

@@ -15,7 +15,9 @@ or autocast, not traced, compiled or exported: an exported graph keeps the plain
 - InstanceNorm, the albedo head's channel RMSNorm and SiLU write into their input (the tensor the layer
   before made).
 
-:func:`layer_by_layer` turns it off (the benchmarks' baseline: the official model's layers).
+:func:`layer_by_layer` turns it off (the benchmarks' baseline: the official model's layers), and so do
+hooks on a module holding the layers (a ``Sequential`` of units) or on every module: they fire only where
+each module is called. A hooked layer alone runs as its own call on the lean path.
 
 Under bf16 autocast (the torch backend's bf16 precision) the same path runs on bf16 maps
 (:func:`run_units_bf16`): the transposed convolutions by groups, the same-size convolutions by bands,
@@ -71,9 +73,13 @@ def bf16_autocast_on() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def lean_forward(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
+def lean_forward(layers: list[nn.Module], x: torch.Tensor, containers: Iterable[nn.Module] = ()) -> torch.Tensor | None:
     """``layers`` on ``x`` without the maps' transients in eager CPU inference of float32 maps
-    (:func:`run_units`) or under bf16 autocast (:func:`run_units_bf16`); None where the plain layers must run."""
+    (:func:`run_units`) or under bf16 autocast (:func:`run_units_bf16`); None where the plain layers must run:
+    also where one of ``containers`` (the modules that hold ``layers``) has hooks or a forward of its own,
+    or hooks are registered for every module, which only a call of each module fires."""
+    if any(_called_as_module(c) for c in containers) or _global_hooks():
+        return None
     if eager_cpu_inference(x) and x.dtype == torch.float32:
         return run_units(layers, x)
     if eager_cpu_inference(x, autocast=True) and bf16_autocast_on():
@@ -203,6 +209,12 @@ def rms_norm_channels_(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 def _called_as_module(m: nn.Module) -> bool:
     """Hooks, or a forward set on the instance: the layer runs as its own call."""
     return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (``torch.nn.modules.module.register_module_forward_hook``)."""
+    mod = torch.nn.modules.module
+    return bool(getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
 
 
 def _is_pointwise(m: nn.Module) -> bool:
