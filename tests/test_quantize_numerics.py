@@ -131,6 +131,9 @@ def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch, int8_dot)
 
     monkeypatch.setattr(torch, "_int_mm", counting)
     monkeypatch.setattr(nx, "_cpu_int8_dot", lambda: int8_dot)
+    real_float = nx.int8_matmul_float
+    float_calls = []
+    monkeypatch.setattr(nx, "int8_matmul_float", lambda a, w: float_calls.append(a.dtype) or real_float(a, w))
     g = torch.Generator().manual_seed(1)
     lin = torch.nn.Linear(64, 48)
     with torch.no_grad():
@@ -140,8 +143,10 @@ def test_quantlinear_int_mm_path_bit_exact_with_reference(monkeypatch, int8_dot)
         ql = QuantLinear.from_float(lin, cfg, prefix_tokens=9, input_scale=torch.tensor([0.02]))
         x = torch.randn(2, 20, 64, generator=g)
         calls.clear()
+        float_calls.clear()
         fast = ql(x)
         assert bool(calls) == int8_dot, "torch._int_mm ran where it should not, or did not run"
+        assert float_calls == ([] if int8_dot else [torch.float32])  # no int8 cast of the activation there
         ql.kernel = "reference"
         calls.clear()
         ref = ql(x)
@@ -184,6 +189,35 @@ def test_int8_matmul_fp32_falls_back_to_float64_when_float32_matmuls_round(monke
     assert torch.equal(nx.int8_matmul_fp32(a, w), (a.long() @ w.long().t()).int()) and not used
     monkeypatch.setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16")
     assert torch.equal(nx.int8_matmul_fp32(a, w), (a.long() @ w.long().t()).int()) and used
+
+
+@pytest.mark.parametrize("k", [1000, 8192])
+def test_int8_matmul_float_is_the_int32_products_rounded_once(k, monkeypatch):
+    a, w = _large_int8_operands(24, k, 40, seed=3)
+    exact = (a.long() @ w.long().t()).int()
+    out = nx.int8_matmul_float(a.float(), w)
+    assert out.dtype == torch.float32 and torch.equal(out, exact.float())
+    if k > nx.FP32_EXACT_K:  # past float32's integers: one rounding of the exact sum, not one per slice
+        assert exact.abs().max() > 2**26 and not torch.equal(exact.float().long().int(), exact)
+    monkeypatch.setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16")
+    assert torch.equal(nx.int8_matmul_float(a.float(), w), exact.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float32])
+def test_rescaling_by_blocks_of_rows_is_the_whole_product_of_scales(dtype, monkeypatch):
+    from sapiens2_edge.quantization import linear as qlinear
+
+    g = torch.Generator().manual_seed(4)
+    acc = torch.randint(-2**20, 2**20, (37, 24), generator=g, dtype=torch.int32)
+    s_a, s_w = torch.rand(37, 1, generator=g) / 100, torch.rand(1, 24, generator=g) / 100
+    ref = acc.float() * (s_a * s_w)
+    monkeypatch.setattr(qlinear, "_SCALE_BLOCK_FLOATS", 5 * 24)  # blocks of 5 rows, the last one short
+    out = qlinear._scaled(acc.clone().to(dtype), s_a, s_w)  # written into its argument's memory
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    one = torch.rand(1, 1, generator=g)
+    assert torch.equal(qlinear._scaled(acc.clone().to(dtype), one, s_w), acc.float() * (one * s_w))
+    # not the same as scaling by each factor in turn, which the blocks must not do
+    assert not torch.equal(acc.float() * s_a * s_w, ref)
 
 
 def test_quantlinear_w8a8_matches_hand_written_fake_quant():

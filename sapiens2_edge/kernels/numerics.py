@@ -217,12 +217,36 @@ def int8_matmul_fp32(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     round through bf16 or tf32."""
     if not _fp32_matmul_is_ieee():
         return int8_matmul_reference(a, w)
-    af, wf = a.float(), w.float()
+    return _sliced_products(a.float(), w.float())
+
+
+def _sliced_products(af: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+    """int32 ``af @ wf.T`` of int8 values held as float32, one float32 GEMM per K slice of
+    :data:`FP32_EXACT_K` (each exact), the slices added in int32."""
     acc = None
-    for s in range(0, a.shape[1], FP32_EXACT_K):
+    for s in range(0, af.shape[1], FP32_EXACT_K):
         part = (af[:, s:s + FP32_EXACT_K] @ wf[:, s:s + FP32_EXACT_K].t()).to(torch.int32)
         acc = part if acc is None else acc.add_(part)
     return acc
+
+
+def int8_products_in_fp32(x: torch.Tensor) -> bool:
+    """Whether int8 products of ``x`` run as float32 GEMMs (:func:`int8_matmul_float`): on a CPU without
+    int8 dot products, outside an export (whose program holds the int8 op)."""
+    return x.device.type == "cpu" and not _cpu_int8_dot() and not exporting()
+
+
+def int8_matmul_float(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``int8_matmul(values.to(int8), w).float()`` for float32 ``values`` (M, K) that are int8 integers
+    (a quantized activation before its cast) and int8 w (N, K), without the casts: for K up to
+    :data:`FP32_EXACT_K` one float32 GEMM is the exact integers already; longer K sums its slices in int32,
+    then rounds once to float32, as the int32 result's conversion does."""
+    if not _fp32_matmul_is_ieee():
+        return int8_matmul_reference(values.to(torch.int8), w).float()
+    wf = w.float()
+    if values.shape[1] <= FP32_EXACT_K:
+        return values @ wf.t()
+    return _sliced_products(values, wf).float()
 
 
 @functools.lru_cache(maxsize=1)
@@ -240,7 +264,7 @@ def int8_matmul(a: torch.Tensor, w: torch.Tensor, allow_int_mm: bool = True) -> 
     n = w.shape[0]
     if not allow_int_mm:
         return int8_matmul_reference(a, w)
-    if a.device.type == "cpu" and not _cpu_int8_dot() and not exporting():
+    if int8_products_in_fp32(a):
         return int8_matmul_fp32(a, w)
     if int_mm_supported(m, k, n):
         try:
@@ -268,5 +292,5 @@ def tensor_sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
 __all__ = [
     "INT8_MAX", "FP8_MAX", "FP8_DTYPE", "weight_scales", "quantize_int8", "to_e4m3", "quantize_fp8",
     "quantize_weight", "dequantize_weight", "pack_int4", "unpack_int4", "quantize_int4", "dequantize_int4", "token_scales", "activation_scales", "quantize_activation",
-    "int_mm_supported", "int8_matmul", "int8_matmul_reference", "sqnr_db", "tensor_sqnr_db",
+    "int_mm_supported", "int8_matmul", "int8_matmul_reference", "int8_matmul_float", "int8_products_in_fp32", "sqnr_db", "tensor_sqnr_db",
 ]

@@ -160,9 +160,12 @@ class QuantLinear(nn.Module):
         if act.dtype == "int8":
             # nx.quantize_int8 and acc.float() * s with in-place steps: the same values, without the
             # temporaries (at 3081 tokens each is tens of MB, and fresh pages cost more than the math)
-            q = torch.div(x2, s_a).round_().clamp_(-nx.INT8_MAX, nx.INT8_MAX).to(torch.int8)
-            acc = nx.int8_matmul(q, self.weight, allow_int_mm=fast)
-            y = torch.mul(acc, s_a * s_w, out=acc.view(torch.float32))  # int32 -> float32 in its own memory
+            values = torch.div(x2, s_a).round_().clamp_(-nx.INT8_MAX, nx.INT8_MAX)
+            if fast and nx.int8_products_in_fp32(values):  # float32 GEMMs: no casts to int8 and back
+                acc = nx.int8_matmul_float(values, self.weight)
+            else:
+                acc = nx.int8_matmul(values.to(torch.int8), self.weight, allow_int_mm=fast)
+            y = _scaled(acc, s_a, s_w)
         else:
             q = nx.quantize_activation(x2, s_a, act.dtype)
             if fast and x.is_cuda:
@@ -172,6 +175,23 @@ class QuantLinear(nn.Module):
         if self.bias is not None:
             y = y.add_(self.bias) if act.dtype == "int8" else y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+#: rows of an int8 product rescaled per call of :func:`_scaled` (its block of scales stays about 4 MiB)
+_SCALE_BLOCK_FLOATS = 1 << 20
+
+
+def _scaled(acc: torch.Tensor, s_a: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+    """``acc * (s_a * s_w)`` in float32 (the scales' product rounded first, as every runtime computes it),
+    written into ``acc``'s memory (int32 products turn into float32 there) block of rows by block: the
+    (M, N) product of the scales is never made whole (100 MB for a 0.4b FFN at 3081 tokens)."""
+    out = acc if acc.dtype == torch.float32 else acc.view(torch.float32)
+    rows = max(1, _SCALE_BLOCK_FLOATS // max(1, acc.shape[1]))
+    if s_a.shape[0] == 1:  # one scale for every row
+        return torch.mul(acc, s_a * s_w, out=out)
+    for r in range(0, acc.shape[0], rows):
+        torch.mul(acc[r:r + rows], s_a[r:r + rows] * s_w, out=out[r:r + rows])
+    return out
 
 
 def _scaled_mm_fp8(a: torch.Tensor, w: torch.Tensor, s_a: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor | None:
