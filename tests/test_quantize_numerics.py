@@ -220,6 +220,26 @@ def test_rescaling_by_blocks_of_rows_is_the_whole_product_of_scales(dtype, monke
     assert not torch.equal(acc.float() * s_a * s_w, ref)
 
 
+def test_an_exported_quantized_linear_rescales_in_one_multiplication(monkeypatch):
+    from sapiens2_edge.quantization import linear as qlinear
+
+    g = torch.Generator().manual_seed(5)
+    lin = torch.nn.Linear(64, 48)
+    ql = QuantLinear.from_float(lin, layer_config("int8", activation_mode="static"), prefix_tokens=2,
+                                input_scale=torch.tensor([0.02]))
+    x = torch.randn(1, 40, 64, generator=g)
+
+    def slices() -> int:
+        program = torch.export.export(ql, (x,))
+        return sum(n.op == "call_function" and "slice" in str(n.target) for n in program.graph.nodes)
+
+    whole = slices()
+    monkeypatch.setattr(qlinear, "_SCALE_BLOCK_FLOATS", 5 * 48)  # eager: 8 blocks of rows
+    assert slices() == whole
+    with torch.no_grad():
+        assert torch.equal(ql(x), torch.export.export(ql, (x,)).module()(x))
+
+
 def test_quantlinear_w8a8_matches_hand_written_fake_quant():
     g = torch.Generator().manual_seed(2)
     lin = torch.nn.Linear(32, 24)
