@@ -185,11 +185,12 @@ _SCALE_BLOCK_FLOATS = 1 << 20
 def _scaled(acc: torch.Tensor, s_a: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
     """``acc * (s_a * s_w)`` in float32 (the scales' product rounded first, as every runtime computes it),
     written into ``acc``'s memory (int32 products turn into float32 there) block of rows by block: the
-    (M, N) product of the scales is never made whole (100 MB for a 0.4b FFN at 3081 tokens). A traced or
-    compiled forward keeps one multiplication: the exported program's graph is not unrolled by rows."""
+    (M, N) product of the scales is never made whole on a CPU (100 MB for a 0.4b FFN at 3081 tokens). A
+    GPU's, and a traced or compiled forward, keep one multiplication (one kernel launch; the exported
+    program's graph is not unrolled by rows)."""
     out = acc if acc.dtype == torch.float32 else acc.view(torch.float32)
     rows = max(1, _SCALE_BLOCK_FLOATS // max(1, acc.shape[1]))
-    if s_a.shape[0] == 1 or exporting() or torch.compiler.is_compiling():
+    if s_a.shape[0] == 1 or acc.device.type != "cpu" or exporting() or torch.compiler.is_compiling():
         return torch.mul(acc, s_a * s_w, out=out)
     for r in range(0, acc.shape[0], rows):
         torch.mul(acc[r:r + rows], s_a[r:r + rows] * s_w, out=out[r:r + rows])
