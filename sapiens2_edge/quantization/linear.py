@@ -172,7 +172,7 @@ class QuantLinear(nn.Module):
             if fast and x.is_cuda:
                 y = _scaled_mm_fp8(q, self.weight, s_a, s_w)
             if y is None:
-                y = (q.float() @ self.weight.float().t()) * (s_a * s_w)
+                y = _scaled(q.float() @ self.weight.float().t(), s_a, s_w)
         if self.bias is not None:
             y = y.add_(self.bias) if act.dtype == "int8" else y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
