@@ -151,17 +151,20 @@ def test_hooks_on_a_container_or_on_every_module_fire_as_in_the_plain_forward(ta
     container = head.conv_layers if task == "seg" else head.upsample_blocks[-1]
     seen = []
     handle = container.register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+    monkeypatch.setattr(lean_head, "BAND_BYTES", 1)  # the lean path would run each 3x3 row by row
     calls = conv_calls(monkeypatch)
     try:
         with torch.no_grad():
             out = head(x)
     finally:
         handle.remove()
+    conv_calls_made = list(calls.shapes)
     assert len(seen) == 1  # the container was called, so the lean path did not run
     if task == "seg":  # conv_layers' output is what the final 1x1 convolution reads
         torch.testing.assert_close(getattr(head, head.final_name)(seen[0]), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert calls.shapes  # torch's own convolutions ran
+    # one convolution call per Conv2d: no bands, no 1x1 convolution as a GEMM
+    assert len(conv_calls_made) == sum(type(m) is nn.Conv2d for m in _layers(head)), conv_calls_made
     names = []
     handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: names.append(type(m).__name__))
     try:

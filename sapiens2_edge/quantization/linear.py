@@ -189,9 +189,9 @@ def _scaled(acc: torch.Tensor, s_a: torch.Tensor, s_w: torch.Tensor) -> torch.Te
     GPU's, and a traced or compiled forward, keep one multiplication (one kernel launch; the exported
     program's graph is not unrolled by rows)."""
     out = acc if acc.dtype == torch.float32 else acc.view(torch.float32)
-    rows = max(1, _SCALE_BLOCK_FLOATS // max(1, acc.shape[1]))
     if s_a.shape[0] == 1 or acc.device.type != "cpu" or exporting() or torch.compiler.is_compiling():
         return torch.mul(acc, s_a * s_w, out=out)
+    rows = max(1, _SCALE_BLOCK_FLOATS // max(1, acc.shape[1]))
     for r in range(0, acc.shape[0], rows):
         torch.mul(acc[r:r + rows], s_a[r:r + rows] * s_w, out=out[r:r + rows])
     return out
