@@ -92,6 +92,11 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
             throw UnsupportedError("S2E_NATIVE_FP32_GEMM=onednn: " + why);
         }
     }
+    const char* conv_env = std::getenv("S2E_NATIVE_CONV3X3");
+    conv3x3_ = conv_env && *conv_env ? conv_env : "auto";
+    if (conv3x3_ != "auto" && conv3x3_ != "winograd" && conv3x3_ != "direct")
+        throw UnsupportedError("S2E_NATIVE_CONV3X3='" + conv3x3_ + "' is not a convolution algorithm the engine has; "
+                               "expected 'auto', 'winograd' or 'direct'");
 #ifdef __GLIBC__
     // Activation buffers are tens of MB and change size layer to layer. A fixed 1 MB mmap threshold
     // (glibc otherwise raises it after the first free) returns each to the OS when freed, which

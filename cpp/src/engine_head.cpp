@@ -6,6 +6,7 @@
 #include "engine_workspace.hpp"
 #include "s2e/onednn.hpp"
 #include "s2e/ops.hpp"
+#include "s2e/winograd.hpp"
 
 namespace s2e {
 
@@ -35,6 +36,12 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
     C = c.cout;
     H = Ho;
     W = Wo;
+}
+
+int Engine::winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W) const {
+    if (conv3x3_ == "direct" || (conv3x3_ == "auto" && (cin < kWinogradChannels || cout < kWinogradChannels)))
+        return 0;
+    return ((H + 3) / 4) * ((W + 3) / 4) >= kWinograd4x4Tiles ? 4 : 2;
 }
 
 namespace {
@@ -141,6 +148,17 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
             const float* w_scale = int8_weights(c.w, c.cout, ws);
             onednn::conv3x3_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, b, c.cout, ws.u.data(),
                                spare_capacity(ws.u, out));
+        } else if (const int tile = kBf16 ? 0 : winograd_tile(C, c.cout, H, W)) {
+            // its work buffer (a chunk of transformed weights, a band's transformed maps) in ws.u's capacity
+            // past the output where it fits (kept maps: from the second run on), else in a buffer of its own
+            const float* w = layer_floats(c.w);
+            const int64_t nw = winograd::work_floats(C, c.cout, H, W, tile);
+            auto* work = static_cast<float*>(spare_capacity(ws.u, out).room(static_cast<size_t>(nw) * sizeof(float)));
+            if (!work) {
+                fit(ws.wino, static_cast<size_t>(nw));
+                work = ws.wino.data();
+            }
+            if constexpr (!kBf16) winograd::conv3x3(x.data(), C, H, W, w, b, c.cout, ws.u.data(), work, tile);
         } else {
             const float* w = layer_floats(c.w);
             onednn::conv3x3(x.data(), C, H, W, w, b, c.cout, ws.u.data(), spare_capacity(ws.u, out));

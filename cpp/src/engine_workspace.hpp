@@ -34,6 +34,8 @@ struct Engine::Workspace {
     std::vector<int8_t> q8, k8;  // int8 attention inputs: head-major q and k
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
+    // a Winograd convolution's work (see winograd::work_floats) where the head's output map has no room
+    Floats wino;
 
     // Gives back what only the backbone uses (the token rows, the attention's operands, the int8 and
     // bf16 copies) before the head, whose own buffers are u, a and cols: the head's peak is not raised
@@ -52,13 +54,14 @@ struct Engine::Workspace {
         std::vector<uint8_t>().swap(raw);
         std::vector<uint16_t>().swap(wb);
         std::vector<int8_t>().swap(w8);
+        Floats().swap(wino);
         onednn::release_thread_buffers();
     }
 
     // What the buffers hold, in bytes.
     size_t bytes() const {
-        size_t n = (u.capacity() + a.capacity() + wbuf.capacity()) * sizeof(float) + hb.capacity() * sizeof(uint16_t) +
-                   raw.capacity();
+        size_t n = (u.capacity() + a.capacity() + wbuf.capacity() + wino.capacity()) * sizeof(float) +
+                   hb.capacity() * sizeof(uint16_t) + raw.capacity();
         for (const auto* f : {&wbuf2, &pbuf, &cols, &att, &h, &q, &k, &v, &o, &qf, &kf, &vf, &xs, &wscale})
             n += f->capacity() * sizeof(float);
         for (const auto* b : {&wb, &xb, &qb, &kb, &vb}) n += b->capacity() * sizeof(uint16_t);

@@ -22,6 +22,8 @@ from ..errors import BackendUnavailableError, ConfigError
 from .base import batch_input, load_errors
 
 PRECISIONS = ("fp32", "bf16")
+#: tasks whose heads are 3x3 convolutions (the others' are transposed and 1x1 ones)
+DENSE_3X3_TASKS = ("normal", "pointmap", "albedo")
 
 
 def import_native():
@@ -137,12 +139,19 @@ class NativeBackend:
         elif self.precision == "bf16":
             gemm = f"bf16 GEMMs on {onednn_status()[2]}"
         elif self.engine.fp32_gemm == "oneDNN":
-            gemm = f"fp32 GEMMs on {onednn_status()[2]}"
+            gemm = f"fp32 GEMMs on {onednn_status()[2]}{self._winograd_note()}"
         else:
             gemm = "OpenBLAS fp32 GEMMs"
         why = f"; {self.reason}" if self.reason else ""
         return (f"native C++ engine ({self.engine.weight_format} weights, {gemm}, "
                 f"{self.threads} OpenMP threads{why}) on the CPU")
+
+    def _winograd_note(self) -> str:
+        """Where a float32 dense head's 3x3 convolutions run by Winograd (their GEMMs on oneDNN)."""
+        if self.engine.task not in DENSE_3X3_TASKS or self.engine.conv3x3_algorithm == "direct":
+            return ""
+        which = "all" if self.engine.conv3x3_algorithm == "winograd" else "the wide"
+        return f", {which} 3x3 convolutions by Winograd F(2x2, 3x3)"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.engine.run(batch_input(batch, self.max_batch))

@@ -1,0 +1,36 @@
+// Conv2d(3x3, stride 1, padding 1) by Winograd's minimal filtering F(m x m, 3 x 3), channels last, float32.
+//
+// Why: the dense heads (normal, pointmap, albedo) are 3x3 convolutions at up to full resolution, most of
+// those tasks' work (two thirds of a 0.1b normal forward at 512x384), and every runtime we measured runs
+// them as direct convolutions at the CPU's float32 roof. F(m x m, 3 x 3) computes each m x m block of
+// outputs from an (m + 2) x (m + 2) block of inputs: the products become (m + 2)^2 GEMMs of (tiles, cin) x
+// (cin, cout), 36 / 9 = 4x fewer multiply-adds than a direct convolution at m = 4 (2.25x at m = 2).
+// oneDNN has Winograd kernels only for AVX-512; these run their GEMMs on oneDNN's matmul on any CPU. The
+// transforms' constants (0, +-1, +-2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24 at m = 4) round differently from a
+// direct convolution's sums: the error stays of float32's order (measured in tests/test_winograd.cpp and
+// against the torch model in tests/test_native_winograd.py).
+#pragma once
+
+#include <cstdint>
+
+namespace s2e {
+namespace winograd {
+
+// Output channels [o0, o0 + n) of w (cout, cin, 3, 3) (a torch weight) into u ((m + 2)^2, cin, n): G g G^T
+// for every pair of channels. m is 2 or 4 (UnsupportedError otherwise), as below.
+void transform_weights(const float* w, int64_t cin, int64_t o0, int64_t n, float* u, int m = 4);
+
+// The floats of work conv3x3 needs for these sizes: one chunk of `chunk` output channels' transformed
+// weights (0: as many as fit 64 MB) and the transformed inputs and products of one band of `band_rows`
+// rows of m x m output tiles (0: as many as keep them near 16 MB, at least 256 tiles). Tests set both small
+// to cross chunk and band boundaries on small layers.
+int64_t work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m = 4, int64_t band_rows = 0,
+                    int64_t chunk = 0);
+
+// y (H, W, cout) = conv3x3(x (H, W, cin), w (cout, cin, 3, 3)) + b (b may be null), `work` of
+// work_floats(cin, cout, H, W, m, band_rows, chunk) floats. Needs oneDNN (onednn::available()).
+void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
+             float* y, float* work, int m = 4, int64_t band_rows = 0, int64_t chunk = 0);
+
+}  // namespace winograd
+}  // namespace s2e
