@@ -12,6 +12,8 @@ import torch
 
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, verification_inputs
+from sapiens2_edge.models.arch import ArchSpec, HeadSpec
+from sapiens2_edge.models.model import build_model
 from sapiens2_edge.runtime.native_backend import NativeBackend, onednn_status
 from tests.fixtures.compare import rel_l2
 from tests.fixtures.tiny import TINY, input_size, tiny_model
@@ -56,7 +58,8 @@ def test_winograd_matches_torch_and_differs_from_direct(dense, monkeypatch):
 
 
 def test_default_keeps_narrow_layers_direct(dense, monkeypatch):
-    """The tiny heads' channels are all below the engine's Winograd width (256): "auto" runs them direct."""
+    """The tiny heads' layers are all narrower than the engine's Winograd threshold (256 x 128 channel pairs):
+    "auto" runs them direct."""
     task, root, x, _ = dense
     _, direct = run(root, x, "direct", monkeypatch)
     backend, auto = run(root, x, "auto", monkeypatch)
@@ -64,6 +67,29 @@ def test_default_keeps_narrow_layers_direct(dense, monkeypatch):
     assert "the wide 3x3 convolutions by Winograd" in backend.describe()
     _, _ = run(root, x, "direct", monkeypatch)
     assert "Winograd" not in NativeBackend(root).describe()
+
+
+#: a backbone of width 256 and a normal head whose first layers are wide enough for the default's Winograd
+#: (256 x 128 channel pairs and more): input_conv 256 -> 256 and upsampling convolutions 256 -> 1024 and
+#: 256 -> 512 on maps of fewer than 128 4x4 tiles (2x2 tiles), 128 -> 512 on an 80x64 map (4x4 tiles); the
+#: 128 -> 64 one and the 16 -> 8 / 8 -> 8 ones direct
+WIDE = ArchSpec(256, 2, 4, (4, 4), 512, name="wide-head")
+WIDE_NORMAL = HeadSpec("normal", 256, 3, upsample=(256, 128, 128, 16), conv=(8, 8, 8), conv_kernel=3)
+WIDE_SIZE = (320, 256)
+
+
+def test_default_runs_the_wide_layers_by_winograd(tmp_path, monkeypatch):
+    model = build_model(WIDE, head=WIDE_NORMAL, seed=5)
+    root = export(model, tmp_path / "a", format="native", input_size=WIDE_SIZE, verify=False)
+    x = verification_inputs(WIDE_SIZE, batch=1, seed=9)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    outs = {a: run(root, x, a, monkeypatch)[1][0] for a in ("direct", "auto", "winograd")}
+    for algorithm, got in outs.items():
+        assert rel_l2(ref, got) <= FP32_TOL, (algorithm, rel_l2(ref, got))
+    # the wide layers ran by Winograd, and the narrow ones did not
+    assert not np.array_equal(outs["auto"], outs["direct"])
+    assert not np.array_equal(outs["auto"], outs["winograd"])
 
 
 def test_other_heads_do_not_mention_winograd(tmp_path, monkeypatch):

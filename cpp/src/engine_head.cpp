@@ -39,7 +39,7 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
 }
 
 int Engine::winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W) const {
-    if (conv3x3_ == "direct" || (conv3x3_ == "auto" && (cin < kWinogradChannels || cout < kWinogradChannels)))
+    if (conv3x3_ == "direct" || (conv3x3_ == "auto" && cin * cout < kWinogradChannelProduct))
         return 0;
     return ((H + 3) / 4) * ((W + 3) / 4) >= kWinograd4x4Tiles ? 4 : 2;
 }
