@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError
 from sapiens2_edge.exporters import export, verification_inputs
 from sapiens2_edge.models.arch import ArchSpec, HeadSpec
@@ -51,7 +52,7 @@ def test_winograd_matches_torch_and_differs_from_direct(dense, monkeypatch):
     for got, want in zip(wino, ref, strict=True):
         assert got.shape == want.shape and rel_l2(want, got) <= FP32_TOL, (task, rel_l2(want, got))
     assert not np.array_equal(wino[0], direct[0])  # rounded differently: the Winograd path ran
-    assert "all 3x3 convolutions by Winograd F(2x2, 3x3)" in backend.describe()
+    assert "all float32 3x3 convolutions by Winograd" in backend.describe()
     # a second and third run: the transformed weights and bands now in the kept maps' spare capacity
     for _ in range(2):
         np.testing.assert_array_equal(backend(x)[0], wino[0])
@@ -64,7 +65,7 @@ def test_default_keeps_narrow_layers_direct(dense, monkeypatch):
     _, direct = run(root, x, "direct", monkeypatch)
     backend, auto = run(root, x, "auto", monkeypatch)
     np.testing.assert_array_equal(auto[0], direct[0])
-    assert "the wide 3x3 convolutions by Winograd" in backend.describe()
+    assert "the wide float32 3x3 convolutions by Winograd" in backend.describe()
     _, _ = run(root, x, "direct", monkeypatch)
     assert "Winograd" not in NativeBackend(root).describe()
 
@@ -90,6 +91,25 @@ def test_default_runs_the_wide_layers_by_winograd(tmp_path, monkeypatch):
     # the wide layers ran by Winograd, and the narrow ones did not
     assert not np.array_equal(outs["auto"], outs["direct"])
     assert not np.array_equal(outs["auto"], outs["winograd"])
+
+
+def test_an_int8_artifacts_float_head_runs_by_winograd_too(tmp_path, monkeypatch):
+    """An int8 artifact keeps its head float (the default recipe): its wide 3x3 convolutions take the same
+    Winograd path, and the artifact stays as close to its torch QuantizedModel as with direct ones."""
+    model = build_model(WIDE, head=WIDE_NORMAL, seed=5)
+    calib = [torch.from_numpy(verification_inputs(WIDE_SIZE, batch=1, seed=s)) for s in range(20, 24)]
+    qmodel, _ = s2e.quantize(model, "int8", calibration=calib, input_size=WIDE_SIZE, activation_mode="static",
+                             progress=False)
+    root = export(qmodel, tmp_path / "a", format="native", input_size=WIDE_SIZE, verify=False)
+    x = verification_inputs(WIDE_SIZE, batch=1, seed=9)
+    with torch.inference_mode():
+        ref = qmodel(torch.from_numpy(x)).numpy()
+    backend, (auto,) = run(root, x, "auto", monkeypatch)
+    _, (direct,) = run(root, x, "direct", monkeypatch)
+    assert backend.engine.weight_format == "int8"
+    assert "the wide float32 3x3 convolutions by Winograd" in backend.describe()
+    assert not np.array_equal(auto, direct)
+    assert rel_l2(ref, auto) <= max(2 * rel_l2(ref, direct), FP32_TOL), (rel_l2(ref, auto), rel_l2(ref, direct))
 
 
 def test_other_heads_do_not_mention_winograd(tmp_path, monkeypatch):

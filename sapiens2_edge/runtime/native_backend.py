@@ -135,7 +135,7 @@ class NativeBackend:
     def describe(self) -> str:
         if self.engine.weight_format == "int8":
             floats = "bf16" if self.precision == "bf16" else "fp32"
-            gemm = f"int8 GEMMs on {onednn_status()[2]}, float parts in {floats}"
+            gemm = f"int8 GEMMs on {onednn_status()[2]}, float parts in {floats}{self._winograd_note()}"
         elif self.precision == "bf16":
             gemm = f"bf16 GEMMs on {onednn_status()[2]}"
         elif self.engine.fp32_gemm == "oneDNN":
@@ -147,11 +147,13 @@ class NativeBackend:
                 f"{self.threads} OpenMP threads{why}) on the CPU")
 
     def _winograd_note(self) -> str:
-        """Where a float32 dense head's 3x3 convolutions run by Winograd (their GEMMs on oneDNN)."""
-        if self.engine.task not in DENSE_3X3_TASKS or self.engine.conv3x3_algorithm == "direct":
+        """Where a dense head's float32 3x3 convolutions run by Winograd (their GEMMs on oneDNN): a float32
+        run on oneDNN; an int8 head's convolutions on int8 kernels stay direct."""
+        if (self.engine.task not in DENSE_3X3_TASKS or self.engine.conv3x3_algorithm == "direct"
+                or self.precision != "fp32" or self.engine.fp32_gemm != "oneDNN"):
             return ""
         which = "all" if self.engine.conv3x3_algorithm == "winograd" else "the wide"
-        return f", {which} 3x3 convolutions by Winograd F(2x2, 3x3)"
+        return f", {which} float32 3x3 convolutions by Winograd"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.engine.run(batch_input(batch, self.max_batch))
