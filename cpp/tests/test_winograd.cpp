@@ -124,17 +124,17 @@ S2E_TEST(matches_a_direct_convolution) {
 }
 
 // The work buffer: one chunk of transformed weights (a^2 x cin x chunk) and one band's transformed maps
-// (a^2 x tiles x (cin + chunk)); the chunk keeps a wide layer's transformed weights near 64 MB.
+// (a^2 x tiles x (cin + chunk)); the chunk keeps a wide layer's transformed weights near 16 MB.
 S2E_TEST(work_covers_a_chunk_and_a_band) {
     CHECK(wg::work_floats(8, 16, 10, 10, 2, 1) == 16 * 8 * 16 + 16 * 5 * (8 + 16));
     CHECK(wg::work_floats(8, 16, 10, 10, 4, 1) == 36 * 8 * 16 + 36 * 3 * (8 + 16));  // 3 tiles of 4 per row
     CHECK(wg::work_floats(8, 16, 10, 10, 4, 99) == wg::work_floats(8, 16, 10, 10, 4, 3));  // at most the map
     CHECK(wg::work_floats(8, 100, 10, 10, 2, 1, 32) == 16 * 8 * 32 + 16 * 5 * (8 + 32));
-    // 1024 -> 3072 channels at 64x48, m = 4: chunks of 448 channels (36 x 1024 x 448 floats: 66 MB), one
+    // 1024 -> 3072 channels at 64x48, m = 4: chunks of 112 channels (36 x 1024 x 112 floats: 16.5 MB), one
     // band of the map's 16 rows of 12 tiles (at least 256 tiles asked for: 21 rows)
-    CHECK(wg::work_floats(1024, 3072, 64, 48) == 36 * 1024 * 448 + 36 * 16 * 12 * (1024 + 448));
+    CHECK(wg::work_floats(1024, 3072, 64, 48) == 36 * 1024 * 112 + 36 * 16 * 12 * (1024 + 112));
     // at 256x192 (3072 tiles): bands of 256 tiles, 5 rows of 48
-    CHECK(wg::work_floats(1024, 3072, 256, 192) == 36 * 1024 * 448 + 36 * 5 * 48 * (1024 + 448));
+    CHECK(wg::work_floats(1024, 3072, 256, 192) == 36 * 1024 * 112 + 36 * 5 * 48 * (1024 + 112));
     EXPECT_THROW(wg::work_floats(8, 8, 8, 8, 6), s2e::UnsupportedError);
 }
 

@@ -21,7 +21,7 @@ namespace winograd {
 void transform_weights(const float* w, int64_t cin, int64_t o0, int64_t n, float* u, int m = 4);
 
 // The floats of work conv3x3 needs for these sizes: one chunk of `chunk` output channels' transformed
-// weights (0: as many as fit 64 MB) and the transformed inputs and products of one band of `band_rows`
+// weights (0: as many as fit 16 MB) and the transformed inputs and products of one band of `band_rows`
 // rows of m x m output tiles (0: as many as keep them near 16 MB, at least 256 tiles). Tests set both small
 // to cross chunk and band boundaries on small layers.
 int64_t work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m = 4, int64_t band_rows = 0,
