@@ -80,22 +80,45 @@ def calibration_views(image: np.ndarray, count: int = 8, seed: int = 0) -> list[
 #: (benchmarks/results/cpu_peers.md): ONNX Runtime int8 1.53 s, OpenVINO fp32 1.58 s (OpenVINO's
 #: defaults 1.57 s), ONNX Runtime fp32 1.83 s, OpenVINO int8 1.83 s, native fp32 1.84 s, native int8 1.96 s.
 AVX2_TIMES = "0.1b at 512x384: ONNX Runtime int8 1.53 s, OpenVINO fp32 1.58 s, OpenVINO int8 1.83 s"
+#: The dense tasks' heads are 3x3 convolutions (two thirds of a 0.1b normal forward), which the native
+#: engine runs by Winograd: on the same kind of CPU its fp32 artifact is the fastest of every runtime.
+AVX2_DENSE_TIMES = ("0.1b normal at 512x384: native fp32 2.77 s, ONNX Runtime int8 3.41 s, OpenVINO fp32 3.70 s, "
+                    "torch 4.45 s")
 
 
-def format_reason(format: str, int8_dot: tuple[bool, str] | None = None) -> tuple[str, str]:
+def native_winograd() -> bool:
+    """Whether the native engine runs here with oneDNN (its channels-last heads and Winograd convolutions)."""
+    from .errors import BackendUnavailableError
+    from .runtime.native_backend import onednn_status
+
+    try:
+        return onednn_status()[0]
+    except BackendUnavailableError:  # no extension built: no native artifact here
+        return False
+
+
+def format_reason(format: str, int8_dot: tuple[bool, str] | None = None, task: str = "seg",
+                  winograd: bool | None = None) -> tuple[str, str]:
     """(the artifact format the demo exports, why). ``auto``: OpenVINO IR where OpenVINO is installed
     and the CPU has int8 dot products (VNNI, AMX); on a CPU without them OpenVINO runs int8 layers as
     float GEMMs on decompressed weights while ONNX Runtime has exact AVX2 int8 kernels, so ONNX there
-    (and wherever OpenVINO is not installed). ``int8_dot``:
-    :func:`~sapiens2_edge.cpu_features.int8_dot_products` (read if None)."""
+    (and wherever OpenVINO is not installed), except for a dense task (normal, pointmap, albedo) where
+    the native engine runs on oneDNN: its Winograd 3x3 convolutions make its fp32 artifact the fastest
+    there. ``int8_dot``: :func:`~sapiens2_edge.cpu_features.int8_dot_products` (read if None);
+    ``winograd``: :func:`native_winograd` (read if None, and only for a dense task)."""
     import importlib.util
 
     from .cpu_features import int8_dot_products
+    from .runtime.native_backend import DENSE_3X3_TASKS
 
     if format != "auto":
         return format, "asked for"
     openvino, ort = (importlib.util.find_spec(p) is not None for p in ("openvino", "onnxruntime"))
     has, evidence = int8_dot if int8_dot is not None else int8_dot_products()
+    if not has and task in DENSE_3X3_TASKS and (winograd if winograd is not None else native_winograd()):
+        return "native", (f"auto: {evidence}, and a {task} head is 3x3 convolutions, which the native engine runs "
+                          f"by Winograd (4x fewer multiply-adds), so its fp32 artifact is the fastest here "
+                          f"({AVX2_DENSE_TIMES})")
     if openvino and (has or not ort):
         return "openvino", ("auto: OpenVINO is installed (its int8 kernels, on VNNI/AMX where the CPU has them; "
                             "bf16 float ops where the CPU has native bf16)")
@@ -105,7 +128,8 @@ def format_reason(format: str, int8_dot: tuple[bool, str] | None = None) -> tupl
     return "onnx", "auto: OpenVINO is not installed, ONNX Runtime runs ONNX"
 
 
-def scheme_reason(scheme: str, fmt: str, int8_dot: tuple[bool, str] | None = None) -> tuple[str, str]:
+def scheme_reason(scheme: str, fmt: str, int8_dot: tuple[bool, str] | None = None,
+                  task: str = "seg") -> tuple[str, str]:
     """(the scheme the demo quantizes with, why): ``auto`` is the fastest artifact of ``fmt`` for this
     machine that keeps the demo's fidelity. ONNX Runtime runs int8 faster than float on every x86 CPU
     kind; OpenVINO, the native engine and torch only where the CPU has int8 dot products (VNNI, AMX).
@@ -129,8 +153,11 @@ def scheme_reason(scheme: str, fmt: str, int8_dot: tuple[bool, str] | None = Non
     has, evidence = int8_dot if int8_dot is not None else int8_dot_products()
     if has:
         return "int8", f"auto: {evidence}, so int8 kernels make an int8 artifact the fastest here"
+    from .runtime.native_backend import DENSE_3X3_TASKS
+
+    times = AVX2_DENSE_TIMES if fmt == "native" and task in DENSE_3X3_TASKS else AVX2_TIMES
     return "fp32", (f"auto: {evidence} (no int8 dot products), so {fmt} computes int8 no faster than float here and "
-                    f"an fp32 artifact is its fastest ({AVX2_TIMES})")
+                    f"an fp32 artifact is its fastest ({times})")
 
 
 # --- the estimate ---------------------------------------------------------------------------------
@@ -203,8 +230,8 @@ def run_chain(task: str = "seg", size: str = "auto", checkpoint: str | None = No
     if bench_runs < 1:
         raise ConfigError(f"--runs must be at least 1 (the timed runs per bench row), got {bench_runs}")
     int8_dot = int8_dot_products()  # read once: every choice of this run follows the same answer
-    fmt, why = format_reason(format, int8_dot)
-    scheme, scheme_why = scheme_reason(scheme, fmt, int8_dot)
+    fmt, why = format_reason(format, int8_dot, task)
+    scheme, scheme_why = scheme_reason(scheme, fmt, int8_dot, task)
     check_scheme_format(scheme, fmt, static=scheme in CALIBRATED_SCHEMES)  # before minutes of quantizing
     require("torch", "the demo (it loads, quantizes and exports a torch model)", "export")
     from .tasks import load_image

@@ -251,6 +251,24 @@ def test_auto_format_is_the_runtime_with_int8_kernels_on_this_cpu(monkeypatch, i
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in installed else None)
     assert demo.format_reason("auto", cpu)[0] == fmt and demo.format_reason("auto", cpu)[1].startswith(why)
     assert demo.format_reason("native", cpu) == ("native", "asked for")
+    # the seg head has no 3x3 convolutions: Winograd changes nothing for it
+    assert demo.format_reason("auto", cpu, "seg", winograd=True)[0] == fmt
+
+
+@pytest.mark.parametrize("task", ["normal", "pointmap", "albedo"])
+def test_auto_format_of_a_dense_task_is_native_where_winograd_beats_int8_kernels(task):
+    """Without int8 dot products the native engine's Winograd 3x3 convolutions make its fp32 artifact the
+    fastest for the dense tasks (benchmarks/results/cpu_peers.md); with them, or without oneDNN for the
+    engine, the choice is the one above."""
+    fmt, why = demo.format_reason("auto", AVX2_ONLY, task, winograd=True)
+    assert fmt == "native" and why.startswith(f"auto: this CPU has no VNNI or AMX, and a {task} head is 3x3 "
+                                              "convolutions, which the native engine runs by Winograd")
+    assert "native fp32 2.77 s, ONNX Runtime int8 3.41 s" in why
+    scheme, why = demo.scheme_reason("auto", fmt, AVX2_ONLY, task)
+    assert scheme == "fp32" and why.endswith("an fp32 artifact is its fastest (0.1b normal at 512x384: native fp32 "
+                                             "2.77 s, ONNX Runtime int8 3.41 s, OpenVINO fp32 3.70 s, torch 4.45 s)")
+    assert demo.format_reason("auto", VNNI, task, winograd=True)[0] != "native"
+    assert demo.format_reason("auto", AVX2_ONLY, task, winograd=False)[0] != "native"
 
 
 @pytest.mark.parametrize("cpu", [VNNI, AVX2_ONLY], ids=["int8-dot", "avx2-only"])

@@ -45,7 +45,8 @@ struct Transforms<4> {
                                       {1.0f / 24, 1.0f / 12, 1.0f / 6},
                                       {1.0f / 24, -1.0f / 12, 1.0f / 6},
                                       {0, 0, 1}};
-    static constexpr float AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+    static constexpr float AT[4][6] = {
+        {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 };
 
 constexpr int kLanes = 16;  // channels transformed together (one AVX-512 register, two AVX2 ones)
@@ -115,7 +116,8 @@ S2E_CPU_CLONES void output_block(const float* m, int64_t ms, const float* b, int
                                  int64_t W, int64_t r0, int64_t c0, float* y) {
     using T = Transforms<M>;
     constexpr int A = T::kA;
-    const int rows = static_cast<int>(std::min<int64_t>(M, H - r0)), cols = static_cast<int>(std::min<int64_t>(M, W - c0));
+    const int rows = static_cast<int>(std::min<int64_t>(M, H - r0));
+    const int cols = static_cast<int>(std::min<int64_t>(M, W - c0));
     for (int64_t o = 0; o < n; o += kLanes) {
         const int64_t k = std::min<int64_t>(kLanes, n - o);
         float mm[A][A][kLanes] = {}, s[M][A][kLanes], out[kLanes];
@@ -156,12 +158,14 @@ S2E_CPU_CLONES void weight_block(const float* w, int64_t cin, int64_t o0, int64_
     for (int a = 0; a < A; ++a)  // G g
         for (int j = 0; j < 3; ++j)
 #pragma omp simd
-            for (int l = 0; l < kLanes; ++l) t[a][j][l] = T::G[a][0] * g[0][j][l] + T::G[a][1] * g[1][j][l] + T::G[a][2] * g[2][j][l];
+            for (int l = 0; l < kLanes; ++l)
+                t[a][j][l] = T::G[a][0] * g[0][j][l] + T::G[a][1] * g[1][j][l] + T::G[a][2] * g[2][j][l];
     const int64_t us = cin * un;
     for (int a = 0; a < A; ++a)  // (G g) G^T
         for (int e = 0; e < A; ++e) {
 #pragma omp simd
-            for (int l = 0; l < kLanes; ++l) out[l] = t[a][0][l] * T::G[e][0] + t[a][1][l] * T::G[e][1] + t[a][2][l] * T::G[e][2];
+            for (int l = 0; l < kLanes; ++l)
+                out[l] = t[a][0][l] * T::G[e][0] + t[a][1][l] * T::G[e][1] + t[a][2][l] * T::G[e][2];
             std::memcpy(u + (a * A + e) * us + i * un + c, out, static_cast<size_t>(n) * sizeof(float));
         }
 }

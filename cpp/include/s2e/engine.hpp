@@ -94,10 +94,10 @@ public:
     std::string fp32_gemm() const { return dnnl_f32_ ? "oneDNN" : "OpenBLAS"; }
     // How the float32 dense heads' 3x3 convolutions run: "auto" (Winograd where the product of the two
     // channel counts is at least kWinogradChannelProduct, where it measured faster; oneDNN's direct
-    // convolution for the narrow full-resolution layers), "winograd" (every one) or "direct" (none); from $S2E_NATIVE_CONV3X3, "auto"
-    // when unset. Winograd's tiles are 4x4 outputs on maps of at least kWinograd4x4Tiles of them, else 2x2
-    // (a small map's few tiles do not pay for the 4x4 tiles' larger transformed weights). bf16 and int8
-    // convolutions are always direct.
+    // convolution for the narrow full-resolution layers), "winograd" (every one) or "direct" (none); from
+    // $S2E_NATIVE_CONV3X3, "auto" when unset. Winograd's tiles are 4x4 outputs on maps of at least
+    // kWinograd4x4Tiles of them, else 2x2 (a small map's few tiles do not pay for the 4x4 tiles' larger
+    // transformed weights). bf16 and int8 convolutions are always direct.
     const std::string& conv3x3_algorithm() const { return conv3x3_; }
     static constexpr int64_t kWinogradChannelProduct = 256 * 128;
     static constexpr int64_t kWinograd4x4Tiles = 128;
