@@ -6,6 +6,7 @@
 #include <exception>
 #include <type_traits>
 
+#include "s2e/common.hpp"
 #include "s2e/onednn.hpp"
 #include "s2e/ops.hpp"
 
@@ -54,6 +55,7 @@ void for_each_block(int64_t tasks, int64_t rows, int64_t T, bool probs_bf16, Bod
     };
 #pragma omp parallel
     {
+        single_threaded_nested_regions();  // the body's oneDNN GEMMs: one thread each
         thread_local std::vector<float> att;
         thread_local std::vector<uint16_t> pb;
         thread_local std::vector<float> inv;

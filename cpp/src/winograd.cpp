@@ -15,10 +15,6 @@
 #include "s2e/common.hpp"
 #include "s2e/onednn.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace s2e {
 namespace winograd {
 
@@ -205,19 +201,14 @@ void conv_chunk(const float* x, int64_t cin, int64_t H, int64_t W, const float* 
     const float* bias = b ? b + o0 : nullptr;
     // one parallel region per band, its three steps split between the threads (tiles, then the a^2
     // GEMMs, each on one thread, then tiles): two barriers per band instead of a fork and join per GEMM.
-    // Each thread asks for one thread in the regions it opens: where nested parallelism is on (torch's
-    // bundled libgomp turns it on for the whole process), oneDNN would otherwise start a team per GEMM
-    // inside each thread, twice the cores. An exception may not leave a parallel region: the first a
-    // GEMM throws is kept and thrown after it.
+    // An exception may not leave a parallel region: the first a GEMM throws is kept and thrown after it.
     std::exception_ptr failed;
     for (int64_t r0 = 0; r0 < th; r0 += rows_per_band) {
         const int64_t rows = std::min(rows_per_band, th - r0), tiles = rows * tw;
         const int64_t vs = tiles * cin, ms = tiles * n;
 #pragma omp parallel
         {
-#ifdef _OPENMP
-            omp_set_num_threads(1);  // this thread's own setting, for the regions it opens (oneDNN's)
-#endif
+            single_threaded_nested_regions();  // the GEMMs below: one thread each
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < tiles; ++t) {
                 const int64_t ti = r0 + t / tw, tj = t % tw;

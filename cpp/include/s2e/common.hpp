@@ -15,6 +15,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace s2e {
 
@@ -92,6 +95,17 @@ struct InputSizeError : Error {
 struct InvalidTensorError : Error {
     using Error::Error;
 };
+
+// For a thread of an OpenMP region whose body calls oneDNN (which opens regions of its own): one thread
+// for the regions it opens. Where nested parallelism is on (torch's bundled libgomp turns it on for the
+// whole process: max-active-levels 2147483647 against the system libgomp's 1) oneDNN would otherwise start
+// a team per call inside each thread, twice the cores. Sets this thread's own setting only: the region's
+// caller keeps its own.
+inline void single_threaded_nested_regions() {
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+}
 
 // Function multiversioning for the engine's element-wise loops: GCC builds one copy per listed
 // instruction set and picks the widest this CPU has when the library loads (the extension itself is
