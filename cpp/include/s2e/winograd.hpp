@@ -4,10 +4,11 @@
 // those tasks' work (two thirds of a 0.1b normal forward at 512x384), and every runtime we measured runs
 // them as direct convolutions at the CPU's float32 roof. F(m x m, 3 x 3) computes each m x m block of
 // outputs from an (m + 2) x (m + 2) block of inputs: the products become (m + 2)^2 GEMMs of (tiles, cin) x
-// (cin, cout), 36 / 9 = 4x fewer multiply-adds than a direct convolution at m = 4 (2.25x at m = 2).
+// (cin, cout), (m + 2)^2 multiply-adds per m^2 outputs instead of 9 per output: 4x fewer at m = 4 (36 per
+// 16 outputs), 2.25x at m = 2.
 // oneDNN has Winograd kernels only for AVX-512; these run their GEMMs on oneDNN's matmul on any CPU. The
 // transforms' constants (0, +-1, +-2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24 at m = 4) round differently from a
-// direct convolution's sums: the error stays of float32's order (measured in tests/test_winograd.cpp and
+// direct convolution's sums: the error stays of float32's order (measured in cpp/tests/test_winograd.cpp and
 // against the torch model in tests/test_native_winograd.py).
 #pragma once
 
