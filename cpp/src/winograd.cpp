@@ -116,7 +116,8 @@ S2E_CPU_CLONES void output_block(const float* m, int64_t ms, const float* b, int
     const int cols = static_cast<int>(std::min<int64_t>(M, W - c0));
     for (int64_t o = 0; o < n; o += kLanes) {
         const int64_t k = std::min<int64_t>(kLanes, n - o);
-        float mm[A][A][kLanes] = {}, s[M][A][kLanes], out[kLanes];
+        float mm[A][A][kLanes], s[M][A][kLanes], out[kLanes];
+        if (k < kLanes) std::memset(mm, 0, sizeof(mm));  // a short last group: its unused lanes zero
         for (int i = 0; i < A; ++i)
             for (int j = 0; j < A; ++j) std::memcpy(mm[i][j], m + (i * A + j) * ms + o, static_cast<size_t>(k) * 4);
         for (int i = 0; i < M; ++i)  // A^T M
