@@ -1,8 +1,9 @@
-"""The native engine's dense heads with their 3x3 convolutions by Winograd F(2x2, 3x3) on oneDNN: each
-reproduces the torch float model as the direct convolutions do, differs from them (so Winograd ran), runs
-the same from run to run (the transformed weights and scratch in the kept maps' spare capacity), the
-default keeps the narrow layers of these tiny heads direct, the backend says what ran, and a bad choice
-is refused with a message."""
+"""The native engine's heads by Winograd on oneDNN: the dense heads' 3x3 convolutions (F(m x m, 3 x 3)) and
+the pose / seg heads' transposed convolutions (F(m x m, 2 x 2) on each output phase). Each reproduces the
+torch float model as the direct kernels do, differs from them (so Winograd ran), runs the same from run to
+run (the transformed weights and scratch in the kept maps' spare capacity), the default keeps the narrow
+layers of the tiny heads direct and takes the wide ones, the backend says what ran, and a bad choice is
+refused with a message."""
 
 from __future__ import annotations
 
@@ -111,12 +112,68 @@ def test_an_int8_artifacts_float_head_runs_by_winograd_too(tmp_path, monkeypatch
     assert rel_l2(ref, auto) <= max(2 * rel_l2(ref, direct), FP32_TOL), (rel_l2(ref, auto), rel_l2(ref, direct))
 
 
-def test_other_heads_do_not_mention_winograd(tmp_path, monkeypatch):
-    root = export(tiny_model("seg", TINY, seed=2), tmp_path / "a", format="native", input_size=SIZE, verify=False)
+@pytest.fixture(scope="module", params=["pose", "seg"])
+def deconv_head(request, tmp_path_factory):
+    task = request.param
+    model = tiny_model(task, TINY, seed=6)
+    root = export(model, tmp_path_factory.mktemp(task) / "a", format="native", input_size=SIZE, verify=False)
+    x = verification_inputs(SIZE, batch=1, seed=7)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    return task, root, x, ref
+
+
+def run_deconv(root, x, algorithm, monkeypatch):
     monkeypatch.setenv("S2E_NATIVE_FP32_GEMM", "onednn")
-    monkeypatch.delenv("S2E_NATIVE_CONV3X3", raising=False)
+    monkeypatch.setenv("S2E_NATIVE_DECONV", algorithm)
     backend = NativeBackend(root)
-    assert backend.engine.conv3x3_algorithm == "auto" and "Winograd" not in backend.describe()
+    assert backend.engine.deconv_algorithm == algorithm
+    return backend, backend(x)[0]
+
+
+def test_transposed_convolutions_by_winograd_match_torch(deconv_head, monkeypatch):
+    task, root, x, ref = deconv_head
+    _, direct = run_deconv(root, x, "direct", monkeypatch)
+    backend, wino = run_deconv(root, x, "winograd", monkeypatch)
+    assert wino.shape == ref.shape and rel_l2(ref, wino) <= FP32_TOL, (task, rel_l2(ref, wino))
+    assert not np.array_equal(wino, direct)
+    assert "all float32 transposed convolutions by Winograd" in backend.describe()
+    assert "3x3" not in backend.describe()
+    for _ in range(2):  # from the second run on in the kept maps' spare capacity: the same values
+        np.testing.assert_array_equal(backend(x)[0], wino)
+    # the tiny heads' transposed convolutions are narrower than the default's threshold: direct
+    auto_backend, auto = run_deconv(root, x, "auto", monkeypatch)
+    np.testing.assert_array_equal(auto, direct)
+    assert "the wide float32 transposed convolutions by Winograd" in auto_backend.describe()
+    assert "Winograd" not in run_deconv(root, x, "direct", monkeypatch)[0].describe()
+
+
+#: a backbone of width 512 and a seg head whose first transposed convolution (512 -> 256 channels, at the
+#: engine's threshold of 512 x 256 channel pairs) the default runs by Winograd, and the next (256 -> 64) not
+WIDE_SEG_ARCH = ArchSpec(512, 1, 8, (8,), 512, name="wide-seg")
+WIDE_SEG = HeadSpec("seg", 512, 29, deconv=(256, 64), conv=(16,), conv_kernel=1)
+
+
+def test_default_runs_the_wide_transposed_convolutions_by_winograd(tmp_path, monkeypatch):
+    model = build_model(WIDE_SEG_ARCH, head=WIDE_SEG, seed=3)
+    root = export(model, tmp_path / "a", format="native", input_size=SIZE, verify=False)
+    x = verification_inputs(SIZE, batch=1, seed=4)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    outs = {a: run_deconv(root, x, a, monkeypatch)[1] for a in ("direct", "auto", "winograd")}
+    for algorithm, got in outs.items():
+        assert rel_l2(ref, got) <= FP32_TOL, (algorithm, rel_l2(ref, got))
+    assert not np.array_equal(outs["auto"], outs["direct"])
+    assert not np.array_equal(outs["auto"], outs["winograd"])
+
+
+def test_dense_heads_do_not_mention_transposed_convolutions(tmp_path, monkeypatch):
+    root = export(tiny_model("normal", TINY, seed=2), tmp_path / "a", format="native", input_size=SIZE,
+                  verify=False)
+    monkeypatch.setenv("S2E_NATIVE_FP32_GEMM", "onednn")
+    monkeypatch.delenv("S2E_NATIVE_DECONV", raising=False)
+    description = NativeBackend(root).describe()
+    assert "3x3 convolutions by Winograd" in description and "transposed" not in description
 
 
 def test_unknown_algorithm_is_refused(tmp_path, monkeypatch):
@@ -125,4 +182,9 @@ def test_unknown_algorithm_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("S2E_NATIVE_CONV3X3", "fft")
     with pytest.raises(ConfigError, match="S2E_NATIVE_CONV3X3='fft' is not a convolution algorithm the engine "
                                           "has; expected 'auto', 'winograd' or 'direct'"):
+        NativeBackend(root)
+    monkeypatch.delenv("S2E_NATIVE_CONV3X3")
+    monkeypatch.setenv("S2E_NATIVE_DECONV", "gemm")
+    with pytest.raises(ConfigError, match="S2E_NATIVE_DECONV='gemm' is not a transposed convolution algorithm "
+                                          "the engine has; expected 'auto', 'winograd' or 'direct'"):
         NativeBackend(root)

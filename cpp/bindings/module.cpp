@@ -148,6 +148,8 @@ called from several threads at once.)doc")
         .def_property_readonly("fp32_gemm", &s2e::Engine::fp32_gemm)
         .def_property_readonly("conv3x3_algorithm", &s2e::Engine::conv3x3_algorithm,
                                "How float32 3x3 convolutions run on oneDNN: 'auto', 'winograd' or 'direct'.")
+        .def_property_readonly("deconv_algorithm", &s2e::Engine::deconv_algorithm,
+                               "How float32 transposed convolutions run on oneDNN: 'auto', 'winograd' or 'direct'.")
         .def_property_readonly("weights_path", &s2e::Engine::weights_path)
         .def_property_readonly("kept_bytes", &s2e::Engine::kept_bytes,
                                "Bytes kept for the next run (the last run's buffers, this thread's oneDNN buffers).");

@@ -68,6 +68,17 @@ std::pair<int64_t, int64_t> scale_grid(int64_t h, int64_t w, int64_t stride, siz
     }
     return {h, w};
 }
+
+// A head layer kind's algorithm from the environment variable `var`: "auto" when unset, else "auto",
+// "winograd" or "direct" (anything else refused, naming the variable)
+std::string algorithm_from_env(const char* var, const std::string& layer) {
+    const char* env = std::getenv(var);
+    const std::string v = env && *env ? env : "auto";
+    if (v != "auto" && v != "winograd" && v != "direct")
+        throw UnsupportedError(std::string(var) + "='" + v + "' is not a " + layer +
+                               " algorithm the engine has; expected 'auto', 'winograd' or 'direct'");
+    return v;
+}
 }  // namespace
 
 Engine::Engine(const std::string& path, const std::string& config_json, const std::string& precision) {
@@ -92,11 +103,8 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
             throw UnsupportedError("S2E_NATIVE_FP32_GEMM=onednn: " + why);
         }
     }
-    const char* conv_env = std::getenv("S2E_NATIVE_CONV3X3");
-    conv3x3_ = conv_env && *conv_env ? conv_env : "auto";
-    if (conv3x3_ != "auto" && conv3x3_ != "winograd" && conv3x3_ != "direct")
-        throw UnsupportedError("S2E_NATIVE_CONV3X3='" + conv3x3_ + "' is not a convolution algorithm the engine has; "
-                               "expected 'auto', 'winograd' or 'direct'");
+    conv3x3_ = algorithm_from_env("S2E_NATIVE_CONV3X3", "convolution");
+    deconv_algorithm_ = algorithm_from_env("S2E_NATIVE_DECONV", "transposed convolution");
 #ifdef __GLIBC__
     // Activation buffers are tens of MB and change size layer to layer. A fixed 1 MB mmap threshold
     // (glibc otherwise raises it after the first free) returns each to the OS when freed, which

@@ -38,8 +38,10 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
     W = Wo;
 }
 
-int Engine::winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W) const {
-    if (conv3x3_ == "direct" || (conv3x3_ == "auto" && cin * cout < kWinogradChannelProduct))
+int Engine::winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W, bool deconv) const {
+    const std::string& how = deconv ? deconv_algorithm_ : conv3x3_;
+    if (how == "direct" || (how == "auto" && cin * cout < (deconv ? kDeconvWinogradChannelProduct
+                                                                  : kWinogradChannelProduct)))
         return 0;
     return ((H + 3) / 4) * ((W + 3) / 4) >= kWinograd4x4Tiles ? 4 : 2;
 }
@@ -138,6 +140,15 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
         void* room = spare_capacity(x, static_cast<size_t>(C * HW)).room(bytes);
         return room ? floats_to(p, static_cast<float*>(room), ws) : floats(p, ws.wbuf, ws);
     };
+    // a Winograd layer's work buffer (a chunk of transformed weights, a band's transformed maps) of n floats:
+    // in ws.u's capacity past the layer's output (`out` values) where it fits (kept maps: from the second
+    // run on), else in a buffer of its own
+    auto winograd_work = [&](int64_t n, size_t out) -> float* {
+        if (void* room = spare_capacity(ws.u, out).room(static_cast<size_t>(n) * sizeof(float)))
+            return static_cast<float*>(room);
+        fit(ws.wino, static_cast<size_t>(n));
+        return ws.wino.data();
+    };
     // a 3x3 convolution (a dense head's) of x into ws.u (H*W, cout) float32, its bias added
     auto conv3x3 = [&](const ConvWeights& c) {
         const size_t out = static_cast<size_t>(c.cout * HW);
@@ -149,15 +160,8 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
             onednn::conv3x3_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, b, c.cout, ws.u.data(),
                                spare_capacity(ws.u, out));
         } else if (const int tile = kBf16 ? 0 : winograd_tile(C, c.cout, H, W)) {
-            // its work buffer (a chunk of transformed weights, a band's transformed maps) in ws.u's capacity
-            // past the output where it fits (kept maps: from the second run on), else in a buffer of its own
             const float* w = layer_floats(c.w);
-            const int64_t nw = winograd::work_floats(C, c.cout, H, W, tile);
-            auto* work = static_cast<float*>(spare_capacity(ws.u, out).room(static_cast<size_t>(nw) * sizeof(float)));
-            if (!work) {
-                fit(ws.wino, static_cast<size_t>(nw));
-                work = ws.wino.data();
-            }
+            float* work = winograd_work(winograd::work_floats(C, c.cout, H, W, tile), out);
             if constexpr (!kBf16) winograd::conv3x3(x.data(), C, H, W, w, b, c.cout, ws.u.data(), work, tile);
         } else {
             const float* w = layer_floats(c.w);
@@ -183,6 +187,10 @@ const Floats& Engine::channels_last_head(const float* feat, int64_t& C, int64_t&
                 const float* w_scale = int8_weights(dc.w, dc.cout, ws);
                 onednn::deconv4x4s2_s8(ws.x8.data(), xs, C, H, W, ws.w8.data(), w_scale, dc.cout, ws.u.data(),
                                        spare_capacity(ws.u, out));
+            } else if (const int tile = kBf16 ? 0 : winograd_tile(C, dc.cout, H, W, true)) {
+                const float* w = layer_floats(dc.w);
+                float* work = winograd_work(winograd::deconv_work_floats(C, dc.cout, H, W, tile), out);
+                if constexpr (!kBf16) winograd::deconv4x4s2(x.data(), C, H, W, w, dc.cout, ws.u.data(), work, tile);
             } else {
                 const float* w = layer_floats(dc.w);
                 onednn::deconv4x4s2(x.data(), C, H, W, w, dc.cout, ws.u.data(), spare_capacity(ws.u, out));

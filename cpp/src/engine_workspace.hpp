@@ -34,7 +34,8 @@ struct Engine::Workspace {
     std::vector<int8_t> q8, k8;  // int8 attention inputs: head-major q and k
     std::vector<float> xs;       // and the inputs' per-row scales
     std::vector<float> wscale;
-    // a Winograd convolution's work (see winograd::work_floats) where the head's output map has no room
+    // a Winograd layer's work (see winograd::work_floats, deconv_work_floats) where the head's output map has
+    // no room
     Floats wino;
 
     // Gives back what only the backbone uses (the token rows, the attention's operands, the int8 and

@@ -1,7 +1,7 @@
-// Winograd convolutions F(m x m, 3 x 3) for the dense heads (see s2e/winograd.hpp for why).
+// Winograd convolutions F(m x m, r x r) for the heads (see s2e/winograd.hpp for why).
 //
-// Notation (Lavin and Gray's): for an a x a block d of input (a = m + 2) and a 3x3 filter g, the m x m
-// block of output is A^T [(G g G^T) . (B^T d B)] A. Summed over input channels, the elementwise product
+// Notation (Lavin and Gray's): for an a x a block d of input (a = m + r - 1) and an r x r filter g, the
+// m x m block of output is A^T [(G g G^T) . (B^T d B)] A. Summed over input channels, the elementwise product
 // at each of the a^2 positions xi of the transformed block is a GEMM: M_xi (tiles, cout) = V_xi (tiles,
 // cin) . U_xi (cin, cout). The map is worked through in bands of tile rows and the output channels in
 // chunks, so that neither the transformed maps nor the transformed weights grow with the layer.
@@ -20,19 +20,20 @@ namespace winograd {
 
 namespace {
 
-// The transforms of F(m x m, 3 x 3), interpolation points 0, 1, -1 (m = 2) and 0, 1, -1, 2, -2 (m = 4).
-template <int M>
+// The transforms of F(m x m, r x r) (a = m + r - 1), interpolation points 0, 1, -1 (F(2, 3)), 0, 1, -1, 2, -2
+// (F(4, 3)), 0, -1 (F(2, 2)) and 0, 1, -1, 2 (F(4, 2)), each with the point at infinity.
+template <int M, int R>
 struct Transforms;
 template <>
-struct Transforms<2> {
-    static constexpr int kA = 4;
+struct Transforms<2, 3> {
+    static constexpr int kM = 2, kR = 3, kA = 4;
     static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
     static constexpr float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
     static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
 };
 template <>
-struct Transforms<4> {
-    static constexpr int kA = 6;
+struct Transforms<4, 3> {
+    static constexpr int kM = 4, kR = 3, kA = 6;
     static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
                                        {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
     static constexpr float G[6][3] = {{1.0f / 4, 0, 0},
@@ -43,6 +44,37 @@ struct Transforms<4> {
                                       {0, 0, 1}};
     static constexpr float AT[4][6] = {
         {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+template <>
+struct Transforms<2, 2> {
+    static constexpr int kM = 2, kR = 2, kA = 3;
+    static constexpr float BT[3][3] = {{1, 1, 0}, {0, 1, 0}, {0, 1, 1}};
+    static constexpr float G[3][2] = {{1, 0}, {-1, 1}, {0, 1}};
+    static constexpr float AT[2][3] = {{1, 1, 0}, {0, -1, 1}};
+};
+template <>
+struct Transforms<4, 2> {
+    static constexpr int kM = 4, kR = 2, kA = 5;
+    static constexpr float BT[5][5] = {
+        {2, -1, -2, 1, 0}, {0, -2, -1, 1, 0}, {0, 2, -3, 1, 0}, {0, -1, 0, 1, 0}, {0, 2, -1, -2, 1}};
+    static constexpr float G[5][2] = {
+        {1.0f / 2, 0}, {-1.0f / 2, -1.0f / 2}, {-1.0f / 6, 1.0f / 6}, {1.0f / 6, 1.0f / 3}, {0, 1}};
+    static constexpr float AT[4][5] = {{1, 1, 1, 1, 0}, {0, 1, -1, 2, 0}, {0, 1, 1, 4, 0}, {0, 1, -1, 8, 1}};
+};
+
+// One output phase of a layer: a correlation of the input with an r x r filter whose tile (ti, tj) of m x m
+// outputs reads the a x a input block at (m ti + oy, m tj + ox) and writes output (r, c) of channel o to
+// y[r * row_step + c * col_step + o]; tap (p, q) of output channel o and input channel i is
+// w[o * o_step + i * i_step + tap[p][q]]. A 3x3 convolution is one phase; a transposed convolution of
+// stride 2 is four, one per parity of the output's row and column, each a 2x2 correlation of the input.
+template <int R>
+struct Phase {
+    const float* w;
+    int64_t o_step, i_step;
+    int tap[R][R];
+    int64_t oy, ox;
+    float* y;
+    int64_t row_step, col_step;
 };
 
 constexpr int kLanes = 16;  // channels transformed together (one AVX-512 register, two AVX2 ones)
@@ -60,10 +92,9 @@ constexpr int64_t kChunkFloats = int64_t{1} << 22;
 
 // The a x a block of input at (r0, c0) (top-left, may lie outside the map: zeros there), channels [0, cin),
 // transformed to B^T d B and written to v[xi * vs + c].
-template <int M>
+template <class T>
 S2E_CPU_CLONES void input_block(const float* x, int64_t cin, int64_t H, int64_t W, int64_t r0, int64_t c0, float* v,
                                 int64_t vs) {
-    using T = Transforms<M>;
     constexpr int A = T::kA;
     const float* px[A][A];
     for (int i = 0; i < A; ++i)
@@ -105,18 +136,17 @@ S2E_CPU_CLONES void input_block(const float* x, int64_t cin, int64_t H, int64_t 
     }
 }
 
-// The m x m output block at (r0, c0) of n channels from the products m[xi * ms + o], bias added, into y
-// (pixels ldy floats apart); rows / columns past the map are not written.
-template <int M>
-S2E_CPU_CLONES void output_block(const float* m, int64_t ms, const float* b, int64_t n, int64_t ldy, int64_t H,
-                                 int64_t W, int64_t r0, int64_t c0, float* y) {
-    using T = Transforms<M>;
-    constexpr int A = T::kA;
+// The m x m output block at (r0, c0) of n channels from the products m[xi * ms + o], bias added, to `out`
+// from its channel 0 on; rows / columns past the H x W grid are not written.
+template <class T>
+S2E_CPU_CLONES void output_block(const float* m, int64_t ms, const float* b, int64_t n, const Phase<T::kR>& out,
+                                 int64_t H, int64_t W, int64_t r0, int64_t c0) {
+    constexpr int A = T::kA, M = T::kM;
     const int rows = static_cast<int>(std::min<int64_t>(M, H - r0));
     const int cols = static_cast<int>(std::min<int64_t>(M, W - c0));
     for (int64_t o = 0; o < n; o += kLanes) {
         const int64_t k = std::min<int64_t>(kLanes, n - o);
-        float mm[A][A][kLanes], s[M][A][kLanes], out[kLanes];
+        float mm[A][A][kLanes], s[M][A][kLanes], res[kLanes];
         if (k < kLanes) std::memset(mm, 0, sizeof(mm));  // a short last group: its unused lanes zero
         for (int i = 0; i < A; ++i)
             for (int j = 0; j < A; ++j) std::memcpy(mm[i][j], m + (i * A + j) * ms + o, static_cast<size_t>(k) * 4);
@@ -134,40 +164,47 @@ S2E_CPU_CLONES void output_block(const float* m, int64_t ms, const float* b, int
                 for (int l = 0; l < kLanes; ++l) {
                     float acc = 0.0f;
                     for (int q = 0; q < A; ++q) acc += s[i][q][l] * T::AT[j][q];
-                    out[l] = acc;
+                    res[l] = acc;
                 }
-                float* yp = y + ((r0 + i) * W + c0 + j) * ldy + o;
-                for (int64_t l = 0; l < k; ++l) yp[l] = out[l] + (b ? b[o + l] : 0.0f);
+                float* yp = out.y + (r0 + i) * out.row_step + (c0 + j) * out.col_step + o;
+                for (int64_t l = 0; l < k; ++l) yp[l] = res[l] + (b ? b[o + l] : 0.0f);
             }
     }
 }
 
-// G g G^T for output channels [o0, o0 + n) (n <= kLanes) of input channel i, into u (a^2, cin, un) at
-// column c
-template <int M>
-S2E_CPU_CLONES void weight_block(const float* w, int64_t cin, int64_t o0, int64_t n, int64_t i, float* u, int64_t un,
-                                 int64_t c) {
-    using T = Transforms<M>;
-    constexpr int A = T::kA;
-    float g[3][3][kLanes] = {}, t[A][3][kLanes], out[kLanes];
+// G g G^T of the phase's filter for output channels [o0, o0 + n) (n <= kLanes) and input channel i, into
+// u (a^2, cin, un) at column c
+template <class T>
+S2E_CPU_CLONES void weight_block(const Phase<T::kR>& ph, int64_t cin, int64_t o0, int64_t n, int64_t i, float* u,
+                                 int64_t un, int64_t c) {
+    constexpr int A = T::kA, R = T::kR;
+    float g[R][R][kLanes] = {}, t[A][R][kLanes], res[kLanes];
     for (int64_t k = 0; k < n; ++k)
-        for (int j = 0; j < 9; ++j) g[j / 3][j % 3][k] = w[((o0 + k) * cin + i) * 9 + j];
+        for (int p = 0; p < R; ++p)
+            for (int q = 0; q < R; ++q) g[p][q][k] = ph.w[(o0 + k) * ph.o_step + i * ph.i_step + ph.tap[p][q]];
     for (int a = 0; a < A; ++a)  // G g
-        for (int j = 0; j < 3; ++j)
+        for (int j = 0; j < R; ++j)
 #pragma omp simd
-            for (int l = 0; l < kLanes; ++l)
-                t[a][j][l] = T::G[a][0] * g[0][j][l] + T::G[a][1] * g[1][j][l] + T::G[a][2] * g[2][j][l];
+            for (int l = 0; l < kLanes; ++l) {
+                float acc = 0.0f;
+                for (int p = 0; p < R; ++p) acc += T::G[a][p] * g[p][j][l];
+                t[a][j][l] = acc;
+            }
     const int64_t us = cin * un;
     for (int a = 0; a < A; ++a)  // (G g) G^T
         for (int e = 0; e < A; ++e) {
 #pragma omp simd
-            for (int l = 0; l < kLanes; ++l)
-                out[l] = t[a][0][l] * T::G[e][0] + t[a][1][l] * T::G[e][1] + t[a][2][l] * T::G[e][2];
-            std::memcpy(u + (a * A + e) * us + i * un + c, out, static_cast<size_t>(n) * sizeof(float));
+            for (int l = 0; l < kLanes; ++l) {
+                float acc = 0.0f;
+                for (int q = 0; q < R; ++q) acc += t[a][q][l] * T::G[e][q];
+                res[l] = acc;
+            }
+            std::memcpy(u + (a * A + e) * us + i * un + c, res, static_cast<size_t>(n) * sizeof(float));
         }
 }
 
-int64_t positions(int m) { return (m + 2) * (m + 2); }
+// The transformed positions of an F(m x m, r x r) phase: a x a
+int64_t positions(int m, int r) { return (m + r - 1) * (m + r - 1); }
 
 void check_tile(int m) {
     if (m != 2 && m != 4) throw UnsupportedError("Winograd tiles are 2x2 or 4x4 outputs, not " + std::to_string(m));
@@ -175,111 +212,180 @@ void check_tile(int m) {
 
 // Output channels per chunk (`asked` when positive): the chunk's transformed weights (a^2 x cin x chunk
 // floats) stay near kChunkFloats (a multiple of 16 channels, at least 16).
-int64_t chunk_channels(int m, int64_t cin, int64_t cout, int64_t asked) {
+int64_t chunk_channels(int64_t pos, int64_t cin, int64_t cout, int64_t asked) {
     if (asked > 0) return std::min(cout, asked);
-    const int64_t n = std::max<int64_t>(16, kChunkFloats / (positions(m) * cin) / 16 * 16);
+    const int64_t n = std::max<int64_t>(16, kChunkFloats / (pos * cin) / 16 * 16);
     return std::min(cout, n);
 }
 
-// Rows of output tiles per band (`asked` when positive, else from kBandFloats), at most the map's.
-int64_t band_rows(int m, int64_t cin, int64_t n, int64_t H, int64_t W, int64_t asked) {
+// Rows of output tiles per band (`asked` when positive, else from kBandFloats), at most the grid's.
+int64_t band_rows(int m, int64_t pos, int64_t cin, int64_t n, int64_t H, int64_t W, int64_t asked) {
     const int64_t th = (H + m - 1) / m, tw = (W + m - 1) / m;
     if (asked > 0) return std::min(th, asked);
-    const int64_t tiles = std::max(kMinBandTiles, kBandFloats / (positions(m) * (cin + n)));
+    const int64_t tiles = std::max(kMinBandTiles, kBandFloats / (pos * (cin + n)));
     return std::max<int64_t>(1, std::min(th, tiles / tw));
 }
 
-// The output channels [o0, o0 + n) of the convolution, u the chunk's transformed weights (a^2, cin, n).
-template <int M>
-void conv_chunk(const float* x, int64_t cin, int64_t H, int64_t W, const float* u, const float* b, int64_t cout,
-                int64_t o0, int64_t n, float* y, float* scratch, int64_t asked_rows) {
-    constexpr int64_t kXi = Transforms<M>::kA * Transforms<M>::kA;
+// The work floats of a layer: one chunk of one phase's transformed weights and one band's maps (the
+// phases run one after the other)
+int64_t layer_work(int m, int r, int64_t cin, int64_t cout, int64_t H, int64_t W, int64_t asked_rows,
+                   int64_t asked_chunk) {
+    check_tile(m);
+    const int64_t pos = positions(m, r), n = chunk_channels(pos, cin, cout, asked_chunk);
+    return pos * (cin * n + band_rows(m, pos, cin, n, H, W, asked_rows) * ((W + m - 1) / m) * (cin + n));
+}
+
+// The transformed weights of output channels [o0, o0 + n) of one phase into u (a^2, cin, n), split between
+// the threads of the enclosing parallel region, in blocks of 16 output channels of one input channel (one
+// 64-byte line of each of u's a^2 planes), in the order that reads the weights in theirs: a convolution's
+// (cout, cin, r, r) a block at a time through its input channels; a transposed convolution's
+// (cin, cout, 4, 4) an input channel at a time, which also writes each plane's rows in order.
+template <class T>
+void transform_chunk(const Phase<T::kR>& ph, int64_t cin, int64_t o0, int64_t n, float* u) {
+    const int64_t blocks = (n + kLanes - 1) / kLanes;
+    const bool input_major = ph.i_step > ph.o_step;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < blocks * cin; ++k) {
+        const int64_t i = input_major ? k / blocks : k % cin, c = (input_major ? k % blocks : k / cin) * kLanes;
+        weight_block<T>(ph, cin, o0 + c, std::min<int64_t>(kLanes, n - c), i, u, n, c);
+    }
+}
+
+// One phase of a layer on an H x W grid of outputs, in bands of tile rows. A band's input is transformed
+// once; the band then goes through the output channels in chunks, each chunk's weights transformed for it
+// (a^2 x cin x n values against the band's a^2 x tiles x cin x n multiply-adds). Chunks outside bands
+// instead would transform the input once per chunk: as much work for as many chunks as bands, and the
+// heads' widest layers have a few bands and many chunks.
+template <class T>
+void run_phase(const float* x, int64_t cin, int64_t H, int64_t W, const Phase<T::kR>& ph, const float* b,
+               int64_t cout, int64_t chunk, float* work, int64_t asked_rows) {
+    constexpr int M = T::kM;
+    constexpr int64_t kXi = T::kA * T::kA;
     const int64_t th = (H + M - 1) / M, tw = (W + M - 1) / M;
-    const int64_t rows_per_band = band_rows(M, cin, n, H, W, asked_rows);
-    float* v = scratch;                             // (a^2, tiles, cin)
+    const int64_t rows_per_band = band_rows(M, kXi, cin, chunk, H, W, asked_rows);
+    float* u = work;                                // (a^2, cin, n)
+    float* v = u + kXi * cin * chunk;               // (a^2, tiles, cin)
     float* m = v + kXi * rows_per_band * tw * cin;  // (a^2, tiles, n)
-    const int64_t us = cin * n;
-    const float* bias = b ? b + o0 : nullptr;
-    // one parallel region per band, its three steps split between the threads (tiles, then the a^2
-    // GEMMs, each on one thread, then tiles): two barriers per band instead of a fork and join per GEMM.
-    // An exception may not leave a parallel region: the first a GEMM throws is kept and thrown after it.
+    // one parallel region per band, its steps split between the threads (tiles; for each chunk its weights,
+    // the a^2 GEMMs, each on one thread, and tiles): barriers between the steps instead of a fork and join
+    // per GEMM. An exception may not leave a parallel region: the first a GEMM throws is kept and thrown
+    // after it.
     std::exception_ptr failed;
     for (int64_t r0 = 0; r0 < th; r0 += rows_per_band) {
-        const int64_t rows = std::min(rows_per_band, th - r0), tiles = rows * tw;
-        const int64_t vs = tiles * cin, ms = tiles * n;
+        const int64_t rows = std::min(rows_per_band, th - r0), tiles = rows * tw, vs = tiles * cin;
 #pragma omp parallel
         {
             single_threaded_nested_regions();  // the GEMMs below: one thread each
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < tiles; ++t) {
                 const int64_t ti = r0 + t / tw, tj = t % tw;
-                input_block<M>(x, cin, H, W, M * ti - 1, M * tj - 1, v + t * cin, vs);
+                input_block<T>(x, cin, H, W, M * ti + ph.oy, M * tj + ph.ox, v + t * cin, vs);
             }
+            for (int64_t o0 = 0; o0 < cout; o0 += chunk) {
+                const int64_t n = std::min(chunk, cout - o0), us = cin * n, ms = tiles * n;
+                transform_chunk<T>(ph, cin, o0, n, u);
 #pragma omp for schedule(static)
-            for (int64_t xi = 0; xi < kXi; ++xi) {
-                try {
-                    onednn::matmul_f32(tiles, cin, n, v + xi * vs, cin, 1, u + xi * us, n, 1, m + xi * ms, n, 1.0f);
-                } catch (...) {
+                for (int64_t xi = 0; xi < kXi; ++xi) {
+                    try {
+                        onednn::matmul_f32(tiles, cin, n, v + xi * vs, cin, 1, u + xi * us, n, 1, m + xi * ms, n,
+                                           1.0f);
+                    } catch (...) {
 #pragma omp critical(s2e_winograd_failed)
-                    if (!failed) failed = std::current_exception();
+                        if (!failed) failed = std::current_exception();
+                    }
                 }
-            }
+                Phase<T::kR> out = ph;
+                out.y += o0;
+                const float* bias = b ? b + o0 : nullptr;
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < tiles; ++t) {
-                const int64_t ti = r0 + t / tw, tj = t % tw;
-                output_block<M>(m + t * n, ms, bias, n, cout, H, W, M * ti, M * tj, y + o0);
+                for (int64_t t = 0; t < tiles; ++t) {
+                    const int64_t ti = r0 + t / tw, tj = t % tw;
+                    output_block<T>(m + t * n, ms, bias, n, out, H, W, M * ti, M * tj);
+                }
             }
         }
         if (failed) std::rethrow_exception(failed);
     }
 }
 
-template <int M>
-void transform_chunk(const float* w, int64_t cin, int64_t o0, int64_t n, float* u) {
-    // blocks of 16 output channels: each input channel's values of a block fill one 64-byte line of each
-    // of u's a^2 planes
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < n; c += kLanes)
-        for (int64_t i = 0; i < cin; ++i)
-            weight_block<M>(w, cin, o0 + c, std::min<int64_t>(kLanes, n - c), i, u, n, c);
+// A layer of np phases (each writing its own outputs), one after the other
+template <class T>
+void run_layer(const float* x, int64_t cin, int64_t H, int64_t W, const Phase<T::kR>* phases, int np, const float* b,
+               int64_t cout, float* work, int64_t asked_rows, int64_t asked_chunk) {
+    if (!onednn::available()) throw UnsupportedError("Winograd convolutions need oneDNN: " + onednn::load());
+    const int64_t chunk = chunk_channels(positions(T::kM, T::kR), cin, cout, asked_chunk);
+    for (int p = 0; p < np; ++p) run_phase<T>(x, cin, H, W, phases[p], b, cout, chunk, work, asked_rows);
 }
 
-template <int M>
-void conv(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout, float* y,
-          float* work, int64_t band_rows_asked, int64_t chunk_asked) {
-    const int64_t chunk = chunk_channels(M, cin, cout, chunk_asked);
-    float* u = work;
-    float* scratch = work + positions(M) * cin * chunk;
-    for (int64_t o0 = 0; o0 < cout; o0 += chunk) {
-        const int64_t n = std::min(chunk, cout - o0);
-        transform_chunk<M>(w, cin, o0, n, u);
-        conv_chunk<M>(x, cin, H, W, u, b, cout, o0, n, y, scratch, band_rows_asked);
-    }
+// The one phase of a 3x3 convolution with padding 1: w (cout, cin, 3, 3), y (H, W, cout)
+Phase<3> conv_phase(const float* w, int64_t cin, int64_t cout, int64_t W, float* y) {
+    return {w, cin * 9, 9, {{0, 1, 2}, {3, 4, 5}, {6, 7, 8}}, -1, -1, y, W * cout, cout};
+}
+
+// The four phases of ConvTranspose2d(4, stride 2, padding 1): w (cin, cout, 4, 4), y (2H, 2W, cout).
+// Output row 2j + py is sum over t of x[j + py - 1 + t] w[3 - py - 2t] (columns alike): phase (py, px)
+// correlates the input at offset (py - 1, px - 1) with taps [3 - py - 2p][3 - px - 2q], and writes every
+// second row and column from (py, px).
+void deconv_phases(const float* w, int64_t cout, int64_t W, float* y, Phase<2> (&ph)[4]) {
+    for (int py = 0; py < 2; ++py)
+        for (int px = 0; px < 2; ++px) {
+            Phase<2>& p = ph[py * 2 + px];
+            p.w = w;
+            p.o_step = 16;
+            p.i_step = cout * 16;
+            for (int a = 0; a < 2; ++a)
+                for (int c = 0; c < 2; ++c) p.tap[a][c] = (3 - py - 2 * a) * 4 + (3 - px - 2 * c);
+            p.oy = py - 1;
+            p.ox = px - 1;
+            p.y = y + (py * 2 * W + px) * cout;
+            p.row_step = 4 * W * cout;
+            p.col_step = 2 * cout;
+        }
 }
 
 }  // namespace
 
 void transform_weights(const float* w, int64_t cin, int64_t o0, int64_t n, float* u, int m) {
     check_tile(m);
-    if (m == 2) transform_chunk<2>(w, cin, o0, n, u); else transform_chunk<4>(w, cin, o0, n, u);
+    const Phase<3> ph = conv_phase(w, cin, 0, 0, nullptr);
+#pragma omp parallel
+    {
+        if (m == 2) transform_chunk<Transforms<2, 3>>(ph, cin, o0, n, u);
+        else transform_chunk<Transforms<4, 3>>(ph, cin, o0, n, u);
+    }
 }
 
 int64_t work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m, int64_t band_rows_asked,
                     int64_t chunk_asked) {
-    check_tile(m);
-    const int64_t n = chunk_channels(m, cin, cout, chunk_asked);
-    return positions(m) * (cin * n + band_rows(m, cin, n, H, W, band_rows_asked) * ((W + m - 1) / m) * (cin + n));
+    return layer_work(m, 3, cin, cout, H, W, band_rows_asked, chunk_asked);
 }
 
 void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
              float* y, float* work, int m, int64_t band_rows_asked, int64_t chunk_asked) {
     check_tile(m);
     if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
-    if (!onednn::available()) throw UnsupportedError("Winograd convolutions need oneDNN: " + onednn::load());
+    const Phase<3> ph = conv_phase(w, cin, cout, W, y);
     if (m == 2)
-        conv<2>(x, cin, H, W, w, b, cout, y, work, band_rows_asked, chunk_asked);
+        run_layer<Transforms<2, 3>>(x, cin, H, W, &ph, 1, b, cout, work, band_rows_asked, chunk_asked);
     else
-        conv<4>(x, cin, H, W, w, b, cout, y, work, band_rows_asked, chunk_asked);
+        run_layer<Transforms<4, 3>>(x, cin, H, W, &ph, 1, b, cout, work, band_rows_asked, chunk_asked);
+}
+
+int64_t deconv_work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m, int64_t band_rows_asked,
+                           int64_t chunk_asked) {
+    return layer_work(m, 2, cin, cout, H, W, band_rows_asked, chunk_asked);
+}
+
+void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                 float* work, int m, int64_t band_rows_asked, int64_t chunk_asked) {
+    check_tile(m);
+    if (cin == 0 || cout == 0 || H == 0 || W == 0) return;
+    Phase<2> ph[4];
+    deconv_phases(w, cout, W, y, ph);
+    if (m == 2)
+        run_layer<Transforms<2, 2>>(x, cin, H, W, ph, 4, nullptr, cout, work, band_rows_asked, chunk_asked);
+    else
+        run_layer<Transforms<4, 2>>(x, cin, H, W, ph, 4, nullptr, cout, work, band_rows_asked, chunk_asked);
 }
 
 }  // namespace winograd

@@ -24,6 +24,7 @@ from .base import batch_input, load_errors
 PRECISIONS = ("fp32", "bf16")
 #: tasks whose heads are 3x3 convolutions (the others' are transposed and 1x1 ones)
 DENSE_3X3_TASKS = ("normal", "pointmap", "albedo")
+DECONV_TASKS = ("pose", "seg")  # heads of transposed convolutions
 
 
 def import_native():
@@ -147,13 +148,20 @@ class NativeBackend:
                 f"{self.threads} OpenMP threads{why}) on the CPU")
 
     def _winograd_note(self) -> str:
-        """Where a dense head's float32 3x3 convolutions run by Winograd (their GEMMs on oneDNN): a float32
-        run on oneDNN; an int8 head's convolutions on int8 kernels stay direct."""
-        if (self.engine.task not in DENSE_3X3_TASKS or self.engine.conv3x3_algorithm == "direct"
-                or self.precision != "fp32" or self.engine.fp32_gemm != "oneDNN"):
+        """Where a head's float32 3x3 convolutions (dense tasks) or transposed convolutions (pose, seg) run by
+        Winograd (their GEMMs on oneDNN): a float32 run on oneDNN; layers on int8 kernels stay direct."""
+        if self.precision != "fp32" or self.engine.fp32_gemm != "oneDNN":
             return ""
-        which = "all" if self.engine.conv3x3_algorithm == "winograd" else "the wide"
-        return f", {which} float32 3x3 convolutions by Winograd"
+        if self.engine.task in DENSE_3X3_TASKS:
+            algorithm, layers = self.engine.conv3x3_algorithm, "3x3 convolutions"
+        elif self.engine.task in DECONV_TASKS:
+            algorithm, layers = self.engine.deconv_algorithm, "transposed convolutions"
+        else:
+            return ""
+        if algorithm == "direct":
+            return ""
+        which = "all" if algorithm == "winograd" else "the wide"
+        return f", {which} float32 {layers} by Winograd"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.engine.run(batch_input(batch, self.max_batch))

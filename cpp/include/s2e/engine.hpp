@@ -101,6 +101,12 @@ public:
     const std::string& conv3x3_algorithm() const { return conv3x3_; }
     static constexpr int64_t kWinogradChannelProduct = 256 * 128;
     static constexpr int64_t kWinograd4x4Tiles = 128;
+    // How the float32 pose / seg heads' transposed convolutions run, the same way: "auto" (Winograd on each
+    // of the four output phases where the channel product is at least kDeconvWinogradChannelProduct),
+    // "winograd" or "direct"; from $S2E_NATIVE_DECONV. 4x4 tiles per phase on maps of at least
+    // kWinograd4x4Tiles of them, else 2x2.
+    const std::string& deconv_algorithm() const { return deconv_algorithm_; }
+    static constexpr int64_t kDeconvWinogradChannelProduct = 512 * 256;
 
 private:
     struct Workspace;
@@ -168,10 +174,11 @@ private:
     std::string precision_ = "fp32";
     bool bf16_ = false;
     bool dnnl_f32_ = false;
-    std::string conv3x3_ = "auto";
-    // The Winograd tile (2 or 4) a float32 3x3 convolution from cin to cout channels on an H x W map runs
-    // with, or 0 where it runs direct (see conv3x3_algorithm).
-    int winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W) const;
+    std::string conv3x3_ = "auto", deconv_algorithm_ = "auto";
+    // The Winograd tile (2 or 4) a float32 3x3 convolution (a transposed convolution: `deconv`) from cin to
+    // cout channels on an H x W map runs with, or 0 where it runs direct (see conv3x3_algorithm,
+    // deconv_algorithm).
+    int winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W, bool deconv = false) const;
     // Layers with int8 activations, from the file's sapiens2_edge.native_activations metadata:
     // name -> (static, prefix tokens).
     std::map<std::string, std::pair<bool, int64_t>> act_layers_;

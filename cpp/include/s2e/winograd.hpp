@@ -1,4 +1,5 @@
-// Conv2d(3x3, stride 1, padding 1) by Winograd's minimal filtering F(m x m, 3 x 3), channels last, float32.
+// Conv2d(3x3, stride 1, padding 1) by Winograd's minimal filtering F(m x m, 3 x 3), and ConvTranspose2d(4x4,
+// stride 2, padding 1) by F(m x m, 2 x 2) on each of its four output phases; channels last, float32.
 //
 // Why: the dense heads (normal, pointmap, albedo) are 3x3 convolutions at up to full resolution, most of
 // those tasks' work (two thirds of a 0.1b normal forward at 512x384), and every runtime we measured runs
@@ -10,6 +11,10 @@
 // transforms' constants (0, +-1, +-2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24 at m = 4) round differently from a
 // direct convolution's sums: the error stays of float32's order (measured in cpp/tests/test_winograd.cpp and
 // against the torch model in tests/test_native_winograd.py).
+// The transposed convolutions of the pose and seg heads: each output row 2j + p (p = 0, 1) sums two input
+// rows with two of the four kernel rows, so every parity (p, q) of the output's rows and columns is a 2x2
+// correlation of the input, and F(m x m, 2 x 2) computes its m x m blocks from (m + 1)^2 products: 25 per
+// 16 outputs at m = 4 instead of 64 (2.56x fewer), 9 per 4 at m = 2 (1.78x).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +37,16 @@ int64_t work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m = 4, 
 // work_floats(cin, cout, H, W, m, band_rows, chunk) floats. Needs oneDNN (onednn::available()).
 void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
              float* y, float* work, int m = 4, int64_t band_rows = 0, int64_t chunk = 0);
+
+// The floats of work deconv4x4s2 needs: as work_floats, for the four phases together.
+int64_t deconv_work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m = 4, int64_t band_rows = 0,
+                           int64_t chunk = 0);
+
+// y (2H, 2W, cout) = conv_transpose2d(x (H, W, cin), w (cin, cout, 4, 4), stride 2, padding 1) (no bias),
+// `work` of deconv_work_floats(cin, cout, H, W, m, band_rows, chunk) floats; m (2 or 4) is the side of each
+// phase's tiles (an m x m tile of a phase is 2m x 2m outputs of the layer, every second one). Needs oneDNN.
+void deconv4x4s2(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, int64_t cout, float* y,
+                 float* work, int m = 4, int64_t band_rows = 0, int64_t chunk = 0);
 
 }  // namespace winograd
 }  // namespace s2e
