@@ -148,14 +148,13 @@ def test_transposed_convolutions_by_winograd_match_torch(deconv_head, monkeypatc
     assert "Winograd" not in run_deconv(root, x, "direct", monkeypatch)[0].describe()
 
 
-#: a backbone of width 512 and a seg head whose first transposed convolution (512 -> 256 channels, at the
-#: engine's threshold of 512 x 256 channel pairs) the default runs by Winograd, and the next (256 -> 64) not
-WIDE_SEG_ARCH = ArchSpec(512, 1, 8, (8,), 512, name="wide-seg")
-WIDE_SEG = HeadSpec("seg", 512, 29, deconv=(256, 64), conv=(16,), conv_kernel=1)
+#: the width-256 backbone and a seg head whose first transposed convolution (256 -> 128 channels, at the
+#: engine's threshold of 256 x 128 channel pairs) the default runs by Winograd, and the next (128 -> 32) not
+WIDE_SEG = HeadSpec("seg", 256, 29, deconv=(128, 32), conv=(16,), conv_kernel=1)
 
 
 def test_default_runs_the_wide_transposed_convolutions_by_winograd(tmp_path, monkeypatch):
-    model = build_model(WIDE_SEG_ARCH, head=WIDE_SEG, seed=3)
+    model = build_model(WIDE, head=WIDE_SEG, seed=3)
     root = export(model, tmp_path / "a", format="native", input_size=SIZE, verify=False)
     x = verification_inputs(SIZE, batch=1, seed=4)
     with torch.inference_mode():

@@ -102,11 +102,12 @@ public:
     static constexpr int64_t kWinogradChannelProduct = 256 * 128;
     static constexpr int64_t kWinograd4x4Tiles = 128;
     // How the float32 pose / seg heads' transposed convolutions run, the same way: "auto" (Winograd on each
-    // of the four output phases where the channel product is at least kDeconvWinogradChannelProduct),
-    // "winograd" or "direct"; from $S2E_NATIVE_DECONV. 4x4 tiles per phase on maps of at least
-    // kWinograd4x4Tiles of them, else 2x2.
+    // of the four output phases where the channel product is at least kWinogradChannelProduct: measured
+    // faster from 256 -> 128 channels up, slower at 128 -> 64), "winograd" or "direct"; from
+    // $S2E_NATIVE_DECONV. 4x4 tiles per phase on maps of at least kDeconvWinograd4x4Tiles of them (measured
+    // faster than 2x2 ones down to the 48 of a 0.1b seg head's first layer at 512x384), else 2x2.
     const std::string& deconv_algorithm() const { return deconv_algorithm_; }
-    static constexpr int64_t kDeconvWinogradChannelProduct = 512 * 256;
+    static constexpr int64_t kDeconvWinograd4x4Tiles = 48;
 
 private:
     struct Workspace;
