@@ -24,7 +24,8 @@ from .base import batch_input, load_errors
 PRECISIONS = ("fp32", "bf16")
 #: tasks whose heads are 3x3 convolutions (the others' are transposed and 1x1 ones)
 DENSE_3X3_TASKS = ("normal", "pointmap", "albedo")
-DECONV_TASKS = ("pose", "seg")  # heads of transposed convolutions
+#: tasks whose heads are transposed convolutions (then 1x1 ones)
+DECONV_TASKS = ("pose", "seg")
 
 
 def import_native():

@@ -38,7 +38,7 @@ int64_t work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m = 4, 
 void conv3x3(const float* x, int64_t cin, int64_t H, int64_t W, const float* w, const float* b, int64_t cout,
              float* y, float* work, int m = 4, int64_t band_rows = 0, int64_t chunk = 0);
 
-// The floats of work deconv4x4s2 needs: as work_floats, for the four phases together.
+// The floats of work deconv4x4s2 needs: as work_floats, for one phase (the four run one after the other).
 int64_t deconv_work_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int m = 4, int64_t band_rows = 0,
                            int64_t chunk = 0);
 
