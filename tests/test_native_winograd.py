@@ -79,20 +79,6 @@ WIDE_NORMAL = HeadSpec("normal", 256, 3, upsample=(256, 128, 128, 16), conv=(8, 
 WIDE_SIZE = (320, 256)
 
 
-def test_default_runs_the_wide_layers_by_winograd(tmp_path, monkeypatch):
-    model = build_model(WIDE, head=WIDE_NORMAL, seed=5)
-    root = export(model, tmp_path / "a", format="native", input_size=WIDE_SIZE, verify=False)
-    x = verification_inputs(WIDE_SIZE, batch=1, seed=9)
-    with torch.inference_mode():
-        ref = model(torch.from_numpy(x)).numpy()
-    outs = {a: run(root, x, a, monkeypatch)[1][0] for a in ("direct", "auto", "winograd")}
-    for algorithm, got in outs.items():
-        assert rel_l2(ref, got) <= FP32_TOL, (algorithm, rel_l2(ref, got))
-    # the wide layers ran by Winograd, and the narrow ones did not
-    assert not np.array_equal(outs["auto"], outs["direct"])
-    assert not np.array_equal(outs["auto"], outs["winograd"])
-
-
 def test_an_int8_artifacts_float_head_runs_by_winograd_too(tmp_path, monkeypatch):
     """An int8 artifact keeps its head float (the default recipe): its wide 3x3 convolutions take the same
     Winograd path, and the artifact stays as close to its torch QuantizedModel as with direct ones."""
@@ -153,15 +139,23 @@ def test_transposed_convolutions_by_winograd_match_torch(deconv_head, monkeypatc
 WIDE_SEG = HeadSpec("seg", 256, 29, deconv=(128, 32), conv=(16,), conv_kernel=1)
 
 
-def test_default_runs_the_wide_transposed_convolutions_by_winograd(tmp_path, monkeypatch):
-    model = build_model(WIDE, head=WIDE_SEG, seed=3)
-    root = export(model, tmp_path / "a", format="native", input_size=SIZE, verify=False)
-    x = verification_inputs(SIZE, batch=1, seed=4)
+@pytest.mark.parametrize("head, size", [(WIDE_NORMAL, WIDE_SIZE), (WIDE_SEG, SIZE)], ids=["3x3", "transposed"])
+def test_default_runs_the_wide_layers_by_winograd(head, size, tmp_path, monkeypatch):
+    model = build_model(WIDE, head=head, seed=5)
+    root = export(model, tmp_path / "a", format="native", input_size=size, verify=False)
+    x = verification_inputs(size, batch=1, seed=9)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
-    outs = {a: run_deconv(root, x, a, monkeypatch)[1] for a in ("direct", "auto", "winograd")}
+
+    def output(algorithm):
+        if head.deconv:
+            return run_deconv(root, x, algorithm, monkeypatch)[1]
+        return run(root, x, algorithm, monkeypatch)[1][0]
+
+    outs = {a: output(a) for a in ("direct", "auto", "winograd")}
     for algorithm, got in outs.items():
         assert rel_l2(ref, got) <= FP32_TOL, (algorithm, rel_l2(ref, got))
+    # the wide layers ran by Winograd, and the narrow ones did not
     assert not np.array_equal(outs["auto"], outs["direct"])
     assert not np.array_equal(outs["auto"], outs["winograd"])
 
