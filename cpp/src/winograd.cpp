@@ -304,26 +304,20 @@ void run_phase(const float* x, int64_t cin, int64_t H, int64_t W, const Phase<T:
 #pragma omp parallel
     {
         single_threaded_nested_regions();  // the GEMMs: one thread each
-        if (bands_outside) {
-            for (int64_t r0 = 0; r0 < th; r0 += rows_per_band) {
-                const int64_t tiles = std::min(rows_per_band, th - r0) * tw;
-                input(r0, tiles);
-                for (int64_t o0 = 0; o0 < cout; o0 += chunk) {
-                    const int64_t n = std::min(chunk, cout - o0);
-                    transform_chunk<T>(ph, cin, o0, n, u);
-                    products(r0, tiles, o0, n);
-                }
-            }
-        } else {
-            for (int64_t o0 = 0; o0 < cout; o0 += chunk) {
-                const int64_t n = std::min(chunk, cout - o0);
-                transform_chunk<T>(ph, cin, o0, n, u);
-                for (int64_t r0 = 0; r0 < th; r0 += rows_per_band) {
-                    const int64_t tiles = std::min(rows_per_band, th - r0) * tw;
-                    input(r0, tiles);
-                    products(r0, tiles, o0, n);
-                }
-            }
+        // every (band, chunk) pair, the outer loop's index changing least often; each transform is redone
+        // only when its band or chunk changes
+        const int64_t outer = bands_outside ? bands : chunks, inner = bands_outside ? chunks : bands;
+        int64_t have_band = -1, have_chunk = -1;
+        for (int64_t i = 0; i < outer * inner; ++i) {
+            const int64_t band = bands_outside ? i / inner : i % inner;
+            const int64_t chunk_index = bands_outside ? i % inner : i / inner;
+            const int64_t r0 = band * rows_per_band, tiles = std::min(rows_per_band, th - r0) * tw;
+            const int64_t o0 = chunk_index * chunk, n = std::min(chunk, cout - o0);
+            if (band != have_band) input(r0, tiles);
+            if (chunk_index != have_chunk) transform_chunk<T>(ph, cin, o0, n, u);
+            have_band = band;
+            have_chunk = chunk_index;
+            products(r0, tiles, o0, n);
         }
     }
     if (failed) std::rethrow_exception(failed);
