@@ -7,6 +7,8 @@ refused with a message."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -66,7 +68,7 @@ def test_default_keeps_narrow_layers_direct(dense, monkeypatch):
     _, direct = run(root, x, "direct", monkeypatch)
     backend, auto = run(root, x, "auto", monkeypatch)
     np.testing.assert_array_equal(auto[0], direct[0])
-    assert "the wide float32 3x3 convolutions by Winograd" in backend.describe()
+    assert "the float32 3x3 convolutions by Winograd where it pays on this CPU" in backend.describe()
     assert "Winograd" not in run(root, x, "direct", monkeypatch)[0].describe()
 
 
@@ -93,7 +95,7 @@ def test_an_int8_artifacts_float_head_runs_by_winograd_too(tmp_path, monkeypatch
     backend, (auto,) = run(root, x, "auto", monkeypatch)
     _, (direct,) = run(root, x, "direct", monkeypatch)
     assert backend.engine.weight_format == "int8"
-    assert "the wide float32 3x3 convolutions by Winograd" in backend.describe()
+    assert "the float32 3x3 convolutions by Winograd where it pays on this CPU" in backend.describe()
     assert not np.array_equal(auto, direct)
     assert rel_l2(ref, auto) <= max(2 * rel_l2(ref, direct), FP32_TOL), (rel_l2(ref, auto), rel_l2(ref, direct))
 
@@ -130,18 +132,21 @@ def test_transposed_convolutions_by_winograd_match_torch(deconv_head, monkeypatc
     # the tiny heads' transposed convolutions are narrower than the default's threshold: direct
     auto_backend, auto = run_deconv(root, x, "auto", monkeypatch)
     np.testing.assert_array_equal(auto, direct)
-    assert "the wide float32 transposed convolutions by Winograd" in auto_backend.describe()
+    assert "the float32 transposed convolutions by Winograd where it pays on this CPU" in auto_backend.describe()
     assert "Winograd" not in run_deconv(root, x, "direct", monkeypatch)[0].describe()
 
 
-#: the width-256 backbone and a seg head whose first transposed convolution (256 -> 128 channels, at the
-#: engine's threshold of 256 x 128 channel pairs) the default runs by Winograd, and the next (128 -> 32) not
-WIDE_SEG = HeadSpec("seg", 256, 29, deconv=(128, 32), conv=(16,), conv_kernel=1)
+#: a width-512 backbone and a seg head whose first transposed convolution (512 -> 512 channels on the 64x48 map
+#: of a 1024x768 input) the default runs by Winograd on every CPU kind, and the next (512 -> 32) not
+WIDE_SEG_ARCH = ArchSpec(512, 1, 8, (8,), 512, name="wide-seg")
+WIDE_SEG = HeadSpec("seg", 512, 29, deconv=(512, 32), conv=(16,), conv_kernel=1)
+WIDE_SEG_SIZE = (1024, 768)
 
 
-@pytest.mark.parametrize("head, size", [(WIDE_NORMAL, WIDE_SIZE), (WIDE_SEG, SIZE)], ids=["3x3", "transposed"])
-def test_default_runs_the_wide_layers_by_winograd(head, size, tmp_path, monkeypatch):
-    model = build_model(WIDE, head=head, seed=5)
+@pytest.mark.parametrize("arch, head, size", [(WIDE, WIDE_NORMAL, WIDE_SIZE), (WIDE_SEG_ARCH, WIDE_SEG, WIDE_SEG_SIZE)],
+                         ids=["3x3", "transposed"])
+def test_default_runs_the_wide_layers_by_winograd(arch, head, size, tmp_path, monkeypatch):
+    model = build_model(arch, head=head, seed=5)
     root = export(model, tmp_path / "a", format="native", input_size=size, verify=False)
     x = verification_inputs(size, batch=1, seed=9)
     with torch.inference_mode():
@@ -158,6 +163,49 @@ def test_default_runs_the_wide_layers_by_winograd(head, size, tmp_path, monkeypa
     # the wide layers ran by Winograd, and the narrow ones did not
     assert not np.array_equal(outs["auto"], outs["direct"])
     assert not np.array_equal(outs["auto"], outs["winograd"])
+
+
+#: (cin, cout, H, W, transposed) -> the tile on an AVX2 CPU and on an AVX-512 one, by the layer measurements
+#: that set the rule (cpp/include/s2e/winograd.hpp): the heads' layers of 0.1b / 0.4b and narrow ones
+RULE = [
+    ((768, 768, 32, 24, False), (2, 0)),  # AVX-512: a tie on 32x24
+    ((768, 3072, 32, 24, False), (2, 0)),
+    ((768, 2048, 64, 48, False), (4, 4)),
+    ((1024, 3072, 64, 48, False), (4, 4)),
+    ((256, 512, 256, 192, False), (4, 4)),
+    ((256, 128, 512, 384, False), (4, 4)),  # at the channel threshold
+    ((128, 64, 512, 384, False), (0, 0)),  # narrower: direct on both
+    ((768, 512, 32, 24, True), (4, 0)),  # 48 tiles per phase: 4x4 on AVX2, a loss on AVX-512
+    ((512, 256, 64, 48, True), (4, 0)),
+    ((256, 128, 128, 96, True), (4, 0)),
+    ((1024, 512, 64, 48, True), (4, 4)),
+    ((1024, 1024, 64, 48, True), (4, 4)),
+    ((1024, 768, 128, 96, True), (4, 4)),
+    ((1024, 768, 32, 24, True), (4, 0)),  # wide enough, too few tiles on AVX-512
+    ((256, 128, 16, 12, True), (2, 0)),  # 12 tiles: 2x2 on AVX2
+    ((128, 64, 256, 192, True), (0, 0)),
+]
+
+
+@pytest.mark.parametrize("layer, tiles", RULE, ids=[f"{'deconv' if t else 'conv'}{a}-{b}@{h}x{w}"
+                                                      for (a, b, h, w, t), _ in RULE])
+def test_winograd_where_it_measured_faster(layer, tiles):
+    from sapiens2_edge import _native as native
+
+    for avx512, tile in zip((False, True), tiles, strict=True):
+        assert native.winograd_tile(*layer, avx512=avx512) == tile, (layer, avx512)
+        # every layer when forced: 4x4 tiles on AVX-512, on AVX2 2x2 ones below the 4x4 tiles' threshold
+        forced = native.winograd_tile(*layer, avx512=avx512, forced=True)
+        assert forced == (4 if avx512 else (tile or forced)) and forced in (2, 4), (layer, avx512, forced)
+
+
+def test_the_rule_follows_this_cpus_kernels():
+    from sapiens2_edge import _native as native
+
+    flags = open("/proc/cpuinfo").read().split() if sys.platform.startswith("linux") else None
+    if flags is None:
+        pytest.skip("reads the CPU's flags from /proc/cpuinfo (Linux)")
+    assert native.onednn_avx512() == ("avx512f" in flags)
 
 
 def test_dense_heads_do_not_mention_transposed_convolutions(tmp_path, monkeypatch):

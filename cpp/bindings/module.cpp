@@ -12,6 +12,7 @@
 #include "s2e/engine.hpp"
 #include "s2e/onednn.hpp"
 #include "s2e/json.hpp"
+#include "s2e/winograd.hpp"
 #include "s2e/ops.hpp"
 #include "s2e/safetensors.hpp"
 
@@ -226,6 +227,12 @@ called from several threads at once.)doc")
     m.def("onednn_info", [] {
         return py::make_tuple(s2e::onednn::available(), s2e::onednn::native_bf16(), s2e::onednn::describe());
     }, "(loaded, native bf16 on this CPU, description) of oneDNN.");
+    m.def("winograd_tile", &s2e::winograd::choose_tile, py::arg("cin"), py::arg("cout"), py::arg("h"), py::arg("w"),
+          py::arg("deconv") = false, py::arg("avx512") = false, py::arg("forced") = false,
+          "The Winograd tile side (4 or 2) a float32 head layer runs with, or 0 where it runs direct: the rule "
+          "of the engine's 'auto' (`forced`: of 'winograd') on a CPU whose float32 kernels are AVX-512 ones "
+          "(`avx512`) or not.");
+    m.def("onednn_avx512", &s2e::onednn::avx512, "Whether oneDNN's kernels here are AVX-512 ones.");
 #ifdef S2E_HAS_TASKS
     bind_tasks(m);
 #endif

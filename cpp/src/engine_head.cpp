@@ -40,8 +40,8 @@ void Engine::conv_unit(const ConvWeights& c, Floats& act, Floats& y, int64_t& C,
 
 int Engine::winograd_tile(int64_t cin, int64_t cout, int64_t H, int64_t W, bool deconv) const {
     const std::string& how = deconv ? deconv_algorithm_ : conv3x3_;
-    if (how == "direct" || (how == "auto" && cin * cout < kWinogradChannelProduct)) return 0;
-    return ((H + 3) / 4) * ((W + 3) / 4) >= (deconv ? kDeconvWinograd4x4Tiles : kWinograd4x4Tiles) ? 4 : 2;
+    if (how == "direct") return 0;
+    return winograd::choose_tile(cin, cout, H, W, deconv, onednn::avx512(), how == "winograd");
 }
 
 namespace {

@@ -277,6 +277,13 @@ std::string describe() {
            " (" + name + ")";
 }
 
+bool avx512() {
+    if (!available()) return false;
+    const dnnl_cpu_isa_t isa = g_api.effective_isa();
+    return isa == dnnl_cpu_isa_avx512_core || isa == dnnl_cpu_isa_avx512_core_vnni ||
+           isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx;
+}
+
 bool exact_int8() {
     if (!available()) return false;
     const dnnl_cpu_isa_t isa = g_api.effective_isa();
@@ -586,6 +593,7 @@ std::string load(const std::string&) { return "the native extension was built wi
 bool available() { return false; }
 std::string describe() { return "oneDNN unavailable: " + load(); }
 bool native_bf16() { return false; }
+bool avx512() { return false; }
 bool exact_int8() { return false; }
 void linear_bf16(const float*, int64_t, int64_t, const uint16_t*, const float*, const float*, int64_t, float*, int64_t,
                  std::vector<uint16_t>&) {

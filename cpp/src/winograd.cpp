@@ -360,6 +360,17 @@ void deconv_phases(const float* w, int64_t cout, int64_t W, float* y, Phase<2> (
 
 }  // namespace
 
+int choose_tile(int64_t cin, int64_t cout, int64_t H, int64_t W, bool deconv, bool avx512, bool forced) {
+    const int64_t tiles = ((H + 3) / 4) * ((W + 3) / 4);  // of 4x4 outputs (per phase)
+    if (avx512) {
+        if (forced) return 4;
+        if (cin * cout < kChannelProduct || tiles < kAvx512Tiles) return 0;
+        return !deconv || cin * cout >= kAvx512DeconvChannels * (cin + cout) ? 4 : 0;
+    }
+    if (!forced && cin * cout < kChannelProduct) return 0;
+    return tiles >= (deconv ? kDeconv4x4Tiles : k4x4Tiles) ? 4 : 2;
+}
+
 void transform_weights(const float* w, int64_t cin, int64_t o0, int64_t n, float* u, int m) {
     check_tile(m);
     const Phase<3> ph = conv_phase(w, cin, 0, 0, nullptr);

@@ -161,8 +161,9 @@ class NativeBackend:
             return ""
         if algorithm == "direct":
             return ""
-        which = "all" if algorithm == "winograd" else "the wide"
-        return f", {which} float32 {layers} by Winograd"
+        if algorithm == "winograd":
+            return f", all float32 {layers} by Winograd"
+        return f", the float32 {layers} by Winograd where it pays on this CPU"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.engine.run(batch_input(batch, self.max_batch))

@@ -92,22 +92,15 @@ public:
     // The library the float32 GEMMs run on: "oneDNN" when it is loaded (its kernels for the CPU at hand),
     // else "OpenBLAS"; $S2E_NATIVE_FP32_GEMM=openblas keeps them on OpenBLAS.
     std::string fp32_gemm() const { return dnnl_f32_ ? "oneDNN" : "OpenBLAS"; }
-    // How the float32 dense heads' 3x3 convolutions run: "auto" (Winograd where the product of the two
-    // channel counts is at least kWinogradChannelProduct, where it measured faster; oneDNN's direct
-    // convolution for the narrow full-resolution layers), "winograd" (every one) or "direct" (none); from
-    // $S2E_NATIVE_CONV3X3, "auto" when unset. Winograd's tiles are 4x4 outputs on maps of at least
-    // kWinograd4x4Tiles of them, else 2x2 (a small map's few tiles do not pay for the 4x4 tiles' larger
-    // transformed weights). bf16 and int8 convolutions are always direct.
+    // How the float32 dense heads' 3x3 convolutions run: "auto" (Winograd where it measured faster than
+    // oneDNN's direct convolution on this kind of CPU: winograd::choose_tile; direct for the narrow
+    // full-resolution layers), "winograd" (every one) or "direct" (none); from $S2E_NATIVE_CONV3X3, "auto"
+    // when unset. bf16 and int8 convolutions are always direct (bf16's direct kernels measured faster than
+    // float32 Winograd on every layer of an AVX-512 BF16 CPU).
     const std::string& conv3x3_algorithm() const { return conv3x3_; }
-    static constexpr int64_t kWinogradChannelProduct = 256 * 128;
-    static constexpr int64_t kWinograd4x4Tiles = 128;
-    // How the float32 pose / seg heads' transposed convolutions run, the same way: "auto" (Winograd on each
-    // of the four output phases where the channel product is at least kWinogradChannelProduct: measured
-    // faster from 256 -> 128 channels up, slower at 128 -> 64), "winograd" or "direct"; from
-    // $S2E_NATIVE_DECONV. 4x4 tiles per phase on maps of at least kDeconvWinograd4x4Tiles of them (measured
-    // faster than 2x2 ones down to the 48 of a 0.1b seg head's first layer at 512x384), else 2x2.
+    // How the float32 pose / seg heads' transposed convolutions run, the same way (each of the four output
+    // phases by Winograd where winograd::choose_tile says so), from $S2E_NATIVE_DECONV.
     const std::string& deconv_algorithm() const { return deconv_algorithm_; }
-    static constexpr int64_t kDeconvWinograd4x4Tiles = 48;
 
 private:
     struct Workspace;

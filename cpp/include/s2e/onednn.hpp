@@ -23,6 +23,8 @@ std::string describe();
 // True when bfloat16 GEMMs run on native bf16 instructions here (AVX-512-BF16 or AMX), i.e. faster
 // than float32; on other CPUs oneDNN emulates them or refuses.
 bool native_bf16();
+// Whether oneDNN's kernels here are AVX-512 ones (any AVX-512 level, AMX included).
+bool avx512();
 // Whether this CPU multiplies int8 with VNNI or AMX (exact int32 sums; without them oneDNN's x86 int8
 // kernels pair u8 x s8 products in int16, which saturates, or halve the weights).
 bool exact_int8();

@@ -22,6 +22,27 @@
 namespace s2e {
 namespace winograd {
 
+// Where Winograd pays, measured against oneDNN's direct float32 kernels on one layer at a time (the heads'
+// layers of 0.1b / 0.4b at 512x384 / 1024x768, 2 threads):
+// - AVX2 CPUs (Zen 3): 3x3 convolutions from 256 x 128 channel pairs up (1.2-2.5x; 128 -> 64 loses), 4x4 tiles
+//   on maps of at least 128 of them, else 2x2; transposed convolutions from the same channel product (1.2-1.8x),
+//   4x4 tiles from 48 per phase.
+// - AVX-512 CPUs (Zen 5), whose direct kernels run nearer their roof: 4x4 tiles beat 2x2 ones on every layer;
+//   3x3 convolutions gain 1.5-1.65x on maps of at least 192 tiles (64x48) and tie on 32x24 ones (48 tiles:
+//   the transformed weights, 4x the weights, cost as much as the products saved); transposed convolutions
+//   gain 1.16-1.24x where both channel counts are large (cin cout / (cin + cout) >= 256: 1024 -> 512, 768,
+//   1024 on maps of 192 tiles or more) and lose up to 0.72x on narrower or smaller ones (a tile's transforms
+//   cost cin + cout, its products cin cout).
+constexpr int64_t kChannelProduct = 256 * 128;
+constexpr int64_t k4x4Tiles = 128, kDeconv4x4Tiles = 48;  // AVX2
+constexpr int64_t kAvx512Tiles = 192, kAvx512DeconvChannels = 256;
+
+// The tile side (4 or 2) a float32 layer from cin to cout channels on an H x W map (a transposed
+// convolution's input map: `deconv`) runs its Winograd products with, or 0 where the direct kernel is
+// faster (the rules above). `avx512`: whether the CPU's float32 kernels are AVX-512 ones. `forced`: every
+// layer by Winograd (the tile alone chosen).
+int choose_tile(int64_t cin, int64_t cout, int64_t H, int64_t W, bool deconv, bool avx512, bool forced = false);
+
 // Output channels [o0, o0 + n) of w (cout, cin, 3, 3) (a torch weight) into u ((m + 2)^2, cin, n): G g G^T
 // for every pair of channels. m is 2 or 4 (UnsupportedError otherwise), as below.
 void transform_weights(const float* w, int64_t cin, int64_t o0, int64_t n, float* u, int m = 4);
