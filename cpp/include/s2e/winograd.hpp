@@ -28,11 +28,12 @@ namespace winograd {
 //   on maps of at least 128 of them, else 2x2; transposed convolutions from the same channel product (1.2-1.8x),
 //   4x4 tiles from 48 per phase.
 // - AVX-512 CPUs (Zen 5), whose direct kernels run nearer their roof: 4x4 tiles beat 2x2 ones on every layer;
-//   3x3 convolutions gain 1.5-1.65x on maps of at least 192 tiles (64x48) and tie on 32x24 ones (48 tiles:
+//   3x3 convolutions gain 1.24-2.36x on maps of at least 192 tiles (64x48) and tie on 32x24 ones (48 tiles:
 //   the transformed weights, 4x the weights, cost as much as the products saved); transposed convolutions
-//   gain 1.16-1.24x where both channel counts are large (cin cout / (cin + cout) >= 256: 1024 -> 512, 768,
-//   1024 on maps of 192 tiles or more) and lose up to 0.72x on narrower or smaller ones (a tile's transforms
-//   cost cin + cout, its products cin cout).
+//   gain 1.05-1.31x where both channel counts are large (cin cout / (cin + cout) >= 256: 1024 -> 512, 768,
+//   1024 on maps of 192 tiles or more) and run at 0.55-1.04x on narrower or smaller ones (a tile's transforms
+//   cost cin + cout, its products cin cout). Measured by benchmarks/native/head_layers.cpp; the tables are in
+//   benchmarks/results/cpu_peers.md.
 constexpr int64_t kChannelProduct = 256 * 128;
 constexpr int64_t k4x4Tiles = 128, kDeconv4x4Tiles = 48;  // AVX2
 constexpr int64_t kAvx512Tiles = 192, kAvx512DeconvChannels = 256;
