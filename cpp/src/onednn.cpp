@@ -254,6 +254,11 @@ void require() {
     if (!available()) throw UnsupportedError("oneDNN GEMMs need oneDNN: " + g_status);
 }
 
+// Whether the instruction set `isa` includes `level`: oneDNN's values are nested bit sets (avx512_core within
+// avx512_core_vnni within ... avx512_core_amx_fp16), so a newer CPU's level (AVX-512 FP16, AMX FP16) counts as
+// every level it extends.
+bool has_isa(dnnl_cpu_isa_t isa, dnnl_cpu_isa_t level) { return (isa & level) == level; }
+
 }  // namespace
 
 std::string load(const std::string& path) {
@@ -267,35 +272,28 @@ std::string describe() {
     if (!available()) return "oneDNN unavailable: " + g_status;
     const dnnl_version_t* v = g_api.version();
     const dnnl_cpu_isa_t isa = g_api.effective_isa();
-    const char* name = isa == dnnl_cpu_isa_avx512_core_amx ? "AVX-512 with AMX"
-                       : isa == dnnl_cpu_isa_avx512_core_bf16 ? "AVX-512 BF16"
-                       : isa == dnnl_cpu_isa_avx512_core_vnni ? "AVX-512 VNNI"
-                       : isa == dnnl_cpu_isa_avx512_core ? "AVX-512"
-                       : isa == dnnl_cpu_isa_avx2_vnni || isa == dnnl_cpu_isa_avx2_vnni_2 ? "AVX2 VNNI"
-                       : isa == dnnl_cpu_isa_avx2 ? "AVX2" : "generic x86-64";
+    const char* name = has_isa(isa, dnnl_cpu_isa_avx512_core_amx) ? "AVX-512 with AMX"
+                       : has_isa(isa, dnnl_cpu_isa_avx512_core_bf16) ? "AVX-512 BF16"
+                       : has_isa(isa, dnnl_cpu_isa_avx512_core_vnni) ? "AVX-512 VNNI"
+                       : has_isa(isa, dnnl_cpu_isa_avx512_core) ? "AVX-512"
+                       : has_isa(isa, dnnl_cpu_isa_avx2_vnni) ? "AVX2 VNNI"
+                       : has_isa(isa, dnnl_cpu_isa_avx2) ? "AVX2" : "generic x86-64";
     return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
            " (" + name + ")";
 }
 
-bool avx512() {
-    if (!available()) return false;
-    const dnnl_cpu_isa_t isa = g_api.effective_isa();
-    return isa == dnnl_cpu_isa_avx512_core || isa == dnnl_cpu_isa_avx512_core_vnni ||
-           isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx;
-}
+bool avx512() { return available() && has_isa(g_api.effective_isa(), dnnl_cpu_isa_avx512_core); }
 
 bool exact_int8() {
     if (!available()) return false;
     const dnnl_cpu_isa_t isa = g_api.effective_isa();
-    return isa == dnnl_cpu_isa_avx512_core_vnni || isa == dnnl_cpu_isa_avx512_core_bf16 ||
-           isa == dnnl_cpu_isa_avx512_core_amx || isa == dnnl_cpu_isa_avx2_vnni || isa == dnnl_cpu_isa_avx2_vnni_2;
+    return has_isa(isa, dnnl_cpu_isa_avx512_core_vnni) || has_isa(isa, dnnl_cpu_isa_avx2_vnni);
 }
 
 bool native_bf16() {
     if (!available()) return false;
     const dnnl_cpu_isa_t isa = g_api.effective_isa();
-    return isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx ||
-           isa == dnnl_cpu_isa_avx2_vnni_2;
+    return has_isa(isa, dnnl_cpu_isa_avx512_core_bf16) || has_isa(isa, dnnl_cpu_isa_avx2_vnni_2);
 }
 
 void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, const float* scale, const float* b,
