@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     for (int a = 1; a < argc;) {
         const std::string kind = argv[a];
         if (kind == "--reps" && a + 1 < argc) {
-            reps = std::atoi(argv[a + 1]);
+            reps = std::max(1, std::atoi(argv[a + 1]));
             a += 2;
             continue;
         }

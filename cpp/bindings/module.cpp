@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -227,11 +228,16 @@ called from several threads at once.)doc")
     m.def("onednn_info", [] {
         return py::make_tuple(s2e::onednn::available(), s2e::onednn::native_bf16(), s2e::onednn::describe());
     }, "(loaded, native bf16 on this CPU, description) of oneDNN.");
-    m.def("winograd_tile", &s2e::winograd::choose_tile, py::arg("cin"), py::arg("cout"), py::arg("h"), py::arg("w"),
-          py::arg("deconv") = false, py::arg("avx512") = false, py::arg("forced") = false,
-          "The Winograd tile side (4 or 2) a float32 head layer runs with, or 0 where it runs direct: the rule "
-          "of the engine's 'auto' (`forced`: of 'winograd') on a CPU whose float32 kernels are AVX-512 ones "
-          "(`avx512`) or not.");
+    m.def(
+        "winograd_tile",
+        [](int64_t cin, int64_t cout, int64_t h, int64_t w, bool deconv, std::optional<bool> avx512, bool forced) {
+            return s2e::winograd::choose_tile(cin, cout, h, w, deconv, avx512.value_or(s2e::onednn::avx512()), forced);
+        },
+        py::arg("cin"), py::arg("cout"), py::arg("h"), py::arg("w"), py::arg("deconv") = false,
+        py::arg("avx512") = py::none(), py::arg("forced") = false,
+        "The Winograd tile side (4 or 2) a float32 head layer runs with, or 0 where it runs direct: the rule of "
+        "the engine's 'auto' (`forced`: of 'winograd') on a CPU whose float32 kernels are AVX-512 ones "
+        "(`avx512`; None: as oneDNN, once loaded, reports this CPU) or not.");
     m.def("onednn_avx512", &s2e::onednn::avx512, "Whether oneDNN's kernels here are AVX-512 ones.");
 #ifdef S2E_HAS_TASKS
     bind_tasks(m);

@@ -93,10 +93,11 @@ public:
     // else "OpenBLAS"; $S2E_NATIVE_FP32_GEMM=openblas keeps them on OpenBLAS.
     std::string fp32_gemm() const { return dnnl_f32_ ? "oneDNN" : "OpenBLAS"; }
     // How the float32 dense heads' 3x3 convolutions run: "auto" (Winograd where it measured faster than
-    // oneDNN's direct convolution on this kind of CPU: winograd::choose_tile; direct for the narrow
-    // full-resolution layers), "winograd" (every one) or "direct" (none); from $S2E_NATIVE_CONV3X3, "auto"
-    // when unset. bf16 and int8 convolutions are always direct (bf16's direct kernels measured faster than
-    // float32 Winograd on every layer of an AVX-512 BF16 CPU).
+    // oneDNN's direct convolution on this kind of CPU, by the layer's channels and map: winograd::choose_tile;
+    // direct for the narrow full-resolution layers, and on AVX-512 CPUs for small maps too), "winograd" (every
+    // one) or "direct" (none); from $S2E_NATIVE_CONV3X3, "auto" when unset. bf16 and int8 convolutions are
+    // always direct (bf16's direct kernels measured faster than float32 Winograd on all but one layer of an
+    // AVX-512 BF16 CPU).
     const std::string& conv3x3_algorithm() const { return conv3x3_; }
     // How the float32 pose / seg heads' transposed convolutions run, the same way (each of the four output
     // phases by Winograd where winograd::choose_tile says so), from $S2E_NATIVE_DECONV.
