@@ -152,6 +152,10 @@ called from several threads at once.)doc")
                                "How float32 3x3 convolutions run on oneDNN: 'auto', 'winograd' or 'direct'.")
         .def_property_readonly("deconv_algorithm", &s2e::Engine::deconv_algorithm,
                                "How float32 transposed convolutions run on oneDNN: 'auto', 'winograd' or 'direct'.")
+        .def_property_readonly("int8_weights", &s2e::Engine::int8_weights_mode,
+                               "Where the W8A8 linears' int8 weights live: 'packed' (in oneDNN's layout, kept) or 'file'.")
+        .def_property_readonly("packed_bytes", &s2e::Engine::packed_bytes,
+                               "Bytes of int8 weights kept packed in oneDNN's layout (0 when they are read from the file).")
         .def_property_readonly("weights_path", &s2e::Engine::weights_path)
         .def_property_readonly("kept_bytes", &s2e::Engine::kept_bytes,
                                "Bytes kept for the next run (the last run's buffers, this thread's oneDNN buffers).");
@@ -239,6 +243,21 @@ called from several threads at once.)doc")
         "the engine's 'auto' (`forced`: of 'winograd') on a CPU whose float32 kernels are AVX-512 ones "
         "(`avx512`; None: as oneDNN, once loaded, reports this CPU) or not.");
     m.def("onednn_avx512", &s2e::onednn::avx512, "Whether oneDNN's kernels here are AVX-512 ones.");
+    m.def(
+        "int8_matmul_packed",
+        [](const py::array_t<int8_t, py::array::c_style>& a, const py::array_t<int8_t, py::array::c_style>& w,
+           int64_t m) -> py::object {
+            if (a.ndim() != 2 || w.ndim() != 2 || a.shape(1) != w.shape(1))
+                throw std::invalid_argument("int8_matmul_packed takes a (M, K) and w (N, K), both int8");
+            const int64_t M = a.shape(0), K = a.shape(1), N = w.shape(0);
+            s2e::onednn::PackedInt8 packed(m, K, N, w.data());
+            py::array_t<int32_t> c({M, N});
+            if (!packed.matmul(M, a.data(), c.mutable_data())) return py::none();
+            return py::make_tuple(c, packed.bytes());
+        },
+        py::arg("a"), py::arg("w"), py::arg("m"),
+        "(a . w^T as int32, bytes of the packed weights): w packed once for products of m rows as the engine's "
+        "W8A8 linears keep it, then multiplied by a; None where oneDNN's kernel for a's rows reads another layout.");
 #ifdef S2E_HAS_TASKS
     bind_tasks(m);
 #endif

@@ -198,6 +198,11 @@ Engine::Engine(const std::string& path, const std::string& config_json, const st
             throw UnsupportedError("int8 (W8A8) layers run on oneDNN's int8 GEMMs: " + why);
     }
     load();
+    const char* packing = std::getenv("S2E_NATIVE_INT8_WEIGHTS");
+    const std::string mode = packing && *packing ? packing : "packed";
+    if (mode != "packed" && mode != "file")
+        throw UnsupportedError("S2E_NATIVE_INT8_WEIGHTS='" + mode + "' is not a place the engine keeps int8 weights; expected 'packed' or 'file'");
+    pack_int8_weights(mode);
 }
 
 Param Engine::need(const std::string& name, const std::vector<int64_t>& shape, bool quantizable, int scale_axis) {

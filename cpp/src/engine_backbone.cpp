@@ -12,13 +12,12 @@ namespace s2e {
 
 namespace {
 constexpr int64_t kSmallSeq = 64;    // sequences up to this length use the BLAS-free attention
-constexpr int64_t kWindowChunk = 1024;  // 4K tokenizer windows per chunk (bounds memory)
 }  // namespace
 
 void Engine::ffn_w8a8(const BlockWeights& b, const float* h, int64_t M, int64_t T, float* y, Workspace& ws) const {
     const int64_t hid = b.w3.in;
     // fc1 (gate and up) as int32 products in u; what dequantizes them is copied out of the workspace,
-    // which fc2's weights and scales take next
+    // which fc2's scales take next
     const float *cs = nullptr, *b1 = nullptr;
     int32_t* acc = reinterpret_cast<int32_t*>(ws.u.data());
     const float* xs = w8a8_product(b.w12, h, M, T, acc, ws, cs, b1);
@@ -30,7 +29,7 @@ void Engine::ffn_w8a8(const BlockWeights& b, const float* h, int64_t M, int64_t 
     float* xs2 = w8a8_row_scales(b.w3, M, T, ws);
     ws.x8.resize(static_cast<size_t>(M * hid));
     ops::swiglu_int8(acc, M, hid, xs1.data(), cs1.data(), bias1.empty() ? nullptr : bias1.data(), xs2, ws.x8.data());
-    onednn::matmul_s8(M, hid, b.w3.out, ws.x8.data(), ws.w8.data(), reinterpret_cast<int32_t*>(y));
+    w8a8_matmul(b.w3, M, ws.x8.data(), reinterpret_cast<int32_t*>(y), ws);
     ops::dequantize_rows_int32(y, M, b.w3.out, xs2, cs2, b2);
 }
 

@@ -1,4 +1,5 @@
 // The engine's weights as its GEMMs read them: floats, bf16 or int8, read from the file on each use.
+#include <algorithm>
 #include <cstring>
 
 #include "engine_workspace.hpp"
@@ -138,6 +139,10 @@ const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out,
 const float* Engine::int8_weights(const Param& w, int64_t out, Workspace& ws) const {
     ws.w8.resize(static_cast<size_t>(w.t->numel()));
     st_->read(*w.t, 0, w.t->nbytes, ws.w8.data());
+    return int8_scales(w, out, ws);
+}
+
+const float* Engine::int8_scales(const Param& w, int64_t out, Workspace& ws) const {
     std::vector<float>& cs = ws.wscale;
     cs.resize(static_cast<size_t>(w.scale->numel()));
     st_->read(*w.scale, 0, w.scale->nbytes, cs.data());
@@ -146,9 +151,37 @@ const float* Engine::int8_weights(const Param& w, int64_t out, Workspace& ws) co
 }
 
 const float* Engine::w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const {
-    const float* cs = int8_weights(l.w, l.out, ws);
+    const float* cs = int8_scales(l.w, l.out, ws);
     b = l.b ? floats(l.b, ws.wbuf2, ws) : nullptr;
     return cs;
+}
+
+void Engine::w8a8_matmul(const Linear& l, int64_t M, const int8_t* x8, int32_t* c, Workspace& ws) const {
+    if (l.packed && l.packed->matmul(M, x8, c)) return;
+    ws.w8.resize(static_cast<size_t>(l.w.t->numel()));
+    st_->read(*l.w.t, 0, l.w.t->nbytes, ws.w8.data());
+    onednn::matmul_s8(M, l.in, l.out, x8, ws.w8.data(), c);
+}
+
+void Engine::pack_int8_weights(const std::string& mode) {
+    if (mode != "packed" || act_layers_.empty() || !onednn::exact_int8()) return;
+    // packed for one image of the artifact's input size (1024 x 768 where it names none); oneDNN's kernels for
+    // other row counts read the same layout (where one does not, that call reads the stored weights)
+    const int64_t h = cfg_.input_h > 0 ? cfg_.input_h : 1024, w = cfg_.input_w > 0 ? cfg_.input_w : 768;
+    const int64_t stride = cfg_.arch.input_multiple(), grid = (h / stride) * (w / stride);
+    const int64_t main_rows = kPrefixTokens + grid, window_rows = std::min(grid, kWindowChunk) * (kWindow * kWindow + 1);
+    std::vector<int8_t> stored;
+    for (auto* list : {&blocks_, &tok_blocks_})
+        for (auto& b : *list)
+            for (Linear* l : {&b.wq, &b.wk, &b.wv, &b.proj, &b.w12, &b.w3}) {
+                if (!l->act_int8) continue;
+                stored.resize(static_cast<size_t>(l->w.t->numel()));
+                st_->read(*l->w.t, 0, l->w.t->nbytes, stored.data());
+                const int64_t m = b.main ? main_rows : window_rows;
+                l->packed = std::make_shared<const onednn::PackedInt8>(m, l->in, l->out, stored.data());
+                packed_bytes_ += l->packed->bytes();
+            }
+    int8_weights_ = "packed";
 }
 
 float* Engine::w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const {
@@ -168,7 +201,7 @@ float* Engine::w8a8_product(const Linear& l, const float* x, int64_t M, int64_t 
     float* xs = w8a8_row_scales(l, M, T, ws);
     ws.x8.resize(static_cast<size_t>(M * l.in));
     ops::quantize_rows_int8(x, M, l.in, xs, ws.x8.data());
-    onednn::matmul_s8(M, l.in, l.out, ws.x8.data(), ws.w8.data(), acc);
+    w8a8_matmul(l, M, ws.x8.data(), acc, ws);
     return xs;
 }
 

@@ -526,6 +526,65 @@ void matmul_s8(int64_t M, int64_t K, int64_t N, const int8_t* a, const int8_t* w
     run_matmul(src, wei, nullptr, dst, a, w, nullptr, c);
 }
 
+struct PackedInt8::Impl {
+    struct Free {
+        void operator()(uint8_t* p) const { std::free(p); }
+    };
+    int64_t m = 0, K = 0, N = 0;
+    Pd pd;  // the matmul of m rows: owns the packed layout's descriptor
+    const_dnnl_memory_desc_t w_md = nullptr;
+    std::unique_ptr<uint8_t, Free> data;
+    size_t bytes = 0;
+};
+
+PackedInt8::PackedInt8(int64_t m, int64_t K, int64_t N, const int8_t* w) : impl_(std::make_unique<Impl>()) {
+    require();
+    if (!exact_int8()) throw UnsupportedError("packed int8 weights need VNNI or AMX int8 kernels (oneDNN: " + describe() + ")");
+    if (m < 1 || K < 1 || N < 1) throw UnsupportedError("packed int8 weights need a non-empty product");
+    Impl& p = *impl_;
+    p.m = m, p.K = K, p.N = N;
+    const dnnl_dims_t ad = {m, K}, as = {K, 1}, wd = {K, N}, wst = {1, K}, cd = {m, N}, cs = {N, 1};
+    Md src(2, ad, dnnl_s8, as), w_any(2, wd, dnnl_s8, dnnl_format_tag_any), w_plain(2, wd, dnnl_s8, wst),
+        dst(2, cd, dnnl_s32, cs);
+    {
+        Attr attr;
+        check(g_api.matmul_pd(&p.pd.pd, g_api.engine, src.md, w_any.md, nullptr, dst.md, attr.attr),
+              "int8 matmul for this CPU");
+    }
+    p.w_md = g_api.pd_query_md(p.pd.pd, dnnl_query_weights_md, 0);
+    p.bytes = g_api.md_size(p.w_md);
+    const size_t rounded = (p.bytes + 63) / 64 * 64;
+    p.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
+    if (!p.data) throw std::bad_alloc();
+    Pd reorder;
+    Attr attr;
+    check(g_api.reorder_pd(&reorder.pd, w_plain.md, g_api.engine, p.w_md, g_api.engine, attr.attr),
+          "int8 weight packing for this CPU");
+    Mem from(w_plain.md, const_cast<int8_t*>(w)), to(p.w_md, p.data.get());
+    execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "int8 weight packing");
+}
+
+PackedInt8::~PackedInt8() = default;
+
+size_t PackedInt8::bytes() const { return impl_->bytes; }
+
+bool PackedInt8::matmul(int64_t M, const int8_t* a, int32_t* c) const {
+    const Impl& p = *impl_;
+    if (M == 0) return true;
+    const dnnl_dims_t ad = {M, p.K}, as = {p.K, 1}, cd = {M, p.N}, cs = {p.N, 1};
+    Md src(2, ad, dnnl_s8, as), dst(2, cd, dnnl_s32, cs);
+    Pd other;
+    if (M != p.m) {  // a kernel for M rows that reads this layout, if oneDNN has one
+        Attr attr;
+        if (g_api.matmul_pd(&other.pd, g_api.engine, src.md, p.w_md, nullptr, dst.md, attr.attr) != dnnl_success)
+            return false;
+    }
+    Mem ms(src.md, const_cast<int8_t*>(a)), mw(p.w_md, p.data.get()), md(dst.md, c);
+    execute(M == p.m ? p.pd : other, {{DNNL_ARG_SRC, ms.m}, {DNNL_ARG_WEIGHTS, mw.m}, {DNNL_ARG_DST, md.m}},
+            "int8 matmul");
+    return true;
+}
+
 // C = product + beta * C, where `product(out, ld)` writes alpha * op(A) op(B): straight into C when
 // beta is 0, else into the calling thread's scratch, added after. (OpenMP workers see the scratch
 // through a plain pointer: a thread_local named inside the parallel loop would be each worker's own.)
@@ -625,6 +684,13 @@ void deconv4x4s2(const float*, int64_t, int64_t, int64_t, const float*, int64_t,
 void matmul_s8(int64_t, int64_t, int64_t, const int8_t*, const int8_t*, int32_t*) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());
 }
+struct PackedInt8::Impl {};
+PackedInt8::PackedInt8(int64_t, int64_t, int64_t, const int8_t*) {
+    throw UnsupportedError("packed int8 weights need oneDNN: " + load());
+}
+PackedInt8::~PackedInt8() = default;
+size_t PackedInt8::bytes() const { return 0; }
+bool PackedInt8::matmul(int64_t, const int8_t*, int32_t*) const { return false; }
 void deconv4x4s2_s8(const int8_t*, float, int64_t, int64_t, int64_t, const int8_t*, const float*, int64_t, float*,
                     Space) {
     throw UnsupportedError("oneDNN GEMMs need oneDNN: " + load());

@@ -137,7 +137,9 @@ class NativeBackend:
     def describe(self) -> str:
         if self.engine.weight_format == "int8":
             floats = "bf16" if self.precision == "bf16" else "fp32"
-            gemm = f"int8 GEMMs on {onednn_status()[2]}, float parts in {floats}{self._winograd_note()}"
+            packed = (f" on weights packed once ({self.engine.packed_bytes / 2**20:.0f} MB kept)"
+                      if self.engine.int8_weights == "packed" else "")
+            gemm = f"int8 GEMMs{packed} on {onednn_status()[2]}, float parts in {floats}{self._winograd_note()}"
         elif self.precision == "bf16":
             gemm = f"bf16 GEMMs on {onednn_status()[2]}"
         elif self.engine.fp32_gemm == "oneDNN":

@@ -21,6 +21,10 @@
 
 namespace s2e {
 
+namespace onednn {
+class PackedInt8;
+}
+
 using Floats = std::vector<float, UninitializedAllocator<float>>;
 using Halves = std::vector<uint16_t, UninitializedAllocator<uint16_t>>;  // bf16 bits
 
@@ -46,6 +50,8 @@ struct Linear {
     bool act_int8 = false;
     Param input_scale;  // static only
     int64_t prefix_tokens = 0;
+    // its int8 weights in oneDNN's layout, kept (see Engine::int8_weights_mode), or null: read per call
+    std::shared_ptr<const onednn::PackedInt8> packed;
 };
 
 struct BlockWeights {
@@ -102,6 +108,12 @@ public:
     // How the float32 pose / seg heads' transposed convolutions run, the same way (each of the four output
     // phases by Winograd where winograd::choose_tile says so), from $S2E_NATIVE_DECONV.
     const std::string& deconv_algorithm() const { return deconv_algorithm_; }
+    // Where the W8A8 linears' int8 weights live: "packed" (once, at construction, in the layout oneDNN's int8
+    // kernels read, kept in memory: packed_bytes() of it) or "file" (read from the weights file and packed by
+    // oneDNN in every call: no memory kept); from $S2E_NATIVE_INT8_WEIGHTS, "packed" when unset. "file" where
+    // the artifact has no W8A8 layers or this CPU has no exact int8 kernels.
+    const std::string& int8_weights_mode() const { return int8_weights_; }
+    size_t packed_bytes() const { return packed_bytes_; }
 
 private:
     struct Workspace;
@@ -129,7 +141,9 @@ private:
     // Stored int8 weights into ws.w8; returns their `out` per-output-channel scales (ws.wscale; a per-tensor
     // scale repeated).
     const float* int8_weights(const Param& w, int64_t out, Workspace& ws) const;
-    // A W8A8 layer's int8 weights into ws.w8; returns its per-output scales, `b` its bias (or null).
+    // Those scales alone (ws.wscale).
+    const float* int8_scales(const Param& w, int64_t out, Workspace& ws) const;
+    // A W8A8 layer's per-output scales; `b` its bias (or null).
     const float* w8a8_weights(const Linear& l, Workspace& ws, const float*& b) const;
     // Its input's per-row scales in ws.xs: the static scale, 0 for rows quantized dynamically.
     float* w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const;
@@ -169,7 +183,13 @@ private:
     std::string precision_ = "fp32";
     bool bf16_ = false;
     bool dnnl_f32_ = false;
-    std::string conv3x3_ = "auto", deconv_algorithm_ = "auto";
+    std::string conv3x3_ = "auto", deconv_algorithm_ = "auto", int8_weights_ = "file";
+    size_t packed_bytes_ = 0;
+    // The W8A8 linears' weights packed for oneDNN (int8_weights_mode "packed").
+    void pack_int8_weights(const std::string& mode);
+    // c (M, l.out) int32 = x8 . W^T of a W8A8 layer: its packed weights where it has them (and oneDNN a kernel
+    // for M rows that reads them), else the stored ones read into ws.w8.
+    void w8a8_matmul(const Linear& l, int64_t M, const int8_t* x8, int32_t* c, Workspace& ws) const;
     // The Winograd tile (2 or 4) a float32 3x3 convolution (a transposed convolution: `deconv`) from cin to
     // cout channels on an H x W map runs with, or 0 where it runs direct (see conv3x3_algorithm,
     // deconv_algorithm).
