@@ -1,13 +1,17 @@
 """Several artifacts opened as the Predictor opens them (backend auto), timed in one process with
 their calls interleaved (a, b, c, a, b, c, ...): a same-moment A/B of recipes or formats whose
 difference is smaller than a machine's drift between minutes. Latency only (one process: no RSS).
+With --env VAR=a,b each artifact is opened once per value of the environment variable VAR (an engine
+setting read when it opens, such as the native engine's S2E_NATIVE_INT8_WEIGHTS).
 
     python benchmarks/interleaved_artifacts.py DIR_A DIR_B [...] [--runs 15]
+    python benchmarks/interleaved_artifacts.py DIR --env S2E_NATIVE_INT8_WEIGHTS=packed,file
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,12 +29,21 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifacts", type=Path, nargs="+")
     p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--env", default="", help="VAR=a,b: open each artifact once per value of VAR")
     a = p.parse_args(argv)
+    variable, _, values = a.env.partition("=")
+    if a.env and (not variable or not values):
+        p.error(f"--env takes VAR=value,value; got {a.env!r}")
+    settings = [(variable, v) for v in values.split(",")] if a.env else [None]
     opened = {}
     for root in a.artifacts:
-        manifest, runner, _ = open_artifact(root, "auto", "cpu")
-        opened[root] = (runner, verification_inputs(tuple(manifest.input_size), 1, seed=0))
-        runner(opened[root][1])  # warm-up
+        for setting in settings:
+            if setting:
+                os.environ[setting[0]] = setting[1]
+            manifest, runner, _ = open_artifact(root, "auto", "cpu")
+            label = f"{root} ({setting[0]}={setting[1]})" if setting else str(root)
+            opened[label] = (runner, verification_inputs(tuple(manifest.input_size), 1, seed=0))
+            runner(opened[label][1])  # warm-up
     times = {root: [] for root in opened}
     for _ in range(a.runs):
         for root, (runner, x) in opened.items():

@@ -2,7 +2,8 @@
 // safetensors file in the official (or quantized-checkpoint) layout and runs backbone + head.
 // An Engine is immutable after construction; run() keeps all its buffers local, so one engine may
 // be used from several threads at once. Weights are read from the kept file on each run (see
-// safetensors.hpp); a weights file changed since the engine opened it makes run() throw
+// safetensors.hpp), but for the W8A8 linears' int8 weights, packed once at construction by default (see
+// int8_weights_mode); a weights file changed since the engine opened it makes run() throw
 // FileChangedError.
 #pragma once
 
