@@ -13,7 +13,7 @@ import sapiens2_edge as s2e
 from sapiens2_edge.errors import ConfigError, InputSizeError, InvalidTensorError
 from sapiens2_edge.exporters import export, read_manifest, verification_inputs
 from sapiens2_edge.models.backbone import RopeEmbedding
-from sapiens2_edge.runtime.native_backend import NativeBackend, import_native
+from sapiens2_edge.runtime.native_backend import NativeBackend, import_native, onednn_status
 from tests.fixtures.compare import rel_l2, torch_out
 from tests.fixtures.tiny import INPUT_4K, TINY, TINY_4K, TINY_MHA, input_size, tiny_model
 
@@ -121,11 +121,19 @@ def test_fp8_activation_models_refused(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_thread_safety(tmp_path):
+@pytest.mark.parametrize("scheme", ["fp32", "int8"])
+def test_thread_safety(scheme, tmp_path):
     """One engine, several threads at once: every result equals the serial one. The serial calls run in
     a thread of their own too: a new thread starts with the process's OpenMP thread count (the tests'
-    main thread runs one, see conftest.py), and oneDNN's AVX2 kernels split their sums by it."""
+    main thread runs one, see conftest.py), and oneDNN's AVX2 kernels split their sums by it. int8 (W8A8):
+    the threads share the int8 weights the engine packed once (batches of 1 and 2: the row count they were
+    packed for and another)."""
     model = tiny_model("seg", seed=11)
+    if scheme == "int8":
+        if not onednn_status()[0]:
+            pytest.skip("no oneDNN: its wheel (the [onednn] extra, in [all]) exists for Linux x86-64 only")
+        calib = [torch.from_numpy(verification_inputs(input_size("seg"), batch=1, seed=s)) for s in range(4)]
+        model, _ = s2e.quantize(model, "int8", calibration=calib, input_size=input_size("seg"), progress=False)
     root = export(model, tmp_path / "a", format="native", input_size=input_size("seg"), verify=False)
     backend = NativeBackend(root)
     inputs = [verification_inputs(input_size("seg"), batch=1 + i % 2, seed=20 + i) for i in range(6)]
