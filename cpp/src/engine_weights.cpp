@@ -1,4 +1,5 @@
-// The engine's weights as its GEMMs read them: floats, bf16 or int8, read from the file on each use.
+// The engine's weights as its GEMMs read them: floats, bf16 or int8, read from the file on each use (the W8A8
+// linears' int8 weights: packed once at construction by default, see Engine::int8_weights_mode).
 #include <algorithm>
 #include <cstring>
 
