@@ -32,9 +32,11 @@ def main(argv=None) -> None:
     p.add_argument("--env", default="", help="VAR=a,b: open each artifact once per value of VAR")
     a = p.parse_args(argv)
     variable, _, values = a.env.partition("=")
-    if a.env and (not variable or not values):
-        p.error(f"--env takes VAR=value,value; got {a.env!r}")
-    settings = [(variable, v) for v in values.split(",")] if a.env else [None]
+    listed = values.split(",")
+    if a.env and (not variable or "" in listed or len(set(listed)) != len(listed)):
+        p.error(f"--env takes VAR=value,value with distinct, non-empty values; got {a.env!r}")
+    settings = [(variable, v) for v in listed] if a.env else [None]
+    before = os.environ.get(variable) if a.env else None
     opened = {}
     for root in a.artifacts:
         for setting in settings:
@@ -44,6 +46,11 @@ def main(argv=None) -> None:
             label = f"{root} ({setting[0]}={setting[1]})" if setting else str(root)
             opened[label] = (runner, verification_inputs(tuple(manifest.input_size), 1, seed=0))
             runner(opened[label][1])  # warm-up
+    if a.env:  # the setting was read when each opened: the shell's value back for what follows
+        if before is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before
     times = {root: [] for root in opened}
     for _ in range(a.runs):
         for root, (runner, x) in opened.items():

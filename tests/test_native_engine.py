@@ -122,7 +122,7 @@ def test_fp8_activation_models_refused(tmp_path):
 
 
 @pytest.mark.parametrize("scheme", ["fp32", "int8"])
-def test_thread_safety(scheme, tmp_path):
+def test_thread_safety(scheme, tmp_path, monkeypatch):
     """One engine, several threads at once: every result equals the serial one. The serial calls run in
     a thread of their own too: a new thread starts with the process's OpenMP thread count (the tests'
     main thread runs one, see conftest.py), and oneDNN's AVX2 kernels split their sums by it. int8 (W8A8):
@@ -134,8 +134,11 @@ def test_thread_safety(scheme, tmp_path):
             pytest.skip("no oneDNN: its wheel (the [onednn] extra, in [all]) exists for Linux x86-64 only")
         calib = [torch.from_numpy(verification_inputs(input_size("seg"), batch=1, seed=s)) for s in range(4)]
         model, _ = s2e.quantize(model, "int8", calibration=calib, input_size=input_size("seg"), progress=False)
+        monkeypatch.delenv("S2E_NATIVE_INT8_WEIGHTS", raising=False)
     root = export(model, tmp_path / "a", format="native", input_size=input_size("seg"), verify=False)
     backend = NativeBackend(root)
+    if scheme == "int8" and backend.engine.int8_weights_mode != "packed":
+        pytest.skip("this CPU has no VNNI / AMX int8 kernels: nothing is packed to share")
     inputs = [verification_inputs(input_size("seg"), batch=1 + i % 2, seed=20 + i) for i in range(6)]
     serial: list[np.ndarray] = []
     one = threading.Thread(target=lambda: serial.extend(backend(x)[0] for x in inputs))

@@ -25,28 +25,46 @@ pytestmark = pytest.mark.skipif(not usable,
                                 reason="no oneDNN: its wheel (the [onednn] extra, in [all]) exists for Linux x86-64 only")
 
 
-def packed_or_skip(a, w, m):
-    try:
-        return native.int8_matmul_packed(a, w, m)
-    except ConfigError as e:  # no VNNI / AMX: oneDNN's int8 kernels would not be exact, nothing is packed
-        pytest.skip(str(e))
+EXACT_INT8 = usable and native.onednn_exact_int8()
+needs_exact_int8 = pytest.mark.skipif(not EXACT_INT8, reason="this CPU has no VNNI / AMX int8 kernels: the engine "
+                                                              "reads its int8 weights per call")
 
 
+@pytest.fixture(autouse=True)
+def default_int8_weights(monkeypatch):
+    """The engine's default, whatever the calling shell set."""
+    monkeypatch.delenv("S2E_NATIVE_INT8_WEIGHTS", raising=False)
+
+
+@needs_exact_int8
 @pytest.mark.parametrize("m,k,n", [(777, 768, 2304), (3081, 256, 64), (17, 64, 48), (3, 17, 5)])
 def test_packed_products_are_exact_at_every_row_count(m, k, n):
     """Packed for m rows, the product of any number of rows (1, a few, m, more) is numpy's, at the int8
-    extremes too (-128 x -128 sums are where a kernel that pairs products in int16 saturates)."""
+    extremes too (-128 x -128 sums are where a kernel that pairs products in int16 saturates). oneDNN may
+    refuse another row count (None: the engine then multiplies the stored weights), never the packed one."""
     rng = np.random.default_rng(m + k + n)
     w = rng.integers(-128, 128, (n, k), dtype=np.int8)
     w[0] = -128
     for rows in (1, 5, m, 2 * m + 1):
         a = rng.integers(-128, 128, (rows, k), dtype=np.int8)
         a[0] = -128
-        got = packed_or_skip(a, w, m)
-        assert got is not None, f"oneDNN has no kernel for {rows} rows reading the layout packed for {m}"
+        got = native.int8_matmul_packed(a, w, m)
+        if got is None:
+            assert rows != m
+            continue
         c, size = got
         assert np.array_equal(c, a.astype(np.int64) @ w.astype(np.int64).T), rows
         assert size >= n * k  # the weights, blocked and padded, with their compensation
+
+
+def test_packing_needs_exact_int8_kernels():
+    a = np.ones((2, 4), np.int8)
+    if EXACT_INT8:
+        with pytest.raises(ValueError, match=r"int8_matmul_packed takes a \(M, K\) and w \(N, K\), both int8"):
+            native.int8_matmul_packed(a, np.ones((3, 5), np.int8), 2)
+        return
+    with pytest.raises(ConfigError, match="packed int8 weights need VNNI or AMX int8 kernels"):
+        native.int8_matmul_packed(a, a, 2)
 
 
 def quantized_artifact(tmp_path, model, size, **options):
@@ -62,6 +80,7 @@ def int8_linear_bytes(root) -> int:
     return sum(t.end - t.begin for t in tensors if t.dtype == "I8" and len(t.shape) == 2)
 
 
+@needs_exact_int8
 @pytest.mark.parametrize("tokenizer", [False, True], ids=["seg", "seg-4k"])
 def test_packed_weights_give_the_outputs_of_weights_read_per_call(tokenizer, tmp_path, monkeypatch):
     """Every batch and input size, including ones the weights were not packed for, bit for bit (int32 sums
@@ -70,11 +89,10 @@ def test_packed_weights_give_the_outputs_of_weights_read_per_call(tokenizer, tmp
     size = INPUT_4K if tokenizer else INPUT
     root = quantized_artifact(tmp_path, model, size, quantize_tokenizer=tokenizer)
     packed = NativeBackend(root)
-    if packed.engine.int8_weights != "packed":
-        pytest.skip("this CPU has no VNNI / AMX int8 kernels: the engine reads its int8 weights per call")
+    assert packed.engine.int8_weights_mode == "packed"
     monkeypatch.setenv("S2E_NATIVE_INT8_WEIGHTS", "file")
     per_call = NativeBackend(root)
-    assert per_call.engine.int8_weights == "file" and per_call.engine.packed_bytes == 0
+    assert per_call.engine.int8_weights_mode == "file" and per_call.engine.packed_bytes == 0
     assert packed.engine.packed_bytes >= int8_linear_bytes(root)
     assert "packed once" in packed.describe() and "packed once" not in per_call.describe()
     h, w = size
@@ -98,11 +116,11 @@ def test_float_artifacts_and_cpus_without_exact_int8_read_weights_per_call(tmp_p
     in int16 (here: oneDNN capped at AVX2 without VNNI, in a child process)."""
     model = tiny_model("seg", seed=3)
     fp32 = NativeBackend(export(model, tmp_path / "f", format="native", input_size=INPUT, verify=False))
-    assert fp32.engine.int8_weights == "file" and fp32.engine.packed_bytes == 0
+    assert fp32.engine.int8_weights_mode == "file" and fp32.engine.packed_bytes == 0
     root = quantized_artifact(tmp_path, model, INPUT)
     code = ("from sapiens2_edge.runtime.native_backend import NativeBackend\n"
             f"e = NativeBackend({str(root)!r}).engine\n"
-            "print(e.int8_weights, e.packed_bytes)\n")
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+            "print(e.int8_weights_mode, e.packed_bytes)\n")
+    env = {k: v for k, v in os.environ.items() if k != "S2E_NATIVE_INT8_WEIGHTS"} | {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["file", "0"], out.stderr

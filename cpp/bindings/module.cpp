@@ -152,7 +152,7 @@ called from several threads at once.)doc")
                                "How float32 3x3 convolutions run on oneDNN: 'auto', 'winograd' or 'direct'.")
         .def_property_readonly("deconv_algorithm", &s2e::Engine::deconv_algorithm,
                                "How float32 transposed convolutions run on oneDNN: 'auto', 'winograd' or 'direct'.")
-        .def_property_readonly("int8_weights", &s2e::Engine::int8_weights_mode,
+        .def_property_readonly("int8_weights_mode", &s2e::Engine::int8_weights_mode,
                                "Where the W8A8 linears' int8 weights live: 'packed' (in oneDNN's layout, kept) or 'file'.")
         .def_property_readonly("packed_bytes", &s2e::Engine::packed_bytes,
                                "Bytes of int8 weights kept packed in oneDNN's layout (0 when they are read from the file).")
@@ -243,6 +243,8 @@ called from several threads at once.)doc")
         "the engine's 'auto' (`forced`: of 'winograd') on a CPU whose float32 kernels are AVX-512 ones "
         "(`avx512`; None: as oneDNN, once loaded, reports this CPU) or not.");
     m.def("onednn_avx512", &s2e::onednn::avx512, "Whether oneDNN's kernels here are AVX-512 ones.");
+    m.def("onednn_exact_int8", &s2e::onednn::exact_int8,
+          "Whether oneDNN multiplies int8 here with VNNI or AMX (exact int32 sums): where the engine packs int8 weights.");
     m.def(
         "int8_matmul_packed",
         [](const py::array_t<int8_t, py::array::c_style>& a, const py::array_t<int8_t, py::array::c_style>& w,
@@ -250,10 +252,18 @@ called from several threads at once.)doc")
             if (a.ndim() != 2 || w.ndim() != 2 || a.shape(1) != w.shape(1))
                 throw std::invalid_argument("int8_matmul_packed takes a (M, K) and w (N, K), both int8");
             const int64_t M = a.shape(0), K = a.shape(1), N = w.shape(0);
-            s2e::onednn::PackedInt8 packed(m, K, N, w.data());
             py::array_t<int32_t> c({M, N});
-            if (!packed.matmul(M, a.data(), c.mutable_data())) return py::none();
-            return py::make_tuple(c, packed.bytes());
+            int32_t* out = c.mutable_data();
+            bool done = false;
+            size_t bytes = 0;
+            {
+                py::gil_scoped_release nogil;
+                s2e::onednn::PackedInt8 packed(m, K, N, w.data());
+                done = packed.matmul(M, a.data(), out);
+                bytes = packed.bytes();
+            }
+            if (!done) return py::none();
+            return py::make_tuple(c, bytes);
         },
         py::arg("a"), py::arg("w"), py::arg("m"),
         "(a . w^T as int32, bytes of the packed weights): w packed once for products of m rows as the engine's "

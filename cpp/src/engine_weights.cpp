@@ -2,6 +2,7 @@
 // linears' int8 weights: packed once at construction by default, see Engine::int8_weights_mode).
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "engine_workspace.hpp"
 #include "s2e/ops.hpp"
@@ -166,23 +167,37 @@ void Engine::w8a8_matmul(const Linear& l, int64_t M, const int8_t* x8, int32_t* 
 
 void Engine::pack_int8_weights(const std::string& mode) {
     if (mode != "packed" || act_layers_.empty() || !onednn::exact_int8()) return;
-    // packed for one image of the artifact's input size (1024 x 768 where it names none); oneDNN's kernels for
+    // packed for one image of the artifact's input size (the training size where it names none); oneDNN's kernels for
     // other row counts read the same layout (where one does not, that call reads the stored weights)
-    const int64_t h = cfg_.input_h > 0 ? cfg_.input_h : 1024, w = cfg_.input_w > 0 ? cfg_.input_w : 768;
+    const bool k4 = cfg_.arch.is_4k();
+    const int64_t h = cfg_.input_h > 0 ? cfg_.input_h : k4 ? 4096 : 1024, w = cfg_.input_w > 0 ? cfg_.input_w : k4 ? 3072 : 768;
     const int64_t stride = cfg_.arch.input_multiple(), grid = (h / stride) * (w / stride);
     const int64_t main_rows = kPrefixTokens + grid, window_rows = std::min(grid, kWindowChunk) * (kWindow * kWindow + 1);
     std::vector<int8_t> stored;
-    for (auto* list : {&blocks_, &tok_blocks_})
-        for (auto& b : *list)
-            for (Linear* l : {&b.wq, &b.wk, &b.wv, &b.proj, &b.w12, &b.w3}) {
-                if (!l->act_int8) continue;
-                stored.resize(static_cast<size_t>(l->w.t->numel()));
-                st_->read(*l->w.t, 0, l->w.t->nbytes, stored.data());
-                const int64_t m = b.main ? main_rows : window_rows;
-                l->packed = std::make_shared<const onednn::PackedInt8>(m, l->in, l->out, stored.data());
-                packed_bytes_ += l->packed->bytes();
-            }
-    int8_weights_ = "packed";
+    auto each = [&](auto&& f) {
+        for (auto* list : {&blocks_, &tok_blocks_})
+            for (auto& b : *list)
+                for (Linear* l : {&b.wq, &b.wk, &b.wv, &b.proj, &b.w12, &b.w3})
+                    if (l->act_int8) f(*l, b.main);
+    };
+    try {
+        each([&](Linear& l, bool main) {
+            stored.resize(static_cast<size_t>(l.w.t->numel()));
+            st_->read(*l.w.t, 0, l.w.t->nbytes, stored.data());
+            l.packed = std::make_shared<const onednn::PackedInt8>(main ? main_rows : window_rows, l.in, l.out,
+                                                                  stored.data());
+            packed_bytes_ += l.packed->bytes();
+        });
+    } catch (const UnsupportedError&) {  // oneDNN has no packed layout for a layer here: all read per call
+        each([](Linear& l, bool) { l.packed.reset(); });
+        packed_bytes_ = 0;
+        return;
+    } catch (const std::bad_alloc&) {  // no memory for them: the engine that keeps none still runs
+        each([](Linear& l, bool) { l.packed.reset(); });
+        packed_bytes_ = 0;
+        return;
+    }
+    int8_weights_mode_ = "packed";
 }
 
 float* Engine::w8a8_row_scales(const Linear& l, int64_t M, int64_t T, Workspace& ws) const {

@@ -11,8 +11,8 @@
 namespace s2e {
 
 constexpr float kEps = 1e-6f;  // RMSNorm (backbone, RMSNorm2d)
-// Stored weights are read and converted in chunks of about this many bytes.
 constexpr int64_t kWindowChunk = 1024;  // 4K tokenizer windows per chunk (bounds memory)
+// Stored weights are read and converted in chunks of about this many bytes.
 constexpr size_t kReadChunk = 4u << 20;
 
 // v sized n for new contents: grown without copying the old ones, which are freed first (the two are

@@ -402,4 +402,42 @@ S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {
     }
 }
 
+S2E_TEST(packed_int8_weights_multiply_exactly_at_every_row_count) {
+    // Weights packed once for m rows, then products of 1, m and 2m + 1 rows: each equal to the exact sums (the
+    // layout's compensation for the int8 input included), or refused (false, c untouched) where oneDNN's
+    // kernel for that row count reads another layout; refused outright without VNNI / AMX.
+    int8_t one = 1;
+    if (!dnn::load().empty() || !dnn::exact_int8()) {
+        EXPECT_THROW(dnn::PackedInt8(1, 1, 1, &one), s2e::UnsupportedError);
+        return;
+    }
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int> value(-128, 127);
+    const int64_t m = 77, K = 200, N = 72;
+    std::vector<int8_t> w(static_cast<size_t>(N * K));
+    for (auto& v : w) v = static_cast<int8_t>(value(rng));
+    std::fill(w.begin(), w.begin() + K, int8_t(-128));  // a row at the extreme
+    const dnn::PackedInt8 packed(m, K, N, w.data());
+    CHECK(packed.bytes() >= static_cast<size_t>(N * K));
+    for (int64_t M : {int64_t(1), m, 2 * m + 1}) {
+        std::vector<int8_t> a(static_cast<size_t>(M * K));
+        for (auto& v : a) v = static_cast<int8_t>(value(rng));
+        std::fill(a.begin(), a.begin() + K, int8_t(-128));
+        std::vector<int32_t> c(static_cast<size_t>(M * N), 7);
+        if (!packed.matmul(M, a.data(), c.data())) {
+            CHECK(M != m);  // the row count it was packed for always runs
+            CHECK(std::all_of(c.begin(), c.end(), [](int32_t v) { return v == 7; }));
+            continue;
+        }
+        int64_t worst = 0;
+        for (int64_t r = 0; r < M; ++r)
+            for (int64_t n = 0; n < N; ++n) {
+                int64_t want = 0;
+                for (int64_t k = 0; k < K; ++k) want += int64_t(a[r * K + k]) * w[n * K + k];
+                worst = std::max<int64_t>(worst, std::llabs(want - c[r * N + n]));
+            }
+        CHECK(worst == 0);
+    }
+}
+
 S2E_TEST_MAIN()

@@ -135,17 +135,20 @@ class NativeBackend:
         return NativeBackend(path, config, max_batch, "fp32", "as verified at export")
 
     def describe(self) -> str:
+        packed = self.engine.int8_weights_mode == "packed"
+        kept = f"weights packed once, {self.engine.packed_bytes / 2**20:.0f} MB kept"
         if self.engine.weight_format == "int8":
             floats = "bf16" if self.precision == "bf16" else "fp32"
-            packed = (f" on weights packed once ({self.engine.packed_bytes / 2**20:.0f} MB kept)"
-                      if self.engine.int8_weights == "packed" else "")
-            gemm = f"int8 GEMMs{packed} on {onednn_status()[2]}, float parts in {floats}{self._winograd_note()}"
+            packing = f" ({kept})" if packed else ""
+            gemm = f"int8 GEMMs{packing} on {onednn_status()[2]}, float parts in {floats}{self._winograd_note()}"
         elif self.precision == "bf16":
             gemm = f"bf16 GEMMs on {onednn_status()[2]}"
         elif self.engine.fp32_gemm == "oneDNN":
             gemm = f"fp32 GEMMs on {onednn_status()[2]}{self._winograd_note()}"
         else:
             gemm = "OpenBLAS fp32 GEMMs"
+        if packed and self.engine.weight_format != "int8":  # a mixed artifact's W8A8 layers
+            gemm += f", its int8 layers' {kept}"
         why = f"; {self.reason}" if self.reason else ""
         return (f"native C++ engine ({self.engine.weight_format} weights, {gemm}, "
                 f"{self.threads} OpenMP threads{why}) on the CPU")

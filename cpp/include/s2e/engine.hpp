@@ -112,8 +112,9 @@ public:
     // Where the W8A8 linears' int8 weights live: "packed" (once, at construction, in the layout oneDNN's int8
     // kernels read, kept in memory: packed_bytes() of it) or "file" (read from the weights file and packed by
     // oneDNN in every call: no memory kept); from $S2E_NATIVE_INT8_WEIGHTS, "packed" when unset. "file" where
-    // the artifact has no W8A8 layers or this CPU has no exact int8 kernels.
-    const std::string& int8_weights_mode() const { return int8_weights_; }
+    // the artifact has no W8A8 layers, this CPU has no exact int8 kernels, or packing failed (oneDNN refused
+    // the layout, or the memory was not there): the engine then runs as with "file".
+    const std::string& int8_weights_mode() const { return int8_weights_mode_; }
     size_t packed_bytes() const { return packed_bytes_; }
 
 private:
@@ -184,7 +185,7 @@ private:
     std::string precision_ = "fp32";
     bool bf16_ = false;
     bool dnnl_f32_ = false;
-    std::string conv3x3_ = "auto", deconv_algorithm_ = "auto", int8_weights_ = "file";
+    std::string conv3x3_ = "auto", deconv_algorithm_ = "auto", int8_weights_mode_ = "file";
     size_t packed_bytes_ = 0;
     // The W8A8 linears' weights packed for oneDNN (int8_weights_mode "packed").
     void pack_int8_weights(const std::string& mode);
