@@ -370,6 +370,19 @@ S2E_TEST(conv3x3_s8_is_the_scaled_integer_convolution_plus_bias) {
     CHECK(rel_max(got, want) < 1e-6);
 }
 
+// The largest |exact sum - c| of c (M, N) = a (M, K) . w (N, K)^T.
+static int64_t int8_product_error(const std::vector<int8_t>& a, const std::vector<int8_t>& w, const std::vector<int32_t>& c,
+                           int64_t M, int64_t K, int64_t N) {
+    int64_t worst = 0;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            int64_t want = 0;
+            for (int64_t k = 0; k < K; ++k) want += int64_t(a[m * K + k]) * w[n * K + k];
+            worst = std::max<int64_t>(worst, std::llabs(want - c[m * N + n]));
+        }
+    return worst;
+}
+
 S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {
     // Rows that reach +-127 everywhere (dynamic per-token quantization puts each row's largest value
     // there) and long K: a kernel that saturates 16-bit partial sums, or mishandles the s8 -> u8 shift,
@@ -390,13 +403,7 @@ S2E_TEST(matmul_s8_is_exact_at_the_int8_extremes) {
         for (auto& v : w) v = values[pick(rng)];
         std::vector<int32_t> c(static_cast<size_t>(M * N));
         dnn::matmul_s8(M, K, N, a.data(), w.data(), c.data());
-        int64_t worst = 0;
-        for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = 0; n < N; ++n) {
-                int64_t want = 0;
-                for (int64_t k = 0; k < K; ++k) want += int64_t(a[m * K + k]) * w[n * K + k];
-                worst = std::max<int64_t>(worst, std::llabs(want - c[m * N + n]));
-            }
+        const int64_t worst = int8_product_error(a, w, c, M, K, N);
         if (worst) std::printf("  M=%lld: off by up to %lld\n", static_cast<long long>(M), static_cast<long long>(worst));
         CHECK(worst == 0);
     }
@@ -429,14 +436,7 @@ S2E_TEST(packed_int8_weights_multiply_exactly_at_every_row_count) {
             CHECK(std::all_of(c.begin(), c.end(), [](int32_t v) { return v == 7; }));
             continue;
         }
-        int64_t worst = 0;
-        for (int64_t r = 0; r < M; ++r)
-            for (int64_t n = 0; n < N; ++n) {
-                int64_t want = 0;
-                for (int64_t k = 0; k < K; ++k) want += int64_t(a[r * K + k]) * w[n * K + k];
-                worst = std::max<int64_t>(worst, std::llabs(want - c[r * N + n]));
-            }
-        CHECK(worst == 0);
+        CHECK(int8_product_error(a, w, c, M, K, N) == 0);
     }
 }
 
