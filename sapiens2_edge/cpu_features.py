@@ -7,12 +7,26 @@ and the kernel of torch-side int8 GEMMs. Where there are no flags to read (macOS
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 #: flags of x86 CPUs with bf16 dot products (AVX-512 BF16, AMX tiles)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 #: flags of x86 CPUs whose u8 x s8 dot products do not saturate (VNNI, AMX)
 INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+#: oneDNN instruction-set caps below its VNNI kernels: with one of these in $ONEDNN_MAX_CPU_ISA (or the older
+#: $DNNL_MAX_CPU_ISA), every oneDNN in the process (torch's, the native engine's) multiplies int8 as a CPU
+#: without VNNI does, whatever the CPU has
+ONEDNN_CAPS_WITHOUT_INT8_DOT = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
+def onednn_isa_cap() -> tuple[str, str] | None:
+    """(variable, value) of the oneDNN instruction-set cap set for this process, or None."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # oneDNN reads them in this order
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return name, value
+    return None
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
@@ -42,7 +56,11 @@ def int8_dot_products(cpuinfo: str | None = None) -> tuple[bool, str]:
     """(whether this CPU has int8 dot-product instructions, why): x86 with VNNI (avx512_vnni, avx_vnni)
     or AMX does; x86 without them pairs u8 x s8 products in int16 (vpmaddubsw, which saturates) and
     torch's int8 GEMM falls back to a plain loop. A machine without /proc/cpuinfo flags (macOS,
-    Windows, ARM) is taken as able."""
+    Windows, ARM) is taken as able. A oneDNN cap below VNNI (:data:`ONEDNN_CAPS_WITHOUT_INT8_DOT`) counts as
+    a CPU without them: torch's int8 GEMMs then saturate (measured: off by up to 68099 at K=256)."""
+    cap = onednn_isa_cap()
+    if cap and cap[1] in ONEDNN_CAPS_WITHOUT_INT8_DOT:
+        return False, f"{cap[0]}={cap[1]} keeps oneDNN below its VNNI kernels (torch's int8 GEMMs too)"
     flags = cpu_flags(cpuinfo)
     if flags is None:
         return True, "no CPU flags to read here"
@@ -50,4 +68,5 @@ def int8_dot_products(cpuinfo: str | None = None) -> tuple[bool, str]:
     return (True, f"this CPU has {', '.join(found)}") if found else (False, "this CPU has no VNNI or AMX")
 
 
-__all__ = ["BF16_FLAGS", "INT8_DOT_FLAGS", "bf16_flags", "cpu_flags", "int8_dot_products"]
+__all__ = ["BF16_FLAGS", "INT8_DOT_FLAGS", "ONEDNN_CAPS_WITHOUT_INT8_DOT", "bf16_flags", "cpu_flags",
+           "int8_dot_products", "onednn_isa_cap"]

@@ -287,9 +287,28 @@ def test_openvino_int8_runs_int8_kernels_and_matches(seg_openvino_int8, seg):
     ("fpu avx2 avx_vnni amx_int8 amx_tile", True, "this CPU has amx_int8, avx_vnni"),
     ("fpu sse2 avx2 fma", False, "this CPU has no VNNI or AMX"),
 ])
-def test_int8_weight_form_for_openvino_follows_the_cpu(flags, signed, why):
+def test_int8_weight_form_for_openvino_follows_the_cpu(flags, signed, why, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert int8_dot_products(f"processor\t: 0\nflags\t\t: {flags}\n") == (signed, why)
     assert int8_dot_products("processor\t: 0\n") == (True, "no CPU flags to read here")
+
+
+@pytest.mark.parametrize("variable,cap,signed", [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", False), ("ONEDNN_MAX_CPU_ISA", "avx512_core", False),
+    ("DNNL_MAX_CPU_ISA", "AVX2", False), ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI", True),
+    ("ONEDNN_MAX_CPU_ISA", "AVX2_VNNI", True),
+])
+def test_a_onednn_cap_below_vnni_counts_as_a_cpu_without_it(variable, cap, signed, monkeypatch):
+    """torch's bundled oneDNN honours the cap too: its int8 GEMMs saturate under it on a VNNI CPU."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, cap)
+    got = int8_dot_products("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    if signed:
+        assert got == (True, "this CPU has avx512_vnni")
+    else:
+        assert got == (False, f"{variable}={cap.upper()} keeps oneDNN below its VNNI kernels (torch's int8 GEMMs too)")
 
 
 def test_openvino_int8_on_a_cpu_without_vnni_keeps_exact_uint8_weights(seg_int8, monkeypatch, tmp_path):
