@@ -138,9 +138,14 @@ const uint16_t* Engine::bf16_weights(const Param& p, std::vector<uint16_t>& out,
     return out.data();
 }
 
+const int8_t* Engine::stored_int8(const Param& w, std::vector<int8_t>& out) const {
+    out.resize(static_cast<size_t>(w.t->numel()));
+    st_->read(*w.t, 0, w.t->nbytes, out.data());
+    return out.data();
+}
+
 const float* Engine::int8_weights(const Param& w, int64_t out, Workspace& ws) const {
-    ws.w8.resize(static_cast<size_t>(w.t->numel()));
-    st_->read(*w.t, 0, w.t->nbytes, ws.w8.data());
+    stored_int8(w, ws.w8);
     return int8_scales(w, out, ws);
 }
 
@@ -160,9 +165,7 @@ const float* Engine::w8a8_weights(const Linear& l, Workspace& ws, const float*& 
 
 void Engine::w8a8_matmul(const Linear& l, int64_t M, const int8_t* x8, int32_t* c, Workspace& ws) const {
     if (l.packed && l.packed->matmul(M, x8, c)) return;
-    ws.w8.resize(static_cast<size_t>(l.w.t->numel()));
-    st_->read(*l.w.t, 0, l.w.t->nbytes, ws.w8.data());
-    onednn::matmul_s8(M, l.in, l.out, x8, ws.w8.data(), c);
+    onednn::matmul_s8(M, l.in, l.out, x8, stored_int8(l.w, ws.w8), c);
 }
 
 void Engine::pack_int8_weights(const std::string& mode) {
@@ -173,29 +176,24 @@ void Engine::pack_int8_weights(const std::string& mode) {
     const int64_t h = cfg_.input_h > 0 ? cfg_.input_h : k4 ? 4096 : 1024, w = cfg_.input_w > 0 ? cfg_.input_w : k4 ? 3072 : 768;
     const int64_t stride = cfg_.arch.input_multiple(), grid = (h / stride) * (w / stride);
     const int64_t main_rows = kPrefixTokens + grid, window_rows = std::min(grid, kWindowChunk) * (kWindow * kWindow + 1);
+    // every layer packed before any is given its weights: where one cannot be, all read theirs per call
+    std::vector<std::pair<Linear*, std::shared_ptr<const onednn::PackedInt8>>> packs;
     std::vector<int8_t> stored;
-    auto each = [&](auto&& f) {
+    try {
         for (auto* list : {&blocks_, &tok_blocks_})
             for (auto& b : *list)
                 for (Linear* l : {&b.wq, &b.wk, &b.wv, &b.proj, &b.w12, &b.w3})
-                    if (l->act_int8) f(*l, b.main);
-    };
-    try {
-        each([&](Linear& l, bool main) {
-            stored.resize(static_cast<size_t>(l.w.t->numel()));
-            st_->read(*l.w.t, 0, l.w.t->nbytes, stored.data());
-            l.packed = std::make_shared<const onednn::PackedInt8>(main ? main_rows : window_rows, l.in, l.out,
-                                                                  stored.data());
-            packed_bytes_ += l.packed->bytes();
-        });
-    } catch (const UnsupportedError&) {  // oneDNN has no packed layout for a layer here: all read per call
-        each([](Linear& l, bool) { l.packed.reset(); });
-        packed_bytes_ = 0;
+                    if (l->act_int8)
+                        packs.emplace_back(l, std::make_shared<const onednn::PackedInt8>(
+                                                  b.main ? main_rows : window_rows, l->in, l->out, stored_int8(l->w, stored)));
+    } catch (const UnsupportedError&) {  // oneDNN has no packed layout for a layer here
         return;
     } catch (const std::bad_alloc&) {  // no memory for them: the engine that keeps none still runs
-        each([](Linear& l, bool) { l.packed.reset(); });
-        packed_bytes_ = 0;
         return;
+    }
+    for (auto& p : packs) {
+        packed_bytes_ += p.second->bytes();
+        p.first->packed = std::move(p.second);
     }
     int8_weights_mode_ = "packed";
 }

@@ -254,6 +254,15 @@ void require() {
     if (!available()) throw UnsupportedError("oneDNN GEMMs need oneDNN: " + g_status);
 }
 
+// Weights `w` (described by `from`) reordered into the layout `to` at `out` (md_size(to) bytes, 64-byte aligned).
+void reorder_weights(const Md& from, const void* w, const_dnnl_memory_desc_t to, void* out) {
+    Pd reorder;
+    Attr attr;
+    check(g_api.reorder_pd(&reorder.pd, from.md, g_api.engine, to, g_api.engine, attr.attr), "weight reorder for this CPU");
+    Mem src(from.md, const_cast<void*>(w)), dst(to, out);
+    execute(reorder, {{DNNL_ARG_FROM, src.m}, {DNNL_ARG_TO, dst.m}}, "weight reorder");
+}
+
 // Whether the instruction set `isa` includes `level`: oneDNN's values are nested bit sets (avx512_core within
 // avx512_core_vnni within ... avx512_core_amx_fp16), so a newer CPU's level (AVX-512 FP16, AMX FP16) counts as
 // every level it extends.
@@ -375,11 +384,7 @@ uint8_t* packed_weights(const Md& from, const void* w, const_dnnl_memory_desc_t 
     const size_t bytes = g_api.md_size(to);
     void* lent = space.room(bytes);
     uint8_t* packed = lent ? static_cast<uint8_t*>(lent) : thread_buffer(1, bytes);
-    Pd reorder;
-    Attr attr;
-    check(g_api.reorder_pd(&reorder.pd, from.md, g_api.engine, to, g_api.engine, attr.attr), "weight reorder for this CPU");
-    Mem src(from.md, const_cast<void*>(w)), dst(to, packed);
-    execute(reorder, {{DNNL_ARG_FROM, src.m}, {DNNL_ARG_TO, dst.m}}, "weight reorder");
+    reorder_weights(from, w, to, packed);
     return packed;
 }
 
@@ -556,12 +561,7 @@ PackedInt8::PackedInt8(int64_t m, int64_t K, int64_t N, const int8_t* w) : impl_
     const size_t rounded = (p.bytes + 63) / 64 * 64;
     p.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
     if (!p.data) throw std::bad_alloc();
-    Pd reorder;
-    Attr attr;
-    check(g_api.reorder_pd(&reorder.pd, w_plain.md, g_api.engine, p.w_md, g_api.engine, attr.attr),
-          "int8 weight packing for this CPU");
-    Mem from(w_plain.md, const_cast<int8_t*>(w)), to(p.w_md, p.data.get());
-    execute(reorder, {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}}, "int8 weight packing");
+    reorder_weights(w_plain, w, p.w_md, p.data.get());
 }
 
 PackedInt8::~PackedInt8() = default;

@@ -140,6 +140,8 @@ private:
     // `T`: tokens per sequence (rows of x come B sequences of T tokens), for int8 layers' prefix tokens.
     void apply_linear(const Linear& l, const float* x, int64_t M, float* y, Workspace& ws, int64_t T = 0) const;
     void apply_w8a8(const Linear& l, const float* x, int64_t M, int64_t T, float* y, Workspace& ws) const;
+    // A stored int8 tensor read into `out`; returns out.data().
+    const int8_t* stored_int8(const Param& w, std::vector<int8_t>& out) const;
     // Stored int8 weights into ws.w8; returns their `out` per-output-channel scales (ws.wscale; a per-tensor
     // scale repeated).
     const float* int8_weights(const Param& w, int64_t out, Workspace& ws) const;
